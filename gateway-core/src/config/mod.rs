@@ -1,0 +1,370 @@
+//! The gateway's configuration: one strict TOML file.
+//!
+//! Every table refuses unknown keys, every field is documented here (this is
+//! the reference `docs/configuration.md` follows), and [`Config::load`]
+//! validates what parsing cannot check, naming the file, line and key at fault.
+
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use validate::ConfigError;
+
+/// The embedded default configuration (`fixtures/dev.toml`).
+pub const DEV_CONFIG: &str = include_str!("../../../fixtures/dev.toml");
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the gateway listens and how it secures client connections.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Who may connect: trusted token issuers and how their claims are read.
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    /// The upstream databases, each reachable as `dbname=<name>`.
+    #[serde(default, rename = "connection")]
+    pub connections: Vec<Spanned<ConnectionConfig>>,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address and port of the PostgreSQL listener.
+    #[serde(default = "default_listen")]
+    pub listen: Spanned<SocketAddr>,
+    /// Directory for the gateway's own state (self-signed certificate, dev
+    /// issuer key). Relative paths are relative to the config file.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Accept clients that do not ask for TLS. Refused together with token
+    /// authentication on a non-loopback address: tokens never cross a network
+    /// in clear text.
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    /// Client-facing TLS.
+    #[serde(default)]
+    pub tls: ServerTlsConfig,
+    /// Largest frontend message accepted, in bytes (PostgreSQL's own limit is 1 GiB).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Seconds a client has to finish TLS, startup and authentication.
+    #[serde(default = "default_startup_timeout")]
+    pub startup_timeout_secs: u64,
+}
+
+/// `[server.tls]`: either a certificate and key, or a self-signed certificate.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    /// PEM certificate chain presented to clients.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// Generate a self-signed certificate on first start and keep it in the
+    /// data directory (development only).
+    #[serde(default)]
+    pub self_signed: bool,
+}
+
+/// `[identity]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// OIDC providers whose access tokens are accepted.
+    #[serde(default, rename = "issuer")]
+    pub issuers: Vec<Spanned<IssuerConfig>>,
+    /// The development issuer built into the binary (`tollgate token`).
+    #[serde(default)]
+    pub dev_issuer: DevIssuerConfig,
+    /// Claim holding the caller's groups (a list of strings, or one
+    /// space- or comma-separated string).
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Claim telling an agent from a person, and the values that mean "agent".
+    #[serde(default)]
+    pub agent: AgentRule,
+    /// How multi-factor authentication is recognised (PCI DSS 8.4.2).
+    #[serde(default)]
+    pub mfa: MfaRule,
+    /// Clock skew tolerated on `exp` and `nbf`, in seconds.
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: u64,
+    /// Require the PostgreSQL user name to equal the token's subject. When
+    /// false the user name is informational.
+    #[serde(default)]
+    pub user_must_match_subject: bool,
+    /// Minimum seconds between two JWKS fetches of one issuer when a token
+    /// names an unknown key id.
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_min_refresh_secs: u64,
+}
+
+/// `[[identity.issuer]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The issuer URL exactly as it appears in the `iss` claim; its OIDC
+    /// discovery document is read from `<issuer>/.well-known/openid-configuration`.
+    pub issuer: String,
+    /// The audience this gateway expects in `aud`.
+    pub audience: String,
+    /// Signature algorithms accepted from this issuer. Asymmetric only: HMAC
+    /// and `none` are refused.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Override the JWKS URL instead of using discovery.
+    pub jwks_uri: Option<String>,
+    /// CA certificate (PEM) for the issuer's HTTPS endpoints, in addition to
+    /// the system roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// `[identity.dev_issuer]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevIssuerConfig {
+    /// Trust tokens minted by `tollgate token`. Never enable in production.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Audience of dev tokens.
+    #[serde(default = "default_audience")]
+    pub audience: String,
+}
+
+/// `[identity.agent]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentRule {
+    /// Claim naming the kind of principal.
+    #[serde(default = "default_agent_claim")]
+    pub claim: String,
+    /// Values of `claim` that mark an agent; anything else is a person.
+    #[serde(default = "default_agent_values")]
+    pub values: Vec<String>,
+}
+
+/// `[identity.mfa]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MfaRule {
+    /// `amr` values (RFC 8176) that show a second factor was used.
+    #[serde(default = "default_amr")]
+    pub amr_values: Vec<String>,
+    /// `acr` values that imply multi-factor authentication.
+    #[serde(default)]
+    pub acr_values: Vec<String>,
+}
+
+/// `[[connection]]`: one upstream database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// Name clients use as their database name (`dbname=<name>`).
+    pub name: String,
+    /// Upstream host name or address.
+    pub host: String,
+    /// Upstream port.
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    /// Database on the upstream server.
+    pub database: String,
+    /// Role the gateway logs in as.
+    pub user: String,
+    /// Where the gateway reads that role's password.
+    pub password: Option<CredentialSource>,
+    /// TLS towards the upstream.
+    #[serde(default)]
+    pub tls: UpstreamTlsMode,
+    /// CA certificate (PEM) that signed the upstream's certificate; the
+    /// system roots when absent.
+    pub ca_file: Option<PathBuf>,
+    /// Seconds to wait for the upstream to accept and authenticate.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+}
+
+/// Where an upstream password comes from. The gateway holds it; clients never see it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum CredentialSource {
+    /// An environment variable of the gateway process.
+    Env(String),
+    /// A file whose first line is the password (trailing newline ignored).
+    File(PathBuf),
+    /// The OS keyring (Secret Service, Keychain, Credential Manager).
+    Keyring {
+        /// Keyring service name.
+        service: String,
+        /// Keyring account name.
+        account: String,
+    },
+    /// The password inline. Only for throwaway development databases.
+    Inline(String),
+}
+
+/// TLS towards an upstream, as libpq's `sslmode` names it.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpstreamTlsMode {
+    /// Plain TCP. Only for a database on the same host.
+    Disable,
+    /// Encrypt, but do not verify the certificate.
+    Require,
+    /// Encrypt and verify the chain, not the host name.
+    VerifyCa,
+    /// Encrypt and verify the chain and the host name.
+    #[default]
+    VerifyFull,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            data_dir: default_data_dir(),
+            allow_plaintext: false,
+            tls: ServerTlsConfig::default(),
+            max_message_bytes: default_max_message_bytes(),
+            startup_timeout_secs: default_startup_timeout(),
+        }
+    }
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            issuers: Vec::new(),
+            dev_issuer: DevIssuerConfig::default(),
+            groups_claim: default_groups_claim(),
+            agent: AgentRule::default(),
+            mfa: MfaRule::default(),
+            leeway_secs: default_leeway(),
+            user_must_match_subject: false,
+            jwks_min_refresh_secs: default_jwks_refresh(),
+        }
+    }
+}
+
+impl Default for DevIssuerConfig {
+    fn default() -> Self {
+        Self { enabled: false, audience: default_audience() }
+    }
+}
+
+impl Default for AgentRule {
+    fn default() -> Self {
+        Self { claim: default_agent_claim(), values: default_agent_values() }
+    }
+}
+
+impl Default for MfaRule {
+    fn default() -> Self {
+        Self { amr_values: default_amr(), acr_values: Vec::new() }
+    }
+}
+
+fn default_listen() -> Spanned<SocketAddr> {
+    Spanned::new(0..0, SocketAddr::from(([127, 0, 0, 1], 6432)))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(".tollgate")
+}
+fn default_max_message_bytes() -> usize {
+    (1 << 30) - 1
+}
+fn default_startup_timeout() -> u64 {
+    15
+}
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+fn default_leeway() -> u64 {
+    30
+}
+fn default_jwks_refresh() -> u64 {
+    30
+}
+fn default_algorithms() -> Vec<String> {
+    ["RS256", "PS256", "ES256", "EdDSA"].map(String::from).to_vec()
+}
+fn default_audience() -> String {
+    "tollgate".into()
+}
+fn default_agent_claim() -> String {
+    "principal_type".into()
+}
+fn default_agent_values() -> Vec<String> {
+    vec!["agent".into()]
+}
+fn default_amr() -> Vec<String> {
+    ["mfa", "otp", "hwk", "swk", "sms", "fpt", "face", "iris", "sc"].map(String::from).to_vec()
+}
+fn default_pg_port() -> u16 {
+    5432
+}
+fn default_connect_timeout() -> u64 {
+    10
+}
+
+impl Config {
+    /// Read, parse and validate a configuration file. Relative paths in it
+    /// are resolved against the file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, &path.display().to_string(), base)
+    }
+
+    /// Parse and validate configuration text; `file` names it in errors and
+    /// `base` anchors its relative paths.
+    pub fn parse(text: &str, file: &str, base: &Path) -> Result<Self, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::parse(file, text, e))?;
+        config.resolve_paths(base);
+        validate::validate(&config, file, text)?;
+        Ok(config)
+    }
+
+    /// The connection clients reach as `dbname=<name>`.
+    pub fn connection(&self, name: &str) -> Option<&ConnectionConfig> {
+        self.connections.iter().map(|c| c.get_ref()).find(|c| c.name == name)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.server.data_dir);
+        for p in [&mut self.server.tls.cert, &mut self.server.tls.key].into_iter().flatten() {
+            fix(p);
+        }
+        for c in &mut self.connections {
+            let c = c.get_mut();
+            if let Some(p) = &mut c.ca_file {
+                fix(p);
+            }
+            if let Some(CredentialSource::File(p)) = &mut c.password {
+                fix(p);
+            }
+        }
+        for i in &mut self.identity.issuers {
+            if let Some(p) = &mut i.get_mut().ca_file {
+                fix(p);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,181 @@
+//! Checks that parsing alone cannot make, reported with file, line and key.
+
+use std::ops::Range;
+
+use super::Config;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {file}: {source}")]
+    Read {
+        /// The file.
+        file: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or does not match the schema.
+    #[error("{file}:{line}: {message}")]
+    Parse {
+        /// The file.
+        file: String,
+        /// 1-based line of the fault (0 when unknown).
+        line: usize,
+        /// The parser's message, naming the key.
+        message: String,
+    },
+    /// The file parsed but a value is not acceptable.
+    #[error("{file}:{line}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        file: String,
+        /// 1-based line of the fault (0 when unknown).
+        line: usize,
+        /// Dotted path of the key at fault.
+        key: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    pub(super) fn parse(file: &str, text: &str, e: toml::de::Error) -> Self {
+        let line = e.span().map(|s| line_of(text, &s)).unwrap_or(0);
+        // The first line of toml's message is the summary; the rest repeats the
+        // source excerpt, which the line number already points at.
+        let message = e.message().trim().to_string();
+        ConfigError::Parse { file: file.to_string(), line, message }
+    }
+}
+
+fn line_of(text: &str, span: &Range<usize>) -> usize {
+    if *span == (0..0) {
+        return 0;
+    }
+    text.get(..span.start).map_or(0, |t| t.matches('\n').count() + 1)
+}
+
+const ASYMMETRIC_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+pub(super) fn validate(config: &Config, file: &str, text: &str) -> Result<(), ConfigError> {
+    let invalid = |span: &Range<usize>, key: String, message: String| ConfigError::Invalid {
+        file: file.to_string(),
+        line: line_of(text, span),
+        key,
+        message,
+    };
+
+    let server = &config.server;
+    let listen = server.listen.get_ref();
+    let tls = &server.tls;
+    if server.allow_plaintext && !listen.ip().is_loopback() {
+        return Err(invalid(
+            &server.listen.span(),
+            "server.allow_plaintext".into(),
+            format!(
+                "plaintext is refused on the non-loopback address {listen}: clients send their access \
+                 token as the password, so it must travel over TLS. Listen on 127.0.0.1 or remove allow_plaintext"
+            ),
+        ));
+    }
+    match (&tls.cert, &tls.key, tls.self_signed) {
+        (Some(_), None, _) | (None, Some(_), _) => {
+            return Err(invalid(
+                &(0..0),
+                "server.tls".into(),
+                "set both cert and key, or neither".into(),
+            ));
+        }
+        (Some(_), Some(_), true) => {
+            return Err(invalid(
+                &(0..0),
+                "server.tls.self_signed".into(),
+                "choose either a configured cert and key or self_signed, not both".into(),
+            ));
+        }
+        (None, None, false) if !server.allow_plaintext => {
+            return Err(invalid(
+                &(0..0),
+                "server.tls".into(),
+                "no TLS certificate: set [server.tls] cert and key, or self_signed = true for development".into(),
+            ));
+        }
+        _ => {}
+    }
+    if server.max_message_bytes < 8192 {
+        return Err(invalid(
+            &(0..0),
+            "server.max_message_bytes".into(),
+            "must be at least 8192".into(),
+        ));
+    }
+
+    let identity = &config.identity;
+    if identity.issuers.is_empty() && !identity.dev_issuer.enabled {
+        return Err(invalid(
+            &(0..0),
+            "identity".into(),
+            "no one could log in: add an [[identity.issuer]] or enable [identity.dev_issuer]".into(),
+        ));
+    }
+    for (n, issuer) in identity.issuers.iter().enumerate() {
+        let span = issuer.span();
+        let issuer = issuer.get_ref();
+        let key = |field: &str| format!("identity.issuer[{n}].{field}");
+        let url = url::Url::parse(&issuer.issuer).map_err(|e| {
+            invalid(&span, key("issuer"), format!("'{}' is not a URL: {e}", issuer.issuer))
+        })?;
+        let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+        if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+            return Err(invalid(
+                &span,
+                key("issuer"),
+                format!("'{}' must use https (http only on a loopback address)", issuer.issuer),
+            ));
+        }
+        if issuer.audience.is_empty() {
+            return Err(invalid(&span, key("audience"), "must not be empty".into()));
+        }
+        if issuer.algorithms.is_empty() {
+            return Err(invalid(&span, key("algorithms"), "list at least one algorithm".into()));
+        }
+        for alg in &issuer.algorithms {
+            if !ASYMMETRIC_ALGORITHMS.contains(&alg.as_str()) {
+                return Err(invalid(
+                    &span,
+                    key("algorithms"),
+                    format!(
+                        "'{alg}' is not accepted; use asymmetric algorithms only ({})",
+                        ASYMMETRIC_ALGORITHMS.join(", ")
+                    ),
+                ));
+            }
+        }
+        let duplicate = identity.issuers[..n].iter().any(|i| i.get_ref().issuer == issuer.issuer);
+        if duplicate {
+            return Err(invalid(&span, key("issuer"), format!("'{}' is listed twice", issuer.issuer)));
+        }
+    }
+
+    for (n, conn) in config.connections.iter().enumerate() {
+        let span = conn.span();
+        let conn = conn.get_ref();
+        let key = |field: &str| format!("connection[{n}].{field}");
+        if conn.name.is_empty() || conn.name.len() > 63 {
+            return Err(invalid(&span, key("name"), "must be 1 to 63 characters".into()));
+        }
+        if config.connections[..n].iter().any(|c| c.get_ref().name == conn.name) {
+            return Err(invalid(&span, key("name"), format!("'{}' is used twice", conn.name)));
+        }
+        if conn.host.is_empty() {
+            return Err(invalid(&span, key("host"), "must not be empty".into()));
+        }
+        if conn.connect_timeout_secs == 0 {
+            return Err(invalid(&span, key("connect_timeout_secs"), "must be at least 1".into()));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! `tollgate dev` and `tollgate demo`: a local gateway for engineers, in
+//! front of an existing database or a throwaway one seeded with fake
+//! cardholder data, with the dev issuer trusted and a ready psql line.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use toml::Spanned;
+
+use crate::config::{Config, ConnectionConfig, CredentialSource, IssuerConfig, UpstreamTlsMode, DEV_CONFIG};
+use crate::devdb::ThrowawayPostgres;
+use crate::identity::dev_issuer::{DevIssuer, TokenRequest};
+
+/// The seed data of `tollgate demo`.
+pub const SEED_SQL: &str = include_str!("../../fixtures/seed.sql");
+
+/// Why a dev setup could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    /// The upstream URL is not usable.
+    #[error("--upstream: {0}")]
+    Url(String),
+    /// The embedded config did not load (a bug).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The throwaway database failed.
+    #[error(transparent)]
+    DevDb(#[from] crate::devdb::DevDbError),
+}
+
+/// Options shared by `dev` and `demo`.
+#[derive(Debug, Clone, Default)]
+pub struct DevOptions {
+    /// Listen address (default 127.0.0.1:6432).
+    pub listen: Option<SocketAddr>,
+    /// Data directory (default `.tollgate`).
+    pub data_dir: Option<PathBuf>,
+    /// Also trust this OIDC issuer.
+    pub issuer: Option<String>,
+    /// Audience for `issuer`.
+    pub audience: Option<String>,
+}
+
+/// The embedded dev configuration with the options applied.
+pub fn dev_config(options: &DevOptions) -> Result<Config, DevError> {
+    let mut config = Config::parse(DEV_CONFIG, "fixtures/dev.toml (embedded)", Path::new("."))?;
+    if let Some(listen) = options.listen {
+        config.server.listen = Spanned::new(0..0, listen);
+    }
+    if let Some(dir) = &options.data_dir {
+        config.server.data_dir = dir.clone();
+    }
+    if let Some(issuer) = &options.issuer {
+        config.identity.issuers.push(Spanned::new(
+            0..0,
+            IssuerConfig {
+                issuer: issuer.clone(),
+                audience: options.audience.clone().unwrap_or_else(|| "tollgate".into()),
+                algorithms: ["RS256", "PS256", "ES256", "EdDSA"].map(String::from).to_vec(),
+                jwks_uri: None,
+                ca_file: None,
+            },
+        ));
+    }
+    Ok(config)
+}
+
+/// A catalog entry from `postgres://USER:PASS@HOST:PORT/DB?sslmode=...&sslrootcert=...`.
+pub fn connection_from_url(url: &str) -> Result<ConnectionConfig, DevError> {
+    let parsed = url::Url::parse(url).map_err(|e| DevError::Url(format!("not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err(DevError::Url("use postgres://USER:PASS@HOST:PORT/DB".into()));
+    }
+    let decode = |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
+    let host = parsed.host_str().unwrap_or("localhost").trim_matches(['[', ']']).to_string();
+    let user = decode(parsed.username()).filter(|u| !u.is_empty()).ok_or_else(|| DevError::Url("missing user name".into()))?;
+    let password = parsed.password().and_then(decode);
+    let database = parsed.path().trim_start_matches('/').to_string();
+    let database = if database.is_empty() { user.clone() } else { database };
+    let loopback = matches!(host.as_str(), "localhost" | "127.0.0.1" | "::1");
+    let mut tls = if loopback { UpstreamTlsMode::Disable } else { UpstreamTlsMode::VerifyFull };
+    let mut ca_file = None;
+    for (key, value) in parsed.query_pairs() {
+        match key.as_ref() {
+            "sslmode" => {
+                tls = match value.as_ref() {
+                    "disable" => UpstreamTlsMode::Disable,
+                    "require" | "prefer" | "allow" => UpstreamTlsMode::Require,
+                    "verify-ca" => UpstreamTlsMode::VerifyCa,
+                    "verify-full" => UpstreamTlsMode::VerifyFull,
+                    other => return Err(DevError::Url(format!("unknown sslmode {other}"))),
+                }
+            }
+            "sslrootcert" => ca_file = Some(PathBuf::from(value.as_ref())),
+            other => return Err(DevError::Url(format!("unsupported parameter {other}"))),
+        }
+    }
+    Ok(ConnectionConfig {
+        name: database.clone(),
+        host,
+        port: parsed.port().unwrap_or(5432),
+        database,
+        user,
+        password: password.map(CredentialSource::Inline),
+        tls,
+        ca_file,
+        connect_timeout_secs: 10,
+    })
+}
+
+/// A throwaway PostgreSQL seeded with `fixtures/seed.sql` in database
+/// `payments`, and the catalog entry for the gateway's own login role.
+pub fn demo_database() -> Result<(ThrowawayPostgres, ConnectionConfig), DevError> {
+    let pg = ThrowawayPostgres::start()?;
+    pg.psql("postgres", "CREATE DATABASE payments")?;
+    pg.psql("payments", SEED_SQL)?;
+    let password = pg.create_role("tollgate_gateway", "")?;
+    pg.psql(
+        "payments",
+        "GRANT USAGE ON SCHEMA public TO tollgate_gateway; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO tollgate_gateway",
+    )?;
+    let connection = pg.connection("payments", "payments", "tollgate_gateway", &password);
+    Ok((pg, connection))
+}
+
+/// The lines printed once a dev gateway listens: how to connect.
+pub fn connect_instructions(config: &Config, listen: SocketAddr, connection: &str) -> String {
+    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "tollgate".into());
+    let data_dir = config.server.data_dir.display();
+    let token = DevIssuer::load_or_create(&config.server.data_dir, &config.identity.dev_issuer.audience)
+        .ok()
+        .and_then(|issuer| {
+            issuer
+                .mint(&TokenRequest {
+                    subject: "alice".into(),
+                    groups: vec!["analysts".into()],
+                    mfa: true,
+                    agent: false,
+                    ttl_secs: 3600,
+                })
+                .ok()
+        })
+        .unwrap_or_default();
+    format!(
+        "\nTollgate is listening on {listen} (TLS), in front of connection \"{connection}\".\n\n\
+         Connect as alice (group analysts, MFA) with a dev token valid for one hour:\n\n  \
+         PGPASSWORD='{token}' psql \"host={host} port={port} dbname={connection} user=alice sslmode=require\"\n\n\
+         Mint other tokens with:\n\n  \
+         {exe} token --data-dir {data_dir} --sub bob --groups agents --agent\n\n\
+         Press Ctrl-C to stop.\n",
+        host = listen.ip(),
+        port = listen.port(),
+    )
+}

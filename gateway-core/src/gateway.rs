@@ -1,0 +1,148 @@
+//! Wires the stages together: configuration in, a listening gateway out.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::hooks::{HookFactory, LoggingHooks};
+use crate::identity::{AuthError, Authenticator};
+use crate::listener::{self, tls::ServerTls};
+use crate::pg::{PgContext, cancel::CancelRegistry, serve_connection};
+use crate::upstream::Upstream;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory could not be created.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// TLS could not be set up.
+    #[error(transparent)]
+    Tls(#[from] crate::listener::tls::TlsError),
+    /// The identity stage could not be set up.
+    #[error(transparent)]
+    Identity(#[from] AuthError),
+    /// An upstream's TLS could not be set up.
+    #[error("connection \"{name}\": {source}")]
+    Upstream {
+        /// Connection name.
+        name: String,
+        /// The cause.
+        source: crate::upstream::tls::UpstreamTlsError,
+    },
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+/// A configured gateway, not yet listening.
+pub struct Gateway {
+    config: Config,
+    hooks: Arc<dyn HookFactory>,
+}
+
+/// A listening gateway.
+pub struct RunningGateway {
+    /// The bound address (useful with port 0).
+    pub local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    cancels: Arc<CancelRegistry>,
+}
+
+impl Gateway {
+    /// A gateway with the default hooks (log and let through).
+    pub fn new(config: Config) -> Self {
+        Self { config, hooks: Arc::new(LoggingHooks) }
+    }
+
+    /// Replace the hook factory (policy, masking and recording plug in here).
+    pub fn with_hooks(mut self, hooks: Arc<dyn HookFactory>) -> Self {
+        self.hooks = hooks;
+        self
+    }
+
+    /// Prepare every stage, then bind. Any failure here happens before
+    /// anything listens.
+    pub async fn start(self) -> Result<RunningGateway, StartError> {
+        let server = &self.config.server;
+        std::fs::create_dir_all(&server.data_dir).map_err(|source| StartError::DataDir {
+            path: server.data_dir.display().to_string(),
+            source,
+        })?;
+        let tls = ServerTls::from_config(&server.tls, &server.data_dir)?;
+        let auth = Authenticator::new(&self.config.identity, &server.data_dir)?;
+        let mut upstreams = HashMap::new();
+        for connection in &self.config.connections {
+            let connection = connection.get_ref();
+            let upstream = Upstream::new(connection)
+                .map_err(|source| StartError::Upstream { name: connection.name.clone(), source })?;
+            upstreams.insert(connection.name.clone(), Arc::new(upstream));
+        }
+        let cancels = Arc::new(CancelRegistry::default());
+        let ctx = Arc::new(PgContext {
+            tls,
+            allow_plaintext: server.allow_plaintext,
+            auth,
+            upstreams,
+            cancels: cancels.clone(),
+            hooks: self.hooks.clone(),
+            startup_timeout: Duration::from_secs(server.startup_timeout_secs),
+            max_message_bytes: server.max_message_bytes,
+            user_must_match_subject: self.config.identity.user_must_match_subject,
+        });
+        let addr = *server.listen.get_ref();
+        let listener = listener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+        let (shutdown, mut stop) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((tcp, peer)) => {
+                            listener::prepare(&tcp);
+                            tokio::spawn(serve_connection(tcp, peer, ctx.clone()));
+                        }
+                        Err(e) => {
+                            // Out of file descriptors and the like: back off, keep serving.
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    },
+                    _ = stop.changed() => break,
+                }
+            }
+        });
+        tracing::info!(target: "tollgate::audit", event = "gateway.start", listen = %local_addr);
+        Ok(RunningGateway { local_addr, shutdown, task, cancels })
+    }
+}
+
+impl RunningGateway {
+    /// Number of live sessions.
+    pub fn sessions(&self) -> usize {
+        self.cancels.len()
+    }
+
+    /// Stop accepting connections. Live sessions run to their end.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+        tracing::info!(target: "tollgate::audit", event = "gateway.stop", listen = %self.local_addr);
+    }
+}

@@ -1,0 +1,178 @@
+//! Hook points where the shared stages attach to a session.
+//!
+//! A protocol adapter (today `pg`) owns the wire; at each point below it
+//! asks the session's [`SessionHooks`]. The default implementation lets
+//! everything through, which is the data path of the first release: the
+//! policy, approval, masking and recording stages implement this trait.
+//!
+//! | point | called | may |
+//! |---|---|---|
+//! | [`SessionHooks::statement`] | per statement-bearing message (simple Query, Parse) before it goes upstream | allow, refuse with an error |
+//! | [`SessionHooks::result_value`] | per result cell, error/notice field, copy row and notification payload | rewrite the bytes (masking) |
+//! | [`SessionHooks::event`] | per session event (connect, statement, error, cancel, disconnect) | record |
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+
+use crate::identity::Identity;
+
+/// A statement about to be sent upstream.
+#[derive(Debug)]
+pub struct Statement<'a> {
+    /// The SQL text as the client sent it (all statements of a simple Query).
+    pub sql: &'a str,
+    /// How it arrived.
+    pub via: StatementVia<'a>,
+}
+
+/// The protocol message a statement came in.
+#[derive(Debug)]
+pub enum StatementVia<'a> {
+    /// A simple Query message (may hold several statements).
+    SimpleQuery,
+    /// A Parse message of the extended protocol, with the prepared statement name.
+    Parse {
+        /// Prepared statement name ("" for the unnamed one).
+        name: &'a str,
+    },
+}
+
+/// What to do with a statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Send it upstream.
+    Forward,
+    /// Do not send it; the client gets an error with this SQLSTATE and message.
+    Refuse {
+        /// SQLSTATE, e.g. 42501.
+        sqlstate: &'static str,
+        /// Why, in words the caller can act on.
+        message: String,
+    },
+}
+
+/// Where a value in a server-to-client message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueSource {
+    /// A result cell: the column's table OID and attribute number when known.
+    Cell {
+        /// Column index in the row.
+        column: usize,
+    },
+    /// A field of an ErrorResponse or NoticeResponse.
+    ErrorField,
+    /// A row of COPY TO STDOUT.
+    CopyRow,
+    /// A NOTIFY payload.
+    Notification,
+}
+
+/// A session-level event, for recording and audit.
+#[derive(Debug)]
+pub enum SessionEvent<'a> {
+    /// The session is established upstream.
+    Connected {
+        /// Who.
+        identity: &'a Identity,
+        /// From where.
+        client: SocketAddr,
+        /// Which connection.
+        connection: &'a str,
+        /// application_name from the startup message.
+        application_name: Option<&'a str>,
+        /// Whether the client used TLS.
+        tls: bool,
+    },
+    /// A statement was refused by the hooks.
+    Refused {
+        /// The statement.
+        sql: &'a str,
+        /// Why.
+        message: &'a str,
+    },
+    /// The client asked to cancel the running statement.
+    CancelRequested,
+    /// The session ended.
+    Disconnected {
+        /// Why it ended, when not by the client's Terminate.
+        reason: Option<&'a str>,
+    },
+}
+
+/// The per-session hook set. Every method has a pass-through default.
+pub trait SessionHooks: Send {
+    /// Decide on a statement before it goes upstream.
+    fn statement(&mut self, _statement: &Statement<'_>) -> Decision {
+        Decision::Forward
+    }
+
+    /// Rewrite a value on its way to the client. Returning `Cow::Borrowed`
+    /// keeps the frame untouched (no copy).
+    fn result_value<'v>(&mut self, _source: ValueSource, value: &'v [u8]) -> Cow<'v, [u8]> {
+        Cow::Borrowed(value)
+    }
+
+    /// Whether [`SessionHooks::result_value`] needs to see values at all;
+    /// when false the relay forwards result frames without looking inside.
+    fn inspects_values(&self) -> bool {
+        false
+    }
+
+    /// Observe a session event.
+    fn event(&mut self, _event: &SessionEvent<'_>) {}
+}
+
+/// The pass-through hook set.
+#[derive(Debug, Default)]
+pub struct Passthrough;
+
+impl SessionHooks for Passthrough {}
+
+/// Makes the hooks for each new session.
+pub trait HookFactory: Send + Sync {
+    /// Hooks for a session of `identity` on `connection`.
+    fn for_session(&self, identity: &Identity, connection: &str) -> Box<dyn SessionHooks>;
+}
+
+/// Logs session events and lets everything through.
+#[derive(Debug, Default)]
+pub struct LoggingHooks;
+
+impl HookFactory for LoggingHooks {
+    fn for_session(&self, identity: &Identity, connection: &str) -> Box<dyn SessionHooks> {
+        Box::new(SessionLog { subject: identity.subject.clone(), connection: connection.to_string() })
+    }
+}
+
+struct SessionLog {
+    subject: String,
+    connection: String,
+}
+
+impl SessionHooks for SessionLog {
+    fn event(&mut self, event: &SessionEvent<'_>) {
+        match event {
+            SessionEvent::Connected { identity, client, application_name, tls, .. } => tracing::info!(
+                target: "tollgate::audit",
+                event = "session.start",
+                subject = %identity.subject,
+                groups = ?identity.groups,
+                mfa = identity.mfa,
+                kind = ?identity.kind,
+                %client,
+                connection = %self.connection,
+                application_name = application_name.unwrap_or(""),
+                tls,
+            ),
+            SessionEvent::Refused { message, .. } => tracing::info!(
+                target: "tollgate::audit", event = "statement.refused", subject = %self.subject, connection = %self.connection, %message
+            ),
+            SessionEvent::CancelRequested => tracing::info!(
+                target: "tollgate::audit", event = "cancel", subject = %self.subject, connection = %self.connection
+            ),
+            SessionEvent::Disconnected { reason } => tracing::info!(
+                target: "tollgate::audit", event = "session.end", subject = %self.subject, connection = %self.connection, reason = reason.unwrap_or("client terminated")
+            ),
+        }
+    }
+}

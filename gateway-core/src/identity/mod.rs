@@ -1,0 +1,132 @@
+//! Identity: who is on the other end of a session.
+//!
+//! Callers authenticate with an OIDC access token (a JWT). [`Authenticator`]
+//! checks it against the trusted issuers (keys from OIDC discovery and JWKS,
+//! or the built-in dev issuer) and turns its claims into an [`Identity`]:
+//! subject, groups, whether MFA was used, and whether it is a person or an agent.
+
+mod claims;
+pub mod dev_issuer;
+mod error;
+mod jwks;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonwebtoken::{Algorithm, Validation};
+use serde::Serialize;
+
+use crate::config::IdentityConfig;
+pub use claims::Claims;
+pub use dev_issuer::DevIssuer;
+pub use error::AuthError;
+use jwks::KeySource;
+
+/// A person or an agent (an AI agent or another non-human caller).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PrincipalKind {
+    /// A human with an interactive login.
+    Person,
+    /// A program acting on its own credentials.
+    Agent,
+}
+
+/// An authenticated caller, as every later stage sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    /// The token's `sub`.
+    pub subject: String,
+    /// The token's `iss`.
+    pub issuer: String,
+    /// Groups from the configured groups claim (the basis of roles).
+    pub groups: Vec<String>,
+    /// Whether the token shows multi-factor authentication (`amr`/`acr`).
+    pub mfa: bool,
+    /// Person or agent.
+    pub kind: PrincipalKind,
+    /// Token expiry, seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+/// One trusted issuer: how its tokens are checked.
+struct Issuer {
+    audience: String,
+    algorithms: Vec<Algorithm>,
+    keys: KeySource,
+}
+
+/// Validates access tokens against every trusted issuer.
+pub struct Authenticator {
+    issuers: HashMap<String, Issuer>,
+    config: IdentityConfig,
+}
+
+impl Authenticator {
+    /// Build from configuration. The dev issuer's key is loaded from (or
+    /// created in) `data_dir` when the dev issuer is enabled.
+    pub fn new(config: &IdentityConfig, data_dir: &Path) -> Result<Arc<Self>, AuthError> {
+        let mut issuers = HashMap::new();
+        let refresh = Duration::from_secs(config.jwks_min_refresh_secs);
+        for issuer in &config.issuers {
+            let issuer = issuer.get_ref();
+            let algorithms = issuer
+                .algorithms
+                .iter()
+                .map(|a| a.parse::<Algorithm>().map_err(|_| AuthError::Setup(format!("unknown algorithm {a}"))))
+                .collect::<Result<Vec<_>, _>>()?;
+            let keys = KeySource::remote(issuer, refresh)?;
+            issuers.insert(
+                issuer.issuer.clone(),
+                Issuer { audience: issuer.audience.clone(), algorithms, keys },
+            );
+        }
+        if config.dev_issuer.enabled {
+            let dev = DevIssuer::load_or_create(data_dir, &config.dev_issuer.audience)
+                .map_err(|e| AuthError::Setup(format!("dev issuer key in {}: {e}", data_dir.display())))?;
+            issuers.insert(
+                dev_issuer::ISSUER.to_string(),
+                Issuer {
+                    audience: config.dev_issuer.audience.clone(),
+                    algorithms: vec![Algorithm::EdDSA],
+                    keys: KeySource::fixed(dev.kid(), dev.decoding_key()),
+                },
+            );
+        }
+        Ok(Arc::new(Self { issuers, config: config.clone() }))
+    }
+
+    /// Validate `token` and return who it names.
+    pub async fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(AuthError::MissingToken);
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        let unverified: Claims =
+            jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(|_| AuthError::Malformed)?;
+        let iss = unverified.iss.clone().unwrap_or_default();
+        let issuer = self.issuers.get(&iss).ok_or_else(|| AuthError::UnknownIssuer(iss.clone()))?;
+        if !issuer.algorithms.contains(&header.alg) {
+            return Err(AuthError::AlgorithmNotAllowed(format!("{:?}", header.alg)));
+        }
+        let key = issuer.keys.key_for(header.kid.as_deref(), header.alg).await?;
+
+        let mut validation = Validation::new(header.alg);
+        validation.algorithms = vec![header.alg];
+        validation.leeway = self.config.leeway_secs;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&iss]);
+        validation.set_audience(&[&issuer.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
+            .map_err(|e| AuthError::from_jwt(e, &unverified, &issuer.audience))?
+            .claims;
+        Ok(claims.into_identity(&self.config))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,24 @@
+//! Tollgate: an identity-aware Layer 7 gateway in front of PostgreSQL.
+//!
+//! The modules follow a session along the data path:
+//! [`listener`] accepts and secures the connection, [`identity`] turns an
+//! OIDC access token into an [`identity::Identity`], the protocol adapter
+//! ([`pg`]) speaks the client's wire protocol and relays it through the
+//! [`hooks`] that later stages (policy, approvals, masking, recording) attach
+//! to, and [`upstream`] holds the connection catalog and the credentials that
+//! only the gateway knows. [`devdb`] runs a throwaway PostgreSQL for demos and
+//! tests; [`gateway`] wires the stages together.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod dev;
+pub mod devdb;
+pub mod gateway;
+pub mod hooks;
+pub mod identity;
+pub mod listener;
+pub mod pg;
+pub mod upstream;
+
+pub use config::Config;
+pub use gateway::{Gateway, RunningGateway};

@@ -1,0 +1,198 @@
+//! The `tollgate` command: parses arguments and calls the library.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tollgate::config::Config;
+use tollgate::dev::{self, DevOptions};
+use tollgate::identity::dev_issuer::{DevIssuer, TokenRequest};
+use tollgate::Gateway;
+
+#[derive(Parser)]
+#[command(name = "tollgate", version, about = "An identity-aware gateway in front of PostgreSQL")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway with a configuration file.
+    Serve {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and exit.
+    Check {
+        /// The configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run a local gateway in front of an existing database, trusting the dev issuer.
+    Dev {
+        /// The upstream: postgres://USER:PASS@HOST:PORT/DB[?sslmode=...&sslrootcert=...]
+        #[arg(long)]
+        upstream: String,
+        #[command(flatten)]
+        options: DevArgs,
+    },
+    /// Run a local gateway in front of a throwaway PostgreSQL seeded with fake card data.
+    Demo {
+        #[command(flatten)]
+        options: DevArgs,
+    },
+    /// Print a dev access token (trusted by gateways whose config enables the dev issuer).
+    Token {
+        /// Subject (user or agent name).
+        #[arg(long)]
+        sub: String,
+        /// Groups, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        groups: Vec<String>,
+        /// Mark the login as multi-factor.
+        #[arg(long)]
+        mfa: bool,
+        /// Mark the caller as an agent.
+        #[arg(long)]
+        agent: bool,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600, allow_negative_numbers = true)]
+        ttl: i64,
+        /// Read the data directory and audience from this config.
+        #[arg(long, short, conflicts_with = "data_dir")]
+        config: Option<PathBuf>,
+        /// The gateway's data directory (default: .tollgate).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct DevArgs {
+    /// Listen address.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data directory (default: .tollgate).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Also trust this OIDC issuer (discovery and JWKS).
+    #[arg(long, requires = "audience")]
+    issuer: Option<String>,
+    /// The audience tokens from --issuer must carry.
+    #[arg(long)]
+    audience: Option<String>,
+}
+
+impl From<DevArgs> for DevOptions {
+    fn from(a: DevArgs) -> Self {
+        DevOptions { listen: a.listen, data_dir: a.data_dir, issuer: a.issuer, audience: a.audience }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { config } => {
+            let config = Config::load(&config)?;
+            anyhow::ensure!(
+                !config.connections.is_empty(),
+                "the config has no [[connection]]: add at least one upstream database"
+            );
+            serve(config, None).await
+        }
+        Command::Check { config: path } => {
+            let config = Config::load(&path)?;
+            println!("{}: ok ({} connection(s), {} issuer(s){})",
+                path.display(),
+                config.connections.len(),
+                config.identity.issuers.len(),
+                if config.identity.dev_issuer.enabled { ", dev issuer enabled" } else { "" });
+            Ok(())
+        }
+        Command::Dev { upstream, options } => {
+            let mut config = dev::dev_config(&options.into())?;
+            let connection = dev::connection_from_url(&upstream)?;
+            let name = connection.name.clone();
+            config.connections.push(toml::Spanned::new(0..0, connection));
+            serve(config, Some(name)).await
+        }
+        Command::Demo { options } => {
+            let mut config = dev::dev_config(&options.into())?;
+            eprintln!("Starting a throwaway PostgreSQL seeded with fake cardholder data...");
+            let (pg, connection) = tokio::task::spawn_blocking(dev::demo_database).await??;
+            config.connections.push(toml::Spanned::new(0..0, connection));
+            let result = serve(config, Some("payments".into())).await;
+            drop(pg);
+            result
+        }
+        Command::Token { sub, groups, mfa, agent, ttl, config, data_dir } => {
+            let (data_dir, audience) = match config {
+                Some(path) => {
+                    let config = Config::load(&path)?;
+                    anyhow::ensure!(
+                        config.identity.dev_issuer.enabled,
+                        "{} does not enable [identity.dev_issuer]: its gateway would refuse dev tokens",
+                        path.display()
+                    );
+                    (config.server.data_dir, config.identity.dev_issuer.audience)
+                }
+                None => (data_dir.unwrap_or_else(|| PathBuf::from(".tollgate")), "tollgate".to_string()),
+            };
+            let issuer = DevIssuer::load_or_create(Path::new(&data_dir), &audience)
+                .with_context(|| format!("dev issuer key in {}", data_dir.display()))?;
+            let token = issuer.mint(&TokenRequest { subject: sub, groups, mfa, agent, ttl_secs: ttl })?;
+            println!("{token}");
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config, dev_connection: Option<String>) -> anyhow::Result<()> {
+    let gateway = Gateway::new(config.clone()).start().await?;
+    match &dev_connection {
+        Some(name) => eprintln!("{}", dev::connect_instructions(&config, gateway.local_addr, name)),
+        None => eprintln!("Tollgate is listening on {}", gateway.local_addr),
+    }
+    wait_for_shutdown().await;
+    eprintln!("Stopping.");
+    gateway.stop().await;
+    Ok(())
+}
+
+async fn wait_for_shutdown() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,17 @@
+//! The PostgreSQL protocol adapter: startup and TLS, token login, the
+//! upstream handshake, cancel forwarding and the relay. It calls the shared
+//! stages (identity, hooks, upstream); none of them knows about it.
+//! Design notes: `README.md` beside this file.
+
+pub mod cancel;
+pub mod conn;
+pub mod error;
+pub mod frame;
+pub mod messages;
+pub mod relay;
+mod session;
+pub mod startup;
+pub mod upstream;
+
+pub use error::PgError;
+pub use session::{PgContext, serve_connection};

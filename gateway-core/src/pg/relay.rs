@@ -1,0 +1,403 @@
+//! The relay: protocol 3.0 in both directions, message by message, streaming.
+//!
+//! One task per session reads whichever side has bytes, cuts them into
+//! frames, asks the session's hooks at the hook points and writes what
+//! results to the other side. Nothing is buffered beyond the frames of one
+//! read, so memory stays flat however large a result is; a slow client
+//! slows the upstream down (TCP back-pressure) instead of filling memory.
+//!
+//! Refusals are ordered like PostgreSQL's own errors: a refused message is
+//! not sent, a Sync goes upstream in its place (or at the client's next
+//! Sync in the extended protocol), and the error is delivered just before
+//! that Sync's ReadyForQuery, after every response to the messages before it.
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::conn::Conn;
+use super::error::PgError;
+use super::frame::{Body, FrameError, printable};
+use crate::hooks::{Decision, SessionEvent, SessionHooks, Statement, StatementVia, ValueSource};
+
+const READ_CHUNK: usize = 64 * 1024;
+/// Backend messages can be as large as PostgreSQL allows (1 GiB for a row).
+const MAX_BACKEND_MESSAGE: usize = i32::MAX as usize;
+const SYNC: &[u8] = &[b'S', 0, 0, 0, 4];
+const TERMINATE: &[u8] = &[b'X', 0, 0, 0, 4];
+
+/// How a relay ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// The client sent Terminate.
+    Terminated,
+    /// The client closed the connection without Terminate.
+    ClientClosed,
+    /// The upstream closed the connection (its last message was relayed).
+    UpstreamClosed,
+}
+
+/// Why a relay failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The client sent a frame that cannot be right.
+    #[error("client sent {0}")]
+    ClientProtocol(FrameError),
+    /// The upstream sent a frame that cannot be right.
+    #[error("upstream sent {0}")]
+    UpstreamProtocol(FrameError),
+    /// Reading from or writing to the client failed.
+    #[error("client connection: {0}")]
+    Client(std::io::Error),
+    /// Reading from or writing to the upstream failed.
+    #[error("upstream connection: {0}")]
+    Upstream(std::io::Error),
+}
+
+/// Relay state that outlives one read.
+struct State<'h> {
+    hooks: &'h mut dyn SessionHooks,
+    /// One entry per Query, Sync or FunctionCall sent upstream, in order: the
+    /// error to deliver before the ReadyForQuery that answers it.
+    awaiting_ready: VecDeque<Option<PgError>>,
+    /// A refused extended-protocol message: skip until Sync, then report.
+    skipping: Option<PgError>,
+    to_upstream: BytesMut,
+    to_client: BytesMut,
+}
+
+/// Relay until either side ends the session.
+pub async fn run(
+    client: &mut Conn,
+    upstream: &mut Conn,
+    hooks: &mut dyn SessionHooks,
+    max_client_message: usize,
+) -> Result<RelayEnd, RelayError> {
+    let mut from_client = BytesMut::with_capacity(READ_CHUNK);
+    let mut from_upstream = BytesMut::with_capacity(READ_CHUNK);
+    let mut state = State {
+        hooks,
+        awaiting_ready: VecDeque::new(),
+        skipping: None,
+        to_upstream: BytesMut::with_capacity(READ_CHUNK),
+        to_client: BytesMut::with_capacity(READ_CHUNK),
+    };
+    loop {
+        reserve(&mut from_client);
+        reserve(&mut from_upstream);
+        let mut end = None;
+        tokio::select! {
+            read = client.read_buf(&mut from_client) => {
+                if read.map_err(RelayError::Client)? == 0 {
+                    end = Some(RelayEnd::ClientClosed);
+                } else if state.client_frames(&mut from_client, max_client_message)? {
+                    end = Some(RelayEnd::Terminated);
+                }
+            }
+            read = upstream.read_buf(&mut from_upstream) => {
+                if read.map_err(RelayError::Upstream)? == 0 {
+                    end = Some(RelayEnd::UpstreamClosed);
+                } else {
+                    state.upstream_frames(&mut from_upstream)?;
+                }
+            }
+        }
+        if !state.to_upstream.is_empty() {
+            write(upstream, &mut state.to_upstream).await.map_err(RelayError::Upstream)?;
+        }
+        if !state.to_client.is_empty() {
+            write(client, &mut state.to_client).await.map_err(RelayError::Client)?;
+        }
+        match end {
+            None => {}
+            Some(RelayEnd::ClientClosed) => {
+                // Tell the upstream backend to end cleanly rather than wait for a timeout.
+                let _ = upstream.write_all(TERMINATE).await;
+                let _ = upstream.shutdown().await;
+                return Ok(RelayEnd::ClientClosed);
+            }
+            Some(end) => return Ok(end),
+        }
+    }
+}
+
+fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
+async fn write(conn: &mut Conn, buf: &mut BytesMut) -> std::io::Result<()> {
+    conn.write_all(buf).await?;
+    conn.flush().await?;
+    buf.clear();
+    Ok(())
+}
+
+/// Type and total length of the next complete frame in `buf`.
+fn next_frame(buf: &BytesMut, limit: usize) -> Result<Option<(u8, usize)>, FrameError> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    if len < 4 || len as usize > limit {
+        return Err(FrameError::BadLength { tag: printable(buf[0]), len: len.into(), limit });
+    }
+    let total = 1 + len as usize;
+    Ok((buf.len() >= total).then_some((buf[0], total)))
+}
+
+impl State<'_> {
+    /// Handle every complete client frame; true when the client sent Terminate.
+    fn client_frames(&mut self, buf: &mut BytesMut, limit: usize) -> Result<bool, RelayError> {
+        while let Some((tag, total)) = next_frame(buf, limit).map_err(RelayError::ClientProtocol)? {
+            let frame = &buf[..total];
+            match tag {
+                b'Q' => {
+                    let sql = Body::new(&frame[5..]).cstr().unwrap_or_default();
+                    let sql = String::from_utf8_lossy(sql);
+                    match self.hooks.statement(&Statement { sql: &sql, via: StatementVia::SimpleQuery }) {
+                        Decision::Forward => {
+                            self.to_upstream.extend_from_slice(frame);
+                            self.awaiting_ready.push_back(None);
+                        }
+                        Decision::Refuse { sqlstate, message } => {
+                            self.hooks.event(&SessionEvent::Refused { sql: &sql, message: &message });
+                            self.to_upstream.extend_from_slice(SYNC);
+                            self.awaiting_ready.push_back(Some(PgError::error(sqlstate, message)));
+                        }
+                    }
+                }
+                b'P' if self.skipping.is_none() => {
+                    let mut body = Body::new(&frame[5..]);
+                    let name = String::from_utf8_lossy(body.cstr().unwrap_or_default()).into_owned();
+                    let sql = String::from_utf8_lossy(body.cstr().unwrap_or_default()).into_owned();
+                    let statement = Statement { sql: &sql, via: StatementVia::Parse { name: &name } };
+                    match self.hooks.statement(&statement) {
+                        Decision::Forward => self.to_upstream.extend_from_slice(frame),
+                        Decision::Refuse { sqlstate, message } => {
+                            self.hooks.event(&SessionEvent::Refused { sql: &sql, message: &message });
+                            self.skipping = Some(PgError::error(sqlstate, message));
+                        }
+                    }
+                }
+                b'S' => {
+                    self.to_upstream.extend_from_slice(frame);
+                    self.awaiting_ready.push_back(self.skipping.take());
+                }
+                b'F' => {
+                    self.to_upstream.extend_from_slice(frame);
+                    self.awaiting_ready.push_back(None);
+                }
+                b'X' => {
+                    self.to_upstream.extend_from_slice(frame);
+                    buf.advance(total);
+                    return Ok(true);
+                }
+                // After a refusal PostgreSQL ignores extended-protocol messages until Sync.
+                b'P' | b'B' | b'D' | b'E' | b'C' | b'H' if self.skipping.is_some() => {}
+                _ => self.to_upstream.extend_from_slice(frame),
+            }
+            buf.advance(total);
+        }
+        Ok(false)
+    }
+
+    fn upstream_frames(&mut self, buf: &mut BytesMut) -> Result<(), RelayError> {
+        let inspect = self.hooks.inspects_values();
+        while let Some((tag, total)) = next_frame(buf, MAX_BACKEND_MESSAGE).map_err(RelayError::UpstreamProtocol)? {
+            let frame = &buf[..total];
+            match tag {
+                b'Z' => {
+                    if let Some(Some(error)) = self.awaiting_ready.pop_front() {
+                        self.to_client.extend_from_slice(error.to_frame().raw());
+                    }
+                    self.to_client.extend_from_slice(frame);
+                }
+                b'D' if inspect => rewrite_data_row(self.hooks, frame, &mut self.to_client),
+                b'd' if inspect => {
+                    let row = self.hooks.result_value(ValueSource::CopyRow, &frame[5..]);
+                    put_frame(&mut self.to_client, b'd', &[&row]);
+                }
+                _ => self.to_client.extend_from_slice(frame),
+            }
+            buf.advance(total);
+        }
+        Ok(())
+    }
+}
+
+/// Append a frame made of `parts` to `out`.
+fn put_frame(out: &mut BytesMut, tag: u8, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum::<usize>() + 4;
+    out.extend_from_slice(&[tag]);
+    out.extend_from_slice(&(len as i32).to_be_bytes());
+    for part in parts {
+        out.extend_from_slice(part);
+    }
+}
+
+/// Pass each cell of a DataRow through the hooks; rebuild the row (with
+/// correct lengths) only if a cell changed.
+fn rewrite_data_row(hooks: &mut dyn SessionHooks, frame: &[u8], out: &mut BytesMut) {
+    let body = &frame[5..];
+    let mut cells: Vec<Option<Cow<'_, [u8]>>> = Vec::new();
+    let mut changed = false;
+    let mut reader = Body::new(body);
+    let count = reader.i16().unwrap_or(0).max(0) as usize;
+    let mut rest = reader.rest();
+    for column in 0..count {
+        if rest.len() < 4 {
+            // Malformed row: forward untouched rather than guess.
+            out.extend_from_slice(frame);
+            return;
+        }
+        let len = i32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]);
+        rest = &rest[4..];
+        if len < 0 {
+            cells.push(None);
+            continue;
+        }
+        let Some(value) = rest.get(..len as usize) else {
+            out.extend_from_slice(frame);
+            return;
+        };
+        rest = &rest[len as usize..];
+        let new = hooks.result_value(ValueSource::Cell { column }, value);
+        changed |= matches!(new, Cow::Owned(_));
+        cells.push(Some(new));
+    }
+    if !changed {
+        out.extend_from_slice(frame);
+        return;
+    }
+    let len = 4 + 2 + cells.iter().map(|c| 4 + c.as_ref().map_or(0, |v| v.len())).sum::<usize>();
+    out.extend_from_slice(&[b'D']);
+    out.extend_from_slice(&(len as i32).to_be_bytes());
+    out.extend_from_slice(&(count as i16).to_be_bytes());
+    for cell in cells {
+        match cell {
+            None => out.extend_from_slice(&(-1i32).to_be_bytes()),
+            Some(v) => {
+                out.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                out.extend_from_slice(&v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::frame::Frame;
+
+    struct Upper;
+    impl SessionHooks for Upper {
+        fn result_value<'v>(&mut self, _: ValueSource, v: &'v [u8]) -> Cow<'v, [u8]> {
+            if v.iter().any(u8::is_ascii_lowercase) { Cow::Owned(v.to_ascii_uppercase()) } else { Cow::Borrowed(v) }
+        }
+        fn inspects_values(&self) -> bool {
+            true
+        }
+    }
+
+    fn data_row(cells: &[Option<&[u8]>]) -> Frame {
+        let mut body = (cells.len() as i16).to_be_bytes().to_vec();
+        for c in cells {
+            match c {
+                None => body.extend_from_slice(&(-1i32).to_be_bytes()),
+                Some(v) => {
+                    body.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    body.extend_from_slice(v);
+                }
+            }
+        }
+        Frame::new(b'D', &body)
+    }
+
+    #[test]
+    fn data_row_rewrite_fixes_lengths_and_keeps_nulls() {
+        let mut out = BytesMut::new();
+        rewrite_data_row(&mut Upper, data_row(&[Some(b"ab"), None, Some(b"12")]).raw(), &mut out);
+        assert_eq!(&out[..], data_row(&[Some(b"AB"), None, Some(b"12")]).raw());
+    }
+
+    #[test]
+    fn unchanged_rows_are_forwarded_byte_for_byte() {
+        let mut out = BytesMut::new();
+        let row = data_row(&[Some(b"12"), None]);
+        rewrite_data_row(&mut Upper, row.raw(), &mut out);
+        assert_eq!(&out[..], row.raw());
+    }
+
+    struct RefuseDrop;
+    impl SessionHooks for RefuseDrop {
+        fn statement(&mut self, s: &Statement<'_>) -> Decision {
+            if s.sql.contains("DROP") {
+                Decision::Refuse { sqlstate: "42501", message: "no".into() }
+            } else {
+                Decision::Forward
+            }
+        }
+    }
+
+    fn state(hooks: &mut dyn SessionHooks) -> State<'_> {
+        State {
+            hooks,
+            awaiting_ready: VecDeque::new(),
+            skipping: None,
+            to_upstream: BytesMut::new(),
+            to_client: BytesMut::new(),
+        }
+    }
+
+    #[test]
+    fn refused_query_becomes_sync_and_error_precedes_its_ready_for_query() {
+        let mut hooks = RefuseDrop;
+        let mut s = state(&mut hooks);
+        let mut input = BytesMut::new();
+        input.extend_from_slice(Frame::new(b'Q', b"SELECT 1\0").raw());
+        input.extend_from_slice(Frame::new(b'Q', b"DROP TABLE t\0").raw());
+        assert!(!s.client_frames(&mut input, 1 << 20).unwrap());
+        let mut expected = BytesMut::from(&Frame::new(b'Q', b"SELECT 1\0").raw()[..]);
+        expected.extend_from_slice(SYNC);
+        assert_eq!(s.to_upstream, expected);
+
+        let mut replies = BytesMut::new();
+        replies.extend_from_slice(Frame::new(b'C', b"SELECT 1\0").raw());
+        replies.extend_from_slice(Frame::new(b'Z', b"I").raw());
+        replies.extend_from_slice(Frame::new(b'Z', b"I").raw());
+        s.upstream_frames(&mut replies).unwrap();
+        let mut expected = BytesMut::new();
+        expected.extend_from_slice(Frame::new(b'C', b"SELECT 1\0").raw());
+        expected.extend_from_slice(Frame::new(b'Z', b"I").raw());
+        expected.extend_from_slice(PgError::error("42501", "no").to_frame().raw());
+        expected.extend_from_slice(Frame::new(b'Z', b"I").raw());
+        assert_eq!(s.to_client, expected);
+    }
+
+    #[test]
+    fn refused_parse_skips_to_sync() {
+        let mut hooks = RefuseDrop;
+        let mut s = state(&mut hooks);
+        let mut input = BytesMut::new();
+        input.extend_from_slice(Frame::new(b'P', b"\0DROP TABLE t\0\0\0").raw());
+        input.extend_from_slice(Frame::new(b'B', b"\0\0\0\0\0\0\0\0").raw());
+        input.extend_from_slice(Frame::new(b'E', b"\0\0\0\0\0").raw());
+        input.extend_from_slice(SYNC);
+        s.client_frames(&mut input, 1 << 20).unwrap();
+        assert_eq!(&s.to_upstream[..], SYNC);
+        assert_eq!(s.awaiting_ready.len(), 1);
+        assert!(s.awaiting_ready[0].is_some());
+    }
+
+    #[test]
+    fn oversized_client_message_is_a_protocol_error() {
+        let mut hooks = crate::hooks::Passthrough;
+        let mut s = state(&mut hooks);
+        let mut input = BytesMut::from(&[b'Q', 0x7f, 0xff, 0xff, 0xff][..]);
+        assert!(matches!(s.client_frames(&mut input, 1 << 30), Err(RelayError::ClientProtocol(_))));
+    }
+}
