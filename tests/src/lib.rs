@@ -150,7 +150,7 @@ impl TestGateway {
     pub fn psql_command(&self, token: &str, dbname: &str, sslmode: &str) -> Command {
         let mut command = Command::new("psql");
         command
-            .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
             .arg(self.conninfo(dbname, "alice", sslmode))
             .env("PGPASSWORD", token)
             .env("PGCONNECT_TIMEOUT", "10")
