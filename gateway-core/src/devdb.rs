@@ -115,7 +115,7 @@ impl ThrowawayPostgres {
         )?;
         pg.port = free_port()?;
         let conf = format!(
-            "\nlisten_addresses = '127.0.0.1'\nport = {port}\nunix_socket_directories = '{dir}'\n\
+            "\nlisten_addresses = '127.0.0.1,127.0.0.2'\nport = {port}\nunix_socket_directories = '{dir}'\n\
              ssl = on\nssl_cert_file = '{dir}/server.crt'\nssl_key_file = '{dir}/server.key'\n\
              password_encryption = 'scram-sha-256'\nfsync = off\nsynchronous_commit = off\n\
              full_page_writes = off\nmax_connections = 200\nshared_buffers = '64MB'\n",
@@ -128,6 +128,7 @@ impl ThrowawayPostgres {
         let hba = "local all all scram-sha-256\n\
                    hostssl all legacy_md5 127.0.0.1/32 md5\n\
                    hostssl all all 127.0.0.1/32 scram-sha-256\n\
+                   hostssl all all 127.0.0.2/32 scram-sha-256\n\
                    hostssl all all ::1/128 scram-sha-256\n";
         fs::write(data.join("pg_hba.conf"), hba).map_err(|e| step("write pg_hba.conf", e))?;
         run(

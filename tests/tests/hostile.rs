@@ -1,0 +1,238 @@
+//! Hostile and broken clients: each gets a clear error or a clean close,
+//! nothing panics, and the gateway keeps serving everyone else.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tollgate_e2e::TestGateway;
+
+/// Read until the server closes; returns what it sent.
+async fn read_to_close(tcp: &mut TcpStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await.expect("server closes in time");
+    out
+}
+
+/// The fields of the first ErrorResponse in `bytes`: (SQLSTATE, message).
+fn error_response(bytes: &[u8]) -> (String, String) {
+    assert_eq!(bytes.first(), Some(&b'E'), "expected an ErrorResponse, got {bytes:?}");
+    let len = i32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+    let body = &bytes[5..1 + len];
+    let mut code = String::new();
+    let mut message = String::new();
+    for field in body.split(|b| *b == 0) {
+        match field.first() {
+            Some(b'C') => code = String::from_utf8_lossy(&field[1..]).into(),
+            Some(b'M') => message = String::from_utf8_lossy(&field[1..]).into(),
+            _ => {}
+        }
+    }
+    (code, message)
+}
+
+async fn still_serves(gw: &TestGateway) {
+    let client = gw.tokio_postgres(&gw.token("alice", &["analysts"])).await.expect("gateway still serves");
+    assert_eq!(client.query_one("SELECT 7", &[]).await.unwrap().get::<_, i32>(0), 7);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_startup_packet_gets_08p01() {
+    let gw = TestGateway::start().await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    // Protocol 3.0, a parameter name with no value and no terminator.
+    let mut packet = Vec::new();
+    packet.extend_from_slice(&(4 + 4 + 5i32).to_be_bytes());
+    packet.extend_from_slice(&196608i32.to_be_bytes());
+    packet.extend_from_slice(b"user\0");
+    tcp.write_all(&packet).await.unwrap();
+    let (code, message) = error_response(&read_to_close(&mut tcp).await);
+    assert_eq!(code, "08P01");
+    assert!(message.contains("invalid startup packet"), "{message}");
+    still_serves(&gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn startup_length_of_two_gigabytes_is_refused_at_once() {
+    let gw = TestGateway::start().await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(&0x7fff_fff0i32.to_be_bytes()).await.unwrap();
+    tcp.write_all(&196608i32.to_be_bytes()).await.unwrap();
+    let (code, message) = error_response(&read_to_close(&mut tcp).await);
+    assert_eq!(code, "08P01");
+    assert!(message.contains("invalid length of startup packet"), "{message}");
+    still_serves(&gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_protocol_version_is_named() {
+    let gw = TestGateway::start().await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let mut packet = Vec::new();
+    packet.extend_from_slice(&(4 + 4 + 1i32).to_be_bytes());
+    packet.extend_from_slice(&((2 << 16) as i32).to_be_bytes());
+    packet.push(0);
+    tcp.write_all(&packet).await.unwrap();
+    let (code, message) = error_response(&read_to_close(&mut tcp).await);
+    assert_eq!(code, "0A000");
+    assert!(message.contains("unsupported frontend protocol 2.0"), "{message}");
+    still_serves(&gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn newer_minor_version_is_negotiated_down_to_3_0() {
+    let gw = TestGateway::start().await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let mut packet = Vec::new();
+    let body = b"user\0alice\0_pq_.fancy\0on\0\0";
+    packet.extend_from_slice(&(8 + body.len() as i32).to_be_bytes());
+    packet.extend_from_slice(&((3 << 16) | 2i32).to_be_bytes());
+    packet.extend_from_slice(body);
+    tcp.write_all(&packet).await.unwrap();
+    let bytes = read_to_close(&mut tcp).await;
+    // NegotiateProtocolVersion naming the unknown option, then (no TLS) a refusal.
+    assert_eq!(bytes[0], b'v');
+    let len = i32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+    assert!(bytes[5..1 + len].windows(11).any(|w| w == b"_pq_.fancy\0"));
+    let (code, _) = error_response(&bytes[1 + len..]);
+    assert_eq!(code, "28000");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_instead_of_startup_is_refused() {
+    let gw = TestGateway::start().await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let (code, _) = error_response(&read_to_close(&mut tcp).await);
+    assert_eq!(code, "08P01");
+    still_serves(&gw).await;
+}
+
+/// A raw TLS connection that has logged in; returns it after ReadyForQuery.
+async fn logged_in_raw(gw: &TestGateway) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap();
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"S");
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(gw.client_tls()));
+    let mut tls = connector.connect("localhost".try_into().unwrap(), tcp).await.unwrap();
+    let body = b"user\0alice\0database\0payments\0\0";
+    let mut packet = (8 + body.len() as i32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&196608i32.to_be_bytes());
+    packet.extend_from_slice(body);
+    tls.write_all(&packet).await.unwrap();
+    let mut buf = vec![0u8; 9];
+    tls.read_exact(&mut buf).await.unwrap(); // AuthenticationCleartextPassword
+    assert_eq!(buf[0], b'R');
+    let token = gw.token("alice", &["analysts"]);
+    let mut password = vec![b'p'];
+    password.extend_from_slice(&(4 + token.len() as i32 + 1).to_be_bytes());
+    password.extend_from_slice(token.as_bytes());
+    password.push(0);
+    tls.write_all(&password).await.unwrap();
+    // Read messages until ReadyForQuery.
+    loop {
+        let mut header = [0u8; 5];
+        tls.read_exact(&mut header).await.unwrap();
+        let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        let mut body = vec![0u8; len - 4];
+        tls.read_exact(&mut body).await.unwrap();
+        assert_ne!(header[0], b'E', "login failed: {}", String::from_utf8_lossy(&body));
+        if header[0] == b'Z' {
+            return tls;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn message_length_of_two_gigabytes_after_login_ends_only_that_session() {
+    let gw = TestGateway::start().await;
+    let mut tls = logged_in_raw(&gw).await;
+    tls.write_all(&[b'Q', 0x7f, 0xff, 0xff, 0xff]).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await.unwrap().ok();
+    let (code, message) = error_response(&out);
+    assert_eq!(code, "08P01");
+    assert!(message.contains("invalid message length"), "{message}");
+    still_serves(&gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_message_type_is_answered_by_the_upstream_and_session_ends_cleanly() {
+    let gw = TestGateway::start().await;
+    let mut tls = logged_in_raw(&gw).await;
+    tls.write_all(&[b'!', 0, 0, 0, 4]).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await.unwrap().ok();
+    let (code, message) = error_response(&out);
+    assert_eq!(code, "08P01");
+    assert!(message.contains("invalid frontend message type"), "{message}");
+    still_serves(&gw).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_vanishing_mid_result_frees_the_upstream() {
+    let gw = TestGateway::start().await;
+    let mut tls = logged_in_raw(&gw).await;
+    let sql = b"SELECT repeat('x', 1000) FROM generate_series(1, 2000000)\0";
+    let mut query = vec![b'Q'];
+    query.extend_from_slice(&(4 + sql.len() as i32).to_be_bytes());
+    query.extend_from_slice(sql);
+    tls.write_all(&query).await.unwrap();
+    let mut some = vec![0u8; 64 * 1024];
+    tls.read_exact(&mut some).await.unwrap();
+    drop(tls);
+    assert_eventually_sessions_zero(&gw).await;
+    let db = tollgate_e2e::database();
+    tollgate_e2e::assert_eventually!(
+        db.pg.psql("payments", "SELECT count(*) FROM pg_stat_activity WHERE usename = 'tollgate_gateway' AND query LIKE 'SELECT repeat%'").unwrap() == "0",
+        "the upstream backend stopped"
+    );
+    still_serves(&gw).await;
+}
+
+async fn assert_eventually_sessions_zero(gw: &TestGateway) {
+    tollgate_e2e::assert_eventually!(gw.sessions() == 0, "the session ended");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_client_does_not_stall_others() {
+    let gw = TestGateway::start().await;
+    let mut slow = logged_in_raw(&gw).await;
+    let sql = b"SELECT repeat('y', 1000) FROM generate_series(1, 200000)\0";
+    let mut query = vec![b'Q'];
+    query.extend_from_slice(&(4 + sql.len() as i32).to_be_bytes());
+    query.extend_from_slice(sql);
+    slow.write_all(&query).await.unwrap();
+    // The slow client reads a little, then nothing for a while.
+    let mut some = vec![0u8; 8192];
+    slow.read_exact(&mut some).await.unwrap();
+    for _ in 0..3 {
+        still_serves(&gw).await;
+    }
+    // It can still read the rest afterwards: nothing was lost.
+    let mut total = some.len();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(30), slow.read(&mut buf)).await.unwrap().unwrap();
+        total += n;
+        if n == 0 || buf[..n].windows(6).any(|w| w == [b'Z', 0, 0, 0, 5, b'I']) {
+            break;
+        }
+    }
+    assert!(total > 200_000 * 1000, "received {total} bytes");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn startup_timeout_closes_idle_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = tollgate_e2e::config_text(dir.path(), "").replace("[server.tls]", "startup_timeout_secs = 1\n\n[server.tls]");
+    let config = tollgate::Config::parse(&text, "t.toml", dir.path()).unwrap();
+    let gw = TestGateway::start_config(config, dir).await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "an idle connection is closed after the startup timeout");
+    still_serves(&gw).await;
+}
