@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use toml::Spanned;
 
-use crate::config::{Config, ConnectionConfig, CredentialSource, IssuerConfig, UpstreamTlsMode, DEV_CONFIG};
+use crate::config::{
+    Config, ConnectionConfig, CredentialSource, DEV_CONFIG, IssuerConfig, UpstreamTlsMode,
+};
 use crate::devdb::ThrowawayPostgres;
 use crate::identity::dev_issuer::{DevIssuer, TokenRequest};
 
@@ -55,8 +57,13 @@ pub fn dev_config(options: &DevOptions) -> Result<Config, DevError> {
             0..0,
             IssuerConfig {
                 issuer: issuer.clone(),
-                audience: options.audience.clone().unwrap_or_else(|| "tollgate".into()),
-                algorithms: ["RS256", "PS256", "ES256", "EdDSA"].map(String::from).to_vec(),
+                audience: options
+                    .audience
+                    .clone()
+                    .unwrap_or_else(|| "tollgate".into()),
+                algorithms: ["RS256", "PS256", "ES256", "EdDSA"]
+                    .map(String::from)
+                    .to_vec(),
                 jwks_uri: None,
                 ca_file: None,
             },
@@ -69,16 +76,36 @@ pub fn dev_config(options: &DevOptions) -> Result<Config, DevError> {
 pub fn connection_from_url(url: &str) -> Result<ConnectionConfig, DevError> {
     let parsed = url::Url::parse(url).map_err(|e| DevError::Url(format!("not a URL: {e}")))?;
     if !matches!(parsed.scheme(), "postgres" | "postgresql") {
-        return Err(DevError::Url("use postgres://USER:PASS@HOST:PORT/DB".into()));
+        return Err(DevError::Url(
+            "use postgres://USER:PASS@HOST:PORT/DB".into(),
+        ));
     }
-    let decode = |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
-    let host = parsed.host_str().unwrap_or("localhost").trim_matches(['[', ']']).to_string();
-    let user = decode(parsed.username()).filter(|u| !u.is_empty()).ok_or_else(|| DevError::Url("missing user name".into()))?;
+    let decode = |s: &str| {
+        url::form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+    };
+    let host = parsed
+        .host_str()
+        .unwrap_or("localhost")
+        .trim_matches(['[', ']'])
+        .to_string();
+    let user = decode(parsed.username())
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| DevError::Url("missing user name".into()))?;
     let password = parsed.password().and_then(decode);
     let database = parsed.path().trim_start_matches('/').to_string();
-    let database = if database.is_empty() { user.clone() } else { database };
+    let database = if database.is_empty() {
+        user.clone()
+    } else {
+        database
+    };
     let loopback = matches!(host.as_str(), "localhost" | "127.0.0.1" | "::1");
-    let mut tls = if loopback { UpstreamTlsMode::Disable } else { UpstreamTlsMode::VerifyFull };
+    let mut tls = if loopback {
+        UpstreamTlsMode::Disable
+    } else {
+        UpstreamTlsMode::VerifyFull
+    };
     let mut ca_file = None;
     for (key, value) in parsed.query_pairs() {
         match key.as_ref() {
@@ -126,22 +153,27 @@ pub fn demo_database() -> Result<(ThrowawayPostgres, ConnectionConfig), DevError
 
 /// The lines printed once a dev gateway listens: how to connect.
 pub fn connect_instructions(config: &Config, listen: SocketAddr, connection: &str) -> String {
-    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "tollgate".into());
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "tollgate".into());
     let data_dir = config.server.data_dir.display();
-    let token = DevIssuer::load_or_create(&config.server.data_dir, &config.identity.dev_issuer.audience)
-        .ok()
-        .and_then(|issuer| {
-            issuer
-                .mint(&TokenRequest {
-                    subject: "alice".into(),
-                    groups: vec!["analysts".into()],
-                    mfa: true,
-                    agent: false,
-                    ttl_secs: 3600,
-                })
-                .ok()
-        })
-        .unwrap_or_default();
+    let token = DevIssuer::load_or_create(
+        &config.server.data_dir,
+        &config.identity.dev_issuer.audience,
+    )
+    .ok()
+    .and_then(|issuer| {
+        issuer
+            .mint(&TokenRequest {
+                subject: "alice".into(),
+                groups: vec!["analysts".into()],
+                mfa: true,
+                agent: false,
+                ttl_secs: 3600,
+            })
+            .ok()
+    })
+    .unwrap_or_default();
     format!(
         "\nTollgate is listening on {listen} (TLS), in front of connection \"{connection}\".\n\n\
          Connect as alice (group analysts, MFA) with a dev token valid for one hour:\n\n  \

@@ -45,11 +45,16 @@ pub struct ThrowawayPostgres {
 }
 
 fn step(step: &'static str, message: impl ToString) -> DevDbError {
-    DevDbError::Step { step, message: message.to_string() }
+    DevDbError::Step {
+        step,
+        message: message.to_string(),
+    }
 }
 
 fn random_token(bytes: usize) -> String {
-    (0..bytes).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
 }
 
 /// The directory holding initdb, pg_ctl and postgres.
@@ -74,7 +79,10 @@ pub fn find_bin_dir() -> Result<PathBuf, DevDbError> {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
 
 fn run(command: &mut Command, what: &'static str) -> Result<Output, DevDbError> {
@@ -101,15 +109,35 @@ impl ThrowawayPostgres {
         fs::write(dir.join("pwfile"), &superuser_password).map_err(|e| step("write pwfile", e))?;
         let ca_file = write_certificates(&dir)?;
         if as_postgres {
-            run(Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir), "chown to postgres")?;
+            run(
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(&dir),
+                "chown to postgres",
+            )?;
         }
-        let mut pg = Self { port: 0, dir, superuser_password, ca_file, bin, as_postgres };
+        let mut pg = Self {
+            port: 0,
+            dir,
+            superuser_password,
+            ca_file,
+            bin,
+            as_postgres,
+        };
         pg.spawn_watchdog();
         run(
             pg.tool("initdb")
                 .arg("-D")
                 .arg(&data)
-                .args(["-U", "postgres", "--auth=scram-sha-256", "-E", "UTF8", "--no-sync", "--locale=C"])
+                .args([
+                    "-U",
+                    "postgres",
+                    "--auth=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                    "--locale=C",
+                ])
                 .arg(format!("--pwfile={}", pg.dir.join("pwfile").display())),
             "initdb",
         )?;
@@ -149,7 +177,16 @@ impl ThrowawayPostgres {
     pub fn psql(&self, database: &str, sql: &str) -> Result<String, DevDbError> {
         let output = run(
             Command::new("psql")
-                .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-U", "postgres"])
+                .args([
+                    "-X",
+                    "-q",
+                    "-A",
+                    "-t",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-U",
+                    "postgres",
+                ])
                 .arg("-h")
                 .arg(&self.dir)
                 .arg("-p")
@@ -166,19 +203,29 @@ impl ThrowawayPostgres {
 
     /// Run a SQL file (e.g. `fixtures/seed.sql`) as the superuser.
     pub fn psql_file(&self, database: &str, file: &Path) -> Result<(), DevDbError> {
-        let sql = fs::read_to_string(file).map_err(|e| step("read SQL file", format!("{}: {e}", file.display())))?;
+        let sql = fs::read_to_string(file)
+            .map_err(|e| step("read SQL file", format!("{}: {e}", file.display())))?;
         self.psql(database, &sql).map(|_| ())
     }
 
     /// Create a login role with a random password; returns the password.
     pub fn create_role(&self, name: &str, extra: &str) -> Result<String, DevDbError> {
         let password = random_token(16);
-        self.psql("postgres", &format!("CREATE ROLE {name} LOGIN PASSWORD '{password}' {extra}"))?;
+        self.psql(
+            "postgres",
+            &format!("CREATE ROLE {name} LOGIN PASSWORD '{password}' {extra}"),
+        )?;
         Ok(password)
     }
 
     /// A catalog entry for this server, verified with its CA (`verify-full`).
-    pub fn connection(&self, name: &str, database: &str, user: &str, password: &str) -> ConnectionConfig {
+    pub fn connection(
+        &self,
+        name: &str,
+        database: &str,
+        user: &str,
+        password: &str,
+    ) -> ConnectionConfig {
         ConnectionConfig {
             name: name.to_string(),
             host: "localhost".to_string(),
@@ -226,7 +273,11 @@ impl ThrowawayPostgres {
     }
 
     fn stop_script(&self) -> String {
-        let prefix = if self.as_postgres { "runuser -u postgres -- " } else { "" };
+        let prefix = if self.as_postgres {
+            "runuser -u postgres -- "
+        } else {
+            ""
+        };
         format!(
             "{prefix}{pg_ctl} -D {data} -m immediate stop >/dev/null 2>&1; rm -rf {dir}",
             pg_ctl = self.bin.join("pg_ctl").display(),
@@ -238,19 +289,28 @@ impl ThrowawayPostgres {
 
 impl Drop for ThrowawayPostgres {
     fn drop(&mut self) {
-        let _ = Command::new("sh").args(["-c", &self.stop_script()]).status();
+        let _ = Command::new("sh")
+            .args(["-c", &self.stop_script()])
+            .status();
     }
 }
 
 fn append(path: &Path, text: &str) -> Result<(), DevDbError> {
     use std::io::Write;
-    let mut f = fs::OpenOptions::new().append(true).open(path).map_err(|e| step("edit postgresql.conf", e))?;
-    f.write_all(text.as_bytes()).map_err(|e| step("edit postgresql.conf", e))
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| step("edit postgresql.conf", e))?;
+    f.write_all(text.as_bytes())
+        .map_err(|e| step("edit postgresql.conf", e))
 }
 
 fn free_port() -> Result<u16, DevDbError> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| step("find a free port", e))?;
-    listener.local_addr().map(|a| a.port()).map_err(|e| step("find a free port", e))
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| step("find a free port", e))
 }
 
 /// A CA and a server certificate for localhost/127.0.0.1 signed by it.
@@ -259,19 +319,25 @@ fn write_certificates(dir: &Path) -> Result<PathBuf, DevDbError> {
     let ca_key = rcgen::KeyPair::generate().map_err(gen_err)?;
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(gen_err)?;
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Tollgate throwaway CA");
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "Tollgate throwaway CA");
     let ca_cert = ca_params.self_signed(&ca_key).map_err(gen_err)?;
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
 
     let key = rcgen::KeyPair::generate().map_err(gen_err)?;
-    let params = rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .map_err(gen_err)?;
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .map_err(gen_err)?;
     let cert = params.signed_by(&key, &issuer).map_err(gen_err)?;
 
     let ca_file = dir.join("ca.crt");
     fs::write(&ca_file, ca_cert.pem()).map_err(|e| step("write CA", e))?;
     fs::write(dir.join("server.crt"), cert.pem()).map_err(|e| step("write server cert", e))?;
-    crate::identity::dev_issuer::write_private(&dir.join("server.key"), key.serialize_pem().as_bytes())
-        .map_err(|e| step("write server key", e))?;
+    crate::identity::dev_issuer::write_private(
+        &dir.join("server.key"),
+        key.serialize_pem().as_bytes(),
+    )
+    .map_err(|e| step("write server key", e))?;
     Ok(ca_file)
 }

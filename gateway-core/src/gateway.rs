@@ -68,7 +68,10 @@ pub struct RunningGateway {
 impl Gateway {
     /// A gateway with the default hooks (log and let through).
     pub fn new(config: Config) -> Self {
-        Self { config, hooks: Arc::new(LoggingHooks) }
+        Self {
+            config,
+            hooks: Arc::new(LoggingHooks),
+        }
     }
 
     /// Replace the hook factory (policy, masking and recording plug in here).
@@ -90,8 +93,10 @@ impl Gateway {
         let mut upstreams = HashMap::new();
         for connection in &self.config.connections {
             let connection = connection.get_ref();
-            let upstream = Upstream::new(connection)
-                .map_err(|source| StartError::Upstream { name: connection.name.clone(), source })?;
+            let upstream = Upstream::new(connection).map_err(|source| StartError::Upstream {
+                name: connection.name.clone(),
+                source,
+            })?;
             upstreams.insert(connection.name.clone(), Arc::new(upstream));
         }
         let cancels = Arc::new(CancelRegistry::default());
@@ -107,8 +112,12 @@ impl Gateway {
             user_must_match_subject: self.config.identity.user_must_match_subject,
         });
         let addr = *server.listen.get_ref();
-        let listener = listener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Bind { addr, source })?;
+        let listener = listener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
         let (shutdown, mut stop) = watch::channel(false);
         let task = tokio::spawn(async move {
             loop {
@@ -129,7 +138,12 @@ impl Gateway {
             }
         });
         tracing::info!(target: "tollgate::audit", event = "gateway.start", listen = %local_addr);
-        Ok(RunningGateway { local_addr, shutdown, task, cancels })
+        Ok(RunningGateway {
+            local_addr,
+            shutdown,
+            task,
+            cancels,
+        })
     }
 }
 

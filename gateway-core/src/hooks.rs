@@ -140,7 +140,10 @@ pub struct LoggingHooks;
 
 impl HookFactory for LoggingHooks {
     fn for_session(&self, identity: &Identity, connection: &str) -> Box<dyn SessionHooks> {
-        Box::new(SessionLog { subject: identity.subject.clone(), connection: connection.to_string() })
+        Box::new(SessionLog {
+            subject: identity.subject.clone(),
+            connection: connection.to_string(),
+        })
     }
 }
 
@@ -152,7 +155,13 @@ struct SessionLog {
 impl SessionHooks for SessionLog {
     fn event(&mut self, event: &SessionEvent<'_>) {
         match event {
-            SessionEvent::Connected { identity, client, application_name, tls, .. } => tracing::info!(
+            SessionEvent::Connected {
+                identity,
+                client,
+                application_name,
+                tls,
+                ..
+            } => tracing::info!(
                 target: "tollgate::audit",
                 event = "session.start",
                 subject = %identity.subject,

@@ -6,13 +6,17 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tollgate::Gateway;
 use tollgate::config::Config;
 use tollgate::dev::{self, DevOptions};
 use tollgate::identity::dev_issuer::{DevIssuer, TokenRequest};
-use tollgate::Gateway;
 
 #[derive(Parser)]
-#[command(name = "tollgate", version, about = "An identity-aware gateway in front of PostgreSQL")]
+#[command(
+    name = "tollgate",
+    version,
+    about = "An identity-aware gateway in front of PostgreSQL"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -89,7 +93,12 @@ struct DevArgs {
 
 impl From<DevArgs> for DevOptions {
     fn from(a: DevArgs) -> Self {
-        DevOptions { listen: a.listen, data_dir: a.data_dir, issuer: a.issuer, audience: a.audience }
+        DevOptions {
+            listen: a.listen,
+            data_dir: a.data_dir,
+            issuer: a.issuer,
+            audience: a.audience,
+        }
     }
 }
 
@@ -97,8 +106,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("TOLLGATE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -126,30 +141,48 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Check { config: path } => {
             let config = Config::load(&path)?;
-            println!("{}: ok ({} connection(s), {} issuer(s){})",
+            println!(
+                "{}: ok ({} connection(s), {} issuer(s){})",
                 path.display(),
                 config.connections.len(),
                 config.identity.issuers.len(),
-                if config.identity.dev_issuer.enabled { ", dev issuer enabled" } else { "" });
+                if config.identity.dev_issuer.enabled {
+                    ", dev issuer enabled"
+                } else {
+                    ""
+                }
+            );
             Ok(())
         }
         Command::Dev { upstream, options } => {
             let mut config = dev::dev_config(&options.into())?;
             let connection = dev::connection_from_url(&upstream)?;
             let name = connection.name.clone();
-            config.connections.push(toml::Spanned::new(0..0, connection));
+            config
+                .connections
+                .push(toml::Spanned::new(0..0, connection));
             serve(config, Some(name)).await
         }
         Command::Demo { options } => {
             let mut config = dev::dev_config(&options.into())?;
             eprintln!("Starting a throwaway PostgreSQL seeded with fake cardholder data...");
             let (pg, connection) = tokio::task::spawn_blocking(dev::demo_database).await??;
-            config.connections.push(toml::Spanned::new(0..0, connection));
+            config
+                .connections
+                .push(toml::Spanned::new(0..0, connection));
             let result = serve(config, Some("payments".into())).await;
             drop(pg);
             result
         }
-        Command::Token { sub, groups, mfa, agent, ttl, config, data_dir } => {
+        Command::Token {
+            sub,
+            groups,
+            mfa,
+            agent,
+            ttl,
+            config,
+            data_dir,
+        } => {
             let (data_dir, audience) = match config {
                 Some(path) => {
                     let config = Config::load(&path)?;
@@ -160,11 +193,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     );
                     (config.server.data_dir, config.identity.dev_issuer.audience)
                 }
-                None => (data_dir.unwrap_or_else(|| PathBuf::from(".tollgate")), "tollgate".to_string()),
+                None => (
+                    data_dir.unwrap_or_else(|| PathBuf::from(".tollgate")),
+                    "tollgate".to_string(),
+                ),
             };
             let issuer = DevIssuer::load_or_create(Path::new(&data_dir), &audience)
                 .with_context(|| format!("dev issuer key in {}", data_dir.display()))?;
-            let token = issuer.mint(&TokenRequest { subject: sub, groups, mfa, agent, ttl_secs: ttl })?;
+            let token = issuer.mint(&TokenRequest {
+                subject: sub,
+                groups,
+                mfa,
+                agent,
+                ttl_secs: ttl,
+            })?;
             println!("{token}");
             Ok(())
         }
@@ -174,7 +216,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
 async fn serve(config: Config, dev_connection: Option<String>) -> anyhow::Result<()> {
     let gateway = Gateway::new(config.clone()).start().await?;
     match &dev_connection {
-        Some(name) => eprintln!("{}", dev::connect_instructions(&config, gateway.local_addr, name)),
+        Some(name) => eprintln!(
+            "{}",
+            dev::connect_instructions(&config, gateway.local_addr, name)
+        ),
         None => eprintln!("Tollgate is listening on {}", gateway.local_addr),
     }
     wait_for_shutdown().await;
@@ -187,7 +232,8 @@ async fn wait_for_shutdown() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = ctrl_c => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}

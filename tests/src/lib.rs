@@ -37,10 +37,21 @@ pub fn database() -> &'static Database {
             Some(tollgate::config::CredentialSource::Inline(p)) => p,
             _ => unreachable!("demo_database uses an inline password"),
         };
-        pg.psql("postgres", "SET password_encryption = 'md5'; CREATE ROLE legacy_md5 LOGIN PASSWORD 'md5-secret'")
-            .expect("create md5 role");
-        pg.psql("payments", "GRANT SELECT ON ALL TABLES IN SCHEMA public TO legacy_md5").expect("grant");
-        Database { pg, gateway_password, md5_password: "md5-secret".into() }
+        pg.psql(
+            "postgres",
+            "SET password_encryption = 'md5'; CREATE ROLE legacy_md5 LOGIN PASSWORD 'md5-secret'",
+        )
+        .expect("create md5 role");
+        pg.psql(
+            "payments",
+            "GRANT SELECT ON ALL TABLES IN SCHEMA public TO legacy_md5",
+        )
+        .expect("grant");
+        Database {
+            pg,
+            gateway_password,
+            md5_password: "md5-secret".into(),
+        }
     })
 }
 
@@ -110,9 +121,19 @@ impl TestGateway {
     /// A gateway with a configuration the test built itself.
     pub async fn start_config(config: Config, dir: tempfile::TempDir) -> Self {
         let data_dir = config.server.data_dir.clone();
-        let running = Gateway::new(config.clone()).start().await.expect("gateway starts");
-        let issuer = DevIssuer::load_or_create(&data_dir, &config.identity.dev_issuer.audience).expect("dev issuer");
-        Self { addr: running.local_addr, running: Some(running), data_dir, _dir: dir, issuer }
+        let running = Gateway::new(config.clone())
+            .start()
+            .await
+            .expect("gateway starts");
+        let issuer = DevIssuer::load_or_create(&data_dir, &config.identity.dev_issuer.audience)
+            .expect("dev issuer");
+        Self {
+            addr: running.local_addr,
+            running: Some(running),
+            data_dir,
+            _dir: dir,
+            issuer,
+        }
     }
 
     /// A dev token for `sub` in `groups`.
@@ -142,7 +163,11 @@ impl TestGateway {
 
     /// Run psql against the gateway (simple protocol) with `token` as the password.
     pub fn psql(&self, token: &str, args: &[&str]) -> PsqlOutput {
-        let output = self.psql_command(token, "payments", "verify-full").args(args).output().expect("run psql");
+        let output = self
+            .psql_command(token, "payments", "verify-full")
+            .args(args)
+            .output()
+            .expect("run psql");
         PsqlOutput::from(output)
     }
 
@@ -165,18 +190,29 @@ impl TestGateway {
         for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
             roots.add(cert.expect("pem")).expect("add root");
         }
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("tls versions")
-            .with_root_certificates(roots)
-            .with_no_client_auth()
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("tls versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
     }
 
     /// Connect with tokio-postgres (extended protocol) over verified TLS.
-    pub async fn tokio_postgres(&self, token: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let mut config: tokio_postgres::Config =
-            format!("host=localhost port={} dbname=payments user=alice", self.addr.port()).parse().expect("config");
-        config.password(token).ssl_mode(tokio_postgres::config::SslMode::Require);
+    pub async fn tokio_postgres(
+        &self,
+        token: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let mut config: tokio_postgres::Config = format!(
+            "host=localhost port={} dbname=payments user=alice",
+            self.addr.port()
+        )
+        .parse()
+        .expect("config");
+        config
+            .password(token)
+            .ssl_mode(tokio_postgres::config::SslMode::Require);
         let tls = tokio_postgres_rustls::MakeRustlsConnect::new(self.client_tls());
         let (client, connection) = config.connect(tls).await?;
         tokio::spawn(async move {
@@ -226,15 +262,31 @@ impl PsqlOutput {
 
     /// Assert failure and that stderr contains `needle`.
     pub fn fails_with(&self, needle: &str) {
-        assert_ne!(self.code, Some(0), "psql unexpectedly succeeded: {}", self.stdout);
-        assert!(self.stderr.contains(needle), "expected {needle:?} in psql's error, got: {}", self.stderr);
+        assert_ne!(
+            self.code,
+            Some(0),
+            "psql unexpectedly succeeded: {}",
+            self.stdout
+        );
+        assert!(
+            self.stderr.contains(needle),
+            "expected {needle:?} in psql's error, got: {}",
+            self.stderr
+        );
     }
 }
 
 /// Assert that a tokio-postgres error carries this SQLSTATE; returns its message.
 pub fn expect_sqlstate(error: &tokio_postgres::Error, sqlstate: &str) -> String {
-    let db = error.as_db_error().unwrap_or_else(|| panic!("expected a server error {sqlstate}, got: {error:?}"));
-    assert_eq!(db.code().code(), sqlstate, "unexpected SQLSTATE; message: {}", db.message());
+    let db = error
+        .as_db_error()
+        .unwrap_or_else(|| panic!("expected a server error {sqlstate}, got: {error:?}"));
+    assert_eq!(
+        db.code().code(),
+        sqlstate,
+        "unexpected SQLSTATE; message: {}",
+        db.message()
+    );
     db.message().to_string()
 }
 

@@ -10,13 +10,19 @@ use tollgate_e2e::TestGateway;
 /// Read until the server closes; returns what it sent.
 async fn read_to_close(tcp: &mut TcpStream) -> Vec<u8> {
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await.expect("server closes in time");
+    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out))
+        .await
+        .expect("server closes in time");
     out
 }
 
 /// The fields of the first ErrorResponse in `bytes`: (SQLSTATE, message).
 fn error_response(bytes: &[u8]) -> (String, String) {
-    assert_eq!(bytes.first(), Some(&b'E'), "expected an ErrorResponse, got {bytes:?}");
+    assert_eq!(
+        bytes.first(),
+        Some(&b'E'),
+        "expected an ErrorResponse, got {bytes:?}"
+    );
     let len = i32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
     let body = &bytes[5..1 + len];
     let mut code = String::new();
@@ -32,8 +38,18 @@ fn error_response(bytes: &[u8]) -> (String, String) {
 }
 
 async fn still_serves(gw: &TestGateway) {
-    let client = gw.tokio_postgres(&gw.token("alice", &["analysts"])).await.expect("gateway still serves");
-    assert_eq!(client.query_one("SELECT 7", &[]).await.unwrap().get::<_, i32>(0), 7);
+    let client = gw
+        .tokio_postgres(&gw.token("alice", &["analysts"]))
+        .await
+        .expect("gateway still serves");
+    assert_eq!(
+        client
+            .query_one("SELECT 7", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        7
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -60,7 +76,10 @@ async fn startup_length_of_two_gigabytes_is_refused_at_once() {
     tcp.write_all(&196608i32.to_be_bytes()).await.unwrap();
     let (code, message) = error_response(&read_to_close(&mut tcp).await);
     assert_eq!(code, "08P01");
-    assert!(message.contains("invalid length of startup packet"), "{message}");
+    assert!(
+        message.contains("invalid length of startup packet"),
+        "{message}"
+    );
     still_serves(&gw).await;
 }
 
@@ -70,12 +89,15 @@ async fn unknown_protocol_version_is_named() {
     let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
     let mut packet = Vec::new();
     packet.extend_from_slice(&(4 + 4 + 1i32).to_be_bytes());
-    packet.extend_from_slice(&((2 << 16) as i32).to_be_bytes());
+    packet.extend_from_slice(&(2i32 << 16).to_be_bytes());
     packet.push(0);
     tcp.write_all(&packet).await.unwrap();
     let (code, message) = error_response(&read_to_close(&mut tcp).await);
     assert_eq!(code, "0A000");
-    assert!(message.contains("unsupported frontend protocol 2.0"), "{message}");
+    assert!(
+        message.contains("unsupported frontend protocol 2.0"),
+        "{message}"
+    );
     still_serves(&gw).await;
 }
 
@@ -102,7 +124,9 @@ async fn newer_minor_version_is_negotiated_down_to_3_0() {
 async fn garbage_instead_of_startup_is_refused() {
     let gw = TestGateway::start().await;
     let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let (code, _) = error_response(&read_to_close(&mut tcp).await);
     assert_eq!(code, "08P01");
     still_serves(&gw).await;
@@ -111,12 +135,17 @@ async fn garbage_instead_of_startup_is_refused() {
 /// A raw TLS connection that has logged in; returns it after ReadyForQuery.
 async fn logged_in_raw(gw: &TestGateway) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
-    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).await.unwrap();
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .unwrap();
     let mut answer = [0u8; 1];
     tcp.read_exact(&mut answer).await.unwrap();
     assert_eq!(&answer, b"S");
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(gw.client_tls()));
-    let mut tls = connector.connect("localhost".try_into().unwrap(), tcp).await.unwrap();
+    let mut tls = connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
     let body = b"user\0alice\0database\0payments\0\0";
     let mut packet = (8 + body.len() as i32).to_be_bytes().to_vec();
     packet.extend_from_slice(&196608i32.to_be_bytes());
@@ -138,7 +167,12 @@ async fn logged_in_raw(gw: &TestGateway) -> tokio_rustls::client::TlsStream<TcpS
         let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
         let mut body = vec![0u8; len - 4];
         tls.read_exact(&mut body).await.unwrap();
-        assert_ne!(header[0], b'E', "login failed: {}", String::from_utf8_lossy(&body));
+        assert_ne!(
+            header[0],
+            b'E',
+            "login failed: {}",
+            String::from_utf8_lossy(&body)
+        );
         if header[0] == b'Z' {
             return tls;
         }
@@ -149,9 +183,14 @@ async fn logged_in_raw(gw: &TestGateway) -> tokio_rustls::client::TlsStream<TcpS
 async fn message_length_of_two_gigabytes_after_login_ends_only_that_session() {
     let gw = TestGateway::start().await;
     let mut tls = logged_in_raw(&gw).await;
-    tls.write_all(&[b'Q', 0x7f, 0xff, 0xff, 0xff]).await.unwrap();
+    tls.write_all(&[b'Q', 0x7f, 0xff, 0xff, 0xff])
+        .await
+        .unwrap();
     let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await.unwrap().ok();
+    tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .ok();
     let (code, message) = error_response(&out);
     assert_eq!(code, "08P01");
     assert!(message.contains("invalid message length"), "{message}");
@@ -164,10 +203,16 @@ async fn unknown_message_type_is_answered_by_the_upstream_and_session_ends_clean
     let mut tls = logged_in_raw(&gw).await;
     tls.write_all(&[b'!', 0, 0, 0, 4]).await.unwrap();
     let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await.unwrap().ok();
+    tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .ok();
     let (code, message) = error_response(&out);
     assert_eq!(code, "08P01");
-    assert!(message.contains("invalid frontend message type"), "{message}");
+    assert!(
+        message.contains("invalid frontend message type"),
+        "{message}"
+    );
     still_serves(&gw).await;
 }
 
@@ -215,7 +260,10 @@ async fn slow_client_does_not_stall_others() {
     let mut total = some.len();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = tokio::time::timeout(Duration::from_secs(30), slow.read(&mut buf)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(30), slow.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         total += n;
         if n == 0 || buf[..n].windows(6).any(|w| w == [b'Z', 0, 0, 0, 5, b'I']) {
             break;
@@ -227,12 +275,16 @@ async fn slow_client_does_not_stall_others() {
 #[tokio::test(flavor = "multi_thread")]
 async fn startup_timeout_closes_idle_connections() {
     let dir = tempfile::tempdir().unwrap();
-    let text = tollgate_e2e::config_text(dir.path(), "").replace("[server.tls]", "startup_timeout_secs = 1\n\n[server.tls]");
+    let text = tollgate_e2e::config_text(dir.path(), "")
+        .replace("[server.tls]", "startup_timeout_secs = 1\n\n[server.tls]");
     let config = tollgate::Config::parse(&text, "t.toml", dir.path()).unwrap();
     let gw = TestGateway::start_config(config, dir).await;
     let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut buf)).await;
-    assert!(read.is_ok(), "an idle connection is closed after the startup timeout");
+    assert!(
+        read.is_ok(),
+        "an idle connection is closed after the startup timeout"
+    );
     still_serves(&gw).await;
 }

@@ -4,14 +4,26 @@ use tollgate::identity::dev_issuer::TokenRequest;
 use tollgate_e2e::{TestGateway, expect_sqlstate};
 
 fn request(sub: &str, ttl_secs: i64) -> TokenRequest {
-    TokenRequest { subject: sub.into(), groups: vec!["analysts".into()], mfa: true, agent: false, ttl_secs }
+    TokenRequest {
+        subject: sub.into(),
+        groups: vec!["analysts".into()],
+        mfa: true,
+        agent: false,
+        ttl_secs,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn psql_logs_in_with_a_dev_token_and_reaches_the_upstream() {
     let gw = TestGateway::start().await;
     let token = gw.token("alice", &["analysts"]);
-    let out = gw.psql(&token, &["-c", "SELECT current_user, current_database(), count(*) FROM payments"]);
+    let out = gw.psql(
+        &token,
+        &[
+            "-c",
+            "SELECT current_user, current_database(), count(*) FROM payments",
+        ],
+    );
     // The upstream session runs as the gateway's own role: the client never held that credential.
     assert_eq!(out.ok(), "tollgate_gateway|payments|12");
 }
@@ -20,16 +32,21 @@ async fn psql_logs_in_with_a_dev_token_and_reaches_the_upstream() {
 async fn expired_token_is_refused_with_28p01_and_says_so() {
     let gw = TestGateway::start().await;
     let token = gw.token_with(request("alice", -120));
-    let err = gw.tokio_postgres(&token).await.expect_err("expired token must be refused");
+    let err = gw
+        .tokio_postgres(&token)
+        .await
+        .expect_err("expired token must be refused");
     let message = expect_sqlstate(&err, "28P01");
     assert!(message.contains("expired"), "{message}");
-    gw.psql(&token, &["-c", "SELECT 1"]).fails_with("token expired");
+    gw.psql(&token, &["-c", "SELECT 1"])
+        .fails_with("token expired");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn garbage_password_is_refused_as_not_a_token() {
     let gw = TestGateway::start().await;
-    gw.psql("hunter2", &["-c", "SELECT 1"]).fails_with("not a JWT access token");
+    gw.psql("hunter2", &["-c", "SELECT 1"])
+        .fails_with("not a JWT access token");
     let err = gw.tokio_postgres("not.a.jwt").await.expect_err("not a JWT");
     let message = expect_sqlstate(&err, "28P01");
     assert!(message.contains("not a JWT"), "{message}");
@@ -43,7 +60,10 @@ async fn token_signed_by_another_key_is_a_bad_signature() {
     let forged = other.token("alice", &["admins"]);
     let err = gw.tokio_postgres(&forged).await.expect_err("foreign key");
     let message = expect_sqlstate(&err, "28P01");
-    assert!(message.contains("signing key") || message.contains("signature"), "{message}");
+    assert!(
+        message.contains("signing key") || message.contains("signature"),
+        "{message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -53,9 +73,14 @@ async fn tampered_claims_break_the_signature() {
     let token = gw.token("alice", &["analysts"]);
     let mut parts: Vec<String> = token.split('.').map(str::to_string).collect();
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let claims = String::from_utf8(b64.decode(&parts[1]).unwrap()).unwrap().replace("analysts", "admins");
+    let claims = String::from_utf8(b64.decode(&parts[1]).unwrap())
+        .unwrap()
+        .replace("analysts", "admins");
     parts[1] = b64.encode(claims);
-    let err = gw.tokio_postgres(&parts.join(".")).await.expect_err("tampered");
+    let err = gw
+        .tokio_postgres(&parts.join("."))
+        .await
+        .expect_err("tampered");
     let message = expect_sqlstate(&err, "28P01");
     assert!(message.contains("signature"), "{message}");
 }
@@ -66,10 +91,15 @@ async fn wrong_audience_is_named() {
     let other_audience = TestGateway::start_config(
         {
             let dir = tempfile::tempdir().unwrap();
-            let text = tollgate_e2e::config_text(dir.path(), "").replace("audience = \"tollgate\"", "audience = \"reporting\"");
+            let text = tollgate_e2e::config_text(dir.path(), "")
+                .replace("audience = \"tollgate\"", "audience = \"reporting\"");
             let config = tollgate::Config::parse(&text, "t.toml", dir.path()).unwrap();
             // Reuse the first gateway's key so only the audience differs.
-            std::fs::copy(gw.data_dir.join("dev-issuer.key"), dir.path().join("dev-issuer.key")).unwrap();
+            std::fs::copy(
+                gw.data_dir.join("dev-issuer.key"),
+                dir.path().join("dev-issuer.key"),
+            )
+            .unwrap();
             std::mem::forget(dir);
             config
         },
@@ -79,19 +109,26 @@ async fn wrong_audience_is_named() {
     let token = other_audience.token("alice", &["analysts"]);
     let err = gw.tokio_postgres(&token).await.expect_err("wrong audience");
     let message = expect_sqlstate(&err, "28P01");
-    assert!(message.contains("audience") && message.contains("reporting"), "{message}");
+    assert!(
+        message.contains("audience") && message.contains("reporting"),
+        "{message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dev_tokens_are_refused_when_the_dev_issuer_is_not_enabled() {
     let minting = TestGateway::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let text = tollgate_e2e::config_text(dir.path(), "")
-        .replace("[identity.dev_issuer]\nenabled = true", "[identity.dev_issuer]\nenabled = false")
-        + "\n[[identity.issuer]]\nissuer = \"https://idp.example.com\"\naudience = \"tollgate\"\n";
+    let text = tollgate_e2e::config_text(dir.path(), "").replace(
+        "[identity.dev_issuer]\nenabled = true",
+        "[identity.dev_issuer]\nenabled = false",
+    ) + "\n[[identity.issuer]]\nissuer = \"https://idp.example.com\"\naudience = \"tollgate\"\n";
     let config = tollgate::Config::parse(&text, "t.toml", dir.path()).unwrap();
     let gw = TestGateway::start_config(config, dir).await;
-    let err = gw.tokio_postgres(&minting.token("alice", &["admins"])).await.expect_err("untrusted issuer");
+    let err = gw
+        .tokio_postgres(&minting.token("alice", &["admins"]))
+        .await
+        .expect_err("untrusted issuer");
     let message = expect_sqlstate(&err, "28P01");
     assert!(message.contains("not trusted"), "{message}");
 }
@@ -100,7 +137,11 @@ async fn dev_tokens_are_refused_when_the_dev_issuer_is_not_enabled() {
 async fn plaintext_is_refused_before_the_token_is_sent() {
     let gw = TestGateway::start().await;
     let token = gw.token("alice", &["analysts"]);
-    let out = gw.psql_command(&token, "payments", "disable").args(["-c", "SELECT 1"]).output().unwrap();
+    let out = gw
+        .psql_command(&token, "payments", "disable")
+        .args(["-c", "SELECT 1"])
+        .output()
+        .unwrap();
     let out = tollgate_e2e::PsqlOutput::from(out);
     out.fails_with("requires TLS");
 }
@@ -110,7 +151,10 @@ async fn unknown_database_names_the_problem() {
     let gw = TestGateway::start().await;
     let token = gw.token("alice", &["analysts"]);
     let out = tollgate_e2e::PsqlOutput::from(
-        gw.psql_command(&token, "nosuchdb", "require").args(["-c", "SELECT 1"]).output().unwrap(),
+        gw.psql_command(&token, "nosuchdb", "require")
+            .args(["-c", "SELECT 1"])
+            .output()
+            .unwrap(),
     );
     out.fails_with("database \"nosuchdb\" does not exist");
 }
@@ -118,10 +162,18 @@ async fn unknown_database_names_the_problem() {
 #[tokio::test(flavor = "multi_thread")]
 async fn user_name_must_match_subject_when_configured() {
     let dir = tempfile::tempdir().unwrap();
-    let text = tollgate_e2e::config_text(dir.path(), "").replace("[identity.dev_issuer]", "[identity]\nuser_must_match_subject = true\n\n[identity.dev_issuer]");
+    let text = tollgate_e2e::config_text(dir.path(), "").replace(
+        "[identity.dev_issuer]",
+        "[identity]\nuser_must_match_subject = true\n\n[identity.dev_issuer]",
+    );
     let config = tollgate::Config::parse(&text, "t.toml", dir.path()).unwrap();
     let gw = TestGateway::start_config(config, dir).await;
     // psql connects as user "alice".
-    gw.psql(&gw.token("mallory", &["admins"]), &["-c", "SELECT 1"]).fails_with("does not match the token subject");
-    assert_eq!(gw.psql(&gw.token("alice", &["analysts"]), &["-c", "SELECT 1"]).ok(), "1");
+    gw.psql(&gw.token("mallory", &["admins"]), &["-c", "SELECT 1"])
+        .fails_with("does not match the token subject");
+    assert_eq!(
+        gw.psql(&gw.token("alice", &["analysts"]), &["-c", "SELECT 1"])
+            .ok(),
+        "1"
+    );
 }

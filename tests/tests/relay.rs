@@ -15,7 +15,11 @@ async fn simple_query_with_several_statements_and_notices() {
         &["-c", "SELECT 1; SELECT brand FROM payments WHERE id = 3; DO $$ BEGIN RAISE NOTICE 'hello from %', 'plpgsql'; END $$"],
     );
     assert_eq!(out.ok(), "1\nmastercard");
-    assert!(out.stderr.contains("NOTICE:  hello from plpgsql"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("NOTICE:  hello from plpgsql"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -30,28 +34,52 @@ async fn startup_parameters_reach_the_upstream() {
         .args(["-c", "SELECT current_setting('application_name'), current_setting('client_encoding'), current_setting('search_path'), current_setting('statement_timeout')"])
         .output()
         .unwrap();
-    assert_eq!(PsqlOutput::from(out).ok(), "nightly-report|LATIN1|pg_catalog,public|12345ms");
+    assert_eq!(
+        PsqlOutput::from(out).ok(),
+        "nightly-report|LATIN1|pg_catalog,public|12345ms"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn extended_protocol_with_parameters_and_binary_results() {
     let gw = TestGateway::start().await;
-    let client = gw.tokio_postgres(&gw.token("alice", &["analysts"])).await.unwrap();
+    let client = gw
+        .tokio_postgres(&gw.token("alice", &["analysts"]))
+        .await
+        .unwrap();
     let statement = client.prepare("SELECT id, amount::float8, created_at IS NOT NULL FROM payments WHERE id = $1 OR brand = $2 ORDER BY id").await.unwrap();
     let rows = client.query(&statement, &[&5i64, &"jcb"]).await.unwrap();
-    let got: Vec<(i64, f64, bool)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    let got: Vec<(i64, f64, bool)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
     assert_eq!(got, vec![(5, 1200.0, true), (7, 15.0, true)]);
     // The prepared statement stays usable.
-    assert_eq!(client.query_one(&statement, &[&1i64, &""]).await.unwrap().get::<_, i64>(0), 1);
+    assert_eq!(
+        client
+            .query_one(&statement, &[&1i64, &""])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pipelined_queries_come_back_in_order() {
     let gw = TestGateway::start().await;
-    let client = gw.tokio_postgres(&gw.token("alice", &["analysts"])).await.unwrap();
+    let client = gw
+        .tokio_postgres(&gw.token("alice", &["analysts"]))
+        .await
+        .unwrap();
     let queries = (1..=20i32).map(|i| {
         let client = &client;
-        async move { client.query_one("SELECT $1::int4 * 10", &[&i]).await.map(|r| r.get::<_, i32>(0)) }
+        async move {
+            client
+                .query_one("SELECT $1::int4 * 10", &[&i])
+                .await
+                .map(|r| r.get::<_, i32>(0))
+        }
     });
     let results: Vec<i32> = futures_util::future::try_join_all(queries).await.unwrap();
     assert_eq!(results, (1..=20).map(|i| i * 10).collect::<Vec<_>>());
@@ -60,9 +88,15 @@ async fn pipelined_queries_come_back_in_order() {
 #[tokio::test(flavor = "multi_thread")]
 async fn portal_suspension_fetches_in_pages() {
     let gw = TestGateway::start().await;
-    let mut client = gw.tokio_postgres(&gw.token("alice", &["analysts"])).await.unwrap();
+    let mut client = gw
+        .tokio_postgres(&gw.token("alice", &["analysts"]))
+        .await
+        .unwrap();
     let tx = client.transaction().await.unwrap();
-    let portal = tx.bind("SELECT id FROM ledger ORDER BY id", &[]).await.unwrap();
+    let portal = tx
+        .bind("SELECT id FROM ledger ORDER BY id", &[])
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     loop {
         let page = tx.query_portal(&portal, 4000).await.unwrap();
@@ -81,8 +115,14 @@ async fn portal_suspension_fetches_in_pages() {
 #[tokio::test(flavor = "multi_thread")]
 async fn copy_in_and_copy_out_stream_through() {
     let gw = TestGateway::start().await;
-    let client = gw.tokio_postgres(&gw.token("alice", &["analysts"])).await.unwrap();
-    client.batch_execute("CREATE TEMP TABLE notes (id int, body text)").await.unwrap();
+    let client = gw
+        .tokio_postgres(&gw.token("alice", &["analysts"]))
+        .await
+        .unwrap();
+    client
+        .batch_execute("CREATE TEMP TABLE notes (id int, body text)")
+        .await
+        .unwrap();
     let sink = client.copy_in("COPY notes FROM STDIN").await.unwrap();
     futures_util::pin_mut!(sink);
     for chunk in 0..50 {
@@ -93,7 +133,10 @@ async fn copy_in_and_copy_out_stream_through() {
         sink.send(bytes::Bytes::from(data)).await.unwrap();
     }
     assert_eq!(sink.finish().await.unwrap(), 10_000);
-    let stream = client.copy_out("COPY (SELECT id, body FROM notes ORDER BY id) TO STDOUT").await.unwrap();
+    let stream = client
+        .copy_out("COPY (SELECT id, body FROM notes ORDER BY id) TO STDOUT")
+        .await
+        .unwrap();
     let chunks: Vec<bytes::Bytes> = stream.try_collect().await.unwrap();
     let text: Vec<u8> = chunks.concat();
     let text = String::from_utf8(text).unwrap();
@@ -114,28 +157,52 @@ async fn psql_copy_from_stdin_and_failed_copy() {
     .unwrap();
     assert_eq!(gw.psql(&token, &["-f", script.to_str().unwrap()]).ok(), "6");
     // Bad data: the upstream's error reaches psql and names the problem.
-    std::fs::write(&script, "CREATE TEMP TABLE t (a int);\nCOPY t FROM STDIN;\nnot-a-number\n\\.\n").unwrap();
-    gw.psql(&token, &["-f", script.to_str().unwrap()]).fails_with("invalid input syntax for type integer");
+    std::fs::write(
+        &script,
+        "CREATE TEMP TABLE t (a int);\nCOPY t FROM STDIN;\nnot-a-number\n\\.\n",
+    )
+    .unwrap();
+    gw.psql(&token, &["-f", script.to_str().unwrap()])
+        .fails_with("invalid input syntax for type integer");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn errors_keep_the_session_usable() {
     let gw = TestGateway::start().await;
-    let client = gw.tokio_postgres(&gw.token("alice", &["analysts"])).await.unwrap();
+    let client = gw
+        .tokio_postgres(&gw.token("alice", &["analysts"]))
+        .await
+        .unwrap();
     let err = client.query("SELECT 1/0", &[]).await.unwrap_err();
     expect_sqlstate(&err, "22012");
-    let err = client.query("SELECT * FROM no_such_table", &[]).await.unwrap_err();
+    let err = client
+        .query("SELECT * FROM no_such_table", &[])
+        .await
+        .unwrap_err();
     expect_sqlstate(&err, "42P01");
-    assert_eq!(client.query_one("SELECT 41 + 1", &[]).await.unwrap().get::<_, i32>(0), 42);
+    assert_eq!(
+        client
+            .query_one("SELECT 41 + 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        42
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn listen_notify_reaches_the_listener() {
     let gw = TestGateway::start().await;
     let token = gw.token("alice", &["analysts"]);
-    let mut config: tokio_postgres::Config =
-        format!("host=localhost port={} dbname=payments user=alice", gw.addr.port()).parse().unwrap();
-    config.password(&token).ssl_mode(tokio_postgres::config::SslMode::Require);
+    let mut config: tokio_postgres::Config = format!(
+        "host=localhost port={} dbname=payments user=alice",
+        gw.addr.port()
+    )
+    .parse()
+    .unwrap();
+    config
+        .password(&token)
+        .ssl_mode(tokio_postgres::config::SslMode::Require);
     let (listener, mut connection) = config.connect(gw.tokio_postgres_tls()).await.unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
@@ -148,15 +215,26 @@ async fn listen_notify_reaches_the_listener() {
     });
     listener.batch_execute("LISTEN settlements").await.unwrap();
     let sender = gw.tokio_postgres(&token).await.unwrap();
-    sender.batch_execute("NOTIFY settlements, 'batch 42 closed'").await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.expect("notification in time");
-    assert_eq!(got, Some(("settlements".to_string(), "batch 42 closed".to_string())));
+    sender
+        .batch_execute("NOTIFY settlements, 'batch 42 closed'")
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("notification in time");
+    assert_eq!(
+        got,
+        Some(("settlements".to_string(), "batch 42 closed".to_string()))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tokio_postgres_cancel_really_cancels() {
     let gw = TestGateway::start().await;
-    let client = gw.tokio_postgres(&gw.token("alice", &["analysts"])).await.unwrap();
+    let client = gw
+        .tokio_postgres(&gw.token("alice", &["analysts"]))
+        .await
+        .unwrap();
     let cancel = client.cancel_token();
     let tls = gw.tokio_postgres_tls();
     let started = Instant::now();
@@ -165,7 +243,11 @@ async fn tokio_postgres_cancel_really_cancels() {
     cancel.cancel_query(tls).await.unwrap();
     let err = sleeper.await.unwrap().unwrap_err();
     expect_sqlstate(&err, "57014");
-    assert!(started.elapsed() < Duration::from_secs(10), "cancel took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "cancel took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -187,16 +269,31 @@ async fn psql_ctrl_c_cancels_the_running_statement() {
         db.pg.psql("payments", "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'").unwrap() == "1",
         "the statement reached the upstream"
     );
-    std::process::Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap();
-    let out = PsqlOutput::from(tokio::task::spawn_blocking(move || child.wait_with_output()).await.unwrap().unwrap());
+    std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .unwrap();
+    let out = PsqlOutput::from(
+        tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap(),
+    );
     out.fails_with("canceling statement due to user request");
-    assert!(started.elapsed() < Duration::from_secs(15), "cancel took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "cancel took {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_cancel_key_cancels_nothing() {
     let gw = TestGateway::start().await;
-    let client = gw.tokio_postgres(&gw.token("alice", &["analysts"])).await.unwrap();
+    let client = gw
+        .tokio_postgres(&gw.token("alice", &["analysts"]))
+        .await
+        .unwrap();
     // A CancelRequest with a made-up key: the gateway must not forward it.
     let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     use tokio::io::AsyncWriteExt;
@@ -245,7 +342,13 @@ async fn sessions_end_on_terminate_and_on_disconnect() {
     assert_eventually!(gw.sessions() == 0, "psql session ended");
     let db = tollgate_e2e::database();
     assert_eventually!(
-        db.pg.psql("payments", "SELECT count(*) FROM pg_stat_activity WHERE usename = 'tollgate_gateway'").unwrap() == "0",
+        db.pg
+            .psql(
+                "payments",
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'tollgate_gateway'"
+            )
+            .unwrap()
+            == "0",
         "upstream backends are gone too"
     );
 }

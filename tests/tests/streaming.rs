@@ -22,15 +22,28 @@ async fn a_large_result_streams_with_flat_memory() {
     // About 400 MB of rows through the gateway, read by psql into a file sink.
     let out = gw.psql(
         &token,
-        &["-o", "/dev/null", "-c", "SELECT i, repeat('z', 1000) FROM generate_series(1, 400000) AS i"],
+        &[
+            "-o",
+            "/dev/null",
+            "-c",
+            "SELECT i, repeat('z', 1000) FROM generate_series(1, 400000) AS i",
+        ],
     );
     out.ok();
     let copy = gw.psql(
         &token,
-        &["-o", "/dev/null", "-c", "COPY (SELECT i, repeat('c', 1000) FROM generate_series(1, 400000) AS i) TO STDOUT"],
+        &[
+            "-o",
+            "/dev/null",
+            "-c",
+            "COPY (SELECT i, repeat('c', 1000) FROM generate_series(1, 400000) AS i) TO STDOUT",
+        ],
     );
     copy.ok();
     let grown_mib = (peak_rss_kib().saturating_sub(before)) / 1024;
     eprintln!("peak memory growth while streaming: {grown_mib} MiB");
-    assert!(grown_mib < 64, "gateway peak memory grew by {grown_mib} MiB while streaming 800 MB");
+    assert!(
+        grown_mib < 64,
+        "gateway peak memory grew by {grown_mib} MiB while streaming 800 MB"
+    );
 }

@@ -24,10 +24,19 @@ fn connection(name: &str, extra: &str) -> String {
     )
 }
 
-async fn login_to(gw: &TestGateway, dbname: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let mut config: tokio_postgres::Config =
-        format!("host=localhost port={} dbname={dbname} user=alice", gw.addr.port()).parse().unwrap();
-    config.password(gw.token("alice", &["analysts"])).ssl_mode(tokio_postgres::config::SslMode::Require);
+async fn login_to(
+    gw: &TestGateway,
+    dbname: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let mut config: tokio_postgres::Config = format!(
+        "host=localhost port={} dbname={dbname} user=alice",
+        gw.addr.port()
+    )
+    .parse()
+    .unwrap();
+    config
+        .password(gw.token("alice", &["analysts"]))
+        .ssl_mode(tokio_postgres::config::SslMode::Require);
     let (client, conn) = config.connect(gw.tokio_postgres_tls()).await?;
     tokio::spawn(conn);
     Ok(client)
@@ -35,7 +44,11 @@ async fn login_to(gw: &TestGateway, dbname: &str) -> Result<tokio_postgres::Clie
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unreachable_upstream_is_named_not_a_hang() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let gw = gateway_with_connection(&format!(
         "name = \"ledger\"\nhost = \"127.0.0.1\"\nport = {port}\ndatabase = \"x\"\nuser = \"x\"\ntls = \"disable\"\nconnect_timeout_secs = 3"
     ))
@@ -43,7 +56,10 @@ async fn unreachable_upstream_is_named_not_a_hang() {
     let started = Instant::now();
     let err = login_to(&gw, "ledger").await.unwrap_err();
     let message = expect_sqlstate(&err, "08001");
-    assert!(message.contains("connection \"ledger\" is unavailable"), "{message}");
+    assert!(
+        message.contains("connection \"ledger\" is unavailable"),
+        "{message}"
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
@@ -56,7 +72,10 @@ async fn wrong_upstream_password_is_reported_without_the_secret() {
     .await;
     let err = login_to(&gw, "payments").await.unwrap_err();
     let message = expect_sqlstate(&err, "08004");
-    assert!(message.contains("password authentication failed"), "{message}");
+    assert!(
+        message.contains("password authentication failed"),
+        "{message}"
+    );
     assert!(!message.contains("wrong-secret-value"));
 }
 
@@ -75,20 +94,42 @@ async fn password_from_environment_and_from_file() {
     std::fs::write(&file, format!("{}\n", db.gateway_password)).unwrap();
     let gw = gateway_with_connection(&format!(
         "{}\n\n[[connection]]\n{}",
-        connection("via_env", "user = \"env_cred\"\npassword = { env = \"CARGO_PKG_NAME\" }"),
-        connection("via_file", &format!("user = \"tollgate_gateway\"\npassword = {{ file = \"{}\" }}", file.display())),
+        connection(
+            "via_env",
+            "user = \"env_cred\"\npassword = { env = \"CARGO_PKG_NAME\" }"
+        ),
+        connection(
+            "via_file",
+            &format!(
+                "user = \"tollgate_gateway\"\npassword = {{ file = \"{}\" }}",
+                file.display()
+            )
+        ),
     ))
     .await;
     for (name, role) in [("via_env", "env_cred"), ("via_file", "tollgate_gateway")] {
-        let client = login_to(&gw, name).await.unwrap_or_else(|e| panic!("{name}: {e}"));
-        let user: String = client.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+        let client = login_to(&gw, name)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let user: String = client
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(user, role);
     }
     // A missing variable is named, never guessed.
-    let gw = gateway_with_connection(&connection("no_env", "user = \"env_cred\"\npassword = { env = \"TOLLGATE_NO_SUCH_VARIABLE\" }")).await;
+    let gw = gateway_with_connection(&connection(
+        "no_env",
+        "user = \"env_cred\"\npassword = { env = \"TOLLGATE_NO_SUCH_VARIABLE\" }",
+    ))
+    .await;
     let err = login_to(&gw, "no_env").await.unwrap_err();
     let message = expect_sqlstate(&err, "08004");
-    assert!(message.contains("TOLLGATE_NO_SUCH_VARIABLE is not set"), "{message}");
+    assert!(
+        message.contains("TOLLGATE_NO_SUCH_VARIABLE is not set"),
+        "{message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -96,11 +137,18 @@ async fn md5_upstream_login_for_old_servers() {
     let db = database();
     let gw = gateway_with_connection(&connection(
         "legacy",
-        &format!("user = \"legacy_md5\"\npassword = {{ inline = \"{}\" }}", db.md5_password),
+        &format!(
+            "user = \"legacy_md5\"\npassword = {{ inline = \"{}\" }}",
+            db.md5_password
+        ),
     ))
     .await;
     let client = login_to(&gw, "legacy").await.unwrap();
-    let count: i64 = client.query_one("SELECT count(*) FROM payments", &[]).await.unwrap().get(0);
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM payments", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(count, 12);
 }
 
@@ -135,10 +183,20 @@ async fn verify_full_checks_the_host_name_and_verify_ca_does_not() {
             db.pg.ca_file.display()
         )
     };
-    let gw = gateway_with_connection(&format!("{}\n\n[[connection]]\n{}", entry("verify-full"), entry("verify-ca"))).await;
+    let gw = gateway_with_connection(&format!(
+        "{}\n\n[[connection]]\n{}",
+        entry("verify-full"),
+        entry("verify-ca")
+    ))
+    .await;
     let err = login_to(&gw, "verify_full").await.unwrap_err();
     let message = expect_sqlstate(&err, "08001");
-    assert!(message.contains("TLS handshake") && message.contains("127.0.0.2"), "{message}");
-    let client = login_to(&gw, "verify_ca").await.expect("verify-ca accepts the chain without the name");
+    assert!(
+        message.contains("TLS handshake") && message.contains("127.0.0.2"),
+        "{message}"
+    );
+    let client = login_to(&gw, "verify_ca")
+        .await
+        .expect("verify-ca accepts the chain without the name");
     client.query_one("SELECT 1", &[]).await.unwrap();
 }

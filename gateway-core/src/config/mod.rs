@@ -254,19 +254,28 @@ impl Default for IdentityConfig {
 
 impl Default for DevIssuerConfig {
     fn default() -> Self {
-        Self { enabled: false, audience: default_audience() }
+        Self {
+            enabled: false,
+            audience: default_audience(),
+        }
     }
 }
 
 impl Default for AgentRule {
     fn default() -> Self {
-        Self { claim: default_agent_claim(), values: default_agent_values() }
+        Self {
+            claim: default_agent_claim(),
+            values: default_agent_values(),
+        }
     }
 }
 
 impl Default for MfaRule {
     fn default() -> Self {
-        Self { amr_values: default_amr(), acr_values: Vec::new() }
+        Self {
+            amr_values: default_amr(),
+            acr_values: Vec::new(),
+        }
     }
 }
 
@@ -292,7 +301,9 @@ fn default_jwks_refresh() -> u64 {
     30
 }
 fn default_algorithms() -> Vec<String> {
-    ["RS256", "PS256", "ES256", "EdDSA"].map(String::from).to_vec()
+    ["RS256", "PS256", "ES256", "EdDSA"]
+        .map(String::from)
+        .to_vec()
 }
 fn default_audience() -> String {
     "tollgate".into()
@@ -304,7 +315,11 @@ fn default_agent_values() -> Vec<String> {
     vec!["agent".into()]
 }
 fn default_amr() -> Vec<String> {
-    ["mfa", "otp", "hwk", "swk", "sms", "fpt", "face", "iris", "sc"].map(String::from).to_vec()
+    [
+        "mfa", "otp", "hwk", "swk", "sms", "fpt", "face", "iris", "sc",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 fn default_pg_port() -> u16 {
     5432
@@ -328,7 +343,8 @@ impl Config {
     /// Parse and validate configuration text; `file` names it in errors and
     /// `base` anchors its relative paths.
     pub fn parse(text: &str, file: &str, base: &Path) -> Result<Self, ConfigError> {
-        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::parse(file, text, e))?;
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| ConfigError::parse(file, text, e))?;
         config.resolve_paths(base);
         validate::validate(&config, file, text)?;
         Ok(config)
@@ -336,7 +352,10 @@ impl Config {
 
     /// The connection clients reach as `dbname=<name>`.
     pub fn connection(&self, name: &str) -> Option<&ConnectionConfig> {
-        self.connections.iter().map(|c| c.get_ref()).find(|c| c.name == name)
+        self.connections
+            .iter()
+            .map(|c| c.get_ref())
+            .find(|c| c.name == name)
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -346,7 +365,10 @@ impl Config {
             }
         };
         fix(&mut self.server.data_dir);
-        for p in [&mut self.server.tls.cert, &mut self.server.tls.key].into_iter().flatten() {
+        for p in [&mut self.server.tls.cert, &mut self.server.tls.key]
+            .into_iter()
+            .flatten()
+        {
             fix(p);
         }
         for c in &mut self.connections {

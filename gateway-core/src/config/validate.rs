@@ -45,7 +45,11 @@ impl ConfigError {
         // The first line of toml's message is the summary; the rest repeats the
         // source excerpt, which the line number already points at.
         let message = e.message().trim().to_string();
-        ConfigError::Parse { file: file.to_string(), line, message }
+        ConfigError::Parse {
+            file: file.to_string(),
+            line,
+            message,
+        }
     }
 }
 
@@ -53,7 +57,8 @@ fn line_of(text: &str, span: &Range<usize>) -> usize {
     if *span == (0..0) {
         return 0;
     }
-    text.get(..span.start).map_or(0, |t| t.matches('\n').count() + 1)
+    text.get(..span.start)
+        .map_or(0, |t| t.matches('\n').count() + 1)
 }
 
 const ASYMMETRIC_ALGORITHMS: &[&str] = &[
@@ -118,7 +123,8 @@ pub(super) fn validate(config: &Config, file: &str, text: &str) -> Result<(), Co
         return Err(invalid(
             &(0..0),
             "identity".into(),
-            "no one could log in: add an [[identity.issuer]] or enable [identity.dev_issuer]".into(),
+            "no one could log in: add an [[identity.issuer]] or enable [identity.dev_issuer]"
+                .into(),
         ));
     }
     for (n, issuer) in identity.issuers.iter().enumerate() {
@@ -126,21 +132,32 @@ pub(super) fn validate(config: &Config, file: &str, text: &str) -> Result<(), Co
         let issuer = issuer.get_ref();
         let key = |field: &str| format!("identity.issuer[{n}].{field}");
         let url = url::Url::parse(&issuer.issuer).map_err(|e| {
-            invalid(&span, key("issuer"), format!("'{}' is not a URL: {e}", issuer.issuer))
+            invalid(
+                &span,
+                key("issuer"),
+                format!("'{}' is not a URL: {e}", issuer.issuer),
+            )
         })?;
         let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
         if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
             return Err(invalid(
                 &span,
                 key("issuer"),
-                format!("'{}' must use https (http only on a loopback address)", issuer.issuer),
+                format!(
+                    "'{}' must use https (http only on a loopback address)",
+                    issuer.issuer
+                ),
             ));
         }
         if issuer.audience.is_empty() {
             return Err(invalid(&span, key("audience"), "must not be empty".into()));
         }
         if issuer.algorithms.is_empty() {
-            return Err(invalid(&span, key("algorithms"), "list at least one algorithm".into()));
+            return Err(invalid(
+                &span,
+                key("algorithms"),
+                "list at least one algorithm".into(),
+            ));
         }
         for alg in &issuer.algorithms {
             if !ASYMMETRIC_ALGORITHMS.contains(&alg.as_str()) {
@@ -154,9 +171,15 @@ pub(super) fn validate(config: &Config, file: &str, text: &str) -> Result<(), Co
                 ));
             }
         }
-        let duplicate = identity.issuers[..n].iter().any(|i| i.get_ref().issuer == issuer.issuer);
+        let duplicate = identity.issuers[..n]
+            .iter()
+            .any(|i| i.get_ref().issuer == issuer.issuer);
         if duplicate {
-            return Err(invalid(&span, key("issuer"), format!("'{}' is listed twice", issuer.issuer)));
+            return Err(invalid(
+                &span,
+                key("issuer"),
+                format!("'{}' is listed twice", issuer.issuer),
+            ));
         }
     }
 
@@ -165,16 +188,31 @@ pub(super) fn validate(config: &Config, file: &str, text: &str) -> Result<(), Co
         let conn = conn.get_ref();
         let key = |field: &str| format!("connection[{n}].{field}");
         if conn.name.is_empty() || conn.name.len() > 63 {
-            return Err(invalid(&span, key("name"), "must be 1 to 63 characters".into()));
+            return Err(invalid(
+                &span,
+                key("name"),
+                "must be 1 to 63 characters".into(),
+            ));
         }
-        if config.connections[..n].iter().any(|c| c.get_ref().name == conn.name) {
-            return Err(invalid(&span, key("name"), format!("'{}' is used twice", conn.name)));
+        if config.connections[..n]
+            .iter()
+            .any(|c| c.get_ref().name == conn.name)
+        {
+            return Err(invalid(
+                &span,
+                key("name"),
+                format!("'{}' is used twice", conn.name),
+            ));
         }
         if conn.host.is_empty() {
             return Err(invalid(&span, key("host"), "must not be empty".into()));
         }
         if conn.connect_timeout_secs == 0 {
-            return Err(invalid(&span, key("connect_timeout_secs"), "must be at least 1".into()));
+            return Err(invalid(
+                &span,
+                key("connect_timeout_secs"),
+                "must be at least 1".into(),
+            ));
         }
     }
     Ok(())

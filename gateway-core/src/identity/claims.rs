@@ -43,9 +43,11 @@ impl Claims {
     /// The identity these (already validated) claims describe.
     pub fn into_identity(self, config: &IdentityConfig) -> Identity {
         let groups = match self.other.get(&config.groups_claim) {
-            Some(Value::Array(items)) => {
-                items.iter().filter_map(Value::as_str).map(str::to_string).collect()
-            }
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect(),
             Some(Value::String(s)) => s
                 .split([' ', ','])
                 .filter(|g| !g.is_empty())
@@ -54,7 +56,10 @@ impl Claims {
             _ => Vec::new(),
         };
         let mfa = self.amr.iter().any(|m| config.mfa.amr_values.contains(m))
-            || self.acr.as_ref().is_some_and(|a| config.mfa.acr_values.contains(a));
+            || self
+                .acr
+                .as_ref()
+                .is_some_and(|a| config.mfa.acr_values.contains(a));
         let kind = match self.other.get(&config.agent.claim) {
             Some(Value::String(v)) if config.agent.values.contains(v) => PrincipalKind::Agent,
             Some(Value::Bool(true)) => PrincipalKind::Agent,

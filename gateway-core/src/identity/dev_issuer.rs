@@ -47,19 +47,24 @@ impl DevIssuer {
         let key = match fs::read_to_string(&path) {
             Ok(pem) => KeyPair::from_pem(&pem).map_err(std::io::Error::other)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(std::io::Error::other)?;
+                let key =
+                    KeyPair::generate_for(&rcgen::PKCS_ED25519).map_err(std::io::Error::other)?;
                 match write_private(&path, key.serialize_pem().as_bytes()) {
                     Ok(()) => key,
                     // Another process created it first: use theirs.
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                        KeyPair::from_pem(&fs::read_to_string(&path)?).map_err(std::io::Error::other)?
+                        KeyPair::from_pem(&fs::read_to_string(&path)?)
+                            .map_err(std::io::Error::other)?
                     }
                     Err(e) => return Err(e),
                 }
             }
             Err(e) => return Err(e),
         };
-        Ok(Self { key, audience: audience.to_string() })
+        Ok(Self {
+            key,
+            audience: audience.to_string(),
+        })
     }
 
     /// Key id: the first 8 bytes of SHA-256 of the public key, in hex.
@@ -81,14 +86,27 @@ impl DevIssuer {
 
     /// Mint a signed access token.
     pub fn mint(&self, request: &TokenRequest) -> Result<String, jsonwebtoken::errors::Error> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as i64;
         let exp = (now + request.ttl_secs).max(0) as u64;
         let iat = now.min(exp as i64).max(0) as u64;
         let mut other = Map::new();
-        other.insert("groups".into(), request.groups.iter().map(|g| Value::from(g.as_str())).collect());
+        other.insert(
+            "groups".into(),
+            request
+                .groups
+                .iter()
+                .map(|g| Value::from(g.as_str()))
+                .collect(),
+        );
         let kind = if request.agent { "agent" } else { "person" };
         other.insert("principal_type".into(), kind.into());
-        other.insert("jti".into(), format!("{:032x}", rand::random::<u128>()).into());
+        other.insert(
+            "jti".into(),
+            format!("{:032x}", rand::random::<u128>()).into(),
+        );
         let claims = Claims {
             iss: Some(ISSUER.into()),
             sub: Some(request.subject.clone()),
@@ -96,14 +114,22 @@ impl DevIssuer {
             exp: Some(exp),
             nbf: Some(iat),
             iat: Some(iat),
-            amr: if request.mfa { vec!["pwd".into(), "mfa".into()] } else { vec!["pwd".into()] },
+            amr: if request.mfa {
+                vec!["pwd".into(), "mfa".into()]
+            } else {
+                vec!["pwd".into()]
+            },
             acr: None,
             other,
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid());
         header.typ = Some("at+jwt".into());
-        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ed_der(&self.key.serialize_der()))
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &EncodingKey::from_ed_der(&self.key.serialize_der()),
+        )
     }
 }
 

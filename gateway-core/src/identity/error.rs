@@ -61,14 +61,18 @@ impl AuthError {
     /// itself is bad, 28000 (invalid_authorization_specification) otherwise.
     pub fn sqlstate(&self) -> &'static str {
         match self {
-            AuthError::UserMismatch { .. } | AuthError::Setup(_) | AuthError::KeysUnavailable(_) => {
-                "28000"
-            }
+            AuthError::UserMismatch { .. }
+            | AuthError::Setup(_)
+            | AuthError::KeysUnavailable(_) => "28000",
             _ => "28P01",
         }
     }
 
-    pub(super) fn from_jwt(e: jsonwebtoken::errors::Error, claims: &Claims, expected: &str) -> Self {
+    pub(super) fn from_jwt(
+        e: jsonwebtoken::errors::Error,
+        claims: &Claims,
+        expected: &str,
+    ) -> Self {
         let now = jsonwebtoken::get_current_timestamp();
         match e.kind() {
             ErrorKind::ExpiredSignature => {
@@ -78,7 +82,10 @@ impl AuthError {
                 AuthError::NotYetValid(claims.nbf.unwrap_or(now).saturating_sub(now))
             }
             ErrorKind::InvalidAudience => AuthError::WrongAudience {
-                found: claims.aud.as_ref().map_or_else(|| "(none)".into(), |a| a.to_string()),
+                found: claims
+                    .aud
+                    .as_ref()
+                    .map_or_else(|| "(none)".into(), |a| a.to_string()),
                 expected: expected.to_string(),
             },
             ErrorKind::MissingRequiredClaim(c) | ErrorKind::InvalidClaimFormat(c) => {

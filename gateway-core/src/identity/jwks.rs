@@ -57,7 +57,11 @@ struct RawJwks {
 
 impl KeySource {
     pub(super) fn fixed(kid: String, key: DecodingKey) -> Self {
-        KeySource::Fixed(Key { kid: Some(kid), family: AlgorithmFamily::Ed, key })
+        KeySource::Fixed(Key {
+            kid: Some(kid),
+            family: AlgorithmFamily::Ed,
+            key,
+        })
     }
 
     pub(super) fn remote(config: &IssuerConfig, min_refresh: Duration) -> Result<Self, AuthError> {
@@ -74,7 +78,9 @@ impl KeySource {
                 builder = builder.add_root_certificate(cert);
             }
         }
-        let client = builder.build().map_err(|e| AuthError::Setup(format!("HTTP client: {e}")))?;
+        let client = builder
+            .build()
+            .map_err(|e| AuthError::Setup(format!("HTTP client: {e}")))?;
         Ok(KeySource::Remote(Box::new(Remote {
             issuer: config.issuer.trim_end_matches('/').to_string(),
             jwks_uri: config.jwks_uri.clone(),
@@ -85,7 +91,11 @@ impl KeySource {
     }
 
     /// The key that should have signed a token with this `kid` and algorithm.
-    pub(super) async fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Result<DecodingKey, AuthError> {
+    pub(super) async fn key_for(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+    ) -> Result<DecodingKey, AuthError> {
         match self {
             KeySource::Fixed(key) => pick(std::slice::from_ref(key), kid, alg),
             KeySource::Remote(remote) => remote.key_for(kid, alg).await,
@@ -102,7 +112,9 @@ impl Remote {
         }
         match pick(&state.keys, kid, alg) {
             Err(AuthError::UnknownKey(_))
-                if state.fetched_at.is_some_and(|t| t.elapsed() >= self.min_refresh) =>
+                if state
+                    .fetched_at
+                    .is_some_and(|t| t.elapsed() >= self.min_refresh) =>
             {
                 self.refresh(&mut state).await?;
                 pick(&state.keys, kid, alg)
@@ -137,7 +149,10 @@ impl Remote {
             Some(uri) => uri.clone(),
             None => {
                 let url = format!("{}/.well-known/openid-configuration", self.issuer);
-                let doc: Discovery = self.get_json(&url).await.map_err(|e| unavailable("discovery", &e))?;
+                let doc: Discovery = self
+                    .get_json(&url)
+                    .await
+                    .map_err(|e| unavailable("discovery", &e))?;
                 if doc.issuer.trim_end_matches('/') != self.issuer {
                     return Err(AuthError::KeysUnavailable(format!(
                         "discovery document of {} names issuer {}",
@@ -147,12 +162,24 @@ impl Remote {
                 doc.jwks_uri
             }
         };
-        let raw: RawJwks = self.get_json(&jwks_uri).await.map_err(|e| unavailable("JWKS", &e))?;
+        let raw: RawJwks = self
+            .get_json(&jwks_uri)
+            .await
+            .map_err(|e| unavailable("JWKS", &e))?;
         Ok(raw.keys.into_iter().filter_map(parse_jwk).collect())
     }
 
-    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, reqwest::Error> {
-        self.client.get(url).send().await?.error_for_status()?.json().await
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+    ) -> Result<T, reqwest::Error> {
+        self.client
+            .get(url)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await
     }
 }
 
@@ -170,7 +197,11 @@ fn parse_jwk(value: serde_json::Value) -> Option<Key> {
         _ => return None,
     };
     let key = DecodingKey::from_jwk(&jwk).ok()?;
-    Some(Key { kid: jwk.common.key_id.clone(), family, key })
+    Some(Key {
+        kid: jwk.common.key_id.clone(),
+        family,
+        key,
+    })
 }
 
 fn pick(keys: &[Key], kid: Option<&str>, alg: Algorithm) -> Result<DecodingKey, AuthError> {

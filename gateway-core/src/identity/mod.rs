@@ -75,17 +75,26 @@ impl Authenticator {
             let algorithms = issuer
                 .algorithms
                 .iter()
-                .map(|a| a.parse::<Algorithm>().map_err(|_| AuthError::Setup(format!("unknown algorithm {a}"))))
+                .map(|a| {
+                    a.parse::<Algorithm>()
+                        .map_err(|_| AuthError::Setup(format!("unknown algorithm {a}")))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             let keys = KeySource::remote(issuer, refresh)?;
             issuers.insert(
                 issuer.issuer.clone(),
-                Issuer { audience: issuer.audience.clone(), algorithms, keys },
+                Issuer {
+                    audience: issuer.audience.clone(),
+                    algorithms,
+                    keys,
+                },
             );
         }
         if config.dev_issuer.enabled {
-            let dev = DevIssuer::load_or_create(data_dir, &config.dev_issuer.audience)
-                .map_err(|e| AuthError::Setup(format!("dev issuer key in {}: {e}", data_dir.display())))?;
+            let dev =
+                DevIssuer::load_or_create(data_dir, &config.dev_issuer.audience).map_err(|e| {
+                    AuthError::Setup(format!("dev issuer key in {}: {e}", data_dir.display()))
+                })?;
             issuers.insert(
                 dev_issuer::ISSUER.to_string(),
                 Issuer {
@@ -95,7 +104,10 @@ impl Authenticator {
                 },
             );
         }
-        Ok(Arc::new(Self { issuers, config: config.clone() }))
+        Ok(Arc::new(Self {
+            issuers,
+            config: config.clone(),
+        }))
     }
 
     /// Validate `token` and return who it names.
@@ -105,14 +117,20 @@ impl Authenticator {
             return Err(AuthError::MissingToken);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
-        let unverified: Claims =
-            jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(|_| AuthError::Malformed)?;
+        let unverified: Claims = jsonwebtoken::dangerous::insecure_decode_claims(token)
+            .map_err(|_| AuthError::Malformed)?;
         let iss = unverified.iss.clone().unwrap_or_default();
-        let issuer = self.issuers.get(&iss).ok_or_else(|| AuthError::UnknownIssuer(iss.clone()))?;
+        let issuer = self
+            .issuers
+            .get(&iss)
+            .ok_or_else(|| AuthError::UnknownIssuer(iss.clone()))?;
         if !issuer.algorithms.contains(&header.alg) {
             return Err(AuthError::AlgorithmNotAllowed(format!("{:?}", header.alg)));
         }
-        let key = issuer.keys.key_for(header.kid.as_deref(), header.alg).await?;
+        let key = issuer
+            .keys
+            .key_for(header.kid.as_deref(), header.alg)
+            .await?;
 
         let mut validation = Validation::new(header.alg);
         validation.algorithms = vec![header.alg];

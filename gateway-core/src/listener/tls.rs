@@ -48,7 +48,10 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 impl ServerTls {
     /// Build from configuration; `None` when no TLS is configured (plaintext-only development).
-    pub fn from_config(config: &ServerTlsConfig, data_dir: &Path) -> Result<Option<Self>, TlsError> {
+    pub fn from_config(
+        config: &ServerTlsConfig,
+        data_dir: &Path,
+    ) -> Result<Option<Self>, TlsError> {
         let (certs, key) = match (&config.cert, &config.key) {
             (Some(cert), Some(key)) => (read_certs(cert)?, read_key(key)?),
             _ if config.self_signed => self_signed(data_dir)?,
@@ -58,12 +61,17 @@ impl ServerTls {
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(certs, key)?;
-        Ok(Some(Self { acceptor: TlsAcceptor::from(Arc::new(server)) }))
+        Ok(Some(Self {
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+        }))
     }
 }
 
 fn file_error(path: &Path, message: impl ToString) -> TlsError {
-    TlsError::File { path: path.display().to_string(), message: message.to_string() }
+    TlsError::File {
+        path: path.display().to_string(),
+        message: message.to_string(),
+    }
 }
 
 /// Read a PEM certificate chain.
@@ -84,16 +92,28 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 
 /// Load the self-signed certificate from the data directory, creating it
 /// (for localhost and 127.0.0.1) on first start.
-fn self_signed(data_dir: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
+fn self_signed(
+    data_dir: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let cert_path = data_dir.join(SELF_SIGNED_CERT);
     let key_path = data_dir.join(SELF_SIGNED_KEY);
     if !cert_path.exists() {
-        let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+        let names = vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+        ];
         let key = rcgen::KeyPair::generate().map_err(|e| TlsError::Generate(e.to_string()))?;
-        let mut params = rcgen::CertificateParams::new(names).map_err(|e| TlsError::Generate(e.to_string()))?;
-        params.distinguished_name.push(rcgen::DnType::CommonName, "Tollgate development gateway");
-        let cert = params.self_signed(&key).map_err(|e| TlsError::Generate(e.to_string()))?;
-        write_private(&key_path, key.serialize_pem().as_bytes()).map_err(|e| file_error(&key_path, e))?;
+        let mut params =
+            rcgen::CertificateParams::new(names).map_err(|e| TlsError::Generate(e.to_string()))?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Tollgate development gateway");
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| TlsError::Generate(e.to_string()))?;
+        write_private(&key_path, key.serialize_pem().as_bytes())
+            .map_err(|e| file_error(&key_path, e))?;
         std::fs::write(&cert_path, cert.pem()).map_err(|e| file_error(&cert_path, e))?;
         tracing::info!(cert = %cert_path.display(), "generated a self-signed development certificate");
     }

@@ -50,7 +50,11 @@ impl CancelRegistry {
         };
         let key = rand::random::<i32>();
         entries.insert(pid, Entry { key, target });
-        Registration { registry: self.clone(), pid, key }
+        Registration {
+            registry: self.clone(),
+            pid,
+            key,
+        }
     }
 
     /// The target for a cancel request, if pid and key match a live session.
@@ -75,7 +79,11 @@ impl CancelRegistry {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let mut entries = self.registry.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut entries = self
+            .registry
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         entries.remove(&self.pid);
     }
 }

@@ -32,12 +32,24 @@ pub struct PgError {
 impl PgError {
     /// A FATAL error: the connection closes after it.
     pub fn fatal(code: &'static str, message: impl Into<String>) -> Self {
-        Self { severity: Severity::Fatal, code, message: message.into(), detail: None, hint: None }
+        Self {
+            severity: Severity::Fatal,
+            code,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
     }
 
     /// An ERROR: the statement fails, the session stays usable.
     pub fn error(code: &'static str, message: impl Into<String>) -> Self {
-        Self { severity: Severity::Error, code, message: message.into(), detail: None, hint: None }
+        Self {
+            severity: Severity::Error,
+            code,
+            message: message.into(),
+            detail: None,
+            hint: None,
+        }
     }
 
     /// Add a hint.
@@ -79,9 +91,9 @@ impl From<crate::identity::AuthError> for PgError {
         let hint = match &e {
             crate::identity::AuthError::Expired(_)
             | crate::identity::AuthError::MissingToken
-            | crate::identity::AuthError::Malformed => {
-                Some("get a fresh access token from your identity provider (or `tollgate token` in development) and use it as the password")
-            }
+            | crate::identity::AuthError::Malformed => Some(
+                "get a fresh access token from your identity provider (or `tollgate token` in development) and use it as the password",
+            ),
             _ => None,
         };
         let err = PgError::fatal(e.sqlstate(), format!("authentication failed: {e}"));
@@ -101,7 +113,10 @@ mod tests {
     fn auth_errors_map_to_28xxx() {
         assert_eq!(PgError::from(AuthError::Expired(5)).code, "28P01");
         assert_eq!(PgError::from(AuthError::BadSignature).code, "28P01");
-        assert_eq!(PgError::from(AuthError::UserMismatch { user: "x".into() }).code, "28000");
+        assert_eq!(
+            PgError::from(AuthError::UserMismatch { user: "x".into() }).code,
+            "28000"
+        );
         let e = PgError::from(AuthError::Expired(5));
         assert_eq!(e.severity, Severity::Fatal);
         assert!(e.message.contains("expired"));
@@ -109,7 +124,9 @@ mod tests {
 
     #[test]
     fn frame_carries_severity_code_message_and_hint() {
-        let frame = PgError::error("42501", "denied").with_hint("ask").to_frame();
+        let frame = PgError::error("42501", "denied")
+            .with_hint("ask")
+            .to_frame();
         let body = frame.body();
         assert_eq!(frame.tag(), b'E');
         for needle in [&b"SERROR\0"[..], b"C42501\0", b"Mdenied\0", b"Hask\0"] {

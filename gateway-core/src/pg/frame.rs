@@ -63,20 +63,30 @@ impl Frame {
         }
         let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
         if len < 4 || len as usize > limit {
-            return Err(FrameError::BadLength { tag: printable(buf[0]), len: len.into(), limit });
+            return Err(FrameError::BadLength {
+                tag: printable(buf[0]),
+                len: len.into(),
+                limit,
+            });
         }
         let total = 1 + len as usize;
         if buf.len() < total {
             buf.reserve(total - buf.len());
             return Ok(None);
         }
-        Ok(Some(Frame { raw: buf.split_to(total).freeze() }))
+        Ok(Some(Frame {
+            raw: buf.split_to(total).freeze(),
+        }))
     }
 }
 
 /// A type byte as a character for messages ('?' when not printable).
 pub fn printable(tag: u8) -> char {
-    if tag.is_ascii_graphic() { tag as char } else { '?' }
+    if tag.is_ascii_graphic() {
+        tag as char
+    } else {
+        '?'
+    }
 }
 
 /// A reader over a frame body for the few fields stages need.
@@ -134,7 +144,14 @@ mod tests {
     fn refuses_lengths_below_four_and_over_the_limit() {
         let mut buf = BytesMut::from(&[b'Q', 0x7f, 0xff, 0xff, 0xff][..]);
         let err = Frame::read(&mut buf, 1 << 30).unwrap_err();
-        assert_eq!(err, FrameError::BadLength { tag: 'Q', len: i32::MAX as i64, limit: 1 << 30 });
+        assert_eq!(
+            err,
+            FrameError::BadLength {
+                tag: 'Q',
+                len: i32::MAX as i64,
+                limit: 1 << 30
+            }
+        );
         let mut buf = BytesMut::from(&[b'Q', 0, 0, 0, 3][..]);
         assert!(Frame::read(&mut buf, 1 << 30).is_err());
         let mut buf = BytesMut::from(&[b'Q', 0x80, 0, 0, 0][..]);

@@ -4,7 +4,9 @@
 use bytes::BytesMut;
 use pgwire::messages::Message;
 use pgwire::messages::response::{ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus};
-use pgwire::messages::startup::{Authentication, BackendKeyData, NegotiateProtocolVersion, SecretKey};
+use pgwire::messages::startup::{
+    Authentication, BackendKeyData, NegotiateProtocolVersion, SecretKey,
+};
 
 use super::frame::Frame;
 
@@ -74,7 +76,9 @@ mod tests {
         ctx.awaiting_frontend_ssl = false;
         ctx.awaiting_frontend_startup = false;
         let mut buf = BytesMut::from(&frame.raw()[..]);
-        let message = PgWireBackendMessage::decode(&mut buf, &ctx).unwrap().unwrap();
+        let message = PgWireBackendMessage::decode(&mut buf, &ctx)
+            .unwrap()
+            .unwrap();
         assert!(buf.is_empty(), "the whole frame is one message");
         message
     }
@@ -85,7 +89,10 @@ mod tests {
             decode(&auth_cleartext()),
             PgWireBackendMessage::Authentication(Authentication::CleartextPassword)
         ));
-        assert!(matches!(decode(&auth_ok()), PgWireBackendMessage::Authentication(Authentication::Ok)));
+        assert!(matches!(
+            decode(&auth_ok()),
+            PgWireBackendMessage::Authentication(Authentication::Ok)
+        ));
     }
 
     #[test]
@@ -104,13 +111,20 @@ mod tests {
         for status in [b'I', b'T', b'E'] {
             let frame = ready_for_query(status);
             assert_eq!(frame.body(), &[status]);
-            assert!(matches!(decode(&frame), PgWireBackendMessage::ReadyForQuery(_)));
+            assert!(matches!(
+                decode(&frame),
+                PgWireBackendMessage::ReadyForQuery(_)
+            ));
         }
     }
 
     #[test]
     fn error_and_notice_round_trip() {
-        let fields = vec![(b'S', "FATAL".to_string()), (b'C', "28P01".into()), (b'M', "token expired".into())];
+        let fields = vec![
+            (b'S', "FATAL".to_string()),
+            (b'C', "28P01".into()),
+            (b'M', "token expired".into()),
+        ];
         match decode(&error_response(fields.clone())) {
             PgWireBackendMessage::ErrorResponse(e) => assert_eq!(e.fields, fields),
             other => panic!("unexpected {other:?}"),

@@ -105,10 +105,14 @@ pub async fn run(
             }
         }
         if !state.to_upstream.is_empty() {
-            write(upstream, &mut state.to_upstream).await.map_err(RelayError::Upstream)?;
+            write(upstream, &mut state.to_upstream)
+                .await
+                .map_err(RelayError::Upstream)?;
         }
         if !state.to_client.is_empty() {
-            write(client, &mut state.to_client).await.map_err(RelayError::Client)?;
+            write(client, &mut state.to_client)
+                .await
+                .map_err(RelayError::Client)?;
         }
         match end {
             None => {}
@@ -143,7 +147,11 @@ fn next_frame(buf: &BytesMut, limit: usize) -> Result<Option<(u8, usize)>, Frame
     }
     let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
     if len < 4 || len as usize > limit {
-        return Err(FrameError::BadLength { tag: printable(buf[0]), len: len.into(), limit });
+        return Err(FrameError::BadLength {
+            tag: printable(buf[0]),
+            len: len.into(),
+            limit,
+        });
     }
     let total = 1 + len as usize;
     Ok((buf.len() >= total).then_some((buf[0], total)))
@@ -158,27 +166,41 @@ impl State<'_> {
                 b'Q' => {
                     let sql = Body::new(&frame[5..]).cstr().unwrap_or_default();
                     let sql = String::from_utf8_lossy(sql);
-                    match self.hooks.statement(&Statement { sql: &sql, via: StatementVia::SimpleQuery }) {
+                    match self.hooks.statement(&Statement {
+                        sql: &sql,
+                        via: StatementVia::SimpleQuery,
+                    }) {
                         Decision::Forward => {
                             self.to_upstream.extend_from_slice(frame);
                             self.awaiting_ready.push_back(None);
                         }
                         Decision::Refuse { sqlstate, message } => {
-                            self.hooks.event(&SessionEvent::Refused { sql: &sql, message: &message });
+                            self.hooks.event(&SessionEvent::Refused {
+                                sql: &sql,
+                                message: &message,
+                            });
                             self.to_upstream.extend_from_slice(SYNC);
-                            self.awaiting_ready.push_back(Some(PgError::error(sqlstate, message)));
+                            self.awaiting_ready
+                                .push_back(Some(PgError::error(sqlstate, message)));
                         }
                     }
                 }
                 b'P' if self.skipping.is_none() => {
                     let mut body = Body::new(&frame[5..]);
-                    let name = String::from_utf8_lossy(body.cstr().unwrap_or_default()).into_owned();
+                    let name =
+                        String::from_utf8_lossy(body.cstr().unwrap_or_default()).into_owned();
                     let sql = String::from_utf8_lossy(body.cstr().unwrap_or_default()).into_owned();
-                    let statement = Statement { sql: &sql, via: StatementVia::Parse { name: &name } };
+                    let statement = Statement {
+                        sql: &sql,
+                        via: StatementVia::Parse { name: &name },
+                    };
                     match self.hooks.statement(&statement) {
                         Decision::Forward => self.to_upstream.extend_from_slice(frame),
                         Decision::Refuse { sqlstate, message } => {
-                            self.hooks.event(&SessionEvent::Refused { sql: &sql, message: &message });
+                            self.hooks.event(&SessionEvent::Refused {
+                                sql: &sql,
+                                message: &message,
+                            });
                             self.skipping = Some(PgError::error(sqlstate, message));
                         }
                     }
@@ -207,7 +229,9 @@ impl State<'_> {
 
     fn upstream_frames(&mut self, buf: &mut BytesMut) -> Result<(), RelayError> {
         let inspect = self.hooks.inspects_values();
-        while let Some((tag, total)) = next_frame(buf, MAX_BACKEND_MESSAGE).map_err(RelayError::UpstreamProtocol)? {
+        while let Some((tag, total)) =
+            next_frame(buf, MAX_BACKEND_MESSAGE).map_err(RelayError::UpstreamProtocol)?
+        {
             let frame = &buf[..total];
             match tag {
                 b'Z' => {
@@ -273,8 +297,13 @@ fn rewrite_data_row(hooks: &mut dyn SessionHooks, frame: &[u8], out: &mut BytesM
         out.extend_from_slice(frame);
         return;
     }
-    let len = 4 + 2 + cells.iter().map(|c| 4 + c.as_ref().map_or(0, |v| v.len())).sum::<usize>();
-    out.extend_from_slice(&[b'D']);
+    let len = 4
+        + 2
+        + cells
+            .iter()
+            .map(|c| 4 + c.as_ref().map_or(0, |v| v.len()))
+            .sum::<usize>();
+    out.extend_from_slice(b"D");
     out.extend_from_slice(&(len as i32).to_be_bytes());
     out.extend_from_slice(&(count as i16).to_be_bytes());
     for cell in cells {
@@ -296,7 +325,11 @@ mod tests {
     struct Upper;
     impl SessionHooks for Upper {
         fn result_value<'v>(&mut self, _: ValueSource, v: &'v [u8]) -> Cow<'v, [u8]> {
-            if v.iter().any(u8::is_ascii_lowercase) { Cow::Owned(v.to_ascii_uppercase()) } else { Cow::Borrowed(v) }
+            if v.iter().any(u8::is_ascii_lowercase) {
+                Cow::Owned(v.to_ascii_uppercase())
+            } else {
+                Cow::Borrowed(v)
+            }
         }
         fn inspects_values(&self) -> bool {
             true
@@ -320,7 +353,11 @@ mod tests {
     #[test]
     fn data_row_rewrite_fixes_lengths_and_keeps_nulls() {
         let mut out = BytesMut::new();
-        rewrite_data_row(&mut Upper, data_row(&[Some(b"ab"), None, Some(b"12")]).raw(), &mut out);
+        rewrite_data_row(
+            &mut Upper,
+            data_row(&[Some(b"ab"), None, Some(b"12")]).raw(),
+            &mut out,
+        );
         assert_eq!(&out[..], data_row(&[Some(b"AB"), None, Some(b"12")]).raw());
     }
 
@@ -336,7 +373,10 @@ mod tests {
     impl SessionHooks for RefuseDrop {
         fn statement(&mut self, s: &Statement<'_>) -> Decision {
             if s.sql.contains("DROP") {
-                Decision::Refuse { sqlstate: "42501", message: "no".into() }
+                Decision::Refuse {
+                    sqlstate: "42501",
+                    message: "no".into(),
+                }
             } else {
                 Decision::Forward
             }
@@ -398,6 +438,9 @@ mod tests {
         let mut hooks = crate::hooks::Passthrough;
         let mut s = state(&mut hooks);
         let mut input = BytesMut::from(&[b'Q', 0x7f, 0xff, 0xff, 0xff][..]);
-        assert!(matches!(s.client_frames(&mut input, 1 << 30), Err(RelayError::ClientProtocol(_))));
+        assert!(matches!(
+            s.client_frames(&mut input, 1 << 30),
+            Err(RelayError::ClientProtocol(_))
+        ));
     }
 }

@@ -57,7 +57,9 @@ pub async fn serve_connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<PgConte
                 let ctx = ctx.clone();
                 tokio::spawn(async move { forward_cancel(&ctx, pid, key, peer).await });
             }),
-            Opening::Session { conn, parameters } => login(conn, parameters, peer, &ctx).await.map(Some),
+            Opening::Session { conn, parameters } => {
+                login(conn, parameters, peer, &ctx).await.map(Some)
+            }
         }
     })
     .await;
@@ -96,16 +98,34 @@ async fn login(
     peer: SocketAddr,
     ctx: &PgContext,
 ) -> Result<Established, StartupFailure> {
-    let param = |name: &str| parameters.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let param = |name: &str| {
+        parameters
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
     if param("replication").is_some_and(|v| v != "false" && v != "0" && v != "off") {
-        return Err(fail(client, PgError::fatal("0A000", "replication connections are not supported by the gateway")));
+        return Err(fail(
+            client,
+            PgError::fatal(
+                "0A000",
+                "replication connections are not supported by the gateway",
+            ),
+        ));
     }
     let user = param("user").unwrap_or_default();
     let database = param("database").unwrap_or_else(|| user.clone());
 
     // Ask for the access token as a cleartext password (the channel is TLS).
-    if client.write_all(messages::auth_cleartext().raw()).await.is_err() {
-        return Err(StartupFailure { conn: None, error: PgError::fatal("08006", "client went away") });
+    if client
+        .write_all(messages::auth_cleartext().raw())
+        .await
+        .is_err()
+    {
+        return Err(StartupFailure {
+            conn: None,
+            error: PgError::fatal("08006", "client went away"),
+        });
     }
     let token = match read_password(&mut client).await {
         Ok(token) => token,
@@ -136,13 +156,17 @@ async fn login(
     let Some(target) = ctx.upstreams.get(&database).cloned() else {
         return Err(fail(
             client,
-            PgError::fatal("3D000", format!("database \"{database}\" does not exist"))
-                .with_hint("use the name of a connection configured on the gateway as the database name"),
+            PgError::fatal("3D000", format!("database \"{database}\" does not exist")).with_hint(
+                "use the name of a connection configured on the gateway as the database name",
+            ),
         ));
     };
     // Startup parameters other than the login ones are forwarded as sent.
-    let forwarded: Vec<(String, String)> =
-        parameters.iter().filter(|(k, _)| k != "user" && k != "database" && k != "replication").cloned().collect();
+    let forwarded: Vec<(String, String)> = parameters
+        .iter()
+        .filter(|(k, _)| k != "user" && k != "database" && k != "replication")
+        .cloned()
+        .collect();
     let upstream = match upstream::connect(&target, &forwarded).await {
         Ok(session) => session,
         Err(e) => {
@@ -161,7 +185,10 @@ async fn login(
 }
 
 fn fail(conn: Conn, error: PgError) -> StartupFailure {
-    StartupFailure { conn: Some(conn), error }
+    StartupFailure {
+        conn: Some(conn),
+        error,
+    }
 }
 
 async fn read_password(client: &mut Conn) -> Result<String, PgError> {
@@ -170,27 +197,62 @@ async fn read_password(client: &mut Conn) -> Result<String, PgError> {
         match Frame::read(&mut buf, MAX_PASSWORD_MESSAGE) {
             Ok(Some(frame)) => break frame,
             Ok(None) => {}
-            Err(e) => return Err(PgError::fatal("08P01", format!("invalid password message: {e}"))),
+            Err(e) => {
+                return Err(PgError::fatal(
+                    "08P01",
+                    format!("invalid password message: {e}"),
+                ));
+            }
         }
         match client.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => return Err(PgError::fatal("08006", "client went away during authentication")),
+            Ok(0) | Err(_) => {
+                return Err(PgError::fatal(
+                    "08006",
+                    "client went away during authentication",
+                ));
+            }
             Ok(_) => {}
         }
     };
     if frame.tag() != b'p' {
         return Err(PgError::fatal(
             "08P01",
-            format!("expected a password message, got '{}'", super::frame::printable(frame.tag())),
+            format!(
+                "expected a password message, got '{}'",
+                super::frame::printable(frame.tag())
+            ),
         ));
     }
     let token = Body::new(frame.body()).cstr().unwrap_or_default();
-    String::from_utf8(token.to_vec()).map_err(|_| PgError::fatal("28P01", "authentication failed: the password is not a JWT access token"))
+    String::from_utf8(token.to_vec()).map_err(|_| {
+        PgError::fatal(
+            "28P01",
+            "authentication failed: the password is not a JWT access token",
+        )
+    })
 }
 
 async fn run_session(established: Established, peer: SocketAddr, ctx: &PgContext) {
-    let Established { mut client, upstream, target, identity, connection, application_name } = established;
-    let upstream::UpstreamSession { conn: mut upstream_conn, parameters, notices, pid, key } = upstream;
-    let registration = ctx.cancels.register(CancelTarget { upstream: target, pid, key });
+    let Established {
+        mut client,
+        upstream,
+        target,
+        identity,
+        connection,
+        application_name,
+    } = established;
+    let upstream::UpstreamSession {
+        conn: mut upstream_conn,
+        parameters,
+        notices,
+        pid,
+        key,
+    } = upstream;
+    let registration = ctx.cancels.register(CancelTarget {
+        upstream: target,
+        pid,
+        key,
+    });
 
     // Finish the client's startup: AuthenticationOk, the upstream's
     // parameters and notices, our own cancel key, ReadyForQuery.
@@ -213,12 +275,21 @@ async fn run_session(established: Established, peer: SocketAddr, ctx: &PgContext
         application_name: application_name.as_deref(),
         tls: client.is_tls(),
     });
-    let result = relay::run(&mut client, &mut upstream_conn, hooks.as_mut(), ctx.max_message_bytes).await;
+    let result = relay::run(
+        &mut client,
+        &mut upstream_conn,
+        hooks.as_mut(),
+        ctx.max_message_bytes,
+    )
+    .await;
     let reason = match &result {
         Ok(relay::RelayEnd::Terminated) => None,
         Ok(relay::RelayEnd::ClientClosed) => Some("client closed the connection".to_string()),
         Ok(relay::RelayEnd::UpstreamClosed) => {
-            let error = PgError::fatal("08006", format!("connection \"{connection}\": the upstream server closed the session"));
+            let error = PgError::fatal(
+                "08006",
+                format!("connection \"{connection}\": the upstream server closed the session"),
+            );
             let _ = client.write_all(error.to_frame().raw()).await;
             Some("upstream closed the connection".to_string())
         }
@@ -227,7 +298,8 @@ async fn run_session(established: Established, peer: SocketAddr, ctx: &PgContext
             let _ = client.write_all(error.to_frame().raw()).await;
             Some(format!("protocol violation: {e}"))
         }
-        Err(e @ relay::RelayError::UpstreamProtocol(_)) | Err(e @ relay::RelayError::Upstream(_)) => {
+        Err(e @ relay::RelayError::UpstreamProtocol(_))
+        | Err(e @ relay::RelayError::Upstream(_)) => {
             let error = PgError::fatal("08006", format!("connection \"{connection}\": {e}"));
             let _ = client.write_all(error.to_frame().raw()).await;
             Some(e.to_string())
@@ -238,7 +310,9 @@ async fn run_session(established: Established, peer: SocketAddr, ctx: &PgContext
         let _ = upstream_conn.write_all(&[b'X', 0, 0, 0, 4]).await;
     }
     let _ = client.shutdown().await;
-    hooks.event(&SessionEvent::Disconnected { reason: reason.as_deref() });
+    hooks.event(&SessionEvent::Disconnected {
+        reason: reason.as_deref(),
+    });
     drop(registration);
 }
 

@@ -47,7 +47,10 @@ pub struct StartupFailure {
 
 impl StartupFailure {
     fn on(conn: Conn, error: PgError) -> Self {
-        Self { conn: Some(conn), error }
+        Self {
+            conn: Some(conn),
+            error,
+        }
     }
 }
 
@@ -67,22 +70,35 @@ pub async fn negotiate(
         let code = body.i32().unwrap_or(0);
         match code {
             SSL_REQUEST if conn.is_tls() => {
-                return Err(StartupFailure::on(conn, PgError::fatal("08P01", "SSLRequest received twice")));
+                return Err(StartupFailure::on(
+                    conn,
+                    PgError::fatal("08P01", "SSLRequest received twice"),
+                ));
             }
             SSL_REQUEST => {
-                let Conn::Plain(mut tcp) = conn else { unreachable!("checked above") };
+                let Conn::Plain(mut tcp) = conn else {
+                    unreachable!("checked above")
+                };
                 let Some(tls) = tls else {
                     if tcp.write_all(b"N").await.is_err() {
-                        return Err(StartupFailure { conn: None, error: closed() });
+                        return Err(StartupFailure {
+                            conn: None,
+                            error: closed(),
+                        });
                     }
                     conn = Conn::Plain(tcp);
                     continue;
                 };
                 if tcp.write_all(b"S").await.is_err() {
-                    return Err(StartupFailure { conn: None, error: closed() });
+                    return Err(StartupFailure {
+                        conn: None,
+                        error: closed(),
+                    });
                 }
                 match tls.acceptor.accept(tcp).await {
-                    Ok(stream) => conn = Conn::Tls(Box::new(tokio_rustls::TlsStream::Server(stream))),
+                    Ok(stream) => {
+                        conn = Conn::Tls(Box::new(tokio_rustls::TlsStream::Server(stream)))
+                    }
                     Err(e) => {
                         return Err(StartupFailure {
                             conn: None,
@@ -94,12 +110,18 @@ pub async fn negotiate(
             GSSENC_REQUEST => {
                 // GSSAPI encryption is not offered; libpq then falls back to TLS or plain.
                 if conn.write_all(b"N").await.is_err() {
-                    return Err(StartupFailure { conn: None, error: closed() });
+                    return Err(StartupFailure {
+                        conn: None,
+                        error: closed(),
+                    });
                 }
             }
             CANCEL_REQUEST => {
                 let (Some(pid), Some(key)) = (body.i32(), body.i32()) else {
-                    return Err(StartupFailure::on(conn, PgError::fatal("08P01", "malformed CancelRequest")));
+                    return Err(StartupFailure::on(
+                        conn,
+                        PgError::fatal("08P01", "malformed CancelRequest"),
+                    ));
                 };
                 return Ok(Opening::Cancel { pid, key });
             }
@@ -111,11 +133,17 @@ pub async fn negotiate(
                 if version != PROTOCOL_3_0 {
                     // A newer 3.x minor: answer with the version we speak and the
                     // protocol options (`_pq_.*`) we do not know, as PostgreSQL does.
-                    let unsupported: Vec<String> =
-                        parameters.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.clone()).collect();
+                    let unsupported: Vec<String> = parameters
+                        .iter()
+                        .filter(|(k, _)| k.starts_with("_pq_."))
+                        .map(|(k, _)| k.clone())
+                        .collect();
                     let frame = messages::negotiate_protocol_version(unsupported);
                     if conn.write_all(frame.raw()).await.is_err() {
-                        return Err(StartupFailure { conn: None, error: closed() });
+                        return Err(StartupFailure {
+                            conn: None,
+                            error: closed(),
+                        });
                     }
                 }
                 if !conn.is_tls() && !allow_plaintext {
@@ -125,7 +153,10 @@ pub async fn negotiate(
                             .with_hint("connect with sslmode=require (or verify-full with the gateway's certificate)"),
                     ));
                 }
-                let parameters = parameters.into_iter().filter(|(k, _)| !k.starts_with("_pq_.")).collect();
+                let parameters = parameters
+                    .into_iter()
+                    .filter(|(k, _)| !k.starts_with("_pq_."))
+                    .collect();
                 return Ok(Opening::Session { conn, parameters });
             }
             other => {
@@ -153,7 +184,10 @@ fn closed() -> PgError {
 async fn read_packet(conn: &mut Conn) -> Result<BytesMut, PgError> {
     let len = conn.read_i32().await.map_err(|_| closed())?;
     if len < 8 || len as usize > MAX_STARTUP_PACKET {
-        return Err(PgError::fatal("08P01", format!("invalid length of startup packet: {len}")));
+        return Err(PgError::fatal(
+            "08P01",
+            format!("invalid length of startup packet: {len}"),
+        ));
     }
     let mut body = BytesMut::zeroed(len as usize - 4);
     conn.read_exact(&mut body).await.map_err(|_| closed())?;
@@ -161,7 +195,12 @@ async fn read_packet(conn: &mut Conn) -> Result<BytesMut, PgError> {
 }
 
 fn parse_parameters(bytes: &[u8]) -> Result<Vec<(String, String)>, PgError> {
-    let invalid = || PgError::fatal("08P01", "invalid startup packet layout: expected a terminator as the last byte");
+    let invalid = || {
+        PgError::fatal(
+            "08P01",
+            "invalid startup packet layout: expected a terminator as the last byte",
+        )
+    };
     let mut body = Body::new(bytes);
     let mut parameters = Vec::new();
     loop {
@@ -189,8 +228,17 @@ mod tests {
     #[test]
     fn parses_parameters_and_refuses_garbage() {
         let p = parse_parameters(b"user\0alice\0database\0payments\0\0").unwrap();
-        assert_eq!(p, vec![("user".into(), "alice".into()), ("database".into(), "payments".into())]);
-        assert!(parse_parameters(b"user\0alice\0").is_err(), "missing terminator");
+        assert_eq!(
+            p,
+            vec![
+                ("user".into(), "alice".into()),
+                ("database".into(), "payments".into())
+            ]
+        );
+        assert!(
+            parse_parameters(b"user\0alice\0").is_err(),
+            "missing terminator"
+        );
         assert!(parse_parameters(b"user\0alice").is_err());
         assert!(parse_parameters(b"user\0alice\0\0extra").is_err());
     }

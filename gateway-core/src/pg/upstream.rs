@@ -67,16 +67,29 @@ impl UpstreamError {
     /// The error a client sees, naming the connection.
     pub fn to_pg(&self, connection: &str) -> PgError {
         let (code, hint) = match self {
-            UpstreamError::Refused { code, .. } if code == "3D000" || code == "28000" || code == "28P01" => {
-                ("08004", "the gateway's upstream credential or catalog entry is wrong: tell the gateway's operator")
+            UpstreamError::Refused { code, .. }
+                if code == "3D000" || code == "28000" || code == "28P01" =>
+            {
+                (
+                    "08004",
+                    "the gateway's upstream credential or catalog entry is wrong: tell the gateway's operator",
+                )
             }
             UpstreamError::Refused { .. } => ("08004", "the upstream server refused the session"),
-            UpstreamError::Credential(_) | UpstreamError::NoPassword => {
-                ("08004", "the gateway's upstream credential is missing: tell the gateway's operator")
-            }
-            _ => ("08001", "check that the upstream database is running and reachable from the gateway"),
+            UpstreamError::Credential(_) | UpstreamError::NoPassword => (
+                "08004",
+                "the gateway's upstream credential is missing: tell the gateway's operator",
+            ),
+            _ => (
+                "08001",
+                "check that the upstream database is running and reachable from the gateway",
+            ),
         };
-        PgError::fatal(code, format!("connection \"{connection}\" is unavailable: {self}")).with_hint(hint)
+        PgError::fatal(
+            code,
+            format!("connection \"{connection}\" is unavailable: {self}"),
+        )
+        .with_hint(hint)
     }
 }
 
@@ -103,7 +116,10 @@ pub async fn open(upstream: &Upstream) -> Result<(Conn, Option<Vec<u8>>), Upstre
     let addr = upstream.address();
     let tcp = TcpStream::connect((upstream.config.host.as_str(), upstream.config.port))
         .await
-        .map_err(|source| UpstreamError::Unreachable { addr: addr.clone(), source })?;
+        .map_err(|source| UpstreamError::Unreachable {
+            addr: addr.clone(),
+            source,
+        })?;
     let _ = tcp.set_nodelay(true);
     let Some(tls) = &upstream.tls else {
         return Ok((Conn::Plain(tcp), None));
@@ -130,12 +146,18 @@ pub async fn open(upstream: &Upstream) -> Result<(Conn, Option<Vec<u8>>), Upstre
         .and_then(|certs| certs.first())
         .filter(|cert| signed_with_sha256(cert))
         .map(|cert| Sha256::digest(cert.as_ref()).to_vec());
-    Ok((Conn::Tls(Box::new(tokio_rustls::TlsStream::Client(stream))), cert_hash))
+    Ok((
+        Conn::Tls(Box::new(tokio_rustls::TlsStream::Client(stream))),
+        cert_hash,
+    ))
 }
 
 /// Open and log in. `parameters` are the client's startup parameters to
 /// forward (never `user` or `database`: those come from the catalog).
-pub async fn connect(upstream: &Upstream, parameters: &[(String, String)]) -> Result<UpstreamSession, UpstreamError> {
+pub async fn connect(
+    upstream: &Upstream,
+    parameters: &[(String, String)],
+) -> Result<UpstreamSession, UpstreamError> {
     let work = async {
         let (conn, cert_hash) = open(upstream).await?;
         login(conn, cert_hash, upstream, parameters).await
@@ -153,14 +175,21 @@ async fn login(
 ) -> Result<UpstreamSession, UpstreamError> {
     let config = &upstream.config;
     let mut out = BytesMut::new();
-    let mut startup: Vec<(&str, &str)> = vec![("user", &config.user), ("database", &config.database)];
+    let mut startup: Vec<(&str, &str)> =
+        vec![("user", &config.user), ("database", &config.database)];
     startup.extend(parameters.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     frontend::startup_message(startup, &mut out)?;
     conn.write_all(&out).await?;
 
     let mut buf = BytesMut::with_capacity(8192);
     let mut scram: Option<ScramSha256> = None;
-    let mut session = UpstreamSession { conn, parameters: vec![], notices: vec![], pid: 0, key: 0 };
+    let mut session = UpstreamSession {
+        conn,
+        parameters: vec![],
+        notices: vec![],
+        pid: 0,
+        key: 0,
+    };
     loop {
         let frame = read_frame(&mut session.conn, &mut buf).await?;
         let mut body = Body::new(frame.body());
@@ -190,31 +219,46 @@ async fn login(
                     let password = password(upstream).await?;
                     let plus = mechanisms.iter().any(|m| m == b"SCRAM-SHA-256-PLUS");
                     let (mechanism, binding) = match (&cert_hash, plus) {
-                        (Some(hash), true) => ("SCRAM-SHA-256-PLUS", ChannelBinding::tls_server_end_point(hash.clone())),
+                        (Some(hash), true) => (
+                            "SCRAM-SHA-256-PLUS",
+                            ChannelBinding::tls_server_end_point(hash.clone()),
+                        ),
                         _ if mechanisms.iter().any(|m| m == b"SCRAM-SHA-256") => {
                             // 'n': we do not bind, and the server may have offered PLUS:
                             // telling it so avoids a downgrade alarm.
                             ("SCRAM-SHA-256", ChannelBinding::unsupported())
                         }
-                        _ => return Err(UpstreamError::Protocol("no supported SASL mechanism offered".into())),
+                        _ => {
+                            return Err(UpstreamError::Protocol(
+                                "no supported SASL mechanism offered".into(),
+                            ));
+                        }
                     };
                     let state = ScramSha256::new(password.expose().as_bytes(), binding);
                     frontend::sasl_initial_response(mechanism, state.message(), &mut out)?;
                     scram = Some(state);
                 }
                 Some(11) => {
-                    let state = scram.as_mut().ok_or_else(|| bad("SASLContinue without SASL"))?;
-                    state.update(body.rest()).map_err(|e| UpstreamError::Protocol(format!("SCRAM: {e}")))?;
+                    let state = scram
+                        .as_mut()
+                        .ok_or_else(|| bad("SASLContinue without SASL"))?;
+                    state
+                        .update(body.rest())
+                        .map_err(|e| UpstreamError::Protocol(format!("SCRAM: {e}")))?;
                     frontend::sasl_response(state.message(), &mut out)?;
                 }
                 Some(12) => {
-                    let state = scram.as_mut().ok_or_else(|| bad("SASLFinal without SASL"))?;
-                    state
-                        .finish(body.rest())
-                        .map_err(|e| UpstreamError::Protocol(format!("SCRAM server signature: {e}")))?;
+                    let state = scram
+                        .as_mut()
+                        .ok_or_else(|| bad("SASLFinal without SASL"))?;
+                    state.finish(body.rest()).map_err(|e| {
+                        UpstreamError::Protocol(format!("SCRAM server signature: {e}"))
+                    })?;
                 }
                 Some(other) => {
-                    return Err(UpstreamError::Protocol(format!("unsupported authentication method {other}")));
+                    return Err(UpstreamError::Protocol(format!(
+                        "unsupported authentication method {other}"
+                    )));
                 }
                 None => return Err(bad("Authentication")),
             },
@@ -273,7 +317,9 @@ async fn read_frame(conn: &mut Conn, buf: &mut BytesMut) -> Result<Frame, Upstre
             Err(e) => return Err(UpstreamError::Protocol(e.to_string())),
         }
         if conn.read_buf(buf).await? == 0 {
-            return Err(UpstreamError::Protocol("server closed the connection during startup".into()));
+            return Err(UpstreamError::Protocol(
+                "server closed the connection during startup".into(),
+            ));
         }
     }
 }
@@ -288,7 +334,9 @@ pub fn error_fields(body: &[u8]) -> (String, String) {
     let mut message = String::new();
     let mut body = Body::new(body);
     while let Some(field) = body.cstr() {
-        let Some((&kind, value)) = field.split_first() else { break };
+        let Some((&kind, value)) = field.split_first() else {
+            break;
+        };
         match kind {
             b'C' => code = String::from_utf8_lossy(value).into_owned(),
             b'M' => message = String::from_utf8_lossy(value).into_owned(),
@@ -302,7 +350,9 @@ pub fn error_fields(body: &[u8]) -> (String, String) {
 /// hash; we bind only when that hash is SHA-256 (the common case), found by
 /// the DER encoding of the signature algorithm OID at the end of the certificate.
 fn signed_with_sha256(cert: &[u8]) -> bool {
-    const SHA256_WITH_RSA: &[u8] = &[0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b];
+    const SHA256_WITH_RSA: &[u8] = &[
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b,
+    ];
     const ECDSA_WITH_SHA256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
     // The outer signatureAlgorithm sits just before the signature BIT STRING,
     // within the last few hundred bytes.

@@ -56,13 +56,17 @@ pub enum CredentialError {
 /// Read a credential from its source.
 pub async fn read(source: &CredentialSource) -> Result<Secret, CredentialError> {
     match source {
-        CredentialSource::Env(var) => {
-            std::env::var(var).map(Secret).map_err(|_| CredentialError::MissingEnv(var.clone()))
-        }
+        CredentialSource::Env(var) => std::env::var(var)
+            .map(Secret)
+            .map_err(|_| CredentialError::MissingEnv(var.clone())),
         CredentialSource::File(path) => {
-            let text = tokio::fs::read_to_string(path)
-                .await
-                .map_err(|source| CredentialError::File { path: path.display().to_string(), source })?;
+            let text =
+                tokio::fs::read_to_string(path)
+                    .await
+                    .map_err(|source| CredentialError::File {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
             Ok(Secret(text.lines().next().unwrap_or("").to_string()))
         }
         CredentialSource::Inline(value) => Ok(Secret(value.clone())),

@@ -28,7 +28,10 @@ impl Upstream {
             UpstreamTlsMode::Disable => None,
             mode => Some(tls::client_config(mode, config.ca_file.as_deref())?),
         };
-        Ok(Self { config: config.clone(), tls })
+        Ok(Self {
+            config: config.clone(),
+            tls,
+        })
     }
 
     /// `host:port` of the upstream.

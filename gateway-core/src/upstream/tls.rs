@@ -5,10 +5,12 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 
 use crate::config::UpstreamTlsMode;
 use crate::listener::tls::{provider, read_certs};
@@ -25,12 +27,17 @@ pub enum UpstreamTlsError {
 }
 
 /// Build the client TLS setup for a mode other than `disable`.
-pub fn client_config(mode: UpstreamTlsMode, ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, UpstreamTlsError> {
+pub fn client_config(
+    mode: UpstreamTlsMode,
+    ca_file: Option<&Path>,
+) -> Result<Arc<ClientConfig>, UpstreamTlsError> {
     let mut roots = RootCertStore::empty();
     match ca_file {
         Some(path) => {
             for cert in read_certs(path).map_err(|e| UpstreamTlsError::Ca(e.to_string()))? {
-                roots.add(cert).map_err(|e| UpstreamTlsError::Ca(format!("{}: {e}", path.display())))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| UpstreamTlsError::Ca(format!("{}: {e}", path.display())))?;
             }
         }
         None => {
@@ -40,14 +47,17 @@ pub fn client_config(mode: UpstreamTlsMode, ca_file: Option<&Path>) -> Result<Ar
         }
     }
     let provider = provider();
-    let builder = ClientConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
     let webpki = || {
         WebPkiServerVerifier::builder_with_provider(Arc::new(roots.clone()), provider.clone())
             .build()
             .map_err(|e| UpstreamTlsError::Ca(e.to_string()))
     };
     let config = match mode {
-        UpstreamTlsMode::VerifyFull => builder.with_webpki_verifier(webpki()?).with_no_client_auth(),
+        UpstreamTlsMode::VerifyFull => builder
+            .with_webpki_verifier(webpki()?)
+            .with_no_client_auth(),
         UpstreamTlsMode::VerifyCa => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(ChainOnly(webpki()?)))
@@ -73,7 +83,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -122,7 +135,12 @@ impl ServerCertVerifier for EncryptOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn verify_tls13_signature(
         &self,
@@ -130,7 +148,12 @@ impl ServerCertVerifier for EncryptOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()

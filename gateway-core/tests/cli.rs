@@ -1,0 +1,205 @@
+//! The `tollgate` binary as an engineer runs it: check, token, serve, dev, demo.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+
+fn fixtures() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures"))
+}
+
+fn temp_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tollgate-cli-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn check_accepts_the_example_config() {
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(fixtures().join("gateway.example.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("ok (2 connection(s), 2 issuer(s))"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn bad_config_is_refused_with_file_line_and_key() {
+    let dir = temp_dir();
+    let file = dir.join("bad.toml");
+    std::fs::write(
+        &file,
+        "[server.tls]\nself_signed = true\n\n[identity.dev_issuer]\nenabled = true\nauidence = \"x\"\n",
+    )
+    .unwrap();
+    for command in ["check", "serve"] {
+        let started = Instant::now();
+        let out = Command::new(BIN)
+            .args([command, "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("bad.toml:6:") && stderr.contains("auidence"),
+            "{command}: {stderr}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "refused before anything listens"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn token_prints_a_signed_jwt_and_refuses_a_config_without_dev_issuer() {
+    let dir = temp_dir();
+    let out = Command::new(BIN)
+        .args([
+            "token",
+            "--sub",
+            "alice",
+            "--groups",
+            "analysts,approvers",
+            "--mfa",
+            "--data-dir",
+        ])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(token.trim().split('.').count(), 3);
+    assert!(dir.join("dev-issuer.key").exists());
+    let out = Command::new(BIN)
+        .args(["token", "--sub", "alice", "--config"])
+        .arg(fixtures().join("gateway.example.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not enable [identity.dev_issuer]"));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Read the child's stderr until the "PGPASSWORD=... psql ..." line appears.
+fn wait_for_psql_line(child: &mut Child) -> String {
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.trim_start().starts_with("PGPASSWORD=") {
+                let _ = tx.send(line.trim().to_string());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(90))
+        .expect("the gateway printed a psql line")
+}
+
+/// Run the printed line through a shell, with extra psql arguments.
+fn run_printed(line: &str, sql: &str) -> std::process::Output {
+    let command = format!("{line} -X -A -t -c \"{sql}\"");
+    Command::new("sh")
+        .args(["-c", &command])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn stop(mut child: Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    panic!("the gateway did not stop on SIGTERM");
+}
+
+#[test]
+fn demo_prints_a_psql_line_that_works() {
+    let dir = temp_dir();
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("state"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = wait_for_psql_line(&mut child);
+    let out = run_printed(&line, "SELECT count(*), min(brand) FROM payments");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "12|amex",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stop(child);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn dev_fronts_an_existing_database() {
+    let (pg, connection) = tollgate::dev::demo_database().unwrap();
+    let Some(tollgate::config::CredentialSource::Inline(password)) = connection.password else {
+        unreachable!("demo_database uses an inline password")
+    };
+    let url = format!(
+        "postgres://tollgate_gateway:{password}@localhost:{}/payments?sslmode=verify-full&sslrootcert={}",
+        pg.port,
+        pg.ca_file.display()
+    );
+    let dir = temp_dir();
+    let mut child = Command::new(BIN)
+        .args([
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            &url,
+            "--data-dir",
+        ])
+        .arg(dir.join("state"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = wait_for_psql_line(&mut child);
+    assert!(
+        !line.contains(&password),
+        "the upstream password is never printed"
+    );
+    let out = run_printed(&line, "SELECT current_user");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "tollgate_gateway",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stop(child);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace. Installs what the tests need first
+# (idempotently), so it works on a fresh Debian 12 machine with Rust.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || packages+=(postgresql)
+command -v psql >/dev/null || packages+=(postgresql-client)
+command -v runuser >/dev/null || packages+=(util-linux)
+if [ "${#packages[@]}" -gt 0 ]; then
+  echo "==> installing ${packages[*]}"
+  if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${packages[@]}"
+fi
+rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
+
+echo "==> formatting"
+cargo fmt --all -- --check
+
+echo "==> lints"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "==> tests"
+cargo test --workspace --locked
