@@ -118,6 +118,14 @@ impl TestGateway {
         Self::start_config(config, dir).await
     }
 
+    /// A gateway whose standard configuration text is first passed through `edit`.
+    pub async fn start_edited(edit: impl FnOnce(String) -> String) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let text = edit(config_text(dir.path(), ""));
+        let config = Config::parse(&text, "test.toml", dir.path()).expect("test config is valid");
+        Self::start_config(config, dir).await
+    }
+
     /// A gateway with a configuration the test built itself.
     pub async fn start_config(config: Config, dir: tempfile::TempDir) -> Self {
         let data_dir = config.server.data_dir.clone();
