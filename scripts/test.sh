@@ -8,6 +8,9 @@ packages=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || packages+=(postgresql)
 command -v psql >/dev/null || packages+=(postgresql-client)
 command -v runuser >/dev/null || packages+=(util-linux)
+# The OS-keyring credential test needs a session bus and a Secret Service.
+command -v dbus-run-session >/dev/null || packages+=(dbus-daemon)
+command -v gnome-keyring-daemon >/dev/null || packages+=(gnome-keyring)
 if [ "${#packages[@]}" -gt 0 ]; then
   echo "==> installing ${packages[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi

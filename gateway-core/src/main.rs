@@ -49,6 +49,11 @@ enum Command {
         #[command(flatten)]
         options: DevArgs,
     },
+    /// Manage upstream credentials in the OS keyring.
+    Keyring {
+        #[command(subcommand)]
+        action: KeyringAction,
+    },
     /// Print a dev access token (trusted by gateways whose config enables the dev issuer).
     Token {
         /// Subject (user or agent name).
@@ -72,6 +77,19 @@ enum Command {
         /// The gateway's data directory (default: .tollgate).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyringAction {
+    /// Store a secret read from standard input (first line), e.g. an upstream password.
+    Set {
+        /// Keyring service name (as in `password = { keyring = { service = ... } }`).
+        #[arg(long)]
+        service: String,
+        /// Keyring account name.
+        #[arg(long)]
+        account: String,
     },
 }
 
@@ -173,6 +191,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let result = serve(config, Some("payments".into())).await;
             drop(pg);
             result
+        }
+        Command::Keyring {
+            action: KeyringAction::Set { service, account },
+        } => {
+            let mut secret = String::new();
+            std::io::stdin()
+                .read_line(&mut secret)
+                .context("reading the secret from standard input")?;
+            let secret = secret.trim_end_matches(['\r', '\n']).to_string();
+            anyhow::ensure!(!secret.is_empty(), "no secret on standard input");
+            tokio::task::spawn_blocking(move || {
+                tollgate::upstream::credential::keyring_store(&service, &account, &secret)
+            })
+            .await??;
+            eprintln!("stored");
+            Ok(())
         }
         Command::Token {
             sub,

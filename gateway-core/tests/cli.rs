@@ -203,3 +203,65 @@ fn dev_fronts_an_existing_database() {
     stop(child);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The upstream password comes from the OS keyring (Secret Service on a
+/// session bus, as on a Linux desktop), stored there with `tollgate keyring set`.
+#[test]
+fn keyring_credentials_reach_the_upstream() {
+    let (pg, connection) = tollgate::dev::demo_database().unwrap();
+    let Some(tollgate::config::CredentialSource::Inline(password)) = connection.password else {
+        unreachable!("demo_database uses an inline password")
+    };
+    let dir = temp_dir();
+    let config = dir.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"state\"\n[server.tls]\nself_signed = true\n\
+             [identity.dev_issuer]\nenabled = true\n\
+             [[connection]]\nname = \"payments\"\nhost = \"localhost\"\nport = {}\ndatabase = \"payments\"\n\
+             user = \"tollgate_gateway\"\npassword = {{ keyring = {{ service = \"tollgate-test\", account = \"payments\" }} }}\n\
+             ca_file = \"{}\"\n",
+            pg.port,
+            pg.ca_file.display()
+        ),
+    )
+    .unwrap();
+    let script = r#"
+set -e
+echo -n unlock | gnome-keyring-daemon --unlock --components=secrets >/dev/null
+printf '%s\n' "$UPSTREAM_PASSWORD" | "$BIN" keyring set --service tollgate-test --account payments
+"$BIN" serve --config "$CONFIG" 2>"$DIR/serve.log" &
+serve=$!
+trap 'kill $serve' EXIT
+for _ in $(seq 100); do grep -q "listening on" "$DIR/serve.log" && break; sleep 0.1; done
+port=$(sed -n 's/.*listening on 127.0.0.1:\([0-9]*\).*/\1/p' "$DIR/serve.log" | head -1)
+token=$("$BIN" token --config "$CONFIG" --sub alice --groups analysts)
+PGPASSWORD=$token psql "host=127.0.0.1 port=$port dbname=payments user=alice sslmode=require" -XAtc "SELECT current_user"
+"#;
+    let out = Command::new("dbus-run-session")
+        .args(["--", "sh", "-c", script])
+        .env("BIN", BIN)
+        .env("CONFIG", &config)
+        .env("DIR", &dir)
+        .env("UPSTREAM_PASSWORD", &password)
+        // A fresh home: gnome-keyring creates a new login keyring unlocked with our password.
+        .env("HOME", &dir)
+        .env_remove("XDG_DATA_HOME")
+        .stdin(Stdio::null())
+        .output()
+        .expect("dbus-run-session (scripts/test.sh installs dbus and gnome-keyring)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let log = std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default();
+    assert_eq!(
+        stdout.trim().lines().last(),
+        Some("tollgate_gateway"),
+        "stderr: {}\nlog: {log}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !log.contains(&password),
+        "the upstream password never reaches the log"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

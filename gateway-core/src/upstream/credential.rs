@@ -75,9 +75,45 @@ pub async fn read(source: &CredentialSource) -> Result<Secret, CredentialError> 
 }
 
 async fn keyring_read(service: &str, account: &str) -> Result<Secret, CredentialError> {
-    Err(CredentialError::Keyring {
-        service: service.to_string(),
-        account: account.to_string(),
-        message: "this build has no OS keyring support".into(),
+    let (service, account) = (service.to_string(), account.to_string());
+    // The keyring API is blocking (and panics inside a runtime thread).
+    let result = tokio::task::spawn_blocking({
+        let (service, account) = (service.clone(), account.clone());
+        move || keyring::Entry::new(&service, &account)?.get_password()
     })
+    .await;
+    match result {
+        Ok(Ok(password)) => Ok(Secret(password)),
+        Ok(Err(e)) => Err(CredentialError::Keyring {
+            service,
+            account,
+            message: keyring_message(&e),
+        }),
+        Err(e) => Err(CredentialError::Keyring {
+            service,
+            account,
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// Store a secret in the OS keyring (for `tollgate keyring set`).
+pub fn keyring_store(service: &str, account: &str, secret: &str) -> Result<(), CredentialError> {
+    keyring::Entry::new(service, account)
+        .and_then(|entry| entry.set_password(secret))
+        .map_err(|e| CredentialError::Keyring {
+            service: service.to_string(),
+            account: account.to_string(),
+            message: keyring_message(&e),
+        })
+}
+
+fn keyring_message(e: &keyring::Error) -> String {
+    match e {
+        keyring::Error::NoEntry => "no such entry: store it with `tollgate keyring set`".into(),
+        keyring::Error::NoDefaultStore => {
+            "no OS keyring is available (on Linux: a Secret Service on the session bus)".into()
+        }
+        other => other.to_string(),
+    }
 }
