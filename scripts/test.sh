@@ -11,6 +11,10 @@ command -v runuser >/dev/null || packages+=(util-linux)
 # The OS-keyring credential test needs a session bus and a Secret Service.
 command -v dbus-run-session >/dev/null || packages+=(dbus-daemon)
 command -v gnome-keyring-daemon >/dev/null || packages+=(gnome-keyring)
+# The desktop console (Tauri 2) builds against WebKitGTK.
+for pkg in libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev pkg-config; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || packages+=("$pkg")
+done
 if [ "${#packages[@]}" -gt 0 ]; then
   echo "==> installing ${packages[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
@@ -18,6 +22,9 @@ if [ "${#packages[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${packages[@]}"
 fi
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
+
+echo "==> console front end"
+(cd ui && { [ -d node_modules ] && [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund; } && npm run build)
 
 echo "==> formatting"
 cargo fmt --all -- --check

@@ -100,6 +100,21 @@ fn token_prints_a_signed_jwt_and_refuses_a_config_without_dev_issuer() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Start `tollgate <args> --listen 127.0.0.1:0 --data-dir <dir>/state` and wait
+/// for the psql line it prints.
+fn start_local_gateway(args: &[&str], dir: &Path) -> (Child, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("state"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = wait_for_psql_line(&mut child);
+    (child, line)
+}
+
 /// Read the child's stderr until the "PGPASSWORD=... psql ..." line appears.
 fn wait_for_psql_line(child: &mut Child) -> String {
     let stderr = child.stderr.take().unwrap();
@@ -143,14 +158,7 @@ fn stop(mut child: Child) {
 #[test]
 fn demo_prints_a_psql_line_that_works() {
     let dir = temp_dir();
-    let mut child = Command::new(BIN)
-        .args(["demo", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.join("state"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let line = wait_for_psql_line(&mut child);
+    let (child, line) = start_local_gateway(&["demo"], &dir);
     let out = run_printed(&line, "SELECT count(*), min(brand) FROM payments");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
@@ -174,21 +182,7 @@ fn dev_fronts_an_existing_database() {
         pg.ca_file.display()
     );
     let dir = temp_dir();
-    let mut child = Command::new(BIN)
-        .args([
-            "dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--upstream",
-            &url,
-            "--data-dir",
-        ])
-        .arg(dir.join("state"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let line = wait_for_psql_line(&mut child);
+    let (child, line) = start_local_gateway(&["dev", "--upstream", &url], &dir);
     assert!(
         !line.contains(&password),
         "the upstream password is never printed"

@@ -37,6 +37,22 @@ fn error_response(bytes: &[u8]) -> (String, String) {
     (code, message)
 }
 
+/// A startup-phase packet: length, protocol version, body.
+fn startup_packet(version: i32, body: &[u8]) -> Vec<u8> {
+    let mut packet = (8 + body.len() as i32).to_be_bytes().to_vec();
+    packet.extend_from_slice(&version.to_be_bytes());
+    packet.extend_from_slice(body);
+    packet
+}
+
+/// A regular message: type byte, length, body.
+fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    out.extend_from_slice(&(4 + body.len() as i32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
 async fn still_serves(gw: &TestGateway) {
     let client = gw
         .tokio_postgres(&gw.token("alice", &["analysts"]))
@@ -57,11 +73,9 @@ async fn malformed_startup_packet_gets_08p01() {
     let gw = TestGateway::start().await;
     let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
     // Protocol 3.0, a parameter name with no value and no terminator.
-    let mut packet = Vec::new();
-    packet.extend_from_slice(&(4 + 4 + 5i32).to_be_bytes());
-    packet.extend_from_slice(&196608i32.to_be_bytes());
-    packet.extend_from_slice(b"user\0");
-    tcp.write_all(&packet).await.unwrap();
+    tcp.write_all(&startup_packet(196608, b"user\0"))
+        .await
+        .unwrap();
     let (code, message) = error_response(&read_to_close(&mut tcp).await);
     assert_eq!(code, "08P01");
     assert!(message.contains("invalid startup packet"), "{message}");
@@ -87,11 +101,9 @@ async fn startup_length_of_two_gigabytes_is_refused_at_once() {
 async fn unknown_protocol_version_is_named() {
     let gw = TestGateway::start().await;
     let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
-    let mut packet = Vec::new();
-    packet.extend_from_slice(&(4 + 4 + 1i32).to_be_bytes());
-    packet.extend_from_slice(&(2i32 << 16).to_be_bytes());
-    packet.push(0);
-    tcp.write_all(&packet).await.unwrap();
+    tcp.write_all(&startup_packet(2 << 16, b"\0"))
+        .await
+        .unwrap();
     let (code, message) = error_response(&read_to_close(&mut tcp).await);
     assert_eq!(code, "0A000");
     assert!(
@@ -105,11 +117,7 @@ async fn unknown_protocol_version_is_named() {
 async fn newer_minor_version_is_negotiated_down_to_3_0() {
     let gw = TestGateway::start().await;
     let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
-    let mut packet = Vec::new();
-    let body = b"user\0alice\0_pq_.fancy\0on\0\0";
-    packet.extend_from_slice(&(8 + body.len() as i32).to_be_bytes());
-    packet.extend_from_slice(&((3 << 16) | 2i32).to_be_bytes());
-    packet.extend_from_slice(body);
+    let packet = startup_packet((3 << 16) | 2, b"user\0alice\0_pq_.fancy\0on\0\0");
     tcp.write_all(&packet).await.unwrap();
     let bytes = read_to_close(&mut tcp).await;
     // NegotiateProtocolVersion naming the unknown option, then (no TLS) a refusal.
@@ -146,19 +154,13 @@ async fn logged_in_raw(gw: &TestGateway) -> tokio_rustls::client::TlsStream<TcpS
         .connect("localhost".try_into().unwrap(), tcp)
         .await
         .unwrap();
-    let body = b"user\0alice\0database\0payments\0\0";
-    let mut packet = (8 + body.len() as i32).to_be_bytes().to_vec();
-    packet.extend_from_slice(&196608i32.to_be_bytes());
-    packet.extend_from_slice(body);
+    let packet = startup_packet(196608, b"user\0alice\0database\0payments\0\0");
     tls.write_all(&packet).await.unwrap();
     let mut buf = vec![0u8; 9];
     tls.read_exact(&mut buf).await.unwrap(); // AuthenticationCleartextPassword
     assert_eq!(buf[0], b'R');
     let token = gw.token("alice", &["analysts"]);
-    let mut password = vec![b'p'];
-    password.extend_from_slice(&(4 + token.len() as i32 + 1).to_be_bytes());
-    password.extend_from_slice(token.as_bytes());
-    password.push(0);
+    let password = message(b'p', format!("{token}\0").as_bytes());
     tls.write_all(&password).await.unwrap();
     // Read messages until ReadyForQuery.
     loop {
@@ -221,10 +223,7 @@ async fn client_vanishing_mid_result_frees_the_upstream() {
     let gw = TestGateway::start().await;
     let mut tls = logged_in_raw(&gw).await;
     let sql = b"SELECT repeat('x', 1000) FROM generate_series(1, 2000000)\0";
-    let mut query = vec![b'Q'];
-    query.extend_from_slice(&(4 + sql.len() as i32).to_be_bytes());
-    query.extend_from_slice(sql);
-    tls.write_all(&query).await.unwrap();
+    tls.write_all(&message(b'Q', sql)).await.unwrap();
     let mut some = vec![0u8; 64 * 1024];
     tls.read_exact(&mut some).await.unwrap();
     drop(tls);
@@ -246,10 +245,7 @@ async fn slow_client_does_not_stall_others() {
     let gw = TestGateway::start().await;
     let mut slow = logged_in_raw(&gw).await;
     let sql = b"SELECT repeat('y', 1000) FROM generate_series(1, 200000)\0";
-    let mut query = vec![b'Q'];
-    query.extend_from_slice(&(4 + sql.len() as i32).to_be_bytes());
-    query.extend_from_slice(sql);
-    slow.write_all(&query).await.unwrap();
+    slow.write_all(&message(b'Q', sql)).await.unwrap();
     // The slow client reads a little, then nothing for a while.
     let mut some = vec![0u8; 8192];
     slow.read_exact(&mut some).await.unwrap();
@@ -274,11 +270,10 @@ async fn slow_client_does_not_stall_others() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn startup_timeout_closes_idle_connections() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = tollgate_e2e::config_text(dir.path(), "")
-        .replace("[server.tls]", "startup_timeout_secs = 1\n\n[server.tls]");
-    let config = tollgate::Config::parse(&text, "t.toml", dir.path()).unwrap();
-    let gw = TestGateway::start_config(config, dir).await;
+    let gw = TestGateway::start_edited(|text| {
+        text.replace("[server.tls]", "startup_timeout_secs = 1\n\n[server.tls]")
+    })
+    .await;
     let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut buf)).await;

@@ -87,26 +87,10 @@ async fn tampered_claims_break_the_signature() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn wrong_audience_is_named() {
-    let gw = TestGateway::start_with("").await;
-    let other_audience = TestGateway::start_config(
-        {
-            let dir = tempfile::tempdir().unwrap();
-            let text = tollgate_e2e::config_text(dir.path(), "")
-                .replace("audience = \"tollgate\"", "audience = \"reporting\"");
-            let config = tollgate::Config::parse(&text, "t.toml", dir.path()).unwrap();
-            // Reuse the first gateway's key so only the audience differs.
-            std::fs::copy(
-                gw.data_dir.join("dev-issuer.key"),
-                dir.path().join("dev-issuer.key"),
-            )
-            .unwrap();
-            std::mem::forget(dir);
-            config
-        },
-        tempfile::tempdir().unwrap(),
-    )
-    .await;
-    let token = other_audience.token("alice", &["analysts"]);
+    let gw = TestGateway::start().await;
+    // Same key, other audience: only `aud` is wrong.
+    let other = tollgate::identity::DevIssuer::load_or_create(&gw.data_dir, "reporting").unwrap();
+    let token = other.mint(&request("alice", 300)).unwrap();
     let err = gw.tokio_postgres(&token).await.expect_err("wrong audience");
     let message = expect_sqlstate(&err, "28P01");
     assert!(
@@ -118,13 +102,13 @@ async fn wrong_audience_is_named() {
 #[tokio::test(flavor = "multi_thread")]
 async fn dev_tokens_are_refused_when_the_dev_issuer_is_not_enabled() {
     let minting = TestGateway::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let text = tollgate_e2e::config_text(dir.path(), "").replace(
-        "[identity.dev_issuer]\nenabled = true",
-        "[identity.dev_issuer]\nenabled = false",
-    ) + "\n[[identity.issuer]]\nissuer = \"https://idp.example.com\"\naudience = \"tollgate\"\n";
-    let config = tollgate::Config::parse(&text, "t.toml", dir.path()).unwrap();
-    let gw = TestGateway::start_config(config, dir).await;
+    let gw = TestGateway::start_edited(|text| {
+        text.replace(
+            "[identity.dev_issuer]\nenabled = true",
+            "[identity.dev_issuer]\nenabled = false",
+        ) + "\n[[identity.issuer]]\nissuer = \"https://idp.example.com\"\naudience = \"tollgate\"\n"
+    })
+    .await;
     let err = gw
         .tokio_postgres(&minting.token("alice", &["admins"]))
         .await
@@ -161,13 +145,13 @@ async fn unknown_database_names_the_problem() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn user_name_must_match_subject_when_configured() {
-    let dir = tempfile::tempdir().unwrap();
-    let text = tollgate_e2e::config_text(dir.path(), "").replace(
-        "[identity.dev_issuer]",
-        "[identity]\nuser_must_match_subject = true\n\n[identity.dev_issuer]",
-    );
-    let config = tollgate::Config::parse(&text, "t.toml", dir.path()).unwrap();
-    let gw = TestGateway::start_config(config, dir).await;
+    let gw = TestGateway::start_edited(|text| {
+        text.replace(
+            "[identity.dev_issuer]",
+            "[identity]\nuser_must_match_subject = true\n\n[identity.dev_issuer]",
+        )
+    })
+    .await;
     // psql connects as user "alice".
     gw.psql(&gw.token("mallory", &["admins"]), &["-c", "SELECT 1"])
         .fails_with("does not match the token subject");

@@ -7,12 +7,15 @@ use tollgate_e2e::{TestGateway, database, expect_sqlstate};
 
 /// A gateway whose only connection is described by `connection` (TOML body of a [[connection]]).
 async fn gateway_with_connection(connection: &str) -> TestGateway {
-    let dir = tempfile::tempdir().unwrap();
-    let base = tollgate_e2e::config_text(dir.path(), "");
-    let head = base.split("[[connection]]").next().unwrap().to_string();
-    let text = format!("{head}[[connection]]\n{connection}\n");
-    let config = tollgate::Config::parse(&text, "t.toml", dir.path()).unwrap();
-    TestGateway::start_config(config, dir).await
+    TestGateway::start_edited(|text| {
+        let head = text
+            .split("[[connection]]")
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        format!("{head}[[connection]]\n{connection}\n")
+    })
+    .await
 }
 
 fn connection(name: &str, extra: &str) -> String {

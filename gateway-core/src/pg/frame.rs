@@ -58,26 +58,38 @@ impl Frame {
 
     /// Split the next complete frame off `buf`; `Ok(None)` when more bytes are needed.
     pub fn read(buf: &mut BytesMut, limit: usize) -> Result<Option<Frame>, FrameError> {
-        if buf.len() < 5 {
-            return Ok(None);
+        match next_frame(buf, limit)? {
+            Some((_, total)) => Ok(Some(Frame {
+                raw: buf.split_to(total).freeze(),
+            })),
+            None => {
+                if buf.len() >= 5 {
+                    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+                    buf.reserve(1 + len - buf.len());
+                }
+                Ok(None)
+            }
         }
-        let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-        if len < 4 || len as usize > limit {
-            return Err(FrameError::BadLength {
-                tag: printable(buf[0]),
-                len: len.into(),
-                limit,
-            });
-        }
-        let total = 1 + len as usize;
-        if buf.len() < total {
-            buf.reserve(total - buf.len());
-            return Ok(None);
-        }
-        Ok(Some(Frame {
-            raw: buf.split_to(total).freeze(),
-        }))
     }
+}
+
+/// Type byte and total length (header included) of the next complete frame
+/// at the start of `buf`; `Ok(None)` when more bytes are needed. A length
+/// below 4 or above `limit` is an error: the stream cannot be trusted after it.
+pub fn next_frame(buf: &[u8], limit: usize) -> Result<Option<(u8, usize)>, FrameError> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+    if len < 4 || len as usize > limit {
+        return Err(FrameError::BadLength {
+            tag: printable(buf[0]),
+            len: len.into(),
+            limit,
+        });
+    }
+    let total = 1 + len as usize;
+    Ok((buf.len() >= total).then_some((buf[0], total)))
 }
 
 /// A type byte as a character for messages ('?' when not printable).

@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::conn::Conn;
 use super::error::PgError;
-use super::frame::{Body, FrameError, printable};
+use super::frame::{Body, FrameError, next_frame};
 use crate::hooks::{Decision, SessionEvent, SessionHooks, Statement, StatementVia, ValueSource};
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -138,23 +138,6 @@ async fn write(conn: &mut Conn, buf: &mut BytesMut) -> std::io::Result<()> {
     conn.flush().await?;
     buf.clear();
     Ok(())
-}
-
-/// Type and total length of the next complete frame in `buf`.
-fn next_frame(buf: &BytesMut, limit: usize) -> Result<Option<(u8, usize)>, FrameError> {
-    if buf.len() < 5 {
-        return Ok(None);
-    }
-    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
-    if len < 4 || len as usize > limit {
-        return Err(FrameError::BadLength {
-            tag: printable(buf[0]),
-            len: len.into(),
-            limit,
-        });
-    }
-    let total = 1 + len as usize;
-    Ok((buf.len() >= total).then_some((buf[0], total)))
 }
 
 impl State<'_> {
