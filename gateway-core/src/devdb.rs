@@ -152,9 +152,10 @@ impl ThrowawayPostgres {
         );
         append(&data.join("postgresql.conf"), &conf)?;
         // TLS and SCRAM are required for every TCP client; md5 only for the
-        // `legacy_md5` role the tests use to exercise old servers.
+        // `legacy_md5` and `legacy_cleartext` roles the tests use to exercise old servers.
         let hba = "local all all scram-sha-256\n\
                    hostssl all legacy_md5 127.0.0.1/32 md5\n\
+                   hostssl all legacy_cleartext 127.0.0.1/32 password\n\
                    hostssl all all 127.0.0.1/32 scram-sha-256\n\
                    hostssl all all 127.0.0.2/32 scram-sha-256\n\
                    hostssl all all ::1/128 scram-sha-256\n";

@@ -43,8 +43,13 @@ pub fn database() -> &'static Database {
         )
         .expect("create md5 role");
         pg.psql(
+            "postgres",
+            "CREATE ROLE legacy_cleartext LOGIN PASSWORD 'plain-secret'",
+        )
+        .expect("create cleartext role");
+        pg.psql(
             "payments",
-            "GRANT SELECT ON ALL TABLES IN SCHEMA public TO legacy_md5",
+            "GRANT SELECT ON ALL TABLES IN SCHEMA public TO legacy_md5, legacy_cleartext",
         )
         .expect("grant");
         Database {

@@ -129,6 +129,34 @@ async fn newer_minor_version_is_negotiated_down_to_3_0() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn gssapi_encryption_is_declined_and_tls_follows() {
+    let gw = TestGateway::start().await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    // GSSENCRequest: the gateway answers 'N', then the client may ask for TLS.
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30])
+        .await
+        .unwrap();
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"N");
+    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+        .await
+        .unwrap();
+    tcp.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"S");
+    // libpq with gssencmode=prefer does the same dance.
+    let token = gw.token("alice", &["analysts"]);
+    let out = tollgate_e2e::PsqlOutput::from(
+        gw.psql_command(&token, "payments", "require")
+            .env("PGGSSENCMODE", "prefer")
+            .args(["-c", "SELECT 'gss declined'"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(out.ok(), "gss declined");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn garbage_instead_of_startup_is_refused() {
     let gw = TestGateway::start().await;
     let mut tcp = TcpStream::connect(gw.addr).await.unwrap();

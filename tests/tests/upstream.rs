@@ -156,6 +156,22 @@ async fn md5_upstream_login_for_old_servers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn cleartext_upstream_login_over_tls() {
+    let gw = gateway_with_connection(&connection(
+        "cleartext",
+        "user = \"legacy_cleartext\"\npassword = { inline = \"plain-secret\" }",
+    ))
+    .await;
+    let client = login_to(&gw, "cleartext").await.unwrap();
+    let user: String = client
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(user, "legacy_cleartext");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn verify_full_refuses_an_upstream_signed_by_another_ca() {
     let db = database();
     // The gateway's own self-signed certificate is a CA the upstream's cert does not chain to.

@@ -361,3 +361,39 @@ fn signed_with_sha256(cert: &[u8]) -> bool {
         .iter()
         .any(|oid| tail.windows(oid.len()).any(|w| w == *oid))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channel_binding_hash_is_used_for_sha256_signed_certificates() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        assert!(signed_with_sha256(cert.der()));
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        assert!(
+            !signed_with_sha256(cert.der()),
+            "SHA-384 certificates need a SHA-384 binding: do not bind"
+        );
+    }
+
+    #[test]
+    fn error_fields_reads_code_and_message() {
+        let body = b"SFATAL\0C28P01\0Mpassword authentication failed for user \"x\"\0\0";
+        assert_eq!(
+            error_fields(body),
+            (
+                "28P01".to_string(),
+                "password authentication failed for user \"x\"".to_string()
+            )
+        );
+    }
+}
