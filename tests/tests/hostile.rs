@@ -170,6 +170,16 @@ async fn garbage_instead_of_startup_is_refused() {
 
 /// A raw TLS connection that has logged in; returns it after ReadyForQuery.
 async fn logged_in_raw(gw: &TestGateway) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut tls = login_raw(gw, &[]).await;
+    let (tag, _) = read_message_after_login(&mut tls).await;
+    assert_eq!(tag, b'Z');
+    tls
+}
+
+/// TLS, startup, and the password message with `extra` bytes written right
+/// behind it in the same write; returns the stream positioned after login's
+/// BackendKeyData (the next message is the first ReadyForQuery).
+async fn login_raw(gw: &TestGateway, extra: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
     tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
         .await
@@ -188,9 +198,10 @@ async fn logged_in_raw(gw: &TestGateway) -> tokio_rustls::client::TlsStream<TcpS
     tls.read_exact(&mut buf).await.unwrap(); // AuthenticationCleartextPassword
     assert_eq!(buf[0], b'R');
     let token = gw.token("alice", &["analysts"]);
-    let password = message(b'p', format!("{token}\0").as_bytes());
+    let mut password = message(b'p', format!("{token}\0").as_bytes());
+    password.extend_from_slice(extra);
     tls.write_all(&password).await.unwrap();
-    // Read messages until ReadyForQuery.
+    // Skip AuthenticationOk, ParameterStatus and BackendKeyData.
     loop {
         let mut header = [0u8; 5];
         tls.read_exact(&mut header).await.unwrap();
@@ -203,10 +214,39 @@ async fn logged_in_raw(gw: &TestGateway) -> tokio_rustls::client::TlsStream<TcpS
             "login failed: {}",
             String::from_utf8_lossy(&body)
         );
-        if header[0] == b'Z' {
+        if header[0] == b'K' {
             return tls;
         }
     }
+}
+
+/// The next message: (type, body).
+async fn read_message_after_login(
+    tls: &mut tokio_rustls::client::TlsStream<TcpStream>,
+) -> (u8, Vec<u8>) {
+    let mut header = [0u8; 5];
+    tls.read_exact(&mut header).await.unwrap();
+    let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    let mut body = vec![0u8; len - 4];
+    tls.read_exact(&mut body).await.unwrap();
+    (header[0], body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_query_sent_right_behind_the_password_is_not_lost() {
+    let gw = TestGateway::start().await;
+    let mut tls = login_raw(&gw, &message(b'Q', b"SELECT 'kept'\0")).await;
+    let mut tags = Vec::new();
+    let mut row = None;
+    while tags.iter().filter(|t| **t == b'Z').count() < 2 {
+        let (tag, body) = read_message_after_login(&mut tls).await;
+        if tag == b'D' {
+            row = Some(String::from_utf8_lossy(&body[6..]).into_owned());
+        }
+        tags.push(tag);
+    }
+    assert_eq!(tags, vec![b'Z', b'T', b'D', b'C', b'Z']);
+    assert_eq!(row.as_deref(), Some("kept"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -250,7 +290,7 @@ async fn unknown_message_type_is_answered_by_the_upstream_and_session_ends_clean
 async fn client_vanishing_mid_result_frees_the_upstream() {
     let gw = TestGateway::start().await;
     let mut tls = logged_in_raw(&gw).await;
-    let sql = b"SELECT repeat('x', 1000) FROM generate_series(1, 2000000)\0";
+    let sql = b"SELECT /* vanishing client */ repeat('x', 1000) FROM generate_series(1, 2000000)\0";
     tls.write_all(&message(b'Q', sql)).await.unwrap();
     let mut some = vec![0u8; 64 * 1024];
     tls.read_exact(&mut some).await.unwrap();
@@ -258,8 +298,8 @@ async fn client_vanishing_mid_result_frees_the_upstream() {
     assert_eventually_sessions_zero(&gw).await;
     let db = tollgate_e2e::database();
     tollgate_e2e::assert_eventually!(
-        db.pg.psql("payments", "SELECT count(*) FROM pg_stat_activity WHERE usename = 'tollgate_gateway' AND query LIKE 'SELECT repeat%'").unwrap() == "0",
-        "the upstream backend stopped"
+        db.pg.psql("payments", "SELECT count(*) FROM pg_stat_activity WHERE usename = 'tollgate_gateway' AND query LIKE '%vanishing client%'").unwrap() == "0",
+        "the upstream backend stopped: {}", db.pg.psql("payments", "SELECT state, wait_event_type, wait_event, backend_start, left(query, 30) FROM pg_stat_activity WHERE usename = 'tollgate_gateway'").unwrap()
     );
     still_serves(&gw).await;
 }

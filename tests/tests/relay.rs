@@ -256,7 +256,7 @@ async fn psql_ctrl_c_cancels_the_running_statement() {
     let token = gw.token("alice", &["analysts"]);
     let child = gw
         .psql_command(&token, "payments", "require")
-        .args(["-c", "SELECT pg_sleep(30)"])
+        .args(["-c", "SELECT pg_sleep(30) /* psql ctrl-c */"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -266,7 +266,7 @@ async fn psql_ctrl_c_cancels_the_running_statement() {
     // Wait until the statement runs upstream, then press Ctrl-C.
     let db = tollgate_e2e::database();
     assert_eventually!(
-        db.pg.psql("payments", "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)' AND state = 'active'").unwrap() == "1",
+        db.pg.psql("payments", "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30) /* psql ctrl-c */' AND state = 'active'").unwrap() == "1",
         "the statement reached the upstream"
     );
     std::process::Command::new("kill")
@@ -334,21 +334,21 @@ async fn sessions_end_on_terminate_and_on_disconnect() {
     let gw = TestGateway::start().await;
     let token = gw.token("alice", &["analysts"]);
     let client = gw.tokio_postgres(&token).await.unwrap();
-    client.query_one("SELECT 1", &[]).await.unwrap();
+    // Other tests share the database: mark this session's upstream backend.
+    client
+        .batch_execute("SET application_name = 'terminate-check'")
+        .await
+        .unwrap();
+    let db = tollgate_e2e::database();
+    let marked = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'terminate-check'";
+    assert_eq!(db.pg.psql("payments", marked).unwrap(), "1");
     assert_eq!(gw.sessions(), 1);
     drop(client); // tokio-postgres sends Terminate
     assert_eventually!(gw.sessions() == 0, "session ended after Terminate");
     gw.psql(&token, &["-c", "SELECT 1"]).ok();
     assert_eventually!(gw.sessions() == 0, "psql session ended");
-    let db = tollgate_e2e::database();
     assert_eventually!(
-        db.pg
-            .psql(
-                "payments",
-                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'tollgate_gateway'"
-            )
-            .unwrap()
-            == "0",
-        "upstream backends are gone too"
+        db.pg.psql("payments", marked).unwrap() == "0",
+        "the upstream backend is gone too"
     );
 }

@@ -68,14 +68,17 @@ struct State<'h> {
     to_client: BytesMut,
 }
 
-/// Relay until either side ends the session.
+/// Relay until either side ends the session. `pending` holds client bytes
+/// already read during login (a client may send its first query right
+/// behind the password); they are handled first, so nothing is lost.
 pub async fn run(
     client: &mut Conn,
     upstream: &mut Conn,
     hooks: &mut dyn SessionHooks,
     max_client_message: usize,
+    pending: BytesMut,
 ) -> Result<RelayEnd, RelayError> {
-    let mut from_client = BytesMut::with_capacity(READ_CHUNK);
+    let mut from_client = pending;
     let mut from_upstream = BytesMut::with_capacity(READ_CHUNK);
     let mut state = State {
         hooks,
@@ -84,6 +87,15 @@ pub async fn run(
         to_upstream: BytesMut::with_capacity(READ_CHUNK),
         to_client: BytesMut::with_capacity(READ_CHUNK),
     };
+    let terminated = state.client_frames(&mut from_client, max_client_message)?;
+    if !state.to_upstream.is_empty() {
+        write(upstream, &mut state.to_upstream)
+            .await
+            .map_err(RelayError::Upstream)?;
+    }
+    if terminated {
+        return Ok(RelayEnd::Terminated);
+    }
     loop {
         reserve(&mut from_client);
         reserve(&mut from_upstream);

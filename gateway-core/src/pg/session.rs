@@ -90,6 +90,8 @@ struct Established {
     identity: Identity,
     connection: String,
     application_name: Option<String>,
+    /// Client bytes read behind the password message.
+    pending: BytesMut,
 }
 
 async fn login(
@@ -127,7 +129,8 @@ async fn login(
             error: PgError::fatal("08006", "client went away"),
         });
     }
-    let token = match read_password(&mut client).await {
+    let mut pending = BytesMut::with_capacity(2048);
+    let token = match read_password(&mut client, &mut pending).await {
         Ok(token) => token,
         Err(error) => return Err(fail(client, error)),
     };
@@ -181,6 +184,7 @@ async fn login(
         identity,
         connection: database,
         application_name: param("application_name"),
+        pending,
     })
 }
 
@@ -191,10 +195,10 @@ fn fail(conn: Conn, error: PgError) -> StartupFailure {
     }
 }
 
-async fn read_password(client: &mut Conn) -> Result<String, PgError> {
-    let mut buf = BytesMut::with_capacity(2048);
+/// Read the password message; bytes the client sent behind it stay in `buf`.
+async fn read_password(client: &mut Conn, buf: &mut BytesMut) -> Result<String, PgError> {
     let frame = loop {
-        match Frame::read(&mut buf, MAX_PASSWORD_MESSAGE) {
+        match Frame::read(buf, MAX_PASSWORD_MESSAGE) {
             Ok(Some(frame)) => break frame,
             Ok(None) => {}
             Err(e) => {
@@ -204,7 +208,7 @@ async fn read_password(client: &mut Conn) -> Result<String, PgError> {
                 ));
             }
         }
-        match client.read_buf(&mut buf).await {
+        match client.read_buf(buf).await {
             Ok(0) | Err(_) => {
                 return Err(PgError::fatal(
                     "08006",
@@ -240,6 +244,7 @@ async fn run_session(established: Established, peer: SocketAddr, ctx: &PgContext
         identity,
         connection,
         application_name,
+        pending,
     } = established;
     let upstream::UpstreamSession {
         conn: mut upstream_conn,
@@ -280,6 +285,7 @@ async fn run_session(established: Established, peer: SocketAddr, ctx: &PgContext
         &mut upstream_conn,
         hooks.as_mut(),
         ctx.max_message_bytes,
+        pending,
     )
     .await;
     let reason = match &result {
@@ -306,7 +312,11 @@ async fn run_session(established: Established, peer: SocketAddr, ctx: &PgContext
         }
         Err(e @ relay::RelayError::Client(_)) => Some(e.to_string()),
     };
-    if !matches!(result, Ok(relay::RelayEnd::ClientClosed)) {
+    // The relay already told the upstream when the client terminated or vanished.
+    if !matches!(
+        result,
+        Ok(relay::RelayEnd::ClientClosed | relay::RelayEnd::Terminated)
+    ) {
         let _ = upstream_conn.write_all(&[b'X', 0, 0, 0, 4]).await;
     }
     let _ = client.shutdown().await;
