@@ -170,12 +170,18 @@ fn demo_prints_a_psql_line_that_works() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A throwaway seeded database and the password of the gateway's role on it.
+fn demo_upstream() -> (tollgate::devdb::ThrowawayPostgres, String) {
+    let (pg, connection) = tollgate::dev::demo_database().unwrap();
+    match connection.password {
+        Some(tollgate::config::CredentialSource::Inline(password)) => (pg, password),
+        other => panic!("demo_database uses an inline password, got {other:?}"),
+    }
+}
+
 #[test]
 fn dev_fronts_an_existing_database() {
-    let (pg, connection) = tollgate::dev::demo_database().unwrap();
-    let Some(tollgate::config::CredentialSource::Inline(password)) = connection.password else {
-        unreachable!("demo_database uses an inline password")
-    };
+    let (pg, password) = demo_upstream();
     let url = format!(
         "postgres://tollgate_gateway:{password}@localhost:{}/payments?sslmode=verify-full&sslrootcert={}",
         pg.port,
@@ -202,10 +208,7 @@ fn dev_fronts_an_existing_database() {
 /// session bus, as on a Linux desktop), stored there with `tollgate keyring set`.
 #[test]
 fn keyring_credentials_reach_the_upstream() {
-    let (pg, connection) = tollgate::dev::demo_database().unwrap();
-    let Some(tollgate::config::CredentialSource::Inline(password)) = connection.password else {
-        unreachable!("demo_database uses an inline password")
-    };
+    let (pg, password) = demo_upstream();
     let dir = temp_dir();
     let config = dir.join("gateway.toml");
     std::fs::write(

@@ -53,6 +53,17 @@ fn message(tag: u8, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Send `bytes` on a fresh connection; expect a FATAL with `code` whose
+/// message contains `needle`, a closed connection, and a gateway that still serves.
+async fn expect_startup_refusal(gw: &TestGateway, bytes: &[u8], code: &str, needle: &str) {
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(bytes).await.unwrap();
+    let (got, message) = error_response(&read_to_close(&mut tcp).await);
+    assert_eq!(got, code, "{message}");
+    assert!(message.contains(needle), "{message}");
+    still_serves(gw).await;
+}
+
 async fn still_serves(gw: &TestGateway) {
     let client = gw
         .tokio_postgres(&gw.token("alice", &["analysts"]))
@@ -71,46 +82,28 @@ async fn still_serves(gw: &TestGateway) {
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_startup_packet_gets_08p01() {
     let gw = TestGateway::start().await;
-    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
     // Protocol 3.0, a parameter name with no value and no terminator.
-    tcp.write_all(&startup_packet(196608, b"user\0"))
-        .await
-        .unwrap();
-    let (code, message) = error_response(&read_to_close(&mut tcp).await);
-    assert_eq!(code, "08P01");
-    assert!(message.contains("invalid startup packet"), "{message}");
-    still_serves(&gw).await;
+    expect_startup_refusal(
+        &gw,
+        &startup_packet(196608, b"user\0"),
+        "08P01",
+        "invalid startup packet",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn startup_length_of_two_gigabytes_is_refused_at_once() {
     let gw = TestGateway::start().await;
-    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
-    tcp.write_all(&0x7fff_fff0i32.to_be_bytes()).await.unwrap();
-    tcp.write_all(&196608i32.to_be_bytes()).await.unwrap();
-    let (code, message) = error_response(&read_to_close(&mut tcp).await);
-    assert_eq!(code, "08P01");
-    assert!(
-        message.contains("invalid length of startup packet"),
-        "{message}"
-    );
-    still_serves(&gw).await;
+    let packet = [0x7fff_fff0i32.to_be_bytes(), 196608i32.to_be_bytes()].concat();
+    expect_startup_refusal(&gw, &packet, "08P01", "invalid length of startup packet").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_protocol_version_is_named() {
     let gw = TestGateway::start().await;
-    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
-    tcp.write_all(&startup_packet(2 << 16, b"\0"))
-        .await
-        .unwrap();
-    let (code, message) = error_response(&read_to_close(&mut tcp).await);
-    assert_eq!(code, "0A000");
-    assert!(
-        message.contains("unsupported frontend protocol 2.0"),
-        "{message}"
-    );
-    still_serves(&gw).await;
+    let packet = startup_packet(2 << 16, b"\0");
+    expect_startup_refusal(&gw, &packet, "0A000", "unsupported frontend protocol 2.0").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -159,13 +152,13 @@ async fn gssapi_encryption_is_declined_and_tls_follows() {
 #[tokio::test(flavor = "multi_thread")]
 async fn garbage_instead_of_startup_is_refused() {
     let gw = TestGateway::start().await;
-    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
-    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let (code, _) = error_response(&read_to_close(&mut tcp).await);
-    assert_eq!(code, "08P01");
-    still_serves(&gw).await;
+    expect_startup_refusal(
+        &gw,
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        "08P01",
+        "invalid length",
+    )
+    .await;
 }
 
 /// A raw TLS connection that has logged in; returns it after ReadyForQuery.
