@@ -135,9 +135,19 @@ pub fn connection_from_url(url: &str) -> Result<ConnectionConfig, DevError> {
     })
 }
 
+/// A seeded throwaway database and how the gateway logs in to it.
+pub struct DemoDatabase {
+    /// The server (stopped when dropped).
+    pub pg: ThrowawayPostgres,
+    /// The catalog entry for the gateway's own login role.
+    pub connection: ConnectionConfig,
+    /// That role's password (also inline in `connection`).
+    pub gateway_password: String,
+}
+
 /// A throwaway PostgreSQL seeded with `fixtures/seed.sql` in database
-/// `payments`, and the catalog entry for the gateway's own login role.
-pub fn demo_database() -> Result<(ThrowawayPostgres, ConnectionConfig), DevError> {
+/// `payments`, with a login role for the gateway.
+pub fn demo_database() -> Result<DemoDatabase, DevError> {
     let pg = ThrowawayPostgres::start()?;
     pg.psql("postgres", "CREATE DATABASE payments")?;
     pg.psql("payments", SEED_SQL)?;
@@ -148,7 +158,11 @@ pub fn demo_database() -> Result<(ThrowawayPostgres, ConnectionConfig), DevError
          GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO tollgate_gateway",
     )?;
     let connection = pg.connection("payments", "payments", "tollgate_gateway", &password);
-    Ok((pg, connection))
+    Ok(DemoDatabase {
+        pg,
+        connection,
+        gateway_password: password,
+    })
 }
 
 /// The lines printed once a dev gateway listens: how to connect.

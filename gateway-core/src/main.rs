@@ -184,7 +184,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Demo { options } => {
             let mut config = dev::dev_config(&options.into())?;
             eprintln!("Starting a throwaway PostgreSQL seeded with fake cardholder data...");
-            let (pg, connection) = tokio::task::spawn_blocking(dev::demo_database).await??;
+            let dev::DemoDatabase { pg, connection, .. } =
+                tokio::task::spawn_blocking(dev::demo_database).await??;
             config
                 .connections
                 .push(toml::Spanned::new(0..0, connection));

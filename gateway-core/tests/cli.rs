@@ -130,6 +130,17 @@ fn wait_for_psql_line(child: &mut Child) -> String {
         .expect("the gateway printed a psql line")
 }
 
+/// Run the printed psql line with `sql` and assert it prints `expected`.
+fn assert_printed_line_answers(line: &str, sql: &str, expected: &str) {
+    let out = run_printed(line, sql);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        expected,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Run the printed line through a shell, with extra psql arguments.
 fn run_printed(line: &str, sql: &str) -> std::process::Output {
     let command = format!("{line} -X -A -t -c \"{sql}\"");
@@ -159,29 +170,22 @@ fn stop(mut child: Child) {
 fn demo_prints_a_psql_line_that_works() {
     let dir = temp_dir();
     let (child, line) = start_local_gateway(&["demo"], &dir);
-    let out = run_printed(&line, "SELECT count(*), min(brand) FROM payments");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
+    assert_printed_line_answers(
+        &line,
+        "SELECT count(*), min(brand) FROM payments",
         "12|amex",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     stop(child);
     let _ = std::fs::remove_dir_all(dir);
 }
 
-/// A throwaway seeded database and the password of the gateway's role on it.
-fn demo_upstream() -> (tollgate::devdb::ThrowawayPostgres, String) {
-    let (pg, connection) = tollgate::dev::demo_database().unwrap();
-    match connection.password {
-        Some(tollgate::config::CredentialSource::Inline(password)) => (pg, password),
-        other => panic!("demo_database uses an inline password, got {other:?}"),
-    }
-}
-
 #[test]
 fn dev_fronts_an_existing_database() {
-    let (pg, password) = demo_upstream();
+    let tollgate::dev::DemoDatabase {
+        pg,
+        gateway_password: password,
+        ..
+    } = tollgate::dev::demo_database().unwrap();
     let url = format!(
         "postgres://tollgate_gateway:{password}@localhost:{}/payments?sslmode=verify-full&sslrootcert={}",
         pg.port,
@@ -193,13 +197,7 @@ fn dev_fronts_an_existing_database() {
         !line.contains(&password),
         "the upstream password is never printed"
     );
-    let out = run_printed(&line, "SELECT current_user");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "tollgate_gateway",
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_printed_line_answers(&line, "SELECT current_user", "tollgate_gateway");
     stop(child);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -208,7 +206,11 @@ fn dev_fronts_an_existing_database() {
 /// session bus, as on a Linux desktop), stored there with `tollgate keyring set`.
 #[test]
 fn keyring_credentials_reach_the_upstream() {
-    let (pg, password) = demo_upstream();
+    let tollgate::dev::DemoDatabase {
+        pg,
+        gateway_password: password,
+        ..
+    } = tollgate::dev::demo_database().unwrap();
     let dir = temp_dir();
     let config = dir.join("gateway.toml");
     std::fs::write(

@@ -32,11 +32,11 @@ pub struct Database {
 pub fn database() -> &'static Database {
     static DB: OnceLock<Database> = OnceLock::new();
     DB.get_or_init(|| {
-        let (pg, connection) = tollgate::dev::demo_database().expect("start throwaway PostgreSQL");
-        let gateway_password = match connection.password {
-            Some(tollgate::config::CredentialSource::Inline(p)) => p,
-            _ => unreachable!("demo_database uses an inline password"),
-        };
+        let tollgate::dev::DemoDatabase {
+            pg,
+            gateway_password,
+            ..
+        } = tollgate::dev::demo_database().expect("start throwaway PostgreSQL");
         pg.psql(
             "postgres",
             "SET password_encryption = 'md5'; CREATE ROLE legacy_md5 LOGIN PASSWORD 'md5-secret'",

@@ -37,6 +37,16 @@ fn error_response(bytes: &[u8]) -> (String, String) {
     (code, message)
 }
 
+/// SSLRequest and GSSENCRequest as clients send them.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+const GSSENC_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30];
+
+/// Send a one-byte-answer request and return the answer ('S' or 'N').
+async fn negotiation_answer(tcp: &mut TcpStream, request: &[u8]) -> u8 {
+    tcp.write_all(request).await.unwrap();
+    tcp.read_u8().await.unwrap()
+}
+
 /// A startup-phase packet: length, protocol version, body.
 fn startup_packet(version: i32, body: &[u8]) -> Vec<u8> {
     let mut packet = (8 + body.len() as i32).to_be_bytes().to_vec();
@@ -126,17 +136,8 @@ async fn gssapi_encryption_is_declined_and_tls_follows() {
     let gw = TestGateway::start().await;
     let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
     // GSSENCRequest: the gateway answers 'N', then the client may ask for TLS.
-    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30])
-        .await
-        .unwrap();
-    let mut answer = [0u8; 1];
-    tcp.read_exact(&mut answer).await.unwrap();
-    assert_eq!(&answer, b"N");
-    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
-        .await
-        .unwrap();
-    tcp.read_exact(&mut answer).await.unwrap();
-    assert_eq!(&answer, b"S");
+    assert_eq!(negotiation_answer(&mut tcp, &GSSENC_REQUEST).await, b'N');
+    assert_eq!(negotiation_answer(&mut tcp, &SSL_REQUEST).await, b'S');
     // libpq with gssencmode=prefer does the same dance.
     let token = gw.token("alice", &["analysts"]);
     let out = tollgate_e2e::PsqlOutput::from(
@@ -174,12 +175,7 @@ async fn logged_in_raw(gw: &TestGateway) -> tokio_rustls::client::TlsStream<TcpS
 /// BackendKeyData (the next message is the first ReadyForQuery).
 async fn login_raw(gw: &TestGateway, extra: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
-    tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
-        .await
-        .unwrap();
-    let mut answer = [0u8; 1];
-    tcp.read_exact(&mut answer).await.unwrap();
-    assert_eq!(&answer, b"S");
+    assert_eq!(negotiation_answer(&mut tcp, &SSL_REQUEST).await, b'S');
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(gw.client_tls()));
     let mut tls = connector
         .connect("localhost".try_into().unwrap(), tcp)

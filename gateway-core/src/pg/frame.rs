@@ -58,18 +58,9 @@ impl Frame {
 
     /// Split the next complete frame off `buf`; `Ok(None)` when more bytes are needed.
     pub fn read(buf: &mut BytesMut, limit: usize) -> Result<Option<Frame>, FrameError> {
-        match next_frame(buf, limit)? {
-            Some((_, total)) => Ok(Some(Frame {
-                raw: buf.split_to(total).freeze(),
-            })),
-            None => {
-                if buf.len() >= 5 {
-                    let len = i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
-                    buf.reserve(1 + len - buf.len());
-                }
-                Ok(None)
-            }
-        }
+        Ok(next_frame(buf, limit)?.map(|(_, total)| Frame {
+            raw: buf.split_to(total).freeze(),
+        }))
     }
 }
 

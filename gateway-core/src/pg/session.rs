@@ -53,10 +53,10 @@ pub async fn serve_connection(tcp: TcpStream, peer: SocketAddr, ctx: Arc<PgConte
     let opened = tokio::time::timeout(ctx.startup_timeout, async {
         let opening = negotiate(tcp, ctx.tls.as_ref(), ctx.allow_plaintext).await?;
         match opening {
-            Opening::Cancel { pid, key } => Ok(None::<Established>).inspect(|_| {
-                let ctx = ctx.clone();
-                tokio::spawn(async move { forward_cancel(&ctx, pid, key, peer).await });
-            }),
+            Opening::Cancel { pid, key } => {
+                forward_cancel(&ctx, pid, key, peer).await;
+                Ok(None)
+            }
             Opening::Session { conn, parameters } => {
                 login(conn, parameters, peer, &ctx).await.map(Some)
             }
