@@ -9,6 +9,7 @@ pub mod error;
 pub mod frame;
 pub mod messages;
 pub mod relay;
+pub mod sql;
 mod session;
 pub mod startup;
 pub mod upstream;

@@ -1,0 +1,282 @@
+//! What a SQL statement does, as PostgreSQL's own grammar sees it.
+//!
+//! `analyze` parses a message's SQL with `pg_query` (libpg_query: the
+//! PostgreSQL 18 parser compiled into the gateway) and walks the *whole*
+//! tree (`walk.rs`), so a `DELETE` inside a CTE, the body of a `PREPARE` or a
+//! `CREATE RULE` action is seen like a top-level one. The result lists each
+//! *access*: an action on a table, a function or the connection, with the
+//! columns named, whether a `DELETE`/`UPDATE` is restricted by a `WHERE` and
+//! whether a read is bounded by a `LIMIT`.
+//!
+//! Parsing costs tens of microseconds; the analysis of a statement does not
+//! depend on its literal values (with the exceptions marked
+//! [`Analysis::literal_sensitive`]), so [`ShapeCache`] keys it by the
+//! statement's token stream with literals blanked out (`scan_tokens`, about
+//! 1 µs): pgbench's `... WHERE aid = 4711` and `... WHERE aid = 815` share one
+//! analysis.
+
+mod walk;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use pg_query::protobuf::Token;
+
+/// What an access does. The names are the Cedar action ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    /// Reads rows (SELECT, RETURNING, the source of INSERT ... SELECT).
+    Read,
+    /// Inserts or updates rows.
+    Write,
+    /// Deletes rows.
+    Delete,
+    /// Creates, changes or removes schema objects (incl. TRUNCATE).
+    Ddl,
+    /// COPY ... TO STDOUT.
+    CopyOut,
+    /// COPY ... FROM STDIN.
+    CopyIn,
+    /// Runs opaque code: CALL, DO, a function that is not a known built-in.
+    Call,
+    /// Administration: roles, grants, server files and programs, settings
+    /// of the server, privilege changes of the session.
+    Admin,
+    /// Session and transaction control: BEGIN, SET, SHOW, PREPARE, FETCH ...
+    Session,
+}
+
+impl Action {
+    /// The Cedar action id.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Read => "read",
+            Action::Write => "write",
+            Action::Delete => "delete",
+            Action::Ddl => "ddl",
+            Action::CopyOut => "copy_out",
+            Action::CopyIn => "copy_in",
+            Action::Call => "call",
+            Action::Admin => "admin",
+            Action::Session => "session",
+        }
+    }
+}
+
+/// A name as written in the statement: `schema.name` or just `name`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ObjectName {
+    /// The schema when qualified.
+    pub schema: Option<String>,
+    /// The object's name (already case-folded by the parser).
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.schema {
+            Some(schema) => write!(f, "{schema}.{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// What an access is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A table, view or other relation.
+    Table(ObjectName),
+    /// A function or procedure.
+    Function(ObjectName),
+    /// The connection as a whole (DO blocks, settings, transaction control).
+    Connection,
+    /// `EXECUTE name`: the accesses of the statement prepared under `name`.
+    Prepared(String),
+}
+
+/// A column reference: `[qualifier.]name`, or `*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ColumnRef {
+    /// A named column, attributed to this access's table.
+    Named(String),
+    /// Every column (`*` or `t.*`).
+    All,
+    /// An unqualified name that may belong to this table (kept if the
+    /// table has such a column).
+    Maybe(String),
+}
+
+/// One thing a statement does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    /// What.
+    pub action: Action,
+    /// On what.
+    pub target: Target,
+    /// The PostgreSQL command it comes from, e.g. `DELETE`, `DROP TABLE`.
+    pub command: &'static str,
+    /// Columns referenced (reads) or assigned (writes) where known.
+    pub columns: Vec<ColumnRef>,
+    /// For DELETE/UPDATE: a WHERE clause that refers to a column.
+    pub has_where: bool,
+    /// For reads: bounded by LIMIT/FETCH FIRST (or the statement returns
+    /// no rows, like plain EXPLAIN).
+    pub has_limit: bool,
+    /// `ONLY t`: inheritance children are not included.
+    pub only: bool,
+}
+
+/// A change of the session's `search_path` made by a statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathChange {
+    /// Set to these schemas.
+    Set(Vec<String>),
+    /// Back to the default.
+    Reset,
+    /// Changed in a way the gateway cannot follow (a computed value).
+    Unknown,
+}
+
+/// Session state a statement changes, which the gateway tracks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// `SET [LOCAL] search_path`, `RESET`, `set_config('search_path', ...)`.
+    SearchPath {
+        /// The change.
+        change: PathChange,
+        /// `SET LOCAL` / `set_config(..., true)`: until the transaction ends.
+        local: bool,
+    },
+    /// `PREPARE name AS ...` (the statement's accesses are this statement's).
+    Prepare(String),
+    /// `DEALLOCATE name` (`None`: ALL).
+    Deallocate(Option<String>),
+    /// `DISCARD ALL`.
+    DiscardAll,
+    /// Runs code the gateway cannot see into (a function, DO, CALL), which
+    /// could change session settings.
+    Opaque,
+}
+
+/// One statement of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementInfo {
+    /// Its command tag, e.g. `SELECT`.
+    pub command: &'static str,
+    /// What it does.
+    pub accesses: Vec<Access>,
+    /// What session state it changes.
+    pub effects: Vec<Effect>,
+    /// Byte range of the statement in the message's SQL.
+    pub span: (usize, usize),
+    /// Highest `$n` parameter used.
+    pub params: u32,
+    /// A plain read whose row count EXPLAIN can estimate.
+    pub estimable: bool,
+}
+
+/// The analysis of one message's SQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Analysis {
+    /// Its statements, in order (empty for an empty query).
+    pub statements: Vec<StatementInfo>,
+    /// Depends on literal values (a SET or `set_config`), so not cached.
+    pub literal_sensitive: bool,
+}
+
+/// Why SQL could not be analysed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SqlError {
+    /// The parser rejected it.
+    #[error("the statement does not parse: {0}")]
+    Syntax(String),
+    /// The statement nests deeper than the gateway follows.
+    #[error("the statement nests deeper than {0} levels")]
+    TooDeep(usize),
+}
+
+/// Parse and analyse `sql` (uncached).
+pub fn analyze(sql: &str) -> Result<Analysis, SqlError> {
+    let parsed = pg_query::parse(sql, pg_query::ParserOptions::default())
+        .map_err(|e| SqlError::Syntax(parse_error_text(e)))?;
+    let tree = serde_json::to_value(&parsed.protobuf)
+        .map_err(|e| SqlError::Syntax(format!("unreadable parse tree: {e}")))?;
+    walk::analysis(&tree, sql.len())
+}
+
+fn parse_error_text(error: pg_query::Error) -> String {
+    match error {
+        pg_query::Error::Parse(message) => message,
+        other => other.to_string(),
+    }
+}
+
+/// The statement's shape: its tokens with every literal blanked out and
+/// comments dropped. `None` when it does not even scan.
+pub fn shape(sql: &str) -> Option<String> {
+    let tokens = pg_query::scan_tokens(sql).ok()?;
+    let mut key = String::with_capacity(sql.len());
+    for token in tokens {
+        let kind = Token::try_from(token.token).unwrap_or(Token::Nul);
+        let text = sql.get(token.start as usize..token.end as usize)?;
+        match kind {
+            Token::SqlComment | Token::CComment => continue,
+            Token::Sconst
+            | Token::Usconst
+            | Token::Iconst
+            | Token::Fconst
+            | Token::Bconst
+            | Token::Xconst => key.push('\u{1}'),
+            _ => key.push_str(text),
+        }
+        key.push('\u{0}');
+    }
+    Some(key)
+}
+
+/// Analyses keyed by shape, bounded in size.
+#[derive(Debug)]
+pub struct ShapeCache {
+    entries: Mutex<HashMap<String, Arc<Analysis>>>,
+    capacity: usize,
+}
+
+impl ShapeCache {
+    /// A cache of at most `capacity` shapes.
+    pub fn new(capacity: usize) -> Self {
+        ShapeCache {
+            entries: Mutex::new(HashMap::new()),
+            capacity,
+        }
+    }
+
+    /// The analysis of `sql`, from the cache when a statement of the same
+    /// shape was seen before.
+    pub fn analyze(&self, sql: &str) -> Result<Arc<Analysis>, SqlError> {
+        let key = shape(sql);
+        if let Some(key) = &key
+            && let Some(hit) = self.lock().get(key)
+        {
+            return Ok(hit.clone());
+        }
+        let analysis = Arc::new(analyze(sql)?);
+        if let Some(key) = key
+            && !analysis.literal_sensitive
+        {
+            let mut entries = self.lock();
+            if entries.len() >= self.capacity {
+                // Simple and bounded: start over rather than track recency.
+                entries.clear();
+            }
+            entries.insert(key, analysis.clone());
+        }
+        Ok(analysis)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Analysis>>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests;

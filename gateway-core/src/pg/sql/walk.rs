@@ -1,0 +1,1076 @@
+//! The tree walk behind [`super::analyze`].
+//!
+//! The parse tree comes as JSON (`pg_query`'s protobuf types serialised with
+//! serde), which lets the walk descend into *every* field of every node:
+//! statements the walk knows get their meaning (`DELETE` is a delete of its
+//! target, `COPY ... TO STDOUT` a copy_out ...); everything else is searched
+//! generically, so a table or function reference anywhere in the tree is
+//! found, including the bodies of `PREPARE`, `CREATE RULE` and `EXPLAIN`.
+//! A statement kind the walk does not know is an `admin` action: unknown
+//! means privileged, never harmless.
+
+use serde_json::Value;
+
+use super::{
+    Access, Action, Analysis, ColumnRef, Effect, ObjectName, PathChange, SqlError, StatementInfo,
+    Target,
+};
+
+/// Deeper than this, the statement is refused rather than followed.
+const MAX_DEPTH: usize = 2000;
+
+/// Built-in functions that reach outside the tables a statement names:
+/// server files and programs, other sessions, dynamic SQL, configuration.
+const PRIVILEGED_FUNCTIONS: &[&str] = &[
+    "pg_read_file",
+    "pg_read_binary_file",
+    "pg_ls_dir",
+    "pg_stat_file",
+    "pg_ls_logdir",
+    "pg_ls_waldir",
+    "pg_ls_tmpdir",
+    "pg_ls_archive_statusdir",
+    "lo_import",
+    "lo_export",
+    "lo_get",
+    "lo_put",
+    "lo_from_bytea",
+    "loread",
+    "lowrite",
+    "pg_terminate_backend",
+    "pg_cancel_backend",
+    "pg_reload_conf",
+    "pg_rotate_logfile",
+    "pg_promote",
+    "pg_switch_wal",
+    "pg_create_restore_point",
+    "pg_create_physical_replication_slot",
+    "pg_create_logical_replication_slot",
+    "pg_drop_replication_slot",
+    "pg_logical_slot_get_changes",
+    "pg_logical_slot_peek_changes",
+    "pg_logical_emit_message",
+    "pg_replication_origin_create",
+    "pg_backup_start",
+    "pg_backup_stop",
+    "pg_stat_reset",
+    "pg_stat_statements_reset",
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
+    "table_to_xml",
+    "table_to_xmlschema",
+    "table_to_xml_and_xmlschema",
+    "schema_to_xml",
+    "schema_to_xmlschema",
+    "schema_to_xml_and_xmlschema",
+    "database_to_xml",
+    "database_to_xmlschema",
+    "database_to_xml_and_xmlschema",
+    "ts_stat",
+    "dblink",
+    "dblink_exec",
+    "dblink_connect",
+    "dblink_open",
+    "dblink_send_query",
+    "setval",
+    "pg_import_system_collations",
+];
+
+/// Aggregates that return one row of a number or one value, not a list.
+const SCALAR_AGGREGATES: &[&str] = &[
+    "count", "sum", "avg", "min", "max", "bool_and", "bool_or", "every", "stddev", "variance",
+];
+
+pub(super) fn analysis(tree: &Value, _len: usize) -> Result<Analysis, SqlError> {
+    let mut analysis = Analysis {
+        statements: Vec::new(),
+        literal_sensitive: false,
+    };
+    for raw in array(tree, "stmts") {
+        let mut walker = Walker::default();
+        let stmt = &raw["stmt"];
+        let (kind, body) = node(stmt).unwrap_or(("", &Value::Null));
+        let command = walker.statement(kind, body, Ctx::top())?;
+        let estimable = match kind {
+            "SelectStmt" => body.get("into_clause").is_none_or(Value::is_null),
+            "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => true,
+            _ => false,
+        };
+        analysis.literal_sensitive |= walker.literal_sensitive;
+        analysis.statements.push(StatementInfo {
+            command,
+            accesses: walker.accesses,
+            effects: walker.effects,
+            span: (0, 0),
+            params: walker.params,
+            estimable,
+        });
+    }
+    Ok(analysis)
+}
+
+/// What the enclosing statement means for a table found inside it.
+#[derive(Debug, Clone, Copy)]
+struct Ctx {
+    /// The action of a plain table reference (read, or copy_out inside COPY).
+    read_as: Action,
+    /// The command of the enclosing statement.
+    command: &'static str,
+    /// An enclosing query is bounded by LIMIT.
+    has_limit: bool,
+    /// An enclosing query filters with WHERE.
+    has_where: bool,
+    /// Inside plain EXPLAIN: nothing executes, no rows are returned.
+    explain_only: bool,
+    /// Inside a statement the walk does not know: every reference is this.
+    unknown: Option<Action>,
+}
+
+impl Ctx {
+    fn top() -> Ctx {
+        Ctx {
+            read_as: Action::Read,
+            command: "SELECT",
+            has_limit: false,
+            has_where: false,
+            explain_only: false,
+            unknown: None,
+        }
+    }
+}
+
+/// A query level, for attributing column references to tables.
+#[derive(Debug, Default)]
+struct Level {
+    /// (alias or name, index into `accesses`).
+    tables: Vec<(String, usize)>,
+    /// (qualifier, column).
+    columns: Vec<(Option<String>, ColumnRef)>,
+}
+
+#[derive(Debug, Default)]
+struct Walker {
+    accesses: Vec<Access>,
+    effects: Vec<Effect>,
+    params: u32,
+    literal_sensitive: bool,
+    /// CTE names visible at this point.
+    ctes: Vec<String>,
+    levels: Vec<Level>,
+    depth: usize,
+}
+
+/// `{"node": {"Kind": {...}}}` -> ("Kind", {...}).
+fn node(value: &Value) -> Option<(&str, &Value)> {
+    let inner = value.get("node")?.as_object()?;
+    let (kind, body) = inner.iter().next()?;
+    Some((kind.as_str(), body))
+}
+
+fn array<'v>(value: &'v Value, field: &str) -> &'v [Value] {
+    value
+        .get(field)
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+fn string<'v>(value: &'v Value, field: &str) -> &'v str {
+    value.get(field).and_then(Value::as_str).unwrap_or("")
+}
+
+fn present(value: &Value, field: &str) -> bool {
+    value.get(field).is_some_and(|v| !v.is_null())
+}
+
+/// The `sval` of a String node.
+fn sval(value: &Value) -> Option<&str> {
+    match node(value) {
+        Some(("String", s)) => s.get("sval").and_then(Value::as_str),
+        _ => None,
+    }
+}
+
+/// A qualified name from a list of String nodes (`[schema, name]`).
+fn qualified(names: &[Value]) -> Option<ObjectName> {
+    let parts: Vec<&str> = names.iter().filter_map(sval).collect();
+    match parts.as_slice() {
+        [name] => Some(ObjectName {
+            schema: None,
+            name: (*name).to_string(),
+        }),
+        [.., schema, name] => Some(ObjectName {
+            schema: Some((*schema).to_string()),
+            name: (*name).to_string(),
+        }),
+        [] => None,
+    }
+}
+
+/// A string constant (`'x'` or an identifier parsed as a string).
+fn const_string(value: &Value) -> Option<&str> {
+    match node(value)? {
+        ("AConst", c) => c.get("val")?.get("Sval")?.get("sval")?.as_str(),
+        ("String", s) => s.get("sval")?.as_str(),
+        _ => None,
+    }
+}
+
+fn const_bool(value: &Value) -> Option<bool> {
+    let word = |s: &str| match s.to_ascii_lowercase().as_str() {
+        "true" | "on" | "yes" | "1" => Some(true),
+        "false" | "off" | "no" | "0" => Some(false),
+        _ => None,
+    };
+    match node(value)? {
+        ("AConst", c) => {
+            let val = c.get("val")?;
+            if let Some(b) = val.get("Boolval") {
+                Some(b.get("boolval").and_then(Value::as_bool).unwrap_or(false))
+            } else if let Some(i) = val.get("Ival") {
+                Some(i.get("ival").and_then(Value::as_i64).unwrap_or(0) != 0)
+            } else {
+                word(val.get("Sval")?.get("sval")?.as_str()?)
+            }
+        }
+        ("String", s) => word(s.get("sval")?.as_str()?),
+        _ => None,
+    }
+}
+
+/// Whether an expression refers to a column anywhere (a WHERE that does
+/// not, like `WHERE 1 = 1`, restricts nothing).
+fn mentions_column(value: &Value) -> bool {
+    match value {
+        Value::Object(map) => {
+            map.contains_key("ColumnRef") || map.values().any(mentions_column)
+        }
+        Value::Array(items) => items.iter().any(mentions_column),
+        _ => false,
+    }
+}
+
+/// A LIMIT that bounds the rows (not `LIMIT ALL` / `LIMIT NULL`).
+fn bounded(limit: &Value) -> bool {
+    match node(limit) {
+        None => false,
+        Some(("AConst", c)) => !c.get("isnull").and_then(Value::as_bool).unwrap_or(false),
+        Some(_) => true,
+    }
+}
+
+/// A SELECT whose only outputs are scalar aggregates without GROUP BY
+/// returns exactly one row.
+fn single_row(select: &Value) -> bool {
+    let targets = array(select, "target_list");
+    array(select, "group_clause").is_empty()
+        && !targets.is_empty()
+        && targets.iter().all(|t| {
+            let Some(("ResTarget", target)) = node(t) else {
+                return false;
+            };
+            match target.get("val").and_then(node) {
+                Some(("FuncCall", call)) => qualified(array(call, "funcname"))
+                    .is_some_and(|f| SCALAR_AGGREGATES.contains(&f.name.as_str()))
+                    && !present(call, "over"),
+                Some(("AConst", _)) => true,
+                _ => false,
+            }
+        })
+}
+
+fn drop_command(remove_type: i64) -> (&'static str, bool) {
+    use pg_query::protobuf::ObjectType as O;
+    match O::try_from(remove_type as i32).unwrap_or(O::Undefined) {
+        O::ObjectTable => ("DROP TABLE", true),
+        O::ObjectView => ("DROP VIEW", true),
+        O::ObjectMatview => ("DROP MATERIALIZED VIEW", true),
+        O::ObjectForeignTable => ("DROP FOREIGN TABLE", true),
+        O::ObjectSequence => ("DROP SEQUENCE", true),
+        O::ObjectIndex => ("DROP INDEX", false),
+        O::ObjectSchema => ("DROP SCHEMA", false),
+        O::ObjectFunction | O::ObjectProcedure | O::ObjectRoutine => ("DROP FUNCTION", false),
+        O::ObjectDatabase => ("DROP DATABASE", false),
+        O::ObjectRole => ("DROP ROLE", false),
+        _ => ("DROP", false),
+    }
+}
+
+/// Statement kinds that change schema objects, with their command tag.
+fn ddl_command(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "CreateStmt" => "CREATE TABLE",
+        "AlterTableStmt" => "ALTER TABLE",
+        "IndexStmt" => "CREATE INDEX",
+        "CreateTrigStmt" => "CREATE TRIGGER",
+        "RenameStmt" => "ALTER TABLE",
+        "CommentStmt" => "COMMENT",
+        "CreateFunctionStmt" => "CREATE FUNCTION",
+        "AlterFunctionStmt" => "ALTER FUNCTION",
+        "CreateSeqStmt" => "CREATE SEQUENCE",
+        "AlterSeqStmt" => "ALTER SEQUENCE",
+        "CreateDomainStmt" => "CREATE DOMAIN",
+        "AlterDomainStmt" => "ALTER DOMAIN",
+        "DefineStmt" => "CREATE",
+        "CompositeTypeStmt" | "CreateEnumStmt" | "CreateRangeStmt" => "CREATE TYPE",
+        "AlterEnumStmt" | "AlterTypeStmt" => "ALTER TYPE",
+        "CreateStatsStmt" => "CREATE STATISTICS",
+        "AlterStatsStmt" => "ALTER STATISTICS",
+        "AlterObjectSchemaStmt" => "ALTER SCHEMA",
+        "RefreshMatViewStmt" => "REFRESH MATERIALIZED VIEW",
+        "VacuumStmt" => "VACUUM",
+        "ClusterStmt" => "CLUSTER",
+        "ReindexStmt" => "REINDEX",
+        "CreateCastStmt" => "CREATE CAST",
+        "CreateConversionStmt" => "CREATE CONVERSION",
+        "CreateOpClassStmt" | "CreateOpFamilyStmt" | "AlterOpFamilyStmt" => "CREATE OPERATOR CLASS",
+        "AlterCollationStmt" => "ALTER COLLATION",
+        "AlterTSDictionaryStmt" | "AlterTSConfigurationStmt" => "ALTER TEXT SEARCH",
+        _ => return None,
+    })
+}
+
+/// Statement kinds that only control the session or transaction.
+fn session_command(kind: &str) -> Option<&'static str> {
+    Some(match kind {
+        "TransactionStmt" => "TRANSACTION",
+        "VariableShowStmt" => "SHOW",
+        "DiscardStmt" => "DISCARD",
+        "DeallocateStmt" => "DEALLOCATE",
+        "FetchStmt" => "FETCH",
+        "ClosePortalStmt" => "CLOSE",
+        "ListenStmt" => "LISTEN",
+        "UnlistenStmt" => "UNLISTEN",
+        "NotifyStmt" => "NOTIFY",
+        "LockStmt" => "LOCK TABLE",
+        "ConstraintsSetStmt" => "SET CONSTRAINTS",
+        _ => return None,
+    })
+}
+
+impl Walker {
+    fn push(&mut self, ctx: Ctx, mut access: Access) -> usize {
+        if let Some(action) = ctx.unknown {
+            access.action = action;
+        }
+        if ctx.explain_only {
+            access.action = Action::Read;
+            access.command = "EXPLAIN";
+            access.has_limit = true;
+            access.has_where = true;
+        }
+        self.accesses.push(access);
+        self.accesses.len() - 1
+    }
+
+    fn access(ctx: Ctx, action: Action, target: Target, command: &'static str) -> Access {
+        Access {
+            action,
+            target,
+            command,
+            columns: Vec::new(),
+            has_where: ctx.has_where,
+            has_limit: ctx.has_limit,
+            only: false,
+        }
+    }
+
+    fn effect(&mut self, ctx: Ctx, effect: Effect) {
+        if !ctx.explain_only {
+            self.effects.push(effect);
+        }
+    }
+
+    /// A RangeVar (as a struct, not a node) -> its name, unless it names a CTE.
+    /// `from_query`: a reference in a FROM list, where a CTE of the same
+    /// name hides the table (a DML, COPY or DDL target is always a table).
+    fn range_var(&self, rv: &Value, from_query: bool) -> Option<(ObjectName, bool, String)> {
+        let name = string(rv, "relname");
+        if name.is_empty() {
+            return None;
+        }
+        let schema = string(rv, "schemaname");
+        if from_query && schema.is_empty() && self.ctes.iter().any(|c| c == name) {
+            return None;
+        }
+        let only = !rv.get("inh").and_then(Value::as_bool).unwrap_or(true);
+        let label = rv
+            .get("alias")
+            .map(|a| string(a, "aliasname"))
+            .filter(|a| !a.is_empty())
+            .unwrap_or(name)
+            .to_string();
+        Some((
+            ObjectName {
+                schema: (!schema.is_empty()).then(|| schema.to_string()),
+                name: name.to_string(),
+            },
+            only,
+            label,
+        ))
+    }
+
+    /// Register a relation with `action` and make it visible to the
+    /// current level's column references.
+    fn relation(&mut self, rv: &Value, ctx: Ctx, action: Action, command: &'static str) -> Option<usize> {
+        self.relation_ref(rv, ctx, action, command, false)
+    }
+
+    fn relation_ref(
+        &mut self,
+        rv: &Value,
+        ctx: Ctx,
+        action: Action,
+        command: &'static str,
+        from_query: bool,
+    ) -> Option<usize> {
+        let (name, only, label) = self.range_var(rv, from_query)?;
+        let mut access = Self::access(ctx, action, Target::Table(name), command);
+        access.only = only;
+        let index = self.push(ctx, access);
+        if let Some(level) = self.levels.last_mut() {
+            level.tables.push((label, index));
+        }
+        Some(index)
+    }
+
+    /// Walk a top-level or nested statement; returns its command tag.
+    fn statement(&mut self, kind: &str, n: &Value, ctx: Ctx) -> Result<&'static str, SqlError> {
+        self.enter()?;
+        let command = self.statement_inner(kind, n, ctx)?;
+        self.depth -= 1;
+        Ok(command)
+    }
+
+    fn enter(&mut self) -> Result<(), SqlError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(SqlError::TooDeep(MAX_DEPTH));
+        }
+        Ok(())
+    }
+
+    fn statement_inner(&mut self, kind: &str, n: &Value, ctx: Ctx) -> Result<&'static str, SqlError> {
+        let conn = |ctx: Ctx, action, command| Self::access(ctx, action, Target::Connection, command);
+        match kind {
+            "SelectStmt" => {
+                self.select(n, ctx)?;
+                Ok(if present(n, "into_clause") { "SELECT INTO" } else { "SELECT" })
+            }
+            "InsertStmt" => self.dml(n, ctx, Action::Write, "INSERT").map(|_| "INSERT"),
+            "UpdateStmt" => self.dml(n, ctx, Action::Write, "UPDATE").map(|_| "UPDATE"),
+            "DeleteStmt" => self.dml(n, ctx, Action::Delete, "DELETE").map(|_| "DELETE"),
+            "MergeStmt" => self.dml(n, ctx, Action::Write, "MERGE").map(|_| "MERGE"),
+            "CopyStmt" => self.copy(n, ctx).map(|_| "COPY"),
+            "ExplainStmt" => {
+                let analyze = array(n, "options").iter().any(|o| match node(o) {
+                    Some(("DefElem", d)) => {
+                        string(d, "defname") == "analyze"
+                            && d.get("arg").filter(|a| !a.is_null()).and_then(const_bool).unwrap_or(true)
+                    }
+                    _ => false,
+                });
+                let inner = if analyze {
+                    ctx
+                } else {
+                    Ctx { explain_only: true, ..ctx }
+                };
+                self.nested(&n["query"], inner)?;
+                Ok("EXPLAIN")
+            }
+            "PrepareStmt" => {
+                self.effect(ctx, Effect::Prepare(string(n, "name").to_string()));
+                self.nested(&n["query"], ctx)?;
+                Ok("PREPARE")
+            }
+            "ExecuteStmt" => {
+                let access = conn(ctx, Action::Session, "EXECUTE");
+                self.push(ctx, Access {
+                    target: Target::Prepared(string(n, "name").to_string()),
+                    ..access
+                });
+                self.any(&n["params"], ctx)?;
+                Ok("EXECUTE")
+            }
+            "DeclareCursorStmt" => {
+                self.nested(&n["query"], ctx)?;
+                Ok("DECLARE CURSOR")
+            }
+            "CreateTableAsStmt" => {
+                use pg_query::protobuf::ObjectType as O;
+                let command = if n.get("is_select_into").and_then(Value::as_bool).unwrap_or(false) {
+                    "SELECT INTO"
+                } else if n.get("objtype").and_then(Value::as_i64) == Some(O::ObjectMatview as i64) {
+                    "CREATE MATERIALIZED VIEW"
+                } else {
+                    "CREATE TABLE AS"
+                };
+                if let Some(rel) = n.get("into").and_then(|i| i.get("rel")) {
+                    self.relation(rel, ctx, Action::Ddl, command);
+                }
+                self.nested(&n["query"], Ctx { command, ..ctx })?;
+                Ok(command)
+            }
+            "ViewStmt" => {
+                if let Some(view) = n.get("view") {
+                    self.relation(view, ctx, Action::Ddl, "CREATE VIEW");
+                }
+                self.nested(&n["query"], Ctx { command: "CREATE VIEW", ..ctx })?;
+                Ok("CREATE VIEW")
+            }
+            "DropStmt" => {
+                let (command, tables) = drop_command(n.get("remove_type").and_then(Value::as_i64).unwrap_or(0));
+                for object in array(n, "objects") {
+                    let name = match node(object) {
+                        Some(("List", list)) => qualified(array(list, "items")),
+                        _ => None,
+                    };
+                    let target = match name {
+                        Some(name) if tables => Target::Table(name),
+                        _ => Target::Connection,
+                    };
+                    self.push(ctx, Self::access(ctx, Action::Ddl, target, command));
+                }
+                if array(n, "objects").is_empty() {
+                    self.push(ctx, conn(ctx, Action::Ddl, command));
+                }
+                Ok(command)
+            }
+            "TruncateStmt" => {
+                for rel in array(n, "relations") {
+                    if let Some(("RangeVar", rv)) = node(rel) {
+                        self.relation(rv, ctx, Action::Ddl, "TRUNCATE TABLE");
+                    }
+                }
+                Ok("TRUNCATE TABLE")
+            }
+            "RuleStmt" => {
+                if let Some(rel) = n.get("relation") {
+                    self.relation(rel, ctx, Action::Ddl, "CREATE RULE");
+                }
+                self.any(&n["where_clause"], ctx)?;
+                for action in array(n, "actions") {
+                    self.nested(action, ctx)?;
+                }
+                Ok("CREATE RULE")
+            }
+            "CreateSchemaStmt" => {
+                self.push(ctx, conn(ctx, Action::Ddl, "CREATE SCHEMA"));
+                for element in array(n, "schema_elts") {
+                    self.nested(element, ctx)?;
+                }
+                Ok("CREATE SCHEMA")
+            }
+            "VariableSetStmt" => Ok(self.set(n, ctx)),
+            "CallStmt" => {
+                if let Some(call) = n.get("funccall").filter(|c| !c.is_null()) {
+                    if let Some(name) = qualified(array(call, "funcname")) {
+                        self.push(ctx, Self::access(ctx, Action::Call, Target::Function(name), "CALL"));
+                    }
+                    self.any(&call["args"], ctx)?;
+                }
+                self.effect(ctx, Effect::Opaque);
+                Ok("CALL")
+            }
+            "DoStmt" => {
+                self.push(ctx, conn(ctx, Action::Call, "DO"));
+                self.effect(ctx, Effect::Opaque);
+                Ok("DO")
+            }
+            "DeallocateStmt" => {
+                let name = string(n, "name");
+                self.effect(ctx, Effect::Deallocate((!name.is_empty()).then(|| name.to_string())));
+                self.push(ctx, conn(ctx, Action::Session, "DEALLOCATE"));
+                Ok("DEALLOCATE")
+            }
+            "DiscardStmt" => {
+                // DISCARD ALL (target 0) and DISCARD PLANS drop prepared statements.
+                if n.get("target").and_then(Value::as_i64).unwrap_or(0) <= 1 {
+                    self.effect(ctx, Effect::DiscardAll);
+                }
+                self.push(ctx, conn(ctx, Action::Session, "DISCARD"));
+                Ok("DISCARD")
+            }
+            _ => {
+                if let Some(command) = session_command(kind) {
+                    self.push(ctx, conn(ctx, Action::Session, command));
+                    Ok(command)
+                } else if let Some(command) = ddl_command(kind) {
+                    self.ddl(n, ctx, command)?;
+                    Ok(command)
+                } else {
+                    // Unknown or administrative: roles, grants, server settings, extensions ...
+                    let command = admin_command(kind);
+                    self.push(ctx, conn(ctx, Action::Admin, command));
+                    self.any(n, Ctx { unknown: Some(Action::Admin), command, ..ctx })?;
+                    Ok(command)
+                }
+            }
+        }
+    }
+
+    /// A DDL statement: the relation it changes, and anything it names.
+    fn ddl(&mut self, n: &Value, ctx: Ctx, command: &'static str) -> Result<(), SqlError> {
+        let ctx = Ctx { command, ..ctx };
+        let mut found = false;
+        for field in ["relation", "table", "view"] {
+            if let Some(rel) = n.get(field).filter(|r| r.get("relname").is_some()) {
+                found |= self.relation(rel, ctx, Action::Ddl, command).is_some();
+            }
+        }
+        if !found {
+            self.push(ctx, Self::access(ctx, Action::Ddl, Target::Connection, command));
+        }
+        // Other references (LIKE, INHERITS, REFERENCES ...) count as the same DDL.
+        self.any_except(n, &["relation", "table", "view"], Ctx { unknown: Some(Action::Ddl), ..ctx })
+    }
+
+    fn nested(&mut self, value: &Value, ctx: Ctx) -> Result<(), SqlError> {
+        match node(value) {
+            Some((kind, body)) => {
+                self.statement(kind, body, ctx)?;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn set(&mut self, n: &Value, ctx: Ctx) -> &'static str {
+        use pg_query::protobuf::VariableSetKind as K;
+        self.literal_sensitive = true;
+        let name = string(n, "name");
+        let local = n.get("is_local").and_then(Value::as_bool).unwrap_or(false);
+        let kind = K::try_from(n.get("kind").and_then(Value::as_i64).unwrap_or(0) as i32).unwrap_or(K::Undefined);
+        match name {
+            "search_path" => {
+                let change = match kind {
+                    K::VarSetValue => PathChange::Set(
+                        array(n, "args").iter().filter_map(const_string).map(str::to_string).collect(),
+                    ),
+                    K::VarSetDefault | K::VarReset => PathChange::Reset,
+                    _ => PathChange::Unknown,
+                };
+                self.effect(ctx, Effect::SearchPath { change, local });
+            }
+            "" if kind == K::VarResetAll => self.effect(ctx, Effect::SearchPath {
+                change: PathChange::Reset,
+                local: false,
+            }),
+            "role" | "session_authorization" => {
+                let access = Self::access(ctx, Action::Admin, Target::Connection, "SET ROLE");
+                self.push(ctx, access);
+                return "SET ROLE";
+            }
+            _ => {}
+        }
+        self.push(ctx, Self::access(ctx, Action::Session, Target::Connection, "SET"));
+        if kind == K::VarResetAll || matches!(kind, K::VarReset) {
+            "RESET"
+        } else {
+            "SET"
+        }
+    }
+
+    fn with(&mut self, n: &Value, ctx: Ctx) -> Result<(), SqlError> {
+        let Some(with) = n.get("with_clause").filter(|w| !w.is_null()) else {
+            return Ok(());
+        };
+        let recursive = with.get("recursive").and_then(Value::as_bool).unwrap_or(false);
+        let ctes: Vec<(&str, &Value)> = array(with, "ctes")
+            .iter()
+            .filter_map(|c| match node(c) {
+                Some(("CommonTableExpr", cte)) => Some((string(cte, "ctename"), cte)),
+                _ => None,
+            })
+            .collect();
+        if recursive {
+            self.ctes.extend(ctes.iter().map(|(name, _)| name.to_string()));
+        }
+        // A CTE body runs in full whatever bounds the outer query has.
+        let body_ctx = Ctx { has_limit: false, has_where: false, ..ctx };
+        for (name, cte) in ctes {
+            self.nested(&cte["ctequery"], body_ctx)?;
+            if !recursive {
+                // Visible to the CTEs after it and to the main query.
+                self.ctes.push(name.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    fn select(&mut self, n: &Value, ctx: Ctx) -> Result<(), SqlError> {
+        let cte_mark = self.ctes.len();
+        self.with(n, ctx)?;
+        let has_limit = ctx.has_limit || n.get("limit_count").is_some_and(bounded) || single_row(n);
+        let has_where = ctx.has_where || n.get("where_clause").is_some_and(mentions_column);
+        let inner = Ctx { has_limit, has_where, ..ctx };
+        if let Some(into) = n.get("into_clause").filter(|i| !i.is_null())
+            && let Some(rel) = into.get("rel")
+        {
+            self.relation(rel, ctx, Action::Ddl, "SELECT INTO");
+        }
+        let op = n.get("op").and_then(Value::as_i64).unwrap_or(1);
+        if op > 1 {
+            // UNION / INTERSECT / EXCEPT: each arm is a query of its own.
+            for arm in ["larg", "rarg"] {
+                if let Some(arm) = n.get(arm).filter(|a| !a.is_null()) {
+                    self.enter()?;
+                    self.select(arm, inner)?;
+                    self.depth -= 1;
+                }
+            }
+            self.any_fields(n, &["sort_clause", "limit_offset", "limit_count"], inner)?;
+        } else {
+            self.levels.push(Level::default());
+            // FROM first, so column references can find their tables.
+            self.any(&n["from_clause"], inner)?;
+            self.any_except(n, &["from_clause", "with_clause", "into_clause", "larg", "rarg"], inner)?;
+            self.close_level();
+        }
+        self.ctes.truncate(cte_mark);
+        Ok(())
+    }
+
+    /// INSERT, UPDATE, DELETE, MERGE.
+    fn dml(&mut self, n: &Value, ctx: Ctx, action: Action, command: &'static str) -> Result<(), SqlError> {
+        let cte_mark = self.ctes.len();
+        self.with(n, Ctx { command, ..ctx })?;
+        let ctx = Ctx { command, has_limit: false, has_where: false, ..ctx };
+        let has_where = match command {
+            "MERGE" => true,
+            _ => n.get("where_clause").is_some_and(mentions_column),
+        };
+        self.levels.push(Level::default());
+        let target = n.get("relation").and_then(|rel| self.relation(rel, ctx, action, command));
+        if let Some(index) = target {
+            let access = &mut self.accesses[index];
+            access.has_where = has_where;
+            // Assigned columns: INSERT (cols), UPDATE (SET targets).
+            for field in ["cols", "target_list"] {
+                for t in array(n, field) {
+                    if let Some(("ResTarget", rt)) = node(t) {
+                        let name = string(rt, "name");
+                        if !name.is_empty() {
+                            access.columns.push(ColumnRef::Named(name.to_string()));
+                        }
+                    }
+                }
+            }
+            if command == "MERGE" {
+                self.merge_actions(n, index, ctx);
+            }
+            // RETURNING hands rows of the target to the client: a read.
+            let returning = n
+                .get("returning_clause")
+                .map(|r| array(r, "exprs"))
+                .unwrap_or(&[]);
+            if !returning.is_empty() {
+                let mut read = self.accesses[index].clone();
+                read.action = ctx.read_as;
+                read.columns.clear();
+                read.has_limit = command == "INSERT";
+                let read_index = self.push(ctx, read);
+                let (label, _) = self.levels.last().and_then(|l| l.tables.first()).cloned().unwrap_or_default();
+                if let Some(level) = self.levels.last_mut() {
+                    level.tables.push((label, read_index));
+                }
+            }
+        }
+        let read_ctx = Ctx { has_where, ..ctx };
+        for field in ["using_clause", "from_clause", "source_relation"] {
+            self.any(&n[field], read_ctx)?;
+        }
+        self.any_except(
+            n,
+            &["relation", "with_clause", "using_clause", "from_clause", "source_relation", "cols"],
+            read_ctx,
+        )?;
+        self.close_level();
+        self.ctes.truncate(cte_mark);
+        Ok(())
+    }
+
+    fn merge_actions(&mut self, n: &Value, index: usize, ctx: Ctx) {
+        use pg_query::protobuf::CmdType as C;
+        let mut deletes = false;
+        let mut writes = false;
+        for clause in array(n, "merge_when_clauses") {
+            if let Some(("MergeWhenClause", w)) = node(clause) {
+                match C::try_from(w.get("command_type").and_then(Value::as_i64).unwrap_or(0) as i32) {
+                    Ok(C::CmdDelete) => deletes = true,
+                    Ok(C::CmdNothing) => {}
+                    _ => writes = true,
+                }
+            }
+        }
+        if deletes {
+            let mut delete = self.accesses[index].clone();
+            delete.action = Action::Delete;
+            self.push(ctx, delete);
+        }
+        if !writes && deletes {
+            self.accesses[index].action = Action::Delete;
+        }
+    }
+
+    fn copy(&mut self, n: &Value, ctx: Ctx) -> Result<(), SqlError> {
+        let from = n.get("is_from").and_then(Value::as_bool).unwrap_or(false);
+        let program = n.get("is_program").and_then(Value::as_bool).unwrap_or(false);
+        let file = !string(n, "filename").is_empty();
+        let action = if from { Action::CopyIn } else { Action::CopyOut };
+        let ctx = Ctx { command: "COPY", read_as: action, ..ctx };
+        if program || file {
+            let command = match (from, program) {
+                (true, true) => "COPY FROM PROGRAM",
+                (false, true) => "COPY TO PROGRAM",
+                (true, false) => "COPY FROM FILE",
+                (false, false) => "COPY TO FILE",
+            };
+            self.push(ctx, Self::access(ctx, Action::Admin, Target::Connection, command));
+        }
+        self.levels.push(Level::default());
+        if let Some(rel) = n.get("relation").filter(|r| !r.is_null())
+            && let Some(index) = self.relation(rel, ctx, action, "COPY")
+        {
+            let columns: Vec<ColumnRef> = array(n, "attlist")
+                .iter()
+                .filter_map(sval)
+                .map(|c| ColumnRef::Named(c.to_string()))
+                .collect();
+            self.accesses[index].columns = if columns.is_empty() { vec![ColumnRef::All] } else { columns };
+        }
+        self.nested(&n["query"], ctx)?;
+        self.any(&n["where_clause"], ctx)?;
+        self.close_level();
+        Ok(())
+    }
+
+    fn function(&mut self, call: &Value, ctx: Ctx) {
+        let Some(name) = qualified(array(call, "funcname")) else {
+            return;
+        };
+        let builtin_schema = name.schema.as_deref().is_none_or(|s| s == "pg_catalog");
+        if builtin_schema && name.name == "set_config" {
+            self.literal_sensitive = true;
+            let args = array(call, "args");
+            match args.first().and_then(const_string) {
+                Some("search_path") => {
+                    let change = match args.get(1).and_then(const_string) {
+                        Some(value) => PathChange::Set(split_path(value)),
+                        None => PathChange::Unknown,
+                    };
+                    let local = args.get(2).and_then(const_bool).unwrap_or(true);
+                    self.effect(ctx, Effect::SearchPath { change, local });
+                }
+                Some(_) => {}
+                None => self.effect(ctx, Effect::SearchPath {
+                    change: PathChange::Unknown,
+                    local: false,
+                }),
+            }
+            return;
+        }
+        if builtin_schema && PRIVILEGED_FUNCTIONS.contains(&name.name.as_str()) {
+            self.push(ctx, Self::access(ctx, Action::Admin, Target::Function(name), ctx.command));
+            return;
+        }
+        // Everything else is a call; the session drops the ones the catalog
+        // knows as built-ins (pg_catalog).
+        self.push(ctx, Self::access(ctx, Action::Call, Target::Function(name), ctx.command));
+    }
+
+    /// Walk any value generically.
+    fn any(&mut self, value: &Value, ctx: Ctx) -> Result<(), SqlError> {
+        match value {
+            Value::Object(map) => {
+                if let Some((kind, body)) = node(value) {
+                    return self.node_kind(kind, body, ctx);
+                }
+                // A RangeVar embedded as a struct (not a node) in a statement we do not know.
+                if ctx.unknown.is_some() && map.contains_key("relname") && map.contains_key("inh") {
+                    self.relation(value, ctx, ctx.read_as, ctx.command);
+                    return Ok(());
+                }
+                self.enter()?;
+                for v in map.values() {
+                    self.any(v, ctx)?;
+                }
+                self.depth -= 1;
+                Ok(())
+            }
+            Value::Array(items) => {
+                for v in items {
+                    self.any(v, ctx)?;
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn any_except(&mut self, n: &Value, skip: &[&str], ctx: Ctx) -> Result<(), SqlError> {
+        if let Value::Object(map) = n {
+            for (k, v) in map {
+                if !skip.contains(&k.as_str()) {
+                    self.any(v, ctx)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn any_fields(&mut self, n: &Value, fields: &[&str], ctx: Ctx) -> Result<(), SqlError> {
+        for field in fields {
+            if let Some(v) = n.get(*field) {
+                self.any(v, ctx)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn node_kind(&mut self, kind: &str, body: &Value, ctx: Ctx) -> Result<(), SqlError> {
+        self.enter()?;
+        match kind {
+            "RangeVar" => {
+                let action = ctx.unknown.unwrap_or(ctx.read_as);
+                self.relation_ref(body, ctx, action, ctx.command, true);
+            }
+            "ColumnRef" => self.column_ref(body),
+            "FuncCall" => {
+                self.function(body, ctx);
+                self.any(body, ctx)?;
+            }
+            "ParamRef" => {
+                let number = body.get("number").and_then(Value::as_u64).unwrap_or(0);
+                self.params = self.params.max(number as u32);
+            }
+            "SelectStmt" | "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => {
+                // A subquery: bounded by its own LIMIT only.
+                let sub = Ctx { has_limit: ctx.has_limit && kind == "SelectStmt", ..ctx };
+                self.statement(kind, body, sub)?;
+            }
+            "RangeSubselect" | "SubLink" | "RangeFunction" | "RangeTableSample" | "JoinExpr" => {
+                self.any(body, ctx)?;
+            }
+            k if k.ends_with("Stmt") => {
+                self.statement(k, body, ctx)?;
+            }
+            _ => self.any(body, ctx)?,
+        }
+        self.depth -= 1;
+        Ok(())
+    }
+
+    fn column_ref(&mut self, body: &Value) {
+        let fields = array(body, "fields");
+        let star = fields.last().is_some_and(|f| matches!(node(f), Some(("AStar", _))));
+        let names: Vec<&str> = fields.iter().filter_map(sval).collect();
+        let (qualifier, column) = match (names.as_slice(), star) {
+            ([], true) => (None, ColumnRef::All),
+            ([.., q], true) => (Some(q.to_string()), ColumnRef::All),
+            ([c], false) => (None, ColumnRef::Maybe(c.to_string())),
+            ([.., q, c], false) => (Some(q.to_string()), ColumnRef::Named(c.to_string())),
+            ([], false) => return,
+        };
+        if let Some(level) = self.levels.last_mut() {
+            level.columns.push((qualifier, column));
+        }
+    }
+
+    /// Attribute the level's column references to its tables; pass the
+    /// ones that belong to an outer query up.
+    fn close_level(&mut self) {
+        let Some(level) = self.levels.pop() else {
+            return;
+        };
+        let mut outer = Vec::new();
+        for (qualifier, column) in level.columns {
+            match &qualifier {
+                Some(q) => match level.tables.iter().find(|(label, _)| label == q) {
+                    Some((_, index)) => self.accesses[*index].columns.push(column),
+                    None => outer.push((qualifier, column)),
+                },
+                None if level.tables.is_empty() => outer.push((qualifier, column)),
+                None => {
+                    for (_, index) in &level.tables {
+                        self.accesses[*index].columns.push(column.clone());
+                    }
+                    if matches!(column, ColumnRef::Maybe(_)) {
+                        outer.push((qualifier, column));
+                    }
+                }
+            }
+        }
+        if let Some(parent) = self.levels.last_mut() {
+            parent.columns.extend(outer);
+        }
+    }
+}
+
+fn admin_command(kind: &str) -> &'static str {
+    match kind {
+        "GrantStmt" => "GRANT",
+        "GrantRoleStmt" => "GRANT ROLE",
+        "CreateRoleStmt" => "CREATE ROLE",
+        "AlterRoleStmt" | "AlterRoleSetStmt" => "ALTER ROLE",
+        "DropRoleStmt" => "DROP ROLE",
+        "AlterSystemStmt" => "ALTER SYSTEM",
+        "CreateExtensionStmt" => "CREATE EXTENSION",
+        "LoadStmt" => "LOAD",
+        "CheckPointStmt" => "CHECKPOINT",
+        "CreatedbStmt" => "CREATE DATABASE",
+        "DropdbStmt" => "DROP DATABASE",
+        "AlterOwnerStmt" => "ALTER OWNER",
+        "CreatePolicyStmt" => "CREATE POLICY",
+        "AlterPolicyStmt" => "ALTER POLICY",
+        "AlterDefaultPrivilegesStmt" => "ALTER DEFAULT PRIVILEGES",
+        "CreateEventTrigStmt" => "CREATE EVENT TRIGGER",
+        _ => "ADMIN",
+    }
+}
+
+/// Split a `search_path` value as PostgreSQL does: comma-separated,
+/// double-quoted names keep case and commas.
+pub(crate) fn split_path(value: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = value.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut item = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                if c == '"' {
+                    if chars.peek() == Some(&'"') {
+                        chars.next();
+                        item.push('"');
+                    } else {
+                        break;
+                    }
+                } else {
+                    item.push(c);
+                }
+            }
+            while chars.peek().is_some_and(|c| *c != ',') {
+                chars.next();
+            }
+        } else {
+            while let Some(c) = chars.peek().copied().filter(|c| *c != ',') {
+                chars.next();
+                item.push(c);
+            }
+            item = item.trim().to_lowercase();
+        }
+        if !item.is_empty() {
+            out.push(item);
+        }
+        if chars.next().is_none() {
+            break;
+        }
+    }
+    out
+}
