@@ -18,6 +18,7 @@ pub mod hooks;
 pub mod identity;
 pub mod listener;
 pub mod pg;
+pub mod policy;
 pub mod upstream;
 
 pub use config::Config;

@@ -1,0 +1,647 @@
+//! The policy stage: Cedar policies decide every access.
+//!
+//! Protocol adapters describe an access (principal, action, resource,
+//! context) in the terms of the Cedar schema kept in
+//! `gateway-core/policy/tollgate.cedarschema`; this stage knows nothing of
+//! SQL or MCP. Policies are validated against the schema in strict mode when
+//! loaded; the validator's warnings count as errors, and every error names
+//! the file and line.
+//!
+//! Three outcomes ([`Outcome`]): a request that Cedar allows is allowed; one
+//! it denies but would allow with `context.approved = true` needs approval;
+//! anything else is denied with the `@reason` of the deciding policy.
+
+mod reload;
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::SystemTime;
+
+use cedar_policy::{
+    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy,
+    PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+};
+use sha2::{Digest, Sha256};
+
+pub use reload::PolicyHandle;
+
+/// The Cedar schema policies are validated against.
+pub const SCHEMA: &str = include_str!("../../policy/tollgate.cedarschema");
+
+/// A policy file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// Reading a file failed.
+    #[error("{path}: {error}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        error: std::io::Error,
+    },
+    /// Parse or validation problems, one line each (`file:line: message`).
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+/// What a policy says about itself: its `@id`, `@reason` and, for approval
+/// rules, `@approvals`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// Stable id (from `@id`).
+    pub id: String,
+    /// What the caller is told (from `@reason`).
+    pub reason: String,
+    /// Approvers needed (from `@approvals`, default 1).
+    pub approvals: u32,
+}
+
+impl Rule {
+    fn default_deny(action: &str) -> Rule {
+        Rule {
+            id: "default-deny".into(),
+            reason: format!("no policy permits {action} here"),
+            approvals: 0,
+        }
+    }
+}
+
+/// The decision on one access.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Permitted.
+    Allow,
+    /// Permitted once approved; the rules that hold it back.
+    NeedsApproval {
+        /// The approval rules that apply.
+        rules: Vec<Rule>,
+        /// Approvers needed (the most any of the rules asks for).
+        approvals: u32,
+    },
+    /// Denied, with the deciding rule.
+    Deny(Rule),
+}
+
+impl Outcome {
+    /// Order by severity: allow < needs approval < deny.
+    pub fn severity(&self) -> u8 {
+        match self {
+            Outcome::Allow => 0,
+            Outcome::NeedsApproval { .. } => 1,
+            Outcome::Deny(_) => 2,
+        }
+    }
+}
+
+/// Who is asking.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// Token subject.
+    pub subject: String,
+    /// Token issuer.
+    pub issuer: String,
+    /// Groups from the token.
+    pub groups: Vec<String>,
+    /// An agent (workload) rather than a person.
+    pub agent: bool,
+    /// Multi-factor authentication.
+    pub mfa: bool,
+}
+
+/// What an access is on.
+#[derive(Debug, Clone)]
+pub enum Resource<'a> {
+    /// A table of `connection`.
+    Table {
+        /// Schema name.
+        schema: &'a str,
+        /// Table name.
+        name: &'a str,
+        /// Holds cardholder data.
+        cardholder: bool,
+    },
+    /// A column of a table.
+    Column {
+        /// Schema name.
+        schema: &'a str,
+        /// Table name.
+        table: &'a str,
+        /// Column name.
+        name: &'a str,
+        /// Holds cardholder data.
+        cardholder: bool,
+        /// The table holds cardholder data.
+        table_cardholder: bool,
+    },
+    /// A function or procedure.
+    Function {
+        /// Schema name (may be empty when unresolved).
+        schema: &'a str,
+        /// Function name.
+        name: &'a str,
+    },
+    /// The connection itself.
+    Connection,
+    /// An MCP tool.
+    Tool {
+        /// The MCP server's name.
+        server: &'a str,
+        /// The tool's name.
+        name: &'a str,
+    },
+}
+
+/// The request's context.
+#[derive(Debug, Clone)]
+pub struct RequestContext<'a> {
+    /// The connection (upstream) name.
+    pub connection: &'a str,
+    /// The PostgreSQL command (or `tools/call`).
+    pub command: &'a str,
+    /// Rows EXPLAIN estimates (0 when not estimated).
+    pub row_estimate: i64,
+    /// DELETE/UPDATE restricted by WHERE.
+    pub has_where: bool,
+    /// Read bounded by LIMIT.
+    pub has_limit: bool,
+    /// The client's address.
+    pub client: IpAddr,
+    /// When.
+    pub time: SystemTime,
+}
+
+/// A validated policy set.
+pub struct PolicyEngine {
+    policies: PolicySet,
+    schema: Schema,
+    rules: HashMap<PolicyId, Rule>,
+    uses_row_estimate: bool,
+    digest: String,
+    sources: Vec<(PathBuf, String)>,
+    authorizer: Authorizer,
+    types: Types,
+}
+
+impl std::fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyEngine")
+            .field("policies", &self.rules.len())
+            .field("digest", &self.digest)
+            .finish()
+    }
+}
+
+struct Types {
+    user: EntityTypeName,
+    agent: EntityTypeName,
+    group: EntityTypeName,
+    connection: EntityTypeName,
+    schema: EntityTypeName,
+    table: EntityTypeName,
+    column: EntityTypeName,
+    function: EntityTypeName,
+    tool: EntityTypeName,
+    action: EntityTypeName,
+}
+
+impl Types {
+    fn new() -> Types {
+        let t = |name: &str| EntityTypeName::from_str(name).expect("a valid Cedar type name");
+        Types {
+            user: t("User"),
+            agent: t("Agent"),
+            group: t("Group"),
+            connection: t("Connection"),
+            schema: t("Schema"),
+            table: t("Table"),
+            column: t("Column"),
+            function: t("Function"),
+            tool: t("Tool"),
+            action: t("Action"),
+        }
+    }
+}
+
+fn uid(kind: &EntityTypeName, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(kind.clone(), EntityId::new(id))
+}
+
+fn string(value: &str) -> RestrictedExpression {
+    RestrictedExpression::new_string(value.to_string())
+}
+
+/// 1-based line of byte `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The first labelled location of a diagnostic, as a line in `text`.
+fn diagnostic_line(diagnostic: &dyn miette::Diagnostic, text: &str) -> Option<usize> {
+    let label = diagnostic.labels()?.next()?;
+    Some(line_of(text, label.offset()))
+}
+
+impl PolicyEngine {
+    /// Load and validate the policy files.
+    pub fn load(paths: &[PathBuf]) -> Result<PolicyEngine, PolicyError> {
+        let mut sources = Vec::new();
+        for path in paths {
+            let text = std::fs::read_to_string(path).map_err(|error| PolicyError::Read {
+                path: path.clone(),
+                error,
+            })?;
+            sources.push((path.clone(), text));
+        }
+        PolicyEngine::from_sources(sources)
+    }
+
+    /// Validate policies given as (file name, text).
+    pub fn from_sources(sources: Vec<(PathBuf, String)>) -> Result<PolicyEngine, PolicyError> {
+        let schema = Schema::from_cedarschema_str(SCHEMA)
+            .map(|(schema, _)| schema)
+            .map_err(|e| PolicyError::Invalid(vec![format!("built-in Cedar schema: {e}")]))?;
+        let mut problems = Vec::new();
+        let mut policies = PolicySet::new();
+        let mut rules = HashMap::new();
+        // Which file each policy came from, for error lines.
+        let mut origin: HashMap<PolicyId, usize> = HashMap::new();
+        let mut digest = Sha256::new();
+        digest.update(SCHEMA.as_bytes());
+        for (index, (path, text)) in sources.iter().enumerate() {
+            digest.update(text.as_bytes());
+            let file = path.display();
+            let parsed = match PolicySet::from_str(text) {
+                Ok(parsed) => parsed,
+                Err(errors) => {
+                    for error in errors.iter() {
+                        let line = diagnostic_line(error, text).unwrap_or(1);
+                        problems.push(format!("{file}:{line}: {error}"));
+                    }
+                    continue;
+                }
+            };
+            if parsed.templates().next().is_some() {
+                problems.push(format!("{file}: policy templates are not supported; write each policy out"));
+            }
+            let mut parsed: Vec<&Policy> = parsed.policies().collect();
+            let position = |p: &Policy| text.find(&p.to_string()).unwrap_or(0);
+            parsed.sort_by_key(|p| position(p));
+            for policy in parsed {
+                let line = line_of(text, position(policy));
+                let Some(id) = policy.annotation("id") else {
+                    problems.push(format!(
+                        "{file}:{line}: the policy has no @id(\"...\"); every policy needs a stable id for the audit log"
+                    ));
+                    continue;
+                };
+                let Some(reason) = policy.annotation("reason") else {
+                    problems.push(format!(
+                        "{file}:{line}: policy \"{id}\" has no @reason(\"...\"); it is what a refused caller is told"
+                    ));
+                    continue;
+                };
+                let approvals = match policy.annotation("approvals") {
+                    None => 1,
+                    Some(n) => match n.parse::<u32>() {
+                        Ok(n) if n >= 1 => n,
+                        _ => {
+                            problems.push(format!(
+                                "{file}:{line}: policy \"{id}\": @approvals(\"{n}\") must be a whole number of at least 1"
+                            ));
+                            continue;
+                        }
+                    },
+                };
+                let policy_id = PolicyId::new(id);
+                if let Some(previous) = origin.get(&policy_id) {
+                    problems.push(format!(
+                        "{file}:{line}: policy id \"{id}\" is already used in {}",
+                        sources[*previous].0.display()
+                    ));
+                    continue;
+                }
+                origin.insert(policy_id.clone(), index);
+                rules.insert(
+                    policy_id.clone(),
+                    Rule {
+                        id: id.to_string(),
+                        reason: reason.to_string(),
+                        approvals,
+                    },
+                );
+                if let Err(e) = policies.add(policy.new_id(policy_id)) {
+                    problems.push(format!("{file}:{line}: {e}"));
+                }
+            }
+        }
+        if problems.is_empty() {
+            let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+            let place = |id: &PolicyId, diagnostic: &dyn miette::Diagnostic| {
+                let (path, text) = &sources[origin.get(id).copied().unwrap_or(0)];
+                let line = diagnostic_line(diagnostic, text).unwrap_or(1);
+                format!("{}:{line}: policy \"{id}\"", path.display())
+            };
+            for error in result.validation_errors() {
+                problems.push(format!("{}: {error}", place(error.policy_id(), error)));
+            }
+            for warning in result.validation_warnings() {
+                problems.push(format!("{}: {warning}", place(warning.policy_id(), warning)));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(PolicyError::Invalid(problems));
+        }
+        let uses_row_estimate = policies
+            .policies()
+            .any(|p| p.to_string().contains("row_estimate"));
+        Ok(PolicyEngine {
+            policies,
+            schema,
+            rules,
+            uses_row_estimate,
+            digest: format!("sha256:{:x}", digest.finalize()),
+            sources,
+            authorizer: Authorizer::new(),
+            types: Types::new(),
+        })
+    }
+
+    /// SHA-256 over the schema and the policy texts, for the audit trail.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The policy files and their texts.
+    pub fn sources(&self) -> &[(PathBuf, String)] {
+        &self.sources
+    }
+
+    /// Number of policies.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// True when no policy is loaded (everything is denied).
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Whether any policy looks at `context.row_estimate`; if none does, the
+    /// gateway never needs to ask the upstream for an estimate.
+    pub fn uses_row_estimate(&self) -> bool {
+        self.uses_row_estimate
+    }
+
+    /// Decide one access.
+    pub fn decide(
+        &self,
+        principal: &Principal,
+        action: &str,
+        resource: &Resource<'_>,
+        context: &RequestContext<'_>,
+    ) -> Outcome {
+        let (entities, principal_uid, resource_uid) = match self.entities(principal, resource, context) {
+            Ok(built) => built,
+            Err(reason) => return Outcome::Deny(Self::broken(reason)),
+        };
+        let action_uid = uid(&self.types.action, action);
+        let ask = |approved: bool| -> Result<cedar_policy::Response, Rule> {
+            let ctx = self.context(principal, context, approved)?;
+            let request = Request::new(
+                principal_uid.clone(),
+                action_uid.clone(),
+                resource_uid.clone(),
+                ctx,
+                Some(&self.schema),
+            )
+            .map_err(|e| Self::broken(e.to_string()))?;
+            let response = self.authorizer.is_authorized(&request, &self.policies, &entities);
+            // A policy that fails to evaluate is skipped by Cedar; that could
+            // skip a forbid, so an evaluation error denies (fail closed).
+            if let Some(error) = response.diagnostics().errors().next() {
+                return Err(Self::broken(error.to_string()));
+            }
+            Ok(response)
+        };
+        let first = match ask(false) {
+            Ok(response) => response,
+            Err(rule) => return Outcome::Deny(rule),
+        };
+        if first.decision() == Decision::Allow {
+            return Outcome::Allow;
+        }
+        let held: Vec<Rule> = first
+            .diagnostics()
+            .reason()
+            .filter_map(|id| self.rules.get(id).cloned())
+            .collect();
+        let second = match ask(true) {
+            Ok(response) => response,
+            Err(rule) => return Outcome::Deny(rule),
+        };
+        if second.decision() == Decision::Allow && !held.is_empty() {
+            let approvals = held.iter().map(|r| r.approvals).max().unwrap_or(1);
+            return Outcome::NeedsApproval { rules: held, approvals };
+        }
+        let deciding = second
+            .diagnostics()
+            .reason()
+            .filter_map(|id| self.rules.get(id).cloned())
+            .min_by(|a, b| a.id.cmp(&b.id))
+            .or_else(|| held.into_iter().next())
+            .unwrap_or_else(|| Rule::default_deny(action));
+        Outcome::Deny(deciding)
+    }
+
+    fn broken(reason: String) -> Rule {
+        Rule {
+            id: "policy-error".into(),
+            reason: format!("the policy could not be evaluated, so the request is denied: {reason}"),
+            approvals: 0,
+        }
+    }
+
+    fn context(&self, principal: &Principal, c: &RequestContext<'_>, approved: bool) -> Result<Context, Rule> {
+        let time = humantime_rfc3339(c.time);
+        Context::from_pairs([
+            ("mfa".to_string(), RestrictedExpression::new_bool(principal.mfa)),
+            ("approved".to_string(), RestrictedExpression::new_bool(approved)),
+            ("row_estimate".to_string(), RestrictedExpression::new_long(c.row_estimate)),
+            ("has_where".to_string(), RestrictedExpression::new_bool(c.has_where)),
+            ("has_limit".to_string(), RestrictedExpression::new_bool(c.has_limit)),
+            ("command".to_string(), string(c.command)),
+            ("connection".to_string(), string(c.connection)),
+            ("client".to_string(), RestrictedExpression::new_ip(c.client.to_string())),
+            ("time".to_string(), RestrictedExpression::new_datetime(time)),
+        ])
+        .map_err(|e| Self::broken(e.to_string()))
+    }
+
+    fn entities(
+        &self,
+        principal: &Principal,
+        resource: &Resource<'_>,
+        c: &RequestContext<'_>,
+    ) -> Result<(Entities, EntityUid, EntityUid), String> {
+        let t = &self.types;
+        let mut entities = Vec::with_capacity(8);
+        let groups: HashSet<EntityUid> = principal.groups.iter().map(|g| uid(&t.group, g)).collect();
+        for group in &groups {
+            entities.push(Entity::new_no_attrs(group.clone(), HashSet::new()));
+        }
+        let kind = if principal.agent { &t.agent } else { &t.user };
+        let principal_uid = uid(kind, &principal.subject);
+        entities.push(
+            Entity::new(
+                principal_uid.clone(),
+                HashMap::from([
+                    ("subject".to_string(), string(&principal.subject)),
+                    ("issuer".to_string(), string(&principal.issuer)),
+                ]),
+                groups,
+            )
+            .map_err(|e| e.to_string())?,
+        );
+        let connection = uid(&t.connection, c.connection);
+        entities.push(
+            Entity::new(
+                connection.clone(),
+                HashMap::from([("name".to_string(), string(c.connection))]),
+                HashSet::new(),
+            )
+            .map_err(|e| e.to_string())?,
+        );
+        let mut schema_entity = |schema: &str, entities: &mut Vec<Entity>| -> Result<EntityUid, String> {
+            let id = uid(&t.schema, schema);
+            entities.push(
+                Entity::new(
+                    id.clone(),
+                    HashMap::from([("name".to_string(), string(schema))]),
+                    HashSet::from([connection.clone()]),
+                )
+                .map_err(|e| e.to_string())?,
+            );
+            Ok(id)
+        };
+        let table_entity = |schema_uid: EntityUid, schema: &str, name: &str, cardholder: bool| {
+            let id = uid(&t.table, &format!("{schema}.{name}"));
+            let entity = Entity::new(
+                id.clone(),
+                HashMap::from([
+                    ("name".to_string(), string(name)),
+                    ("schema".to_string(), string(schema)),
+                    ("connection".to_string(), string(c.connection)),
+                    ("cardholder".to_string(), RestrictedExpression::new_bool(cardholder)),
+                ]),
+                HashSet::from([schema_uid]),
+            )
+            .map_err(|e| e.to_string());
+            entity.map(|e| (id, e))
+        };
+        let resource_uid = match resource {
+            Resource::Table {
+                schema,
+                name,
+                cardholder,
+            } => {
+                let schema_uid = schema_entity(schema, &mut entities)?;
+                let (id, entity) = table_entity(schema_uid, schema, name, *cardholder)?;
+                entities.push(entity);
+                id
+            }
+            Resource::Column {
+                schema,
+                table,
+                name,
+                cardholder,
+                table_cardholder,
+            } => {
+                let schema_uid = schema_entity(schema, &mut entities)?;
+                let (table_uid, entity) = table_entity(schema_uid, schema, table, *table_cardholder)?;
+                entities.push(entity);
+                let id = uid(&t.column, &format!("{schema}.{table}.{name}"));
+                entities.push(
+                    Entity::new(
+                        id.clone(),
+                        HashMap::from([
+                            ("name".to_string(), string(name)),
+                            ("table".to_string(), string(&format!("{schema}.{table}"))),
+                            ("cardholder".to_string(), RestrictedExpression::new_bool(*cardholder)),
+                        ]),
+                        HashSet::from([table_uid]),
+                    )
+                    .map_err(|e| e.to_string())?,
+                );
+                id
+            }
+            Resource::Function { schema, name } => {
+                let schema_uid = schema_entity(schema, &mut entities)?;
+                let id = uid(&t.function, &format!("{schema}.{name}"));
+                entities.push(
+                    Entity::new(
+                        id.clone(),
+                        HashMap::from([
+                            ("name".to_string(), string(name)),
+                            ("schema".to_string(), string(schema)),
+                        ]),
+                        HashSet::from([schema_uid]),
+                    )
+                    .map_err(|e| e.to_string())?,
+                );
+                id
+            }
+            Resource::Connection => connection.clone(),
+            Resource::Tool { server, name } => {
+                let id = uid(&t.tool, &format!("{server}/{name}"));
+                entities.push(
+                    Entity::new(
+                        id.clone(),
+                        HashMap::from([
+                            ("name".to_string(), string(name)),
+                            ("server".to_string(), string(server)),
+                        ]),
+                        HashSet::new(),
+                    )
+                    .map_err(|e| e.to_string())?,
+                );
+                id
+            }
+        };
+        let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
+        Ok((entities, principal_uid, resource_uid))
+    }
+}
+
+/// RFC 3339 UTC time with millisecond precision, as Cedar's `datetime()` reads it.
+fn humantime_rfc3339(time: SystemTime) -> String {
+    let since = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs() as i64;
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        since.subsec_millis()
+    )
+}
+
+/// Where a policy file is expected relative to a config file.
+pub fn resolve(base: &Path, file: &Path) -> PathBuf {
+    if file.is_absolute() { file.to_path_buf() } else { base.join(file) }
+}
+
+#[cfg(test)]
+mod tests;

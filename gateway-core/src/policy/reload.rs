@@ -1,0 +1,106 @@
+//! Policy reload: a changed policy file is validated and swapped in; an
+//! invalid one is refused and the policy in force stays.
+//!
+//! Sessions take the policy in force for each statement, so a reload
+//! applies to the next statement of every open session without dropping it.
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use super::{PolicyEngine, PolicyError};
+
+/// The policy in force, shared by all sessions.
+#[derive(Debug, Clone)]
+pub struct PolicyHandle {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    current: RwLock<Arc<PolicyEngine>>,
+    files: Vec<PathBuf>,
+}
+
+impl PolicyHandle {
+    /// Load the files; fails if they are not valid.
+    pub fn load(files: Vec<PathBuf>) -> Result<PolicyHandle, PolicyError> {
+        let engine = PolicyEngine::load(&files)?;
+        Ok(PolicyHandle::new(engine, files))
+    }
+
+    /// Wrap an engine (files are what a reload reads).
+    pub fn new(engine: PolicyEngine, files: Vec<PathBuf>) -> PolicyHandle {
+        PolicyHandle {
+            inner: Arc::new(Inner {
+                current: RwLock::new(Arc::new(engine)),
+                files,
+            }),
+        }
+    }
+
+    /// The policy in force.
+    pub fn current(&self) -> Arc<PolicyEngine> {
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Re-read the files; swap the new policy in if it is valid.
+    pub fn reload(&self) -> Result<Arc<PolicyEngine>, PolicyError> {
+        let engine = Arc::new(PolicyEngine::load(&self.inner.files)?);
+        *self.inner.current.write().unwrap_or_else(|e| e.into_inner()) = engine.clone();
+        Ok(engine)
+    }
+
+    /// Watch the files and reload when one changes (checked every `every`).
+    /// Stops when the last handle is dropped.
+    pub fn watch(&self, every: Duration) {
+        let weak = Arc::downgrade(&self.inner);
+        let files = self.inner.files.clone();
+        tokio::spawn(async move {
+            let stamp = |files: &[PathBuf]| -> Vec<Option<(SystemTime, u64)>> {
+                files
+                    .iter()
+                    .map(|f| {
+                        std::fs::metadata(f)
+                            .ok()
+                            .and_then(|m| Some((m.modified().ok()?, m.len())))
+                    })
+                    .collect()
+            };
+            let mut seen = stamp(&files);
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let now = stamp(&files);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                let handle = PolicyHandle { inner };
+                let before = handle.current().digest().to_string();
+                match handle.reload() {
+                    Ok(engine) if engine.digest() != before => tracing::info!(
+                        target: "tollgate::audit",
+                        event = "policy.reloaded",
+                        policies = engine.len(),
+                        digest = engine.digest(),
+                        previous = %before,
+                    ),
+                    Ok(_) => {}
+                    Err(error) => tracing::error!(
+                        target: "tollgate::audit",
+                        event = "policy.reload_refused",
+                        kept = %before,
+                        "the changed policy is not valid, the policy in force stays:\n{error}"
+                    ),
+                }
+            }
+        });
+    }
+}

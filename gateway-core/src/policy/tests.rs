@@ -1,0 +1,158 @@
+use super::*;
+
+const STARTER: &str = include_str!("../../../fixtures/policies/pci.cedar");
+
+fn starter() -> PolicyEngine {
+    PolicyEngine::from_sources(vec![("pci.cedar".into(), STARTER.into())]).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn person(groups: &[&str]) -> Principal {
+    Principal {
+        subject: "alice@example.com".into(),
+        issuer: "urn:test".into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        agent: false,
+        mfa: false,
+    }
+}
+
+fn context(command: &str) -> RequestContext<'static> {
+    RequestContext {
+        connection: "payments-db",
+        command: Box::leak(command.to_string().into_boxed_str()),
+        row_estimate: 0,
+        has_where: false,
+        has_limit: false,
+        client: "127.0.0.1".parse().unwrap(),
+        time: SystemTime::now(),
+    }
+}
+
+const PAYMENTS: Resource<'static> = Resource::Table {
+    schema: "public",
+    name: "payments",
+    cardholder: true,
+};
+const LEDGER: Resource<'static> = Resource::Table {
+    schema: "public",
+    name: "ledger",
+    cardholder: false,
+};
+
+fn denied_by(outcome: Outcome) -> String {
+    match outcome {
+        Outcome::Deny(rule) => rule.id,
+        other => panic!("expected a denial, got {other:?}"),
+    }
+}
+
+#[test]
+fn starter_policy_is_valid_and_decides_the_done_when_cases() {
+    let engine = starter();
+    let admin = person(&["admins"]);
+    assert_eq!(
+        denied_by(engine.decide(&admin, "ddl", &PAYMENTS, &context("DROP TABLE"))),
+        "no-destructive-ddl-on-cardholder-tables"
+    );
+    assert_eq!(engine.decide(&admin, "ddl", &LEDGER, &context("DROP TABLE")), Outcome::Allow);
+    assert_eq!(
+        denied_by(engine.decide(&admin, "delete", &PAYMENTS, &context("DELETE"))),
+        "no-delete-or-update-without-where"
+    );
+    let copy = engine.decide(&person(&["analysts"]), "copy_out", &PAYMENTS, &context("COPY"));
+    match copy {
+        Outcome::NeedsApproval { rules, approvals } => {
+            assert_eq!(rules[0].id, "cardholder-bulk-export-needs-approval");
+            assert_eq!(approvals, 1);
+        }
+        other => panic!("{other:?}"),
+    }
+    let hr = Resource::Table {
+        schema: "hr",
+        name: "salaries",
+        cardholder: false,
+    };
+    let outcome = engine.decide(&person(&["analysts"]), "read", &hr, &context("SELECT"));
+    assert_eq!(denied_by(outcome), "default-deny");
+}
+
+#[test]
+fn row_estimates_and_limits_decide_bulk_reads() {
+    let engine = starter();
+    let analyst = person(&["analysts"]);
+    let mut ctx = context("SELECT");
+    ctx.has_where = true;
+    ctx.row_estimate = 3;
+    assert_eq!(engine.decide(&analyst, "read", &PAYMENTS, &ctx), Outcome::Allow);
+    ctx.row_estimate = 50_000;
+    assert!(matches!(engine.decide(&analyst, "read", &PAYMENTS, &ctx), Outcome::NeedsApproval { .. }));
+    let mut ctx = context("SELECT");
+    ctx.has_limit = true;
+    assert_eq!(engine.decide(&analyst, "read", &PAYMENTS, &ctx), Outcome::Allow);
+    assert!(engine.uses_row_estimate());
+}
+
+#[test]
+fn only_the_documented_role_sees_full_pans_and_never_an_agent() {
+    let engine = starter();
+    let pan = Resource::Column {
+        schema: "public",
+        table: "payments",
+        name: "pan",
+        cardholder: true,
+        table_cardholder: true,
+    };
+    let mut fraud = person(&["fraud"]);
+    assert!(matches!(engine.decide(&fraud, "reveal", &pan, &context("SELECT")), Outcome::Deny(_)), "no MFA");
+    fraud.mfa = true;
+    assert_eq!(engine.decide(&fraud, "reveal", &pan, &context("SELECT")), Outcome::Allow);
+    fraud.agent = true;
+    assert_eq!(
+        denied_by(engine.decide(&fraud, "reveal", &pan, &context("SELECT"))),
+        "agents-never-see-full-pan"
+    );
+    assert!(matches!(
+        engine.decide(&person(&["analysts"]), "reveal", &pan, &context("SELECT")),
+        Outcome::Deny(_)
+    ));
+}
+
+fn problems(text: &str) -> String {
+    match PolicyEngine::from_sources(vec![("p.cedar".into(), text.into())]) {
+        Ok(_) => panic!("accepted:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn mistakes_fail_with_file_and_line() {
+    let typo = "@id(\"a\")\n@reason(\"r\")\npermit (principal, action == Action::\"read\", resource)\nwhen { context.has_wher };\n";
+    let error = problems(typo);
+    assert!(error.starts_with("p.cedar:4: policy \"a\""), "{error}");
+    let unknown_action = "\n\n@id(\"b\")\n@reason(\"r\")\npermit (principal, action == Action::\"raed\", resource);\n";
+    assert!(problems(unknown_action).starts_with("p.cedar:5:"), "{}", problems(unknown_action));
+    let syntax = "@id(\"c\")\n@reason(\"r\")\npermit (principal, action, resource) when { 1 + };\n";
+    assert!(problems(syntax).starts_with("p.cedar:3:"), "{}", problems(syntax));
+    let no_id = "@reason(\"r\")\npermit (principal, action, resource);\n";
+    assert!(problems(no_id).contains("p.cedar:1: the policy has no @id"), "{}", problems(no_id));
+    let no_reason = "@id(\"d\")\npermit (principal, action, resource);\n";
+    assert!(problems(no_reason).contains("has no @reason"));
+}
+
+#[test]
+fn an_impossible_policy_is_an_error_not_a_warning() {
+    let impossible = "@id(\"e\")\n@reason(\"r\")\npermit (principal, action == Action::\"read\", resource is Table) when { resource is Column };\n";
+    assert!(problems(impossible).contains("p.cedar:"), "{}", problems(impossible));
+}
+
+#[test]
+fn duplicate_ids_are_refused() {
+    let twice = "@id(\"x\")\n@reason(\"r\")\npermit (principal, action, resource);\n@id(\"x\")\n@reason(\"r\")\nforbid (principal, action, resource);\n";
+    assert!(problems(twice).contains("p.cedar:4: policy id \"x\" is already used"), "{}", problems(twice));
+}
+
+#[test]
+fn times_are_rfc3339() {
+    let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_764_072_000_123);
+    assert_eq!(humantime_rfc3339(t), "2025-11-25T12:00:00.123Z");
+}
