@@ -132,6 +132,7 @@ pub fn connection_from_url(url: &str) -> Result<ConnectionConfig, DevError> {
         tls,
         ca_file,
         connect_timeout_secs: 10,
+        cardholder: Vec::new(),
     })
 }
 
@@ -154,8 +155,9 @@ pub fn demo_database() -> Result<DemoDatabase, DevError> {
     let password = pg.create_role("tollgate_gateway", "")?;
     pg.psql(
         "payments",
-        "GRANT USAGE ON SCHEMA public TO tollgate_gateway; \
-         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO tollgate_gateway",
+        "GRANT USAGE ON SCHEMA public, hr TO tollgate_gateway; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO tollgate_gateway; \
+         GRANT SELECT ON ALL TABLES IN SCHEMA hr TO tollgate_gateway",
     )?;
     let connection = pg.connection("payments", "payments", "tollgate_gateway", &password);
     Ok(DemoDatabase {

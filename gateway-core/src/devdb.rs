@@ -237,6 +237,7 @@ impl ThrowawayPostgres {
             tls: UpstreamTlsMode::VerifyFull,
             ca_file: Some(self.ca_file.clone()),
             connect_timeout_secs: 10,
+            cardholder: Vec::new(),
         }
     }
 

@@ -9,10 +9,15 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::config::PolicyConfig;
 use crate::hooks::{HookFactory, LoggingHooks};
 use crate::identity::{AuthError, Authenticator};
 use crate::listener::{self, tls::ServerTls};
+use crate::pg::catalog::Catalog;
+use crate::pg::guard::GuardShared;
+use crate::pg::sql::ShapeCache;
 use crate::pg::{PgContext, cancel::CancelRegistry, serve_connection};
+use crate::policy::{PolicyEngine, PolicyHandle, STARTER_POLICY};
 use crate::upstream::Upstream;
 
 /// Why the gateway could not start.
@@ -40,6 +45,9 @@ pub enum StartError {
         /// The cause.
         source: crate::upstream::tls::UpstreamTlsError,
     },
+    /// The policy files are not valid.
+    #[error("policy:\n{0}")]
+    Policy(#[from] crate::policy::PolicyError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -99,6 +107,25 @@ impl Gateway {
             })?;
             upstreams.insert(connection.name.clone(), Arc::new(upstream));
         }
+        let mut catalogs = HashMap::new();
+        for connection in &self.config.connections {
+            let connection = connection.get_ref();
+            let upstream = upstreams[&connection.name].clone();
+            catalogs.insert(
+                connection.name.clone(),
+                Arc::new(Catalog::new(upstream, connection.cardholder.clone())),
+            );
+        }
+        let guard = load_policy(&self.config.policy)?.map(|policy| {
+            policy.watch(Duration::from_millis(
+                self.config.policy.reload_check_ms.max(100),
+            ));
+            Arc::new(GuardShared {
+                policy,
+                shapes: ShapeCache::new(10_000),
+                estimate_timeout: Duration::from_millis(self.config.policy.estimate_timeout_ms),
+            })
+        });
         let cancels = Arc::new(CancelRegistry::default());
         let ctx = Arc::new(PgContext {
             tls,
@@ -110,6 +137,8 @@ impl Gateway {
             startup_timeout: Duration::from_secs(server.startup_timeout_secs),
             max_message_bytes: server.max_message_bytes,
             user_must_match_subject: self.config.identity.user_must_match_subject,
+            guard,
+            catalogs,
         });
         let addr = *server.listen.get_ref();
         let listener = listener::bind(addr)
@@ -145,6 +174,47 @@ impl Gateway {
             cancels,
         })
     }
+}
+
+/// The policy the configuration asks for; `None` with `allow_all`.
+pub fn load_policy(
+    config: &PolicyConfig,
+) -> Result<Option<PolicyHandle>, crate::policy::PolicyError> {
+    if config.allow_all {
+        tracing::warn!(
+            target: "tollgate::audit",
+            event = "policy.disabled",
+            "policy.allow_all is set: every statement is allowed. Development only"
+        );
+        return Ok(None);
+    }
+    let mut sources = Vec::new();
+    if config.starter {
+        sources.push((
+            "fixtures/policies/pci.cedar (built in)".into(),
+            STARTER_POLICY.to_string(),
+        ));
+    }
+    for file in &config.files {
+        let text =
+            std::fs::read_to_string(file).map_err(|error| crate::policy::PolicyError::Read {
+                path: file.clone(),
+                error,
+            })?;
+        sources.push((file.clone(), text));
+    }
+    let engine = PolicyEngine::from_sources(sources)?;
+    tracing::info!(
+        target: "tollgate::audit",
+        event = "policy.loaded",
+        policies = engine.len(),
+        digest = engine.digest(),
+    );
+    Ok(Some(PolicyHandle::new(
+        engine,
+        config.files.clone(),
+        config.starter,
+    )))
 }
 
 impl RunningGateway {

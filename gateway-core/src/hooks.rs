@@ -7,12 +7,15 @@
 //!
 //! | point | called | may |
 //! |---|---|---|
-//! | [`SessionHooks::statement`] | per statement-bearing message (simple Query, Parse) before it goes upstream | allow, refuse with an error |
+//! | [`SessionHooks::statement`] | per statement-bearing message (simple Query, Parse) before it goes upstream | allow, refuse with an error, or wait (catalog, estimate, approval) and be asked again |
+//! | [`SessionHooks::ready`] | per ReadyForQuery | follow the transaction status |
 //! | [`SessionHooks::result_value`] | per result cell, error/notice field, copy row and notification payload | rewrite the bytes (masking) |
 //! | [`SessionHooks::event`] | per session event (connect, statement, error, cancel, disconnect) | record |
 
 use std::borrow::Cow;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 
 use crate::identity::Identity;
 
@@ -49,6 +52,26 @@ pub enum Decision {
         /// Why, in words the caller can act on.
         message: String,
     },
+}
+
+/// The answer of [`SessionHooks::statement`].
+pub enum Verdict {
+    /// Decided now.
+    Decided(Decision),
+    /// Not yet: the relay waits for this future (reading nothing more from
+    /// the client, still relaying the upstream's answers to earlier
+    /// messages), then asks again about the same statement. Used for work
+    /// a decision needs first: a catalog read, a row estimate, an approval.
+    Wait(Pin<Box<dyn Future<Output = ()> + Send>>),
+}
+
+impl std::fmt::Debug for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Verdict::Decided(d) => f.debug_tuple("Decided").field(d).finish(),
+            Verdict::Wait(_) => f.write_str("Wait"),
+        }
+    }
 }
 
 /// Where a value in a server-to-client message came from.
@@ -102,9 +125,13 @@ pub enum SessionEvent<'a> {
 /// The per-session hook set. Every method has a pass-through default.
 pub trait SessionHooks: Send {
     /// Decide on a statement before it goes upstream.
-    fn statement(&mut self, _statement: &Statement<'_>) -> Decision {
-        Decision::Forward
+    fn statement(&mut self, _statement: &Statement<'_>) -> Verdict {
+        Verdict::Decided(Decision::Forward)
     }
+
+    /// The upstream is ready for the next query; `status` is ReadyForQuery's
+    /// transaction status (`I` idle, `T` in a transaction, `E` failed one).
+    fn ready(&mut self, _status: u8) {}
 
     /// Rewrite a value on its way to the client. Returning `Cow::Borrowed`
     /// keeps the frame untouched (no copy).

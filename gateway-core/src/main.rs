@@ -159,11 +159,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Check { config: path } => {
             let config = Config::load(&path)?;
+            let policy = tollgate::gateway::load_policy(&config.policy)
+                .map_err(|e| anyhow::anyhow!("policy:\n{e}"))?;
             println!(
-                "{}: ok ({} connection(s), {} issuer(s){})",
+                "{}: ok ({} connection(s), {} issuer(s), {}{})",
                 path.display(),
                 config.connections.len(),
                 config.identity.issuers.len(),
+                match &policy {
+                    Some(policy) => format!("{} policies", policy.current().len()),
+                    None => "no policy (allow_all)".to_string(),
+                },
                 if config.identity.dev_issuer.enabled {
                     ", dev issuer enabled"
                 } else {

@@ -99,8 +99,14 @@ password = {{ inline = "{password}" }}
 tls = "verify-full"
 ca_file = "{ca}"
 connect_timeout_secs = 5
+{policy}
 {extra}
 "#,
+        policy = if extra.contains("[policy]") {
+            ""
+        } else {
+            "[policy]\nallow_all = true"
+        },
         data_dir = data_dir.display(),
         port = db.pg.port,
         password = db.gateway_password,

@@ -30,6 +30,51 @@ pub struct Config {
     /// The upstream databases, each reachable as `dbname=<name>`.
     #[serde(default, rename = "connection")]
     pub connections: Vec<Spanned<ConnectionConfig>>,
+    /// Which Cedar policies decide every statement.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+}
+
+/// `[policy]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Cedar policy files (relative paths are relative to the config file).
+    #[serde(default)]
+    pub files: Vec<PathBuf>,
+    /// Also use the built-in PCI DSS starter policy (`fixtures/policies/pci.cedar`).
+    #[serde(default)]
+    pub starter: bool,
+    /// Run without any policy: every statement is allowed. Development only;
+    /// the gateway logs a warning at start.
+    #[serde(default)]
+    pub allow_all: bool,
+    /// Time allowed for an EXPLAIN row estimate, in milliseconds; past it the
+    /// estimate counts as unbounded.
+    #[serde(default = "default_estimate_timeout")]
+    pub estimate_timeout_ms: u64,
+    /// How often policy files are checked for changes, in milliseconds.
+    #[serde(default = "default_reload_check")]
+    pub reload_check_ms: u64,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            files: Vec::new(),
+            starter: false,
+            allow_all: false,
+            estimate_timeout_ms: default_estimate_timeout(),
+            reload_check_ms: default_reload_check(),
+        }
+    }
+}
+
+fn default_estimate_timeout() -> u64 {
+    500
+}
+fn default_reload_check() -> u64 {
+    1000
 }
 
 /// `[server]`
@@ -188,6 +233,11 @@ pub struct ConnectionConfig {
     /// Seconds to wait for the upstream to accept and authenticate.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
+    /// Tables (`schema.table`) and columns (`schema.table.column`) that hold
+    /// cardholder data, in addition to what the gateway recognises by column
+    /// name. Policies see them as `resource.cardholder`.
+    #[serde(default)]
+    pub cardholder: Vec<String>,
 }
 
 /// Where an upstream password comes from. The gateway holds it; clients never see it.
@@ -365,6 +415,9 @@ impl Config {
             }
         };
         fix(&mut self.server.data_dir);
+        for p in &mut self.policy.files {
+            fix(p);
+        }
         for p in [&mut self.server.tls.cert, &mut self.server.tls.key]
             .into_iter()
             .flatten()

@@ -110,6 +110,23 @@ pub(super) fn validate(config: &Config, file: &str, text: &str) -> Result<(), Co
         }
         _ => {}
     }
+    let policy = &config.policy;
+    if policy.files.is_empty() && !policy.starter && !policy.allow_all {
+        return Err(invalid(
+            &(0..0),
+            "policy".into(),
+            "no policy: set [policy] files = [\"your.cedar\"] (or starter = true for the PCI DSS starter policy); \
+             allow_all = true runs without policy, for development only"
+                .into(),
+        ));
+    }
+    if policy.allow_all && (!policy.files.is_empty() || policy.starter) {
+        return Err(invalid(
+            &(0..0),
+            "policy.allow_all".into(),
+            "allow_all cannot be combined with policy files or the starter policy".into(),
+        ));
+    }
     if server.max_message_bytes < 8192 {
         return Err(invalid(
             &(0..0),

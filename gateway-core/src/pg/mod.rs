@@ -4,13 +4,16 @@
 //! Design notes: `README.md` beside this file.
 
 pub mod cancel;
+pub mod catalog;
 pub mod conn;
 pub mod error;
 pub mod frame;
+pub mod guard;
 pub mod messages;
 pub mod relay;
-pub mod sql;
 mod session;
+pub mod side;
+pub mod sql;
 pub mod startup;
 pub mod upstream;
 

@@ -6,10 +6,16 @@
 //! read, so memory stays flat however large a result is; a slow client
 //! slows the upstream down (TCP back-pressure) instead of filling memory.
 //!
-//! Refusals are ordered like PostgreSQL's own errors: a refused message is
-//! not sent, a Sync goes upstream in its place (or at the client's next
-//! Sync in the extended protocol), and the error is delivered just before
+//! Refusals are ordered like PostgreSQL's own errors. A refused simple Query
+//! is replaced by a query that fails upstream (so an open transaction is
+//! aborted, as PostgreSQL would abort it); that failure is swallowed and the
+//! refusal delivered in its place. A refused Parse skips the rest of the
+//! batch until the client's Sync, and the error is delivered just before
 //! that Sync's ReadyForQuery, after every response to the messages before it.
+//!
+//! A hook may answer "wait" (a catalog read, a row estimate, an approval):
+//! the relay then stops reading the client, keeps relaying the upstream's
+//! answers to earlier messages, and asks again when the wait is over.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -20,13 +26,42 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::conn::Conn;
 use super::error::PgError;
 use super::frame::{Body, FrameError, next_frame};
-use crate::hooks::{Decision, SessionEvent, SessionHooks, Statement, StatementVia, ValueSource};
+use crate::hooks::{
+    Decision, SessionEvent, SessionHooks, Statement, StatementVia, ValueSource, Verdict,
+};
 
 const READ_CHUNK: usize = 64 * 1024;
 /// Backend messages can be as large as PostgreSQL allows (1 GiB for a row).
 const MAX_BACKEND_MESSAGE: usize = i32::MAX as usize;
 const SYNC: &[u8] = &[b'S', 0, 0, 0, 4];
 const TERMINATE: &[u8] = &[b'X', 0, 0, 0, 4];
+/// Sent in place of a refused simple Query: it fails upstream without side
+/// effects, aborting an open transaction as the refused statement's error
+/// would have. The comment names the gateway in the server's log.
+const REFUSED_QUERY: &[u8] = b"/* tollgate: statement refused by policy */ SELECT 1/0\0";
+
+type Wait = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// What to do at the ReadyForQuery that answers a Query, Sync or FunctionCall.
+#[derive(Debug)]
+enum Ready {
+    /// Relay it.
+    Pass,
+    /// Deliver this error just before it.
+    Inject(PgError),
+    /// Swallow the upstream's error for this query and deliver this one.
+    Replace(PgError),
+}
+
+/// What handling the client's frames came to.
+enum Step {
+    /// All complete frames handled.
+    Done,
+    /// The client sent Terminate.
+    Terminated,
+    /// A hook asked to wait; the frame it was asked about is still buffered.
+    Wait(Wait),
+}
 
 /// How a relay ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -59,9 +94,12 @@ pub enum RelayError {
 /// Relay state that outlives one read.
 struct State<'h> {
     hooks: &'h mut dyn SessionHooks,
-    /// One entry per Query, Sync or FunctionCall sent upstream, in order: the
-    /// error to deliver before the ReadyForQuery that answers it.
-    awaiting_ready: VecDeque<Option<PgError>>,
+    /// One entry per Query, Sync or FunctionCall sent upstream, in order.
+    awaiting_ready: VecDeque<Ready>,
+    /// The upstream error of the front `Ready::Replace` entry was swallowed.
+    replaced: bool,
+    /// Extended-protocol messages were sent since the last Sync.
+    unsynced: bool,
     /// A refused extended-protocol message: skip until Sync, then report.
     skipping: Option<PgError>,
     to_upstream: BytesMut,
@@ -83,39 +121,22 @@ pub async fn run(
     let mut state = State {
         hooks,
         awaiting_ready: VecDeque::new(),
+        replaced: false,
+        unsynced: false,
         skipping: None,
         to_upstream: BytesMut::with_capacity(READ_CHUNK),
         to_client: BytesMut::with_capacity(READ_CHUNK),
     };
-    let terminated = state.client_frames(&mut from_client, max_client_message)?;
-    if !state.to_upstream.is_empty() {
-        write(upstream, &mut state.to_upstream)
-            .await
-            .map_err(RelayError::Upstream)?;
-    }
-    if terminated {
-        return Ok(RelayEnd::Terminated);
-    }
-    loop {
-        reserve(&mut from_client);
-        reserve(&mut from_upstream);
-        let mut end = None;
-        tokio::select! {
-            read = client.read_buf(&mut from_client) => {
-                if read.map_err(RelayError::Client)? == 0 {
-                    end = Some(RelayEnd::ClientClosed);
-                } else if state.client_frames(&mut from_client, max_client_message)? {
-                    end = Some(RelayEnd::Terminated);
-                }
-            }
-            read = upstream.read_buf(&mut from_upstream) => {
-                if read.map_err(RelayError::Upstream)? == 0 {
-                    end = Some(RelayEnd::UpstreamClosed);
-                } else {
-                    state.upstream_frames(&mut from_upstream)?;
-                }
-            }
+    let mut waiting: Option<Wait> = None;
+    let mut end = match state.client_frames(&mut from_client, max_client_message)? {
+        Step::Done => None,
+        Step::Terminated => Some(RelayEnd::Terminated),
+        Step::Wait(wait) => {
+            waiting = Some(wait);
+            None
         }
+    };
+    loop {
         if !state.to_upstream.is_empty() {
             write(upstream, &mut state.to_upstream)
                 .await
@@ -136,6 +157,42 @@ pub async fn run(
             }
             Some(end) => return Ok(end),
         }
+        reserve(&mut from_client);
+        reserve(&mut from_upstream);
+        let mut handle_client = false;
+        tokio::select! {
+            read = client.read_buf(&mut from_client), if waiting.is_none() => {
+                if read.map_err(RelayError::Client)? == 0 {
+                    end = Some(RelayEnd::ClientClosed);
+                } else {
+                    handle_client = true;
+                }
+            }
+            read = upstream.read_buf(&mut from_upstream) => {
+                if read.map_err(RelayError::Upstream)? == 0 {
+                    end = Some(RelayEnd::UpstreamClosed);
+                } else {
+                    state.upstream_frames(&mut from_upstream)?;
+                }
+            }
+            () = wait(&mut waiting), if waiting.is_some() => {
+                waiting = None;
+                handle_client = true;
+            }
+        }
+        if handle_client {
+            match state.client_frames(&mut from_client, max_client_message)? {
+                Step::Done => {}
+                Step::Terminated => end = Some(RelayEnd::Terminated),
+                Step::Wait(wait) => waiting = Some(wait),
+            }
+        }
+    }
+}
+
+async fn wait(waiting: &mut Option<Wait>) {
+    if let Some(wait) = waiting.as_mut() {
+        wait.await;
     }
 }
 
@@ -153,32 +210,42 @@ async fn write(conn: &mut Conn, buf: &mut BytesMut) -> std::io::Result<()> {
 }
 
 impl State<'_> {
-    /// Handle every complete client frame; true when the client sent Terminate.
-    fn client_frames(&mut self, buf: &mut BytesMut, limit: usize) -> Result<bool, RelayError> {
+    /// Handle every complete client frame, until a hook asks to wait.
+    fn client_frames(&mut self, buf: &mut BytesMut, limit: usize) -> Result<Step, RelayError> {
         while let Some((tag, total)) = next_frame(buf, limit).map_err(RelayError::ClientProtocol)? {
             let frame = &buf[..total];
             match tag {
                 b'Q' => {
                     let sql = Body::new(&frame[5..]).cstr().unwrap_or_default();
                     let sql = String::from_utf8_lossy(sql);
-                    match self.hooks.statement(&Statement {
+                    let verdict = self.hooks.statement(&Statement {
                         sql: &sql,
                         via: StatementVia::SimpleQuery,
-                    }) {
-                        Decision::Forward => {
+                    });
+                    match verdict {
+                        Verdict::Wait(wait) => return Ok(Step::Wait(wait)),
+                        Verdict::Decided(Decision::Forward) => {
                             self.to_upstream.extend_from_slice(frame);
-                            self.awaiting_ready.push_back(None);
+                            self.awaiting_ready.push_back(Ready::Pass);
                         }
-                        Decision::Refuse { sqlstate, message } => {
+                        Verdict::Decided(Decision::Refuse { sqlstate, message }) => {
                             self.hooks.event(&SessionEvent::Refused {
                                 sql: &sql,
                                 message: &message,
                             });
-                            self.to_upstream.extend_from_slice(SYNC);
-                            self.awaiting_ready
-                                .push_back(Some(PgError::error(sqlstate, message)));
+                            let error = PgError::error(sqlstate, message);
+                            if self.unsynced {
+                                // Behind unsynced extended messages a failing query
+                                // could be skipped upstream; a Sync is always answered.
+                                self.to_upstream.extend_from_slice(SYNC);
+                                self.awaiting_ready.push_back(Ready::Inject(error));
+                            } else {
+                                put_frame(&mut self.to_upstream, b'Q', &[REFUSED_QUERY]);
+                                self.awaiting_ready.push_back(Ready::Replace(error));
+                            }
                         }
                     }
+                    self.unsynced = false;
                 }
                 b'P' if self.skipping.is_none() => {
                     let mut body = Body::new(&frame[5..]);
@@ -190,8 +257,12 @@ impl State<'_> {
                         via: StatementVia::Parse { name: &name },
                     };
                     match self.hooks.statement(&statement) {
-                        Decision::Forward => self.to_upstream.extend_from_slice(frame),
-                        Decision::Refuse { sqlstate, message } => {
+                        Verdict::Wait(wait) => return Ok(Step::Wait(wait)),
+                        Verdict::Decided(Decision::Forward) => {
+                            self.to_upstream.extend_from_slice(frame);
+                            self.unsynced = true;
+                        }
+                        Verdict::Decided(Decision::Refuse { sqlstate, message }) => {
                             self.hooks.event(&SessionEvent::Refused {
                                 sql: &sql,
                                 message: &message,
@@ -202,24 +273,30 @@ impl State<'_> {
                 }
                 b'S' => {
                     self.to_upstream.extend_from_slice(frame);
-                    self.awaiting_ready.push_back(self.skipping.take());
+                    self.awaiting_ready
+                        .push_back(self.skipping.take().map_or(Ready::Pass, Ready::Inject));
+                    self.unsynced = false;
                 }
                 b'F' => {
                     self.to_upstream.extend_from_slice(frame);
-                    self.awaiting_ready.push_back(None);
+                    self.awaiting_ready.push_back(Ready::Pass);
                 }
                 b'X' => {
                     self.to_upstream.extend_from_slice(frame);
                     buf.advance(total);
-                    return Ok(true);
+                    return Ok(Step::Terminated);
                 }
                 // After a refusal PostgreSQL ignores extended-protocol messages until Sync.
                 b'P' | b'B' | b'D' | b'E' | b'C' | b'H' if self.skipping.is_some() => {}
+                b'B' | b'D' | b'E' | b'C' | b'H' => {
+                    self.to_upstream.extend_from_slice(frame);
+                    self.unsynced = true;
+                }
                 _ => self.to_upstream.extend_from_slice(frame),
             }
             buf.advance(total);
         }
-        Ok(false)
+        Ok(Step::Done)
     }
 
     fn upstream_frames(&mut self, buf: &mut BytesMut) -> Result<(), RelayError> {
@@ -230,10 +307,23 @@ impl State<'_> {
             let frame = &buf[..total];
             match tag {
                 b'Z' => {
-                    if let Some(Some(error)) = self.awaiting_ready.pop_front() {
-                        self.to_client.extend_from_slice(error.to_frame().raw());
+                    match self.awaiting_ready.pop_front() {
+                        Some(Ready::Inject(error) | Ready::Replace(error)) => {
+                            self.to_client.extend_from_slice(error.to_frame().raw());
+                        }
+                        Some(Ready::Pass) | None => {}
+                    }
+                    self.replaced = false;
+                    if let Some(&status) = frame.get(5) {
+                        self.hooks.ready(status);
                     }
                     self.to_client.extend_from_slice(frame);
+                }
+                b'E' if matches!(self.awaiting_ready.front(), Some(Ready::Replace(_)))
+                    && !self.replaced =>
+                {
+                    // The stand-in query's own failure: the refusal replaces it.
+                    self.replaced = true;
                 }
                 b'D' if inspect => rewrite_data_row(self.hooks, frame, &mut self.to_client),
                 b'd' if inspect => {
@@ -366,15 +456,15 @@ mod tests {
 
     struct RefuseDrop;
     impl SessionHooks for RefuseDrop {
-        fn statement(&mut self, s: &Statement<'_>) -> Decision {
-            if s.sql.contains("DROP") {
+        fn statement(&mut self, s: &Statement<'_>) -> Verdict {
+            Verdict::Decided(if s.sql.contains("DROP") {
                 Decision::Refuse {
                     sqlstate: "42501",
                     message: "no".into(),
                 }
             } else {
                 Decision::Forward
-            }
+            })
         }
     }
 
@@ -382,6 +472,8 @@ mod tests {
         State {
             hooks,
             awaiting_ready: VecDeque::new(),
+            replaced: false,
+            unsynced: false,
             skipping: None,
             to_upstream: BytesMut::new(),
             to_client: BytesMut::new(),
@@ -389,28 +481,44 @@ mod tests {
     }
 
     #[test]
-    fn refused_query_becomes_sync_and_error_precedes_its_ready_for_query() {
+    fn refused_query_fails_upstream_and_its_error_is_replaced_in_order() {
         let mut hooks = RefuseDrop;
         let mut s = state(&mut hooks);
         let mut input = BytesMut::new();
         input.extend_from_slice(Frame::new(b'Q', b"SELECT 1\0").raw());
         input.extend_from_slice(Frame::new(b'Q', b"DROP TABLE t\0").raw());
-        assert!(!s.client_frames(&mut input, 1 << 20).unwrap());
+        assert!(matches!(
+            s.client_frames(&mut input, 1 << 20).unwrap(),
+            Step::Done
+        ));
         let mut expected = BytesMut::from(&Frame::new(b'Q', b"SELECT 1\0").raw()[..]);
-        expected.extend_from_slice(SYNC);
+        expected.extend_from_slice(Frame::new(b'Q', REFUSED_QUERY).raw());
         assert_eq!(s.to_upstream, expected);
 
         let mut replies = BytesMut::new();
         replies.extend_from_slice(Frame::new(b'C', b"SELECT 1\0").raw());
-        replies.extend_from_slice(Frame::new(b'Z', b"I").raw());
-        replies.extend_from_slice(Frame::new(b'Z', b"I").raw());
+        replies.extend_from_slice(Frame::new(b'Z', b"T").raw());
+        replies.extend_from_slice(PgError::error("22012", "division by zero").to_frame().raw());
+        replies.extend_from_slice(Frame::new(b'Z', b"E").raw());
         s.upstream_frames(&mut replies).unwrap();
         let mut expected = BytesMut::new();
         expected.extend_from_slice(Frame::new(b'C', b"SELECT 1\0").raw());
-        expected.extend_from_slice(Frame::new(b'Z', b"I").raw());
+        expected.extend_from_slice(Frame::new(b'Z', b"T").raw());
         expected.extend_from_slice(PgError::error("42501", "no").to_frame().raw());
-        expected.extend_from_slice(Frame::new(b'Z', b"I").raw());
+        expected.extend_from_slice(Frame::new(b'Z', b"E").raw());
         assert_eq!(s.to_client, expected);
+    }
+
+    #[test]
+    fn refused_query_behind_unsynced_extended_messages_uses_a_sync() {
+        let mut hooks = RefuseDrop;
+        let mut s = state(&mut hooks);
+        let mut input = BytesMut::new();
+        input.extend_from_slice(Frame::new(b'P', b"\0SELECT 1\0\0\0").raw());
+        input.extend_from_slice(Frame::new(b'Q', b"DROP TABLE t\0").raw());
+        s.client_frames(&mut input, 1 << 20).unwrap();
+        assert!(s.to_upstream.ends_with(SYNC));
+        assert!(matches!(s.awaiting_ready[0], Ready::Inject(_)));
     }
 
     #[test]
@@ -425,7 +533,7 @@ mod tests {
         s.client_frames(&mut input, 1 << 20).unwrap();
         assert_eq!(&s.to_upstream[..], SYNC);
         assert_eq!(s.awaiting_ready.len(), 1);
-        assert!(s.awaiting_ready[0].is_some());
+        assert!(matches!(s.awaiting_ready[0], Ready::Inject(_)));
     }
 
     #[test]

@@ -11,14 +11,17 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::cancel::{CancelRegistry, CancelTarget};
+use super::catalog::Catalog;
 use super::conn::Conn;
 use super::error::PgError;
 use super::frame::{Body, Frame};
+use super::guard::{Guard, GuardShared};
 use super::startup::{Opening, StartupFailure, negotiate};
 use super::{messages, relay, upstream};
 use crate::hooks::{HookFactory, SessionEvent};
-use crate::identity::{AuthError, Authenticator, Identity};
+use crate::identity::{AuthError, Authenticator, Identity, PrincipalKind};
 use crate::listener::tls::ServerTls;
+use crate::policy::Principal;
 use crate::upstream::Upstream;
 
 /// A password message carrying a JWT: generous, but bounded.
@@ -44,6 +47,10 @@ pub struct PgContext {
     pub max_message_bytes: usize,
     /// Require the startup user name to equal the token subject.
     pub user_must_match_subject: bool,
+    /// The policy check; `None` runs without policy (`allow_all`).
+    pub guard: Option<Arc<GuardShared>>,
+    /// Catalogs by connection name.
+    pub catalogs: HashMap<String, Arc<Catalog>>,
 }
 
 /// Serve one accepted client connection to its end. Never panics on bad
@@ -90,8 +97,20 @@ struct Established {
     identity: Identity,
     connection: String,
     application_name: Option<String>,
+    search_path: StartupPath,
     /// Client bytes read behind the password message.
     pending: BytesMut,
+}
+
+/// The search_path a client asked for at startup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum StartupPath {
+    /// The role's default.
+    Default,
+    /// The `search_path` startup parameter.
+    Set(Vec<String>),
+    /// Set through `options` in a form the gateway does not follow.
+    Unknown,
 }
 
 async fn login(
@@ -184,6 +203,11 @@ async fn login(
         identity,
         connection: database,
         application_name: param("application_name"),
+        search_path: match (param("search_path"), param("options")) {
+            (_, Some(options)) if options.contains("search_path") => StartupPath::Unknown,
+            (Some(path), _) => StartupPath::Set(super::sql::split_path(&path)),
+            _ => StartupPath::Default,
+        },
         pending,
     })
 }
@@ -244,6 +268,7 @@ async fn run_session(established: Established, peer: SocketAddr, ctx: &PgContext
         identity,
         connection,
         application_name,
+        search_path,
         pending,
     } = established;
     let upstream::UpstreamSession {
@@ -273,6 +298,33 @@ async fn run_session(established: Established, peer: SocketAddr, ctx: &PgContext
     }
 
     let mut hooks = ctx.hooks.for_session(&identity, &connection);
+    if let Some(guard) = &ctx.guard
+        && let Some(catalog) = ctx.catalogs.get(&connection)
+    {
+        let principal = Principal {
+            subject: identity.subject.clone(),
+            issuer: identity.issuer.clone(),
+            groups: identity.groups.clone(),
+            agent: identity.kind == PrincipalKind::Agent,
+            mfa: identity.mfa,
+        };
+        let mut guarded = Guard::new(
+            guard.clone(),
+            catalog.clone(),
+            hooks,
+            principal,
+            connection.clone(),
+            peer.ip(),
+            match &search_path {
+                StartupPath::Set(path) => Some(path.clone()),
+                _ => None,
+            },
+        );
+        if search_path == StartupPath::Unknown {
+            guarded.path_unknown();
+        }
+        hooks = Box::new(guarded);
+    }
     hooks.event(&SessionEvent::Connected {
         identity: &identity,
         client: peer,

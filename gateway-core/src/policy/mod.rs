@@ -30,6 +30,9 @@ pub use reload::PolicyHandle;
 /// The Cedar schema policies are validated against.
 pub const SCHEMA: &str = include_str!("../../policy/tollgate.cedarschema");
 
+/// The PCI DSS starter policy (`fixtures/policies/pci.cedar`).
+pub const STARTER_POLICY: &str = include_str!("../../../fixtures/policies/pci.cedar");
+
 /// A policy file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -178,6 +181,7 @@ pub struct PolicyEngine {
     schema: Schema,
     rules: HashMap<PolicyId, Rule>,
     uses_row_estimate: bool,
+    uses_time: bool,
     digest: String,
     sources: Vec<(PathBuf, String)>,
     authorizer: Authorizer,
@@ -283,7 +287,9 @@ impl PolicyEngine {
                 }
             };
             if parsed.templates().next().is_some() {
-                problems.push(format!("{file}: policy templates are not supported; write each policy out"));
+                problems.push(format!(
+                    "{file}: policy templates are not supported; write each policy out"
+                ));
             }
             let mut parsed: Vec<&Policy> = parsed.policies().collect();
             let position = |p: &Policy| text.find(&p.to_string()).unwrap_or(0);
@@ -347,7 +353,10 @@ impl PolicyEngine {
                 problems.push(format!("{}: {error}", place(error.policy_id(), error)));
             }
             for warning in result.validation_warnings() {
-                problems.push(format!("{}: {warning}", place(warning.policy_id(), warning)));
+                problems.push(format!(
+                    "{}: {warning}",
+                    place(warning.policy_id(), warning)
+                ));
             }
         }
         if !problems.is_empty() {
@@ -356,11 +365,13 @@ impl PolicyEngine {
         let uses_row_estimate = policies
             .policies()
             .any(|p| p.to_string().contains("row_estimate"));
+        let uses_time = policies.policies().any(|p| p.to_string().contains("time"));
         Ok(PolicyEngine {
             policies,
             schema,
             rules,
             uses_row_estimate,
+            uses_time,
             digest: format!("sha256:{:x}", digest.finalize()),
             sources,
             authorizer: Authorizer::new(),
@@ -394,6 +405,12 @@ impl PolicyEngine {
         self.uses_row_estimate
     }
 
+    /// Whether any policy may look at `context.time`; if none does, a
+    /// session may reuse a decision for a statement of the same shape.
+    pub fn uses_time(&self) -> bool {
+        self.uses_time
+    }
+
     /// Decide one access.
     pub fn decide(
         &self,
@@ -402,10 +419,11 @@ impl PolicyEngine {
         resource: &Resource<'_>,
         context: &RequestContext<'_>,
     ) -> Outcome {
-        let (entities, principal_uid, resource_uid) = match self.entities(principal, resource, context) {
-            Ok(built) => built,
-            Err(reason) => return Outcome::Deny(Self::broken(reason)),
-        };
+        let (entities, principal_uid, resource_uid) =
+            match self.entities(principal, resource, context) {
+                Ok(built) => built,
+                Err(reason) => return Outcome::Deny(Self::broken(reason)),
+            };
         let action_uid = uid(&self.types.action, action);
         let ask = |approved: bool| -> Result<cedar_policy::Response, Rule> {
             let ctx = self.context(principal, context, approved)?;
@@ -417,7 +435,9 @@ impl PolicyEngine {
                 Some(&self.schema),
             )
             .map_err(|e| Self::broken(e.to_string()))?;
-            let response = self.authorizer.is_authorized(&request, &self.policies, &entities);
+            let response = self
+                .authorizer
+                .is_authorized(&request, &self.policies, &entities);
             // A policy that fails to evaluate is skipped by Cedar; that could
             // skip a forbid, so an evaluation error denies (fail closed).
             if let Some(error) = response.diagnostics().errors().next() {
@@ -443,7 +463,10 @@ impl PolicyEngine {
         };
         if second.decision() == Decision::Allow && !held.is_empty() {
             let approvals = held.iter().map(|r| r.approvals).max().unwrap_or(1);
-            return Outcome::NeedsApproval { rules: held, approvals };
+            return Outcome::NeedsApproval {
+                rules: held,
+                approvals,
+            };
         }
         let deciding = second
             .diagnostics()
@@ -458,22 +481,47 @@ impl PolicyEngine {
     fn broken(reason: String) -> Rule {
         Rule {
             id: "policy-error".into(),
-            reason: format!("the policy could not be evaluated, so the request is denied: {reason}"),
+            reason: format!(
+                "the policy could not be evaluated, so the request is denied: {reason}"
+            ),
             approvals: 0,
         }
     }
 
-    fn context(&self, principal: &Principal, c: &RequestContext<'_>, approved: bool) -> Result<Context, Rule> {
+    fn context(
+        &self,
+        principal: &Principal,
+        c: &RequestContext<'_>,
+        approved: bool,
+    ) -> Result<Context, Rule> {
         let time = humantime_rfc3339(c.time);
         Context::from_pairs([
-            ("mfa".to_string(), RestrictedExpression::new_bool(principal.mfa)),
-            ("approved".to_string(), RestrictedExpression::new_bool(approved)),
-            ("row_estimate".to_string(), RestrictedExpression::new_long(c.row_estimate)),
-            ("has_where".to_string(), RestrictedExpression::new_bool(c.has_where)),
-            ("has_limit".to_string(), RestrictedExpression::new_bool(c.has_limit)),
+            (
+                "mfa".to_string(),
+                RestrictedExpression::new_bool(principal.mfa),
+            ),
+            (
+                "approved".to_string(),
+                RestrictedExpression::new_bool(approved),
+            ),
+            (
+                "row_estimate".to_string(),
+                RestrictedExpression::new_long(c.row_estimate),
+            ),
+            (
+                "has_where".to_string(),
+                RestrictedExpression::new_bool(c.has_where),
+            ),
+            (
+                "has_limit".to_string(),
+                RestrictedExpression::new_bool(c.has_limit),
+            ),
             ("command".to_string(), string(c.command)),
             ("connection".to_string(), string(c.connection)),
-            ("client".to_string(), RestrictedExpression::new_ip(c.client.to_string())),
+            (
+                "client".to_string(),
+                RestrictedExpression::new_ip(c.client.to_string()),
+            ),
             ("time".to_string(), RestrictedExpression::new_datetime(time)),
         ])
         .map_err(|e| Self::broken(e.to_string()))
@@ -487,7 +535,8 @@ impl PolicyEngine {
     ) -> Result<(Entities, EntityUid, EntityUid), String> {
         let t = &self.types;
         let mut entities = Vec::with_capacity(8);
-        let groups: HashSet<EntityUid> = principal.groups.iter().map(|g| uid(&t.group, g)).collect();
+        let groups: HashSet<EntityUid> =
+            principal.groups.iter().map(|g| uid(&t.group, g)).collect();
         for group in &groups {
             entities.push(Entity::new_no_attrs(group.clone(), HashSet::new()));
         }
@@ -513,18 +562,19 @@ impl PolicyEngine {
             )
             .map_err(|e| e.to_string())?,
         );
-        let mut schema_entity = |schema: &str, entities: &mut Vec<Entity>| -> Result<EntityUid, String> {
-            let id = uid(&t.schema, schema);
-            entities.push(
-                Entity::new(
-                    id.clone(),
-                    HashMap::from([("name".to_string(), string(schema))]),
-                    HashSet::from([connection.clone()]),
-                )
-                .map_err(|e| e.to_string())?,
-            );
-            Ok(id)
-        };
+        let schema_entity =
+            |schema: &str, entities: &mut Vec<Entity>| -> Result<EntityUid, String> {
+                let id = uid(&t.schema, schema);
+                entities.push(
+                    Entity::new(
+                        id.clone(),
+                        HashMap::from([("name".to_string(), string(schema))]),
+                        HashSet::from([connection.clone()]),
+                    )
+                    .map_err(|e| e.to_string())?,
+                );
+                Ok(id)
+            };
         let table_entity = |schema_uid: EntityUid, schema: &str, name: &str, cardholder: bool| {
             let id = uid(&t.table, &format!("{schema}.{name}"));
             let entity = Entity::new(
@@ -533,7 +583,10 @@ impl PolicyEngine {
                     ("name".to_string(), string(name)),
                     ("schema".to_string(), string(schema)),
                     ("connection".to_string(), string(c.connection)),
-                    ("cardholder".to_string(), RestrictedExpression::new_bool(cardholder)),
+                    (
+                        "cardholder".to_string(),
+                        RestrictedExpression::new_bool(cardholder),
+                    ),
                 ]),
                 HashSet::from([schema_uid]),
             )
@@ -559,7 +612,8 @@ impl PolicyEngine {
                 table_cardholder,
             } => {
                 let schema_uid = schema_entity(schema, &mut entities)?;
-                let (table_uid, entity) = table_entity(schema_uid, schema, table, *table_cardholder)?;
+                let (table_uid, entity) =
+                    table_entity(schema_uid, schema, table, *table_cardholder)?;
                 entities.push(entity);
                 let id = uid(&t.column, &format!("{schema}.{table}.{name}"));
                 entities.push(
@@ -568,7 +622,10 @@ impl PolicyEngine {
                         HashMap::from([
                             ("name".to_string(), string(name)),
                             ("table".to_string(), string(&format!("{schema}.{table}"))),
-                            ("cardholder".to_string(), RestrictedExpression::new_bool(*cardholder)),
+                            (
+                                "cardholder".to_string(),
+                                RestrictedExpression::new_bool(*cardholder),
+                            ),
                         ]),
                         HashSet::from([table_uid]),
                     )
@@ -616,7 +673,9 @@ impl PolicyEngine {
 
 /// RFC 3339 UTC time with millisecond precision, as Cedar's `datetime()` reads it.
 fn humantime_rfc3339(time: SystemTime) -> String {
-    let since = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let since = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
     let secs = since.as_secs() as i64;
     let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since the epoch (Howard Hinnant's algorithm).
@@ -640,7 +699,11 @@ fn humantime_rfc3339(time: SystemTime) -> String {
 
 /// Where a policy file is expected relative to a config file.
 pub fn resolve(base: &Path, file: &Path) -> PathBuf {
-    if file.is_absolute() { file.to_path_buf() } else { base.join(file) }
+    if file.is_absolute() {
+        file.to_path_buf()
+    } else {
+        base.join(file)
+    }
 }
 
 #[cfg(test)]

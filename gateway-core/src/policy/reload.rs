@@ -20,21 +20,18 @@ pub struct PolicyHandle {
 struct Inner {
     current: RwLock<Arc<PolicyEngine>>,
     files: Vec<PathBuf>,
+    starter: bool,
 }
 
 impl PolicyHandle {
-    /// Load the files; fails if they are not valid.
-    pub fn load(files: Vec<PathBuf>) -> Result<PolicyHandle, PolicyError> {
-        let engine = PolicyEngine::load(&files)?;
-        Ok(PolicyHandle::new(engine, files))
-    }
-
-    /// Wrap an engine (files are what a reload reads).
-    pub fn new(engine: PolicyEngine, files: Vec<PathBuf>) -> PolicyHandle {
+    /// Wrap an engine; a reload reads `files` (and the built-in starter
+    /// policy when `starter`).
+    pub fn new(engine: PolicyEngine, files: Vec<PathBuf>, starter: bool) -> PolicyHandle {
         PolicyHandle {
             inner: Arc::new(Inner {
                 current: RwLock::new(Arc::new(engine)),
                 files,
+                starter,
             }),
         }
     }
@@ -50,8 +47,26 @@ impl PolicyHandle {
 
     /// Re-read the files; swap the new policy in if it is valid.
     pub fn reload(&self) -> Result<Arc<PolicyEngine>, PolicyError> {
-        let engine = Arc::new(PolicyEngine::load(&self.inner.files)?);
-        *self.inner.current.write().unwrap_or_else(|e| e.into_inner()) = engine.clone();
+        let mut sources = Vec::new();
+        if self.inner.starter {
+            sources.push((
+                "fixtures/policies/pci.cedar (built in)".into(),
+                super::STARTER_POLICY.to_string(),
+            ));
+        }
+        for path in &self.inner.files {
+            let text = std::fs::read_to_string(path).map_err(|error| PolicyError::Read {
+                path: path.clone(),
+                error,
+            })?;
+            sources.push((path.clone(), text));
+        }
+        let engine = Arc::new(PolicyEngine::from_sources(sources)?);
+        *self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = engine.clone();
         Ok(engine)
     }
 

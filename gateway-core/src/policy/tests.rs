@@ -1,9 +1,10 @@
 use super::*;
 
-const STARTER: &str = include_str!("../../../fixtures/policies/pci.cedar");
+use super::STARTER_POLICY as STARTER;
 
 fn starter() -> PolicyEngine {
-    PolicyEngine::from_sources(vec![("pci.cedar".into(), STARTER.into())]).unwrap_or_else(|e| panic!("{e}"))
+    PolicyEngine::from_sources(vec![("pci.cedar".into(), STARTER.into())])
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn person(groups: &[&str]) -> Principal {
@@ -54,12 +55,20 @@ fn starter_policy_is_valid_and_decides_the_done_when_cases() {
         denied_by(engine.decide(&admin, "ddl", &PAYMENTS, &context("DROP TABLE"))),
         "no-destructive-ddl-on-cardholder-tables"
     );
-    assert_eq!(engine.decide(&admin, "ddl", &LEDGER, &context("DROP TABLE")), Outcome::Allow);
+    assert_eq!(
+        engine.decide(&admin, "ddl", &LEDGER, &context("DROP TABLE")),
+        Outcome::Allow
+    );
     assert_eq!(
         denied_by(engine.decide(&admin, "delete", &PAYMENTS, &context("DELETE"))),
         "no-delete-or-update-without-where"
     );
-    let copy = engine.decide(&person(&["analysts"]), "copy_out", &PAYMENTS, &context("COPY"));
+    let copy = engine.decide(
+        &person(&["analysts"]),
+        "copy_out",
+        &PAYMENTS,
+        &context("COPY"),
+    );
     match copy {
         Outcome::NeedsApproval { rules, approvals } => {
             assert_eq!(rules[0].id, "cardholder-bulk-export-needs-approval");
@@ -83,12 +92,21 @@ fn row_estimates_and_limits_decide_bulk_reads() {
     let mut ctx = context("SELECT");
     ctx.has_where = true;
     ctx.row_estimate = 3;
-    assert_eq!(engine.decide(&analyst, "read", &PAYMENTS, &ctx), Outcome::Allow);
+    assert_eq!(
+        engine.decide(&analyst, "read", &PAYMENTS, &ctx),
+        Outcome::Allow
+    );
     ctx.row_estimate = 50_000;
-    assert!(matches!(engine.decide(&analyst, "read", &PAYMENTS, &ctx), Outcome::NeedsApproval { .. }));
+    assert!(matches!(
+        engine.decide(&analyst, "read", &PAYMENTS, &ctx),
+        Outcome::NeedsApproval { .. }
+    ));
     let mut ctx = context("SELECT");
     ctx.has_limit = true;
-    assert_eq!(engine.decide(&analyst, "read", &PAYMENTS, &ctx), Outcome::Allow);
+    assert_eq!(
+        engine.decide(&analyst, "read", &PAYMENTS, &ctx),
+        Outcome::Allow
+    );
     assert!(engine.uses_row_estimate());
 }
 
@@ -103,9 +121,18 @@ fn only_the_documented_role_sees_full_pans_and_never_an_agent() {
         table_cardholder: true,
     };
     let mut fraud = person(&["fraud"]);
-    assert!(matches!(engine.decide(&fraud, "reveal", &pan, &context("SELECT")), Outcome::Deny(_)), "no MFA");
+    assert!(
+        matches!(
+            engine.decide(&fraud, "reveal", &pan, &context("SELECT")),
+            Outcome::Deny(_)
+        ),
+        "no MFA"
+    );
     fraud.mfa = true;
-    assert_eq!(engine.decide(&fraud, "reveal", &pan, &context("SELECT")), Outcome::Allow);
+    assert_eq!(
+        engine.decide(&fraud, "reveal", &pan, &context("SELECT")),
+        Outcome::Allow
+    );
     fraud.agent = true;
     assert_eq!(
         denied_by(engine.decide(&fraud, "reveal", &pan, &context("SELECT"))),
@@ -130,11 +157,23 @@ fn mistakes_fail_with_file_and_line() {
     let error = problems(typo);
     assert!(error.starts_with("p.cedar:4: policy \"a\""), "{error}");
     let unknown_action = "\n\n@id(\"b\")\n@reason(\"r\")\npermit (principal, action == Action::\"raed\", resource);\n";
-    assert!(problems(unknown_action).starts_with("p.cedar:5:"), "{}", problems(unknown_action));
+    assert!(
+        problems(unknown_action).starts_with("p.cedar:5:"),
+        "{}",
+        problems(unknown_action)
+    );
     let syntax = "@id(\"c\")\n@reason(\"r\")\npermit (principal, action, resource) when { 1 + };\n";
-    assert!(problems(syntax).starts_with("p.cedar:3:"), "{}", problems(syntax));
+    assert!(
+        problems(syntax).starts_with("p.cedar:3:"),
+        "{}",
+        problems(syntax)
+    );
     let no_id = "@reason(\"r\")\npermit (principal, action, resource);\n";
-    assert!(problems(no_id).contains("p.cedar:1: the policy has no @id"), "{}", problems(no_id));
+    assert!(
+        problems(no_id).contains("p.cedar:1: the policy has no @id"),
+        "{}",
+        problems(no_id)
+    );
     let no_reason = "@id(\"d\")\npermit (principal, action, resource);\n";
     assert!(problems(no_reason).contains("has no @reason"));
 }
@@ -142,13 +181,21 @@ fn mistakes_fail_with_file_and_line() {
 #[test]
 fn an_impossible_policy_is_an_error_not_a_warning() {
     let impossible = "@id(\"e\")\n@reason(\"r\")\npermit (principal, action == Action::\"read\", resource is Table) when { resource is Column };\n";
-    assert!(problems(impossible).contains("p.cedar:"), "{}", problems(impossible));
+    assert!(
+        problems(impossible).contains("p.cedar:"),
+        "{}",
+        problems(impossible)
+    );
 }
 
 #[test]
 fn duplicate_ids_are_refused() {
     let twice = "@id(\"x\")\n@reason(\"r\")\npermit (principal, action, resource);\n@id(\"x\")\n@reason(\"r\")\nforbid (principal, action, resource);\n";
-    assert!(problems(twice).contains("p.cedar:4: policy id \"x\" is already used"), "{}", problems(twice));
+    assert!(
+        problems(twice).contains("p.cedar:4: policy id \"x\" is already used"),
+        "{}",
+        problems(twice)
+    );
 }
 
 #[test]

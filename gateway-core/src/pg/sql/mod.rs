@@ -17,6 +17,8 @@
 
 mod walk;
 
+pub(crate) use walk::split_path;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -167,8 +169,6 @@ pub struct StatementInfo {
     pub accesses: Vec<Access>,
     /// What session state it changes.
     pub effects: Vec<Effect>,
-    /// Byte range of the statement in the message's SQL.
-    pub span: (usize, usize),
     /// Highest `$n` parameter used.
     pub params: u32,
     /// A plain read whose row count EXPLAIN can estimate.

