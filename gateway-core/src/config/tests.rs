@@ -2,11 +2,36 @@ use std::path::Path;
 
 use super::*;
 
+/// Parse `text`; a `[policy]` table is appended when it has none (at the
+/// end, so the lines the tests check stay where they are).
 fn parse(text: &str) -> Result<Config, ConfigError> {
-    Config::parse(text, "test.toml", Path::new("/etc/tollgate"))
+    let text = if text.contains("[policy]") {
+        text.to_string()
+    } else {
+        format!("{text}\n[policy]\nstarter = true\n")
+    };
+    Config::parse(&text, "test.toml", Path::new("/etc/tollgate"))
 }
 
 const MINIMAL: &str = "[server.tls]\nself_signed = true\n[identity.dev_issuer]\nenabled = true\n";
+
+#[test]
+fn a_gateway_without_policy_must_say_so() {
+    let without = "[server.tls]\nself_signed = true\n[identity.dev_issuer]\nenabled = true\n";
+    let err = Config::parse(without, "test.toml", Path::new("/etc/tollgate"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no policy: set [policy] files"), "{err}");
+    assert!(parse(&format!("{without}[policy]\nallow_all = true\n")).is_ok());
+    let both = parse(&format!(
+        "{without}[policy]\nallow_all = true\nstarter = true\n"
+    ))
+    .unwrap_err();
+    assert!(
+        both.to_string().contains("allow_all cannot be combined"),
+        "{both}"
+    );
+}
 
 #[test]
 fn every_config_under_fixtures_loads() {

@@ -288,7 +288,12 @@ impl Guard {
                                     at_most
                                 }
                                 None => {
-                                    return Err(self.fetch_estimate(key, text, &paths, info.params));
+                                    return Err(self.fetch_estimate(
+                                        key,
+                                        text,
+                                        &paths,
+                                        info.params,
+                                    ));
                                 }
                             }
                         } else {
