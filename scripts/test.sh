@@ -12,7 +12,8 @@ command -v runuser >/dev/null || packages+=(util-linux)
 command -v dbus-run-session >/dev/null || packages+=(dbus-daemon)
 command -v gnome-keyring-daemon >/dev/null || packages+=(gnome-keyring)
 # The desktop console (Tauri 2) builds against WebKitGTK.
-for pkg in libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev pkg-config; do
+# pg_query compiles PostgreSQL's parser and generates bindings with libclang.
+for pkg in libclang-dev libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev pkg-config; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || packages+=("$pkg")
 done
 if [ "${#packages[@]}" -gt 0 ]; then
