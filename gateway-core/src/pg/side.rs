@@ -69,7 +69,7 @@ impl SideConn {
         let mut error = None;
         loop {
             let (tag, total) = loop {
-                match next_frame(&mut self.buf, LIMIT)
+                match next_frame(&self.buf, LIMIT)
                     .map_err(|e| SideError::Protocol(e.to_string()))?
                 {
                     Some(frame) => break frame,
