@@ -31,7 +31,7 @@ fn check_accepts_the_example_config() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("ok (2 connection(s), 2 issuer(s))"),
+        stdout.contains("ok (2 connection(s), 2 issuer(s), 13 policies)"),
         "{stdout}"
     );
 }
@@ -217,7 +217,7 @@ fn keyring_credentials_reach_the_upstream() {
         &config,
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"state\"\n[server.tls]\nself_signed = true\n\
-             [identity.dev_issuer]\nenabled = true\n\
+             [identity.dev_issuer]\nenabled = true\n[policy]\nstarter = true\n\
              [[connection]]\nname = \"payments\"\nhost = \"localhost\"\nport = {}\ndatabase = \"payments\"\n\
              user = \"tollgate_gateway\"\npassword = {{ keyring = {{ service = \"tollgate-test\", account = \"payments\" }} }}\n\
              ca_file = \"{}\"\n",
