@@ -132,7 +132,10 @@ impl TestGateway {
     /// A gateway whose standard configuration text is first passed through `edit`.
     pub async fn start_edited(edit: impl FnOnce(String) -> String) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let text = edit(config_text(dir.path(), ""));
+        let mut text = edit(config_text(dir.path(), ""));
+        if !text.contains("[policy]") {
+            text.push_str("\n[policy]\nallow_all = true\n");
+        }
         let config = Config::parse(&text, "test.toml", dir.path()).expect("test config is valid");
         Self::start_config(config, dir).await
     }
