@@ -17,7 +17,7 @@ use crate::pg::catalog::Catalog;
 use crate::pg::guard::GuardShared;
 use crate::pg::sql::ShapeCache;
 use crate::pg::{PgContext, cancel::CancelRegistry, serve_connection};
-use crate::policy::{PolicyEngine, PolicyHandle, STARTER_POLICY};
+use crate::policy::{PolicyEngine, PolicyHandle};
 use crate::upstream::Upstream;
 
 /// Why the gateway could not start.
@@ -188,22 +188,7 @@ pub fn load_policy(
         );
         return Ok(None);
     }
-    let mut sources = Vec::new();
-    if config.starter {
-        sources.push((
-            "fixtures/policies/pci.cedar (built in)".into(),
-            STARTER_POLICY.to_string(),
-        ));
-    }
-    for file in &config.files {
-        let text =
-            std::fs::read_to_string(file).map_err(|error| crate::policy::PolicyError::Read {
-                path: file.clone(),
-                error,
-            })?;
-        sources.push((file.clone(), text));
-    }
-    let engine = PolicyEngine::from_sources(sources)?;
+    let engine = PolicyEngine::load(&config.files, config.starter)?;
     tracing::info!(
         target: "tollgate::audit",
         event = "policy.loaded",

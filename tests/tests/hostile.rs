@@ -163,6 +163,19 @@ async fn garbage_instead_of_startup_is_refused() {
 }
 
 /// A raw TLS connection that has logged in; returns it after ReadyForQuery.
+/// Send `bytes` on a logged-in session and read until the gateway closes
+/// it; the ErrorResponse it sent.
+async fn send_after_login(gw: &TestGateway, bytes: &[u8]) -> (String, String) {
+    let mut tls = logged_in_raw(gw).await;
+    tls.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .ok();
+    error_response(&out)
+}
+
 async fn logged_in_raw(gw: &TestGateway) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut tls = login_raw(gw, &[]).await;
     let (tag, _) = read_message_after_login(&mut tls).await;
@@ -241,16 +254,7 @@ async fn a_query_sent_right_behind_the_password_is_not_lost() {
 #[tokio::test(flavor = "multi_thread")]
 async fn message_length_of_two_gigabytes_after_login_ends_only_that_session() {
     let gw = TestGateway::start().await;
-    let mut tls = logged_in_raw(&gw).await;
-    tls.write_all(&[b'Q', 0x7f, 0xff, 0xff, 0xff])
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .ok();
-    let (code, message) = error_response(&out);
+    let (code, message) = send_after_login(&gw, &[b'Q', 0x7f, 0xff, 0xff, 0xff]).await;
     assert_eq!(code, "08P01");
     assert!(message.contains("invalid message length"), "{message}");
     still_serves(&gw).await;
@@ -259,14 +263,7 @@ async fn message_length_of_two_gigabytes_after_login_ends_only_that_session() {
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_message_type_is_answered_by_the_upstream_and_session_ends_cleanly() {
     let gw = TestGateway::start().await;
-    let mut tls = logged_in_raw(&gw).await;
-    tls.write_all(&[b'!', 0, 0, 0, 4]).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .ok();
-    let (code, message) = error_response(&out);
+    let (code, message) = send_after_login(&gw, &[b'!', 0, 0, 0, 4]).await;
     assert_eq!(code, "08P01");
     assert!(
         message.contains("invalid frontend message type"),

@@ -446,15 +446,11 @@ async fn statement_table_through_psql_and_tokio_postgres() {
             continue;
         }
         let client = gw.tokio_postgres(&token).await.expect("connect");
-        let outcome =
-            client
-                .simple_query(sql)
-                .await
-                .map(|_| ())
-                .map_err(|e| match e.as_db_error() {
-                    Some(db) => format!("{}: {}", db.code().code(), db.message()),
-                    None => e.to_string(),
-                });
+        let outcome = client
+            .simple_query(sql)
+            .await
+            .map(|_| ())
+            .map_err(|e| describe(&e));
         failures.extend(check(*want, outcome, "simple", sql));
         // The session stays usable after a refusal.
         let alive = client.simple_query("SELECT 1").await;
@@ -468,15 +464,11 @@ async fn statement_table_through_psql_and_tokio_postgres() {
         let single = pg_query_split(sql) == 1;
         if single && !sql.starts_with("COPY") && !sql.starts_with("DECLARE") {
             let client = gw.tokio_postgres(&token).await.expect("connect");
-            let outcome =
-                client
-                    .query(*sql, &[])
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| match e.as_db_error() {
-                        Some(db) => format!("{}: {}", db.code().code(), db.message()),
-                        None => e.to_string(),
-                    });
+            let outcome = client
+                .query(*sql, &[])
+                .await
+                .map(|_| ())
+                .map_err(|e| describe(&e));
             failures.extend(check(*want, outcome, "extended", sql));
         }
     }
@@ -487,6 +479,14 @@ async fn statement_table_through_psql_and_tokio_postgres() {
         CASES.len(),
         failures.join("\n")
     );
+}
+
+/// "SQLSTATE: message" of a server error, or the client's own error text.
+fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{}: {}", db.code().code(), db.message()),
+        None => error.to_string(),
+    }
 }
 
 /// How many statements the SQL holds (as the gateway splits them).

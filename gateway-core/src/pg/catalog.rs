@@ -71,22 +71,6 @@ impl Snapshot {
         schemas.sort_unstable();
         schemas
     }
-
-    /// A snapshot built by hand (tests).
-    pub fn from_parts(
-        tables: HashMap<(String, String), TableInfo>,
-        builtins: HashSet<String>,
-        default_path: Vec<String>,
-        user: String,
-    ) -> Snapshot {
-        Snapshot {
-            tables,
-            builtins,
-            default_path,
-            user,
-            loaded: Some(Instant::now()),
-        }
-    }
 }
 
 /// Whether a column's name says it holds card data.
@@ -193,10 +177,7 @@ impl Catalog {
             return Ok(fresh);
         }
         let result = async {
-            if side.is_none() {
-                *side = Some(SideConn::open(&self.upstream).await?);
-            }
-            let conn = side.as_mut().expect("opened above");
+            let conn = open_side(&mut side, &self.upstream).await?;
             self.stale
                 .store(false, std::sync::atomic::Ordering::Release);
             let snapshot = self.read(conn).await?;
@@ -285,10 +266,7 @@ impl Catalog {
     ) -> Result<i64, SideError> {
         let mut side = self.side.lock().await;
         let work = async {
-            if side.is_none() {
-                *side = Some(SideConn::open(&self.upstream).await?);
-            }
-            let conn = side.as_mut().expect("opened above");
+            let conn = open_side(&mut side, &self.upstream).await?;
             let path = if path.is_empty() {
                 "''".to_string()
             } else {
@@ -357,6 +335,17 @@ impl Catalog {
             }
         }
     }
+}
+
+/// The side connection, opened if there is none.
+async fn open_side<'s>(
+    side: &'s mut Option<SideConn>,
+    upstream: &Upstream,
+) -> Result<&'s mut SideConn, SideError> {
+    if side.is_none() {
+        *side = Some(SideConn::open(upstream).await?);
+    }
+    Ok(side.as_mut().expect("opened above"))
 }
 
 /// "Plan Rows" of the top node of an EXPLAIN (FORMAT JSON) answer.

@@ -164,7 +164,7 @@ impl Guard {
         {
             let decision = cached.decision.clone();
             if decision == Decision::Forward {
-                self.forwarded(&analysis);
+                self.forwarded(&analysis, &snapshot);
             }
             return Verdict::Decided(decision);
         }
@@ -174,7 +174,7 @@ impl Guard {
             Err(wait) => return Verdict::Wait(wait),
         };
         if decision == Decision::Forward {
-            self.forwarded(&analysis);
+            self.forwarded(&analysis, &snapshot);
         }
         if cacheable && !analysis.literal_sensitive {
             if self.decided.len() > 4096 {
@@ -213,6 +213,7 @@ impl Guard {
             StatementVia::Parse { .. } => vec![statement.sql.to_string()],
         };
         let mut statement_texts: Option<Vec<String>> = None;
+        let now = SystemTime::now();
         // Statements prepared earlier in this same message.
         let mut prepared_here: HashMap<&str, &[Access]> = HashMap::new();
         for (index, info) in analysis.statements.iter().enumerate() {
@@ -246,7 +247,7 @@ impl Guard {
                     has_where: item.has_where,
                     has_limit: item.has_limit,
                     client: self.client,
-                    time: SystemTime::now(),
+                    time: now,
                 };
                 let resource = item.resource();
                 let mut outcome =
@@ -361,8 +362,7 @@ impl Guard {
     }
 
     /// The statement goes upstream: follow what it changes in the session.
-    fn forwarded(&mut self, analysis: &Analysis) {
-        let snapshot = self.catalog.last().unwrap_or_default();
+    fn forwarded(&mut self, analysis: &Analysis, snapshot: &Snapshot) {
         for info in &analysis.statements {
             for effect in &info.effects {
                 match effect {
@@ -379,7 +379,7 @@ impl Guard {
                             self.saved = Some((self.paths.clone(), self.any_schema));
                         }
                         self.local_change |= *local;
-                        apply_path(effect, &mut self.paths, &mut self.any_schema, &snapshot);
+                        apply_path(effect, &mut self.paths, &mut self.any_schema, snapshot);
                         self.path_generation += 1;
                     }
                     Effect::Opaque => {
@@ -391,7 +391,7 @@ impl Guard {
             let opaque_call = info
                 .accesses
                 .iter()
-                .any(|a| a.action == Action::Call && !is_builtin(a, &snapshot));
+                .any(|a| a.action == Action::Call && !is_builtin(a, snapshot));
             if opaque_call && !self.any_schema {
                 // A function can change the search_path behind the gateway's back.
                 self.any_schema = true;

@@ -127,8 +127,3 @@ fn data_row(body: &[u8]) -> Option<Vec<Option<String>>> {
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
-
-/// Quote a string literal for SQL (standard_conforming_strings on).
-pub fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}

@@ -15,7 +15,7 @@ mod reload;
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::SystemTime;
 
@@ -248,9 +248,16 @@ fn diagnostic_line(diagnostic: &dyn miette::Diagnostic, text: &str) -> Option<us
 }
 
 impl PolicyEngine {
-    /// Load and validate the policy files.
-    pub fn load(paths: &[PathBuf]) -> Result<PolicyEngine, PolicyError> {
+    /// Load and validate the policy files, after the built-in starter
+    /// policy when `starter`.
+    pub fn load(paths: &[PathBuf], starter: bool) -> Result<PolicyEngine, PolicyError> {
         let mut sources = Vec::new();
+        if starter {
+            sources.push((
+                PathBuf::from("fixtures/policies/pci.cedar (built in)"),
+                STARTER_POLICY.to_string(),
+            ));
+        }
         for path in paths {
             let text = std::fs::read_to_string(path).map_err(|error| PolicyError::Read {
                 path: path.clone(),
@@ -695,15 +702,6 @@ fn humantime_rfc3339(time: SystemTime) -> String {
         rest % 60,
         since.subsec_millis()
     )
-}
-
-/// Where a policy file is expected relative to a config file.
-pub fn resolve(base: &Path, file: &Path) -> PathBuf {
-    if file.is_absolute() {
-        file.to_path_buf()
-    } else {
-        base.join(file)
-    }
 }
 
 #[cfg(test)]

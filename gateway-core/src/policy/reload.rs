@@ -47,21 +47,7 @@ impl PolicyHandle {
 
     /// Re-read the files; swap the new policy in if it is valid.
     pub fn reload(&self) -> Result<Arc<PolicyEngine>, PolicyError> {
-        let mut sources = Vec::new();
-        if self.inner.starter {
-            sources.push((
-                "fixtures/policies/pci.cedar (built in)".into(),
-                super::STARTER_POLICY.to_string(),
-            ));
-        }
-        for path in &self.inner.files {
-            let text = std::fs::read_to_string(path).map_err(|error| PolicyError::Read {
-                path: path.clone(),
-                error,
-            })?;
-            sources.push((path.clone(), text));
-        }
-        let engine = Arc::new(PolicyEngine::from_sources(sources)?);
+        let engine = Arc::new(PolicyEngine::load(&self.inner.files, self.inner.starter)?);
         *self
             .inner
             .current

@@ -220,7 +220,7 @@ fn analyze_here(sql: &str) -> Result<Analysis, SqlError> {
         .map_err(|e| SqlError::Syntax(parse_error_text(e)))?;
     let tree = serde_json::to_value(&parsed.protobuf)
         .map_err(|e| SqlError::Syntax(format!("unreadable parse tree: {e}")))?;
-    walk::analysis(&tree, sql.len())
+    walk::analysis(&tree)
 }
 
 fn parse_error_text(error: pg_query::Error) -> String {

@@ -84,7 +84,7 @@ const SCALAR_AGGREGATES: &[&str] = &[
     "count", "sum", "avg", "min", "max", "bool_and", "bool_or", "every", "stddev", "variance",
 ];
 
-pub(super) fn analysis(tree: &Value, _len: usize) -> Result<Analysis, SqlError> {
+pub(super) fn analysis(tree: &Value) -> Result<Analysis, SqlError> {
     let mut analysis = Analysis {
         statements: Vec::new(),
         literal_sensitive: false,
