@@ -17,6 +17,7 @@ pub mod gateway;
 pub mod hooks;
 pub mod identity;
 pub mod listener;
+pub mod masking;
 pub mod pg;
 pub mod policy;
 pub mod upstream;
