@@ -15,6 +15,7 @@ use crate::identity::{AuthError, Authenticator};
 use crate::listener::{self, tls::ServerTls};
 use crate::pg::catalog::Catalog;
 use crate::pg::guard::GuardShared;
+use crate::pg::mask::MaskShared;
 use crate::pg::sql::ShapeCache;
 use crate::pg::{PgContext, cancel::CancelRegistry, serve_connection};
 use crate::policy::{PolicyEngine, PolicyHandle};
@@ -48,6 +49,9 @@ pub enum StartError {
     /// The policy files are not valid.
     #[error("policy:\n{0}")]
     Policy(#[from] crate::policy::PolicyError),
+    /// The masking settings cannot be used.
+    #[error("{0}")]
+    Masking(String),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -116,7 +120,21 @@ impl Gateway {
                 Arc::new(Catalog::new(upstream, connection.cardholder.clone())),
             );
         }
-        let guard = load_policy(&self.config.policy)?.map(|policy| {
+        let policy = load_policy(&self.config.policy)?;
+        let token = match &self.config.masking.token_key {
+            None => None,
+            Some(source) => {
+                let secret = crate::upstream::credential::read(source)
+                    .await
+                    .map_err(|e| StartError::Masking(format!("masking.token_key: {e}")))?;
+                Some(
+                    crate::masking::TokenKey::new(secret.expose().as_bytes())
+                        .map_err(|e| StartError::Masking(format!("masking.token_key: {e}")))?,
+                )
+            }
+        };
+        let mask = Arc::new(MaskShared::new(&self.config.masking, token, policy.clone()));
+        let guard = policy.map(|policy| {
             policy.watch(Duration::from_millis(
                 self.config.policy.reload_check_ms.max(100),
             ));
@@ -138,6 +156,7 @@ impl Gateway {
             max_message_bytes: server.max_message_bytes,
             user_must_match_subject: self.config.identity.user_must_match_subject,
             guard,
+            mask,
             catalogs,
         });
         let addr = *server.listen.get_ref();

@@ -74,16 +74,31 @@ impl std::fmt::Debug for Verdict {
     }
 }
 
+/// A column of a result, as the protocol describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultColumn {
+    /// The column's name in the result.
+    pub name: String,
+    /// The table it comes from (PostgreSQL: table OID and attribute number), if any.
+    pub source: Option<(u32, i16)>,
+    /// The value's type (PostgreSQL: type OID).
+    pub type_id: u32,
+    /// Values arrive in the type's binary encoding rather than as text.
+    pub binary: bool,
+}
+
 /// Where a value in a server-to-client message came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ValueSource {
-    /// A result cell: the column's table OID and attribute number when known.
+    /// A result cell of the columns last given to [`SessionHooks::result_columns`].
     Cell {
         /// Column index in the row.
         column: usize,
     },
-    /// A field of an ErrorResponse or NoticeResponse.
+    /// A field of an ErrorResponse.
     ErrorField,
+    /// A field of a NoticeResponse.
+    NoticeField,
     /// A row of COPY TO STDOUT.
     CopyRow,
     /// A NOTIFY payload.
@@ -133,10 +148,15 @@ pub trait SessionHooks: Send {
     /// transaction status (`I` idle, `T` in a transaction, `E` failed one).
     fn ready(&mut self, _status: u8) {}
 
+    /// The columns of the rows that follow (until the next call). `None`
+    /// when the relay could not learn them: values are then unknown.
+    fn result_columns(&mut self, _columns: Option<&[ResultColumn]>) {}
+
     /// Rewrite a value on its way to the client. Returning `Cow::Borrowed`
-    /// keeps the frame untouched (no copy).
-    fn result_value<'v>(&mut self, _source: ValueSource, value: &'v [u8]) -> Cow<'v, [u8]> {
-        Cow::Borrowed(value)
+    /// keeps the frame untouched (no copy); `None` turns a cell into NULL
+    /// (other values into an empty one).
+    fn result_value<'v>(&mut self, _source: ValueSource, value: &'v [u8]) -> Option<Cow<'v, [u8]>> {
+        Some(Cow::Borrowed(value))
     }
 
     /// Whether [`SessionHooks::result_value`] needs to see values at all;

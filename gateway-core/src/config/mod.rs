@@ -33,6 +33,9 @@ pub struct Config {
     /// Which Cedar policies decide every statement.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// How card data is masked in results, errors and copy streams.
+    #[serde(default)]
+    pub masking: MaskingConfig,
 }
 
 /// `[policy]`
@@ -75,6 +78,45 @@ fn default_estimate_timeout() -> u64 {
 }
 fn default_reload_check() -> u64 {
     1000
+}
+
+/// `[masking]`
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MaskingConfig {
+    /// What callers see of a PAN they may not reveal: `pci_display` (first
+    /// six and last four, the default) or `last_four`.
+    #[serde(default)]
+    pub client: ClientMask,
+    /// The key of the `token` strategy (HMAC-SHA-256), kept outside the
+    /// gateway's store: `{ env = "..." }`, `{ file = "..." }` or `{ keyring = {...} }`.
+    pub token_key: Option<CredentialSource>,
+    /// Column rules.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<MaskRule>,
+}
+
+/// What callers see of a PAN.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientMask {
+    /// First six and last four digits.
+    #[default]
+    PciDisplay,
+    /// Last four digits.
+    LastFour,
+}
+
+/// A column rule: this column gets this strategy.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct MaskRule {
+    /// The connection it applies to (all when absent).
+    pub connection: Option<String>,
+    /// `schema.table.column`.
+    pub column: String,
+    /// `pci_display`, `last_four`, `redact`, `token` or `null`.
+    pub strategy: crate::masking::Strategy,
 }
 
 /// `[server]`
@@ -432,6 +474,9 @@ impl Config {
             if let Some(CredentialSource::File(p)) = &mut c.password {
                 fix(p);
             }
+        }
+        if let Some(CredentialSource::File(p)) = &mut self.masking.token_key {
+            fix(p);
         }
         for i in &mut self.identity.issuers {
             if let Some(p) = &mut i.get_mut().ca_file {

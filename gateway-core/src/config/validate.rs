@@ -127,6 +127,33 @@ pub(super) fn validate(config: &Config, file: &str, text: &str) -> Result<(), Co
             "allow_all cannot be combined with policy files or the starter policy".into(),
         ));
     }
+    for (i, rule) in config.masking.rules.iter().enumerate() {
+        if rule.column.split('.').count() != 3 || rule.column.split('.').any(str::is_empty) {
+            return Err(invalid(
+                &(0..0),
+                format!("masking.rule[{i}].column"),
+                format!("'{}' is not schema.table.column", rule.column),
+            ));
+        }
+        if rule.strategy == crate::masking::Strategy::Token && config.masking.token_key.is_none() {
+            return Err(invalid(
+                &(0..0),
+                format!("masking.rule[{i}].strategy"),
+                "the token strategy needs [masking] token_key = { env = \"...\" } (or file, keyring): \
+                 at least 16 random bytes kept outside the gateway's store"
+                    .into(),
+            ));
+        }
+        if let Some(name) = &rule.connection
+            && config.connection(name).is_none()
+        {
+            return Err(invalid(
+                &(0..0),
+                format!("masking.rule[{i}].connection"),
+                format!("no connection named '{name}'"),
+            ));
+        }
+    }
     if server.max_message_bytes < 8192 {
         return Err(invalid(
             &(0..0),

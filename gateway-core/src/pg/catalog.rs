@@ -45,6 +45,8 @@ impl TableInfo {
 pub struct Snapshot {
     /// (schema, name) -> relation.
     pub tables: HashMap<(String, String), TableInfo>,
+    /// (table OID, attribute number) -> column.
+    pub by_oid: HashMap<(u32, i16), ColumnInfo>,
     /// Names of pg_catalog functions.
     pub builtins: HashSet<String>,
     /// The role's default `search_path`, as schemas (`$user` expanded).
@@ -73,33 +75,43 @@ impl Snapshot {
     }
 }
 
-/// Whether a column's name says it holds card data.
+/// Whether a column's name says it holds card data (a PAN or sensitive
+/// authentication data).
 pub fn cardholder_name(column: &str) -> bool {
-    let lower = column.to_ascii_lowercase();
-    let compact: String = lower
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .collect();
-    const WORDS: &[&str] = &[
-        "pan", "cvv", "cvv2", "cvc", "cvc2", "cav2", "cid", "track1", "track2", "pinblock",
-    ];
-    const COMPACT: &[&str] = &[
-        "cardnumber",
-        "cardno",
-        "ccnumber",
-        "ccnum",
-        "creditcard",
-        "primaryaccountnumber",
-        "trackdata",
-        "magstripe",
-        "pinblock",
-        "securitycode",
-        "cardverification",
-    ];
-    lower
-        .split(|c: char| !c.is_ascii_alphanumeric())
-        .any(|word| WORDS.contains(&word))
-        || COMPACT.iter().any(|w| compact.contains(w))
+    column_kind(column) != ColumnKind::Plain
+}
+
+/// What a column holds, as far as its name and the configuration say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnKind {
+    /// Named as a PAN (`pan`, `card_number` ...).
+    Pan,
+    /// Named as sensitive authentication data (`cvv`, `pin_block`, `track2` ...).
+    Sad,
+    /// Marked as cardholder data in the configuration, name unknown.
+    Tagged,
+    /// Nothing says it holds card data.
+    Plain,
+}
+
+fn column_kind(name: &str) -> ColumnKind {
+    if crate::masking::sad_label(name) {
+        ColumnKind::Sad
+    } else if crate::masking::pan_label(name) {
+        ColumnKind::Pan
+    } else {
+        ColumnKind::Plain
+    }
+}
+
+/// A column found by its table's OID and attribute number (how a result's
+/// RowDescription names it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnInfo {
+    /// `schema.table.column`.
+    pub qualified: String,
+    /// What it holds.
+    pub kind: ColumnKind,
 }
 
 /// The catalog of one connection.
@@ -120,7 +132,7 @@ impl std::fmt::Debug for Catalog {
     }
 }
 
-const TABLES_SQL: &str = "SELECT n.nspname, c.relname, a.attname \
+const TABLES_SQL: &str = "SELECT n.nspname, c.relname, a.attname, c.oid, a.attnum \
      FROM pg_catalog.pg_class c \
      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
      LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
@@ -213,8 +225,9 @@ impl Catalog {
             }
         };
         let mut tables: HashMap<(String, String), TableInfo> = HashMap::new();
+        let mut by_oid = HashMap::new();
         for row in conn.query(TABLES_SQL).await? {
-            let [Some(schema), Some(name), column] = row.as_slice() else {
+            let [Some(schema), Some(name), column, Some(oid), attnum] = row.as_slice() else {
                 continue;
             };
             let entry = tables
@@ -224,11 +237,19 @@ impl Catalog {
                     cardholder: false,
                 });
             if let Some(column) = column {
-                let tagged = self.tagged.contains(&format!("{schema}.{name}.{column}"))
-                    || (schema != "pg_catalog"
-                        && schema != "information_schema"
-                        && cardholder_name(column));
-                entry.columns.push((column.clone(), tagged));
+                let system = schema == "pg_catalog" || schema == "information_schema";
+                let qualified = format!("{schema}.{name}.{column}");
+                let kind = match column_kind(column) {
+                    _ if system => ColumnKind::Plain,
+                    ColumnKind::Plain if self.tagged.contains(&qualified) => ColumnKind::Tagged,
+                    kind => kind,
+                };
+                entry.columns.push((column.clone(), kind != ColumnKind::Plain));
+                if let (Ok(oid), Some(Ok(attnum))) =
+                    (oid.parse::<u32>(), attnum.as_deref().map(str::parse::<i16>))
+                {
+                    by_oid.insert((oid, attnum), ColumnInfo { qualified, kind });
+                }
             }
         }
         for ((schema, name), table) in &mut tables {
@@ -247,6 +268,7 @@ impl Catalog {
             .collect();
         Ok(Snapshot {
             tables,
+            by_oid,
             builtins,
             default_path,
             user,
@@ -376,7 +398,7 @@ mod tests {
             assert!(cardholder_name(name), "{name}");
         }
         for name in [
-            "company", "span", "expand", "order_no", "phone", "panel_id", "id",
+            "company", "span", "expand", "order_no", "phone", "panel_id", "id", "cid",
         ] {
             assert!(!cardholder_name(name), "{name}");
         }

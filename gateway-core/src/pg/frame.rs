@@ -119,6 +119,15 @@ impl<'a> Body<'a> {
         (self.0.len() >= 2).then(|| self.0.get_i16())
     }
 
+    /// The next `n` bytes.
+    pub fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        (self.0.len() >= n).then(|| {
+            let (head, rest) = self.0.split_at(n);
+            self.0 = rest;
+            head
+        })
+    }
+
     /// What is left.
     pub fn rest(&self) -> &'a [u8] {
         self.0

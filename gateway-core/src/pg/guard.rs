@@ -677,8 +677,12 @@ impl SessionHooks for Guard {
         &mut self,
         source: ValueSource,
         value: &'v [u8],
-    ) -> std::borrow::Cow<'v, [u8]> {
+    ) -> Option<std::borrow::Cow<'v, [u8]>> {
         self.inner.result_value(source, value)
+    }
+
+    fn result_columns(&mut self, columns: Option<&[crate::hooks::ResultColumn]>) {
+        self.inner.result_columns(columns);
     }
 
     fn inspects_values(&self) -> bool {

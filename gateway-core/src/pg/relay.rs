@@ -26,6 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::conn::Conn;
 use super::error::PgError;
 use super::frame::{Body, FrameError, next_frame};
+use super::shapes::{Described, Shapes};
 use crate::hooks::{
     Decision, SessionEvent, SessionHooks, Statement, StatementVia, ValueSource, Verdict,
 };
@@ -104,6 +105,9 @@ struct State<'h> {
     skipping: Option<PgError>,
     to_upstream: BytesMut,
     to_client: BytesMut,
+    /// The hooks look inside results: track result shapes for them.
+    inspect: bool,
+    shapes: Shapes,
 }
 
 /// Relay until either side ends the session. `pending` holds client bytes
@@ -126,7 +130,10 @@ pub async fn run(
         skipping: None,
         to_upstream: BytesMut::with_capacity(READ_CHUNK),
         to_client: BytesMut::with_capacity(READ_CHUNK),
+        inspect: false,
+        shapes: Shapes::default(),
     };
+    state.inspect = state.hooks.inspects_values();
     let mut waiting: Option<Wait> = None;
     let mut end = match state.client_frames(&mut from_client, max_client_message)? {
         Step::Done => None,
@@ -227,6 +234,9 @@ impl State<'_> {
                         Verdict::Decided(Decision::Forward) => {
                             self.to_upstream.extend_from_slice(frame);
                             self.awaiting_ready.push_back(Ready::Pass);
+                            if self.inspect {
+                                self.shapes.query();
+                            }
                         }
                         Verdict::Decided(Decision::Refuse { sqlstate, message }) => {
                             self.hooks.event(&SessionEvent::Refused {
@@ -239,9 +249,15 @@ impl State<'_> {
                                 // could be skipped upstream; a Sync is always answered.
                                 self.to_upstream.extend_from_slice(SYNC);
                                 self.awaiting_ready.push_back(Ready::Inject(error));
+                                if self.inspect {
+                                    self.shapes.sync();
+                                }
                             } else {
                                 put_frame(&mut self.to_upstream, b'Q', &[REFUSED_QUERY]);
                                 self.awaiting_ready.push_back(Ready::Replace(error));
+                                if self.inspect {
+                                    self.shapes.query();
+                                }
                             }
                         }
                     }
@@ -261,6 +277,9 @@ impl State<'_> {
                         Verdict::Decided(Decision::Forward) => {
                             self.to_upstream.extend_from_slice(frame);
                             self.unsynced = true;
+                            if self.inspect {
+                                self.shapes.parse(&frame[5..]);
+                            }
                         }
                         Verdict::Decided(Decision::Refuse { sqlstate, message }) => {
                             self.hooks.event(&SessionEvent::Refused {
@@ -276,10 +295,16 @@ impl State<'_> {
                     self.awaiting_ready
                         .push_back(self.skipping.take().map_or(Ready::Pass, Ready::Inject));
                     self.unsynced = false;
+                    if self.inspect {
+                        self.shapes.sync();
+                    }
                 }
                 b'F' => {
                     self.to_upstream.extend_from_slice(frame);
                     self.awaiting_ready.push_back(Ready::Pass);
+                    if self.inspect {
+                        self.shapes.query();
+                    }
                 }
                 b'X' => {
                     self.to_upstream.extend_from_slice(frame);
@@ -289,6 +314,20 @@ impl State<'_> {
                 // After a refusal PostgreSQL ignores extended-protocol messages until Sync.
                 b'P' | b'B' | b'D' | b'E' | b'C' | b'H' if self.skipping.is_some() => {}
                 b'B' | b'D' | b'E' | b'C' | b'H' => {
+                    if self.inspect {
+                        let body = &frame[5..];
+                        match tag {
+                            b'B' => self.shapes.bind(body),
+                            b'D' => self.shapes.describe(body),
+                            b'C' => self.shapes.close(body),
+                            b'E' => {
+                                if let Some(describe) = self.shapes.execute(body) {
+                                    self.to_upstream.extend_from_slice(&describe);
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
                     self.to_upstream.extend_from_slice(frame);
                     self.unsynced = true;
                 }
@@ -300,7 +339,6 @@ impl State<'_> {
     }
 
     fn upstream_frames(&mut self, buf: &mut BytesMut) -> Result<(), RelayError> {
-        let inspect = self.hooks.inspects_values();
         while let Some((tag, total)) =
             next_frame(buf, MAX_BACKEND_MESSAGE).map_err(RelayError::UpstreamProtocol)?
         {
@@ -309,11 +347,15 @@ impl State<'_> {
                 b'Z' => {
                     match self.awaiting_ready.pop_front() {
                         Some(Ready::Inject(error) | Ready::Replace(error)) => {
-                            self.to_client.extend_from_slice(error.to_frame().raw());
+                            let error = error.to_frame();
+                            self.put_fields(ValueSource::ErrorField, error.raw());
                         }
                         Some(Ready::Pass) | None => {}
                     }
                     self.replaced = false;
+                    if self.inspect {
+                        self.shapes.ready();
+                    }
                     if let Some(&status) = frame.get(5) {
                         self.hooks.ready(status);
                     }
@@ -325,16 +367,98 @@ impl State<'_> {
                     // The stand-in query's own failure: the refusal replaces it.
                     self.replaced = true;
                 }
-                b'D' if inspect => rewrite_data_row(self.hooks, frame, &mut self.to_client),
-                b'd' if inspect => {
-                    let row = self.hooks.result_value(ValueSource::CopyRow, &frame[5..]);
+                _ if !self.inspect => self.to_client.extend_from_slice(frame),
+                b'T' => match self.shapes.row_description(&frame[5..]) {
+                    Described::Rows(columns) => {
+                        self.hooks.result_columns(Some(&columns));
+                        self.to_client.extend_from_slice(frame);
+                    }
+                    Described::Statement => self.to_client.extend_from_slice(frame),
+                    Described::Hidden => {
+                        if let Some(columns) = super::shapes::parse_row_description(&frame[5..])
+                        {
+                            self.hooks.result_columns(Some(&columns));
+                        }
+                    }
+                },
+                b'n' => {
+                    if self.shapes.no_data() {
+                        self.to_client.extend_from_slice(frame);
+                    }
+                }
+                b'D' => {
+                    if let Some(columns) = self.shapes.data_row() {
+                        self.hooks.result_columns(columns.as_deref());
+                    }
+                    rewrite_data_row(self.hooks, frame, &mut self.to_client);
+                }
+                b'C' | b's' | b'I' => {
+                    self.shapes.execute_done();
+                    self.to_client.extend_from_slice(frame);
+                }
+                b'E' => {
+                    self.shapes.error();
+                    self.put_fields(ValueSource::ErrorField, frame);
+                }
+                b'N' => self.put_fields(ValueSource::NoticeField, frame),
+                b'd' => {
+                    let row = self
+                        .hooks
+                        .result_value(ValueSource::CopyRow, &frame[5..])
+                        .unwrap_or_default();
                     put_frame(&mut self.to_client, b'd', &[&row]);
+                }
+                b'A' => {
+                    // NotificationResponse: process id, channel, payload.
+                    let mut body = Body::new(&frame[5..]);
+                    match (body.take(4), body.cstr(), body.cstr()) {
+                        (Some(pid), Some(channel), Some(payload)) => {
+                            let payload = self
+                                .hooks
+                                .result_value(ValueSource::Notification, payload)
+                                .unwrap_or_default();
+                            put_frame(
+                                &mut self.to_client,
+                                b'A',
+                                &[pid, channel, b"\0", &payload, b"\0"],
+                            );
+                        }
+                        _ => self.to_client.extend_from_slice(frame),
+                    }
                 }
                 _ => self.to_client.extend_from_slice(frame),
             }
             buf.advance(total);
         }
         Ok(())
+    }
+
+    /// Pass each field of an ErrorResponse or NoticeResponse through the
+    /// hooks (a unique violation's DETAIL echoes the value) and forward it.
+    fn put_fields(&mut self, source: ValueSource, frame: &[u8]) {
+        if !self.inspect {
+            self.to_client.extend_from_slice(frame);
+            return;
+        }
+        let mut out = Vec::with_capacity(frame.len());
+        let mut rest = &frame[5..];
+        while let Some((&code, tail)) = rest.split_first() {
+            if code == 0 {
+                break;
+            }
+            let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+            let value = self
+                .hooks
+                .result_value(source, &tail[..end])
+                .unwrap_or_default();
+            out.push(code);
+            // A rewritten field may not carry a NUL of its own.
+            out.extend(value.iter().map(|&b| if b == 0 { b' ' } else { b }));
+            out.push(0);
+            rest = tail.get(end + 1..).unwrap_or_default();
+        }
+        out.push(0);
+        put_frame(&mut self.to_client, frame[0], &[&out]);
     }
 }
 
@@ -375,8 +499,8 @@ fn rewrite_data_row(hooks: &mut dyn SessionHooks, frame: &[u8], out: &mut BytesM
         };
         rest = &rest[len as usize..];
         let new = hooks.result_value(ValueSource::Cell { column }, value);
-        changed |= matches!(new, Cow::Owned(_));
-        cells.push(Some(new));
+        changed |= !matches!(new, Some(Cow::Borrowed(_)));
+        cells.push(new);
     }
     if !changed {
         out.extend_from_slice(frame);
@@ -409,12 +533,12 @@ mod tests {
 
     struct Upper;
     impl SessionHooks for Upper {
-        fn result_value<'v>(&mut self, _: ValueSource, v: &'v [u8]) -> Cow<'v, [u8]> {
-            if v.iter().any(u8::is_ascii_lowercase) {
+        fn result_value<'v>(&mut self, _: ValueSource, v: &'v [u8]) -> Option<Cow<'v, [u8]>> {
+            Some(if v.iter().any(u8::is_ascii_lowercase) {
                 Cow::Owned(v.to_ascii_uppercase())
             } else {
                 Cow::Borrowed(v)
-            }
+            })
         }
         fn inspects_values(&self) -> bool {
             true
@@ -469,6 +593,7 @@ mod tests {
     }
 
     fn state(hooks: &mut dyn SessionHooks) -> State<'_> {
+        let hooks_inspect = hooks.inspects_values();
         State {
             hooks,
             awaiting_ready: VecDeque::new(),
@@ -477,6 +602,8 @@ mod tests {
             skipping: None,
             to_upstream: BytesMut::new(),
             to_client: BytesMut::new(),
+            inspect: hooks_inspect,
+            shapes: Shapes::default(),
         }
     }
 

@@ -16,6 +16,7 @@ use super::conn::Conn;
 use super::error::PgError;
 use super::frame::{Body, Frame};
 use super::guard::{Guard, GuardShared};
+use super::mask::{MaskShared, Masker};
 use super::startup::{Opening, StartupFailure, negotiate};
 use super::{messages, relay, upstream};
 use crate::hooks::{HookFactory, SessionEvent};
@@ -49,6 +50,8 @@ pub struct PgContext {
     pub user_must_match_subject: bool,
     /// The policy check; `None` runs without policy (`allow_all`).
     pub guard: Option<Arc<GuardShared>>,
+    /// Masking settings (always on).
+    pub mask: Arc<MaskShared>,
     /// Catalogs by connection name.
     pub catalogs: HashMap<String, Arc<Catalog>>,
 }
@@ -298,16 +301,26 @@ async fn run_session(established: Established, peer: SocketAddr, ctx: &PgContext
     }
 
     let mut hooks = ctx.hooks.for_session(&identity, &connection);
+    let principal = Principal {
+        subject: identity.subject.clone(),
+        issuer: identity.issuer.clone(),
+        groups: identity.groups.clone(),
+        agent: identity.kind == PrincipalKind::Agent,
+        mfa: identity.mfa,
+    };
+    if let Some(catalog) = ctx.catalogs.get(&connection) {
+        hooks = Box::new(Masker::new(
+            ctx.mask.clone(),
+            catalog.clone(),
+            hooks,
+            principal.clone(),
+            connection.clone(),
+            peer.ip(),
+        ));
+    }
     if let Some(guard) = &ctx.guard
         && let Some(catalog) = ctx.catalogs.get(&connection)
     {
-        let principal = Principal {
-            subject: identity.subject.clone(),
-            issuer: identity.issuer.clone(),
-            groups: identity.groups.clone(),
-            agent: identity.kind == PrincipalKind::Agent,
-            mfa: identity.mfa,
-        };
         let mut guarded = Guard::new(
             guard.clone(),
             catalog.clone(),

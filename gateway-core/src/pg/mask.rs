@@ -1,0 +1,664 @@
+//! Masking for PostgreSQL results: column rules from RowDescription's table
+//! OID and attribute number, content detection for everything else, in the
+//! text and the binary formats.
+//!
+//! Wraps the session's other hooks (like the guard). Per result it builds a
+//! plan, one entry per column; per cell it applies the plan. Values keep a
+//! form the client can decode: text types get `*`, numbers get `0` (and
+//! binary `int8`/`numeric` are decoded, masked and encoded again), JSON stays
+//! valid JSON. Sensitive authentication data is redacted unless the policy
+//! lets the caller `reveal` the column; so is a PAN shown in full.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::catalog::{Catalog, ColumnKind, Snapshot};
+use crate::config::{ClientMask, MaskingConfig};
+use crate::hooks::{
+    Decision, ResultColumn, SessionEvent, SessionHooks, Statement, ValueSource, Verdict,
+};
+use crate::masking::{
+    Counts, Detector, Fill, Keep, REDACTED, Strategy, TokenKey, mask_json, mask_text, mask_whole,
+};
+use crate::policy::{Outcome, PolicyHandle, Principal, RequestContext, Resource};
+
+/// Masking settings shared by every session.
+#[derive(Debug)]
+pub struct MaskShared {
+    keep: Keep,
+    /// (connection or "", schema.table.column) -> strategy.
+    rules: HashMap<(String, String), Strategy>,
+    token: Option<TokenKey>,
+    policy: Option<PolicyHandle>,
+}
+
+impl MaskShared {
+    /// Settings from the configuration; `token` is the resolved token key.
+    pub fn new(
+        config: &MaskingConfig,
+        token: Option<TokenKey>,
+        policy: Option<PolicyHandle>,
+    ) -> MaskShared {
+        MaskShared {
+            keep: match config.client {
+                ClientMask::PciDisplay => Keep::Display,
+                ClientMask::LastFour => Keep::LastFour,
+            },
+            rules: config
+                .rules
+                .iter()
+                .map(|r| {
+                    (
+                        (r.connection.clone().unwrap_or_default(), r.column.clone()),
+                        r.strategy,
+                    )
+                })
+                .collect(),
+            token,
+            policy,
+        }
+    }
+
+    fn rule(&self, connection: &str, column: &str) -> Option<Strategy> {
+        self.rules
+            .get(&(connection.to_string(), column.to_string()))
+            .or_else(|| self.rules.get(&(String::new(), column.to_string())))
+            .copied()
+    }
+}
+
+/// PostgreSQL type OIDs the masker treats specially.
+mod oid {
+    pub const BOOL: u32 = 16;
+    pub const BYTEA: u32 = 17;
+    pub const CHAR: u32 = 18;
+    pub const NAME: u32 = 19;
+    pub const INT8: u32 = 20;
+    pub const INT2: u32 = 21;
+    pub const INT4: u32 = 23;
+    pub const TEXT: u32 = 25;
+    pub const OID: u32 = 26;
+    pub const JSON: u32 = 114;
+    pub const XML: u32 = 142;
+    pub const FLOAT4: u32 = 700;
+    pub const UNKNOWN: u32 = 705;
+    pub const INT8_ARRAY: u32 = 1016;
+    pub const BPCHAR: u32 = 1042;
+    pub const VARCHAR: u32 = 1043;
+    pub const DATE: u32 = 1082;
+    pub const TIME: u32 = 1083;
+    pub const TIMESTAMP: u32 = 1114;
+    pub const TIMESTAMPTZ: u32 = 1184;
+    pub const INTERVAL: u32 = 1186;
+    pub const NUMERIC_ARRAY: u32 = 1231;
+    pub const NUMERIC: u32 = 1700;
+    pub const UUID: u32 = 2950;
+    pub const JSONB: u32 = 3802;
+}
+
+/// How a column's values are encoded, for the masker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ty {
+    /// Text in both formats (the binary form of text types is the text).
+    Text,
+    Json,
+    Jsonb,
+    Int8,
+    Numeric,
+    /// Smaller integers: too short for a PAN.
+    SmallInt,
+    /// Cannot hold a PAN as digits (dates, booleans, UUIDs, floats ...).
+    Inert,
+    /// Arrays of numbers: text format keeps digits, masked with `0`.
+    NumberArray,
+    /// Anything else: scanned as bytes.
+    Other,
+}
+
+fn ty(type_id: u32) -> Ty {
+    match type_id {
+        oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::UNKNOWN | oid::XML
+        | oid::CHAR => Ty::Text,
+        oid::JSON => Ty::Json,
+        oid::JSONB => Ty::Jsonb,
+        oid::INT8 => Ty::Int8,
+        oid::NUMERIC => Ty::Numeric,
+        oid::INT2 | oid::INT4 | oid::OID => Ty::SmallInt,
+        oid::BOOL | oid::FLOAT4 | oid::DATE | oid::TIME | oid::TIMESTAMP | oid::TIMESTAMPTZ
+        | oid::INTERVAL | oid::UUID => Ty::Inert,
+        oid::INT8_ARRAY | oid::NUMERIC_ARRAY => Ty::NumberArray,
+        oid::BYTEA => Ty::Other,
+        _ => Ty::Other,
+    }
+}
+
+/// What to do with one column's values.
+#[derive(Debug, Clone)]
+struct Plan {
+    ty: Ty,
+    binary: bool,
+    /// Where masking records count it.
+    place: String,
+    action: Action,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    /// The policy lets this caller see the column unmasked.
+    Reveal,
+    /// Content detection.
+    Detect,
+    /// A column rule: the whole value.
+    Whole(Strategy),
+}
+
+/// The masking hooks of one session.
+pub struct Masker {
+    shared: Arc<MaskShared>,
+    catalog: Arc<Catalog>,
+    inner: Box<dyn SessionHooks>,
+    principal: Principal,
+    connection: String,
+    client: IpAddr,
+    plan: Option<Vec<Plan>>,
+    reveal: HashMap<String, bool>,
+    counts: Counts,
+}
+
+impl Masker {
+    /// Masking around `inner` for a session of `principal` on `connection`.
+    pub fn new(
+        shared: Arc<MaskShared>,
+        catalog: Arc<Catalog>,
+        inner: Box<dyn SessionHooks>,
+        principal: Principal,
+        connection: String,
+        client: IpAddr,
+    ) -> Masker {
+        Masker {
+            shared,
+            catalog,
+            inner,
+            principal,
+            connection,
+            client,
+            plan: None,
+            reveal: HashMap::new(),
+            counts: Counts::default(),
+        }
+    }
+
+    /// The masking records so far.
+    pub fn counts(&self) -> &Counts {
+        &self.counts
+    }
+
+    fn may_reveal(&mut self, snapshot: &Snapshot, qualified: &str) -> bool {
+        if let Some(known) = self.reveal.get(qualified) {
+            return *known;
+        }
+        let Some(policy) = &self.shared.policy else {
+            return false;
+        };
+        let mut parts = qualified.splitn(3, '.');
+        let (Some(schema), Some(table), Some(name)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return false;
+        };
+        let table_cardholder = snapshot.table(schema, table).is_some_and(|t| t.cardholder);
+        let outcome = policy.current().decide(
+            &self.principal,
+            "reveal",
+            &Resource::Column {
+                schema,
+                table,
+                name,
+                cardholder: true,
+                table_cardholder,
+            },
+            &RequestContext {
+                connection: &self.connection,
+                command: "SELECT",
+                row_estimate: 0,
+                has_where: false,
+                has_limit: false,
+                client: self.client,
+                time: SystemTime::now(),
+            },
+        );
+        let allowed = outcome == Outcome::Allow;
+        self.reveal.insert(qualified.to_string(), allowed);
+        allowed
+    }
+
+    fn plan_for(&mut self, columns: &[ResultColumn]) -> Vec<Plan> {
+        let snapshot = self.catalog.last();
+        columns
+            .iter()
+            .map(|c| {
+                let info = snapshot
+                    .as_ref()
+                    .zip(c.source)
+                    .and_then(|(s, key)| s.by_oid.get(&key));
+                let place = info.map_or_else(
+                    || format!("result column \"{}\"", c.name),
+                    |i| i.qualified.clone(),
+                );
+                let kind = info.map_or(ColumnKind::Plain, |i| i.kind);
+                let rule = info.and_then(|i| self.shared.rule(&self.connection, &i.qualified));
+                let client_keep = match self.shared.keep {
+                    Keep::Display => Strategy::PciDisplay,
+                    Keep::LastFour => Strategy::LastFour,
+                };
+                let action = match kind {
+                    ColumnKind::Plain => rule.map_or(Action::Detect, Action::Whole),
+                    _ if snapshot
+                        .as_ref()
+                        .is_some_and(|s| self.may_reveal(s, &place)) =>
+                    {
+                        Action::Reveal
+                    }
+                    ColumnKind::Sad => Action::Whole(rule.unwrap_or(Strategy::Redact)),
+                    ColumnKind::Pan | ColumnKind::Tagged => {
+                        Action::Whole(rule.unwrap_or(client_keep))
+                    }
+                };
+                Plan {
+                    ty: ty(c.type_id),
+                    binary: c.binary,
+                    place,
+                    action,
+                }
+            })
+            .collect()
+    }
+
+    /// Content detection on a text-like value; `None` when nothing was found.
+    fn detect(&mut self, place: &str, value: &[u8], fill: Fill, json: bool) -> Option<Vec<u8>> {
+        let mut out = value.to_vec();
+        let hits = if json {
+            mask_json(&mut out, self.shared.keep)
+        } else {
+            mask_text(&mut out, self.shared.keep, fill)
+        };
+        if hits.is_empty() {
+            return None;
+        }
+        for hit in hits {
+            self.counts.add(place, hit, 1);
+        }
+        Some(out)
+    }
+
+    fn cell<'v>(&mut self, plan: &Plan, value: &'v [u8]) -> Option<Cow<'v, [u8]>> {
+        let keep = |v: Option<Vec<u8>>| Some(v.map_or(Cow::Borrowed(value), Cow::Owned));
+        match plan.action {
+            Action::Reveal => Some(Cow::Borrowed(value)),
+            Action::Detect => match (plan.ty, plan.binary) {
+                (Ty::Inert | Ty::SmallInt, _) => Some(Cow::Borrowed(value)),
+                (Ty::Json, _) => keep(self.detect(&plan.place, value, Fill::Star, true)),
+                (Ty::Jsonb, false) => keep(self.detect(&plan.place, value, Fill::Star, true)),
+                (Ty::Jsonb, true) => match value.split_first() {
+                    Some((&version, doc)) => keep(
+                        self.detect(&plan.place, doc, Fill::Star, true)
+                            .map(|d| [&[version][..], &d].concat()),
+                    ),
+                    None => Some(Cow::Borrowed(value)),
+                },
+                (Ty::Int8 | Ty::Numeric | Ty::NumberArray, false) => {
+                    keep(self.detect(&plan.place, value, Fill::Zero, false))
+                }
+                (Ty::Int8 | Ty::Numeric, true) => {
+                    let Some(text) = decode_number(plan.ty, value) else {
+                        return Some(Cow::Borrowed(value));
+                    };
+                    match self.detect(&plan.place, text.as_bytes(), Fill::Zero, false) {
+                        Some(masked) => {
+                            let masked = String::from_utf8_lossy(&masked).into_owned();
+                            Some(Cow::Owned(
+                                encode_number(plan.ty, &masked).unwrap_or_else(|| zero(plan.ty)),
+                            ))
+                        }
+                        None => Some(Cow::Borrowed(value)),
+                    }
+                }
+                _ => keep(self.detect(&plan.place, value, Fill::Star, false)),
+            },
+            Action::Whole(strategy) => {
+                self.counts.add(&plan.place, Detector::Column, 1);
+                self.whole(plan, strategy, value)
+            }
+        }
+    }
+
+    /// A column rule on the whole value.
+    fn whole<'v>(
+        &mut self,
+        plan: &Plan,
+        strategy: Strategy,
+        value: &'v [u8],
+    ) -> Option<Cow<'v, [u8]>> {
+        let number = matches!(plan.ty, Ty::Int8 | Ty::Numeric | Ty::SmallInt);
+        let json = matches!(plan.ty, Ty::Json | Ty::Jsonb);
+        match strategy {
+            Strategy::Null => None,
+            Strategy::PciDisplay | Strategy::LastFour => {
+                let keep = if strategy == Strategy::PciDisplay {
+                    Keep::Display
+                } else {
+                    Keep::LastFour
+                };
+                if json {
+                    let mut out = value.to_vec();
+                    let start = usize::from(plan.ty == Ty::Jsonb && plan.binary);
+                    mask_json(&mut out[start.min(value.len())..], keep);
+                    return Some(Cow::Owned(out));
+                }
+                if number && plan.binary {
+                    let text = decode_number(plan.ty, value)?;
+                    let mut digits = text.into_bytes();
+                    mask_whole(&mut digits, keep, Fill::Zero);
+                    let text = String::from_utf8_lossy(&digits).into_owned();
+                    return Some(Cow::Owned(
+                        encode_number(plan.ty, &text).unwrap_or_else(|| zero(plan.ty)),
+                    ));
+                }
+                if plan.binary && !matches!(plan.ty, Ty::Text) {
+                    // A binary value of a type the masker cannot rewrite: hide it.
+                    return None;
+                }
+                let mut out = value.to_vec();
+                mask_whole(
+                    &mut out,
+                    keep,
+                    if number { Fill::Zero } else { Fill::Star },
+                );
+                Some(Cow::Owned(out))
+            }
+            Strategy::Redact => Some(Cow::Owned(match (plan.ty, plan.binary) {
+                (Ty::Text, _) => REDACTED.as_bytes().to_vec(),
+                (Ty::Json, _) | (Ty::Jsonb, false) => format!("\"{REDACTED}\"").into_bytes(),
+                (Ty::Jsonb, true) => [&[1u8][..], format!("\"{REDACTED}\"").as_bytes()].concat(),
+                (Ty::Int8 | Ty::Numeric | Ty::SmallInt, false) => b"0".to_vec(),
+                (Ty::Int8 | Ty::Numeric, true) => zero(plan.ty),
+                (Ty::SmallInt, true) => vec![0; value.len()],
+                _ => return None,
+            })),
+            Strategy::Token => {
+                let key = self.shared.token.as_ref()?;
+                let source: Cow<'_, [u8]> = if number && plan.binary {
+                    Cow::Owned(decode_number(plan.ty, value)?.into_bytes())
+                } else {
+                    Cow::Borrowed(value)
+                };
+                Some(Cow::Owned(match (plan.ty, plan.binary) {
+                    (Ty::Text, _) => key.text(&source).into_bytes(),
+                    (Ty::Json, _) | (Ty::Jsonb, false) => {
+                        format!("\"{}\"", key.text(&source)).into_bytes()
+                    }
+                    (Ty::Jsonb, true) => {
+                        [&[1u8][..], format!("\"{}\"", key.text(&source)).as_bytes()].concat()
+                    }
+                    (Ty::Int8 | Ty::Numeric, false) => key.number(&source).to_string().into_bytes(),
+                    (Ty::Int8 | Ty::Numeric, true) => {
+                        encode_number(plan.ty, &key.number(&source).to_string())?
+                    }
+                    _ => return None,
+                }))
+            }
+        }
+    }
+}
+
+/// Zero in a number type's binary encoding.
+fn zero(ty: Ty) -> Vec<u8> {
+    match ty {
+        Ty::Int8 => vec![0; 8],
+        // numeric: ndigits 0, weight 0, sign +, dscale 0.
+        _ => vec![0; 8],
+    }
+}
+
+/// The decimal text of a binary int8 or numeric.
+fn decode_number(ty: Ty, value: &[u8]) -> Option<String> {
+    match ty {
+        Ty::Int8 => Some(i64::from_be_bytes(value.try_into().ok()?).to_string()),
+        Ty::Numeric => decode_numeric(value),
+        _ => None,
+    }
+}
+
+fn encode_number(ty: Ty, text: &str) -> Option<Vec<u8>> {
+    match ty {
+        Ty::Int8 => Some(text.trim().parse::<i64>().ok()?.to_be_bytes().to_vec()),
+        Ty::Numeric => encode_numeric(text.trim()),
+        _ => None,
+    }
+}
+
+/// PostgreSQL's binary numeric: ndigits, weight, sign, dscale, then base-10000 digits.
+fn decode_numeric(value: &[u8]) -> Option<String> {
+    let word = |i: usize| -> Option<u16> {
+        Some(u16::from_be_bytes(value.get(i..i + 2)?.try_into().ok()?))
+    };
+    let ndigits = word(0)? as usize;
+    let weight = word(2)? as i16 as i32;
+    let sign = word(4)?;
+    let dscale = word(6)? as usize;
+    if sign == 0xC000 || sign == 0xD000 || sign == 0xF000 {
+        return None; // NaN and infinities hold no digits.
+    }
+    let digits: Vec<u16> = (0..ndigits)
+        .map(|i| word(8 + 2 * i))
+        .collect::<Option<_>>()?;
+    let mut int = String::new();
+    for w in 0..=weight.max(-1) {
+        let d = digits.get(w as usize).copied().unwrap_or(0);
+        if int.is_empty() {
+            if d != 0 {
+                int.push_str(&d.to_string());
+            }
+        } else {
+            int.push_str(&format!("{d:04}"));
+        }
+    }
+    if int.is_empty() {
+        int.push('0');
+    }
+    let mut frac = String::new();
+    let mut position = weight + 1;
+    while frac.len() < dscale {
+        let d = if position < 0 {
+            0
+        } else {
+            digits.get(position as usize).copied().unwrap_or(0)
+        };
+        frac.push_str(&format!("{d:04}"));
+        position += 1;
+    }
+    frac.truncate(dscale);
+    let sign = if sign == 0x4000 { "-" } else { "" };
+    Some(if dscale > 0 {
+        format!("{sign}{int}.{frac}")
+    } else {
+        format!("{sign}{int}")
+    })
+}
+
+fn encode_numeric(text: &str) -> Option<Vec<u8>> {
+    let (negative, text) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    let (int, frac) = text.split_once('.').unwrap_or((text, ""));
+    if !int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit()) || int.is_empty() {
+        return None;
+    }
+    let int = int.trim_start_matches('0');
+    let pad_left = (4 - int.len() % 4) % 4;
+    let pad_right = (4 - frac.len() % 4) % 4;
+    let all = format!("{}{int}{frac}{}", "0".repeat(pad_left), "0".repeat(pad_right));
+    let groups: Vec<u16> = all
+        .as_bytes()
+        .chunks(4)
+        .map(|c| std::str::from_utf8(c).ok()?.parse().ok())
+        .collect::<Option<_>>()?;
+    let int_groups = (pad_left + int.len()) / 4;
+    let mut weight = int_groups as i32 - 1;
+    let mut start = 0;
+    while start < groups.len() && groups[start] == 0 {
+        start += 1;
+        weight -= 1;
+    }
+    let mut end = groups.len();
+    while end > start && groups[end - 1] == 0 {
+        end -= 1;
+    }
+    let digits = &groups[start..end];
+    if digits.is_empty() {
+        weight = 0;
+    }
+    let mut out = Vec::with_capacity(8 + 2 * digits.len());
+    out.extend_from_slice(&(digits.len() as u16).to_be_bytes());
+    out.extend_from_slice(&(weight as i16).to_be_bytes());
+    out.extend_from_slice(&(if negative && !digits.is_empty() { 0x4000u16 } else { 0 }).to_be_bytes());
+    out.extend_from_slice(&(frac.len() as u16).to_be_bytes());
+    for d in digits {
+        out.extend_from_slice(&d.to_be_bytes());
+    }
+    Some(out)
+}
+
+impl SessionHooks for Masker {
+    fn statement(&mut self, statement: &Statement<'_>) -> Verdict {
+        // Column rules need the catalog; read it first when it is stale.
+        if self.catalog.fresh().is_none() {
+            let catalog = self.catalog.clone();
+            if self.catalog.last().is_none() || statement_may_return_rows(statement) {
+                return Verdict::Wait(Box::pin(async move {
+                    if let Err(error) = catalog.refresh().await {
+                        tracing::warn!(%error, "catalog refresh for masking failed");
+                    }
+                }));
+            }
+        }
+        if self.catalog.last().is_none() {
+            return Verdict::Decided(Decision::Refuse {
+                sqlstate: "58000",
+                message: "the gateway cannot read the upstream's catalog, so it cannot mask card data: \
+                          the statement was not run; check the connection's upstream and try again"
+                    .into(),
+            });
+        }
+        self.inner.statement(statement)
+    }
+
+    fn ready(&mut self, status: u8) {
+        self.inner.ready(status);
+    }
+
+    fn result_columns(&mut self, columns: Option<&[ResultColumn]>) {
+        self.plan = columns.map(|c| self.plan_for(c));
+        self.inner.result_columns(columns);
+    }
+
+    fn result_value<'v>(&mut self, source: ValueSource, value: &'v [u8]) -> Option<Cow<'v, [u8]>> {
+        let masked = match source {
+            ValueSource::Cell { column } => {
+                let plan = self.plan.as_ref().and_then(|p| p.get(column)).cloned();
+                match plan {
+                    Some(plan) => self.cell(&plan, value),
+                    None => {
+                        // Columns unknown: scan the bytes, whatever the format.
+                        let place = "result column (unknown)";
+                        Some(
+                            self.detect(place, value, Fill::Star, false)
+                                .map_or(Cow::Borrowed(value), Cow::Owned),
+                        )
+                    }
+                }
+            }
+            other => {
+                let place = match other {
+                    ValueSource::ErrorField => "error",
+                    ValueSource::NoticeField => "notice",
+                    ValueSource::CopyRow => "copy",
+                    _ => "notification",
+                };
+                let json = false;
+                Some(
+                    self.detect(place, value, Fill::Star, json)
+                        .map_or(Cow::Borrowed(value), Cow::Owned),
+                )
+            }
+        };
+        match masked {
+            Some(Cow::Borrowed(v)) => self.inner.result_value(source, v),
+            Some(Cow::Owned(v)) => self
+                .inner
+                .result_value(source, &v)
+                .map(|c| Cow::Owned(c.into_owned())),
+            None => None,
+        }
+    }
+
+    fn inspects_values(&self) -> bool {
+        true
+    }
+
+    fn event(&mut self, event: &SessionEvent<'_>) {
+        if let SessionEvent::Disconnected { .. } = event {
+            for (place, detector, count) in self.counts.iter() {
+                tracing::info!(
+                    target: "tollgate::audit",
+                    event = "masking.record",
+                    subject = %self.principal.subject,
+                    connection = %self.connection,
+                    place,
+                    detector = detector.as_str(),
+                    count,
+                );
+            }
+        }
+        self.inner.event(event);
+    }
+}
+
+/// Whether a statement could return rows (anything but plain session control).
+fn statement_may_return_rows(_statement: &Statement<'_>) -> bool {
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numeric_round_trips() {
+        for text in [
+            "0",
+            "4111111111111111",
+            "-12.5",
+            "0.0001",
+            "100000000",
+            "4111110000001111",
+            "12345678901234567890.123",
+        ] {
+            let encoded = encode_numeric(text).unwrap();
+            assert_eq!(decode_numeric(&encoded).as_deref(), Some(text), "{text}");
+        }
+    }
+
+    #[test]
+    fn binary_int8_pan_is_masked_to_a_valid_int8() {
+        let text = decode_number(Ty::Int8, &4111111111111111i64.to_be_bytes()).unwrap();
+        let mut digits = text.into_bytes();
+        let hits = mask_text(&mut digits, Keep::Display, Fill::Zero);
+        assert_eq!(hits, [Detector::Pan]);
+        let encoded = encode_number(Ty::Int8, std::str::from_utf8(&digits).unwrap()).unwrap();
+        assert_eq!(i64::from_be_bytes(encoded.try_into().unwrap()), 4111110000001111);
+    }
+}
