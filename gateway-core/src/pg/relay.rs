@@ -97,6 +97,11 @@ struct State<'h> {
     hooks: &'h mut dyn SessionHooks,
     /// One entry per Query, Sync or FunctionCall sent upstream, in order.
     awaiting_ready: VecDeque<Ready>,
+    /// For each entry of `awaiting_ready`: it is for a Sync.
+    ready_is_sync: VecDeque<bool>,
+    /// The upstream is in copy-in mode and ignores the client's Syncs until
+    /// the client's CopyDone or CopyFail.
+    copy_in: bool,
     /// The upstream error of the front `Ready::Replace` entry was swallowed.
     replaced: bool,
     /// Extended-protocol messages were sent since the last Sync.
@@ -125,6 +130,8 @@ pub async fn run(
     let mut state = State {
         hooks,
         awaiting_ready: VecDeque::new(),
+        ready_is_sync: VecDeque::new(),
+        copy_in: false,
         replaced: false,
         unsynced: false,
         skipping: None,
@@ -233,7 +240,7 @@ impl State<'_> {
                         Verdict::Wait(wait) => return Ok(Step::Wait(wait)),
                         Verdict::Decided(Decision::Forward) => {
                             self.to_upstream.extend_from_slice(frame);
-                            self.awaiting_ready.push_back(Ready::Pass);
+                            self.expect_ready(Ready::Pass, false);
                             if self.inspect {
                                 self.shapes.query();
                             }
@@ -248,13 +255,13 @@ impl State<'_> {
                                 // Behind unsynced extended messages a failing query
                                 // could be skipped upstream; a Sync is always answered.
                                 self.to_upstream.extend_from_slice(SYNC);
-                                self.awaiting_ready.push_back(Ready::Inject(error));
+                                self.expect_ready(Ready::Inject(error), true);
                                 if self.inspect {
                                     self.shapes.sync();
                                 }
                             } else {
                                 put_frame(&mut self.to_upstream, b'Q', &[REFUSED_QUERY]);
-                                self.awaiting_ready.push_back(Ready::Replace(error));
+                                self.expect_ready(Ready::Replace(error), false);
                                 if self.inspect {
                                     self.shapes.query();
                                 }
@@ -290,18 +297,26 @@ impl State<'_> {
                         }
                     }
                 }
+                b'S' if self.copy_in => {
+                    // Ignored by the upstream in copy-in mode: nothing will answer it.
+                    self.to_upstream.extend_from_slice(frame);
+                }
                 b'S' => {
                     self.to_upstream.extend_from_slice(frame);
-                    self.awaiting_ready
-                        .push_back(self.skipping.take().map_or(Ready::Pass, Ready::Inject));
+                    let ready = self.skipping.take().map_or(Ready::Pass, Ready::Inject);
+                    self.expect_ready(ready, true);
                     self.unsynced = false;
                     if self.inspect {
                         self.shapes.sync();
                     }
                 }
+                b'c' | b'f' => {
+                    self.to_upstream.extend_from_slice(frame);
+                    self.copy_in = false;
+                }
                 b'F' => {
                     self.to_upstream.extend_from_slice(frame);
-                    self.awaiting_ready.push_back(Ready::Pass);
+                    self.expect_ready(Ready::Pass, false);
                     if self.inspect {
                         self.shapes.query();
                     }
@@ -344,7 +359,25 @@ impl State<'_> {
         {
             let frame = &buf[..total];
             match tag {
+                b'G' => {
+                    // Copy-in mode: the upstream ignores Syncs until the client's
+                    // CopyDone/CopyFail, so the Syncs sent since the COPY's Execute
+                    // (a pipelining driver sends them right behind it) go unanswered.
+                    let first = usize::from(self.ready_is_sync.front() == Some(&false));
+                    let mut dropped = 0;
+                    while self.ready_is_sync.get(first) == Some(&true) {
+                        self.ready_is_sync.remove(first);
+                        self.awaiting_ready.remove(first);
+                        dropped += 1;
+                    }
+                    if self.inspect {
+                        self.shapes.drop_syncs(dropped);
+                    }
+                    self.copy_in = true;
+                    self.to_client.extend_from_slice(frame);
+                }
                 b'Z' => {
+                    self.ready_is_sync.pop_front();
                     match self.awaiting_ready.pop_front() {
                         Some(Ready::Inject(error) | Ready::Replace(error)) => {
                             let error = error.to_frame();
@@ -431,6 +464,12 @@ impl State<'_> {
             buf.advance(total);
         }
         Ok(())
+    }
+
+    /// A ReadyForQuery will answer what was just sent upstream.
+    fn expect_ready(&mut self, ready: Ready, sync: bool) {
+        self.awaiting_ready.push_back(ready);
+        self.ready_is_sync.push_back(sync);
     }
 
     /// Pass each field of an ErrorResponse or NoticeResponse through the
@@ -597,6 +636,8 @@ mod tests {
         State {
             hooks,
             awaiting_ready: VecDeque::new(),
+            ready_is_sync: VecDeque::new(),
+            copy_in: false,
             replaced: false,
             unsynced: false,
             skipping: None,

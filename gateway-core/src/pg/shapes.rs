@@ -172,6 +172,19 @@ impl Shapes {
         self.pending.push_back(Expect::Sync);
     }
 
+    /// The upstream entered copy-in mode and will not answer the `n` Syncs
+    /// sent behind the COPY.
+    pub fn drop_syncs(&mut self, n: usize) {
+        for _ in 0..n {
+            match self.pending.iter().position(|e| matches!(e, Expect::Sync)) {
+                Some(i) => {
+                    self.pending.remove(i);
+                }
+                None => return,
+            }
+        }
+    }
+
     /// The upstream sent RowDescription.
     pub fn row_description(&mut self, body: &[u8]) -> Described {
         let columns = parse_row_description(body).unwrap_or_default();
