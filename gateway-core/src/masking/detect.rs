@@ -271,7 +271,11 @@ fn json_number_fix(number: &mut [u8]) {
         .iter()
         .take_while(|b| **b == b'0')
         .count();
-    let strip = if zeros == digits { zeros.saturating_sub(1) } else { zeros };
+    let strip = if zeros == digits {
+        zeros.saturating_sub(1)
+    } else {
+        zeros
+    };
     if strip == 0 {
         return;
     }
@@ -296,18 +300,33 @@ mod tests {
 
     #[test]
     fn pci_display_and_last_four() {
-        assert_eq!(masked("4111111111111111", Keep::Display), "411111******1111");
-        assert_eq!(masked("4111 1111 1111 1111", Keep::Display), "4111 11** **** 1111");
+        assert_eq!(
+            masked("4111111111111111", Keep::Display),
+            "411111******1111"
+        );
+        assert_eq!(
+            masked("4111 1111 1111 1111", Keep::Display),
+            "4111 11** **** 1111"
+        );
         assert_eq!(masked("378282246310005", Keep::Display), "378282*****0005");
         assert_eq!(masked("4222222222222", Keep::Display), "*********2222");
-        assert_eq!(masked("pan 5555555555554444", Keep::LastFour), "pan ************4444");
+        assert_eq!(
+            masked("pan 5555555555554444", Keep::LastFour),
+            "pan ************4444"
+        );
     }
 
     #[test]
     fn track_data_is_hidden_entirely() {
         let t2 = masked("t=;4111111111111111=30121011234567890? ok", Keep::Display);
-        assert!(!t2.contains("4111") && !t2.contains("3012") && t2.ends_with(" ok"), "{t2}");
-        let t1 = masked("%B4111111111111111^DOE/JOHN^3012101000000000000?", Keep::Display);
+        assert!(
+            !t2.contains("4111") && !t2.contains("3012") && t2.ends_with(" ok"),
+            "{t2}"
+        );
+        let t1 = masked(
+            "%B4111111111111111^DOE/JOHN^3012101000000000000?",
+            Keep::Display,
+        );
         assert!(!t1.contains("DOE") && !t1.contains("4111"), "{t1}");
     }
 
@@ -330,7 +349,14 @@ mod tests {
 
     #[test]
     fn labels() {
-        for sad in ["cvv", "CVV2", "card_cvc", "pin_block", "track2_data", "SecurityCode"] {
+        for sad in [
+            "cvv",
+            "CVV2",
+            "card_cvc",
+            "pin_block",
+            "track2_data",
+            "SecurityCode",
+        ] {
             assert!(sad_label(sad), "{sad}");
         }
         for not in ["pinned", "spinach", "customer_id", "tracking_no"] {

@@ -154,11 +154,7 @@ impl TokenKey {
 }
 
 fn normalise(value: &[u8]) -> Vec<u8> {
-    let digits: Vec<u8> = value
-        .iter()
-        .copied()
-        .filter(u8::is_ascii_digit)
-        .collect();
+    let digits: Vec<u8> = value.iter().copied().filter(u8::is_ascii_digit).collect();
     let only_digits_and_separators = value
         .iter()
         .all(|b| b.is_ascii_digit() || *b == b' ' || *b == b'-');

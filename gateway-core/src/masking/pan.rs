@@ -165,7 +165,7 @@ pub fn luhn(digits: &[u8]) -> bool {
         }
         sum += v;
     }
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Card brands whose ranges the detector knows.
@@ -197,7 +197,7 @@ pub fn brand(digits: &[u8]) -> Option<Brand> {
             .iter()
             .fold(0, |acc, d| acc * 10 + u32::from(d - b'0'))
     };
-    if len < 12 || len > 19 {
+    if !(12..=19).contains(&len) {
         return None;
     }
     let p2 = prefix(2);
@@ -214,8 +214,7 @@ pub fn brand(digits: &[u8]) -> Option<Brand> {
         return Some(Brand::Amex);
     }
     if (16..=19).contains(&len) {
-        if p4 == 6011 || (644..=649).contains(&p3) || p2 == 65 || (622126..=622925).contains(&p6)
-        {
+        if p4 == 6011 || (644..=649).contains(&p3) || p2 == 65 || (622126..=622925).contains(&p6) {
             return Some(Brand::Discover);
         }
         if (3528..=3589).contains(&p4) {
@@ -228,7 +227,10 @@ pub fn brand(digits: &[u8]) -> Option<Brand> {
     if (14..=19).contains(&len) && ((300..=305).contains(&p3) || p2 == 36 || p2 == 38 || p2 == 39) {
         return Some(Brand::Diners);
     }
-    if matches!(p4, 5018 | 5020 | 5038 | 5893 | 6304 | 6759 | 6761 | 6762 | 6763) {
+    if matches!(
+        p4,
+        5018 | 5020 | 5038 | 5893 | 6304 | 6759 | 6761 | 6762 | 6763
+    ) {
         return Some(Brand::Maestro);
     }
     None

@@ -47,13 +47,23 @@ fn corpus_precision_and_recall() {
                 .contains(pan)
         });
         if found != wanted || pans != want_pans || leaked {
-            wrong.push(format!("line {}: {label} {text:?} -> {masked:?}", line_no + 1));
+            wrong.push(format!(
+                "line {}: {label} {text:?} -> {masked:?}",
+                line_no + 1
+            ));
         }
     }
     let precision = f64::from(tp) / f64::from(tp + fp);
     let recall = f64::from(tp) / f64::from(tp + fn_);
-    println!("corpus: precision {precision:.3}, recall {recall:.3} ({tp} true, {fp} false positives, {fn_} missed)");
-    assert!(wrong.is_empty(), "{} cases wrong:\n{}", wrong.len(), wrong.join("\n"));
+    println!(
+        "corpus: precision {precision:.3}, recall {recall:.3} ({tp} true, {fp} false positives, {fn_} missed)"
+    );
+    assert!(
+        wrong.is_empty(),
+        "{} cases wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
     assert!(tp > 140, "the corpus has its cases");
 }
 
@@ -70,8 +80,14 @@ fn record_mask_keeps_last_four_only() {
 fn tokens_are_stable_keyed_and_ignore_separators() {
     let key = TokenKey::new(&[7u8; 32]).unwrap();
     let other = TokenKey::new(&[8u8; 32]).unwrap();
-    assert_eq!(key.text(b"4111111111111111"), key.text(b"4111 1111 1111 1111"));
-    assert_ne!(key.text(b"4111111111111111"), other.text(b"4111111111111111"));
+    assert_eq!(
+        key.text(b"4111111111111111"),
+        key.text(b"4111 1111 1111 1111")
+    );
+    assert_ne!(
+        key.text(b"4111111111111111"),
+        other.text(b"4111111111111111")
+    );
     assert!(key.text(b"4111111111111111").starts_with("tok_"));
     let n = key.number(b"4111111111111111");
     assert_eq!(n.to_string().len(), 15);

@@ -244,7 +244,9 @@ impl Catalog {
                     ColumnKind::Plain if self.tagged.contains(&qualified) => ColumnKind::Tagged,
                     kind => kind,
                 };
-                entry.columns.push((column.clone(), kind != ColumnKind::Plain));
+                entry
+                    .columns
+                    .push((column.clone(), kind != ColumnKind::Plain));
                 if let (Ok(oid), Some(Ok(attnum))) =
                     (oid.parse::<u32>(), attnum.as_deref().map(str::parse::<i16>))
                 {

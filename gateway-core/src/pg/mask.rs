@@ -120,15 +120,26 @@ enum Ty {
 
 fn ty(type_id: u32) -> Ty {
     match type_id {
-        oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::UNKNOWN | oid::XML
+        oid::TEXT
+        | oid::VARCHAR
+        | oid::BPCHAR
+        | oid::NAME
+        | oid::UNKNOWN
+        | oid::XML
         | oid::CHAR => Ty::Text,
         oid::JSON => Ty::Json,
         oid::JSONB => Ty::Jsonb,
         oid::INT8 => Ty::Int8,
         oid::NUMERIC => Ty::Numeric,
         oid::INT2 | oid::INT4 | oid::OID => Ty::SmallInt,
-        oid::BOOL | oid::FLOAT4 | oid::DATE | oid::TIME | oid::TIMESTAMP | oid::TIMESTAMPTZ
-        | oid::INTERVAL | oid::UUID => Ty::Inert,
+        oid::BOOL
+        | oid::FLOAT4
+        | oid::DATE
+        | oid::TIME
+        | oid::TIMESTAMP
+        | oid::TIMESTAMPTZ
+        | oid::INTERVAL
+        | oid::UUID => Ty::Inert,
         oid::INT8_ARRAY | oid::NUMERIC_ARRAY => Ty::NumberArray,
         oid::BYTEA => Ty::Other,
         _ => Ty::Other,
@@ -371,11 +382,7 @@ impl Masker {
                     return None;
                 }
                 let mut out = value.to_vec();
-                mask_whole(
-                    &mut out,
-                    keep,
-                    if number { Fill::Zero } else { Fill::Star },
-                );
+                mask_whole(&mut out, keep, if number { Fill::Zero } else { Fill::Star });
                 Some(Cow::Owned(out))
             }
             Strategy::Redact => Some(Cow::Owned(match (plan.ty, plan.binary) {
@@ -500,7 +507,11 @@ fn encode_numeric(text: &str) -> Option<Vec<u8>> {
     let int = int.trim_start_matches('0');
     let pad_left = (4 - int.len() % 4) % 4;
     let pad_right = (4 - frac.len() % 4) % 4;
-    let all = format!("{}{int}{frac}{}", "0".repeat(pad_left), "0".repeat(pad_right));
+    let all = format!(
+        "{}{int}{frac}{}",
+        "0".repeat(pad_left),
+        "0".repeat(pad_right)
+    );
     let groups: Vec<u16> = all
         .as_bytes()
         .chunks(4)
@@ -524,7 +535,14 @@ fn encode_numeric(text: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(8 + 2 * digits.len());
     out.extend_from_slice(&(digits.len() as u16).to_be_bytes());
     out.extend_from_slice(&(weight as i16).to_be_bytes());
-    out.extend_from_slice(&(if negative && !digits.is_empty() { 0x4000u16 } else { 0 }).to_be_bytes());
+    out.extend_from_slice(
+        &(if negative && !digits.is_empty() {
+            0x4000u16
+        } else {
+            0
+        })
+        .to_be_bytes(),
+    );
     out.extend_from_slice(&(frac.len() as u16).to_be_bytes());
     for d in digits {
         out.extend_from_slice(&d.to_be_bytes());
@@ -548,9 +566,10 @@ impl SessionHooks for Masker {
         if self.catalog.last().is_none() {
             return Verdict::Decided(Decision::Refuse {
                 sqlstate: "58000",
-                message: "the gateway cannot read the upstream's catalog, so it cannot mask card data: \
+                message:
+                    "the gateway cannot read the upstream's catalog, so it cannot mask card data: \
                           the statement was not run; check the connection's upstream and try again"
-                    .into(),
+                        .into(),
             });
         }
         self.inner.statement(statement)
@@ -659,6 +678,9 @@ mod tests {
         let hits = mask_text(&mut digits, Keep::Display, Fill::Zero);
         assert_eq!(hits, [Detector::Pan]);
         let encoded = encode_number(Ty::Int8, std::str::from_utf8(&digits).unwrap()).unwrap();
-        assert_eq!(i64::from_be_bytes(encoded.try_into().unwrap()), 4111110000001111);
+        assert_eq!(
+            i64::from_be_bytes(encoded.try_into().unwrap()),
+            4111110000001111
+        );
     }
 }

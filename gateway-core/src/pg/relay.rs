@@ -408,8 +408,7 @@ impl State<'_> {
                     }
                     Described::Statement => self.to_client.extend_from_slice(frame),
                     Described::Hidden => {
-                        if let Some(columns) = super::shapes::parse_row_description(&frame[5..])
-                        {
+                        if let Some(columns) = super::shapes::parse_row_description(&frame[5..]) {
                             self.hooks.result_columns(Some(&columns));
                         }
                     }

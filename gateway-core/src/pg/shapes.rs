@@ -137,9 +137,10 @@ impl Shapes {
     /// before it when the portal's columns are unknown.
     pub fn execute(&mut self, body: &[u8]) -> Option<Vec<u8>> {
         let portal = Body::new(body).cstr().unwrap_or_default().to_vec();
-        let known = self.portals.get(&portal).is_some_and(|p| {
-            p.columns.is_some() || self.statements.contains_key(&p.statement)
-        });
+        let known = self
+            .portals
+            .get(&portal)
+            .is_some_and(|p| p.columns.is_some() || self.statements.contains_key(&p.statement));
         let describe = (!known).then(|| {
             self.pending.push_back(Expect::DescribePortal {
                 portal: portal.clone(),

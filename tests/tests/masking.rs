@@ -1,0 +1,436 @@
+//! Masking through the real gateway: psql (text), tokio-postgres (binary),
+//! COPY, errors, notices, notifications, JSON; reveal by policy; and no raw
+//! PAN anywhere in the gateway's data directory afterwards.
+
+use bytes::BytesMut;
+use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
+use tollgate::identity::dev_issuer::TokenRequest;
+use tollgate_e2e::TestGateway;
+
+/// Every card number the fixtures hold (seed.sql).
+const FIXTURE_PANS: &[&str] = &[
+    "4111111111111111",
+    "4242424242424242",
+    "5555555555554444",
+    "2223003122003222",
+    "378282246310005",
+    "6011111111111117",
+    "3530111333300000",
+    "6200000000000005",
+    "6205500000000000004",
+    "36227206271667",
+    "3056930009020004",
+    "6759649826438453",
+    "4012888888881881",
+    "4000056655665556",
+];
+
+fn assert_no_raw_pan(what: &str, text: &str) {
+    let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+    for pan in FIXTURE_PANS {
+        assert!(
+            !text.contains(pan) && !digits.contains(pan),
+            "{what} holds the raw PAN {pan}:\n{text}"
+        );
+    }
+}
+
+fn agent_token(gw: &TestGateway) -> String {
+    gw.token_with(TokenRequest {
+        subject: "support-bot".into(),
+        groups: vec!["agents".into()],
+        mfa: false,
+        agent: true,
+        ttl_secs: 600,
+    })
+}
+
+async fn starter() -> TestGateway {
+    TestGateway::start_with("[policy]\nstarter = true").await
+}
+
+/// Raw bytes of any value, in whatever format it arrived.
+struct Raw(Vec<u8>);
+
+impl<'a> FromSql<'a> for Raw {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Raw(raw.to_vec()))
+    }
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+/// Send raw bytes back as a binary parameter of the given type.
+#[derive(Debug)]
+struct RawParam(Vec<u8>);
+
+impl ToSql for RawParam {
+    fn to_sql(
+        &self,
+        _: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        out.extend_from_slice(&self.0);
+        Ok(IsNull::No)
+    }
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+    to_sql_checked!();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_sees_pci_display_pans_in_psql_and_redacted_cvv() {
+    let gw = starter().await;
+    let out = gw.psql(
+        &agent_token(&gw),
+        &[
+            "-F",
+            "|",
+            "-c",
+            "SELECT id, pan, cvv FROM payments WHERE id > 0 ORDER BY id",
+        ],
+    );
+    let text = out.ok();
+    assert_no_raw_pan("psql output", text);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 12, "{text}");
+    assert_eq!(lines[0], "1|411111******1111|[REDACTED]");
+    assert_eq!(lines[4], "5|378282*****0005|[REDACTED]");
+    assert_eq!(
+        lines[9], "10|**********1667|[REDACTED]",
+        "14-digit Diners: last four only"
+    );
+    // Lookalikes stay as they are; the PAN in free text is masked in place.
+    let orders = gw
+        .psql(
+            &agent_token(&gw),
+            &["-F", "|", "-c", "SELECT order_no, placed_at_ms, device_imei, note FROM orders WHERE customer_id > 0 ORDER BY order_no"],
+        )
+        .ok()
+        .to_string();
+    assert!(
+        orders.contains("ORD-7730019918273645|1764061234567|356938035643809|gift wrap"),
+        "{orders}"
+    );
+    assert!(
+        orders.contains("order placed via card 4111 11** **** 1111"),
+        "{orders}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn binary_results_are_masked_and_still_decode() {
+    let gw = starter().await;
+    let client = gw.tokio_postgres(&agent_token(&gw)).await.unwrap();
+    // tokio-postgres asks for binary results.
+    let row = client
+        .query_one(
+            "SELECT pan, cvv, amount::text FROM payments WHERE id = $1",
+            &[&3i64],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "555555******4444");
+    assert_eq!(row.get::<_, String>(1), "[REDACTED]");
+    assert_eq!(row.get::<_, String>(2), "42.10");
+
+    // Nobody labelled card_events: content detection finds the PANs in
+    // binary int8, numeric, jsonb, json and text[] values.
+    let row = client
+        .query_one(
+            "SELECT reference, ref_num, payload, raw, tags, memo FROM card_events WHERE id = $1",
+            &[&1i64],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 4242420000004242);
+    let numeric = row.get::<_, Raw>(1).0;
+    let as_text: String = client
+        .query_one("SELECT $1::numeric::text", &[&RawParam(numeric)])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        as_text, "6011110000001117",
+        "a masked numeric PostgreSQL itself decodes"
+    );
+    let jsonb = row.get::<_, Raw>(2).0;
+    assert_eq!(jsonb[0], 1, "jsonb version byte kept");
+    let payload: serde_json::Value = serde_json::from_slice(&jsonb[1..]).unwrap();
+    assert_eq!(payload["card"]["number"], "411111******1111");
+    assert_eq!(payload["card"]["cvv"], "***");
+    assert_eq!(payload["ts"], 1764061234567u64, "a timestamp is not a PAN");
+    let raw: serde_json::Value = serde_json::from_slice(&row.get::<_, Raw>(3).0).unwrap();
+    assert_eq!(raw["pan"], 5555550000004444u64);
+    assert_eq!(raw["cvc2"], 0);
+    let tags: Vec<String> = row.get(4);
+    assert_eq!(tags, ["visa 401288******1881", "plain"]);
+    let memo: String = row.get(5);
+    assert!(
+        memo.starts_with("swiped ") && memo.ends_with(" at till 3"),
+        "{memo}"
+    );
+    assert_no_raw_pan("track data", &memo);
+    assert!(
+        !memo.contains("3012101"),
+        "nothing of the track survives: {memo}"
+    );
+
+    // Row 2 holds lookalikes only: returned unchanged.
+    let row = client
+        .query_one(
+            "SELECT reference, ref_num::text, payload::text FROM card_events WHERE id = 2",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 1764061300001);
+    assert_eq!(row.get::<_, String>(1), "12345678901234567890");
+    assert!(row.get::<_, String>(2).contains("490154203237518"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicate_key_error_does_not_echo_the_card_number() {
+    let gw = starter().await;
+    let admin = gw.token("ops", &["admins"]);
+    let insert = "INSERT INTO payments (id, customer_id, brand, pan, expiry, amount) \
+                  VALUES (99, 1, 'visa', '4111111111111111', '12/30', 1)";
+    let out = gw.psql(&admin, &["-c", insert]);
+    out.fails_with("duplicate key value violates unique constraint");
+    assert!(
+        out.stderr
+            .contains("Key (pan)=(411111******1111) already exists"),
+        "{}",
+        out.stderr
+    );
+    assert_no_raw_pan("psql error", &out.stderr);
+
+    let client = gw.tokio_postgres(&admin).await.unwrap();
+    let error = client.execute(insert, &[]).await.unwrap_err();
+    let db = error.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "23505");
+    assert_eq!(
+        db.detail(),
+        Some("Key (pan)=(411111******1111) already exists.")
+    );
+    // The session goes on.
+    assert_eq!(
+        client
+            .query_one("SELECT 1", &[])
+            .await
+            .unwrap()
+            .get::<_, i32>(0),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_notices_and_notifications_are_masked() {
+    // Masking does not depend on a policy: this gateway runs without one.
+    let gw = TestGateway::start().await;
+    let token = gw.token("dev", &["admins"]);
+    let copy = gw
+        .psql(&token, &["-c", "COPY payments (id, pan, cvv) TO STDOUT"])
+        .ok()
+        .to_string();
+    assert_eq!(copy.lines().count(), 12, "{copy}");
+    assert!(copy.contains("1\t411111******1111\t123"), "{copy}");
+    assert_no_raw_pan("COPY text", &copy);
+    let csv = gw
+        .psql(
+            &token,
+            &[
+                "-c",
+                "COPY (SELECT pan FROM payments ORDER BY id) TO STDOUT (FORMAT csv)",
+            ],
+        )
+        .ok()
+        .to_string();
+    assert_eq!(csv.lines().next(), Some("411111******1111"));
+
+    let notice = gw.psql(
+        &token,
+        &[
+            "-c",
+            "DO $$ BEGIN RAISE NOTICE 'charging card %', '5555555555554444'; END $$",
+        ],
+    );
+    notice.ok();
+    assert!(
+        notice.stderr.contains("charging card 555555******4444"),
+        "{}",
+        notice.stderr
+    );
+
+    let notified = gw.psql(
+        &token,
+        &[
+            "-c",
+            "LISTEN cards",
+            "-c",
+            "NOTIFY cards, 'card 6011111111111117 declined'",
+            "-c",
+            "SELECT 1",
+        ],
+    );
+    let all = format!("{}\n{}", notified.ok(), notified.stderr);
+    assert!(all.contains("card 601111******1117 declined"), "{all}");
+    assert_no_raw_pan("notification", &all);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fraud_role_with_mfa_may_reveal_others_may_not() {
+    let gw = starter().await;
+    let query = ["-c", "SELECT pan FROM payments WHERE id = 1"];
+    let fraud = gw.token_with(TokenRequest {
+        subject: "investigator".into(),
+        groups: vec!["fraud".into(), "analysts".into()],
+        mfa: true,
+        agent: false,
+        ttl_secs: 600,
+    });
+    assert_eq!(gw.psql(&fraud, &query).ok(), "4111111111111111");
+    let no_mfa = gw.token_with(TokenRequest {
+        subject: "investigator".into(),
+        groups: vec!["fraud".into(), "analysts".into()],
+        mfa: false,
+        agent: false,
+        ttl_secs: 600,
+    });
+    assert_eq!(gw.psql(&no_mfa, &query).ok(), "411111******1111");
+    let analyst = gw.token("ana", &["analysts"]);
+    assert_eq!(gw.psql(&analyst, &query).ok(), "411111******1111");
+    // An agent in the fraud group still never sees a full PAN.
+    let agent = gw.token_with(TokenRequest {
+        subject: "bot".into(),
+        groups: vec!["fraud".into(), "agents".into()],
+        mfa: true,
+        agent: true,
+        ttl_secs: 600,
+    });
+    assert_eq!(gw.psql(&agent, &query).ok(), "411111******1111");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn column_rules_apply_strategies() {
+    let key_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key_file.path(), "0123456789abcdef0123456789abcdef\n").unwrap();
+    let gw = TestGateway::start_with(&format!(
+        r#"[policy]
+starter = true
+
+[masking]
+client = "last_four"
+token_key = {{ file = "{}" }}
+
+[[masking.rule]]
+column = "public.payments.pan"
+strategy = "token"
+
+[[masking.rule]]
+column = "public.customers.email"
+strategy = "redact"
+
+[[masking.rule]]
+column = "public.customers.phone"
+strategy = "null"
+"#,
+        key_file.path().display()
+    ))
+    .await;
+    let token = gw.token("ana", &["analysts"]);
+    let out = gw
+        .psql(
+            &token,
+            &[
+                "-F",
+                "|",
+                "-c",
+                "\\pset null <null>",
+                "-c",
+                "SELECT p.pan, c.email, c.phone FROM payments p JOIN customers c ON c.id = p.customer_id \
+                 WHERE p.id IN (1, 6) ORDER BY p.id",
+            ],
+        )
+        .ok()
+        .to_string();
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .filter(|l| l.contains('|'))
+        .map(|l| l.split('|').collect())
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(
+        rows[0][0].starts_with("tok_") && rows[0][0].len() == 28,
+        "{out}"
+    );
+    assert_ne!(rows[0][0], rows[1][0], "different PANs, different tokens");
+    assert_eq!(rows[0][1], "[REDACTED]");
+    assert_eq!(rows[0][2], "<null>");
+    // Stable: the same PAN gives the same token in another session.
+    let again = gw
+        .psql(&token, &["-c", "SELECT pan FROM payments WHERE id = 1"])
+        .ok()
+        .to_string();
+    assert_eq!(again, rows[0][0]);
+    let phone = gw
+        .psql(
+            &token,
+            &[
+                "-c",
+                "SELECT coalesce(phone, '<null>') FROM customers WHERE id = 1",
+            ],
+        )
+        .ok()
+        .to_string();
+    assert_eq!(
+        phone, "+44 20 7946 0018",
+        "a computed column has no rule, and a phone number is not a PAN"
+    );
+    // The client default is last four for detected PANs.
+    let note = gw
+        .psql(
+            &token,
+            &[
+                "-c",
+                "SELECT note FROM orders WHERE order_no = 'ORD-1234567890123456'",
+            ],
+        )
+        .ok()
+        .to_string();
+    assert_eq!(note, "order placed via card **** **** **** 1111");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_raw_pan_in_the_gateway_data_directory() {
+    let gw = starter().await;
+    let admin = gw.token("ops", &["admins"]);
+    gw.psql(&admin, &["-c", "SELECT * FROM payments WHERE id > 0"])
+        .ok();
+    gw.psql(&admin, &["-c", "SELECT * FROM card_events WHERE id > 0"])
+        .ok();
+    let _ = gw.psql(
+        &admin,
+        &[
+            "-c",
+            "SELECT * FROM payments WHERE pan = '4111111111111111' AND id > 0",
+        ],
+    );
+    let mut files = vec![gw.data_dir.clone()];
+    let mut scanned = 0;
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            let bytes = std::fs::read(&path).unwrap();
+            assert_no_raw_pan(
+                &path.display().to_string(),
+                &String::from_utf8_lossy(&bytes),
+            );
+            scanned += 1;
+        }
+    }
+    assert!(scanned > 0, "the data directory has files");
+}
