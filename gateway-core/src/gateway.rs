@@ -117,7 +117,11 @@ impl Gateway {
             let upstream = upstreams[&connection.name].clone();
             catalogs.insert(
                 connection.name.clone(),
-                Arc::new(Catalog::new(upstream, connection.cardholder.clone())),
+                Arc::new(Catalog::new(
+                    upstream,
+                    connection.cardholder.clone(),
+                    self.config.masking.discovery,
+                )),
             );
         }
         let policy = load_policy(&self.config.policy)?;

@@ -36,6 +36,15 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Find card data in a connection's database: column names, configuration
+    /// and sampled values (the inventory PCI DSS 12.5.2 asks for).
+    Discover {
+        /// The connection's name.
+        connection: String,
+        /// The configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Run a local gateway in front of an existing database, trusting the dev issuer.
     Dev {
         /// The upstream: postgres://USER:PASS@HOST:PORT/DB[?sslmode=...&sslrootcert=...]
@@ -176,6 +185,32 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     ""
                 }
             );
+            Ok(())
+        }
+        Command::Discover {
+            connection,
+            config: path,
+        } => {
+            let config = Config::load(&path)?;
+            let Some(connection) = config.connection(&connection) else {
+                anyhow::bail!(
+                    "no connection named '{connection}' in {}; it has: {}",
+                    path.display(),
+                    config
+                        .connections
+                        .iter()
+                        .map(|c| c.get_ref().name.clone())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            };
+            let upstream = std::sync::Arc::new(tollgate::upstream::Upstream::new(connection)?);
+            let catalog =
+                tollgate::pg::catalog::Catalog::new(upstream, connection.cardholder.clone(), true);
+            let snapshot = catalog.refresh().await.map_err(|e| {
+                anyhow::anyhow!("cannot read the catalog of '{}': {e}", connection.name)
+            })?;
+            print!("{}", tollgate::pg::catalog::inventory(&snapshot));
             Ok(())
         }
         Command::Dev { upstream, options } => {

@@ -434,3 +434,66 @@ async fn no_raw_pan_in_the_gateway_data_directory() {
     }
     assert!(scanned > 0, "the data directory has files");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn discovery_tags_unlabelled_card_data_for_policy_and_masking() {
+    let gw = starter().await;
+    // A table whose names say nothing, created by a migration while the
+    // gateway runs.
+    tollgate_e2e::database()
+        .pg
+        .psql(
+            "payments",
+            "CREATE TABLE legacy_import AS SELECT * FROM (VALUES \
+             (1, '4111111111111111', 'first'), (2, '5555555555554444', 'second'), \
+             (3, '6011111111111117', 'third')) AS v(id, info, label); \
+             GRANT SELECT ON legacy_import TO tollgate_gateway",
+        )
+        .unwrap();
+    let agent = agent_token(&gw);
+    let out = gw
+        .psql(
+            &agent,
+            &["-c", "SELECT info FROM legacy_import WHERE id = 1"],
+        )
+        .ok()
+        .to_string();
+    assert_eq!(out, "411111******1111");
+    // The sampled PANs make it a cardholder table: a bulk read needs approval.
+    gw.psql(&agent, &["-c", "SELECT * FROM legacy_import"])
+        .fails_with("cardholder-bulk-export-needs-approval");
+    gw.psql(&agent, &["-c", "SELECT memo FROM card_events"])
+        .fails_with("cardholder-bulk-export-needs-approval");
+    // A table of lookalikes stays plain.
+    gw.psql(&agent, &["-c", "SELECT * FROM customers"]).ok();
+
+    // The inventory `tollgate discover` prints.
+    let config = tollgate::Config::parse(
+        &tollgate_e2e::config_text(&gw.data_dir, ""),
+        "test.toml",
+        &gw.data_dir,
+    )
+    .unwrap();
+    let connection = config.connection("payments").unwrap();
+    let catalog = tollgate::pg::catalog::Catalog::new(
+        std::sync::Arc::new(tollgate::upstream::Upstream::new(connection).unwrap()),
+        vec![],
+        true,
+    );
+    let inventory = tollgate::pg::catalog::inventory(&catalog.refresh().await.unwrap());
+    for line in [
+        "public.payments.pan\tPAN",
+        "public.payments.cvv\tsensitive authentication data",
+        "public.legacy_import.info\tPAN",
+        "public.card_events.payload\tholds card data in its values",
+        "public.orders.note\tholds card data in its values",
+    ] {
+        assert!(
+            inventory.contains(line),
+            "{line} missing from:\n{inventory}"
+        );
+    }
+    assert!(!inventory.contains("customers"), "{inventory}");
+    assert!(!inventory.contains("order_no") && !inventory.contains("placed_at_ms"));
+    assert_no_raw_pan("inventory", &inventory);
+}

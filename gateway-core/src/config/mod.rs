@@ -81,7 +81,7 @@ fn default_reload_check() -> u64 {
 }
 
 /// `[masking]`
-#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct MaskingConfig {
     /// What callers see of a PAN they may not reveal: `pci_display` (first
@@ -94,6 +94,25 @@ pub struct MaskingConfig {
     /// Column rules.
     #[serde(default, rename = "rule")]
     pub rules: Vec<MaskRule>,
+    /// Card data discovery: sample the columns of every table the first
+    /// time the gateway sees it (default on).
+    #[serde(default = "default_true")]
+    pub discovery: bool,
+}
+
+impl Default for MaskingConfig {
+    fn default() -> Self {
+        MaskingConfig {
+            client: ClientMask::default(),
+            token_key: None,
+            rules: Vec::new(),
+            discovery: true,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// What callers see of a PAN.

@@ -6,9 +6,10 @@
 //! [`Snapshot`] that sessions share; marked stale after DDL through the
 //! gateway (and after `max_age`), then re-read before the next decision.
 //!
-//! Cardholder tags come from the connection's configuration and from
-//! column names (`pan`, `card_number`, `cvv`, `track2` ...). Card data
-//! discovery by sampling values extends this (masking issue).
+//! Cardholder tags come from the connection's configuration, from column
+//! names (`pan`, `card_number`, `cvv`, `track2` ...) and from card data
+//! discovery: the first time a table is seen, a sample of its text-like
+//! and numeric columns is read and scanned for PANs and track data.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
@@ -62,6 +63,11 @@ impl Snapshot {
         self.tables.get(&(schema.to_string(), name.to_string()))
     }
 
+    /// How long ago it was read.
+    pub fn age(&self) -> Duration {
+        self.loaded.map_or(Duration::MAX, |t| t.elapsed())
+    }
+
     /// Schemas that hold a relation called `name`.
     pub fn schemas_with(&self, name: &str) -> Vec<&str> {
         let mut schemas: Vec<&str> = self
@@ -90,6 +96,9 @@ pub enum ColumnKind {
     Sad,
     /// Marked as cardholder data in the configuration, name unknown.
     Tagged,
+    /// Discovery found card data inside its values (free text, JSON):
+    /// cardholder data for the policy, masked by content detection.
+    Contains,
     /// Nothing says it holds card data.
     Plain,
 }
@@ -114,9 +123,91 @@ pub struct ColumnInfo {
     pub kind: ColumnKind,
 }
 
+/// Types whose text can hold a PAN: text, varchar, bpchar, json, jsonb,
+/// int8, numeric, xml and text/varchar arrays.
+const SAMPLED_TYPES: &[u32] = &[25, 1043, 1042, 114, 3802, 20, 1700, 142, 1009, 1015];
+/// Rows sampled per table by discovery.
+const SAMPLE_ROWS: usize = 200;
+
+/// What sampled values say a column holds: PANs (most values are one),
+/// card data inside other text, or nothing.
+pub fn classify(values: impl Iterator<Item = String>) -> Option<ColumnKind> {
+    let (mut total, mut whole, mut containing) = (0usize, 0usize, 0usize);
+    for value in values {
+        total += 1;
+        let mut bytes = value.clone().into_bytes();
+        let hits = crate::masking::mask_text(
+            &mut bytes,
+            crate::masking::Keep::LastFour,
+            crate::masking::Fill::Star,
+        );
+        if hits.is_empty() {
+            continue;
+        }
+        containing += 1;
+        let digits: Vec<u8> = value.bytes().filter(u8::is_ascii_digit).collect();
+        let only_pan = value
+            .trim()
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b' ' || b == b'-');
+        if only_pan && crate::masking::pan::valid(&digits) {
+            whole += 1;
+        }
+    }
+    if total > 0 && whole * 5 >= total * 4 {
+        Some(ColumnKind::Pan)
+    } else if containing > 0 {
+        Some(ColumnKind::Contains)
+    } else {
+        None
+    }
+}
+
+/// The card data inventory of a snapshot: one line per cardholder column,
+/// sorted, with what says so.
+pub fn inventory(snapshot: &Snapshot) -> String {
+    let mut lines: Vec<String> = snapshot
+        .by_oid
+        .values()
+        .filter(|c| c.kind != ColumnKind::Plain)
+        .map(|c| {
+            let why = match c.kind {
+                ColumnKind::Pan => "PAN",
+                ColumnKind::Sad => "sensitive authentication data",
+                ColumnKind::Tagged => "cardholder data (configuration)",
+                ColumnKind::Contains => "holds card data in its values",
+                ColumnKind::Plain => "",
+            };
+            format!("{}\t{why}\n", c.qualified)
+        })
+        .collect();
+    lines.sort();
+    let mut tables: Vec<String> = snapshot
+        .tables
+        .iter()
+        .filter(|(_, t)| t.cardholder)
+        .map(|((schema, name), _)| format!("{schema}.{name}"))
+        .collect();
+    tables.sort();
+    format!(
+        "cardholder tables: {}\n{}",
+        if tables.is_empty() {
+            "none".to_string()
+        } else {
+            tables.join(", ")
+        },
+        lines.concat()
+    )
+}
+
 /// The catalog of one connection.
 pub struct Catalog {
     upstream: Arc<Upstream>,
+    /// Sample values to find card data nobody labelled.
+    discovery: bool,
+    /// Table OID -> (attribute number -> what sampling found); a table with
+    /// rows is sampled once.
+    discovered: std::sync::Mutex<HashMap<u32, HashMap<i16, ColumnKind>>>,
     /// `schema.table` or `schema.table.column` entries the config marks as cardholder data.
     tagged: Vec<String>,
     current: RwLock<Option<Arc<Snapshot>>>,
@@ -132,7 +223,7 @@ impl std::fmt::Debug for Catalog {
     }
 }
 
-const TABLES_SQL: &str = "SELECT n.nspname, c.relname, a.attname, c.oid, a.attnum \
+const TABLES_SQL: &str = "SELECT n.nspname, c.relname, a.attname, c.oid, a.attnum, c.relkind, a.atttypid \
      FROM pg_catalog.pg_class c \
      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
      LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
@@ -145,9 +236,11 @@ const SETTINGS_SQL: &str = "SELECT current_user, current_setting('search_path')"
 
 impl Catalog {
     /// The catalog of `upstream`; `tagged` lists config cardholder tags.
-    pub fn new(upstream: Arc<Upstream>, tagged: Vec<String>) -> Catalog {
+    pub fn new(upstream: Arc<Upstream>, tagged: Vec<String>, discovery: bool) -> Catalog {
         Catalog {
             upstream,
+            discovery,
+            discovered: std::sync::Mutex::new(HashMap::new()),
             tagged,
             current: RwLock::new(None),
             stale: std::sync::atomic::AtomicBool::new(true),
@@ -226,8 +319,18 @@ impl Catalog {
         };
         let mut tables: HashMap<(String, String), TableInfo> = HashMap::new();
         let mut by_oid = HashMap::new();
+        let mut to_sample: HashMap<u32, (String, String, Vec<(i16, String)>)> = HashMap::new();
         for row in conn.query(TABLES_SQL).await? {
-            let [Some(schema), Some(name), column, Some(oid), attnum] = row.as_slice() else {
+            let [
+                Some(schema),
+                Some(name),
+                column,
+                Some(oid),
+                attnum,
+                relkind,
+                type_id,
+            ] = row.as_slice()
+            else {
                 continue;
             };
             let entry = tables
@@ -250,7 +353,38 @@ impl Catalog {
                 if let (Ok(oid), Some(Ok(attnum))) =
                     (oid.parse::<u32>(), attnum.as_deref().map(str::parse::<i16>))
                 {
+                    let sampled = !system
+                        && matches!(relkind.as_deref(), Some("r" | "p" | "m"))
+                        && type_id
+                            .as_deref()
+                            .and_then(|t| t.parse::<u32>().ok())
+                            .is_some_and(|t| SAMPLED_TYPES.contains(&t));
+                    if sampled {
+                        to_sample
+                            .entry(oid)
+                            .or_insert_with(|| (schema.clone(), name.clone(), Vec::new()))
+                            .2
+                            .push((attnum, column.clone()));
+                    }
                     by_oid.insert((oid, attnum), ColumnInfo { qualified, kind });
+                }
+            }
+        }
+        if self.discovery {
+            self.discover(conn, to_sample).await;
+            let found = self.discovered.lock().unwrap_or_else(|e| e.into_inner());
+            for ((oid, attnum), info) in &mut by_oid {
+                if let Some(kind) = found.get(oid).and_then(|t| t.get(attnum))
+                    && matches!(info.kind, ColumnKind::Plain | ColumnKind::Tagged)
+                {
+                    info.kind = *kind;
+                    let (schema, rest) = info.qualified.split_once('.').unwrap_or_default();
+                    let (table, column) = rest.split_once('.').unwrap_or_default();
+                    if let Some(t) = tables.get_mut(&(schema.to_string(), table.to_string()))
+                        && let Some(c) = t.columns.iter_mut().find(|(c, _)| c == column)
+                    {
+                        c.1 = true;
+                    }
                 }
             }
         }
@@ -276,6 +410,73 @@ impl Catalog {
             user,
             loaded: Some(Instant::now()),
         })
+    }
+
+    /// Card data discovery: sample the text-like and numeric columns of
+    /// every table not sampled before. A column whose values are PANs is
+    /// tagged as a PAN column; one whose values hold card data (a PAN in
+    /// free text or JSON, track data) as containing card data. A table that
+    /// cannot be read is skipped (and tried again at the next refresh).
+    async fn discover(
+        &self,
+        conn: &mut SideConn,
+        to_sample: HashMap<u32, (String, String, Vec<(i16, String)>)>,
+    ) {
+        let done: HashSet<u32> = self
+            .discovered
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        for (oid, (schema, table, columns)) in to_sample {
+            if done.contains(&oid) || columns.is_empty() {
+                continue;
+            }
+            let list = columns
+                .iter()
+                .map(|(_, c)| format!("{}::text", super::side::quote_ident(c)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT {list} FROM {}.{} LIMIT {SAMPLE_ROWS}",
+                super::side::quote_ident(&schema),
+                super::side::quote_ident(&table)
+            );
+            let rows = match conn.query(&sql).await {
+                Ok(rows) => rows,
+                Err(error) => {
+                    tracing::warn!(
+                        table = %format!("{schema}.{table}"),
+                        error = %crate::masking::for_record(&error.to_string()),
+                        "card data discovery could not sample the table"
+                    );
+                    continue;
+                }
+            };
+            let mut kinds = HashMap::new();
+            for (i, (attnum, _)) in columns.iter().enumerate() {
+                let values = rows.iter().filter_map(|r| r.get(i).cloned().flatten());
+                if let Some(kind) = classify(values) {
+                    kinds.insert(*attnum, kind);
+                }
+            }
+            if !kinds.is_empty() {
+                tracing::info!(
+                    target: "tollgate::audit",
+                    event = "discovery.found",
+                    table = %format!("{schema}.{table}"),
+                    columns = kinds.len(),
+                );
+            }
+            // An empty table is sampled again at the next refresh.
+            if !rows.is_empty() {
+                self.discovered
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(oid, kinds);
+            }
+        }
     }
 
     /// `EXPLAIN (FORMAT JSON)` of `sql` with `search_path` set as given;
@@ -404,6 +605,41 @@ mod tests {
         ] {
             assert!(!cardholder_name(name), "{name}");
         }
+    }
+
+    #[test]
+    fn classify_sampled_values() {
+        let values = |v: &[&str]| {
+            v.iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .into_iter()
+        };
+        assert_eq!(
+            classify(values(&[
+                "4111111111111111",
+                "5555 5555 5555 4444",
+                "378282246310005"
+            ])),
+            Some(ColumnKind::Pan)
+        );
+        assert_eq!(
+            classify(values(&[
+                "paid with 4111111111111111",
+                "gift wrap",
+                "call first"
+            ])),
+            Some(ColumnKind::Contains)
+        );
+        assert_eq!(
+            classify(values(&[
+                "1764061300001",
+                "490154203237518",
+                "ORD-9000000000000001"
+            ])),
+            None
+        );
+        assert_eq!(classify(values(&[])), None);
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub struct GuardShared {
     pub estimate_timeout: Duration,
 }
 
+/// How old a snapshot must be before a table it does not know makes the
+/// guard read the catalog again.
+const UNKNOWN_TABLE_RECHECK: Duration = Duration::from_secs(1);
+
 /// A policy-checked session; other hooks run inside it.
 pub struct Guard {
     shared: Arc<GuardShared>,
@@ -154,6 +158,26 @@ impl Guard {
                 ));
             }
         };
+        // A table the snapshot does not know may have been created since it
+        // was read (by a migration, outside the gateway): read it again once.
+        if !self.refreshed && snapshot.age() > UNKNOWN_TABLE_RECHECK {
+            let unknown = analysis
+                .statements
+                .iter()
+                .flat_map(|i| &i.accesses)
+                .any(|a| {
+                    matches!(&a.target, Target::Table(name)
+                    if a.action != Action::Ddl && snapshot.schemas_with(&name.name).is_empty())
+                });
+            if unknown {
+                self.refreshed = true;
+                self.catalog.invalidate();
+                let catalog = self.catalog.clone();
+                return Verdict::Wait(Box::pin(async move {
+                    let _ = catalog.refresh().await;
+                }));
+            }
+        }
         let engine = self.shared.policy.current();
         let key = Arc::as_ptr(&analysis) as usize;
         if let Some(cached) = self.decided.get(&key)

@@ -254,6 +254,11 @@ impl Masker {
                     .as_ref()
                     .zip(c.source)
                     .and_then(|(s, key)| s.by_oid.get(&key));
+                if c.source.is_some() && info.is_none() {
+                    // A table newer than the snapshot: content detection now,
+                    // its column rules from the next statement on.
+                    self.catalog.invalidate();
+                }
                 let place = info.map_or_else(
                     || format!("result column \"{}\"", c.name),
                     |i| i.qualified.clone(),
@@ -273,6 +278,7 @@ impl Masker {
                         Action::Reveal
                     }
                     ColumnKind::Sad => Action::Whole(rule.unwrap_or(Strategy::Redact)),
+                    ColumnKind::Contains => rule.map_or(Action::Detect, Action::Whole),
                     ColumnKind::Pan | ColumnKind::Tagged => {
                         Action::Whole(rule.unwrap_or(client_keep))
                     }
