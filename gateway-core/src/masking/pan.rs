@@ -63,6 +63,10 @@ pub fn scan(text: &[u8], mut found: impl FnMut(Found)) {
         while i < n && DIGIT[text[i] as usize] {
             i += 1;
         }
+        // The fractional part of a decimal number (`12.4200000000000000`) is not a PAN.
+        if start >= 2 && text[start - 1] == b'.' && DIGIT[text[start - 2] as usize] {
+            continue;
+        }
         let first_len = i - start;
         // Grouped form: a run of 3-6 digits followed by a separator and a digit.
         let separated = i + 1 < n
@@ -278,6 +282,7 @@ mod tests {
             "4111 1111  1111 1111",                 // double space breaks the grouping
             "4111-1111 1111-1111",                  // mixed separators
             "123e4567-e89b-12d3-a456-426614174000", // UUID
+            "12.4200000000000000",                  // numeric fraction
         ] {
             assert!(pans(text).is_empty(), "{text} is not a PAN");
         }
