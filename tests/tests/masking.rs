@@ -232,11 +232,11 @@ async fn copy_notices_and_notifications_are_masked() {
     let gw = TestGateway::start().await;
     let token = gw.token("dev", &["admins"]);
     let copy = gw
-        .psql(&token, &["-c", "COPY payments (id, pan, cvv) TO STDOUT"])
+        .psql(&token, &["-c", "COPY payments (id, pan, brand) TO STDOUT"])
         .ok()
         .to_string();
     assert_eq!(copy.lines().count(), 12, "{copy}");
-    assert!(copy.contains("1\t411111******1111\t123"), "{copy}");
+    assert!(copy.contains("1\t411111******1111\tvisa"), "{copy}");
     assert_no_raw_pan("COPY text", &copy);
     let csv = gw
         .psql(
@@ -496,4 +496,61 @@ async fn discovery_tags_unlabelled_card_data_for_policy_and_masking() {
     assert!(!inventory.contains("customers"), "{inventory}");
     assert!(!inventory.contains("order_no") && !inventory.contains("placed_at_ms"));
     assert_no_raw_pan("inventory", &inventory);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn values_computed_from_masked_columns_are_refused() {
+    let gw = starter().await;
+    let analyst = gw.token("ana", &["analysts"]);
+    for sql in [
+        "SELECT cvv || '' FROM payments WHERE id = 1",
+        "SELECT substr(pan, 1, 12) FROM payments WHERE id = 1",
+        "SELECT p FROM payments p WHERE id = 1",
+        "SELECT to_json(p.*) FROM payments p WHERE id = 1",
+        "SELECT pan FROM payments WHERE id = 1 UNION SELECT 'x'",
+        "SELECT x FROM unnest(ARRAY(SELECT cvv FROM payments WHERE id = 1)) AS u(x)",
+        "SELECT (SELECT upper(cvv) FROM payments WHERE id = 1)",
+    ] {
+        gw.psql(&analyst, &["-c", sql])
+            .fails_with("(policy \"tollgate-masking\")");
+    }
+    let out = gw.psql(
+        &analyst,
+        &["-c", "SELECT substr(pan, 1, 12) FROM payments WHERE id = 1"],
+    );
+    assert!(
+        out.stderr
+            .contains("computes on or copies the masked column public.payments.pan"),
+        "{}",
+        out.stderr
+    );
+    // What masking can follow runs: bare columns (also through subqueries),
+    // filters, and computations on other columns.
+    for (sql, expected) in [
+        (
+            "SELECT x FROM (SELECT cvv AS x FROM payments WHERE id = 1) s",
+            "[REDACTED]",
+        ),
+        (
+            "WITH c AS (SELECT pan FROM payments WHERE id = 1) SELECT pan FROM c",
+            "411111******1111",
+        ),
+        (
+            "SELECT count(*) FROM payments WHERE cvv = '123' AND id > 0",
+            "1",
+        ),
+        ("SELECT upper(brand) FROM payments WHERE id = 1", "VISA"),
+    ] {
+        assert_eq!(gw.psql(&analyst, &["-c", sql]).ok(), expected, "{sql}");
+    }
+    // A role that may reveal the column may compute on it.
+    let fraud = gw.token("investigator", &["fraud", "analysts"]);
+    assert_eq!(
+        gw.psql(
+            &fraud,
+            &["-c", "SELECT substr(pan, 1, 8) FROM payments WHERE id = 1"]
+        )
+        .ok(),
+        "41111111"
+    );
 }

@@ -29,6 +29,10 @@ pub struct TableInfo {
     pub columns: Vec<(String, bool)>,
     /// Holds cardholder data.
     pub cardholder: bool,
+    /// Columns whose values are masked as a whole (PANs, sensitive
+    /// authentication data, configured): computing on them would let the
+    /// value leave unrecognised.
+    pub protected: Vec<String>,
 }
 
 impl TableInfo {
@@ -126,6 +130,9 @@ pub struct ColumnInfo {
 /// Types whose text can hold a PAN: text, varchar, bpchar, json, jsonb,
 /// int8, numeric, xml and text/varchar arrays.
 const SAMPLED_TYPES: &[u32] = &[25, 1043, 1042, 114, 3802, 20, 1700, 142, 1009, 1015];
+/// A table to sample: (schema, table, [(attribute number, column)]).
+type SampleTarget = (String, String, Vec<(i16, String)>);
+
 /// Rows sampled per table by discovery.
 const SAMPLE_ROWS: usize = 200;
 
@@ -319,7 +326,7 @@ impl Catalog {
         };
         let mut tables: HashMap<(String, String), TableInfo> = HashMap::new();
         let mut by_oid = HashMap::new();
-        let mut to_sample: HashMap<u32, (String, String, Vec<(i16, String)>)> = HashMap::new();
+        let mut to_sample: HashMap<u32, SampleTarget> = HashMap::new();
         for row in conn.query(TABLES_SQL).await? {
             let [
                 Some(schema),
@@ -338,6 +345,7 @@ impl Catalog {
                 .or_insert(TableInfo {
                     columns: Vec::new(),
                     cardholder: false,
+                    protected: Vec::new(),
                 });
             if let Some(column) = column {
                 let system = schema == "pg_catalog" || schema == "information_schema";
@@ -392,6 +400,20 @@ impl Catalog {
             table.cardholder = table.columns.iter().any(|(_, tag)| *tag)
                 || self.tagged.contains(&format!("{schema}.{name}"));
         }
+        for info in by_oid.values() {
+            if matches!(
+                info.kind,
+                ColumnKind::Pan | ColumnKind::Sad | ColumnKind::Tagged
+            ) {
+                let mut parts = info.qualified.splitn(3, '.');
+                if let (Some(schema), Some(table), Some(column)) =
+                    (parts.next(), parts.next(), parts.next())
+                    && let Some(t) = tables.get_mut(&(schema.to_string(), table.to_string()))
+                {
+                    t.protected.push(column.to_string());
+                }
+            }
+        }
         let builtins = conn
             .query(BUILTINS_SQL)
             .await?
@@ -420,7 +442,7 @@ impl Catalog {
     async fn discover(
         &self,
         conn: &mut SideConn,
-        to_sample: HashMap<u32, (String, String, Vec<(i16, String)>)>,
+        to_sample: HashMap<u32, SampleTarget>,
     ) {
         let done: HashSet<u32> = self
             .discovered

@@ -18,7 +18,9 @@ use super::sql::{Access, Action, Analysis, ColumnRef, Effect, PathChange, ShapeC
 use crate::hooks::{
     Decision, SessionEvent, SessionHooks, Statement, StatementVia, ValueSource, Verdict,
 };
-use crate::policy::{Outcome, PolicyEngine, PolicyHandle, Principal, RequestContext, Resource};
+use crate::policy::{
+    Outcome, PolicyEngine, PolicyHandle, Principal, RequestContext, Resource, Rule,
+};
 
 /// What all guarded sessions share.
 #[derive(Debug)]
@@ -276,6 +278,18 @@ impl Guard {
                 let resource = item.resource();
                 let mut outcome =
                     engine.decide(&self.principal, item.action.as_str(), &resource, &context);
+                if outcome != Outcome::Allow {
+                    // Decided by policy already.
+                } else if let Some(column) = self.masked_derived(item, engine, &context) {
+                    outcome = Outcome::Deny(Rule {
+                        id: "tollgate-masking".into(),
+                        reason: format!(
+                            "its result computes on or copies the masked column {column}, which masking could not \
+                             follow; select the column itself (it comes back masked), or ask for the `reveal` permission"
+                        ),
+                        approvals: 1,
+                    });
+                }
                 let reads =
                     matches!(item.action, Action::Read | Action::CopyOut) && item.column.is_none();
                 if outcome == Outcome::Allow && reads && engine.uses_row_estimate() {
@@ -488,6 +502,9 @@ struct Resolved {
     object: Object,
     /// For a column access: (name, cardholder).
     column: Option<(String, bool)>,
+    /// Protected columns of this table whose values the statement computes
+    /// on or stores elsewhere.
+    derived: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -574,6 +591,7 @@ fn resolve(
             has_limit: access.has_limit,
             object,
             column: None,
+            derived: Vec::new(),
         };
         match &access.target {
             Target::Connection | Target::Prepared(_) => out.push(base(Object::Connection)),
@@ -633,8 +651,26 @@ fn resolve(
                         name: name.name.clone(),
                         cardholder: info.is_some_and(|t| t.cardholder),
                     };
-                    out.push(base(object.clone()));
-                    let Some(info) = info else { continue };
+                    let Some(info) = info else {
+                        out.push(base(object.clone()));
+                        continue;
+                    };
+                    let mut derived: Vec<String> = info
+                        .protected
+                        .iter()
+                        .filter(|p| {
+                            access.derived.iter().any(|d| match d {
+                                ColumnRef::All => true,
+                                ColumnRef::Named(c) | ColumnRef::Maybe(c) => c == *p,
+                            })
+                        })
+                        .cloned()
+                        .collect();
+                    derived.dedup();
+                    out.push(Resolved {
+                        derived,
+                        ..base(object.clone())
+                    });
                     let mut columns: Vec<(String, bool)> = Vec::new();
                     for column in &access.columns {
                         match column {
@@ -659,6 +695,41 @@ fn resolve(
         }
     }
     out
+}
+
+impl Guard {
+    /// The first protected column `item` derives values from that this
+    /// caller may not see unmasked.
+    fn masked_derived(
+        &self,
+        item: &Resolved,
+        engine: &PolicyEngine,
+        context: &RequestContext<'_>,
+    ) -> Option<String> {
+        let Object::Table {
+            schema,
+            name,
+            cardholder,
+        } = &item.object
+        else {
+            return None;
+        };
+        item.derived.iter().find_map(|column| {
+            let reveal = engine.decide(
+                &self.principal,
+                "reveal",
+                &Resource::Column {
+                    schema,
+                    table: name,
+                    name: column,
+                    cardholder: true,
+                    table_cardholder: *cardholder,
+                },
+                context,
+            );
+            (reveal != Outcome::Allow).then(|| format!("{schema}.{name}.{column}"))
+        })
+    }
 }
 
 impl SessionHooks for Guard {

@@ -126,6 +126,9 @@ pub struct Access {
     pub has_limit: bool,
     /// `ONLY t`: inheritance children are not included.
     pub only: bool,
+    /// Columns whose values leave in a computed or stored form (see
+    /// `derived` in the walk): masking cannot recognise them there.
+    pub derived: Vec<ColumnRef>,
 }
 
 /// A change of the session's `search_path` made by a statement.

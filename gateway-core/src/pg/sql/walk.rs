@@ -126,6 +126,13 @@ struct Ctx {
     explain_only: bool,
     /// Inside a statement the walk does not know: every reference is this.
     unknown: Option<Action>,
+    /// Column references here compute a value that leaves the database
+    /// without the column's identity (an expression in a select list, a
+    /// function in FROM, a value written elsewhere): masking cannot follow it.
+    derived: bool,
+    /// Even bare columns of this query's select list lose their identity
+    /// (UNION arms, INSERT ... SELECT, CREATE TABLE AS, COPY (query), views).
+    sink: bool,
 }
 
 impl Ctx {
@@ -137,6 +144,8 @@ impl Ctx {
             has_where: false,
             explain_only: false,
             unknown: None,
+            derived: false,
+            sink: false,
         }
     }
 }
@@ -146,8 +155,8 @@ impl Ctx {
 struct Level {
     /// (alias or name, index into `accesses`).
     tables: Vec<(String, usize)>,
-    /// (qualifier, column).
-    columns: Vec<(Option<String>, ColumnRef)>,
+    /// (qualifier, column, derived).
+    columns: Vec<(Option<String>, ColumnRef, bool)>,
 }
 
 #[derive(Debug, Default)]
@@ -373,6 +382,7 @@ impl Walker {
             has_where: ctx.has_where,
             has_limit: ctx.has_limit,
             only: false,
+            derived: Vec::new(),
         }
     }
 
@@ -539,7 +549,14 @@ impl Walker {
                 if let Some(rel) = n.get("into").and_then(|i| i.get("rel")) {
                     self.relation(rel, ctx, Action::Ddl, command);
                 }
-                self.nested(&n["query"], Ctx { command, ..ctx })?;
+                self.nested(
+                    &n["query"],
+                    Ctx {
+                        command,
+                        sink: true,
+                        ..ctx
+                    },
+                )?;
                 Ok(command)
             }
             "ViewStmt" => {
@@ -788,10 +805,12 @@ impl Walker {
             has_where,
             ..ctx
         };
+        let mut inner = inner;
         if let Some(into) = n.get("into_clause").filter(|i| !i.is_null())
             && let Some(rel) = into.get("rel")
         {
             self.relation(rel, ctx, Action::Ddl, "SELECT INTO");
+            inner.sink = true;
         }
         let op = n.get("op").and_then(Value::as_i64).unwrap_or(1);
         if op > 1 {
@@ -799,7 +818,13 @@ impl Walker {
             for arm in ["larg", "rarg"] {
                 if let Some(arm) = n.get(arm).filter(|a| !a.is_null()) {
                     self.enter()?;
-                    self.select(arm, inner)?;
+                    self.select(
+                        arm,
+                        Ctx {
+                            sink: true,
+                            ..inner
+                        },
+                    )?;
                     self.depth -= 1;
                 }
             }
@@ -808,9 +833,33 @@ impl Walker {
             self.levels.push(Level::default());
             // FROM first, so column references can find their tables.
             self.any(&n["from_clause"], inner)?;
+            // The select list: a bare column keeps its identity (the result
+            // names its table and column); anything computed does not.
+            for target in array(n, "target_list") {
+                let bare = node(target)
+                    .and_then(|(_, rt)| rt.get("val"))
+                    .and_then(node)
+                    .is_some_and(|(kind, _)| kind == "ColumnRef");
+                let derived = inner.derived || inner.sink || !bare;
+                self.any(target, Ctx { derived, ..inner })?;
+            }
+            // VALUES lists produce rows without column identities.
+            let values = Ctx {
+                derived: true,
+                ..inner
+            };
+            self.any(&n["values_lists"], values)?;
             self.any_except(
                 n,
-                &["from_clause", "with_clause", "into_clause", "larg", "rarg"],
+                &[
+                    "from_clause",
+                    "with_clause",
+                    "into_clause",
+                    "larg",
+                    "rarg",
+                    "target_list",
+                    "values_lists",
+                ],
                 inner,
             )?;
             self.close_level();
@@ -886,6 +935,19 @@ impl Walker {
         for field in ["using_clause", "from_clause", "source_relation"] {
             self.any(&n[field], read_ctx)?;
         }
+        // Values written (SET, INSERT ... SELECT, MERGE actions) are stored
+        // under another column's name.
+        let written = Ctx {
+            sink: true,
+            derived: command == "UPDATE" || command == "MERGE" || ctx.derived,
+            ..read_ctx
+        };
+        for field in ["select_stmt", "merge_when_clauses"] {
+            self.any(&n[field], written)?;
+        }
+        if command == "UPDATE" {
+            self.any(&n["target_list"], written)?;
+        }
         self.any_except(
             n,
             &[
@@ -895,6 +957,13 @@ impl Walker {
                 "from_clause",
                 "source_relation",
                 "cols",
+                "select_stmt",
+                "merge_when_clauses",
+                if command == "UPDATE" {
+                    "target_list"
+                } else {
+                    "cols"
+                },
             ],
             read_ctx,
         )?;
@@ -965,13 +1034,18 @@ impl Walker {
                 .filter_map(sval)
                 .map(|c| ColumnRef::Named(c.to_string()))
                 .collect();
-            self.accesses[index].columns = if columns.is_empty() {
+            let columns = if columns.is_empty() {
                 vec![ColumnRef::All]
             } else {
                 columns
             };
+            // COPY rows carry no column identities: masking sees text only.
+            if action == Action::CopyOut {
+                self.accesses[index].derived = columns.clone();
+            }
+            self.accesses[index].columns = columns;
         }
-        self.nested(&n["query"], ctx)?;
+        self.nested(&n["query"], Ctx { sink: true, ..ctx })?;
         self.any(&n["where_clause"], ctx)?;
         self.close_level();
         Ok(())
@@ -1076,7 +1150,7 @@ impl Walker {
                 let action = ctx.unknown.unwrap_or(ctx.read_as);
                 self.relation_ref(body, ctx, action, ctx.command, true);
             }
-            "ColumnRef" => self.column_ref(body),
+            "ColumnRef" => self.column_ref(body, ctx.derived),
             "FuncCall" => {
                 self.function(body, ctx);
                 self.any(body, ctx)?;
@@ -1093,7 +1167,17 @@ impl Walker {
                 };
                 self.statement(kind, body, sub)?;
             }
-            "RangeSubselect" | "SubLink" | "RangeFunction" | "RangeTableSample" | "JoinExpr" => {
+            "RangeFunction" | "RangeTableFunc" => {
+                // Rows a function makes from its arguments carry no column identity.
+                self.any(
+                    body,
+                    Ctx {
+                        derived: true,
+                        ..ctx
+                    },
+                )?;
+            }
+            "RangeSubselect" | "SubLink" | "RangeTableSample" | "JoinExpr" => {
                 self.any(body, ctx)?;
             }
             k if k.ends_with("Stmt") => {
@@ -1105,7 +1189,7 @@ impl Walker {
         Ok(())
     }
 
-    fn column_ref(&mut self, body: &Value) {
+    fn column_ref(&mut self, body: &Value, derived: bool) {
         let fields = array(body, "fields");
         let star = fields
             .last()
@@ -1119,7 +1203,7 @@ impl Walker {
             ([], false) => return,
         };
         if let Some(level) = self.levels.last_mut() {
-            level.columns.push((qualifier, column));
+            level.columns.push((qualifier, column, derived));
         }
     }
 
@@ -1130,19 +1214,33 @@ impl Walker {
             return;
         };
         let mut outer = Vec::new();
-        for (qualifier, column) in level.columns {
+        for (qualifier, column, derived) in level.columns {
+            // `SELECT p FROM payments p`: a whole-row reference to a table
+            // is a record value of all its columns.
+            if qualifier.is_none()
+                && let ColumnRef::Maybe(name) = &column
+                && let Some((_, index)) = level.tables.iter().find(|(label, _)| label == name)
+            {
+                self.accesses[*index].derived.push(ColumnRef::All);
+            }
+            let attribute = |walker: &mut Walker, index: usize, column: &ColumnRef| {
+                walker.accesses[index].columns.push(column.clone());
+                if derived {
+                    walker.accesses[index].derived.push(column.clone());
+                }
+            };
             match &qualifier {
                 Some(q) => match level.tables.iter().find(|(label, _)| label == q) {
-                    Some((_, index)) => self.accesses[*index].columns.push(column),
-                    None => outer.push((qualifier, column)),
+                    Some((_, index)) => attribute(self, *index, &column),
+                    None => outer.push((qualifier, column, derived)),
                 },
-                None if level.tables.is_empty() => outer.push((qualifier, column)),
+                None if level.tables.is_empty() => outer.push((qualifier, column, derived)),
                 None => {
                     for (_, index) in &level.tables {
-                        self.accesses[*index].columns.push(column.clone());
+                        attribute(self, *index, &column);
                     }
                     if matches!(column, ColumnRef::Maybe(_)) {
-                        outer.push((qualifier, column));
+                        outer.push((qualifier, column, derived));
                     }
                 }
             }
