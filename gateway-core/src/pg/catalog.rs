@@ -439,11 +439,7 @@ impl Catalog {
     /// tagged as a PAN column; one whose values hold card data (a PAN in
     /// free text or JSON, track data) as containing card data. A table that
     /// cannot be read is skipped (and tried again at the next refresh).
-    async fn discover(
-        &self,
-        conn: &mut SideConn,
-        to_sample: HashMap<u32, SampleTarget>,
-    ) {
+    async fn discover(&self, conn: &mut SideConn, to_sample: HashMap<u32, SampleTarget>) {
         let done: HashSet<u32> = self
             .discovered
             .lock()
