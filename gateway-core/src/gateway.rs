@@ -66,6 +66,7 @@ pub enum StartError {
 pub struct Gateway {
     config: Config,
     hooks: Arc<dyn HookFactory>,
+    masking: bool,
 }
 
 /// A listening gateway.
@@ -83,7 +84,16 @@ impl Gateway {
         Self {
             config,
             hooks: Arc::new(LoggingHooks),
+            masking: true,
         }
+    }
+
+    /// A relay that does not look inside results: the baseline the masking
+    /// benchmark measures against. Deliberately not reachable from the
+    /// configuration file; no deployment should run without masking.
+    pub fn without_masking_for_benchmarks(mut self) -> Self {
+        self.masking = false;
+        self
     }
 
     /// Replace the hook factory (policy, masking and recording plug in here).
@@ -137,7 +147,9 @@ impl Gateway {
                 )
             }
         };
-        let mask = Arc::new(MaskShared::new(&self.config.masking, token, policy.clone()));
+        let mask = self
+            .masking
+            .then(|| Arc::new(MaskShared::new(&self.config.masking, token, policy.clone())));
         let guard = policy.map(|policy| {
             policy.watch(Duration::from_millis(
                 self.config.policy.reload_check_ms.max(100),

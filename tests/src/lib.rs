@@ -142,8 +142,25 @@ impl TestGateway {
 
     /// A gateway with a configuration the test built itself.
     pub async fn start_config(config: Config, dir: tempfile::TempDir) -> Self {
+        Self::start_prepared(config, dir, |g| g).await
+    }
+
+    /// The standard test gateway as a relay that does not mask: the
+    /// baseline of the masking benchmark.
+    pub async fn start_unmasked() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let text = config_text(dir.path(), "");
+        let config = Config::parse(&text, "test.toml", dir.path()).expect("test config is valid");
+        Self::start_prepared(config, dir, Gateway::without_masking_for_benchmarks).await
+    }
+
+    async fn start_prepared(
+        config: Config,
+        dir: tempfile::TempDir,
+        prepare: impl FnOnce(Gateway) -> Gateway,
+    ) -> Self {
         let data_dir = config.server.data_dir.clone();
-        let running = Gateway::new(config.clone())
+        let running = prepare(Gateway::new(config.clone()))
             .start()
             .await
             .expect("gateway starts");

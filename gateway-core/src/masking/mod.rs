@@ -79,7 +79,7 @@ impl Strategy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Detector {
     /// A column rule.
-    Column,
+    Column = 0,
     /// A PAN found by content detection.
     Pan,
     /// Track 1 or track 2 data.
@@ -175,7 +175,14 @@ pub fn mask_whole(value: &mut [u8], keep: Keep, fill: Fill) {
 /// Masking records of a session: how many values were masked, per place and
 /// detector. Never the values.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Counts(BTreeMap<(String, Detector), u64>);
+pub struct Counts(BTreeMap<String, [u64; 4]>);
+
+const DETECTORS: [Detector; 4] = [
+    Detector::Column,
+    Detector::Pan,
+    Detector::Track,
+    Detector::Label,
+];
 
 impl Counts {
     /// Count `n` values masked at `place` (a column such as
@@ -184,17 +191,26 @@ impl Counts {
         if n == 0 {
             return;
         }
-        match self.0.get_mut(&(place.to_string(), detector)) {
-            Some(count) => *count += n,
+        let slot = detector as usize;
+        match self.0.get_mut(place) {
+            Some(counts) => counts[slot] += n,
             None => {
-                self.0.insert((place.to_string(), detector), n);
+                let mut counts = [0; 4];
+                counts[slot] = n;
+                self.0.insert(place.to_string(), counts);
             }
         }
     }
 
-    /// Every (place, detector, count).
+    /// Every (place, detector, count) with a count.
     pub fn iter(&self) -> impl Iterator<Item = (&str, Detector, u64)> {
-        self.0.iter().map(|((p, d), n)| (p.as_str(), *d, *n))
+        self.0.iter().flat_map(|(place, counts)| {
+            DETECTORS
+                .iter()
+                .zip(counts)
+                .filter(|(_, n)| **n > 0)
+                .map(move |(d, n)| (place.as_str(), *d, *n))
+        })
     }
 
     /// Whether nothing was masked.
@@ -204,7 +220,7 @@ impl Counts {
 
     /// Total values masked.
     pub fn total(&self) -> u64 {
-        self.0.values().sum()
+        self.0.values().flatten().sum()
     }
 }
 

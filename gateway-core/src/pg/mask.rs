@@ -295,6 +295,10 @@ impl Masker {
 
     /// Content detection on a text-like value; `None` when nothing was found.
     fn detect(&mut self, place: &str, value: &[u8], fill: Fill, json: bool) -> Option<Vec<u8>> {
+        // Most values hold nothing: look before copying.
+        if !json && !crate::masking::pan::contains(value) {
+            return None;
+        }
         let mut out = value.to_vec();
         let hits = if json {
             mask_json(&mut out, self.shared.keep)
@@ -593,9 +597,11 @@ impl SessionHooks for Masker {
     fn result_value<'v>(&mut self, source: ValueSource, value: &'v [u8]) -> Option<Cow<'v, [u8]>> {
         let masked = match source {
             ValueSource::Cell { column } => {
-                let plan = self.plan.as_ref().and_then(|p| p.get(column)).cloned();
-                match plan {
-                    Some(plan) => self.cell(&plan, value),
+                // The plan is taken out while a cell uses it (no copy per cell).
+                let plans = self.plan.take();
+                let plan = plans.as_ref().and_then(|p| p.get(column));
+                let masked = match plan {
+                    Some(plan) => self.cell(plan, value),
                     None => {
                         // Columns unknown: scan the bytes, whatever the format.
                         let place = "result column (unknown)";
@@ -604,7 +610,9 @@ impl SessionHooks for Masker {
                                 .map_or(Cow::Borrowed(value), Cow::Owned),
                         )
                     }
-                }
+                };
+                self.plan = plans;
+                masked
             }
             other => {
                 let place = match other {

@@ -50,8 +50,8 @@ pub struct PgContext {
     pub user_must_match_subject: bool,
     /// The policy check; `None` runs without policy (`allow_all`).
     pub guard: Option<Arc<GuardShared>>,
-    /// Masking settings (always on).
-    pub mask: Arc<MaskShared>,
+    /// Masking settings (`None` only in the benchmark's unmasked baseline).
+    pub mask: Option<Arc<MaskShared>>,
     /// Catalogs by connection name.
     pub catalogs: HashMap<String, Arc<Catalog>>,
 }
@@ -308,9 +308,11 @@ async fn run_session(established: Established, peer: SocketAddr, ctx: &PgContext
         agent: identity.kind == PrincipalKind::Agent,
         mfa: identity.mfa,
     };
-    if let Some(catalog) = ctx.catalogs.get(&connection) {
+    if let Some(catalog) = ctx.catalogs.get(&connection)
+        && let Some(mask) = &ctx.mask
+    {
         hooks = Box::new(Masker::new(
-            ctx.mask.clone(),
+            mask.clone(),
             catalog.clone(),
             hooks,
             principal.clone(),
