@@ -147,16 +147,22 @@ impl Gateway {
                 )
             }
         };
-        let mask = self
-            .masking
-            .then(|| Arc::new(MaskShared::new(&self.config.masking, token, policy.clone())));
+        let shapes = Arc::new(ShapeCache::new(10_000));
+        let mask = self.masking.then(|| {
+            Arc::new(MaskShared::new(
+                &self.config.masking,
+                token,
+                policy.clone(),
+                shapes.clone(),
+            ))
+        });
         let guard = policy.map(|policy| {
             policy.watch(Duration::from_millis(
                 self.config.policy.reload_check_ms.max(100),
             ));
             Arc::new(GuardShared {
                 policy,
-                shapes: ShapeCache::new(10_000),
+                shapes,
                 estimate_timeout: Duration::from_millis(self.config.policy.estimate_timeout_ms),
             })
         });

@@ -87,6 +87,24 @@ pub struct ResultColumn {
     pub binary: bool,
 }
 
+/// Which statement a COPY TO STDOUT stream belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyOrigin<'a> {
+    /// The `index`-th COPY of the `message`-th simple Query the hooks let
+    /// through (counting from 1).
+    Query {
+        /// Which message.
+        message: u64,
+        /// Which COPY within it (from 0).
+        index: usize,
+    },
+    /// An Execute of a portal of this prepared statement.
+    Prepared {
+        /// The statement's name ("" for the unnamed one).
+        statement: &'a str,
+    },
+}
+
 /// Where a value in a server-to-client message came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ValueSource {
@@ -151,6 +169,10 @@ pub trait SessionHooks: Send {
     /// The columns of the rows that follow (until the next call). `None`
     /// when the relay could not learn them: values are then unknown.
     fn result_columns(&mut self, _columns: Option<&[ResultColumn]>) {}
+
+    /// A COPY TO STDOUT stream starts: its rows (`CopyRow` values) follow.
+    /// `origin` is `None` when the relay cannot tell which statement it is.
+    fn copy_out(&mut self, _origin: Option<CopyOrigin<'_>>, _columns: usize, _binary: bool) {}
 
     /// Rewrite a value on its way to the client. Returning `Cow::Borrowed`
     /// keeps the frame untouched (no copy); `None` turns a cell into NULL

@@ -231,24 +231,70 @@ async fn copy_notices_and_notifications_are_masked() {
     // Masking does not depend on a policy: this gateway runs without one.
     let gw = TestGateway::start().await;
     let token = gw.token("dev", &["admins"]);
+    // COPY of a table is masked field by field, by column rule.
     let copy = gw
-        .psql(&token, &["-c", "COPY payments (id, pan, brand) TO STDOUT"])
+        .psql(&token, &["-c", "COPY payments TO STDOUT"])
         .ok()
         .to_string();
     assert_eq!(copy.lines().count(), 12, "{copy}");
-    assert!(copy.contains("1\t411111******1111\tvisa"), "{copy}");
+    let first: Vec<&str> = copy.lines().next().unwrap().split('\t').collect();
+    assert_eq!(
+        &first[..7],
+        [
+            "1",
+            "1",
+            "visa",
+            "411111******1111",
+            "12/30",
+            "[REDACTED]",
+            "19.99"
+        ]
+    );
     assert_no_raw_pan("COPY text", &copy);
+    assert!(!copy.contains("\t123\t"), "no CVV in COPY output: {copy}");
     let csv = gw
         .psql(
             &token,
             &[
                 "-c",
-                "COPY (SELECT pan FROM payments ORDER BY id) TO STDOUT (FORMAT csv)",
+                "COPY payments (id, cvv, pan) TO STDOUT (FORMAT csv, FORCE_QUOTE (pan))",
             ],
         )
         .ok()
         .to_string();
-    assert_eq!(csv.lines().next(), Some("411111******1111"));
+    assert_eq!(
+        csv.lines().next(),
+        Some("1,[REDACTED],\"411111******1111\""),
+        "{csv}"
+    );
+    let query = gw
+        .psql(
+            &token,
+            &[
+                "-c",
+                "COPY (SELECT note FROM orders ORDER BY order_no) TO STDOUT",
+            ],
+        )
+        .ok()
+        .to_string();
+    assert!(
+        query.contains("order placed via card 4111 11** **** 1111"),
+        "{query}"
+    );
+    gw.psql(&token, &["-c", "COPY payments TO STDOUT (FORMAT binary)"])
+        .fails_with("COPY in binary format cannot mask the column public.payments");
+    // The extended protocol (a prepared COPY) too.
+    let client = gw.tokio_postgres(&token).await.unwrap();
+    let stream = client
+        .copy_out("COPY payments (id, pan, cvv) TO STDOUT")
+        .await
+        .unwrap();
+    let chunks: Vec<bytes::Bytes> = futures_util::TryStreamExt::try_collect(stream)
+        .await
+        .unwrap();
+    let text = String::from_utf8(chunks.concat()).unwrap();
+    assert_eq!(text.lines().next(), Some("1\t411111******1111\t[REDACTED]"));
+    assert_no_raw_pan("COPY via tokio-postgres", &text);
 
     let notice = gw.psql(
         &token,

@@ -125,6 +125,8 @@ pub struct ColumnInfo {
     pub qualified: String,
     /// What it holds.
     pub kind: ColumnKind,
+    /// Its type's OID.
+    pub type_id: u32,
 }
 
 /// Types whose text can hold a PAN: text, varchar, bpchar, json, jsonb,
@@ -374,7 +376,15 @@ impl Catalog {
                             .2
                             .push((attnum, column.clone()));
                     }
-                    by_oid.insert((oid, attnum), ColumnInfo { qualified, kind });
+                    let type_id = type_id.as_deref().and_then(|t| t.parse().ok()).unwrap_or(0);
+                    by_oid.insert(
+                        (oid, attnum),
+                        ColumnInfo {
+                            qualified,
+                            kind,
+                            type_id,
+                        },
+                    );
                 }
             }
         }

@@ -27,8 +27,8 @@ use crate::policy::{
 pub struct GuardShared {
     /// The policy in force.
     pub policy: PolicyHandle,
-    /// Statement analyses by shape.
-    pub shapes: ShapeCache,
+    /// Statement analyses by shape (shared with masking).
+    pub shapes: Arc<ShapeCache>,
     /// Upper bound for an EXPLAIN row estimate.
     pub estimate_timeout: Duration,
 }
@@ -778,6 +778,15 @@ impl SessionHooks for Guard {
 
     fn result_columns(&mut self, columns: Option<&[crate::hooks::ResultColumn]>) {
         self.inner.result_columns(columns);
+    }
+
+    fn copy_out(
+        &mut self,
+        origin: Option<crate::hooks::CopyOrigin<'_>>,
+        columns: usize,
+        binary: bool,
+    ) {
+        self.inner.copy_out(origin, columns, binary);
     }
 
     fn inspects_values(&self) -> bool {

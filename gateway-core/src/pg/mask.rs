@@ -16,9 +16,11 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::catalog::{Catalog, ColumnKind, Snapshot};
+use super::sql::{CopyFormat, CopyOut, ShapeCache};
 use crate::config::{ClientMask, MaskingConfig};
 use crate::hooks::{
-    Decision, ResultColumn, SessionEvent, SessionHooks, Statement, ValueSource, Verdict,
+    CopyOrigin, Decision, ResultColumn, SessionEvent, SessionHooks, Statement, StatementVia,
+    ValueSource, Verdict,
 };
 use crate::masking::{
     Counts, Detector, Fill, Keep, REDACTED, Strategy, TokenKey, mask_json, mask_text, mask_whole,
@@ -33,6 +35,8 @@ pub struct MaskShared {
     rules: HashMap<(String, String), Strategy>,
     token: Option<TokenKey>,
     policy: Option<PolicyHandle>,
+    /// Statement analyses (shared with the policy stage), for COPY.
+    shapes: Arc<ShapeCache>,
 }
 
 impl MaskShared {
@@ -41,6 +45,7 @@ impl MaskShared {
         config: &MaskingConfig,
         token: Option<TokenKey>,
         policy: Option<PolicyHandle>,
+        shapes: Arc<ShapeCache>,
     ) -> MaskShared {
         MaskShared {
             keep: match config.client {
@@ -59,6 +64,7 @@ impl MaskShared {
                 .collect(),
             token,
             policy,
+            shapes,
         }
     }
 
@@ -177,6 +183,24 @@ pub struct Masker {
     plan: Option<Vec<Plan>>,
     reveal: HashMap<String, bool>,
     counts: Counts,
+    /// Simple Queries let through so far (numbers COPY origins).
+    queries: u64,
+    /// (query number, plan of each COPY TO STDOUT in it, in order).
+    copy_queries: std::collections::VecDeque<(u64, Vec<Option<CopyPlan>>)>,
+    /// Prepared statement name -> plan of its COPY TO STDOUT.
+    copy_prepared: HashMap<String, CopyPlan>,
+    /// The COPY stream in progress.
+    copy: Option<CopyPlan>,
+}
+
+/// How to mask the rows of one `COPY table TO STDOUT`.
+#[derive(Debug, Clone)]
+struct CopyPlan {
+    columns: Vec<Plan>,
+    format: CopyFormat,
+    delimiter: u8,
+    null: Vec<u8>,
+    quote: u8,
 }
 
 impl Masker {
@@ -199,6 +223,10 @@ impl Masker {
             plan: None,
             reveal: HashMap::new(),
             counts: Counts::default(),
+            queries: 0,
+            copy_queries: std::collections::VecDeque::new(),
+            copy_prepared: HashMap::new(),
+            copy: None,
         }
     }
 
@@ -245,6 +273,151 @@ impl Masker {
         allowed
     }
 
+    /// What to do with a column of `kind` called `place`; `known` when it
+    /// is a catalog column (so `place` is `schema.table.column`).
+    fn action(
+        &mut self,
+        snapshot: Option<&Snapshot>,
+        kind: ColumnKind,
+        place: &str,
+        known: bool,
+    ) -> Action {
+        let rule = known
+            .then(|| self.shared.rule(&self.connection, place))
+            .flatten();
+        let client_keep = match self.shared.keep {
+            Keep::Display => Strategy::PciDisplay,
+            Keep::LastFour => Strategy::LastFour,
+        };
+        match kind {
+            ColumnKind::Plain => rule.map_or(Action::Detect, Action::Whole),
+            _ if snapshot.is_some_and(|s| self.may_reveal(s, place)) => Action::Reveal,
+            ColumnKind::Sad => Action::Whole(rule.unwrap_or(Strategy::Redact)),
+            ColumnKind::Contains => rule.map_or(Action::Detect, Action::Whole),
+            ColumnKind::Pan | ColumnKind::Tagged => Action::Whole(rule.unwrap_or(client_keep)),
+        }
+    }
+
+    /// The plan of a `COPY table TO STDOUT`: the table's columns as the
+    /// catalog knows them. A name that several schemas hold gets, column by
+    /// column, the strictest of their plans.
+    fn copy_plan(&mut self, copy: &CopyOut) -> Option<CopyPlan> {
+        let snapshot = self.catalog.last()?;
+        let schemas: Vec<String> = match &copy.table.schema {
+            Some(schema) => vec![schema.clone()],
+            None => snapshot
+                .schemas_with(&copy.table.name)
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+        };
+        let mut merged: Option<Vec<Plan>> = None;
+        for schema in schemas {
+            let Some(table) = snapshot.table(&schema, &copy.table.name) else {
+                continue;
+            };
+            let names: Vec<String> = if copy.columns.is_empty() {
+                table.columns.iter().map(|(c, _)| c.clone()).collect()
+            } else {
+                copy.columns.clone()
+            };
+            let plans: Vec<Plan> = names
+                .iter()
+                .map(|column| {
+                    let qualified = format!("{schema}.{}.{column}", copy.table.name);
+                    let info = snapshot.by_oid.values().find(|i| i.qualified == qualified);
+                    let kind = info.map_or(ColumnKind::Plain, |i| i.kind);
+                    let action = self.action(Some(&snapshot), kind, &qualified, info.is_some());
+                    Plan {
+                        ty: ty(info.map_or(0, |i| i.type_id)),
+                        binary: false,
+                        place: qualified,
+                        action,
+                    }
+                })
+                .collect();
+            merged = Some(match merged {
+                None => plans,
+                Some(previous) => previous
+                    .into_iter()
+                    .zip(plans)
+                    .map(|(a, b)| {
+                        if strictness(&b) > strictness(&a) {
+                            b
+                        } else {
+                            a
+                        }
+                    })
+                    .collect(),
+            });
+        }
+        Some(CopyPlan {
+            columns: merged?,
+            format: copy.format,
+            delimiter: copy.delimiter,
+            null: copy.null.clone().into_bytes(),
+            quote: copy.quote,
+        })
+    }
+
+    /// Mask one COPY row field by field; `None` when nothing changed.
+    fn copy_row(&mut self, plan: &CopyPlan, row: &[u8]) -> Option<Vec<u8>> {
+        let body = row.strip_suffix(b"\n").unwrap_or(row);
+        let fields = split_copy(body, plan.delimiter, plan.format, plan.quote);
+        let mut out = Vec::with_capacity(row.len() + 16);
+        let mut changed = false;
+        for (i, (start, end)) in fields.iter().enumerate() {
+            if i > 0 {
+                out.push(plan.delimiter);
+            }
+            let field = &body[*start..*end];
+            let quoted = plan.format == CopyFormat::Csv
+                && field.len() >= 2
+                && field[0] == plan.quote
+                && field[field.len() - 1] == plan.quote;
+            let (prefix, inner, suffix) = if quoted {
+                (
+                    &field[..1],
+                    &field[1..field.len() - 1],
+                    &field[field.len() - 1..],
+                )
+            } else {
+                (&b""[..], field, &b""[..])
+            };
+            let is_null = !quoted && inner == plan.null.as_slice();
+            let masked = match plan.columns.get(i) {
+                _ if is_null => Some(Cow::Borrowed(inner)),
+                Some(column) => self.cell(column, inner),
+                None => self
+                    .detect("copy", inner, Fill::Star, false)
+                    .map(Cow::Owned)
+                    .or(Some(Cow::Borrowed(inner))),
+            };
+            match masked {
+                Some(Cow::Borrowed(_)) => out.extend_from_slice(field),
+                Some(Cow::Owned(value)) => {
+                    changed = true;
+                    out.extend_from_slice(prefix);
+                    // A masked value never holds the delimiter or a line break.
+                    out.extend(value.iter().map(|&b| match b {
+                        b'\n' | b'\r' => b' ',
+                        b if b == plan.delimiter => b' ',
+                        b => b,
+                    }));
+                    out.extend_from_slice(suffix);
+                }
+                None => {
+                    changed = true;
+                    out.extend_from_slice(&plan.null);
+                }
+            }
+        }
+        if row.ends_with(b"\n") {
+            out.push(b'\n');
+        }
+        changed.then_some(out)
+    }
+
     fn plan_for(&mut self, columns: &[ResultColumn]) -> Vec<Plan> {
         let snapshot = self.catalog.last();
         columns
@@ -264,25 +437,7 @@ impl Masker {
                     |i| i.qualified.clone(),
                 );
                 let kind = info.map_or(ColumnKind::Plain, |i| i.kind);
-                let rule = info.and_then(|i| self.shared.rule(&self.connection, &i.qualified));
-                let client_keep = match self.shared.keep {
-                    Keep::Display => Strategy::PciDisplay,
-                    Keep::LastFour => Strategy::LastFour,
-                };
-                let action = match kind {
-                    ColumnKind::Plain => rule.map_or(Action::Detect, Action::Whole),
-                    _ if snapshot
-                        .as_ref()
-                        .is_some_and(|s| self.may_reveal(s, &place)) =>
-                    {
-                        Action::Reveal
-                    }
-                    ColumnKind::Sad => Action::Whole(rule.unwrap_or(Strategy::Redact)),
-                    ColumnKind::Contains => rule.map_or(Action::Detect, Action::Whole),
-                    ColumnKind::Pan | ColumnKind::Tagged => {
-                        Action::Whole(rule.unwrap_or(client_keep))
-                    }
-                };
+                let action = self.action(snapshot.as_deref(), kind, &place, info.is_some());
                 Plan {
                     ty: ty(c.type_id),
                     binary: c.binary,
@@ -582,7 +737,49 @@ impl SessionHooks for Masker {
                         .into(),
             });
         }
-        self.inner.statement(statement)
+        let copies = match self.copy_plans(statement) {
+            Ok(copies) => copies,
+            Err(refusal) => return Verdict::Decided(refusal),
+        };
+        let verdict = self.inner.statement(statement);
+        if matches!(verdict, Verdict::Decided(Decision::Forward)) {
+            match statement.via {
+                StatementVia::SimpleQuery => {
+                    self.queries += 1;
+                    if copies.iter().any(Option::is_some) {
+                        self.copy_queries.push_back((self.queries, copies));
+                    }
+                }
+                StatementVia::Parse { name } => match copies.into_iter().flatten().next() {
+                    Some(plan) => {
+                        self.copy_prepared.insert(name.to_string(), plan);
+                    }
+                    None => {
+                        self.copy_prepared.remove(name);
+                    }
+                },
+            }
+        }
+        verdict
+    }
+
+    fn copy_out(&mut self, origin: Option<CopyOrigin<'_>>, columns: usize, binary: bool) {
+        self.copy = match origin {
+            Some(CopyOrigin::Query { message, index }) => {
+                while self.copy_queries.front().is_some_and(|(m, _)| *m < message) {
+                    self.copy_queries.pop_front();
+                }
+                self.copy_queries
+                    .front()
+                    .filter(|(m, _)| *m == message)
+                    .and_then(|(_, plans)| plans.get(index).cloned().flatten())
+            }
+            Some(CopyOrigin::Prepared { statement }) => self.copy_prepared.get(statement).cloned(),
+            None => None,
+        }
+        // A plan that does not fit the stream is not used.
+        .filter(|p| p.columns.len() == columns && !binary);
+        self.inner.copy_out(origin, columns, binary);
     }
 
     fn ready(&mut self, status: u8) {
@@ -615,6 +812,20 @@ impl SessionHooks for Masker {
                 masked
             }
             other => {
+                if other == ValueSource::CopyRow
+                    && let Some(plan) = self.copy.take()
+                {
+                    let masked = self.copy_row(&plan, value);
+                    self.copy = Some(plan);
+                    let masked = masked.map_or(Cow::Borrowed(value), Cow::Owned);
+                    return match masked {
+                        Cow::Borrowed(v) => self.inner.result_value(source, v),
+                        Cow::Owned(v) => self
+                            .inner
+                            .result_value(source, &v)
+                            .map(|c| Cow::Owned(c.into_owned())),
+                    };
+                }
                 let place = match other {
                     ValueSource::ErrorField => "error",
                     ValueSource::NoticeField => "notice",
@@ -658,6 +869,79 @@ impl SessionHooks for Masker {
         }
         self.inner.event(event);
     }
+}
+
+impl Masker {
+    /// The plans of the COPY TO STDOUT statements in `statement`, in order
+    /// (`None` for other statements). A binary COPY of masked columns is
+    /// refused: its values cannot be masked field by field.
+    fn copy_plans(&mut self, statement: &Statement<'_>) -> Result<Vec<Option<CopyPlan>>, Decision> {
+        // Cheap test first: most statements are not COPY.
+        if !statement
+            .sql
+            .as_bytes()
+            .windows(4)
+            .any(|w| w.eq_ignore_ascii_case(b"copy"))
+        {
+            return Ok(Vec::new());
+        }
+        let Ok(analysis) = self.shared.shapes.analyze(statement.sql) else {
+            return Ok(Vec::new());
+        };
+        let mut plans = Vec::new();
+        for info in &analysis.statements {
+            let Some(copy) = &info.copy_out else {
+                continue;
+            };
+            let plan = self.copy_plan(copy);
+            if let Some(plan) = &plan
+                && plan.format == CopyFormat::Binary
+                && let Some(masked) = plan
+                    .columns
+                    .iter()
+                    .find(|c| matches!(c.action, Action::Whole(_)))
+            {
+                return Err(Decision::Refuse {
+                    sqlstate: "0A000",
+                    message: format!(
+                        "COPY in binary format cannot mask the column {}: use FORMAT text or csv",
+                        masked.place
+                    ),
+                });
+            }
+            plans.push(plan);
+        }
+        Ok(plans)
+    }
+}
+
+/// Order of protection, for merging plans: reveal < detect < whole value.
+fn strictness(plan: &Plan) -> u8 {
+    match plan.action {
+        Action::Reveal => 0,
+        Action::Detect => 1,
+        Action::Whole(Strategy::PciDisplay) => 2,
+        Action::Whole(Strategy::LastFour | Strategy::Token) => 3,
+        Action::Whole(Strategy::Redact | Strategy::Null) => 4,
+    }
+}
+
+/// Field boundaries of a COPY row (without its line end). CSV fields may be
+/// quoted, with the quote doubled inside.
+fn split_copy(row: &[u8], delimiter: u8, format: CopyFormat, quote: u8) -> Vec<(usize, usize)> {
+    let mut fields = Vec::new();
+    let mut start = 0;
+    let mut in_quotes = false;
+    for (i, &b) in row.iter().enumerate() {
+        if format == CopyFormat::Csv && b == quote {
+            in_quotes = !in_quotes;
+        } else if b == delimiter && !in_quotes {
+            fields.push((start, i));
+            start = i + 1;
+        }
+    }
+    fields.push((start, row.len()));
+    fields
 }
 
 /// Whether a statement could return rows (anything but plain session control).

@@ -28,7 +28,7 @@ use super::error::PgError;
 use super::frame::{Body, FrameError, next_frame};
 use super::shapes::{Described, Shapes};
 use crate::hooks::{
-    Decision, SessionEvent, SessionHooks, Statement, StatementVia, ValueSource, Verdict,
+    CopyOrigin, Decision, SessionEvent, SessionHooks, Statement, StatementVia, ValueSource, Verdict,
 };
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -112,6 +112,8 @@ struct State<'h> {
     to_client: BytesMut,
     /// The hooks look inside results: track result shapes for them.
     inspect: bool,
+    /// Simple Queries the hooks let through (numbers COPY origins).
+    queries_forwarded: u64,
     shapes: Shapes,
 }
 
@@ -138,6 +140,7 @@ pub async fn run(
         to_upstream: BytesMut::with_capacity(READ_CHUNK),
         to_client: BytesMut::with_capacity(READ_CHUNK),
         inspect: false,
+        queries_forwarded: 0,
         shapes: Shapes::default(),
     };
     state.inspect = state.hooks.inspects_values();
@@ -241,8 +244,9 @@ impl State<'_> {
                         Verdict::Decided(Decision::Forward) => {
                             self.to_upstream.extend_from_slice(frame);
                             self.expect_ready(Ready::Pass, false);
+                            self.queries_forwarded += 1;
                             if self.inspect {
-                                self.shapes.query();
+                                self.shapes.query(self.queries_forwarded);
                             }
                         }
                         Verdict::Decided(Decision::Refuse { sqlstate, message }) => {
@@ -263,7 +267,7 @@ impl State<'_> {
                                 put_frame(&mut self.to_upstream, b'Q', &[REFUSED_QUERY]);
                                 self.expect_ready(Ready::Replace(error), false);
                                 if self.inspect {
-                                    self.shapes.query();
+                                    self.shapes.query(0);
                                 }
                             }
                         }
@@ -318,7 +322,7 @@ impl State<'_> {
                     self.to_upstream.extend_from_slice(frame);
                     self.expect_ready(Ready::Pass, false);
                     if self.inspect {
-                        self.shapes.query();
+                        self.shapes.query(0);
                     }
                 }
                 b'X' => {
@@ -374,6 +378,29 @@ impl State<'_> {
                         self.shapes.drop_syncs(dropped);
                     }
                     self.copy_in = true;
+                    self.to_client.extend_from_slice(frame);
+                }
+                b'H' if self.inspect => {
+                    // CopyOutResponse: format (0 text, 1 binary), column count.
+                    let mut body = Body::new(&frame[5..]);
+                    let binary = body.take(1).is_some_and(|f| f[0] == 1);
+                    let columns = body.i16().unwrap_or(0).max(0) as usize;
+                    let origin = self.shapes.copy_out();
+                    let statement = origin
+                        .as_ref()
+                        .and_then(|(_, _, s)| s.as_ref())
+                        .map(|s| String::from_utf8_lossy(s).into_owned());
+                    let origin = match (&origin, &statement) {
+                        (Some((_, _, Some(_))), Some(statement)) => {
+                            Some(CopyOrigin::Prepared { statement })
+                        }
+                        (Some((Some(message), index, None)), _) => Some(CopyOrigin::Query {
+                            message: *message,
+                            index: *index,
+                        }),
+                        _ => None,
+                    };
+                    self.hooks.copy_out(origin, columns, binary);
                     self.to_client.extend_from_slice(frame);
                 }
                 b'Z' => {
@@ -643,6 +670,7 @@ mod tests {
             to_upstream: BytesMut::new(),
             to_client: BytesMut::new(),
             inspect: hooks_inspect,
+            queries_forwarded: 0,
             shapes: Shapes::default(),
         }
     }

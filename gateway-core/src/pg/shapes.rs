@@ -25,8 +25,9 @@ enum Expect {
     DescribePortal { portal: Vec<u8>, hidden: bool },
     /// Execute of a portal: rows, then CommandComplete/PortalSuspended/EmptyQuery.
     Execute(Vec<u8>),
-    /// A simple Query or FunctionCall: everything up to ReadyForQuery.
-    Query,
+    /// A simple Query (its number among those the hooks let through, 0
+    /// for others) or a FunctionCall: everything up to ReadyForQuery.
+    Query(u64),
     /// Sync: ReadyForQuery.
     Sync,
 }
@@ -59,6 +60,8 @@ pub struct Shapes {
     pending: VecDeque<Expect>,
     /// The front Execute has told the hooks its columns.
     started: bool,
+    /// COPY streams seen in the front Query so far.
+    copies: usize,
 }
 
 /// A Describe message for `portal`.
@@ -163,9 +166,26 @@ impl Shapes {
         };
     }
 
-    /// A Query or FunctionCall was forwarded.
-    pub fn query(&mut self) {
-        self.pending.push_back(Expect::Query);
+    /// A Query (`message` as counted for the hooks, 0 for none) or a
+    /// FunctionCall was forwarded.
+    pub fn query(&mut self, message: u64) {
+        self.pending.push_back(Expect::Query(message));
+    }
+
+    /// The upstream sent CopyOutResponse: which statement's rows follow.
+    pub fn copy_out(&mut self) -> Option<(Option<u64>, usize, Option<Vec<u8>>)> {
+        match self.pending.front()? {
+            Expect::Query(message) => {
+                let index = self.copies;
+                self.copies += 1;
+                Some((Some(*message), index, None))
+            }
+            Expect::Execute(portal) => {
+                let statement = self.portals.get(portal)?.statement.clone();
+                Some((None, 0, Some(statement)))
+            }
+            _ => None,
+        }
     }
 
     /// A Sync was forwarded.
@@ -276,7 +296,7 @@ impl Shapes {
         self.started = false;
         while let Some(front) = self.pending.front() {
             match front {
-                Expect::Query | Expect::Sync => break,
+                Expect::Query(_) | Expect::Sync => break,
                 _ => {
                     self.pending.pop_front();
                 }
@@ -287,9 +307,10 @@ impl Shapes {
     /// ReadyForQuery.
     pub fn ready(&mut self) {
         self.started = false;
+        self.copies = 0;
         // Anything left before it was skipped by the upstream.
         while let Some(front) = self.pending.pop_front() {
-            if matches!(front, Expect::Query | Expect::Sync) {
+            if matches!(front, Expect::Query(_) | Expect::Sync) {
                 break;
             }
         }

@@ -176,6 +176,36 @@ pub struct StatementInfo {
     pub params: u32,
     /// A plain read whose row count EXPLAIN can estimate.
     pub estimable: bool,
+    /// `COPY table [(columns)] TO STDOUT`: what the rows hold, for masking.
+    pub copy_out: Option<CopyOut>,
+}
+
+/// The rows of a `COPY table TO STDOUT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyOut {
+    /// The table.
+    pub table: ObjectName,
+    /// The columns in order; empty for all of them.
+    pub columns: Vec<String>,
+    /// Row format.
+    pub format: CopyFormat,
+    /// Field delimiter.
+    pub delimiter: u8,
+    /// How NULL is written.
+    pub null: String,
+    /// CSV quote character.
+    pub quote: u8,
+}
+
+/// COPY's row format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyFormat {
+    /// Tab-separated text with backslash escapes.
+    Text,
+    /// CSV.
+    Csv,
+    /// PostgreSQL's binary COPY format.
+    Binary,
 }
 
 /// The analysis of one message's SQL.

@@ -12,8 +12,8 @@
 use serde_json::Value;
 
 use super::{
-    Access, Action, Analysis, ColumnRef, Effect, ObjectName, PathChange, SqlError, StatementInfo,
-    Target,
+    Access, Action, Analysis, ColumnRef, CopyFormat, CopyOut, Effect, ObjectName, PathChange,
+    SqlError, StatementInfo, Target,
 };
 
 /// Deeper than this, the statement is refused rather than followed.
@@ -106,6 +106,7 @@ pub(super) fn analysis(tree: &Value) -> Result<Analysis, SqlError> {
             effects: walker.effects,
             params: walker.params,
             estimable,
+            copy_out: walker.copy_out,
         });
     }
     Ok(analysis)
@@ -162,6 +163,7 @@ struct Level {
 #[derive(Debug, Default)]
 struct Walker {
     accesses: Vec<Access>,
+    copy_out: Option<CopyOut>,
     effects: Vec<Effect>,
     params: u32,
     literal_sensitive: bool,
@@ -199,6 +201,49 @@ fn sval(value: &Value) -> Option<&str> {
         Some(("String", s)) => s.get("sval").and_then(Value::as_str),
         _ => None,
     }
+}
+
+/// COPY's options: (format, delimiter, NULL string, quote, whether any
+/// option is a literal the statement's shape does not show).
+fn copy_options(n: &Value) -> (CopyFormat, u8, String, u8, bool) {
+    let (mut format, mut delimiter, mut null, mut quote, mut literal) =
+        (CopyFormat::Text, None, None, b'"', false);
+    for option in array(n, "options") {
+        let Some(("DefElem", def)) = node(option) else {
+            continue;
+        };
+        let value = def.get("arg").and_then(sval).unwrap_or_default();
+        match string(def, "defname") {
+            "format" => {
+                format = match value.to_ascii_lowercase().as_str() {
+                    "csv" => CopyFormat::Csv,
+                    "binary" => CopyFormat::Binary,
+                    _ => CopyFormat::Text,
+                }
+            }
+            "delimiter" => {
+                literal = true;
+                delimiter = value.bytes().next();
+            }
+            "null" => {
+                literal = true;
+                null = Some(value.to_string());
+            }
+            "quote" => {
+                literal = true;
+                quote = value.bytes().next().unwrap_or(b'"');
+            }
+            _ => {}
+        }
+    }
+    let csv = format == CopyFormat::Csv;
+    (
+        format,
+        delimiter.unwrap_or(if csv { b',' } else { b'\t' }),
+        null.unwrap_or_else(|| if csv { String::new() } else { "\\N".into() }),
+        quote,
+        literal,
+    )
 }
 
 /// A qualified name from a list of String nodes (`[schema, name]`).
@@ -1039,9 +1084,28 @@ impl Walker {
             } else {
                 columns
             };
-            // COPY rows carry no column identities: masking sees text only.
-            if action == Action::CopyOut {
-                self.accesses[index].derived = columns.clone();
+            if action == Action::CopyOut && !program && !file {
+                // Masked field by field (see `CopyOut`).
+                let (format, delimiter, null, quote, literal) = copy_options(n);
+                self.literal_sensitive |= literal;
+                let target = match &self.accesses[index].target {
+                    Target::Table(name) => Some(name.clone()),
+                    _ => None,
+                };
+                self.copy_out = target.map(|table| CopyOut {
+                    table,
+                    columns: columns
+                        .iter()
+                        .filter_map(|c| match c {
+                            ColumnRef::Named(c) => Some(c.clone()),
+                            _ => None,
+                        })
+                        .collect(),
+                    format,
+                    delimiter,
+                    null,
+                    quote,
+                });
             }
             self.accesses[index].columns = columns;
         }
