@@ -600,3 +600,34 @@ async fn values_computed_from_masked_columns_are_refused() {
         "41111111"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_select_star_is_masked_in_psql_and_a_binary_client() {
+    // Masking holds whatever the policy (here none) lets through.
+    let gw = TestGateway::start().await;
+    let agent = agent_token(&gw);
+    let text = gw
+        .psql(
+            &agent,
+            &["-F", "|", "-c", "SELECT * FROM payments ORDER BY id"],
+        )
+        .ok()
+        .to_string();
+    assert_eq!(text.lines().count(), 12);
+    assert!(
+        text.lines().next().unwrap().contains("|411111******1111|"),
+        "{text}"
+    );
+    assert_no_raw_pan("psql SELECT *", &text);
+    let client = gw.tokio_postgres(&agent).await.unwrap();
+    let rows = client
+        .query("SELECT * FROM payments ORDER BY id", &[])
+        .await
+        .unwrap();
+    let pans: Vec<String> = rows.iter().map(|r| r.get("pan")).collect();
+    assert_eq!(pans[0], "411111******1111");
+    assert_eq!(pans[8], "620550*********0004", "19-digit UnionPay");
+    assert_no_raw_pan("binary SELECT *", &pans.join(" "));
+    let cvvs: Vec<Option<String>> = rows.iter().map(|r| r.get("cvv")).collect();
+    assert!(cvvs.iter().all(|c| c.as_deref() == Some("[REDACTED]")));
+}

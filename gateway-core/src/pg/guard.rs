@@ -323,7 +323,11 @@ impl Guard {
                                     )
                                 }
                                 Some(Err(error)) => {
-                                    tracing::warn!(connection = %self.connection, %error, "row estimate failed; assuming the worst");
+                                    tracing::warn!(
+                                        connection = %self.connection,
+                                        error = %crate::masking::for_record(&error.to_string()),
+                                        "row estimate failed; assuming the worst"
+                                    );
                                     at_most
                                 }
                                 None => {
