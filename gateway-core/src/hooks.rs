@@ -121,6 +121,8 @@ pub enum ValueSource {
     CopyRow,
     /// A NOTIFY payload.
     Notification,
+    /// The value of a ParameterStatus (a setting the server reports).
+    Parameter,
 }
 
 /// A session-level event, for recording and audit.

@@ -337,3 +337,40 @@ async fn startup_timeout_closes_idle_connections() {
     );
     still_serves(&gw).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn function_call_messages_are_refused_and_the_session_goes_on() {
+    let gw = TestGateway::start().await;
+    let mut tls = logged_in_raw(&gw).await;
+    // FunctionCall: oid of int4abs (1397), no argument formats, one text
+    // argument "-5", text result.
+    let mut body = 1397i32.to_be_bytes().to_vec();
+    body.extend_from_slice(&0i16.to_be_bytes());
+    body.extend_from_slice(&1i16.to_be_bytes());
+    body.extend_from_slice(&2i32.to_be_bytes());
+    body.extend_from_slice(b"-5");
+    body.extend_from_slice(&0i16.to_be_bytes());
+    tls.write_all(&message(b'F', &body)).await.unwrap();
+    let (tag, body) = read_message_after_login(&mut tls).await;
+    assert_eq!(tag, b'E', "an error, not a function result");
+    let (code, text) = error_response(&message(b'E', &body));
+    assert_eq!(code, "0A000");
+    assert!(text.contains("call the function with SELECT"), "{text}");
+    let (tag, _) = read_message_after_login(&mut tls).await;
+    assert_eq!(tag, b'Z');
+    // The session still answers queries.
+    tls.write_all(&message(b'Q', b"SELECT abs(-5)\0"))
+        .await
+        .unwrap();
+    let mut row = None;
+    loop {
+        let (tag, body) = read_message_after_login(&mut tls).await;
+        if tag == b'D' {
+            row = Some(String::from_utf8_lossy(&body[6..]).into_owned());
+        }
+        if tag == b'Z' {
+            break;
+        }
+    }
+    assert_eq!(row.as_deref(), Some("5"));
+}

@@ -181,14 +181,31 @@ async fn binary_results_are_masked_and_still_decode() {
     // Row 2 holds lookalikes only: returned unchanged.
     let row = client
         .query_one(
-            "SELECT reference, ref_num::text, payload::text FROM card_events WHERE id = 2",
+            "SELECT reference, ref_num, payload FROM card_events WHERE id = 2",
             &[],
         )
         .await
         .unwrap();
     assert_eq!(row.get::<_, i64>(0), 1764061300001);
-    assert_eq!(row.get::<_, String>(1), "12345678901234567890");
-    assert!(row.get::<_, String>(2).contains("490154203237518"));
+    let numeric = row.get::<_, Raw>(1).0;
+    let as_text: String = client
+        .query_one("SELECT $1::numeric::text", &[&RawParam(numeric)])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(as_text, "12345678901234567890");
+    let payload = String::from_utf8_lossy(&row.get::<_, Raw>(2).0).into_owned();
+    assert!(payload.contains("490154203237518"), "{payload}");
+    // Discovery found card data in payload: a computation that could hide
+    // it from detection is refused.
+    let error = client
+        .query_one(
+            "SELECT reverse(payload::text) FROM card_events WHERE id = 1",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    tollgate_e2e::expect_sqlstate(&error, "42501");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -281,6 +298,43 @@ async fn copy_notices_and_notifications_are_masked() {
         query.contains("order placed via card 4111 11** **** 1111"),
         "{query}"
     );
+    // A delimiter that occurs in other fields (escaped by PostgreSQL).
+    let dashed = gw
+        .psql(
+            &token,
+            &[
+                "-c",
+                "COPY payments (created_at, id, expiry, pan) TO STDOUT (DELIMITER '-')",
+            ],
+        )
+        .ok()
+        .to_string();
+    assert!(
+        dashed
+            .lines()
+            .next()
+            .unwrap()
+            .ends_with("-411111******1111"),
+        "{dashed}"
+    );
+    assert_no_raw_pan("COPY with '-'", &dashed);
+    // Several COPYs in one message, a query form first.
+    let two = gw
+        .psql(
+            &token,
+            &[
+                "-c",
+                "COPY (SELECT 1) TO STDOUT; COPY payments (cvv) TO STDOUT",
+            ],
+        )
+        .ok()
+        .to_string();
+    assert!(two.contains("[REDACTED]") && !two.contains("123"), "{two}");
+    gw.psql(
+        &token,
+        &["-c", "COPY payments TO STDOUT (FORMAT csv, QUOTE '1')"],
+    )
+    .fails_with("cannot be masked");
     gw.psql(&token, &["-c", "COPY payments TO STDOUT (FORMAT binary)"])
         .fails_with("COPY in binary format cannot mask the column public.payments");
     // The extended protocol (a prepared COPY) too.
@@ -556,6 +610,15 @@ async fn values_computed_from_masked_columns_are_refused() {
         "SELECT pan FROM payments WHERE id = 1 UNION SELECT 'x'",
         "SELECT x FROM unnest(ARRAY(SELECT cvv FROM payments WHERE id = 1)) AS u(x)",
         "SELECT (SELECT upper(cvv) FROM payments WHERE id = 1)",
+        "SELECT s.cvv || '' FROM (SELECT cvv FROM payments WHERE id = 1) s",
+        "WITH c AS (SELECT pan FROM payments WHERE id = 1) \
+         SELECT translate(pan, '0123456789', 'abcdefghij') FROM c",
+        "SELECT d::text FROM payments p(a, b, c, d) WHERE a = 1",
+        "SELECT 1 FROM payments WHERE id = 1 \
+         AND set_config('application_name', pan, false) IS NOT NULL",
+        "SELECT 1 FROM payments WHERE id = 1 AND cvv::regclass IS NULL",
+        "SELECT pan::text FROM payments WHERE id = 1",
+        "SELECT coalesce(cvv, '') FROM payments WHERE id = 1",
     ] {
         gw.psql(&analyst, &["-c", sql])
             .fails_with("(policy \"tollgate-masking\")");
@@ -589,6 +652,27 @@ async fn values_computed_from_masked_columns_are_refused() {
     ] {
         assert_eq!(gw.psql(&analyst, &["-c", sql]).ok(), expected, "{sql}");
     }
+    // RETURNING is a select list too.
+    let admin = gw.token("ops", &["admins"]);
+    gw.psql(
+        &admin,
+        &[
+            "-c",
+            "UPDATE payments SET amount = amount WHERE id = 1 RETURNING cvv || ''",
+        ],
+    )
+    .fails_with("(policy \"tollgate-masking\")");
+    assert_eq!(
+        gw.psql(
+            &admin,
+            &[
+                "-c",
+                "UPDATE payments SET amount = amount WHERE id = 1 RETURNING cvv"
+            ],
+        )
+        .ok(),
+        "[REDACTED]"
+    );
     // A role that may reveal the column may compute on it.
     let fraud = gw.token("investigator", &["fraud", "analysts"]);
     assert_eq!(

@@ -33,6 +33,8 @@ pub struct TableInfo {
     /// authentication data, configured): computing on them would let the
     /// value leave unrecognised.
     pub protected: Vec<String>,
+    /// Generated columns (COPY leaves them out unless listed).
+    pub generated: Vec<String>,
 }
 
 impl TableInfo {
@@ -232,7 +234,7 @@ impl std::fmt::Debug for Catalog {
     }
 }
 
-const TABLES_SQL: &str = "SELECT n.nspname, c.relname, a.attname, c.oid, a.attnum, c.relkind, a.atttypid \
+const TABLES_SQL: &str = "SELECT n.nspname, c.relname, a.attname, c.oid, a.attnum, c.relkind, a.atttypid, a.attgenerated \
      FROM pg_catalog.pg_class c \
      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
      LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
@@ -338,6 +340,7 @@ impl Catalog {
                 attnum,
                 relkind,
                 type_id,
+                generated,
             ] = row.as_slice()
             else {
                 continue;
@@ -348,6 +351,7 @@ impl Catalog {
                     columns: Vec::new(),
                     cardholder: false,
                     protected: Vec::new(),
+                    generated: Vec::new(),
                 });
             if let Some(column) = column {
                 let system = schema == "pg_catalog" || schema == "information_schema";
@@ -360,6 +364,9 @@ impl Catalog {
                 entry
                     .columns
                     .push((column.clone(), kind != ColumnKind::Plain));
+                if generated.as_deref().is_some_and(|g| !g.is_empty()) {
+                    entry.generated.push(column.clone());
+                }
                 if let (Ok(oid), Some(Ok(attnum))) =
                     (oid.parse::<u32>(), attnum.as_deref().map(str::parse::<i16>))
                 {
@@ -393,7 +400,7 @@ impl Catalog {
             let found = self.discovered.lock().unwrap_or_else(|e| e.into_inner());
             for ((oid, attnum), info) in &mut by_oid {
                 if let Some(kind) = found.get(oid).and_then(|t| t.get(attnum))
-                    && matches!(info.kind, ColumnKind::Plain | ColumnKind::Tagged)
+                    && info.kind == ColumnKind::Plain
                 {
                     info.kind = *kind;
                     let (schema, rest) = info.qualified.split_once('.').unwrap_or_default();
@@ -411,10 +418,7 @@ impl Catalog {
                 || self.tagged.contains(&format!("{schema}.{name}"));
         }
         for info in by_oid.values() {
-            if matches!(
-                info.kind,
-                ColumnKind::Pan | ColumnKind::Sad | ColumnKind::Tagged
-            ) {
+            if info.kind != ColumnKind::Plain {
                 let mut parts = info.qualified.splitn(3, '.');
                 if let (Some(schema), Some(table), Some(column)) =
                     (parts.next(), parts.next(), parts.next())

@@ -190,17 +190,30 @@ pub struct Masker {
     /// Prepared statement name -> plan of its COPY TO STDOUT.
     copy_prepared: HashMap<String, CopyPlan>,
     /// The COPY stream in progress.
-    copy: Option<CopyPlan>,
+    copy: CopyMode,
 }
 
 /// How to mask the rows of one `COPY table TO STDOUT`.
 #[derive(Debug, Clone)]
 struct CopyPlan {
-    columns: Vec<Plan>,
+    /// One plan per field; `None` for `COPY (query)` (content detection).
+    columns: Option<Vec<Plan>>,
     format: CopyFormat,
     delimiter: u8,
     null: Vec<u8>,
     quote: u8,
+    escape: u8,
+}
+
+/// How the rows of the COPY stream in progress are masked.
+#[derive(Debug, Clone)]
+enum CopyMode {
+    /// Field by field.
+    Fields(CopyPlan),
+    /// Content detection on the whole row.
+    Detect,
+    /// The stream does not match what the statement said: every digit hidden.
+    Strict,
 }
 
 impl Masker {
@@ -226,7 +239,7 @@ impl Masker {
             queries: 0,
             copy_queries: std::collections::VecDeque::new(),
             copy_prepared: HashMap::new(),
-            copy: None,
+            copy: CopyMode::Detect,
         }
     }
 
@@ -301,30 +314,56 @@ impl Masker {
     /// The plan of a `COPY table TO STDOUT`: the table's columns as the
     /// catalog knows them. A name that several schemas hold gets, column by
     /// column, the strictest of their plans.
-    fn copy_plan(&mut self, copy: &CopyOut) -> Option<CopyPlan> {
+    fn copy_plan(&mut self, copy: &CopyOut) -> CopyPlan {
+        let mut plan = CopyPlan {
+            columns: None,
+            format: copy.format,
+            delimiter: copy.delimiter,
+            null: copy.null.clone().into_bytes(),
+            quote: copy.quote,
+            escape: copy.escape,
+        };
+        if let Some(table) = &copy.table {
+            // A table the catalog does not know gets no plan that fits: strict.
+            plan.columns = Some(self.copy_columns(table, &copy.columns).unwrap_or_default());
+        }
+        plan
+    }
+
+    fn copy_columns(
+        &mut self,
+        table_name: &super::sql::ObjectName,
+        listed: &[String],
+    ) -> Option<Vec<Plan>> {
         let snapshot = self.catalog.last()?;
-        let schemas: Vec<String> = match &copy.table.schema {
+        let schemas: Vec<String> = match &table_name.schema {
             Some(schema) => vec![schema.clone()],
             None => snapshot
-                .schemas_with(&copy.table.name)
+                .schemas_with(&table_name.name)
                 .into_iter()
                 .map(str::to_string)
                 .collect(),
         };
         let mut merged: Option<Vec<Plan>> = None;
         for schema in schemas {
-            let Some(table) = snapshot.table(&schema, &copy.table.name) else {
+            let Some(table) = snapshot.table(&schema, &table_name.name) else {
                 continue;
             };
-            let names: Vec<String> = if copy.columns.is_empty() {
-                table.columns.iter().map(|(c, _)| c.clone()).collect()
+            let names: Vec<String> = if listed.is_empty() {
+                // Without a column list COPY leaves generated columns out.
+                table
+                    .columns
+                    .iter()
+                    .map(|(c, _)| c.clone())
+                    .filter(|c| !table.generated.contains(c))
+                    .collect()
             } else {
-                copy.columns.clone()
+                listed.to_vec()
             };
             let plans: Vec<Plan> = names
                 .iter()
                 .map(|column| {
-                    let qualified = format!("{schema}.{}.{column}", copy.table.name);
+                    let qualified = format!("{schema}.{}.{column}", table_name.name);
                     let info = snapshot.by_oid.values().find(|i| i.qualified == qualified);
                     let kind = info.map_or(ColumnKind::Plain, |i| i.kind);
                     let action = self.action(Some(&snapshot), kind, &qualified, info.is_some());
@@ -351,19 +390,14 @@ impl Masker {
                     .collect(),
             });
         }
-        Some(CopyPlan {
-            columns: merged?,
-            format: copy.format,
-            delimiter: copy.delimiter,
-            null: copy.null.clone().into_bytes(),
-            quote: copy.quote,
-        })
+        merged
     }
 
     /// Mask one COPY row field by field; `None` when nothing changed.
     fn copy_row(&mut self, plan: &CopyPlan, row: &[u8]) -> Option<Vec<u8>> {
         let body = row.strip_suffix(b"\n").unwrap_or(row);
-        let fields = split_copy(body, plan.delimiter, plan.format, plan.quote);
+        let fields = split_copy(body, plan);
+        let columns = plan.columns.as_deref().unwrap_or_default();
         let mut out = Vec::with_capacity(row.len() + 16);
         let mut changed = false;
         for (i, (start, end)) in fields.iter().enumerate() {
@@ -385,7 +419,7 @@ impl Masker {
                 (&b""[..], field, &b""[..])
             };
             let is_null = !quoted && inner == plan.null.as_slice();
-            let masked = match plan.columns.get(i) {
+            let masked = match columns.get(i) {
                 _ if is_null => Some(Cow::Borrowed(inner)),
                 Some(column) => self.cell(column, inner),
                 None => self
@@ -764,7 +798,7 @@ impl SessionHooks for Masker {
     }
 
     fn copy_out(&mut self, origin: Option<CopyOrigin<'_>>, columns: usize, binary: bool) {
-        self.copy = match origin {
+        let plan = match origin {
             Some(CopyOrigin::Query { message, index }) => {
                 while self.copy_queries.front().is_some_and(|(m, _)| *m < message) {
                     self.copy_queries.pop_front();
@@ -776,9 +810,25 @@ impl SessionHooks for Masker {
             }
             Some(CopyOrigin::Prepared { statement }) => self.copy_prepared.get(statement).cloned(),
             None => None,
-        }
-        // A plan that does not fit the stream is not used.
-        .filter(|p| p.columns.len() == columns && !binary);
+        };
+        self.copy = match plan {
+            // COPY (query): what masking can follow was checked by the policy stage.
+            Some(plan) if plan.columns.is_none() => CopyMode::Detect,
+            Some(plan) if plan.columns.as_ref().is_some_and(|c| c.len() == columns) => {
+                let whole = plan
+                    .columns
+                    .iter()
+                    .flatten()
+                    .any(|c| matches!(c.action, Action::Whole(_)));
+                match (binary, whole) {
+                    (false, _) => CopyMode::Fields(plan),
+                    (true, false) => CopyMode::Detect,
+                    (true, true) => CopyMode::Strict,
+                }
+            }
+            // No plan, or one that does not fit the stream: fail closed.
+            _ => CopyMode::Strict,
+        };
         self.inner.copy_out(origin, columns, binary);
     }
 
@@ -812,11 +862,26 @@ impl SessionHooks for Masker {
                 masked
             }
             other => {
-                if other == ValueSource::CopyRow
-                    && let Some(plan) = self.copy.take()
-                {
-                    let masked = self.copy_row(&plan, value);
-                    self.copy = Some(plan);
+                if other == ValueSource::CopyRow {
+                    let masked = match std::mem::replace(&mut self.copy, CopyMode::Detect) {
+                        CopyMode::Fields(plan) => {
+                            let masked = self.copy_row(&plan, value);
+                            self.copy = CopyMode::Fields(plan);
+                            masked
+                        }
+                        CopyMode::Strict => {
+                            self.copy = CopyMode::Strict;
+                            let hidden: Vec<u8> = value
+                                .iter()
+                                .map(|&b| if b.is_ascii_digit() { b'*' } else { b })
+                                .collect();
+                            (hidden != value).then(|| {
+                                self.counts.add("copy", Detector::Column, 1);
+                                hidden
+                            })
+                        }
+                        CopyMode::Detect => self.detect("copy", value, Fill::Star, false),
+                    };
                     let masked = masked.map_or(Cow::Borrowed(value), Cow::Owned);
                     return match masked {
                         Cow::Borrowed(v) => self.inner.result_value(source, v),
@@ -830,6 +895,7 @@ impl SessionHooks for Masker {
                     ValueSource::ErrorField => "error",
                     ValueSource::NoticeField => "notice",
                     ValueSource::CopyRow => "copy",
+                    ValueSource::Parameter => "parameter status",
                     _ => "notification",
                 };
                 let json = false;
@@ -893,12 +959,24 @@ impl Masker {
             let Some(copy) = &info.copy_out else {
                 continue;
             };
+            if [copy.delimiter, copy.quote, copy.escape]
+                .iter()
+                .any(|b| b.is_ascii_digit() || *b == b'*')
+            {
+                return Err(Decision::Refuse {
+                    sqlstate: "0A000",
+                    message:
+                        "COPY with a digit or '*' as delimiter, quote or escape cannot be masked: \
+                              use the default characters"
+                            .into(),
+                });
+            }
             let plan = self.copy_plan(copy);
-            if let Some(plan) = &plan
-                && plan.format == CopyFormat::Binary
+            if plan.format == CopyFormat::Binary
                 && let Some(masked) = plan
                     .columns
                     .iter()
+                    .flatten()
                     .find(|c| matches!(c.action, Action::Whole(_)))
             {
                 return Err(Decision::Refuse {
@@ -909,7 +987,7 @@ impl Masker {
                     ),
                 });
             }
-            plans.push(plan);
+            plans.push(Some(plan));
         }
         Ok(plans)
     }
@@ -926,19 +1004,27 @@ fn strictness(plan: &Plan) -> u8 {
     }
 }
 
-/// Field boundaries of a COPY row (without its line end). CSV fields may be
-/// quoted, with the quote doubled inside.
-fn split_copy(row: &[u8], delimiter: u8, format: CopyFormat, quote: u8) -> Vec<(usize, usize)> {
+/// Field boundaries of a COPY row (without its line end). Text fields
+/// escape the delimiter with a backslash; CSV fields may be quoted, with the
+/// quote doubled (or escaped) inside.
+fn split_copy(row: &[u8], plan: &CopyPlan) -> Vec<(usize, usize)> {
     let mut fields = Vec::new();
     let mut start = 0;
     let mut in_quotes = false;
-    for (i, &b) in row.iter().enumerate() {
-        if format == CopyFormat::Csv && b == quote {
-            in_quotes = !in_quotes;
-        } else if b == delimiter && !in_quotes {
-            fields.push((start, i));
-            start = i + 1;
+    let mut i = 0;
+    while i < row.len() {
+        let b = row[i];
+        match plan.format {
+            CopyFormat::Text if b == b'\\' => i += 1,
+            CopyFormat::Csv if in_quotes && b == plan.escape && plan.escape != plan.quote => i += 1,
+            CopyFormat::Csv if b == plan.quote => in_quotes = !in_quotes,
+            _ if b == plan.delimiter && !in_quotes => {
+                fields.push((start, i));
+                start = i + 1;
+            }
+            _ => {}
         }
+        i += 1;
     }
     fields.push((start, row.len()));
     fields

@@ -319,10 +319,22 @@ impl State<'_> {
                     self.copy_in = false;
                 }
                 b'F' => {
-                    self.to_upstream.extend_from_slice(frame);
-                    self.expect_ready(Ready::Pass, false);
+                    // FunctionCall names a function by OID with raw arguments:
+                    // no statement for the policy to check, a result in no
+                    // result format. Refused; `SELECT f(...)` does the same job.
+                    let error = PgError::error(
+                        "0A000",
+                        "the FunctionCall protocol message is not allowed through the gateway: \
+                         call the function with SELECT instead",
+                    );
+                    self.hooks.event(&SessionEvent::Refused {
+                        sql: "FunctionCall",
+                        message: &error.message,
+                    });
+                    self.to_upstream.extend_from_slice(SYNC);
+                    self.expect_ready(Ready::Inject(error), true);
                     if self.inspect {
-                        self.shapes.query(0);
+                        self.shapes.sync();
                     }
                 }
                 b'X' => {
@@ -460,6 +472,20 @@ impl State<'_> {
                     self.put_fields(ValueSource::ErrorField, frame);
                 }
                 b'N' => self.put_fields(ValueSource::NoticeField, frame),
+                b'S' => {
+                    // ParameterStatus: set_config() can put any value here.
+                    let mut body = Body::new(&frame[5..]);
+                    match (body.cstr(), body.cstr()) {
+                        (Some(name), Some(value)) => {
+                            let value = self
+                                .hooks
+                                .result_value(ValueSource::Parameter, value)
+                                .unwrap_or_default();
+                            put_frame(&mut self.to_client, b'S', &[name, b"\0", &value, b"\0"]);
+                        }
+                        _ => self.to_client.extend_from_slice(frame),
+                    }
+                }
                 b'd' => {
                     let row = self
                         .hooks

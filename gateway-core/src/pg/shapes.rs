@@ -35,6 +35,8 @@ enum Expect {
 #[derive(Debug)]
 struct Portal {
     statement: Vec<u8>,
+    /// The statement's generation when it was bound.
+    generation: u64,
     /// Result format codes from Bind (0, 1 or one per column).
     formats: Vec<i16>,
     /// Learnt from a Describe of the portal itself.
@@ -56,6 +58,9 @@ pub enum Described {
 #[derive(Debug, Default)]
 pub struct Shapes {
     statements: HashMap<Vec<u8>, Vec<ResultColumn>>,
+    /// Bumped by every Parse of a name: a portal bound to an older
+    /// generation must not take a newer statement's columns.
+    generations: HashMap<Vec<u8>, u64>,
     portals: HashMap<Vec<u8>, Portal>,
     pending: VecDeque<Expect>,
     /// The front Execute has told the hooks its columns.
@@ -79,6 +84,7 @@ impl Shapes {
     pub fn parse(&mut self, body: &[u8]) {
         if let Some(name) = Body::new(body).cstr() {
             self.statements.remove(name);
+            *self.generations.entry(name.to_vec()).or_insert(0) += 1;
         }
     }
 
@@ -112,12 +118,16 @@ impl Shapes {
             // Malformed: the upstream will refuse it; assume binary, the careful choice.
             formats = vec![1];
         }
+        // The columns are those of the statement as bound now.
+        let columns = self.statements.get(&statement).cloned();
+        let generation = self.generations.get(&statement).copied().unwrap_or(0);
         self.portals.insert(
             portal,
             Portal {
                 statement,
+                generation,
                 formats,
-                columns: None,
+                columns,
             },
         );
     }
@@ -143,7 +153,7 @@ impl Shapes {
         let known = self
             .portals
             .get(&portal)
-            .is_some_and(|p| p.columns.is_some() || self.statements.contains_key(&p.statement));
+            .is_some_and(|p| p.columns.is_some());
         let describe = (!known).then(|| {
             self.pending.push_back(Expect::DescribePortal {
                 portal: portal.clone(),
@@ -223,6 +233,16 @@ impl Shapes {
                 };
                 if let Some(p) = self.portals.get_mut(&portal) {
                     p.columns = Some(columns.clone());
+                    // Still the statement it was bound to: later Binds of it
+                    // need not ask again.
+                    let current = self.generations.get(&p.statement).copied().unwrap_or(0);
+                    if current == p.generation {
+                        let mut described = columns.clone();
+                        for c in &mut described {
+                            c.binary = false;
+                        }
+                        self.statements.insert(p.statement.clone(), described);
+                    }
                 }
                 if hidden {
                     Described::Hidden
@@ -267,10 +287,7 @@ impl Shapes {
         }
         self.started = true;
         let portal = self.portals.get(portal)?;
-        let columns = portal
-            .columns
-            .clone()
-            .or_else(|| self.statements.get(&portal.statement).cloned());
+        let columns = portal.columns.clone();
         Some(columns.map(|mut columns| {
             for (i, c) in columns.iter_mut().enumerate() {
                 c.binary = match portal.formats.as_slice() {
@@ -403,6 +420,27 @@ mod tests {
         assert_eq!(s.row_description(&rd), Described::Hidden);
         let columns = s.data_row().unwrap().unwrap();
         assert!(!columns[0].binary && columns[1].binary);
+    }
+
+    #[test]
+    fn a_portal_keeps_the_columns_of_the_statement_it_was_bound_to() {
+        let mut s = Shapes::default();
+        s.parse(b"\0SELECT cvv FROM payments\0\0\0");
+        s.describe(b"S\0");
+        s.sync();
+        let cvv = row_description(&[("cvv", 16400, 6, 25, 0)]);
+        assert_eq!(s.row_description(&cvv), Described::Statement);
+        s.ready();
+        s.bind(&bind("p", "", &[0]));
+        // The unnamed statement is replaced before the portal runs.
+        s.parse(b"\0SELECT 1::int4\0\0\0");
+        s.describe(b"S\0");
+        assert_eq!(s.execute(b"p\0\0\0\0\0"), None);
+        s.sync();
+        let int4 = row_description(&[("int4", 0, 0, 23, 0)]);
+        assert_eq!(s.row_description(&int4), Described::Statement);
+        let columns = s.data_row().unwrap().unwrap();
+        assert_eq!(columns[0].source, Some((16400, 6)), "still the cvv column");
     }
 
     #[test]

@@ -176,15 +176,15 @@ pub struct StatementInfo {
     pub params: u32,
     /// A plain read whose row count EXPLAIN can estimate.
     pub estimable: bool,
-    /// `COPY table [(columns)] TO STDOUT`: what the rows hold, for masking.
+    /// `COPY ... TO STDOUT`: what the rows hold, for masking.
     pub copy_out: Option<CopyOut>,
 }
 
-/// The rows of a `COPY table TO STDOUT`.
+/// The rows of a `COPY ... TO STDOUT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopyOut {
-    /// The table.
-    pub table: ObjectName,
+    /// The table (`None` for `COPY (query)`).
+    pub table: Option<ObjectName>,
     /// The columns in order; empty for all of them.
     pub columns: Vec<String>,
     /// Row format.
@@ -195,6 +195,8 @@ pub struct CopyOut {
     pub null: String,
     /// CSV quote character.
     pub quote: u8,
+    /// CSV escape character (the quote unless set).
+    pub escape: u8,
 }
 
 /// COPY's row format.

@@ -100,6 +100,14 @@ pub(super) fn analysis(tree: &Value) -> Result<Analysis, SqlError> {
             _ => false,
         };
         analysis.literal_sensitive |= walker.literal_sensitive;
+        if walker.unattributed_derived {
+            // Fail closed: any table read may be where the value came from.
+            for access in &mut walker.accesses {
+                if matches!(access.action, Action::Read | Action::CopyOut) {
+                    access.derived.push(ColumnRef::All);
+                }
+            }
+        }
         analysis.statements.push(StatementInfo {
             command,
             accesses: walker.accesses,
@@ -164,6 +172,11 @@ struct Level {
 struct Walker {
     accesses: Vec<Access>,
     copy_out: Option<CopyOut>,
+    /// Accesses whose columns an alias renamed.
+    renamed: Vec<usize>,
+    /// A derived column reference could not be tied to a table (it names
+    /// a subquery's or CTE's output): every table read may be its source.
+    unattributed_derived: bool,
     effects: Vec<Effect>,
     params: u32,
     literal_sensitive: bool,
@@ -203,11 +216,11 @@ fn sval(value: &Value) -> Option<&str> {
     }
 }
 
-/// COPY's options: (format, delimiter, NULL string, quote, whether any
-/// option is a literal the statement's shape does not show).
-fn copy_options(n: &Value) -> (CopyFormat, u8, String, u8, bool) {
-    let (mut format, mut delimiter, mut null, mut quote, mut literal) =
-        (CopyFormat::Text, None, None, b'"', false);
+/// COPY's options: (format, delimiter, NULL string, quote, escape, whether
+/// any option is a literal the statement's shape does not show).
+fn copy_options(n: &Value) -> (CopyFormat, u8, String, u8, u8, bool) {
+    let (mut format, mut delimiter, mut null, mut quote, mut escape, mut literal) =
+        (CopyFormat::Text, None, None, b'"', None, false);
     for option in array(n, "options") {
         let Some(("DefElem", def)) = node(option) else {
             continue;
@@ -233,6 +246,10 @@ fn copy_options(n: &Value) -> (CopyFormat, u8, String, u8, bool) {
                 literal = true;
                 quote = value.bytes().next().unwrap_or(b'"');
             }
+            "escape" => {
+                literal = true;
+                escape = value.bytes().next();
+            }
             _ => {}
         }
     }
@@ -242,6 +259,7 @@ fn copy_options(n: &Value) -> (CopyFormat, u8, String, u8, bool) {
         delimiter.unwrap_or(if csv { b',' } else { b'\t' }),
         null.unwrap_or_else(|| if csv { String::new() } else { "\\N".into() }),
         quote,
+        escape.unwrap_or(quote),
         literal,
     )
 }
@@ -490,6 +508,14 @@ impl Walker {
         let mut access = Self::access(ctx, action, Target::Table(name), command);
         access.only = only;
         let index = self.push(ctx, access);
+        // `payments p(id, x)`: columns renamed by the alias no longer match
+        // by name.
+        if rv
+            .get("alias")
+            .is_some_and(|a| !array(a, "colnames").is_empty())
+        {
+            self.renamed.push(index);
+        }
         if let Some(level) = self.levels.last_mut() {
             level.tables.push((label, index));
         }
@@ -612,6 +638,7 @@ impl Walker {
                     &n["query"],
                     Ctx {
                         command: "CREATE VIEW",
+                        sink: true,
                         ..ctx
                     },
                 )?;
@@ -1004,6 +1031,7 @@ impl Walker {
                 "cols",
                 "select_stmt",
                 "merge_when_clauses",
+                "returning_clause",
                 if command == "UPDATE" {
                     "target_list"
                 } else {
@@ -1012,6 +1040,24 @@ impl Walker {
             ],
             read_ctx,
         )?;
+        // RETURNING is a select list: bare columns keep their identity.
+        if let Some(returning) = n.get("returning_clause") {
+            for target in array(returning, "exprs") {
+                let bare = node(target)
+                    .and_then(|(_, rt)| rt.get("val"))
+                    .and_then(node)
+                    .is_some_and(|(kind, _)| kind == "ColumnRef");
+                let derived = read_ctx.derived || !bare;
+                self.any(
+                    target,
+                    Ctx {
+                        derived,
+                        ..read_ctx
+                    },
+                )?;
+            }
+            self.any_except(returning, &["exprs"], read_ctx)?;
+        }
         self.close_level();
         self.ctes.truncate(cte_mark);
         Ok(())
@@ -1070,6 +1116,20 @@ impl Walker {
                 Self::access(ctx, Action::Admin, Target::Connection, command),
             );
         }
+        if action == Action::CopyOut && !program && !file {
+            // Rows to the client: masked field by field (see `CopyOut`).
+            let (format, delimiter, null, quote, escape, literal) = copy_options(n);
+            self.literal_sensitive |= literal;
+            self.copy_out = Some(CopyOut {
+                table: None,
+                columns: Vec::new(),
+                format,
+                delimiter,
+                null,
+                quote,
+                escape,
+            });
+        }
         self.levels.push(Level::default());
         if let Some(rel) = n.get("relation").filter(|r| !r.is_null())
             && let Some(index) = self.relation(rel, ctx, action, "COPY")
@@ -1084,28 +1144,18 @@ impl Walker {
             } else {
                 columns
             };
-            if action == Action::CopyOut && !program && !file {
-                // Masked field by field (see `CopyOut`).
-                let (format, delimiter, null, quote, literal) = copy_options(n);
-                self.literal_sensitive |= literal;
-                let target = match &self.accesses[index].target {
+            if let Some(copy) = &mut self.copy_out {
+                copy.table = match &self.accesses[index].target {
                     Target::Table(name) => Some(name.clone()),
                     _ => None,
                 };
-                self.copy_out = target.map(|table| CopyOut {
-                    table,
-                    columns: columns
-                        .iter()
-                        .filter_map(|c| match c {
-                            ColumnRef::Named(c) => Some(c.clone()),
-                            _ => None,
-                        })
-                        .collect(),
-                    format,
-                    delimiter,
-                    null,
-                    quote,
-                });
+                copy.columns = columns
+                    .iter()
+                    .filter_map(|c| match c {
+                        ColumnRef::Named(c) => Some(c.clone()),
+                        _ => None,
+                    })
+                    .collect();
             }
             self.accesses[index].columns = columns;
         }
@@ -1217,7 +1267,23 @@ impl Walker {
             "ColumnRef" => self.column_ref(body, ctx.derived),
             "FuncCall" => {
                 self.function(body, ctx);
-                self.any(body, ctx)?;
+                // A function's result may carry its arguments' values out
+                // (in the result, an error, a setting); only count() cannot.
+                let count = qualified(array(body, "funcname")).is_some_and(|f| f.name == "count");
+                let derived = ctx.derived || !count;
+                self.any(body, Ctx { derived, ..ctx })?;
+            }
+            "TypeCast" | "CoalesceExpr" | "CaseExpr" | "MinMaxExpr" | "RowExpr" | "AArrayExpr"
+            | "AIndirection" | "CollateClause" => {
+                // Casts can fail with the value in the error; the others
+                // compute a new value from their inputs.
+                self.any(
+                    body,
+                    Ctx {
+                        derived: true,
+                        ..ctx
+                    },
+                )?;
             }
             "ParamRef" => {
                 let number = body.get("number").and_then(Value::as_u64).unwrap_or(0);
@@ -1290,15 +1356,27 @@ impl Walker {
             let attribute = |walker: &mut Walker, index: usize, column: &ColumnRef| {
                 walker.accesses[index].columns.push(column.clone());
                 if derived {
-                    walker.accesses[index].derived.push(column.clone());
+                    let column = if walker.renamed.contains(&index) {
+                        ColumnRef::All
+                    } else {
+                        column.clone()
+                    };
+                    walker.accesses[index].derived.push(column);
                 }
             };
             match &qualifier {
                 Some(q) => match level.tables.iter().find(|(label, _)| label == q) {
                     Some((_, index)) => attribute(self, *index, &column),
+                    None if self.levels.is_empty() => self.unattributed_derived |= derived,
                     None => outer.push((qualifier, column, derived)),
                 },
-                None if level.tables.is_empty() => outer.push((qualifier, column, derived)),
+                None if level.tables.is_empty() => {
+                    if self.levels.is_empty() {
+                        self.unattributed_derived |= derived;
+                    } else {
+                        outer.push((qualifier, column, derived));
+                    }
+                }
                 None => {
                     for (_, index) in &level.tables {
                         attribute(self, *index, &column);
