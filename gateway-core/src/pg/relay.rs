@@ -426,7 +426,7 @@ impl State<'_> {
                     }
                     self.replaced = false;
                     if self.inspect {
-                        self.shapes.ready();
+                        self.shapes.ready(frame.get(5).copied().unwrap_or(b'I'));
                     }
                     if let Some(&status) = frame.get(5) {
                         self.hooks.ready(status);

@@ -37,6 +37,8 @@ struct Portal {
     statement: Vec<u8>,
     /// The statement's generation when it was bound.
     generation: u64,
+    /// The batch (Query or Sync) it was bound in, counted from 1.
+    batch: u64,
     /// Result format codes from Bind (0, 1 or one per column).
     formats: Vec<i16>,
     /// Learnt from a Describe of the portal itself.
@@ -67,6 +69,10 @@ pub struct Shapes {
     started: bool,
     /// COPY streams seen in the front Query so far.
     copies: usize,
+    /// Messages sent that ReadyForQuery answers (Query, Sync, FunctionCall).
+    sent: u64,
+    /// ReadyForQuery messages received.
+    answered: u64,
 }
 
 /// A Describe message for `portal`.
@@ -126,6 +132,7 @@ impl Shapes {
             Portal {
                 statement,
                 generation,
+                batch: self.sent + 1,
                 formats,
                 columns,
             },
@@ -179,6 +186,7 @@ impl Shapes {
     /// A Query (`message` as counted for the hooks, 0 for none) or a
     /// FunctionCall was forwarded.
     pub fn query(&mut self, message: u64) {
+        self.sent += 1;
         self.pending.push_back(Expect::Query(message));
     }
 
@@ -200,6 +208,7 @@ impl Shapes {
 
     /// A Sync was forwarded.
     pub fn sync(&mut self) {
+        self.sent += 1;
         self.pending.push_back(Expect::Sync);
     }
 
@@ -210,6 +219,7 @@ impl Shapes {
             match self.pending.iter().position(|e| matches!(e, Expect::Sync)) {
                 Some(i) => {
                     self.pending.remove(i);
+                    self.sent -= 1;
                 }
                 None => return,
             }
@@ -286,7 +296,10 @@ impl Shapes {
             return None;
         }
         self.started = true;
-        let portal = self.portals.get(portal)?;
+        // A portal this relay did not see bound: columns unknown.
+        let Some(portal) = self.portals.get(portal) else {
+            return Some(None);
+        };
         let columns = portal.columns.clone();
         Some(columns.map(|mut columns| {
             for (i, c) in columns.iter_mut().enumerate() {
@@ -321,10 +334,17 @@ impl Shapes {
         }
     }
 
-    /// ReadyForQuery.
-    pub fn ready(&mut self) {
+    /// ReadyForQuery with transaction `status`. Outside a transaction no
+    /// portal of the protocol survives (a SQL cursor of the same name that
+    /// is declared later must be described afresh).
+    pub fn ready(&mut self, status: u8) {
         self.started = false;
         self.copies = 0;
+        self.answered += 1;
+        if status == b'I' {
+            let answered = self.answered;
+            self.portals.retain(|_, p| p.batch > answered);
+        }
         // Anything left before it was skipped by the upstream.
         while let Some(front) = self.pending.pop_front() {
             if matches!(front, Expect::Query(_) | Expect::Sync) {
@@ -395,7 +415,7 @@ mod tests {
         s.sync();
         let rd = row_description(&[("pan", 16400, 3, 25, 0), ("n", 0, 0, 20, 0)]);
         assert_eq!(s.row_description(&rd), Described::Statement);
-        s.ready();
+        s.ready(b'I');
         s.bind(&bind("", "s1", &[1]));
         assert_eq!(s.execute(b"\0\0\0\0\0"), None, "columns known, no describe");
         s.sync();
@@ -404,7 +424,7 @@ mod tests {
         assert!(columns[0].binary && columns[1].binary);
         assert_eq!(s.data_row(), None, "told once per Execute");
         s.execute_done();
-        s.ready();
+        s.ready(b'I');
         assert!(s.pending.is_empty());
     }
 
@@ -430,7 +450,7 @@ mod tests {
         s.sync();
         let cvv = row_description(&[("cvv", 16400, 6, 25, 0)]);
         assert_eq!(s.row_description(&cvv), Described::Statement);
-        s.ready();
+        s.ready(b'I');
         s.bind(&bind("p", "", &[0]));
         // The unnamed statement is replaced before the portal runs.
         s.parse(b"\0SELECT 1::int4\0\0\0");
@@ -444,6 +464,31 @@ mod tests {
     }
 
     #[test]
+    fn portals_end_with_their_transaction_but_not_a_pipelined_batch() {
+        let mut s = Shapes::default();
+        s.parse(b"s1\0SELECT pan FROM payments\0\0\0");
+        s.describe(b"Ss1\0");
+        s.sync();
+        let rd = row_description(&[("pan", 16400, 4, 25, 0)]);
+        s.row_description(&rd);
+        s.ready(b'I');
+        s.bind(&bind("c", "s1", &[]));
+        s.sync();
+        // Pipelined: the next batch binds before the first one's answer.
+        s.bind(&bind("d", "s1", &[]));
+        assert_eq!(s.execute(b"d\0\0\0\0\0"), None);
+        s.sync();
+        s.ready(b'I');
+        assert!(
+            !s.portals.contains_key(&b"c"[..]),
+            "batch 1's portal is gone"
+        );
+        assert!(s.portals.contains_key(&b"d"[..]), "batch 2's portal stays");
+        // A portal of that name later (a SQL cursor) is described afresh.
+        assert!(s.execute(b"c\0\0\0\0\0").is_some());
+    }
+
+    #[test]
     fn an_error_skips_to_sync() {
         let mut s = Shapes::default();
         s.describe(b"Sx\0");
@@ -452,7 +497,7 @@ mod tests {
         s.sync();
         s.error();
         assert!(matches!(s.pending.front(), Some(Expect::Sync)));
-        s.ready();
+        s.ready(b'I');
         assert!(s.pending.is_empty());
     }
 }
