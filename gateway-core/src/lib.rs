@@ -10,6 +10,7 @@
 //! tests; [`gateway`] wires the stages together.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod config;
 pub mod dev;
 pub mod devdb;
