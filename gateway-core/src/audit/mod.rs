@@ -3,9 +3,10 @@
 //! signed with Ed25519 ([`note`]), so an auditor can verify an exported log
 //! offline with nothing but the verifier key.
 //!
-//! Work in progress for the recording and audit issue: the tree and the
-//! signed checkpoints are here; the durable store, group commit, recording
-//! and `tollgate verify` build on them.
+//! Work in progress for the recording and audit issue: the tree, the signed
+//! checkpoints and the durable group-committed store ([`log`]) are here;
+//! recording, wiring into the relay and `tollgate verify` build on them.
 
+pub mod log;
 pub mod note;
 pub mod tree;

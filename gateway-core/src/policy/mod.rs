@@ -501,7 +501,7 @@ impl PolicyEngine {
         c: &RequestContext<'_>,
         approved: bool,
     ) -> Result<Context, Rule> {
-        let time = humantime_rfc3339(c.time);
+        let time = rfc3339(c.time);
         Context::from_pairs([
             (
                 "mfa".to_string(),
@@ -679,7 +679,7 @@ impl PolicyEngine {
 }
 
 /// RFC 3339 UTC time with millisecond precision, as Cedar's `datetime()` reads it.
-fn humantime_rfc3339(time: SystemTime) -> String {
+pub fn rfc3339(time: SystemTime) -> String {
     let since = time
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default();

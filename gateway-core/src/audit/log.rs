@@ -1,0 +1,480 @@
+//! The durable audit log: one canonical JSON record per line in
+//! `audit.jsonl`, each a leaf of the Merkle tree; signed checkpoints in
+//! `checkpoints.jsonl`. Appends are group-committed by one writer thread:
+//! a batch is written and fsynced before any of its callers hears back, so
+//! a record whose append returned survives `kill -9`. On open, a torn last
+//! line (a crash mid-write) is cut off and the same tree continues.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Map, Value};
+
+use super::note::{Checkpoint, Signer};
+use super::tree::{Hash, Tree, leaf_hash};
+
+/// Why the audit log cannot do its job.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditError {
+    /// Reading or writing the log failed.
+    #[error("audit log {path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What the OS said.
+        message: String,
+    },
+    /// The log on disk is not a valid log.
+    #[error("audit log {path} line {line}: {message}")]
+    Corrupt {
+        /// The file.
+        path: String,
+        /// The line.
+        line: u64,
+        /// What is wrong.
+        message: String,
+    },
+    /// The writer stopped (an earlier write failed).
+    #[error("the audit log writer stopped after an error; no record can be made durable")]
+    Stopped,
+}
+
+fn io(path: &Path, e: impl std::fmt::Display) -> AuditError {
+    AuditError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// When a checkpoint is signed.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointEvery {
+    /// After this many new records.
+    pub records: u64,
+    /// Or after this long with new records.
+    pub interval: Duration,
+}
+
+impl Default for CheckpointEvery {
+    fn default() -> Self {
+        CheckpointEvery {
+            records: 1000,
+            interval: Duration::from_secs(10),
+        }
+    }
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<u64, AuditError>>;
+
+enum Command {
+    Append(Map<String, Value>, Reply),
+    Checkpoint(tokio::sync::oneshot::Sender<Result<String, AuditError>>),
+}
+
+/// A handle to the audit log (cheap to clone; one writer thread behind it).
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Command>,
+    verifier_key: String,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog").field("dir", &self.dir).finish()
+    }
+}
+
+/// The records file in `dir`.
+pub fn records_path(dir: &Path) -> PathBuf {
+    dir.join("audit.jsonl")
+}
+
+/// The checkpoints file in `dir`.
+pub fn checkpoints_path(dir: &Path) -> PathBuf {
+    dir.join("checkpoints.jsonl")
+}
+
+fn key_path(dir: &Path) -> PathBuf {
+    dir.join("audit-signing-key.pk8")
+}
+
+/// The signing key of the log in `dir`, created on first use (mode 0600).
+pub fn signer(dir: &Path, origin: &str) -> Result<Signer, AuditError> {
+    let path = key_path(dir);
+    match std::fs::read(&path) {
+        Ok(pkcs8) => Signer::from_pkcs8(origin, &pkcs8).map_err(|e| io(&path, e)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let (signer, pkcs8) = Signer::generate(origin).map_err(|e| io(&path, e))?;
+            let mut options = OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options.open(&path).map_err(|e| io(&path, e))?;
+            file.write_all(&pkcs8).map_err(|e| io(&path, e))?;
+            file.sync_all().map_err(|e| io(&path, e))?;
+            Ok(signer)
+        }
+        Err(e) => Err(io(&path, e)),
+    }
+}
+
+/// Read the records of `path`, cutting off a torn last line; returns the tree.
+fn recover(path: &Path) -> Result<(Tree, u64), AuditError> {
+    let mut tree = Tree::new();
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((tree, 0)),
+        Err(e) => return Err(io(path, e)),
+    };
+    let mut reader = BufReader::new(file);
+    let mut good_bytes = 0u64;
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        if line.last() != Some(&b'\n') {
+            // Torn by a crash: never acknowledged, so never relied on.
+            break;
+        }
+        let record = &line[..line.len() - 1];
+        let seq = serde_json::from_slice::<Value>(record)
+            .ok()
+            .and_then(|v| v.get("seq").and_then(Value::as_u64));
+        if seq != Some(tree.size()) {
+            return Err(AuditError::Corrupt {
+                path: path.display().to_string(),
+                line: tree.size() + 1,
+                message: format!(
+                    "expected record {} (a JSON object with \"seq\"); run `tollgate verify` on the directory",
+                    tree.size()
+                ),
+            });
+        }
+        tree.push(leaf_hash(record));
+        good_bytes += n as u64;
+    }
+    let file_len = std::fs::metadata(path).map_err(|e| io(path, e))?.len();
+    if file_len > good_bytes {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| io(path, e))?;
+        file.set_len(good_bytes).map_err(|e| io(path, e))?;
+        file.sync_all().map_err(|e| io(path, e))?;
+    }
+    Ok((tree, good_bytes))
+}
+
+impl AuditLog {
+    /// Open (or create) the log in `dir`, named `origin` in its checkpoints.
+    pub fn open(dir: &Path, origin: &str, every: CheckpointEvery) -> Result<AuditLog, AuditError> {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let signer = signer(dir, origin)?;
+        let verifier_key = signer.verifier_key();
+        let records = records_path(dir);
+        let (tree, _) = recover(&records)?;
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&records)
+            .map_err(|e| io(&records, e))?;
+        file.seek(SeekFrom::End(0)).map_err(|e| io(&records, e))?;
+        let checkpoints = checkpoints_path(dir);
+        let checkpoint_file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&checkpoints)
+            .map_err(|e| io(&checkpoints, e))?;
+        let (tx, rx) = mpsc::channel();
+        let mut writer = Writer {
+            records,
+            file,
+            checkpoints,
+            checkpoint_file,
+            tree,
+            signer,
+            origin: origin.to_string(),
+            every,
+            signed_size: 0,
+            signed_at: Instant::now(),
+            failed: None,
+        };
+        std::thread::Builder::new()
+            .name("tollgate-audit".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| io(dir, e))?;
+        Ok(AuditLog {
+            tx,
+            verifier_key,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The verifier key of the log's checkpoints (C2SP note format).
+    pub fn verifier_key(&self) -> &str {
+        &self.verifier_key
+    }
+
+    /// The directory the log lives in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Append a record; resolves with its sequence number once it is on
+    /// disk (fsynced). `seq` and `time` are set by the log.
+    pub async fn append(&self, record: Map<String, Value>) -> Result<u64, AuditError> {
+        let (reply, done) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Command::Append(record, reply))
+            .map_err(|_| AuditError::Stopped)?;
+        done.await.map_err(|_| AuditError::Stopped)?
+    }
+
+    /// Sign a checkpoint of everything appended so far; returns the note.
+    pub async fn checkpoint(&self) -> Result<String, AuditError> {
+        let (reply, done) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Command::Checkpoint(reply))
+            .map_err(|_| AuditError::Stopped)?;
+        done.await.map_err(|_| AuditError::Stopped)?
+    }
+}
+
+struct Writer {
+    records: PathBuf,
+    file: File,
+    checkpoints: PathBuf,
+    checkpoint_file: File,
+    tree: Tree,
+    signer: Signer,
+    origin: String,
+    every: CheckpointEvery,
+    signed_size: u64,
+    signed_at: Instant,
+    failed: Option<AuditError>,
+}
+
+/// Most records written in one batch (one fsync).
+const MAX_BATCH: usize = 4096;
+
+impl Writer {
+    fn run(&mut self, rx: mpsc::Receiver<Command>) {
+        loop {
+            let first = match rx.recv_timeout(self.every.interval) {
+                Ok(command) => command,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if self.tree.size() > self.signed_size {
+                        let _ = self.sign();
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    if self.tree.size() > self.signed_size {
+                        let _ = self.sign();
+                    }
+                    return;
+                }
+            };
+            let mut batch = vec![first];
+            batch.extend(rx.try_iter().take(MAX_BATCH - 1));
+            self.handle(batch);
+        }
+    }
+
+    fn handle(&mut self, batch: Vec<Command>) {
+        let mut waiting: Vec<(u64, Reply)> = Vec::new();
+        let mut checkpoints = Vec::new();
+        let mut buffer = Vec::with_capacity(batch.len() * 256);
+        let mut leaves = Vec::with_capacity(batch.len());
+        for command in batch {
+            match command {
+                Command::Append(mut record, reply) => {
+                    if let Some(error) = &self.failed {
+                        let _ = reply.send(Err(error.clone()));
+                        continue;
+                    }
+                    let seq = self.tree.size() + leaves.len() as u64;
+                    record.insert("seq".into(), Value::from(seq));
+                    record.insert("time".into(), Value::from(rfc3339_now()));
+                    // serde_json's map is ordered by key: canonical form.
+                    let bytes = serde_json::to_vec(&Value::Object(record)).unwrap_or_default();
+                    leaves.push(leaf_hash(&bytes));
+                    buffer.extend_from_slice(&bytes);
+                    buffer.push(b'\n');
+                    waiting.push((seq, reply));
+                }
+                Command::Checkpoint(reply) => checkpoints.push(reply),
+            }
+        }
+        if !buffer.is_empty() {
+            let written = self
+                .file
+                .write_all(&buffer)
+                .and_then(|()| self.file.sync_data());
+            if let Err(e) = written {
+                // Fail closed from here on: nothing is acknowledged that is not durable.
+                let error = io(&self.records, e);
+                tracing::error!(target: "tollgate::audit", %error, "audit log write failed; statements are refused until the gateway restarts");
+                self.failed = Some(error.clone());
+                for (_, reply) in waiting {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                for reply in checkpoints {
+                    let _ = reply.send(Err(error.clone()));
+                }
+                return;
+            }
+            for leaf in leaves {
+                self.tree.push(leaf);
+            }
+        }
+        for (seq, reply) in waiting {
+            let _ = reply.send(Ok(seq));
+        }
+        let due = self.tree.size() >= self.signed_size + self.every.records
+            || (self.tree.size() > self.signed_size
+                && self.signed_at.elapsed() >= self.every.interval);
+        if due || !checkpoints.is_empty() {
+            let note = self.sign();
+            for reply in checkpoints {
+                let _ = reply.send(note.clone());
+            }
+        }
+    }
+
+    /// Sign and store a checkpoint of the current tree.
+    fn sign(&mut self) -> Result<String, AuditError> {
+        let checkpoint = Checkpoint {
+            origin: self.origin.clone(),
+            size: self.tree.size(),
+            root: self.tree.root(),
+        };
+        let note = self
+            .signer
+            .sign(&checkpoint.text())
+            .map_err(|e| io(&self.checkpoints, e))?;
+        let line = serde_json::json!({ "size": checkpoint.size, "note": note });
+        let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+        bytes.push(b'\n');
+        self.checkpoint_file
+            .write_all(&bytes)
+            .and_then(|()| self.checkpoint_file.sync_data())
+            .map_err(|e| io(&self.checkpoints, e))?;
+        self.signed_size = checkpoint.size;
+        self.signed_at = Instant::now();
+        Ok(note)
+    }
+}
+
+/// The current UTC time as RFC 3339.
+fn rfc3339_now() -> String {
+    crate::policy::rfc3339(SystemTime::now())
+}
+
+/// The root of the records in `dir` as they are on disk (for tests and
+/// verification).
+pub fn root_on_disk(dir: &Path) -> Result<(u64, Hash), AuditError> {
+    let (tree, _) = recover(&records_path(dir))?;
+    Ok((tree.size(), tree.root()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::note::Verifier;
+
+    fn record(kind: &str) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("event".into(), Value::from(kind));
+        m
+    }
+
+    #[tokio::test]
+    async fn appends_are_durable_ordered_and_checkpointed() {
+        let dir = tempfile::tempdir().unwrap();
+        let every = CheckpointEvery {
+            records: 5,
+            interval: Duration::from_secs(60),
+        };
+        let log = AuditLog::open(dir.path(), "test.example/audit", every).unwrap();
+        let appends: Vec<_> = (0..12)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(async move { log.append(record(&format!("e{i}"))).await })
+            })
+            .collect();
+        let mut seqs = Vec::new();
+        for a in appends {
+            seqs.push(a.await.unwrap().unwrap());
+        }
+        seqs.sort();
+        assert_eq!(seqs, (0..12).collect::<Vec<_>>());
+        let note = log.checkpoint().await.unwrap();
+        let verifier = Verifier::parse(log.verifier_key()).unwrap();
+        let checkpoint = Checkpoint::parse(verifier.open(&note).unwrap()).unwrap();
+        assert_eq!(
+            (checkpoint.size, checkpoint.root),
+            root_on_disk(dir.path()).unwrap()
+        );
+        let lines = std::fs::read_to_string(checkpoints_path(dir.path())).unwrap();
+        assert!(
+            lines.lines().count() >= 2,
+            "one every 5 records, plus the asked one"
+        );
+    }
+
+    #[tokio::test]
+    async fn reopening_continues_the_same_tree_and_cuts_a_torn_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let every = CheckpointEvery::default();
+        {
+            let log = AuditLog::open(dir.path(), "t", every).unwrap();
+            for i in 0..3 {
+                log.append(record(&format!("before {i}"))).await.unwrap();
+            }
+        }
+        // A crash in the middle of a write.
+        let path = records_path(dir.path());
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"{\"event\":\"torn").unwrap();
+        drop(file);
+        let log = AuditLog::open(dir.path(), "t", every).unwrap();
+        assert_eq!(
+            log.append(record("after")).await.unwrap(),
+            3,
+            "the tree continues"
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 4);
+        assert!(!text.contains("torn"));
+        let first_key = log.verifier_key().to_string();
+        drop(log);
+        let again = AuditLog::open(dir.path(), "t", every).unwrap();
+        assert_eq!(
+            again.verifier_key(),
+            first_key,
+            "the same key after restart"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_log_with_a_gap_is_refused_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            records_path(dir.path()),
+            "{\"seq\":0,\"event\":\"a\"}\n{\"seq\":2,\"event\":\"b\"}\n",
+        )
+        .unwrap();
+        let error = AuditLog::open(dir.path(), "t", CheckpointEvery::default()).unwrap_err();
+        assert!(error.to_string().contains("expected record 1"), "{error}");
+    }
+}
