@@ -80,6 +80,15 @@ impl ToSql for RawParam {
     to_sql_checked!();
 }
 
+/// PostgreSQL's own reading of a binary numeric value, as text.
+async fn numeric_text(client: &tokio_postgres::Client, binary: Vec<u8>) -> String {
+    client
+        .query_one("SELECT $1::numeric::text", &[&RawParam(binary)])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn agent_sees_pci_display_pans_in_psql_and_redacted_cvv() {
     let gw = starter().await;
@@ -146,12 +155,7 @@ async fn binary_results_are_masked_and_still_decode() {
         .await
         .unwrap();
     assert_eq!(row.get::<_, i64>(0), 4242420000004242);
-    let numeric = row.get::<_, Raw>(1).0;
-    let as_text: String = client
-        .query_one("SELECT $1::numeric::text", &[&RawParam(numeric)])
-        .await
-        .unwrap()
-        .get(0);
+    let as_text = numeric_text(&client, row.get::<_, Raw>(1).0).await;
     assert_eq!(
         as_text, "6011110000001117",
         "a masked numeric PostgreSQL itself decodes"
@@ -187,12 +191,7 @@ async fn binary_results_are_masked_and_still_decode() {
         .await
         .unwrap();
     assert_eq!(row.get::<_, i64>(0), 1764061300001);
-    let numeric = row.get::<_, Raw>(1).0;
-    let as_text: String = client
-        .query_one("SELECT $1::numeric::text", &[&RawParam(numeric)])
-        .await
-        .unwrap()
-        .get(0);
+    let as_text = numeric_text(&client, row.get::<_, Raw>(1).0).await;
     assert_eq!(as_text, "12345678901234567890");
     let payload = String::from_utf8_lossy(&row.get::<_, Raw>(2).0).into_owned();
     assert!(payload.contains("490154203237518"), "{payload}");

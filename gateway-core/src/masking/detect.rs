@@ -131,53 +131,56 @@ fn track_extent(text: &[u8], f: Found) -> Option<(usize, usize)> {
     None
 }
 
-/// Whether a column name or JSON key labels sensitive authentication data
-/// (card verification codes, PINs, track data).
-pub fn sad_label(name: &str) -> bool {
+/// Whether a name holds one of `words` (split on anything not
+/// alphanumeric, case folded) or, with separators dropped, one of `fragments`.
+fn labelled(name: &str, words: &[&str], fragments: &[&str]) -> bool {
     let lower = name.to_ascii_lowercase();
     let compact: String = lower
         .chars()
         .filter(|c| c.is_ascii_alphanumeric())
         .collect();
-    const WORDS: &[&str] = &[
-        "cvv", "cvv2", "cvc", "cvc2", "cav2", "cvn", "pin", "pinblock", "track1", "track2",
-    ];
-    const COMPACT: &[&str] = &[
-        "pinblock",
-        "trackdata",
-        "track1",
-        "track2",
-        "magstripe",
-        "securitycode",
-        "cardverification",
-        "cvv",
-        "cvc",
-    ];
     lower
         .split(|c: char| !c.is_ascii_alphanumeric())
-        .any(|word| WORDS.contains(&word))
-        || COMPACT.iter().any(|w| compact.contains(w))
+        .any(|word| words.contains(&word))
+        || fragments.iter().any(|f| compact.contains(f))
+}
+
+/// Whether a column name or JSON key labels sensitive authentication data
+/// (card verification codes, PINs, track data).
+pub fn sad_label(name: &str) -> bool {
+    labelled(
+        name,
+        &[
+            "cvv", "cvv2", "cvc", "cvc2", "cav2", "cvn", "pin", "pinblock", "track1", "track2",
+        ],
+        &[
+            "pinblock",
+            "trackdata",
+            "track1",
+            "track2",
+            "magstripe",
+            "securitycode",
+            "cardverification",
+            "cvv",
+            "cvc",
+        ],
+    )
 }
 
 /// Whether a column name or JSON key labels a PAN.
 pub fn pan_label(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    let compact: String = lower
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .collect();
-    const COMPACT: &[&str] = &[
-        "cardnumber",
-        "cardno",
-        "ccnumber",
-        "ccnum",
-        "creditcard",
-        "primaryaccountnumber",
-    ];
-    lower
-        .split(|c: char| !c.is_ascii_alphanumeric())
-        .any(|word| word == "pan")
-        || COMPACT.iter().any(|w| compact.contains(w))
+    labelled(
+        name,
+        &["pan"],
+        &[
+            "cardnumber",
+            "cardno",
+            "ccnumber",
+            "ccnum",
+            "creditcard",
+            "primaryaccountnumber",
+        ],
+    )
 }
 
 /// Mask a JSON document in place: PANs and track data in strings (with `*`)

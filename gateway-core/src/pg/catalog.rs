@@ -74,6 +74,13 @@ impl Snapshot {
         self.loaded.map_or(Duration::MAX, |t| t.elapsed())
     }
 
+    /// The column `schema.table.column`.
+    pub fn column(&self, schema: &str, table: &str, column: &str) -> Option<&ColumnInfo> {
+        self.by_oid
+            .values()
+            .find(|c| c.schema == schema && c.table == table && c.column == column)
+    }
+
     /// Schemas that hold a relation called `name`.
     pub fn schemas_with(&self, name: &str) -> Vec<&str> {
         let mut schemas: Vec<&str> = self
@@ -123,7 +130,13 @@ fn column_kind(name: &str) -> ColumnKind {
 /// RowDescription names it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ColumnInfo {
-    /// `schema.table.column`.
+    /// Schema name.
+    pub schema: String,
+    /// Table name.
+    pub table: String,
+    /// Column name.
+    pub column: String,
+    /// `schema.table.column`, for messages and masking records.
     pub qualified: String,
     /// What it holds.
     pub kind: ColumnKind,
@@ -211,6 +224,16 @@ pub fn inventory(snapshot: &Snapshot) -> String {
     )
 }
 
+/// What [`Catalog::current`] found.
+pub enum Current {
+    /// The snapshot, and whether the hook just waited for a refresh.
+    Ready(Arc<Snapshot>, bool),
+    /// Wait for this refresh, then ask again.
+    Wait(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>),
+    /// The catalog was never read and the refresh failed.
+    Unreadable,
+}
+
 /// The catalog of one connection.
 pub struct Catalog {
     upstream: Arc<Upstream>,
@@ -271,6 +294,36 @@ impl Catalog {
             .clone()?;
         let young = current.loaded.is_some_and(|t| t.elapsed() < MAX_AGE);
         young.then_some(current)
+    }
+
+    /// The snapshot a statement hook decides with. When the snapshot is
+    /// stale, the first call returns a refresh to wait for (`waited`
+    /// remembers it); the call after the wait takes the last snapshot even
+    /// if the refresh failed, so a dead side connection never makes a
+    /// session wait forever.
+    pub fn current(self: &Arc<Self>, waited: &mut bool) -> Current {
+        if let Some(snapshot) = self.fresh() {
+            let after_wait = std::mem::take(waited);
+            return Current::Ready(snapshot, after_wait);
+        }
+        if !*waited {
+            *waited = true;
+            let catalog = self.clone();
+            return Current::Wait(Box::pin(async move {
+                if let Err(error) = catalog.refresh().await {
+                    tracing::warn!(
+                        connection = %catalog.upstream.config.name,
+                        %error,
+                        "cannot read the upstream catalog"
+                    );
+                }
+            }));
+        }
+        *waited = false;
+        match self.last() {
+            Some(stale) => Current::Ready(stale, true),
+            None => Current::Unreadable,
+        }
     }
 
     /// The last snapshot read, even if stale.
@@ -387,6 +440,9 @@ impl Catalog {
                     by_oid.insert(
                         (oid, attnum),
                         ColumnInfo {
+                            schema: schema.clone(),
+                            table: name.clone(),
+                            column: column.clone(),
                             qualified,
                             kind,
                             type_id,
@@ -403,10 +459,8 @@ impl Catalog {
                     && info.kind == ColumnKind::Plain
                 {
                     info.kind = *kind;
-                    let (schema, rest) = info.qualified.split_once('.').unwrap_or_default();
-                    let (table, column) = rest.split_once('.').unwrap_or_default();
-                    if let Some(t) = tables.get_mut(&(schema.to_string(), table.to_string()))
-                        && let Some(c) = t.columns.iter_mut().find(|(c, _)| c == column)
+                    if let Some(t) = tables.get_mut(&(info.schema.clone(), info.table.clone()))
+                        && let Some(c) = t.columns.iter_mut().find(|(c, _)| *c == info.column)
                     {
                         c.1 = true;
                     }
@@ -418,14 +472,10 @@ impl Catalog {
                 || self.tagged.contains(&format!("{schema}.{name}"));
         }
         for info in by_oid.values() {
-            if info.kind != ColumnKind::Plain {
-                let mut parts = info.qualified.splitn(3, '.');
-                if let (Some(schema), Some(table), Some(column)) =
-                    (parts.next(), parts.next(), parts.next())
-                    && let Some(t) = tables.get_mut(&(schema.to_string(), table.to_string()))
-                {
-                    t.protected.push(column.to_string());
-                }
+            if info.kind != ColumnKind::Plain
+                && let Some(t) = tables.get_mut(&(info.schema.clone(), info.table.clone()))
+            {
+                t.protected.push(info.column.clone());
             }
         }
         let builtins = conn

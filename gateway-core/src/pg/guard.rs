@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use super::catalog::{Catalog, Snapshot};
+use super::catalog::{Catalog, Current, Snapshot};
 use super::sql::{Access, Action, Analysis, ColumnRef, Effect, PathChange, ShapeCache, Target};
 use crate::hooks::{
     Decision, SessionEvent, SessionHooks, Statement, StatementVia, ValueSource, Verdict,
@@ -118,34 +118,20 @@ impl Guard {
     }
 
     fn verdict(&mut self, statement: &Statement<'_>) -> Verdict {
-        let snapshot = match self.catalog.fresh() {
-            Some(snapshot) => snapshot,
-            None if !self.refreshed => {
-                self.refreshed = true;
-                let catalog = self.catalog.clone();
-                let connection = self.connection.clone();
-                return Verdict::Wait(Box::pin(async move {
-                    if let Err(error) = catalog.refresh().await {
-                        tracing::warn!(%connection, %error, "cannot read the upstream catalog");
-                    }
-                }));
+        let (snapshot, after_wait) = match self.catalog.current(&mut self.refreshed) {
+            Current::Ready(snapshot, after_wait) => (snapshot, after_wait),
+            Current::Wait(wait) => return Verdict::Wait(wait),
+            Current::Unreadable => {
+                return Verdict::Decided(refuse(
+                    "58000",
+                    format!(
+                        "the gateway could not read the catalog of connection \"{}\", so it cannot check the statement; \
+                         it was not run. Try again, or ask the gateway's operator to check the upstream",
+                        self.connection
+                    ),
+                ));
             }
-            None => match self.catalog.last() {
-                Some(stale) => stale,
-                None => {
-                    self.refreshed = false;
-                    return Verdict::Decided(refuse(
-                        "58000",
-                        format!(
-                            "the gateway could not read the catalog of connection \"{}\", so it cannot check the statement; \
-                             it was not run. Try again, or ask the gateway's operator to check the upstream",
-                            self.connection
-                        ),
-                    ));
-                }
-            },
         };
-        self.refreshed = false;
         if self.paths.is_empty() {
             self.paths.push(snapshot.default_path.clone());
         }
@@ -162,7 +148,7 @@ impl Guard {
         };
         // A table the snapshot does not know may have been created since it
         // was read (by a migration, outside the gateway): read it again once.
-        if !self.refreshed && snapshot.age() > UNKNOWN_TABLE_RECHECK {
+        if !after_wait && snapshot.age() > UNKNOWN_TABLE_RECHECK {
             let unknown = analysis
                 .statements
                 .iter()
@@ -172,12 +158,10 @@ impl Guard {
                     if a.action != Action::Ddl && snapshot.schemas_with(&name.name).is_empty())
                 });
             if unknown {
-                self.refreshed = true;
                 self.catalog.invalidate();
-                let catalog = self.catalog.clone();
-                return Verdict::Wait(Box::pin(async move {
-                    let _ = catalog.refresh().await;
-                }));
+                if let Current::Wait(wait) = self.catalog.current(&mut self.refreshed) {
+                    return Verdict::Wait(wait);
+                }
             }
         }
         let engine = self.shared.policy.current();
@@ -719,19 +703,13 @@ impl Guard {
             return None;
         };
         item.derived.iter().find_map(|column| {
-            let reveal = engine.decide(
+            let reveal = engine.may_reveal(
                 &self.principal,
-                "reveal",
-                &Resource::Column {
-                    schema,
-                    table: name,
-                    name: column,
-                    cardholder: true,
-                    table_cardholder: *cardholder,
-                },
+                (schema, name, column),
+                *cardholder,
                 context,
             );
-            (reveal != Outcome::Allow).then(|| format!("{schema}.{name}.{column}"))
+            (!reveal).then(|| format!("{schema}.{name}.{column}"))
         })
     }
 }

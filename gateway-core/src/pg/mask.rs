@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::catalog::{Catalog, ColumnKind, Snapshot};
+use super::catalog::{Catalog, ColumnInfo, ColumnKind, Current, Snapshot};
 use super::sql::{CopyFormat, CopyOut, ShapeCache};
 use crate::config::{ClientMask, MaskingConfig};
 use crate::hooks::{
@@ -25,7 +25,7 @@ use crate::hooks::{
 use crate::masking::{
     Counts, Detector, Fill, Keep, REDACTED, Strategy, TokenKey, mask_json, mask_text, mask_whole,
 };
-use crate::policy::{Outcome, PolicyHandle, Principal, RequestContext, Resource};
+use crate::policy::{PolicyHandle, Principal, RequestContext};
 
 /// Masking settings shared by every session.
 #[derive(Debug)]
@@ -183,6 +183,8 @@ pub struct Masker {
     plan: Option<Vec<Plan>>,
     reveal: HashMap<String, bool>,
     counts: Counts,
+    /// A catalog refresh was just waited for (see `Catalog::current`).
+    refreshed: bool,
     /// Simple Queries let through so far (numbers COPY origins).
     queries: u64,
     /// (query number, plan of each COPY TO STDOUT in it, in order).
@@ -236,6 +238,7 @@ impl Masker {
             plan: None,
             reveal: HashMap::new(),
             counts: Counts::default(),
+            refreshed: false,
             queries: 0,
             copy_queries: std::collections::VecDeque::new(),
             copy_prepared: HashMap::new(),
@@ -248,29 +251,20 @@ impl Masker {
         &self.counts
     }
 
-    fn may_reveal(&mut self, snapshot: &Snapshot, qualified: &str) -> bool {
-        if let Some(known) = self.reveal.get(qualified) {
+    fn may_reveal(&mut self, snapshot: &Snapshot, info: &ColumnInfo) -> bool {
+        if let Some(known) = self.reveal.get(&info.qualified) {
             return *known;
         }
         let Some(policy) = &self.shared.policy else {
             return false;
         };
-        let mut parts = qualified.splitn(3, '.');
-        let (Some(schema), Some(table), Some(name)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return false;
-        };
-        let table_cardholder = snapshot.table(schema, table).is_some_and(|t| t.cardholder);
-        let outcome = policy.current().decide(
+        let table_cardholder = snapshot
+            .table(&info.schema, &info.table)
+            .is_some_and(|t| t.cardholder);
+        let allowed = policy.current().may_reveal(
             &self.principal,
-            "reveal",
-            &Resource::Column {
-                schema,
-                table,
-                name,
-                cardholder: true,
-                table_cardholder,
-            },
+            (&info.schema, &info.table, &info.column),
+            table_cardholder,
             &RequestContext {
                 connection: &self.connection,
                 command: "SELECT",
@@ -281,30 +275,23 @@ impl Masker {
                 time: SystemTime::now(),
             },
         );
-        let allowed = outcome == Outcome::Allow;
-        self.reveal.insert(qualified.to_string(), allowed);
+        self.reveal.insert(info.qualified.clone(), allowed);
         allowed
     }
 
-    /// What to do with a column of `kind` called `place`; `known` when it
-    /// is a catalog column (so `place` is `schema.table.column`).
-    fn action(
-        &mut self,
-        snapshot: Option<&Snapshot>,
-        kind: ColumnKind,
-        place: &str,
-        known: bool,
-    ) -> Action {
-        let rule = known
-            .then(|| self.shared.rule(&self.connection, place))
-            .flatten();
+    /// What to do with a catalog column (`None`: not a catalog column).
+    fn action(&mut self, snapshot: Option<&Snapshot>, info: Option<&ColumnInfo>) -> Action {
+        let Some(info) = info else {
+            return Action::Detect;
+        };
+        let rule = self.shared.rule(&self.connection, &info.qualified);
         let client_keep = match self.shared.keep {
             Keep::Display => Strategy::PciDisplay,
             Keep::LastFour => Strategy::LastFour,
         };
-        match kind {
+        match info.kind {
             ColumnKind::Plain => rule.map_or(Action::Detect, Action::Whole),
-            _ if snapshot.is_some_and(|s| self.may_reveal(s, place)) => Action::Reveal,
+            _ if snapshot.is_some_and(|s| self.may_reveal(s, info)) => Action::Reveal,
             ColumnKind::Sad => Action::Whole(rule.unwrap_or(Strategy::Redact)),
             ColumnKind::Contains => rule.map_or(Action::Detect, Action::Whole),
             ColumnKind::Pan | ColumnKind::Tagged => Action::Whole(rule.unwrap_or(client_keep)),
@@ -363,15 +350,12 @@ impl Masker {
             let plans: Vec<Plan> = names
                 .iter()
                 .map(|column| {
-                    let qualified = format!("{schema}.{}.{column}", table_name.name);
-                    let info = snapshot.by_oid.values().find(|i| i.qualified == qualified);
-                    let kind = info.map_or(ColumnKind::Plain, |i| i.kind);
-                    let action = self.action(Some(&snapshot), kind, &qualified, info.is_some());
+                    let info = snapshot.column(&schema, &table_name.name, column);
                     Plan {
                         ty: ty(info.map_or(0, |i| i.type_id)),
                         binary: false,
-                        place: qualified,
-                        action,
+                        place: format!("{schema}.{}.{column}", table_name.name),
+                        action: self.action(Some(&snapshot), info),
                     }
                 })
                 .collect();
@@ -391,6 +375,29 @@ impl Masker {
             });
         }
         merged
+    }
+
+    /// Mask one row of the COPY stream in progress; `None` when nothing changed.
+    fn copy_value(&mut self, row: &[u8]) -> Option<Vec<u8>> {
+        match std::mem::replace(&mut self.copy, CopyMode::Detect) {
+            CopyMode::Fields(plan) => {
+                let masked = self.copy_row(&plan, row);
+                self.copy = CopyMode::Fields(plan);
+                masked
+            }
+            CopyMode::Strict => {
+                self.copy = CopyMode::Strict;
+                let hidden: Vec<u8> = row
+                    .iter()
+                    .map(|&b| if b.is_ascii_digit() { b'*' } else { b })
+                    .collect();
+                (hidden != row).then(|| {
+                    self.counts.add("copy", Detector::Column, 1);
+                    hidden
+                })
+            }
+            CopyMode::Detect => self.detect("copy", row, Fill::Star, false),
+        }
     }
 
     /// Mask one COPY row field by field; `None` when nothing changed.
@@ -470,13 +477,11 @@ impl Masker {
                     || format!("result column \"{}\"", c.name),
                     |i| i.qualified.clone(),
                 );
-                let kind = info.map_or(ColumnKind::Plain, |i| i.kind);
-                let action = self.action(snapshot.as_deref(), kind, &place, info.is_some());
                 Plan {
                     ty: ty(c.type_id),
                     binary: c.binary,
                     place,
-                    action,
+                    action: self.action(snapshot.as_deref(), info),
                 }
             })
             .collect()
@@ -529,7 +534,7 @@ impl Masker {
                         Some(masked) => {
                             let masked = String::from_utf8_lossy(&masked).into_owned();
                             Some(Cow::Owned(
-                                encode_number(plan.ty, &masked).unwrap_or_else(|| zero(plan.ty)),
+                                encode_number(plan.ty, &masked).unwrap_or_else(zero),
                             ))
                         }
                         None => Some(Cow::Borrowed(value)),
@@ -573,7 +578,7 @@ impl Masker {
                     mask_whole(&mut digits, keep, Fill::Zero);
                     let text = String::from_utf8_lossy(&digits).into_owned();
                     return Some(Cow::Owned(
-                        encode_number(plan.ty, &text).unwrap_or_else(|| zero(plan.ty)),
+                        encode_number(plan.ty, &text).unwrap_or_else(zero),
                     ));
                 }
                 if plan.binary && !matches!(plan.ty, Ty::Text) {
@@ -589,7 +594,7 @@ impl Masker {
                 (Ty::Json, _) | (Ty::Jsonb, false) => format!("\"{REDACTED}\"").into_bytes(),
                 (Ty::Jsonb, true) => [&[1u8][..], format!("\"{REDACTED}\"").as_bytes()].concat(),
                 (Ty::Int8 | Ty::Numeric | Ty::SmallInt, false) => b"0".to_vec(),
-                (Ty::Int8 | Ty::Numeric, true) => zero(plan.ty),
+                (Ty::Int8 | Ty::Numeric, true) => zero(),
                 (Ty::SmallInt, true) => vec![0; value.len()],
                 _ => return None,
             })),
@@ -619,13 +624,10 @@ impl Masker {
     }
 }
 
-/// Zero in a number type's binary encoding.
-fn zero(ty: Ty) -> Vec<u8> {
-    match ty {
-        Ty::Int8 => vec![0; 8],
-        // numeric: ndigits 0, weight 0, sign +, dscale 0.
-        _ => vec![0; 8],
-    }
+/// Zero in the binary encoding of `int8` (eight zero bytes) and of
+/// `numeric` (ndigits 0, weight 0, sign +, dscale 0: also eight zero bytes).
+fn zero() -> Vec<u8> {
+    vec![0; 8]
 }
 
 /// The decimal text of a binary int8 or numeric.
@@ -752,24 +754,17 @@ fn encode_numeric(text: &str) -> Option<Vec<u8>> {
 impl SessionHooks for Masker {
     fn statement(&mut self, statement: &Statement<'_>) -> Verdict {
         // Column rules need the catalog; read it first when it is stale.
-        if self.catalog.fresh().is_none() {
-            let catalog = self.catalog.clone();
-            if self.catalog.last().is_none() || statement_may_return_rows(statement) {
-                return Verdict::Wait(Box::pin(async move {
-                    if let Err(error) = catalog.refresh().await {
-                        tracing::warn!(%error, "catalog refresh for masking failed");
-                    }
-                }));
-            }
-        }
-        if self.catalog.last().is_none() {
-            return Verdict::Decided(Decision::Refuse {
-                sqlstate: "58000",
-                message:
-                    "the gateway cannot read the upstream's catalog, so it cannot mask card data: \
-                          the statement was not run; check the connection's upstream and try again"
+        match self.catalog.current(&mut self.refreshed) {
+            Current::Ready(..) => {}
+            Current::Wait(wait) => return Verdict::Wait(wait),
+            Current::Unreadable => {
+                return Verdict::Decided(Decision::Refuse {
+                    sqlstate: "58000",
+                    message: "the gateway cannot read the upstream's catalog, so it cannot mask card data: \
+                              the statement was not run; check the connection's upstream and try again"
                         .into(),
-            });
+                });
+            }
         }
         let copies = match self.copy_plans(statement) {
             Ok(copies) => copies,
@@ -861,46 +856,19 @@ impl SessionHooks for Masker {
                 self.plan = plans;
                 masked
             }
+            ValueSource::CopyRow => self
+                .copy_value(value)
+                .map(Cow::Owned)
+                .or(Some(Cow::Borrowed(value))),
             other => {
-                if other == ValueSource::CopyRow {
-                    let masked = match std::mem::replace(&mut self.copy, CopyMode::Detect) {
-                        CopyMode::Fields(plan) => {
-                            let masked = self.copy_row(&plan, value);
-                            self.copy = CopyMode::Fields(plan);
-                            masked
-                        }
-                        CopyMode::Strict => {
-                            self.copy = CopyMode::Strict;
-                            let hidden: Vec<u8> = value
-                                .iter()
-                                .map(|&b| if b.is_ascii_digit() { b'*' } else { b })
-                                .collect();
-                            (hidden != value).then(|| {
-                                self.counts.add("copy", Detector::Column, 1);
-                                hidden
-                            })
-                        }
-                        CopyMode::Detect => self.detect("copy", value, Fill::Star, false),
-                    };
-                    let masked = masked.map_or(Cow::Borrowed(value), Cow::Owned);
-                    return match masked {
-                        Cow::Borrowed(v) => self.inner.result_value(source, v),
-                        Cow::Owned(v) => self
-                            .inner
-                            .result_value(source, &v)
-                            .map(|c| Cow::Owned(c.into_owned())),
-                    };
-                }
                 let place = match other {
                     ValueSource::ErrorField => "error",
                     ValueSource::NoticeField => "notice",
-                    ValueSource::CopyRow => "copy",
                     ValueSource::Parameter => "parameter status",
                     _ => "notification",
                 };
-                let json = false;
                 Some(
-                    self.detect(place, value, Fill::Star, json)
+                    self.detect(place, value, Fill::Star, false)
                         .map_or(Cow::Borrowed(value), Cow::Owned),
                 )
             }
@@ -1028,11 +996,6 @@ fn split_copy(row: &[u8], plan: &CopyPlan) -> Vec<(usize, usize)> {
     }
     fields.push((start, row.len()));
     fields
-}
-
-/// Whether a statement could return rows (anything but plain session control).
-fn statement_may_return_rows(_statement: &Statement<'_>) -> bool {
-    true
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::conn::Conn;
 use super::error::PgError;
 use super::frame::{Body, FrameError, next_frame};
-use super::shapes::{Described, Shapes};
+use super::shapes::{CopySource, Described, Shapes};
 use crate::hooks::{
     CopyOrigin, Decision, SessionEvent, SessionHooks, Statement, StatementVia, ValueSource, Verdict,
 };
@@ -397,20 +397,16 @@ impl State<'_> {
                     let mut body = Body::new(&frame[5..]);
                     let binary = body.take(1).is_some_and(|f| f[0] == 1);
                     let columns = body.i16().unwrap_or(0).max(0) as usize;
-                    let origin = self.shapes.copy_out();
-                    let statement = origin
-                        .as_ref()
-                        .and_then(|(_, _, s)| s.as_ref())
-                        .map(|s| String::from_utf8_lossy(s).into_owned());
-                    let origin = match (&origin, &statement) {
-                        (Some((_, _, Some(_))), Some(statement)) => {
-                            Some(CopyOrigin::Prepared { statement })
-                        }
-                        (Some((Some(message), index, None)), _) => Some(CopyOrigin::Query {
+                    let source = self.shapes.copy_out();
+                    let origin = match &source {
+                        Some(CopySource::Query { message, index }) => Some(CopyOrigin::Query {
                             message: *message,
                             index: *index,
                         }),
-                        _ => None,
+                        Some(CopySource::Prepared(statement)) => {
+                            Some(CopyOrigin::Prepared { statement })
+                        }
+                        None => None,
                     };
                     self.hooks.copy_out(origin, columns, binary);
                     self.to_client.extend_from_slice(frame);

@@ -45,6 +45,20 @@ struct Portal {
     columns: Option<Vec<ResultColumn>>,
 }
 
+/// Which statement a COPY stream belongs to (see `hooks::CopyOrigin`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum CopySource {
+    /// The `index`-th COPY of the `message`-th simple Query let through.
+    Query {
+        /// Which message.
+        message: u64,
+        /// Which COPY within it.
+        index: usize,
+    },
+    /// An Execute of a portal of this prepared statement.
+    Prepared(String),
+}
+
 /// What the relay should do with an upstream RowDescription or NoData.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Described {
@@ -191,16 +205,21 @@ impl Shapes {
     }
 
     /// The upstream sent CopyOutResponse: which statement's rows follow.
-    pub fn copy_out(&mut self) -> Option<(Option<u64>, usize, Option<Vec<u8>>)> {
+    pub fn copy_out(&mut self) -> Option<CopySource> {
         match self.pending.front()? {
             Expect::Query(message) => {
                 let index = self.copies;
                 self.copies += 1;
-                Some((Some(*message), index, None))
+                Some(CopySource::Query {
+                    message: *message,
+                    index,
+                })
             }
             Expect::Execute(portal) => {
-                let statement = self.portals.get(portal)?.statement.clone();
-                Some((None, 0, Some(statement)))
+                let statement = &self.portals.get(portal)?.statement;
+                Some(CopySource::Prepared(
+                    String::from_utf8_lossy(statement).into_owned(),
+                ))
             }
             _ => None,
         }

@@ -418,6 +418,25 @@ impl PolicyEngine {
         self.uses_time
     }
 
+    /// Whether `principal` may see the cardholder column
+    /// `schema.table.column` unmasked (the `reveal` action).
+    pub fn may_reveal(
+        &self,
+        principal: &Principal,
+        (schema, table, column): (&str, &str, &str),
+        table_cardholder: bool,
+        context: &RequestContext<'_>,
+    ) -> bool {
+        let column = Resource::Column {
+            schema,
+            table,
+            name: column,
+            cardholder: true,
+            table_cardholder,
+        };
+        self.decide(principal, "reveal", &column, context) == Outcome::Allow
+    }
+
     /// Decide one access.
     pub fn decide(
         &self,

@@ -321,6 +321,15 @@ fn mentions_column(value: &Value) -> bool {
     }
 }
 
+/// Whether a select-list entry is a bare column reference (its result
+/// keeps the column's identity).
+fn bare_column(target: &Value) -> bool {
+    node(target)
+        .and_then(|(_, rt)| rt.get("val"))
+        .and_then(node)
+        .is_some_and(|(kind, _)| kind == "ColumnRef")
+}
+
 /// A LIMIT that bounds the rows (not `LIMIT ALL` / `LIMIT NULL`).
 fn bounded(limit: &Value) -> bool {
     match node(limit) {
@@ -908,11 +917,7 @@ impl Walker {
             // The select list: a bare column keeps its identity (the result
             // names its table and column); anything computed does not.
             for target in array(n, "target_list") {
-                let bare = node(target)
-                    .and_then(|(_, rt)| rt.get("val"))
-                    .and_then(node)
-                    .is_some_and(|(kind, _)| kind == "ColumnRef");
-                let derived = inner.derived || inner.sink || !bare;
+                let derived = inner.derived || inner.sink || !bare_column(target);
                 self.any(target, Ctx { derived, ..inner })?;
             }
             // VALUES lists produce rows without column identities.
@@ -1043,11 +1048,7 @@ impl Walker {
         // RETURNING is a select list: bare columns keep their identity.
         if let Some(returning) = n.get("returning_clause") {
             for target in array(returning, "exprs") {
-                let bare = node(target)
-                    .and_then(|(_, rt)| rt.get("val"))
-                    .and_then(node)
-                    .is_some_and(|(kind, _)| kind == "ColumnRef");
-                let derived = read_ctx.derived || !bare;
+                let derived = read_ctx.derived || !bare_column(target);
                 self.any(
                     target,
                     Ctx {
@@ -1274,9 +1275,10 @@ impl Walker {
                 self.any(body, Ctx { derived, ..ctx })?;
             }
             "TypeCast" | "CoalesceExpr" | "CaseExpr" | "MinMaxExpr" | "RowExpr" | "AArrayExpr"
-            | "AIndirection" | "CollateClause" => {
+            | "AIndirection" | "CollateClause" | "RangeFunction" | "RangeTableFunc" => {
                 // Casts can fail with the value in the error; the others
-                // compute a new value from their inputs.
+                // compute a new value from their inputs, and rows a function
+                // in FROM makes carry no column identity.
                 self.any(
                     body,
                     Ctx {
@@ -1296,16 +1298,6 @@ impl Walker {
                     ..ctx
                 };
                 self.statement(kind, body, sub)?;
-            }
-            "RangeFunction" | "RangeTableFunc" => {
-                // Rows a function makes from its arguments carry no column identity.
-                self.any(
-                    body,
-                    Ctx {
-                        derived: true,
-                        ..ctx
-                    },
-                )?;
             }
             "RangeSubselect" | "SubLink" | "RangeTableSample" | "JoinExpr" => {
                 self.any(body, ctx)?;
