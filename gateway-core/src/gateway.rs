@@ -19,6 +19,10 @@ use crate::pg::mask::MaskShared;
 use crate::pg::sql::ShapeCache;
 use crate::pg::{PgContext, cancel::CancelRegistry, serve_connection};
 use crate::policy::{PolicyEngine, PolicyHandle};
+use crate::audit::event::{Auditor, Event, Outcome};
+use crate::audit::log::{AuditLog, CheckpointEvery};
+use crate::recording::Recording;
+use crate::recording::store::Store;
 use crate::upstream::Upstream;
 
 /// Why the gateway could not start.
@@ -52,6 +56,12 @@ pub enum StartError {
     /// The masking settings cannot be used.
     #[error("{0}")]
     Masking(String),
+    /// The audit log cannot be opened or written.
+    #[error("{0}; the gateway does not run without its audit log")]
+    Audit(#[from] crate::audit::log::AuditError),
+    /// The recording store cannot be opened.
+    #[error("{0}; the gateway does not run without its session recordings")]
+    Recording(#[from] crate::recording::store::StoreError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -76,6 +86,7 @@ pub struct RunningGateway {
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
     cancels: Arc<CancelRegistry>,
+    recording: Arc<Recording>,
 }
 
 impl Gateway {
@@ -135,6 +146,23 @@ impl Gateway {
             );
         }
         let policy = load_policy(&self.config.policy)?;
+        let audit = &self.config.audit;
+        let log = AuditLog::open(
+            &server.data_dir.join("audit"),
+            &audit.origin,
+            CheckpointEvery {
+                records: audit.checkpoint_records,
+                interval: Duration::from_secs(audit.checkpoint_secs),
+            },
+        )?;
+        let auditor = Auditor::new(log);
+        let store = Store::open(&audit.recordings, &server.data_dir).await?;
+        let recording = Arc::new(Recording {
+            auditor: auditor.clone(),
+            store,
+            preview_rows: audit.preview_rows,
+            redact: crate::pg::sql::redact,
+        });
         let token = match &self.config.masking.token_key {
             None => None,
             Some(source) => {
@@ -156,10 +184,12 @@ impl Gateway {
                 shapes.clone(),
             ))
         });
+        let policy_digest = policy.as_ref().map(|p| p.current().digest().to_string());
         let guard = policy.map(|policy| {
-            policy.watch(Duration::from_millis(
-                self.config.policy.reload_check_ms.max(100),
-            ));
+            policy.watch(
+                Duration::from_millis(self.config.policy.reload_check_ms.max(100)),
+                Some(auditor.clone()),
+            );
             Arc::new(GuardShared {
                 policy,
                 shapes,
@@ -180,6 +210,7 @@ impl Gateway {
             guard,
             mask,
             catalogs,
+            recording: Some(recording.clone()),
         });
         let addr = *server.listen.get_ref();
         let listener = listener::bind(addr)
@@ -207,12 +238,28 @@ impl Gateway {
                 }
             }
         });
+        let connections: Vec<&str> = self
+            .config
+            .connections
+            .iter()
+            .map(|c| c.get_ref().name.as_str())
+            .collect();
+        let started = Event::new("gateway.start", Outcome::Success)
+            .resource(serde_json::json!({ "listen": local_addr.to_string(), "connections": connections }))
+            .with("policy_digest", policy_digest)
+            .with("masking", self.masking)
+            .with("version", env!("CARGO_PKG_VERSION"));
+        if let Err(e) = auditor.record(started).await {
+            let _ = shutdown.send(true);
+            return Err(e.into());
+        }
         tracing::info!(target: "tollgate::audit", event = "gateway.start", listen = %local_addr);
         Ok(RunningGateway {
             local_addr,
             shutdown,
             task,
             cancels,
+            recording,
         })
     }
 }
@@ -249,10 +296,21 @@ impl RunningGateway {
         self.cancels.len()
     }
 
+    /// The audit log and recording store.
+    pub fn recording(&self) -> &Arc<Recording> {
+        &self.recording
+    }
+
     /// Stop accepting connections. Live sessions run to their end.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
+        let stopped = Event::new("gateway.stop", Outcome::Success)
+            .resource(serde_json::json!({ "listen": self.local_addr.to_string() }))
+            .with("live_sessions", self.cancels.len());
+        let _ = self.recording.auditor.record(stopped).await;
+        let _ = self.recording.auditor.log().checkpoint().await;
+        self.recording.store.flush().await;
         tracing::info!(target: "tollgate::audit", event = "gateway.stop", listen = %self.local_addr);
     }
 }

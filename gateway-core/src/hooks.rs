@@ -125,6 +125,20 @@ pub enum ValueSource {
     Parameter,
 }
 
+/// What the policy stage made of the statement it just decided, for
+/// recording and audit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Ruling {
+    /// Kinds of access, e.g. `read`, `write`, `ddl` (each once).
+    pub actions: Vec<String>,
+    /// What the statement touches, e.g. `SELECT on public.payments`.
+    pub resources: Vec<String>,
+    /// It touches a table that holds cardholder data.
+    pub cardholder: bool,
+    /// The policy that refused it or holds it for approval.
+    pub policy: Option<String>,
+}
+
 /// A session-level event, for recording and audit.
 #[derive(Debug)]
 pub enum SessionEvent<'a> {
@@ -150,6 +164,16 @@ pub enum SessionEvent<'a> {
     },
     /// The client asked to cancel the running statement.
     CancelRequested,
+    /// An Execute went upstream (the results that follow are its).
+    Executing,
+    /// The upstream answered with an error (fields as the client got them,
+    /// i.e. masked).
+    Failed {
+        /// SQLSTATE.
+        sqlstate: &'a str,
+        /// The primary message.
+        message: &'a str,
+    },
     /// The session ended.
     Disconnected {
         /// Why it ended, when not by the client's Terminate.
@@ -191,6 +215,24 @@ pub trait SessionHooks: Send {
 
     /// Observe a session event.
     fn event(&mut self, _event: &SessionEvent<'_>) {}
+
+    /// How the statement just decided was judged (the policy stage answers).
+    fn ruling(&mut self) -> Option<Ruling> {
+        None
+    }
+
+    /// A result row as the upstream sent it, before any value is rewritten
+    /// (PostgreSQL: the DataRow body). Called only when
+    /// [`SessionHooks::inspects_values`] is true.
+    fn data_row(&mut self, _row: &[u8]) {}
+
+    /// A statement finished with this command tag (e.g. `SELECT 3`).
+    fn complete(&mut self, _tag: &str) {}
+
+    /// What the masking stage masked in this session so far.
+    fn masking_counts(&self) -> Option<&crate::masking::Counts> {
+        None
+    }
 }
 
 /// The pass-through hook set.
@@ -250,6 +292,7 @@ impl SessionHooks for SessionLog {
             SessionEvent::CancelRequested => tracing::info!(
                 target: "tollgate::audit", event = "cancel", subject = %self.subject, connection = %self.connection
             ),
+            SessionEvent::Executing | SessionEvent::Failed { .. } => {}
             SessionEvent::Disconnected { reason } => tracing::info!(
                 target: "tollgate::audit", event = "session.end", subject = %self.subject, connection = %self.connection, reason = reason.unwrap_or("client terminated")
             ),

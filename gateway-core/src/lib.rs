@@ -6,14 +6,17 @@
 //! ([`pg`]) speaks the client's wire protocol and relays it through the
 //! [`hooks`] that later stages (policy, approvals, masking, recording) attach
 //! to, and [`upstream`] holds the connection catalog and the credentials that
-//! only the gateway knows. [`devdb`] runs a throwaway PostgreSQL for demos and
-//! tests; [`gateway`] wires the stages together.
+//! only the gateway knows. [`recording`] keeps every session as frames and
+//! every security event in the tamper-evident [`audit`] log; [`evidence`]
+//! exports them for a QSA. [`devdb`] runs a throwaway PostgreSQL for demos
+//! and tests; [`gateway`] wires the stages together.
 #![forbid(unsafe_code)]
 
 pub mod audit;
 pub mod config;
 pub mod dev;
 pub mod devdb;
+pub mod evidence;
 pub mod gateway;
 pub mod hooks;
 pub mod identity;
@@ -21,6 +24,7 @@ pub mod listener;
 pub mod masking;
 pub mod pg;
 pub mod policy;
+pub mod recording;
 pub mod upstream;
 
 pub use config::Config;

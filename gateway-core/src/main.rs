@@ -58,6 +58,37 @@ enum Command {
         #[command(flatten)]
         options: DevArgs,
     },
+    /// Print the verifier key of the gateway's audit log (C2SP signed-note
+    /// verifier key format); give it to auditors out of band.
+    VerifierKey {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Verify an audit log offline: a gateway's `audit` directory or an
+    /// evidence bundle's. One line per check; exits non-zero on any failure.
+    Verify {
+        /// The directory holding audit.jsonl and checkpoints.jsonl.
+        dir: PathBuf,
+        /// The verifier key, or a file holding it.
+        #[arg(long)]
+        key: String,
+    },
+    /// Export an evidence bundle for a QSA: access logs per identity, the
+    /// access-control configuration, approval and masking records, session
+    /// recordings (asciicast), the audit log with proofs and its verification.
+    Evidence {
+        #[command(flatten)]
+        gateway: GatewayArgs,
+        /// From this time (RFC 3339, or a date: 2026-11-01).
+        #[arg(long)]
+        from: Option<String>,
+        /// Up to this time (RFC 3339, or a date).
+        #[arg(long)]
+        to: Option<String>,
+        /// The bundle directory to create.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Manage upstream credentials in the OS keyring.
     Keyring {
         #[command(subcommand)]
@@ -87,6 +118,33 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+}
+
+/// Which gateway: its configuration file, or the data directory of a
+/// `tollgate dev` / `tollgate demo` gateway.
+#[derive(clap::Args)]
+struct GatewayArgs {
+    /// The gateway's configuration file.
+    #[arg(long, short, conflicts_with = "data_dir")]
+    config: Option<PathBuf>,
+    /// The data directory of a dev or demo gateway (default: .tollgate).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl GatewayArgs {
+    fn load(&self) -> anyhow::Result<(Config, Option<PathBuf>)> {
+        match &self.config {
+            Some(path) => Ok((Config::load(path)?, Some(path.clone()))),
+            None => {
+                let options = DevOptions {
+                    data_dir: self.data_dir.clone(),
+                    ..DevOptions::default()
+                };
+                Ok((dev::dev_config(&options)?, None))
+            }
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -234,6 +292,69 @@ async fn run(command: Command) -> anyhow::Result<()> {
             drop(pg);
             result
         }
+        Command::VerifierKey { gateway } => {
+            let (config, _) = gateway.load()?;
+            let dir = config.server.data_dir.join("audit");
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let signer = tollgate::audit::log::signer(&dir, &config.audit.origin)?;
+            println!("{}", signer.verifier_key());
+            Ok(())
+        }
+        Command::Verify { dir, key } => {
+            let key = match std::fs::read_to_string(&key) {
+                Ok(text) => text.trim().to_string(),
+                Err(_) => key,
+            };
+            // An evidence bundle's root holds the log in audit/.
+            let dir = if dir.join("audit").join("audit.jsonl").exists() {
+                dir.join("audit")
+            } else {
+                dir
+            };
+            let report = tollgate::audit::verify::verify_dir(&dir, &key);
+            println!("{report}");
+            anyhow::ensure!(report.ok(), "verification failed");
+            Ok(())
+        }
+        Command::Evidence {
+            gateway,
+            from,
+            to,
+            out,
+        } => {
+            let (config, config_file) = gateway.load()?;
+            let time = |text: &Option<String>, flag: &str| -> anyhow::Result<Option<i64>> {
+                text.as_deref()
+                    .map(|t| {
+                        tollgate::policy::parse_rfc3339(t).ok_or_else(|| {
+                            anyhow::anyhow!("--{flag} {t}: give an RFC 3339 time (2026-11-25T10:00:00Z) or a date (2026-11-25)")
+                        })
+                    })
+                    .transpose()
+            };
+            let request = tollgate::evidence::EvidenceRequest {
+                config,
+                config_file,
+                from: time(&from, "from")?,
+                to: time(&to, "to")?,
+                out: out.clone(),
+                operator: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+            };
+            let mut progress = Bar::default();
+            let summary = tollgate::evidence::export(&request, &mut progress).await?;
+            progress.finish();
+            eprintln!(
+                "{}\n\nWrote {}: {} audit records ({} in the window), {} identities, {} sessions. See INDEX.md.",
+                summary.report,
+                out.display(),
+                summary.records,
+                summary.in_window,
+                summary.identities,
+                summary.sessions
+            );
+            anyhow::ensure!(summary.verified, "the exported audit log did not verify (see verification.txt)");
+            Ok(())
+        }
         Command::Keyring {
             action: KeyringAction::Set { service, account },
         } => {
@@ -285,6 +406,40 @@ async fn run(command: Command) -> anyhow::Result<()> {
             })?;
             println!("{token}");
             Ok(())
+        }
+    }
+}
+
+/// A progress bar on standard error (hidden when it is not a terminal).
+#[derive(Default)]
+struct Bar(Option<indicatif::ProgressBar>);
+
+impl tollgate::evidence::Progress for Bar {
+    fn stage(&mut self, name: &str, total: u64) {
+        if let Some(bar) = self.0.take() {
+            bar.finish();
+        }
+        let bar = indicatif::ProgressBar::new(total);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg:<42} [{bar:30}] {pos}/{len}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.set_message(name.to_string());
+        self.0 = Some(bar);
+    }
+
+    fn step(&mut self) {
+        if let Some(bar) = &self.0 {
+            bar.inc(1);
+        }
+    }
+}
+
+impl Bar {
+    fn finish(&mut self) {
+        if let Some(bar) = self.0.take() {
+            bar.finish();
         }
     }
 }

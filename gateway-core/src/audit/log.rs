@@ -40,6 +40,12 @@ pub enum AuditError {
     /// The writer stopped (an earlier write failed).
     #[error("the audit log writer stopped after an error; no record can be made durable")]
     Stopped,
+    /// Another process holds the log.
+    #[error("audit log {path} is in use by another process (a running gateway)")]
+    Busy {
+        /// The directory.
+        path: String,
+    },
 }
 
 fn io(path: &Path, e: impl std::fmt::Display) -> AuditError {
@@ -100,6 +106,54 @@ pub fn checkpoints_path(dir: &Path) -> PathBuf {
 
 fn key_path(dir: &Path) -> PathBuf {
     dir.join("audit-signing-key.pk8")
+}
+
+/// Where other processes (`tollgate evidence`) leave records for the
+/// process that holds the log to append.
+pub fn inbox_path(dir: &Path) -> PathBuf {
+    dir.join("inbox")
+}
+
+/// Leave `record` in the inbox of the log in `dir`; the process holding
+/// the log appends it within a second or so. Returns the file written.
+pub fn leave_in_inbox(dir: &Path, record: &Map<String, Value>) -> Result<PathBuf, AuditError> {
+    let inbox = inbox_path(dir);
+    std::fs::create_dir_all(&inbox).map_err(|e| io(&inbox, e))?;
+    let name: u64 = rand::random();
+    let tmp = inbox.join(format!(".{name:016x}.tmp"));
+    let path = inbox.join(format!("{name:016x}.json"));
+    let bytes = serde_json::to_vec(&Value::Object(record.clone())).unwrap_or_default();
+    std::fs::write(&tmp, bytes).map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
+    Ok(path)
+}
+
+/// Records waiting in the inbox, oldest name first (files that do not hold
+/// a JSON object are set aside as `*.rejected`).
+fn inbox_records(dir: &Path) -> Vec<(PathBuf, Map<String, Value>)> {
+    let Ok(entries) = std::fs::read_dir(inbox_path(dir)) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .filter_map(|path| {
+            let parsed = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Map<String, Value>>(&b).ok());
+            match parsed {
+                Some(record) => Some((path, record)),
+                None => {
+                    let _ = std::fs::rename(&path, path.with_extension("rejected"));
+                    None
+                }
+            }
+        })
+        .collect()
 }
 
 /// The signing key of the log in `dir`, created on first use (mode 0600).
@@ -178,10 +232,36 @@ impl AuditLog {
     /// Open (or create) the log in `dir`, named `origin` in its checkpoints.
     pub fn open(dir: &Path, origin: &str, every: CheckpointEvery) -> Result<AuditLog, AuditError> {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        // One writer per log: a second would fork the tree.
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io(&lock_path, e))?;
+        // A writer of this process that was just dropped may take a moment
+        // to let go.
+        let mut tries = 0;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if tries < 25 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(AuditError::Busy {
+                        path: dir.display().to_string(),
+                    });
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(io(&lock_path, e)),
+            }
+        }
         let signer = signer(dir, origin)?;
         let verifier_key = signer.verifier_key();
         let records = records_path(dir);
-        let (tree, _) = recover(&records)?;
+        let (tree, good_bytes) = recover(&records)?;
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -196,11 +276,14 @@ impl AuditLog {
             .map_err(|e| io(&checkpoints, e))?;
         let (tx, rx) = mpsc::channel();
         let mut writer = Writer {
+            dir: dir.to_path_buf(),
+            _lock: lock,
             records,
             file,
             checkpoints,
             checkpoint_file,
             tree,
+            good_bytes,
             signer,
             origin: origin.to_string(),
             every,
@@ -232,11 +315,21 @@ impl AuditLog {
     /// Append a record; resolves with its sequence number once it is on
     /// disk (fsynced). `seq` and `time` are set by the log.
     pub async fn append(&self, record: Map<String, Value>) -> Result<u64, AuditError> {
+        self.submit(record).await
+    }
+
+    /// Queue a record now (so records keep the order of the calls) and
+    /// return a future that resolves once it is durable.
+    pub fn submit(
+        &self,
+        record: Map<String, Value>,
+    ) -> impl std::future::Future<Output = Result<u64, AuditError>> + Send + 'static {
         let (reply, done) = tokio::sync::oneshot::channel();
-        self.tx
-            .send(Command::Append(record, reply))
-            .map_err(|_| AuditError::Stopped)?;
-        done.await.map_err(|_| AuditError::Stopped)?
+        let sent = self.tx.send(Command::Append(record, reply));
+        async move {
+            sent.map_err(|_| AuditError::Stopped)?;
+            done.await.map_err(|_| AuditError::Stopped)?
+        }
     }
 
     /// Sign a checkpoint of everything appended so far; returns the note.
@@ -250,11 +343,16 @@ impl AuditLog {
 }
 
 struct Writer {
+    dir: PathBuf,
+    /// Held (locked) for as long as the writer runs.
+    _lock: File,
     records: PathBuf,
     file: File,
     checkpoints: PathBuf,
     checkpoint_file: File,
     tree: Tree,
+    /// Length of `records` up to its last acknowledged record.
+    good_bytes: u64,
     signer: Signer,
     origin: String,
     every: CheckpointEvery,
@@ -266,13 +364,24 @@ struct Writer {
 /// Most records written in one batch (one fsync).
 const MAX_BATCH: usize = 4096;
 
+/// How often the writer looks into its inbox.
+const INBOX_POLL: Duration = Duration::from_secs(1);
+
 impl Writer {
     fn run(&mut self, rx: mpsc::Receiver<Command>) {
+        let tick = self.every.interval.min(INBOX_POLL);
+        let mut inbox_seen = Instant::now();
         loop {
-            let first = match rx.recv_timeout(self.every.interval) {
+            if inbox_seen.elapsed() >= INBOX_POLL {
+                inbox_seen = Instant::now();
+                self.take_inbox();
+            }
+            let first = match rx.recv_timeout(tick) {
                 Ok(command) => command,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if self.tree.size() > self.signed_size {
+                    if self.tree.size() > self.signed_size
+                        && self.signed_at.elapsed() >= self.every.interval
+                    {
                         let _ = self.sign();
                     }
                     continue;
@@ -321,10 +430,19 @@ impl Writer {
                 .write_all(&buffer)
                 .and_then(|()| self.file.sync_data());
             if let Err(e) = written {
-                // Fail closed from here on: nothing is acknowledged that is not durable.
+                // Nothing is acknowledged that is not durable. Cut the file
+                // back to its last acknowledged record so that the next batch
+                // (once the disk has room again) continues the same tree; if
+                // even that fails, fail closed until a restart recovers it.
                 let error = io(&self.records, e);
-                tracing::error!(target: "tollgate::audit", %error, "audit log write failed; statements are refused until the gateway restarts");
-                self.failed = Some(error.clone());
+                let cut = self
+                    .file
+                    .set_len(self.good_bytes)
+                    .and_then(|()| self.file.sync_data());
+                if let Err(e) = cut {
+                    tracing::error!(target: "tollgate::audit", %error, cut = %e, "audit log write failed and could not be undone; statements are refused until the gateway restarts");
+                    self.failed = Some(error.clone());
+                }
                 for (_, reply) in waiting {
                     let _ = reply.send(Err(error.clone()));
                 }
@@ -336,6 +454,7 @@ impl Writer {
             for leaf in leaves {
                 self.tree.push(leaf);
             }
+            self.good_bytes += buffer.len() as u64;
         }
         for (seq, reply) in waiting {
             let _ = reply.send(Ok(seq));
@@ -348,6 +467,33 @@ impl Writer {
             for reply in checkpoints {
                 let _ = reply.send(note.clone());
             }
+        }
+    }
+
+    /// Append the records other processes left in the inbox.
+    fn take_inbox(&mut self) {
+        let waiting = inbox_records(&self.dir);
+        if waiting.is_empty() {
+            return;
+        }
+        let mut files = Vec::new();
+        let mut batch = Vec::new();
+        let mut replies = Vec::new();
+        for (path, record) in waiting {
+            let (reply, done) = tokio::sync::oneshot::channel();
+            batch.push(Command::Append(record, reply));
+            replies.push(done);
+            files.push(path);
+        }
+        self.handle(batch);
+        for (path, mut done) in files.into_iter().zip(replies) {
+            if matches!(done.try_recv(), Ok(Ok(_))) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        // Whoever left them waits for a checkpoint that covers them.
+        if self.tree.size() > self.signed_size {
+            let _ = self.sign();
         }
     }
 

@@ -1,12 +1,14 @@
 //! The tamper-evident audit log: records appended as leaves of an RFC 6962
 //! Merkle tree ([`tree`]), whose heads are published as C2SP checkpoints
 //! signed with Ed25519 ([`note`]), so an auditor can verify an exported log
-//! offline with nothing but the verifier key.
+//! offline with nothing but the verifier key ([`verify`]).
 //!
-//! Work in progress for the recording and audit issue: the tree, the signed
-//! checkpoints and the durable group-committed store ([`log`]) are here;
-//! recording, wiring into the relay and `tollgate verify` build on them.
+//! [`log`] is the durable, group-committed store; [`event`] says what a
+//! record holds (the PCI DSS 10.2.2 fields) and gives every stage one
+//! handle on the log. `tollgate evidence` (crate::evidence) exports what a QSA asks for.
 
+pub mod event;
 pub mod log;
 pub mod note;
 pub mod tree;
+pub mod verify;

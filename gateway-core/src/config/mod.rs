@@ -36,6 +36,65 @@ pub struct Config {
     /// How card data is masked in results, errors and copy streams.
     #[serde(default)]
     pub masking: MaskingConfig,
+    /// The tamper-evident audit log and the session recordings.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The log's name in its signed checkpoints (the C2SP origin line), e.g.
+    /// `gateway.example.com/audit`. Auditors check it against the verifier key.
+    #[serde(default = "default_origin")]
+    pub origin: String,
+    /// Sign a checkpoint after this many new records.
+    #[serde(default = "default_checkpoint_records")]
+    pub checkpoint_records: u64,
+    /// Or after this many seconds with new records.
+    #[serde(default = "default_checkpoint_secs")]
+    pub checkpoint_secs: u64,
+    /// Where session recordings are stored: empty for SQLite in the data
+    /// directory (`recordings.sqlite3`), or a `postgres://` URL so several
+    /// gateway replicas share one store.
+    #[serde(default)]
+    pub recordings: String,
+    /// Rows of each result kept, masked, as its preview in the recording.
+    #[serde(default = "default_preview_rows")]
+    pub preview_rows: usize,
+    /// Days recordings and audit records are kept (PCI DSS 10.5.1 asks for 12 months).
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            origin: default_origin(),
+            checkpoint_records: default_checkpoint_records(),
+            checkpoint_secs: default_checkpoint_secs(),
+            recordings: String::new(),
+            preview_rows: default_preview_rows(),
+            retention_days: default_retention_days(),
+        }
+    }
+}
+
+fn default_origin() -> String {
+    "tollgate.local/audit".into()
+}
+fn default_checkpoint_records() -> u64 {
+    1000
+}
+fn default_checkpoint_secs() -> u64 {
+    10
+}
+fn default_preview_rows() -> usize {
+    3
+}
+fn default_retention_days() -> u32 {
+    400
 }
 
 /// `[policy]`

@@ -110,6 +110,41 @@ pub(super) fn validate(config: &Config, file: &str, text: &str) -> Result<(), Co
         }
         _ => {}
     }
+    let audit = &config.audit;
+    if audit.origin.trim().is_empty() || audit.origin.contains(['\n', '+']) {
+        return Err(invalid(
+            &(0..0),
+            "audit.origin".into(),
+            "the origin names the log in its checkpoints: a non-empty line without '+', e.g. \"gateway.example.com/audit\"".into(),
+        ));
+    }
+    if audit.checkpoint_records == 0 || audit.checkpoint_secs == 0 {
+        return Err(invalid(
+            &(0..0),
+            "audit.checkpoint_records".into(),
+            "checkpoint_records and checkpoint_secs must both be at least 1".into(),
+        ));
+    }
+    if !(audit.recordings.is_empty()
+        || audit.recordings.starts_with("postgres://")
+        || audit.recordings.starts_with("postgresql://"))
+    {
+        return Err(invalid(
+            &(0..0),
+            "audit.recordings".into(),
+            "leave empty for SQLite in the data directory, or give a postgres:// URL".into(),
+        ));
+    }
+    if audit.retention_days < 90 {
+        return Err(invalid(
+            &(0..0),
+            "audit.retention_days".into(),
+            format!(
+                "{} days is too short: PCI DSS 10.5.1 wants at least 12 months kept and the last 3 months at hand",
+                audit.retention_days
+            ),
+        ));
+    }
     let policy = &config.policy;
     if policy.files.is_empty() && !policy.starter && !policy.allow_all {
         return Err(invalid(

@@ -16,6 +16,8 @@ pub struct CancelTarget {
     pub pid: i32,
     /// The upstream backend's secret key.
     pub key: i32,
+    /// The session's recording, for the cancel frame.
+    pub tap: Option<Arc<crate::recording::SessionTap>>,
 }
 
 struct Entry {

@@ -16,7 +16,7 @@ use std::time::{Duration, SystemTime};
 use super::catalog::{Catalog, Current, Snapshot};
 use super::sql::{Access, Action, Analysis, ColumnRef, Effect, PathChange, ShapeCache, Target};
 use crate::hooks::{
-    Decision, SessionEvent, SessionHooks, Statement, StatementVia, ValueSource, Verdict,
+    Decision, Ruling, SessionEvent, SessionHooks, Statement, StatementVia, ValueSource, Verdict,
 };
 use crate::policy::{
     Outcome, PolicyEngine, PolicyHandle, Principal, RequestContext, Resource, Rule,
@@ -64,6 +64,8 @@ pub struct Guard {
     refreshed: bool,
     ddl_forwarded: bool,
     decided: HashMap<usize, Cached>,
+    /// How the last statement was judged, until the recorder takes it.
+    ruling: Option<Ruling>,
 }
 
 struct Cached {
@@ -72,6 +74,7 @@ struct Cached {
     snapshot: Arc<Snapshot>,
     path_generation: u64,
     decision: Decision,
+    ruling: Ruling,
 }
 
 /// A refusal before anything ran.
@@ -108,6 +111,7 @@ impl Guard {
             refreshed: false,
             ddl_forwarded: false,
             decided: HashMap::new(),
+            ruling: None,
         }
     }
 
@@ -173,16 +177,26 @@ impl Guard {
             && cached.path_generation == self.path_generation
         {
             let decision = cached.decision.clone();
+            self.ruling = Some(cached.ruling.clone());
             if decision == Decision::Forward {
                 self.forwarded(&analysis, &snapshot);
             }
             return Verdict::Decided(decision);
         }
         let mut cacheable = !engine.uses_time();
-        let decision = match self.decide(statement, &analysis, &engine, &snapshot, &mut cacheable) {
+        let mut ruling = Ruling::default();
+        let decision = match self.decide(
+            statement,
+            &analysis,
+            &engine,
+            &snapshot,
+            &mut cacheable,
+            &mut ruling,
+        ) {
             Ok(decision) => decision,
             Err(wait) => return Verdict::Wait(wait),
         };
+        self.ruling = Some(ruling.clone());
         if decision == Decision::Forward {
             self.forwarded(&analysis, &snapshot);
         }
@@ -198,6 +212,7 @@ impl Guard {
                     snapshot,
                     path_generation: self.path_generation,
                     decision: decision.clone(),
+                    ruling,
                 },
             );
         }
@@ -212,6 +227,7 @@ impl Guard {
         engine: &PolicyEngine,
         snapshot: &Snapshot,
         cacheable: &mut bool,
+        ruling: &mut Ruling,
     ) -> Result<Decision, Wait> {
         let mut paths = self.paths.clone();
         let mut any_schema = self.any_schema;
@@ -250,6 +266,7 @@ impl Guard {
             }
             let resolved = resolve(&accesses, snapshot, &paths, any_schema);
             for item in &resolved {
+                ruling.note(item);
                 let mut context = RequestContext {
                     connection: &self.connection,
                     command: item.command,
@@ -343,6 +360,11 @@ impl Guard {
                 apply_path(effect, &mut paths, &mut any_schema, snapshot);
             }
         }
+        ruling.policy = match &worst {
+            Some((Outcome::Deny(rule), _)) => Some(rule.id.clone()),
+            Some((Outcome::NeedsApproval { rules, .. }, _)) => rules.first().map(|r| r.id.clone()),
+            _ => None,
+        };
         Ok(match worst {
             None | Some((Outcome::Allow, _)) => Decision::Forward,
             Some((Outcome::Deny(rule), what)) => refuse(
@@ -562,6 +584,25 @@ impl Resolved {
     }
 }
 
+impl Ruling {
+    /// Count one resolved access in.
+    fn note(&mut self, item: &Resolved) {
+        /// Enough to say what a statement touched without copying a huge one.
+        const MOST: usize = 32;
+        let action = item.action.as_str();
+        if !self.actions.iter().any(|a| a == action) {
+            self.actions.push(action.to_string());
+        }
+        let what = item.describe();
+        if self.resources.len() < MOST && !self.resources.contains(&what) {
+            self.resources.push(what);
+        }
+        if let Object::Table { cardholder, .. } = &item.object {
+            self.cardholder |= *cardholder;
+        }
+    }
+}
+
 /// Resolve table names as PostgreSQL would with these search paths:
 /// `pg_catalog` first unless the path places it, then the path in order.
 fn resolve(
@@ -777,5 +818,21 @@ impl SessionHooks for Guard {
 
     fn event(&mut self, event: &SessionEvent<'_>) {
         self.inner.event(event);
+    }
+
+    fn ruling(&mut self) -> Option<Ruling> {
+        self.ruling.take()
+    }
+
+    fn data_row(&mut self, row: &[u8]) {
+        self.inner.data_row(row);
+    }
+
+    fn complete(&mut self, tag: &str) {
+        self.inner.complete(tag);
+    }
+
+    fn masking_counts(&self) -> Option<&crate::masking::Counts> {
+        self.inner.masking_counts()
     }
 }

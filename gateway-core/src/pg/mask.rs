@@ -888,20 +888,19 @@ impl SessionHooks for Masker {
     }
 
     fn event(&mut self, event: &SessionEvent<'_>) {
-        if let SessionEvent::Disconnected { .. } = event {
-            for (place, detector, count) in self.counts.iter() {
-                tracing::info!(
-                    target: "tollgate::audit",
-                    event = "masking.record",
-                    subject = %self.principal.subject,
-                    connection = %self.connection,
-                    place,
-                    detector = detector.as_str(),
-                    count,
-                );
-            }
-        }
         self.inner.event(event);
+    }
+
+    fn data_row(&mut self, row: &[u8]) {
+        self.inner.data_row(row);
+    }
+
+    fn complete(&mut self, tag: &str) {
+        self.inner.complete(tag);
+    }
+
+    fn masking_counts(&self) -> Option<&crate::masking::Counts> {
+        Some(&self.counts)
     }
 }
 

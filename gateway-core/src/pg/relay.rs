@@ -355,6 +355,7 @@ impl State<'_> {
                                 if let Some(describe) = self.shapes.execute(body) {
                                     self.to_upstream.extend_from_slice(&describe);
                                 }
+                                self.hooks.event(&SessionEvent::Executing);
                             }
                             _ => {}
                         }
@@ -457,17 +458,28 @@ impl State<'_> {
                     if let Some(columns) = self.shapes.data_row() {
                         self.hooks.result_columns(columns.as_deref());
                     }
+                    self.hooks.data_row(&frame[5..]);
                     rewrite_data_row(self.hooks, frame, &mut self.to_client);
                 }
                 b'C' | b's' | b'I' => {
                     self.shapes.execute_done();
+                    if tag == b'C' {
+                        let command = Body::new(&frame[5..]).cstr().unwrap_or_default();
+                        self.hooks.complete(&String::from_utf8_lossy(command));
+                    }
                     self.to_client.extend_from_slice(frame);
                 }
                 b'E' => {
                     self.shapes.error();
-                    self.put_fields(ValueSource::ErrorField, frame);
+                    let (sqlstate, message) = self.put_fields(ValueSource::ErrorField, frame);
+                    self.hooks.event(&SessionEvent::Failed {
+                        sqlstate: &sqlstate,
+                        message: &message,
+                    });
                 }
-                b'N' => self.put_fields(ValueSource::NoticeField, frame),
+                b'N' => {
+                    self.put_fields(ValueSource::NoticeField, frame);
+                }
                 b'S' => {
                     // ParameterStatus: set_config() can put any value here.
                     let mut body = Body::new(&frame[5..]);
@@ -522,11 +534,13 @@ impl State<'_> {
 
     /// Pass each field of an ErrorResponse or NoticeResponse through the
     /// hooks (a unique violation's DETAIL echoes the value) and forward it.
-    fn put_fields(&mut self, source: ValueSource, frame: &[u8]) {
+    /// Returns the SQLSTATE and message as forwarded.
+    fn put_fields(&mut self, source: ValueSource, frame: &[u8]) -> (String, String) {
         if !self.inspect {
             self.to_client.extend_from_slice(frame);
-            return;
+            return Default::default();
         }
+        let (mut sqlstate, mut message) = (String::new(), String::new());
         let mut out = Vec::with_capacity(frame.len());
         let mut rest = &frame[5..];
         while let Some((&code, tail)) = rest.split_first() {
@@ -538,6 +552,11 @@ impl State<'_> {
                 .hooks
                 .result_value(source, &tail[..end])
                 .unwrap_or_default();
+            match code {
+                b'C' => sqlstate = String::from_utf8_lossy(&value).into_owned(),
+                b'M' => message = String::from_utf8_lossy(&value).into_owned(),
+                _ => {}
+            }
             out.push(code);
             // A rewritten field may not carry a NUL of its own.
             out.extend(value.iter().map(|&b| if b == 0 { b' ' } else { b }));
@@ -546,6 +565,7 @@ impl State<'_> {
         }
         out.push(0);
         put_frame(&mut self.to_client, frame[0], &[&out]);
+        (sqlstate, message)
     }
 }
 

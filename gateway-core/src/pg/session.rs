@@ -22,7 +22,9 @@ use super::{messages, relay, upstream};
 use crate::hooks::{HookFactory, SessionEvent};
 use crate::identity::{AuthError, Authenticator, Identity, PrincipalKind};
 use crate::listener::tls::ServerTls;
+use crate::audit::event::{Event, Outcome};
 use crate::policy::Principal;
+use crate::recording::{Recorder, Recording};
 use crate::upstream::Upstream;
 
 /// A password message carrying a JWT: generous, but bounded.
@@ -54,6 +56,8 @@ pub struct PgContext {
     pub mask: Option<Arc<MaskShared>>,
     /// Catalogs by connection name.
     pub catalogs: HashMap<String, Arc<Catalog>>,
+    /// Recording and audit (`None` only in unit tests of other stages).
+    pub recording: Option<Arc<Recording>>,
 }
 
 /// Serve one accepted client connection to its end. Never panics on bad
@@ -167,11 +171,26 @@ async fn login(
         Err(e) => {
             tracing::warn!(
                 target: "tollgate::audit", event = "login", outcome = "failure", client = %peer,
-                user = %user, database = %database, reason = %e
+                user = %crate::masking::for_record(&user), database = %database, reason = %e
             );
+            if let Some(recording) = &ctx.recording {
+                let event = Event::new("login", Outcome::Failure)
+                    .claimed_actor(&user)
+                    .origin(peer)
+                    .resource(serde_json::json!({ "connection": database }))
+                    .with("reason", e.to_string());
+                recording.auditor.record_later(event);
+            }
             return Err(fail(client, PgError::from(e)));
         }
     };
+    if let Some(recording) = &ctx.recording {
+        let event = Event::new("login", Outcome::Success)
+            .actor(&identity)
+            .origin(peer)
+            .resource(serde_json::json!({ "connection": database }));
+        recording.auditor.record_later(event);
+    }
     tracing::info!(
         target: "tollgate::audit", event = "login", outcome = "success", client = %peer,
         subject = %identity.subject, issuer = %identity.issuer, groups = ?identity.groups,
@@ -281,24 +300,6 @@ async fn run_session(established: Established, peer: SocketAddr, ctx: &PgContext
         pid,
         key,
     } = upstream;
-    let registration = ctx.cancels.register(CancelTarget {
-        upstream: target,
-        pid,
-        key,
-    });
-
-    // Finish the client's startup: AuthenticationOk, the upstream's
-    // parameters and notices, our own cancel key, ReadyForQuery.
-    let mut hello = BytesMut::new();
-    hello.extend_from_slice(messages::auth_ok().raw());
-    for frame in parameters.iter().chain(&notices) {
-        hello.extend_from_slice(frame.raw());
-    }
-    hello.extend_from_slice(messages::backend_key_data(registration.pid, registration.key).raw());
-    hello.extend_from_slice(messages::ready_for_query(b'I').raw());
-    if client.write_all(&hello).await.is_err() {
-        return;
-    }
 
     let mut hooks = ctx.hooks.for_session(&identity, &connection);
     let principal = Principal {
@@ -339,6 +340,31 @@ async fn run_session(established: Established, peer: SocketAddr, ctx: &PgContext
             guarded.path_unknown();
         }
         hooks = Box::new(guarded);
+    }
+    let mut tap = None;
+    if let Some(recording) = &ctx.recording {
+        let recorder = Recorder::new(recording.clone(), hooks, &identity, peer, &connection);
+        tap = Some(recorder.tap());
+        hooks = Box::new(recorder);
+    }
+    let registration = ctx.cancels.register(CancelTarget {
+        upstream: target,
+        pid,
+        key,
+        tap,
+    });
+
+    // Finish the client's startup: AuthenticationOk, the upstream's
+    // parameters and notices, our own cancel key, ReadyForQuery.
+    let mut hello = BytesMut::new();
+    hello.extend_from_slice(messages::auth_ok().raw());
+    for frame in parameters.iter().chain(&notices) {
+        hello.extend_from_slice(frame.raw());
+    }
+    hello.extend_from_slice(messages::backend_key_data(registration.pid, registration.key).raw());
+    hello.extend_from_slice(messages::ready_for_query(b'I').raw());
+    if client.write_all(&hello).await.is_err() {
+        return;
     }
     hooks.event(&SessionEvent::Connected {
         identity: &identity,
@@ -400,6 +426,16 @@ async fn forward_cancel(ctx: &PgContext, pid: i32, key: i32, peer: SocketAddr) {
         return;
     };
     tracing::info!(target: "tollgate::audit", event = "cancel", outcome = "forwarded", client = %peer, connection = %target.upstream.config.name);
+    if let Some(tap) = &target.tap {
+        tap.frame("cancel", serde_json::json!({ "client": peer.to_string() }));
+    }
+    if let Some(recording) = &ctx.recording {
+        let event = Event::new("cancel", Outcome::Success)
+            .origin(peer)
+            .resource(serde_json::json!({ "connection": target.upstream.config.name }))
+            .with("session", target.tap.as_ref().map(|t| t.id.clone()));
+        recording.auditor.record_later(event);
+    }
     if let Err(e) = upstream::send_cancel(&target.upstream, target.pid, target.key).await {
         tracing::warn!(error = %e, "forwarding cancel failed");
     }

@@ -723,5 +723,20 @@ pub fn rfc3339(time: SystemTime) -> String {
     )
 }
 
+/// Seconds since the Unix epoch of an RFC 3339 time (`2026-11-25T10:00:00Z`)
+/// or of a date (`2026-11-25`, midnight UTC).
+pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    use time::format_description::well_known::Rfc3339;
+    if let Ok(t) = time::OffsetDateTime::parse(text, &Rfc3339) {
+        return Some(t.unix_timestamp());
+    }
+    let date = time::Date::parse(
+        text,
+        time::macros::format_description!("[year]-[month]-[day]"),
+    )
+    .ok()?;
+    Some(date.midnight().assume_utc().unix_timestamp())
+}
+
 #[cfg(test)]
 mod tests;

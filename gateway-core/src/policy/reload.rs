@@ -9,6 +9,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use super::{PolicyEngine, PolicyError};
+use crate::audit::event::{Auditor, Event, Outcome};
 
 /// The policy in force, shared by all sessions.
 #[derive(Debug, Clone)]
@@ -56,9 +57,10 @@ impl PolicyHandle {
         Ok(engine)
     }
 
-    /// Watch the files and reload when one changes (checked every `every`).
+    /// Watch the files and reload when one changes (checked every `every`);
+    /// each reload, applied or refused, is an audit event when `auditor` is given.
     /// Stops when the last handle is dropped.
-    pub fn watch(&self, every: Duration) {
+    pub fn watch(&self, every: Duration, auditor: Option<Auditor>) {
         let weak = Arc::downgrade(&self.inner);
         let files = self.inner.files.clone();
         tokio::spawn(async move {
@@ -85,21 +87,38 @@ impl PolicyHandle {
                 seen = now;
                 let handle = PolicyHandle { inner };
                 let before = handle.current().digest().to_string();
-                match handle.reload() {
-                    Ok(engine) if engine.digest() != before => tracing::info!(
-                        target: "tollgate::audit",
-                        event = "policy.reloaded",
-                        policies = engine.len(),
-                        digest = engine.digest(),
-                        previous = %before,
-                    ),
-                    Ok(_) => {}
-                    Err(error) => tracing::error!(
-                        target: "tollgate::audit",
-                        event = "policy.reload_refused",
-                        kept = %before,
-                        "the changed policy is not valid, the policy in force stays:\n{error}"
-                    ),
+                let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+                let event = match handle.reload() {
+                    Ok(engine) if engine.digest() != before => {
+                        tracing::info!(
+                            target: "tollgate::audit",
+                            event = "policy.reloaded",
+                            policies = engine.len(),
+                            digest = engine.digest(),
+                            previous = %before,
+                        );
+                        Event::new("policy.reloaded", Outcome::Success)
+                            .resource(serde_json::json!({ "policy_files": files }))
+                            .with("digest", engine.digest())
+                            .with("previous", before)
+                            .with("policies", engine.len())
+                    }
+                    Ok(_) => continue,
+                    Err(error) => {
+                        tracing::error!(
+                            target: "tollgate::audit",
+                            event = "policy.reload_refused",
+                            kept = %before,
+                            "the changed policy is not valid, the policy in force stays:\n{error}"
+                        );
+                        Event::new("policy.reloaded", Outcome::Refused)
+                            .resource(serde_json::json!({ "policy_files": files }))
+                            .with("kept", before)
+                            .with("reason", error.to_string())
+                    }
+                };
+                if let Some(auditor) = &auditor {
+                    auditor.record_later(event);
                 }
             }
         });

@@ -270,6 +270,18 @@ fn parse_error_text(error: pg_query::Error) -> String {
     }
 }
 
+/// The statement as records keep it: PostgreSQL's own normaliser replaces
+/// every literal with `$n` (so no value the caller typed, a card number in
+/// a WHERE clause or a password in ALTER ROLE, is kept), then the record
+/// mask covers what a comment could hold. A statement that does not parse
+/// is not kept at all.
+pub fn redact(sql: &str) -> String {
+    match pg_query::normalize(sql) {
+        Ok(text) => crate::masking::for_record(&text),
+        Err(_) => format!("<statement that does not parse, {} bytes>", sql.len()),
+    }
+}
+
 /// The statement's shape: its tokens with every literal blanked out and
 /// comments dropped. `None` when it does not even scan.
 pub fn shape(sql: &str) -> Option<String> {
