@@ -414,8 +414,7 @@ impl Writer {
                     let seq = self.tree.size() + leaves.len() as u64;
                     record.insert("seq".into(), Value::from(seq));
                     record.insert("time".into(), Value::from(rfc3339_now()));
-                    // serde_json's map is ordered by key: canonical form.
-                    let bytes = serde_json::to_vec(&Value::Object(record)).unwrap_or_default();
+                    let bytes = canonical(&Value::Object(record));
                     leaves.push(leaf_hash(&bytes));
                     buffer.extend_from_slice(&bytes);
                     buffer.push(b'\n');
@@ -518,6 +517,46 @@ impl Writer {
         self.signed_size = checkpoint.size;
         self.signed_at = Instant::now();
         Ok(note)
+    }
+}
+
+/// The canonical form of a record: compact JSON with every object's keys
+/// in sorted (byte) order, whatever order they were built in.
+pub fn canonical(value: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (n, (key, value)) in entries.into_iter().enumerate() {
+                if n > 0 {
+                    out.push(b',');
+                }
+                let _ = serde_json::to_writer(&mut *out, key);
+                out.push(b':');
+                write_canonical(value, out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (n, item) in items.iter().enumerate() {
+                if n > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => {
+            let _ = serde_json::to_writer(&mut *out, scalar);
+        }
     }
 }
 

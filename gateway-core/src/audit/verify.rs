@@ -142,8 +142,7 @@ pub fn verify_dir(dir: &Path, key: &str) -> Report {
         let value: Option<Value> = serde_json::from_slice(line).ok();
         let canonical = value
             .as_ref()
-            .and_then(|v| serde_json::to_vec(v).ok())
-            .is_some_and(|c| c == *line);
+            .is_some_and(|v| super::log::canonical(v) == *line);
         if !canonical || !value.as_ref().is_some_and(Value::is_object) {
             malformed.push(index);
         }
