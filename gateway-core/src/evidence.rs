@@ -146,6 +146,11 @@ const INDEX: &[(&str, &str, &[&str])] = &[
         &["7.2.1", "7.2.2", "7.2.5", "7.3.1", "10.2.1.2"],
     ),
     (
+        "config/retention.txt",
+        "how long the audit log and recordings are kept, and what is at hand",
+        &["10.5.1"],
+    ),
+    (
         "approvals/approvals.jsonl",
         "approval records of requests held for a person's sign-off",
         &["7.2.2", "10.2.1.2"],
@@ -402,6 +407,17 @@ pub async fn export(
         )?;
     }
     write(&out.join("config/hashes.txt"), hashes.as_bytes())?;
+    write(
+        &out.join("config/retention.txt"),
+        format!(
+            "audit.retention_days = {}\n\
+             Audit records and session recordings are kept for {} days; all of them stay queryable \
+             (the last 90 days at least, PCI DSS 10.5.1). Pruning removes whole sessions and keeps the \
+             leaf hashes of pruned audit records, so what remains still verifies.\n",
+            config.audit.retention_days, config.audit.retention_days
+        )
+        .as_bytes(),
+    )?;
     progress.step();
 
     // 7. Session recordings.

@@ -338,7 +338,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 from: time(&from, "from")?,
                 to: time(&to, "to")?,
                 out: out.clone(),
-                operator: std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
+                operator: std::env::var("USER")
+                    .or_else(|_| std::env::var("LOGNAME"))
+                    .unwrap_or_else(|_| "unknown operator".into()),
             };
             let mut progress = Bar::default();
             let summary = tollgate::evidence::export(&request, &mut progress).await?;
