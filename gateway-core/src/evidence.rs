@@ -113,7 +113,10 @@ const INDEX: &[(&str, &str, &[&str])] = &[
     (
         "audit/audit.jsonl",
         "the audit log up to its last signed checkpoint: one canonical JSON record per line, each a Merkle tree leaf",
-        &["10.2.1", "10.2.1.1", "10.2.1.2", "10.2.1.3", "10.2.1.4", "10.2.1.5", "10.2.1.6", "10.2.1.7", "10.2.2", "10.3.1"],
+        &[
+            "10.2.1", "10.2.1.1", "10.2.1.2", "10.2.1.3", "10.2.1.4", "10.2.1.5", "10.2.1.6",
+            "10.2.1.7", "10.2.2", "10.3.1",
+        ],
     ),
     (
         "audit/checkpoints.jsonl",
@@ -133,7 +136,9 @@ const INDEX: &[(&str, &str, &[&str])] = &[
     (
         "access/",
         "per-identity access logs (CSV and JSON Lines): logins, sessions, statements with decision and deciding policy",
-        &["7.2.1", "7.2.2", "7.2.5", "8.2.1", "10.2.1.1", "10.2.1.2", "10.2.1.4", "10.2.2"],
+        &[
+            "7.2.1", "7.2.2", "7.2.5", "8.2.1", "10.2.1.1", "10.2.1.2", "10.2.1.4", "10.2.2",
+        ],
     ),
     (
         "access/identities.csv",
@@ -198,7 +203,14 @@ pub async fn export(
             audit_dir.display()
         )));
     }
-    for dir in ["audit", "access", "config", "approvals", "masking", "sessions"] {
+    for dir in [
+        "audit",
+        "access",
+        "config",
+        "approvals",
+        "masking",
+        "sessions",
+    ] {
         std::fs::create_dir_all(out.join(dir)).map_err(|e| io(out.join(dir).display(), e))?;
     }
 
@@ -241,8 +253,8 @@ pub async fn export(
     progress.stage("copying the audit log", 1);
     let verifier = Verifier::parse(&key).map_err(|e| io("verifier key", e))?;
     let (size, checkpoint_lines) = last_signed(&audit_dir, &verifier)?;
-    let records_text =
-        std::fs::read(records_path(&audit_dir)).map_err(|e| io(records_path(&audit_dir).display(), e))?;
+    let records_text = std::fs::read(records_path(&audit_dir))
+        .map_err(|e| io(records_path(&audit_dir).display(), e))?;
     let lines: Vec<&[u8]> = records_text
         .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
@@ -286,7 +298,8 @@ pub async fn export(
         .iter()
         .filter(|r| {
             let time = r.get("time").and_then(Value::as_str).unwrap_or_default();
-            from_text.as_deref().is_none_or(|f| time >= f) && to_text.as_deref().is_none_or(|t| time < t)
+            from_text.as_deref().is_none_or(|f| time >= f)
+                && to_text.as_deref().is_none_or(|t| time < t)
         })
         .collect();
     progress.stage("writing access logs", in_window.len() as u64);
@@ -295,12 +308,19 @@ pub async fn export(
     let mut approvals = Vec::new();
     let mut masking = Vec::new();
     for record in &in_window {
-        let event = record.get("event").and_then(Value::as_str).unwrap_or_default();
+        let event = record
+            .get("event")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let actor = record.get("actor").cloned().unwrap_or(Value::Null);
         let subject = actor["subject"]
             .as_str()
             .map(str::to_string)
-            .or_else(|| actor["claimed_user"].as_str().map(|u| format!("unauthenticated-{u}")))
+            .or_else(|| {
+                actor["claimed_user"]
+                    .as_str()
+                    .map(|u| format!("unauthenticated-{u}"))
+            })
             .unwrap_or_else(|| "unknown".into());
         if actor["issuer"].is_string() {
             identities.entry(subject.clone()).or_insert(actor.clone());
@@ -311,8 +331,15 @@ pub async fn export(
         if event == "masking" {
             masking.push(*record);
         }
-        if ["login", "session.start", "session.end", "statement", "statement.error", "cancel"]
-            .contains(&event)
+        if [
+            "login",
+            "session.start",
+            "session.end",
+            "statement",
+            "statement.error",
+            "cancel",
+        ]
+        .contains(&event)
         {
             by_identity.entry(subject).or_default().push(*record);
         }
@@ -339,12 +366,19 @@ pub async fn export(
             csv(actor["issuer"].as_str().unwrap_or_default()),
             csv(&actor["groups"]
                 .as_array()
-                .map(|g| g.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "))
+                .map(|g| g
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" "))
                 .unwrap_or_default()),
             actor["mfa"].as_bool().unwrap_or(false),
         );
     }
-    write(&out.join("access/identities.csv"), identities_csv.as_bytes())?;
+    write(
+        &out.join("access/identities.csv"),
+        identities_csv.as_bytes(),
+    )?;
     write(&out.join("approvals/approvals.jsonl"), &jsonl(&approvals))?;
     write(&out.join("masking/masking-records.jsonl"), &jsonl(&masking))?;
 
@@ -381,7 +415,11 @@ pub async fn export(
     let mut hashes = String::new();
     let mut put_config = |name: &str, bytes: &[u8]| -> Result<(), EvidenceError> {
         write(&out.join("config").join(name), bytes)?;
-        let _ = writeln!(hashes, "sha256-{}  {name}", B64.encode(Sha256::digest(bytes)));
+        let _ = writeln!(
+            hashes,
+            "sha256-{}  {name}",
+            B64.encode(Sha256::digest(bytes))
+        );
         Ok(())
     };
     if let Some(file) = &request.config_file {
@@ -390,7 +428,10 @@ pub async fn export(
     }
     put_config("tollgate.cedarschema", crate::policy::SCHEMA.as_bytes())?;
     if config.policy.starter {
-        put_config("starter-pci.cedar", crate::policy::STARTER_POLICY.as_bytes())?;
+        put_config(
+            "starter-pci.cedar",
+            crate::policy::STARTER_POLICY.as_bytes(),
+        )?;
     }
     for (n, file) in config.policy.files.iter().enumerate() {
         let bytes = std::fs::read(file).map_err(|e| io(file.display(), e))?;
@@ -429,7 +470,8 @@ pub async fn export(
         )
         .await?;
     progress.stage("exporting session recordings", sessions.len() as u64);
-    let mut index_csv = String::from("session,started_at,ended_at,subject,kind,connection,client,frames\n");
+    let mut index_csv =
+        String::from("session,started_at,ended_at,subject,kind,connection,client,frames\n");
     for session in &sessions {
         let mut frames = Vec::new();
         let mut after = -1i64;
@@ -479,7 +521,11 @@ pub async fn export(
         hostname(),
         from_text.as_deref().unwrap_or("the beginning"),
         to_text.as_deref().unwrap_or("now"),
-        if report.ok() { "verified" } else { "NOT VERIFIED" },
+        if report.ok() {
+            "verified"
+        } else {
+            "NOT VERIFIED"
+        },
     );
     index.push_str("| file | what it holds | PCI DSS v4.0 |\n|---|---|---|\n");
     let mut mapping = Vec::new();
@@ -578,11 +624,7 @@ fn write(path: &Path, bytes: &[u8]) -> Result<(), EvidenceError> {
 fn jsonl(records: &[&Map<String, Value>]) -> Vec<u8> {
     let mut out = Vec::new();
     for record in records {
-        out.extend_from_slice(
-            serde_json::to_string(record)
-                .unwrap_or_default()
-                .as_bytes(),
-        );
+        out.extend_from_slice(serde_json::to_string(record).unwrap_or_default().as_bytes());
         out.push(b'\n');
     }
     out
@@ -601,12 +643,22 @@ fn access_csv(records: &[&Map<String, Value>]) -> String {
         let resource = r.get("resource").cloned().unwrap_or(Value::Null);
         let objects = resource["objects"]
             .as_array()
-            .map(|o| o.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("; "))
+            .map(|o| {
+                o.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
             .unwrap_or_default();
         let actions = r
             .get("actions")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "))
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
             .unwrap_or_default();
         let _ = writeln!(
             out,
@@ -648,7 +700,13 @@ fn csv(field: &str) -> String {
 fn file_name(name: &str) -> String {
     let cleaned: String = name
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "-_.@".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.@".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     match cleaned.trim_start_matches('.') {
         "" => "_".into(),

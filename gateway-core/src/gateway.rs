@@ -8,6 +8,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::audit::event::{Auditor, Event, Outcome};
+use crate::audit::log::{AuditLog, CheckpointEvery};
 use crate::config::Config;
 use crate::config::PolicyConfig;
 use crate::hooks::{HookFactory, LoggingHooks};
@@ -19,8 +21,6 @@ use crate::pg::mask::MaskShared;
 use crate::pg::sql::ShapeCache;
 use crate::pg::{PgContext, cancel::CancelRegistry, serve_connection};
 use crate::policy::{PolicyEngine, PolicyHandle};
-use crate::audit::event::{Auditor, Event, Outcome};
-use crate::audit::log::{AuditLog, CheckpointEvery};
 use crate::recording::Recording;
 use crate::recording::store::Store;
 use crate::upstream::Upstream;
@@ -245,7 +245,9 @@ impl Gateway {
             .map(|c| c.get_ref().name.as_str())
             .collect();
         let started = Event::new("gateway.start", Outcome::Success)
-            .resource(serde_json::json!({ "listen": local_addr.to_string(), "connections": connections }))
+            .resource(
+                serde_json::json!({ "listen": local_addr.to_string(), "connections": connections }),
+            )
             .with("policy_digest", policy_digest)
             .with("masking", self.masking)
             .with("version", env!("CARGO_PKG_VERSION"));

@@ -354,7 +354,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 summary.identities,
                 summary.sessions
             );
-            anyhow::ensure!(summary.verified, "the exported audit log did not verify (see verification.txt)");
+            anyhow::ensure!(
+                summary.verified,
+                "the exported audit log did not verify (see verification.txt)"
+            );
             Ok(())
         }
         Command::Keyring {

@@ -52,7 +52,11 @@ fn assert_no_pan_in_tree(root: &Path) -> usize {
         }
         let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
         for pan in PANS {
-            assert!(!text.contains(pan), "{} holds the raw PAN {pan}", path.display());
+            assert!(
+                !text.contains(pan),
+                "{} holds the raw PAN {pan}",
+                path.display()
+            );
         }
         scanned += 1;
     }
@@ -148,7 +152,10 @@ async fn a_session_is_recorded_frame_by_frame_and_audited() {
     let client = gw.tokio_postgres(&token).await.unwrap();
     let select = "SELECT id, pan FROM payments WHERE id <= 2 ORDER BY id";
     client.simple_query(select).await.unwrap();
-    let refused = client.simple_query("DELETE FROM payments").await.unwrap_err();
+    let refused = client
+        .simple_query("DELETE FROM payments")
+        .await
+        .unwrap_err();
     expect_sqlstate(&refused, "42501");
     let failed = client.simple_query("SELECT 1/0").await.unwrap_err();
     expect_sqlstate(&failed, "22012");
@@ -170,7 +177,9 @@ async fn a_session_is_recorded_frame_by_frame_and_audited() {
         ]
     );
     assert!(
-        frames.windows(2).all(|w| w[0].at_us <= w[1].at_us && w[0].seq + 1 == w[1].seq),
+        frames
+            .windows(2)
+            .all(|w| w[0].at_us <= w[1].at_us && w[0].seq + 1 == w[1].seq),
         "frames are ordered with monotonic timestamps"
     );
     let connect = &frames[0].body;
@@ -181,8 +190,7 @@ async fn a_session_is_recorded_frame_by_frame_and_audited() {
     let allowed = &frames[1].body;
     assert_eq!(allowed["decision"], "allowed");
     assert_eq!(
-        allowed["text"],
-        "SELECT id, pan FROM payments WHERE id <= $1 ORDER BY id",
+        allowed["text"], "SELECT id, pan FROM payments WHERE id <= $1 ORDER BY id",
         "literals never reach a recording"
     );
     assert_eq!(allowed["cardholder"], true);
@@ -206,7 +214,11 @@ async fn a_session_is_recorded_frame_by_frame_and_audited() {
     assert_eq!(denied["sqlstate"], "42501");
     assert_eq!(denied["policy"], "no-delete-or-update-without-where");
     assert_eq!(frames[5].body["sqlstate"], "22012");
-    assert!(frames[6].body["masked"].to_string().contains("public.payments.pan"));
+    assert!(
+        frames[6].body["masked"]
+            .to_string()
+            .contains("public.payments.pan")
+    );
 
     // The audit log: the same story with the PCI DSS 10.2.2 fields.
     let records = audit_records(&gw.data_dir);
@@ -216,7 +228,10 @@ async fn a_session_is_recorded_frame_by_frame_and_audited() {
         .expect("login audited");
     assert_eq!(login["outcome"], "success");
     assert!(login["origin"].as_str().unwrap().starts_with("127.0.0.1:"));
-    let session: Vec<&Value> = records.iter().filter(|r| r["session"] == id.as_str()).collect();
+    let session: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["session"] == id.as_str())
+        .collect();
     let events: Vec<(&str, &str)> = session
         .iter()
         .map(|r| (r["event"].as_str().unwrap(), r["outcome"].as_str().unwrap()))
@@ -299,7 +314,10 @@ async fn evidence_bundle_verifies_offline_and_tampering_is_caught() {
     let token = gw.token("ops", &["admins"]);
     gw.psql(
         &token,
-        &["-c", "SELECT * FROM payments WHERE pan = '4111111111111111' AND id > 0"],
+        &[
+            "-c",
+            "SELECT * FROM payments WHERE pan = '4111111111111111' AND id > 0",
+        ],
     )
     .ok();
     gw.psql(&token, &["-c", "UPDATE payments SET amount = 1"])
@@ -317,17 +335,25 @@ async fn evidence_bundle_verifies_offline_and_tampering_is_caught() {
     let key = std::fs::read_to_string(bundle.join("audit/verifier-key.txt")).unwrap();
     let records = audit_records(&bundle);
     let export_record = records.last().unwrap();
-    assert_eq!(export_record["event"], "evidence.export", "the export is audited");
+    assert_eq!(
+        export_record["event"], "evidence.export",
+        "the export is audited"
+    );
     assert_eq!(export_record["actor"]["subject"], "qsa-test");
 
     let report = verify_dir(&bundle.join("audit"), &key);
     assert!(report.ok(), "{report}");
     let index = std::fs::read_to_string(bundle.join("INDEX.md")).unwrap();
-    for requirement in ["3.4.1", "7.2.5", "8.2.1", "8.4.2", "10.2.2", "10.3.4", "10.5.1"] {
+    for requirement in [
+        "3.4.1", "7.2.5", "8.2.1", "8.4.2", "10.2.2", "10.3.4", "10.5.1",
+    ] {
         assert!(index.contains(requirement), "INDEX.md maps {requirement}");
     }
     let access = std::fs::read_to_string(bundle.join("access/ops.csv")).unwrap();
-    assert!(access.contains("no-delete-or-update-without-where"), "{access}");
+    assert!(
+        access.contains("no-delete-or-update-without-where"),
+        "{access}"
+    );
     assert!(access.contains("pan = $1"), "{access}");
     let casts: Vec<PathBuf> = std::fs::read_dir(bundle.join("sessions"))
         .unwrap()
@@ -349,8 +375,14 @@ async fn evidence_bundle_verifies_offline_and_tampering_is_caught() {
         .iter()
         .map(|c| std::fs::read_to_string(c).unwrap())
         .collect();
-    assert!(all.contains("411111******1111"), "the transcript shows masked results");
-    assert!(assert_no_pan_in_tree(&bundle) > 10, "no raw PAN in any file of the bundle");
+    assert!(
+        all.contains("411111******1111"),
+        "the transcript shows masked results"
+    );
+    assert!(
+        assert_no_pan_in_tree(&bundle) > 10,
+        "no raw PAN in any file of the bundle"
+    );
 
     // One byte changed, a record deleted, a pair swapped: each is caught.
     let tampered = |name: &str, edit: &dyn Fn(&mut Vec<String>)| {
@@ -413,7 +445,11 @@ async fn a_full_audit_store_refuses_statements_until_it_has_room_again() {
         use std::io::Write;
         let mut file = std::fs::File::create(&filler).unwrap();
         let block = vec![0u8; 4096];
-        while file.write_all(&block).and_then(|()| file.sync_all()).is_ok() {}
+        while file
+            .write_all(&block)
+            .and_then(|()| file.sync_all())
+            .is_ok()
+        {}
     }
     // The log's last page may still have room for a record or two.
     let mut ran = 0;
@@ -441,7 +477,10 @@ async fn a_full_audit_store_refuses_statements_until_it_has_room_again() {
         .unwrap()
         .verifier_key();
     let report = verify_dir(&audit, &key);
-    assert!(report.ok(), "the log verifies after the failed writes:\n{report}");
+    assert!(
+        report.ok(),
+        "the log verifies after the failed writes:\n{report}"
+    );
     let on_record = audit_records(&data_dir)
         .into_iter()
         .filter(|r| r["statement"] == "SELECT count(*) FROM customers")
@@ -484,7 +523,13 @@ async fn kill_9_under_load_loses_no_acknowledged_statement() {
         }
     }
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "child_gateway", "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "child_gateway",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("TOLLGATE_CHILD_CONFIG", &file)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -562,7 +607,11 @@ async fn kill_9_under_load_loses_no_acknowledged_statement() {
     for worker in workers {
         acknowledged.extend(worker.await.unwrap());
     }
-    assert!(acknowledged.len() > 20, "the load ran: {}", acknowledged.len());
+    assert!(
+        acknowledged.len() > 20,
+        "the load ran: {}",
+        acknowledged.len()
+    );
 
     let records = std::fs::read_to_string(data_dir.join("audit/audit.jsonl")).unwrap();
     let missing: Vec<&String> = acknowledged
@@ -579,7 +628,10 @@ async fn kill_9_under_load_loses_no_acknowledged_statement() {
 
     // Restart on the same directory: the same tree continues and verifies.
     let config = Config::load(&file).unwrap();
-    let running = Gateway::new(config).start().await.expect("restart after kill -9");
+    let running = Gateway::new(config)
+        .start()
+        .await
+        .expect("restart after kill -9");
     running.stop().await;
     let audit = data_dir.join("audit");
     let key = tollgate::audit::log::signer(&audit, "tollgate.local/audit")

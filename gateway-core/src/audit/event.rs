@@ -76,7 +76,8 @@ impl Event {
 
     /// Where it came from.
     pub fn origin(mut self, origin: impl std::fmt::Display) -> Event {
-        self.0.insert("origin".into(), Value::from(origin.to_string()));
+        self.0
+            .insert("origin".into(), Value::from(origin.to_string()));
         self
     }
 

@@ -98,11 +98,7 @@ pub fn verify_dir(dir: &Path, key: &str) -> Report {
     let verifier = match Verifier::parse(key.trim()) {
         Ok(v) => v,
         Err(e) => {
-            report.check(
-                "key",
-                false,
-                format!("the verifier key is not valid: {e}"),
-            );
+            report.check("key", false, format!("the verifier key is not valid: {e}"));
             return report;
         }
     };
@@ -146,11 +142,18 @@ pub fn verify_dir(dir: &Path, key: &str) -> Report {
         if !canonical || !value.as_ref().is_some_and(Value::is_object) {
             malformed.push(index);
         }
-        let seq = value.as_ref().and_then(|v| v.get("seq")).and_then(Value::as_u64);
+        let seq = value
+            .as_ref()
+            .and_then(|v| v.get("seq"))
+            .and_then(Value::as_u64);
         if seq != Some(index) {
             out_of_sequence.push(index);
         }
-        if let Some(time) = value.as_ref().and_then(|v| v.get("time")).and_then(Value::as_str) {
+        if let Some(time) = value
+            .as_ref()
+            .and_then(|v| v.get("time"))
+            .and_then(Value::as_str)
+        {
             // RFC 3339 UTC with fixed width compares as text.
             if time < last_time.as_str() {
                 backwards.push(index);
@@ -189,7 +192,10 @@ pub fn verify_dir(dir: &Path, key: &str) -> Report {
         "sequence",
         out_of_sequence.is_empty(),
         if out_of_sequence.is_empty() {
-            format!("seq runs 0 to {} without a gap", leaves.len().saturating_sub(1))
+            format!(
+                "seq runs 0 to {} without a gap",
+                leaves.len().saturating_sub(1)
+            )
         } else {
             format!(
                 "records out of sequence (deleted, inserted or reordered): position(s) {}",
@@ -203,7 +209,10 @@ pub fn verify_dir(dir: &Path, key: &str) -> Report {
         if backwards.is_empty() {
             "record times never go backwards".to_string()
         } else {
-            format!("time missing or going backwards at record(s) {}", some(&backwards))
+            format!(
+                "time missing or going backwards at record(s) {}",
+                some(&backwards)
+            )
         },
     );
 
@@ -230,7 +239,10 @@ pub fn verify_dir(dir: &Path, key: &str) -> Report {
                 Err(e) => bad_signatures.push(format!("checkpoint {}: {e}", n + 1)),
             },
             Some(Err(e)) => bad_signatures.push(format!("checkpoint {}: {e}", n + 1)),
-            None => bad_signatures.push(format!("checkpoint {}: not a {{\"note\": ...}} line", n + 1)),
+            None => bad_signatures.push(format!(
+                "checkpoint {}: not a {{\"note\": ...}} line",
+                n + 1
+            )),
         }
     }
     report.check(
@@ -291,7 +303,10 @@ pub fn verify_dir(dir: &Path, key: &str) -> Report {
         } else if mismatched.is_empty() {
             "no checkpoint to compare the records with".to_string()
         } else {
-            format!("records changed after they were signed: {}", mismatched.join("; "))
+            format!(
+                "records changed after they were signed: {}",
+                mismatched.join("; ")
+            )
         },
     );
 
@@ -342,7 +357,10 @@ pub fn verify_dir(dir: &Path, key: &str) -> Report {
         if card_data.is_empty() {
             "no record holds a PAN or track data".to_string()
         } else {
-            format!("record(s) holding what looks like a PAN or track data: {}", some(&card_data))
+            format!(
+                "record(s) holding what looks like a PAN or track data: {}",
+                some(&card_data)
+            )
         },
     );
     report
@@ -379,7 +397,12 @@ mod tests {
     }
 
     fn failed(report: &Report) -> Vec<&'static str> {
-        report.checks.iter().filter(|c| !c.ok).map(|c| c.name).collect()
+        report
+            .checks
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| c.name)
+            .collect()
     }
 
     #[tokio::test]

@@ -56,10 +56,18 @@ fn text_of(frame: &Frame, prompt: &str) -> String {
                 str_of(identity, "subject"),
                 str_of(identity, "kind"),
                 identity["groups"],
-                if identity["mfa"] == Value::Bool(true) { "yes" } else { "no" },
+                if identity["mfa"] == Value::Bool(true) {
+                    "yes"
+                } else {
+                    "no"
+                },
                 str_of(body, "client"),
                 str_of(body, "connection"),
-                if body["tls"] == Value::Bool(true) { "on" } else { "off" },
+                if body["tls"] == Value::Bool(true) {
+                    "on"
+                } else {
+                    "off"
+                },
             );
         }
         "statement" => {
@@ -160,7 +168,11 @@ fn table(out: &mut String, body: &Value) {
             let _ = writeln!(out, "{}", line(row));
         }
         if rows > preview.len() as u64 {
-            let _ = writeln!(out, " ... {} more row(s) not kept", rows - preview.len() as u64);
+            let _ = writeln!(
+                out,
+                " ... {} more row(s) not kept",
+                rows - preview.len() as u64
+            );
         }
     } else if body["copy"] == Value::Bool(true) {
         for row in &preview {

@@ -272,7 +272,8 @@ impl Recorder {
             }
             None => Decision::Refuse {
                 sqlstate: "58030",
-                message: "the gateway lost track of the statement's audit record; it was not run".into(),
+                message: "the gateway lost track of the statement's audit record; it was not run"
+                    .into(),
             },
         };
         self.tap.frame("statement", frame);
@@ -526,10 +527,8 @@ impl SessionHooks for Recorder {
             SessionEvent::Failed { sqlstate, message } => {
                 self.result = None;
                 let message = for_record(message);
-                self.tap.frame(
-                    "error",
-                    json!({ "sqlstate": sqlstate, "message": message }),
-                );
+                self.tap
+                    .frame("error", json!({ "sqlstate": sqlstate, "message": message }));
                 let event = self
                     .audit_event("statement.error", Outcome::Failure)
                     .resource(json!({ "connection": self.connection }))

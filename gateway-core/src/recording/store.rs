@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::Row;
 use sqlx::AnyPool;
+use sqlx::Row;
 use sqlx::any::AnyPoolOptions;
 use tokio::sync::mpsc;
 
@@ -79,7 +79,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("target", &self.target).finish()
+        f.debug_struct("Store")
+            .field("target", &self.target)
+            .finish()
     }
 }
 
@@ -147,10 +149,7 @@ impl Store {
                 .map_err(fail)?;
         }
         for statement in SCHEMA {
-            sqlx::query(*statement)
-                .execute(&pool)
-                .await
-                .map_err(fail)?;
+            sqlx::query(*statement).execute(&pool).await.map_err(fail)?;
         }
         let (tx, rx) = mpsc::unbounded_channel();
         let healthy = Arc::new(AtomicBool::new(true));
