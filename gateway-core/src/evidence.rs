@@ -452,9 +452,9 @@ pub async fn export(
         &out.join("config/retention.txt"),
         format!(
             "audit.retention_days = {}\n\
-             Audit records and session recordings are kept for {} days; all of them stay queryable \
-             (the last 90 days at least, PCI DSS 10.5.1). Pruning removes whole sessions and keeps the \
-             leaf hashes of pruned audit records, so what remains still verifies.\n",
+             The gateway keeps every audit record and session recording; none is pruned yet, so all of \
+             them stay queryable (PCI DSS 10.5.1: 12 months kept, the last 3 months at hand). Configured \
+             retention: {} days.\n",
             config.audit.retention_days, config.audit.retention_days
         )
         .as_bytes(),
