@@ -224,18 +224,7 @@ impl TestGateway {
 
     /// rustls client setup trusting the gateway's self-signed certificate.
     pub fn client_tls(&self) -> rustls::ClientConfig {
-        let mut roots = rustls::RootCertStore::empty();
-        let pem = std::fs::read(self.data_dir.join("gateway-cert.pem")).expect("gateway cert");
-        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-            roots.add(cert.expect("pem")).expect("add root");
-        }
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("tls versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth()
+        tls_trusting(&self.data_dir.join("gateway-cert.pem"))
     }
 
     /// Connect with tokio-postgres (extended protocol) over verified TLS.
@@ -269,6 +258,22 @@ impl TestGateway {
     pub fn sessions(&self) -> usize {
         self.running.as_ref().map_or(0, |r| r.sessions())
     }
+}
+
+/// rustls client setup trusting the certificates in the PEM file `ca`.
+pub fn tls_trusting(ca: &Path) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(ca).unwrap_or_else(|e| panic!("{}: {e}", ca.display()));
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+        roots.add(cert.expect("pem")).expect("add root");
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("tls versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth()
 }
 
 /// What psql printed and how it exited.

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use base64::Engine;
-use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio_postgres::SimpleQueryMessage;
@@ -21,7 +20,7 @@ use tollgate::audit::verify::verify_dir;
 use tollgate::config::Config;
 use tollgate::evidence::{EvidenceRequest, Quiet, export};
 use tollgate::recording::store::Frame;
-use tollgate_e2e::{TestGateway, config_text, database, expect_sqlstate};
+use tollgate_e2e::{TestGateway, config_text, database, expect_sqlstate, tls_trusting};
 
 const STARTER: &str = "[policy]\nstarter = true";
 
@@ -67,18 +66,7 @@ fn assert_no_pan_in_tree(root: &Path) -> usize {
 /// what the gateway should have seen.
 async fn direct() -> tokio_postgres::Client {
     let db = database();
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(&db.pg.ca_file).unwrap();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls = tls_trusting(&db.pg.ca_file);
     let (client, connection) = tokio_postgres::connect(
         &format!(
             "host=localhost port={} dbname=payments user=tollgate_gateway password={} sslmode=require",
@@ -566,18 +554,7 @@ async fn kill_9_under_load_loses_no_acknowledged_statement() {
         let stop = stop.clone();
         let cert = data_dir.join("gateway-cert.pem");
         workers.push(tokio::spawn(async move {
-            let mut roots = rustls::RootCertStore::empty();
-            let pem = std::fs::read(cert).unwrap();
-            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-                roots.add(cert.unwrap()).unwrap();
-            }
-            let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::aws_lc_rs::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+            let tls = tls_trusting(&cert);
             let (client, connection) = tokio_postgres::connect(
                 &format!("host=localhost port={port} dbname=payments user=loader password={token} sslmode=require"),
                 tokio_postgres_rustls::MakeRustlsConnect::new(tls),

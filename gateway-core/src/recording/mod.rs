@@ -119,6 +119,22 @@ struct Result_ {
     copy: bool,
 }
 
+impl Result_ {
+    /// Count a row (as the upstream sent it) into the digest and, while the
+    /// preview has room, open a preview row for its (masked) values.
+    fn row(&mut self, raw: &[u8], preview_rows: usize) {
+        self.rows += 1;
+        self.bytes += raw.len() as u64;
+        self.digest.update((raw.len() as u32).to_be_bytes());
+        self.digest.update(raw);
+        if self.rows as usize <= preview_rows {
+            // A COPY row has no columns: it is one value.
+            let width = self.columns.len().max(1);
+            self.preview.push(vec![Value::Null; width]);
+        }
+    }
+}
+
 /// The recording hook of one session; the other hooks run inside it.
 pub struct Recorder {
     shared: Arc<Recording>,
@@ -193,7 +209,8 @@ impl Recorder {
                  can (PCI DSS 10.7); ask the gateway's operator to check it",
                 self.shared.store.target()
             );
-            let event = self.statement_event(statement, Outcome::Refused, None, &message);
+            let text = (self.shared.redact)(statement.sql);
+            let event = self.statement_event(&text, Outcome::Refused, None, &message);
             self.shared.auditor.record_later(event);
             self.refused_here = true;
             return Verdict::Decided(Decision::Refuse {
@@ -229,7 +246,7 @@ impl Recorder {
             frame["sqlstate"] = Value::from(*sqlstate);
             frame["message"] = Value::from(for_record(&message));
         }
-        let event = self.statement_event(statement, outcome, ruling.as_ref(), &message);
+        let event = self.statement_event(&text, outcome, ruling.as_ref(), &message);
         let written = Arc::new(Mutex::new(None));
         let slot = written.clone();
         let durable = self.shared.auditor.submit(event);
@@ -284,9 +301,10 @@ impl Recorder {
         Verdict::Decided(decision)
     }
 
+    /// The audit record of a statement whose recorded text is `text`.
     fn statement_event(
         &self,
-        statement: &Statement<'_>,
+        text: &str,
         outcome: Outcome,
         ruling: Option<&crate::hooks::Ruling>,
         message: &str,
@@ -297,7 +315,7 @@ impl Recorder {
                 "connection": self.connection,
                 "objects": ruling.map(|r| r.resources.clone()).unwrap_or_default(),
             }))
-            .with("statement", (self.shared.redact)(statement.sql));
+            .with("statement", text);
         if let Some(ruling) = ruling {
             event = event
                 .with("actions", json!(ruling.actions))
@@ -417,35 +435,19 @@ impl SessionHooks for Recorder {
         self.columns = Vec::new();
         self.binary = vec![binary];
         self.result().copy = true;
-        let _ = columns;
         self.inner.copy_out(origin, columns, binary);
     }
 
     fn data_row(&mut self, row: &[u8]) {
         let limit = self.shared.preview_rows;
-        let result = self.result();
-        result.rows += 1;
-        result.bytes += row.len() as u64;
-        result.digest.update((row.len() as u32).to_be_bytes());
-        result.digest.update(row);
-        if result.rows as usize <= limit {
-            let width = result.columns.len().max(1);
-            result.preview.push(vec![Value::Null; width]);
-        }
+        self.result().row(row, limit);
         self.inner.data_row(row);
     }
 
     fn result_value<'v>(&mut self, source: ValueSource, value: &'v [u8]) -> Option<Cow<'v, [u8]>> {
         if source == ValueSource::CopyRow {
             let limit = self.shared.preview_rows;
-            let result = self.result();
-            result.rows += 1;
-            result.bytes += value.len() as u64;
-            result.digest.update((value.len() as u32).to_be_bytes());
-            result.digest.update(value);
-            if result.rows as usize <= limit {
-                result.preview.push(vec![Value::Null]);
-            }
+            self.result().row(value, limit);
         }
         let out = self.inner.result_value(source, value);
         match source {
@@ -506,19 +508,16 @@ impl SessionHooks for Recorder {
                     self.refused_here = false;
                 } else {
                     // Refused by the protocol adapter itself (e.g. FunctionCall).
+                    let text = (self.shared.redact)(sql);
                     self.tap.frame(
                         "statement",
                         json!({
-                            "text": (self.shared.redact)(sql),
+                            "text": text,
                             "decision": "refused",
                             "message": for_record(message),
                         }),
                     );
-                    let statement = Statement {
-                        sql,
-                        via: StatementVia::SimpleQuery,
-                    };
-                    let event = self.statement_event(&statement, Outcome::Refused, None, message);
+                    let event = self.statement_event(&text, Outcome::Refused, None, message);
                     self.shared.auditor.record_later(event);
                 }
             }
