@@ -84,6 +84,8 @@ pub struct RunningGateway {
     /// The bound address (useful with port 0).
     pub local_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
+    ending: watch::Sender<bool>,
+    grace: Duration,
     task: JoinHandle<()>,
     cancels: Arc<CancelRegistry>,
     recording: Arc<Recording>,
@@ -197,6 +199,7 @@ impl Gateway {
             })
         });
         let cancels = Arc::new(CancelRegistry::default());
+        let (ending, ending_rx) = watch::channel(false);
         let ctx = Arc::new(PgContext {
             tls,
             allow_plaintext: server.allow_plaintext,
@@ -211,6 +214,7 @@ impl Gateway {
             mask,
             catalogs,
             recording: Some(recording.clone()),
+            ending: ending_rx,
         });
         let addr = *server.listen.get_ref();
         let listener = listener::bind(addr)
@@ -259,6 +263,8 @@ impl Gateway {
         Ok(RunningGateway {
             local_addr,
             shutdown,
+            ending,
+            grace: Duration::from_secs(server.shutdown_grace_secs),
             task,
             cancels,
             recording,
@@ -292,7 +298,22 @@ pub fn load_policy(
     )))
 }
 
+/// How long ended sessions get to write their last frames and records.
+const ENDING_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl RunningGateway {
+    /// Wait up to `limit` for every session to end; whether they did.
+    async fn drained(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.cancels.is_empty() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     /// Number of live sessions.
     pub fn sessions(&self) -> usize {
         self.cancels.len()
@@ -303,10 +324,21 @@ impl RunningGateway {
         &self.recording
     }
 
-    /// Stop accepting connections. Live sessions run to their end.
-    pub async fn stop(self) {
+    /// Stop: accept no new connection, give live sessions the configured
+    /// grace to finish, end the rest (FATAL 57P01), then record the stop and
+    /// sign a checkpoint that covers every session's last record.
+    pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
-        let _ = self.task.await;
+        let _ = (&mut self.task).await;
+        if !self.drained(self.grace).await {
+            let _ = self.ending.send(true);
+            if !self.drained(ENDING_TIMEOUT).await {
+                tracing::warn!(
+                    sessions = self.cancels.len(),
+                    "sessions did not end at shutdown"
+                );
+            }
+        }
         let stopped = Event::new("gateway.stop", Outcome::Success)
             .resource(serde_json::json!({ "listen": self.local_addr.to_string() }))
             .with("live_sessions", self.cancels.len());

@@ -480,6 +480,53 @@ async fn a_full_audit_store_refuses_statements_until_it_has_room_again() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn stopping_ends_live_sessions_after_the_grace_and_the_last_checkpoint_covers_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().to_path_buf();
+    let text = config_text(dir.path(), STARTER)
+        .replace("[server]\n", "[server]\nshutdown_grace_secs = 1\n");
+    let config = Config::parse(&text, "test.toml", dir.path()).unwrap();
+    let mut gw = TestGateway::start_config(config, dir).await;
+    let token = gw.token("ops", &["admins"]);
+    let client = gw.tokio_postgres(&token).await.unwrap();
+    client.simple_query("SELECT 1").await.unwrap();
+    let stopping = std::time::Instant::now();
+    gw.running.take().unwrap().stop().await;
+    let took = stopping.elapsed();
+    assert!(
+        took >= Duration::from_secs(1),
+        "the session had its grace: {took:?}"
+    );
+    let error = client
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("the session was ended");
+    assert!(client.is_closed(), "{error}");
+    // Every session's last record is covered by the final signed checkpoint.
+    let audit = data_dir.join("audit");
+    let key = tollgate::audit::log::signer(&audit, "tollgate.local/audit")
+        .unwrap()
+        .verifier_key();
+    let report = verify_dir(&audit, &key);
+    assert!(report.ok(), "{report}");
+    let records = audit_records(&data_dir);
+    let end = records
+        .iter()
+        .position(|r| r["event"] == "session.end")
+        .expect("the ended session is on record");
+    let stop = records
+        .iter()
+        .position(|r| r["event"] == "gateway.stop")
+        .expect("the stop is on record");
+    assert!(end < stop, "the session ended before the gateway stopped");
+    assert_eq!(
+        records[end]["reason"], "gateway shut down",
+        "{}",
+        records[end]
+    );
+}
+
 /// Run by `kill_9_under_load_loses_no_acknowledged_statement` in a child
 /// process (the gateway must die, not the test). Ignored otherwise.
 #[tokio::test(flavor = "multi_thread")]

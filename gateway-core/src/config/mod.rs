@@ -222,6 +222,10 @@ pub struct ServerConfig {
     /// Seconds a client has to finish TLS, startup and authentication.
     #[serde(default = "default_startup_timeout")]
     pub startup_timeout_secs: u64,
+    /// Seconds live sessions get to finish when the gateway stops, before
+    /// the gateway ends them (SQLSTATE 57P01).
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_secs: u64,
 }
 
 /// `[server.tls]`: either a certificate and key, or a self-signed certificate.
@@ -403,6 +407,7 @@ impl Default for ServerConfig {
             tls: ServerTlsConfig::default(),
             max_message_bytes: default_max_message_bytes(),
             startup_timeout_secs: default_startup_timeout(),
+            shutdown_grace_secs: default_shutdown_grace(),
         }
     }
 }
@@ -458,6 +463,10 @@ fn default_data_dir() -> PathBuf {
 fn default_max_message_bytes() -> usize {
     (1 << 30) - 1
 }
+fn default_shutdown_grace() -> u64 {
+    10
+}
+
 fn default_startup_timeout() -> u64 {
     15
 }

@@ -22,6 +22,7 @@ use std::collections::VecDeque;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
 
 use super::conn::Conn;
 use super::error::PgError;
@@ -73,6 +74,8 @@ pub enum RelayEnd {
     ClientClosed,
     /// The upstream closed the connection (its last message was relayed).
     UpstreamClosed,
+    /// The gateway is shutting down and ended the session.
+    Shutdown,
 }
 
 /// Why a relay failed.
@@ -126,6 +129,7 @@ pub async fn run(
     hooks: &mut dyn SessionHooks,
     max_client_message: usize,
     pending: BytesMut,
+    mut shutdown: watch::Receiver<bool>,
 ) -> Result<RelayEnd, RelayError> {
     let mut from_client = pending;
     let mut from_upstream = BytesMut::with_capacity(READ_CHUNK);
@@ -196,6 +200,7 @@ pub async fn run(
                 waiting = None;
                 handle_client = true;
             }
+            _ = shutdown.wait_for(|ending| *ending) => end = Some(RelayEnd::Shutdown),
         }
         if handle_client {
             match state.client_frames(&mut from_client, max_client_message)? {

@@ -58,6 +58,8 @@ pub struct PgContext {
     pub catalogs: HashMap<String, Arc<Catalog>>,
     /// Recording and audit (`None` only in unit tests of other stages).
     pub recording: Option<Arc<Recording>>,
+    /// Becomes `true` when the gateway ends the sessions still live at shutdown.
+    pub ending: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Serve one accepted client connection to its end. Never panics on bad
@@ -379,6 +381,7 @@ async fn run_session(established: Established, peer: SocketAddr, ctx: &PgContext
         hooks.as_mut(),
         ctx.max_message_bytes,
         pending,
+        ctx.ending.clone(),
     )
     .await;
     let reason = match &result {
@@ -391,6 +394,14 @@ async fn run_session(established: Established, peer: SocketAddr, ctx: &PgContext
             );
             let _ = client.write_all(error.to_frame().raw()).await;
             Some("upstream closed the connection".to_string())
+        }
+        Ok(relay::RelayEnd::Shutdown) => {
+            let error = PgError::fatal(
+                "57P01",
+                "terminating connection because the gateway is shutting down; reconnect to retry",
+            );
+            let _ = client.write_all(error.to_frame().raw()).await;
+            Some("gateway shut down".to_string())
         }
         Err(relay::RelayError::ClientProtocol(e)) => {
             let error = PgError::fatal("08P01", format!("protocol violation: {e}"));
