@@ -20,7 +20,8 @@ use sha2::{Digest, Sha256};
 
 use crate::audit::event::{Event, Outcome};
 use crate::audit::log::{
-    AuditError, AuditLog, CheckpointEvery, checkpoints_path, leave_in_inbox, records_path,
+    AuditError, AuditLog, CheckpointEvery, checkpoints_path, leave_in_inbox, pruned_path,
+    records_path,
 };
 use crate::audit::note::Verifier;
 use crate::audit::tree::{inclusion_proof, leaf_hash, verify_inclusion};
@@ -253,12 +254,23 @@ pub async fn export(
     progress.stage("copying the audit log", 1);
     let verifier = Verifier::parse(&key).map_err(|e| io("verifier key", e))?;
     let (size, checkpoint_lines) = last_signed(&audit_dir, &verifier)?;
+    // Hashes first: a prune running meanwhile only ever adds to them.
+    let pruned = std::fs::read(pruned_path(&audit_dir)).unwrap_or_default();
+    let pruned = &pruned[..pruned.len() - pruned.len() % 32];
     let records_text = std::fs::read(records_path(&audit_dir))
         .map_err(|e| io(records_path(&audit_dir).display(), e))?;
+    let first_kept = (pruned.len() / 32) as u64;
     let lines: Vec<&[u8]> = records_text
         .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
-        .take(size as usize)
+        .filter(|l| {
+            // Records a running prune hashed but had not removed yet.
+            serde_json::from_slice::<Value>(l)
+                .ok()
+                .and_then(|v| v["seq"].as_u64())
+                .is_none_or(|seq| seq >= first_kept)
+        })
+        .take(size.saturating_sub(first_kept) as usize)
         .collect();
     let mut bundle_records = Vec::with_capacity(records_text.len());
     for line in &lines {
@@ -267,6 +279,9 @@ pub async fn export(
     }
     let bundle_audit = out.join("audit");
     write(&records_path(&bundle_audit), &bundle_records)?;
+    if !pruned.is_empty() {
+        write(&pruned_path(&bundle_audit), pruned)?;
+    }
     write(
         &checkpoints_path(&bundle_audit),
         checkpoint_lines.join("\n").as_bytes(),
@@ -383,7 +398,11 @@ pub async fn export(
     write(&out.join("masking/masking-records.jsonl"), &jsonl(&masking))?;
 
     // 5. Inclusion proofs of the window's records in the last checkpoint.
-    let leaves: Vec<_> = lines.iter().map(|l| leaf_hash(l)).collect();
+    let leaves: Vec<_> = pruned
+        .chunks_exact(32)
+        .map(|c| <[u8; 32]>::try_from(c).unwrap_or_default())
+        .chain(lines.iter().map(|l| leaf_hash(l)))
+        .collect();
     let root = crate::audit::tree::root_of(&leaves);
     let proven: Vec<u64> = in_window
         .iter()
@@ -451,11 +470,25 @@ pub async fn export(
     write(
         &out.join("config/retention.txt"),
         format!(
-            "audit.retention_days = {}\n\
-             The gateway keeps every audit record and session recording; none is pruned yet, so all of \
-             them stay queryable (PCI DSS 10.5.1: 12 months kept, the last 3 months at hand). Configured \
-             retention: {} days.\n",
-            config.audit.retention_days, config.audit.retention_days
+            "audit.retention_days = {days}\n\n\
+             Every hour the gateway removes audit records and session recordings older than {days} days \
+             (PCI DSS 10.5.1: 12 months kept, the last 3 months at hand; a value below 90 is refused). \
+             Everything younger stays queryable.\n\
+             Each prune is announced by a retention.prune record before anything is removed, and the leaf \
+             hashes of removed audit records are kept (audit/pruned-leaves.bin), so every checkpoint still \
+             verifies against the records that remain.\n\n\
+             Audit records pruned so far: {pruned_so_far}.\n\
+             Oldest record in this bundle: {oldest}.\n",
+            days = config.audit.retention_days,
+            pruned_so_far = match first_kept {
+                0 => "none".to_string(),
+                n => format!("{n} (records 0 to {})", n - 1),
+            },
+            oldest = records
+                .first()
+                .and_then(|r| r.get("time"))
+                .and_then(Value::as_str)
+                .unwrap_or("none"),
         )
         .as_bytes(),
     )?;

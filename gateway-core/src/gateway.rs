@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -21,8 +21,8 @@ use crate::pg::mask::MaskShared;
 use crate::pg::sql::ShapeCache;
 use crate::pg::{PgContext, cancel::CancelRegistry, serve_connection};
 use crate::policy::{PolicyEngine, PolicyHandle};
-use crate::recording::Recording;
 use crate::recording::store::Store;
+use crate::recording::{Recording, retention};
 use crate::upstream::Upstream;
 
 /// Why the gateway could not start.
@@ -260,6 +260,20 @@ impl Gateway {
             return Err(e.into());
         }
         tracing::info!(target: "tollgate::audit", event = "gateway.start", listen = %local_addr);
+        let days = self.config.audit.retention_days;
+        let sweeping = recording.clone();
+        let mut stopping = shutdown.subscribe();
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = retention::sweep(&sweeping, days, SystemTime::now()).await {
+                    tracing::error!(target: "tollgate::audit", error = %e, "retention sweep failed; it is tried again within the hour");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(retention::SWEEP_EVERY) => {}
+                    _ = stopping.changed() => break,
+                }
+            }
+        });
         Ok(RunningGateway {
             local_addr,
             shutdown,

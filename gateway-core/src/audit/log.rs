@@ -4,6 +4,11 @@
 //! a batch is written and fsynced before any of its callers hears back, so
 //! a record whose append returned survives `kill -9`. On open, a torn last
 //! line (a crash mid-write) is cut off and the same tree continues.
+//!
+//! Retention prunes the oldest signed records: their leaf hashes move to
+//! `pruned-leaves.bin` (32 bytes each, in order) so that every checkpoint
+//! still verifies against what remains, and a `retention.prune` record,
+//! written before anything is removed, announces how far the prune goes.
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
@@ -78,6 +83,19 @@ type Reply = tokio::sync::oneshot::Sender<Result<u64, AuditError>>;
 enum Command {
     Append(Map<String, Value>, Reply),
     Checkpoint(tokio::sync::oneshot::Sender<Result<String, AuditError>>),
+    Prune(
+        String,
+        tokio::sync::oneshot::Sender<Result<Pruned, AuditError>>,
+    ),
+}
+
+/// What a retention prune removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    /// Records removed by this prune.
+    pub records: u64,
+    /// Records pruned so far in all (the first kept record's `seq`).
+    pub first_kept: u64,
 }
 
 /// A handle to the audit log (cheap to clone; one writer thread behind it).
@@ -102,6 +120,31 @@ pub fn records_path(dir: &Path) -> PathBuf {
 /// The checkpoints file in `dir`.
 pub fn checkpoints_path(dir: &Path) -> PathBuf {
     dir.join("checkpoints.jsonl")
+}
+
+/// The leaf hashes of pruned records in `dir`.
+pub fn pruned_path(dir: &Path) -> PathBuf {
+    dir.join("pruned-leaves.bin")
+}
+
+/// The leaf hashes of the records pruned from the log in `dir`, in order
+/// (empty when nothing was pruned). A torn tail (a crash while a prune
+/// wrote them) is ignored: that prune had not removed anything yet.
+pub fn pruned_leaves(dir: &Path) -> Result<Vec<Hash>, AuditError> {
+    let path = pruned_path(dir);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(&path, e)),
+    };
+    Ok(bytes
+        .chunks_exact(32)
+        .map(|c| {
+            let mut hash = [0u8; 32];
+            hash.copy_from_slice(c);
+            hash
+        })
+        .collect())
 }
 
 fn key_path(dir: &Path) -> PathBuf {
@@ -176,9 +219,18 @@ pub fn signer(dir: &Path, origin: &str) -> Result<Signer, AuditError> {
     }
 }
 
-/// Read the records of `path`, cutting off a torn last line; returns the tree.
-fn recover(path: &Path) -> Result<(Tree, u64), AuditError> {
+/// Read the log in `dir`: the pruned leaf hashes, then the records, cutting
+/// off a torn last line. Records a prune already hashed but had not yet
+/// removed (a crash in between) are checked against their hashes and
+/// removed now. Returns the tree and the length of the records file.
+fn recover(dir: &Path) -> Result<(Tree, u64), AuditError> {
+    let pruned = pruned_leaves(dir)?;
     let mut tree = Tree::new();
+    for leaf in &pruned {
+        tree.push(*leaf);
+    }
+    let path = records_path(dir);
+    let path = path.as_path();
     let file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((tree, 0)),
@@ -186,7 +238,11 @@ fn recover(path: &Path) -> Result<(Tree, u64), AuditError> {
     };
     let mut reader = BufReader::new(file);
     let mut good_bytes = 0u64;
+    // Bytes of records already pruned (hashed) but still in the file.
+    let mut leftover = 0u64;
+    let mut next_leftover: Option<u64> = None;
     let mut line = Vec::new();
+    let mut line_no = 0u64;
     loop {
         line.clear();
         let n = reader
@@ -195,6 +251,7 @@ fn recover(path: &Path) -> Result<(Tree, u64), AuditError> {
         if n == 0 {
             break;
         }
+        line_no += 1;
         if line.last() != Some(&b'\n') {
             // Torn by a crash: never acknowledged, so never relied on.
             break;
@@ -203,10 +260,30 @@ fn recover(path: &Path) -> Result<(Tree, u64), AuditError> {
         let seq = serde_json::from_slice::<Value>(record)
             .ok()
             .and_then(|v| v.get("seq").and_then(Value::as_u64));
+        if let Some(seq) = seq
+            && seq < pruned.len() as u64
+            && good_bytes == leftover
+            && next_leftover.is_none_or(|next| next == seq)
+        {
+            if leaf_hash(record) != pruned[seq as usize] {
+                return Err(AuditError::Corrupt {
+                    path: path.display().to_string(),
+                    line: line_no,
+                    message: format!(
+                        "record {seq} differs from its hash in {}; run `tollgate verify` on the directory",
+                        pruned_path(dir).display()
+                    ),
+                });
+            }
+            leftover += n as u64;
+            good_bytes += n as u64;
+            next_leftover = Some(seq + 1);
+            continue;
+        }
         if seq != Some(tree.size()) {
             return Err(AuditError::Corrupt {
                 path: path.display().to_string(),
-                line: tree.size() + 1,
+                line: line_no,
                 message: format!(
                     "expected record {} (a JSON object with \"seq\"); run `tollgate verify` on the directory",
                     tree.size()
@@ -225,7 +302,28 @@ fn recover(path: &Path) -> Result<(Tree, u64), AuditError> {
         file.set_len(good_bytes).map_err(|e| io(path, e))?;
         file.sync_all().map_err(|e| io(path, e))?;
     }
+    if leftover > 0 {
+        drop_prefix(dir, leftover)?;
+        good_bytes -= leftover;
+    }
     Ok((tree, good_bytes))
+}
+
+/// Remove the first `bytes` of the records file in `dir` (whole records),
+/// atomically: the rest is copied to a new file that replaces it.
+fn drop_prefix(dir: &Path, bytes: u64) -> Result<(), AuditError> {
+    let path = records_path(dir);
+    let tmp = dir.join("audit.jsonl.tmp");
+    let mut from = File::open(&path).map_err(|e| io(&path, e))?;
+    from.seek(SeekFrom::Start(bytes))
+        .map_err(|e| io(&path, e))?;
+    let mut to = File::create(&tmp).map_err(|e| io(&tmp, e))?;
+    std::io::copy(&mut from, &mut to).map_err(|e| io(&tmp, e))?;
+    to.sync_all().map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io(dir, e))
 }
 
 impl AuditLog {
@@ -261,7 +359,7 @@ impl AuditLog {
         let signer = signer(dir, origin)?;
         let verifier_key = signer.verifier_key();
         let records = records_path(dir);
-        let (tree, good_bytes) = recover(&records)?;
+        let (tree, good_bytes) = recover(dir)?;
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -330,6 +428,19 @@ impl AuditLog {
             sent.map_err(|_| AuditError::Stopped)?;
             done.await.map_err(|_| AuditError::Stopped)?
         }
+    }
+
+    /// Apply retention: remove the oldest records whose time is before
+    /// `before` (RFC 3339) and that a checkpoint already covers. A
+    /// `retention.prune` record announcing the prune is written first; the
+    /// removed records' leaf hashes are kept, so every checkpoint still
+    /// verifies against what remains.
+    pub async fn prune(&self, before: &str) -> Result<Pruned, AuditError> {
+        let (reply, done) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Command::Prune(before.to_string(), reply))
+            .map_err(|_| AuditError::Stopped)?;
+        done.await.map_err(|_| AuditError::Stopped)?
     }
 
     /// Sign a checkpoint of everything appended so far; returns the note.
@@ -402,6 +513,7 @@ impl Writer {
     fn handle(&mut self, batch: Vec<Command>) {
         let mut waiting: Vec<(u64, Reply)> = Vec::new();
         let mut checkpoints = Vec::new();
+        let mut prunes = Vec::new();
         let mut buffer = Vec::with_capacity(batch.len() * 256);
         let mut leaves = Vec::with_capacity(batch.len());
         for command in batch {
@@ -421,6 +533,7 @@ impl Writer {
                     waiting.push((seq, reply));
                 }
                 Command::Checkpoint(reply) => checkpoints.push(reply),
+                Command::Prune(before, reply) => prunes.push((before, reply)),
             }
         }
         if !buffer.is_empty() {
@@ -448,6 +561,9 @@ impl Writer {
                 for reply in checkpoints {
                     let _ = reply.send(Err(error.clone()));
                 }
+                for (_, reply) in prunes {
+                    let _ = reply.send(Err(error.clone()));
+                }
                 return;
             }
             for leaf in leaves {
@@ -467,6 +583,103 @@ impl Writer {
                 let _ = reply.send(note.clone());
             }
         }
+        for (before, reply) in prunes {
+            let _ = reply.send(self.prune(&before));
+        }
+    }
+
+    /// Retention (see [`AuditLog::prune`]). Each step leaves a log that
+    /// opens and verifies: announce, keep the hashes, then remove.
+    fn prune(&mut self, before: &str) -> Result<Pruned, AuditError> {
+        if let Some(error) = &self.failed {
+            return Err(error.clone());
+        }
+        let already = pruned_leaves(&self.dir)?.len() as u64;
+        let mut reader =
+            BufReader::new(File::open(&self.records).map_err(|e| io(&self.records, e))?);
+        let mut leaves = Vec::new();
+        let mut cut = 0u64;
+        let mut line = Vec::new();
+        while cut < self.good_bytes {
+            line.clear();
+            let n = reader
+                .read_until(b'\n', &mut line)
+                .map_err(|e| io(&self.records, e))?;
+            if n == 0 {
+                break;
+            }
+            let record: Option<Value> = serde_json::from_slice(&line[..n - 1]).ok();
+            let seq = record.as_ref().and_then(|r| r["seq"].as_u64());
+            let time = record
+                .as_ref()
+                .and_then(|r| r["time"].as_str())
+                .unwrap_or("");
+            match seq {
+                // Left by an interrupted prune: hashed already.
+                Some(seq) if seq < already => {}
+                // Only what a checkpoint vouches for, oldest first.
+                Some(seq) if seq < self.signed_size && time < before => {
+                    leaves.push(leaf_hash(&line[..n - 1]));
+                }
+                _ => break,
+            }
+            cut += n as u64;
+        }
+        if cut == 0 {
+            return Ok(Pruned {
+                records: 0,
+                first_kept: already,
+            });
+        }
+        let first_kept = already + leaves.len() as u64;
+        // 1. Announce it, durably, before anything is removed.
+        let mut announce = Map::new();
+        announce.insert("event".into(), Value::from("retention.prune"));
+        announce.insert("outcome".into(), Value::from("success"));
+        announce.insert("actor".into(), serde_json::json!({ "subject": "gateway" }));
+        announce.insert("origin".into(), Value::from("gateway"));
+        announce.insert(
+            "resource".into(),
+            serde_json::json!({ "audit_log": self.dir.display().to_string() }),
+        );
+        announce.insert("before".into(), Value::from(before));
+        announce.insert("records".into(), Value::from(leaves.len() as u64));
+        announce.insert("through_seq".into(), Value::from(first_kept - 1));
+        let (reply, mut done) = tokio::sync::oneshot::channel();
+        self.handle(vec![Command::Append(announce, reply)]);
+        match done.try_recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(AuditError::Stopped),
+        }
+        // 2. Keep the hashes.
+        let pruned = pruned_path(&self.dir);
+        let mut hashes = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&pruned)
+            .map_err(|e| io(&pruned, e))?;
+        let torn = hashes.metadata().map_err(|e| io(&pruned, e))?.len() % 32;
+        if torn != 0 {
+            let len = hashes.metadata().map_err(|e| io(&pruned, e))?.len();
+            hashes.set_len(len - torn).map_err(|e| io(&pruned, e))?;
+        }
+        hashes
+            .write_all(&leaves.concat())
+            .and_then(|()| hashes.sync_all())
+            .map_err(|e| io(&pruned, e))?;
+        // 3. Remove the records.
+        drop_prefix(&self.dir, cut)?;
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(&self.records)
+            .map_err(|e| io(&self.records, e))?;
+        self.good_bytes -= cut;
+        self.sign()?;
+        Ok(Pruned {
+            records: leaves.len() as u64,
+            first_kept,
+        })
     }
 
     /// Append the records other processes left in the inbox.
@@ -568,7 +781,7 @@ fn rfc3339_now() -> String {
 /// The root of the records in `dir` as they are on disk (for tests and
 /// verification).
 pub fn root_on_disk(dir: &Path) -> Result<(u64, Hash), AuditError> {
-    let (tree, _) = recover(&records_path(dir))?;
+    let (tree, _) = recover(dir)?;
     Ok((tree.size(), tree.root()))
 }
 

@@ -10,14 +10,16 @@
 //! 5. every checkpoint's root is the root recomputed from the records;
 //! 6. consecutive checkpoints are consistent (RFC 9162 consistency proofs);
 //! 7. the last checkpoint covers every record (nothing unsigned at the end);
-//! 8. no record holds a PAN or track data.
+//! 8. no record holds a PAN or track data;
+//! 9. records pruned by retention (their leaf hashes kept in
+//!    `pruned-leaves.bin`) were announced by a `retention.prune` record.
 
 use std::fmt;
 use std::path::Path;
 
 use serde_json::Value;
 
-use super::log::{checkpoints_path, records_path};
+use super::log::{checkpoints_path, pruned_leaves, pruned_path, records_path};
 use super::note::{Checkpoint, Verifier};
 use super::tree::{Hash, Tree, consistency_proof, leaf_hash, verify_consistency};
 
@@ -114,9 +116,22 @@ pub fn verify_dir(dir: &Path, key: &str) -> Report {
         }
     };
     let checkpoints = std::fs::read_to_string(checkpoints_path(dir)).unwrap_or_default();
+    let pruned = match pruned_leaves(dir) {
+        Ok(pruned) => pruned,
+        Err(e) => {
+            report.check(
+                "retention",
+                false,
+                format!("cannot read the pruned leaf hashes: {e}"),
+            );
+            return report;
+        }
+    };
+    let first = pruned.len() as u64;
+    let mut announced: Option<u64> = None;
 
     // 1-3, 8: one pass over the records.
-    let mut leaves: Vec<Hash> = Vec::new();
+    let mut leaves: Vec<Hash> = pruned;
     let mut malformed = Vec::new();
     let mut out_of_sequence = Vec::new();
     let mut backwards = Vec::new();
@@ -133,7 +148,7 @@ pub fn verify_dir(dir: &Path, key: &str) -> Report {
         if line.is_empty() {
             continue;
         }
-        let index = index as u64;
+        let index = first + index as u64;
         leaves.push(leaf_hash(line));
         let value: Option<Value> = serde_json::from_slice(line).ok();
         let canonical = value
@@ -148,6 +163,12 @@ pub fn verify_dir(dir: &Path, key: &str) -> Report {
             .and_then(Value::as_u64);
         if seq != Some(index) {
             out_of_sequence.push(index);
+        }
+        if let Some(record) = &value
+            && record["event"] == "retention.prune"
+            && let Some(through) = record["through_seq"].as_u64()
+        {
+            announced = announced.max(Some(through));
         }
         if let Some(time) = value
             .as_ref()
@@ -172,12 +193,15 @@ pub fn verify_dir(dir: &Path, key: &str) -> Report {
             card_data.push(index);
         }
     }
-    report.records = leaves.len() as u64;
+    report.records = leaves.len() as u64 - first;
     report.check(
         "records",
         malformed.is_empty() && !torn,
         if malformed.is_empty() && !torn {
-            format!("{} records, each one line of canonical JSON", leaves.len())
+            format!(
+                "{} records, each one line of canonical JSON",
+                report.records
+            )
         } else if torn {
             "the last line is incomplete (the file was cut or edited)".to_string()
         } else {
@@ -193,7 +217,7 @@ pub fn verify_dir(dir: &Path, key: &str) -> Report {
         out_of_sequence.is_empty(),
         if out_of_sequence.is_empty() {
             format!(
-                "seq runs 0 to {} without a gap",
+                "seq runs {first} to {} without a gap",
                 leaves.len().saturating_sub(1)
             )
         } else {
@@ -363,6 +387,26 @@ pub fn verify_dir(dir: &Path, key: &str) -> Report {
             )
         },
     );
+
+    if first > 0 {
+        let ok = announced.is_some_and(|through| through + 1 >= first);
+        report.check(
+            "retention",
+            ok,
+            if ok {
+                format!(
+                    "records 0 to {} were pruned by retention, as a retention.prune record announced; their leaf hashes ({}) still prove every checkpoint",
+                    first - 1,
+                    pruned_path(dir).file_name().unwrap_or_default().to_string_lossy()
+                )
+            } else {
+                format!(
+                    "records 0 to {} are missing and no retention.prune record announces their removal",
+                    first - 1
+                )
+            },
+        );
+    }
     report
 }
 
@@ -460,5 +504,79 @@ mod tests {
         });
         let report = verify_dir(dir.path(), &key);
         assert_eq!(failed(&report), ["coverage", "card data"], "{report}");
+    }
+
+    async fn open(dir: &Path) -> AuditLog {
+        let every = CheckpointEvery {
+            records: 4,
+            interval: std::time::Duration::from_secs(60),
+        };
+        AuditLog::open(dir, "test.example/audit", every).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_pruned_log_still_verifies_and_grows_after_a_restart() {
+        let (dir, key) = log_with(10).await;
+        let log = open(dir.path()).await;
+        // Everything is older than a cutoff in the future, all of it signed.
+        let pruned = log.prune("2999-01-01T00:00:00Z").await.unwrap();
+        assert_eq!(pruned.records, 10);
+        assert_eq!(pruned.first_kept, 10);
+        let report = verify_dir(dir.path(), &key);
+        assert!(report.ok(), "{report}");
+        assert_eq!(report.records, 1, "only the announcement is left");
+        assert!(
+            report.to_string().contains("records 0 to 9 were pruned"),
+            "{report}"
+        );
+        // Nothing more to prune but the announcement (older than the cutoff).
+        let again = log.prune("2999-01-01T00:00:00Z").await.unwrap();
+        assert_eq!((again.records, again.first_kept), (1, 11));
+        drop(log);
+        let log = open(dir.path()).await;
+        let mut m = Map::new();
+        m.insert("event".into(), Value::from("after"));
+        assert_eq!(log.append(m).await.unwrap(), 12);
+        log.checkpoint().await.unwrap();
+        let report = verify_dir(dir.path(), &key);
+        assert!(report.ok(), "{report}");
+        assert_eq!(report.records, 2);
+    }
+
+    #[tokio::test]
+    async fn a_prune_interrupted_before_removing_records_is_finished_on_open() {
+        let (dir, key) = log_with(6).await;
+        let before = std::fs::read(records_path(dir.path())).unwrap();
+        let log = open(dir.path()).await;
+        log.prune("2999-01-01T00:00:00Z").await.unwrap();
+        drop(log);
+        // As if the process died after keeping the hashes, before removing:
+        // the old records are still in front of the announcement.
+        let after = std::fs::read(records_path(dir.path())).unwrap();
+        std::fs::write(records_path(dir.path()), [before, after.clone()].concat()).unwrap();
+        let log = open(dir.path()).await;
+        log.checkpoint().await.unwrap();
+        assert_eq!(std::fs::read(records_path(dir.path())).unwrap(), after);
+        let report = verify_dir(dir.path(), &key);
+        assert!(report.ok(), "{report}");
+    }
+
+    #[tokio::test]
+    async fn records_removed_without_an_announced_prune_are_caught() {
+        let (dir, key) = log_with(8).await;
+        // Someone removes the first three records and keeps their hashes
+        // to make it look like retention.
+        let text = std::fs::read(records_path(dir.path())).unwrap();
+        let lines: Vec<&[u8]> = text
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        let hashes: Vec<u8> = lines[..3].iter().flat_map(|l| leaf_hash(l)).collect();
+        std::fs::write(pruned_path(dir.path()), hashes).unwrap();
+        edit(dir.path(), |lines| {
+            lines.drain(..3);
+        });
+        let report = verify_dir(dir.path(), &key);
+        assert_eq!(failed(&report), ["retention"], "{report}");
     }
 }

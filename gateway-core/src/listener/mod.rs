@@ -4,6 +4,7 @@
 //! to the protocol adapter together with the [`tls::ServerTls`] it may use
 //! when the client asks for encryption.
 
+pub mod conn;
 pub mod tls;
 
 use std::net::SocketAddr;

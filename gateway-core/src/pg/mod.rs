@@ -5,7 +5,6 @@
 
 pub mod cancel;
 pub mod catalog;
-pub mod conn;
 pub mod error;
 pub mod frame;
 pub mod guard;

@@ -24,13 +24,13 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use super::conn::Conn;
 use super::error::PgError;
 use super::frame::{Body, FrameError, next_frame};
 use super::shapes::{CopySource, Described, Shapes};
 use crate::hooks::{
     CopyOrigin, Decision, SessionEvent, SessionHooks, Statement, StatementVia, ValueSource, Verdict,
 };
+use crate::listener::conn::Conn;
 
 const READ_CHUNK: usize = 64 * 1024;
 /// Backend messages can be as large as PostgreSQL allows (1 GiB for a row).

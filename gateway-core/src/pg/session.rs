@@ -12,7 +12,6 @@ use tokio::net::TcpStream;
 
 use super::cancel::{CancelRegistry, CancelTarget};
 use super::catalog::Catalog;
-use super::conn::Conn;
 use super::error::PgError;
 use super::frame::{Body, Frame};
 use super::guard::{Guard, GuardShared};
@@ -22,6 +21,7 @@ use super::{messages, relay, upstream};
 use crate::audit::event::{Event, Outcome};
 use crate::hooks::{HookFactory, SessionEvent};
 use crate::identity::{AuthError, Authenticator, Identity, PrincipalKind};
+use crate::listener::conn::Conn;
 use crate::listener::tls::ServerTls;
 use crate::policy::Principal;
 use crate::recording::{Recorder, Recording};

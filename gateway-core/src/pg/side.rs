@@ -5,9 +5,9 @@
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::conn::Conn;
 use super::frame::{Body, next_frame};
 use super::upstream::{self, UpstreamError};
+use crate::listener::conn::Conn;
 use crate::upstream::Upstream;
 
 /// Largest message read on the side connection (catalog rows are small).

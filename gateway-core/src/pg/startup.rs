@@ -6,10 +6,10 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::conn::Conn;
 use super::error::PgError;
 use super::frame::Body;
 use super::messages;
+use crate::listener::conn::Conn;
 use crate::listener::tls::ServerTls;
 
 const SSL_REQUEST: i32 = 80877103;

@@ -11,9 +11,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::conn::Conn;
 use super::error::PgError;
 use super::frame::{Body, Frame};
+use crate::listener::conn::Conn;
 use crate::upstream::{CredentialError, Upstream};
 
 /// Why the gateway could not reach or log in to an upstream.

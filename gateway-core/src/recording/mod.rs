@@ -19,6 +19,7 @@
 //! | `disconnect` | session end | reason |
 
 pub mod asciicast;
+pub mod retention;
 pub mod store;
 
 use std::borrow::Cow;
