@@ -133,6 +133,7 @@ pub fn connection_from_url(url: &str) -> Result<ConnectionConfig, DevError> {
         ca_file,
         connect_timeout_secs: 10,
         cardholder: Vec::new(),
+        record_results_bytes: 0,
     })
 }
 

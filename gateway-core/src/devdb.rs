@@ -238,6 +238,7 @@ impl ThrowawayPostgres {
             ca_file: Some(self.ca_file.clone()),
             connect_timeout_secs: 10,
             cardholder: Vec::new(),
+            record_results_bytes: 0,
         }
     }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::api::ApiContext;
 use crate::audit::event::{Auditor, Event, Outcome};
 use crate::audit::log::{AuditLog, CheckpointEvery};
 use crate::config::Config;
@@ -83,6 +84,8 @@ pub struct Gateway {
 pub struct RunningGateway {
     /// The bound address (useful with port 0).
     pub local_addr: SocketAddr,
+    /// The API's bound address, when `[api] listen` is set.
+    pub api_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     ending: watch::Sender<bool>,
     grace: Duration,
@@ -201,9 +204,9 @@ impl Gateway {
         let cancels = Arc::new(CancelRegistry::default());
         let (ending, ending_rx) = watch::channel(false);
         let ctx = Arc::new(PgContext {
-            tls,
+            tls: tls.clone(),
             allow_plaintext: server.allow_plaintext,
-            auth,
+            auth: auth.clone(),
             upstreams,
             cancels: cancels.clone(),
             hooks: self.hooks.clone(),
@@ -224,6 +227,31 @@ impl Gateway {
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
         let (shutdown, mut stop) = watch::channel(false);
+        let api_addr = match &self.config.api.listen {
+            None => None,
+            Some(api) => {
+                let addr = *api.get_ref();
+                let bound = listener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                let bound_addr = bound
+                    .local_addr()
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                let api_ctx = Arc::new(ApiContext {
+                    auth: auth.clone(),
+                    recording: recording.clone(),
+                    auditor_groups: self.config.api.auditor_groups.clone(),
+                    analyst_groups: self.config.api.analyst_groups.clone(),
+                });
+                let stopping = shutdown.subscribe();
+                tokio::spawn(async move {
+                    if let Err(e) = crate::api::serve(bound, tls, api_ctx, stopping).await {
+                        tracing::error!(error = %e, "the API stopped");
+                    }
+                });
+                Some(bound_addr)
+            }
+        };
         let task = tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -276,6 +304,7 @@ impl Gateway {
         });
         Ok(RunningGateway {
             local_addr,
+            api_addr,
             shutdown,
             ending,
             grace: Duration::from_secs(server.shutdown_grace_secs),

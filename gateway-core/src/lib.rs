@@ -12,6 +12,7 @@
 //! and tests; [`gateway`] wires the stages together.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod audit;
 pub mod config;
 pub mod dev;

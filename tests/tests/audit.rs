@@ -600,6 +600,65 @@ async fn retention_prunes_old_records_and_recordings_and_what_remains_verifies()
     assert!(report.ok(), "{report}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_that_opts_in_records_whole_masked_results_up_to_its_limit() {
+    // The connection's own setting (its table is the last one in the text).
+    let gw = TestGateway::start_with("record_results_bytes = 2000\n[policy]\nstarter = true").await;
+    let token = gw.token("ops", &["admins"]);
+    let client = gw.tokio_postgres(&token).await.unwrap();
+    let payments = client
+        .simple_query("SELECT brand, pan FROM payments ORDER BY id LIMIT 8")
+        .await
+        .unwrap();
+    let payment_rows = payments
+        .iter()
+        .filter(|m| matches!(m, SimpleQueryMessage::Row(_)))
+        .count();
+    assert!(payment_rows > 3, "more rows than the default preview");
+    client
+        .simple_query("SELECT id, memo FROM ledger ORDER BY id LIMIT 500")
+        .await
+        .unwrap();
+    drop(client);
+    let (_, frames) = frames_of(&gw, "ops").await;
+    let results: Vec<&Value> = frames
+        .iter()
+        .filter(|f| f.kind == "result")
+        .map(|f| &f.body)
+        .collect();
+    let whole = results
+        .iter()
+        .find(|r| r["columns"][1] == "pan")
+        .expect("the payments result");
+    assert_eq!(whole["preview_complete"], true, "{whole}");
+    let preview = whole["preview"].as_array().unwrap();
+    assert_eq!(preview.len(), payment_rows);
+    for row in preview {
+        let pan = row[1].as_str().unwrap();
+        assert!(
+            pan.contains("*****") && !PANS.iter().any(|p| pan.contains(p)),
+            "recorded masked: {pan}"
+        );
+    }
+    let ledger = results
+        .iter()
+        .find(|r| r["rows"] == 500)
+        .expect("the ledger result");
+    assert_eq!(ledger["preview_complete"], false, "over the limit");
+    let kept = ledger["preview"].as_array().unwrap();
+    assert!(
+        kept.len() > 3 && kept.len() < 500,
+        "{} rows kept",
+        kept.len()
+    );
+    assert_eq!(kept[0][1], "entry 1");
+    assert_eq!(
+        kept[kept.len() - 1][0],
+        kept.len().to_string(),
+        "rows in order"
+    );
+}
+
 /// Run by `kill_9_under_load_loses_no_acknowledged_statement` in a child
 /// process (the gateway must die, not the test). Ignored otherwise.
 #[tokio::test(flavor = "multi_thread")]

@@ -778,6 +778,42 @@ fn rfc3339_now() -> String {
     crate::policy::rfc3339(SystemTime::now())
 }
 
+/// Up to `limit` records of the log in `dir` with `seq > after` (from the
+/// first kept record when `after` is `None`), oldest first. Reads what is
+/// on disk; a torn last line is not a record yet.
+pub fn read_records(
+    dir: &Path,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Vec<Map<String, Value>>, AuditError> {
+    let path = records_path(dir);
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io(&path, e)),
+    };
+    let mut records = Vec::new();
+    let mut reader = BufReader::new(file);
+    let mut line = Vec::new();
+    while records.len() < limit {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| io(&path, e))?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            break;
+        }
+        let Ok(record) = serde_json::from_slice::<Map<String, Value>>(&line[..n - 1]) else {
+            continue;
+        };
+        let seq = record.get("seq").and_then(Value::as_u64);
+        if after.is_none_or(|after| seq.is_some_and(|seq| seq > after)) {
+            records.push(record);
+        }
+    }
+    Ok(records)
+}
+
 /// The root of the records in `dir` as they are on disk (for tests and
 /// verification).
 pub fn root_on_disk(dir: &Path) -> Result<(u64, Hash), AuditError> {

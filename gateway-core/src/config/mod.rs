@@ -39,6 +39,44 @@ pub struct Config {
     /// The tamper-evident audit log and the session recordings.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// The HTTPS API: recordings and the audit log, by role.
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+/// `[api]`
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Where the API listens (HTTPS with the server's certificate); absent
+    /// for no API.
+    #[serde(default)]
+    pub listen: Option<Spanned<SocketAddr>>,
+    /// Groups whose members are auditors: session metadata and the audit
+    /// log, never result previews.
+    #[serde(default = "default_auditor_groups")]
+    pub auditor_groups: Vec<String>,
+    /// Groups whose members are analysts with replay: sessions' masked frames.
+    #[serde(default = "default_analyst_groups")]
+    pub analyst_groups: Vec<String>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: None,
+            auditor_groups: default_auditor_groups(),
+            analyst_groups: default_analyst_groups(),
+        }
+    }
+}
+
+fn default_auditor_groups() -> Vec<String> {
+    vec!["auditors".into()]
+}
+
+fn default_analyst_groups() -> Vec<String> {
+    vec!["analysts".into()]
 }
 
 /// `[audit]`
@@ -362,6 +400,10 @@ pub struct ConnectionConfig {
     /// name. Policies see them as `resource.cardholder`.
     #[serde(default)]
     pub cardholder: Vec<String>,
+    /// Record this connection's results in full (masked, as the client got
+    /// them) up to this many bytes per result; 0 keeps only the preview.
+    #[serde(default)]
+    pub record_results_bytes: u64,
 }
 
 /// Where an upstream password comes from. The gateway holds it; clients never see it.

@@ -110,6 +110,20 @@ pub(super) fn validate(config: &Config, file: &str, text: &str) -> Result<(), Co
         }
         _ => {}
     }
+    if let Some(api) = &config.api.listen {
+        let no_tls = tls.cert.is_none() && !tls.self_signed;
+        if no_tls && !api.get_ref().ip().is_loopback() {
+            return Err(invalid(
+                &api.span(),
+                "api.listen".into(),
+                format!(
+                    "the API on the non-loopback address {} needs TLS (callers send their access token): \
+                     configure [server.tls] or listen on 127.0.0.1",
+                    api.get_ref()
+                ),
+            ));
+        }
+    }
     let audit = &config.audit;
     if audit.origin.trim().is_empty() || audit.origin.contains(['\n', '+']) {
         return Err(invalid(

@@ -345,7 +345,14 @@ async fn run_session(established: Established, peer: SocketAddr, ctx: &PgContext
     }
     let mut tap = None;
     if let Some(recording) = &ctx.recording {
-        let recorder = Recorder::new(recording.clone(), hooks, &identity, peer, &connection);
+        let recorder = Recorder::new(
+            recording.clone(),
+            hooks,
+            &identity,
+            peer,
+            &connection,
+            target.config.record_results_bytes,
+        );
         tap = Some(recorder.tap());
         hooks = Box::new(recorder);
     }

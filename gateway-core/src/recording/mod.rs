@@ -117,18 +117,36 @@ struct Result_ {
     bytes: u64,
     digest: Sha256,
     preview: Vec<Vec<Value>>,
+    /// Row bytes taken into the preview.
+    preview_bytes: u64,
+    /// The row being received is in the preview.
+    previewing: bool,
     copy: bool,
+}
+
+/// How much of each result a session keeps (masked) in its frames.
+#[derive(Debug, Clone, Copy)]
+struct Keep {
+    /// Always the first rows.
+    rows: usize,
+    /// Opted in: every row, up to this many bytes per result.
+    bytes: u64,
 }
 
 impl Result_ {
     /// Count a row (as the upstream sent it) into the digest and, while the
     /// preview has room, open a preview row for its (masked) values.
-    fn row(&mut self, raw: &[u8], preview_rows: usize) {
+    fn row(&mut self, raw: &[u8], keep: Keep) {
         self.rows += 1;
         self.bytes += raw.len() as u64;
         self.digest.update((raw.len() as u32).to_be_bytes());
         self.digest.update(raw);
-        if self.rows as usize <= preview_rows {
+        let room = self.rows as usize <= keep.rows
+            || (self.preview.len() as u64 + 1 == self.rows
+                && self.preview_bytes + raw.len() as u64 <= keep.bytes);
+        self.previewing = room;
+        if room {
+            self.preview_bytes += raw.len() as u64;
             // A COPY row has no columns: it is one value.
             let width = self.columns.len().max(1);
             self.preview.push(vec![Value::Null; width]);
@@ -155,16 +173,20 @@ pub struct Recorder {
     columns: Vec<String>,
     binary: Vec<bool>,
     result: Option<Result_>,
+    keep: Keep,
 }
 
 impl Recorder {
-    /// Record a session of `identity` from `client` on `connection`.
+    /// Record a session of `identity` from `client` on `connection`,
+    /// keeping whole results up to `full_results_bytes` each (0: only the
+    /// configured preview rows).
     pub fn new(
         shared: Arc<Recording>,
         inner: Box<dyn SessionHooks>,
         identity: &Identity,
         client: SocketAddr,
         connection: &str,
+        full_results_bytes: u64,
     ) -> Recorder {
         let tap = Arc::new(SessionTap {
             id: session_id(),
@@ -172,7 +194,12 @@ impl Recorder {
             seq: AtomicU64::new(0),
             started: Instant::now(),
         });
+        let keep = Keep {
+            rows: shared.preview_rows,
+            bytes: full_results_bytes,
+        };
         Recorder {
+            keep,
             shared,
             inner,
             tap,
@@ -361,17 +388,17 @@ impl Recorder {
                 "duration_us": duration,
                 "sha256": digest,
                 "copy": result.copy,
+                "preview_complete": result.preview.len() as u64 == result.rows,
                 "preview": result.preview,
             }),
         );
     }
 
     fn preview_cell(&mut self, column: usize, value: Option<&[u8]>) {
-        let limit = self.shared.preview_rows;
         let Some(result) = self.result.as_mut() else {
             return;
         };
-        if result.rows as usize > limit {
+        if !result.previewing {
             return;
         }
         let binary = result.binary.get(column).copied().unwrap_or(false);
@@ -440,15 +467,15 @@ impl SessionHooks for Recorder {
     }
 
     fn data_row(&mut self, row: &[u8]) {
-        let limit = self.shared.preview_rows;
-        self.result().row(row, limit);
+        let keep = self.keep;
+        self.result().row(row, keep);
         self.inner.data_row(row);
     }
 
     fn result_value<'v>(&mut self, source: ValueSource, value: &'v [u8]) -> Option<Cow<'v, [u8]>> {
         if source == ValueSource::CopyRow {
-            let limit = self.shared.preview_rows;
-            self.result().row(value, limit);
+            let keep = self.keep;
+            self.result().row(value, keep);
         }
         let out = self.inner.result_value(source, value);
         match source {

@@ -227,18 +227,24 @@ impl Store {
         .await
         .map_err(|e| self.error(e))?;
         rows.iter()
-            .map(|row| {
-                Ok(SessionRow {
-                    id: row.try_get(0)?,
-                    started_at: row.try_get(1)?,
-                    ended_at: row.try_get(2)?,
-                    subject: row.try_get(3)?,
-                    kind: row.try_get(4)?,
-                    connection: row.try_get(5)?,
-                    client: row.try_get(6)?,
-                })
-            })
+            .map(session_row)
             .collect::<Result<_, sqlx::Error>>()
+            .map_err(|e| self.error(e))
+    }
+
+    /// One session's header, if it is in the store.
+    pub async fn session_by_id(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, started_at, ended_at, subject, kind, connection, client
+             FROM tollgate_sessions WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(|e| self.error(e))?;
+        row.as_ref()
+            .map(session_row)
+            .transpose()
             .map_err(|e| self.error(e))
     }
 
@@ -301,6 +307,18 @@ impl Store {
             message: e.to_string(),
         }
     }
+}
+
+fn session_row(row: &sqlx::any::AnyRow) -> Result<SessionRow, sqlx::Error> {
+    Ok(SessionRow {
+        id: row.try_get(0)?,
+        started_at: row.try_get(1)?,
+        ended_at: row.try_get(2)?,
+        subject: row.try_get(3)?,
+        kind: row.try_get(4)?,
+        connection: row.try_get(5)?,
+        client: row.try_get(6)?,
+    })
 }
 
 async fn writer(

@@ -1,0 +1,570 @@
+//! The gateway's HTTPS API: session recordings and the audit log, by role.
+//!
+//! Callers send their OIDC access token as `Authorization: Bearer`; the
+//! same issuers the PostgreSQL listener trusts are trusted here. Roles come
+//! from groups (`[api] auditor_groups`, `analyst_groups`):
+//!
+//! | role | sees |
+//! |---|---|
+//! | auditor | session list and metadata, frames without result previews, the audit log and its checkpoints |
+//! | analyst | session list and metadata, the masked frames (replay), asciicast |
+//!
+//! Nobody gets unmasked values: the store never holds them. Every read,
+//! and every refused or unauthenticated attempt, is an audit event, made
+//! durable before any data leaves (PCI DSS 10.2.1.3); if it cannot be
+//! written the read is refused (503).
+//!
+//! Errors are JSON `{"error": <code>, "message": <what to do>}` with the
+//! matching HTTP status. See `docs/api.md`.
+
+pub mod incoming;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::audit::event::{Event, Outcome};
+use crate::identity::{AuthError, Authenticator, Identity};
+use crate::recording::Recording;
+use crate::recording::store::Frame;
+use incoming::{Incoming, Peer};
+
+/// What the API's handlers share.
+pub struct ApiContext {
+    /// Token validation (the gateway's issuers).
+    pub auth: Arc<Authenticator>,
+    /// Recordings and the audit log.
+    pub recording: Arc<Recording>,
+    /// Groups whose members are auditors.
+    pub auditor_groups: Vec<String>,
+    /// Groups whose members are analysts with replay.
+    pub analyst_groups: Vec<String>,
+}
+
+/// Largest page of frames or records.
+const MAX_PAGE: u32 = 1000;
+/// Page size when none is asked for.
+const DEFAULT_PAGE: u32 = 100;
+
+/// The routes.
+pub fn router(ctx: Arc<ApiContext>) -> Router {
+    Router::new()
+        .route("/api/v1/whoami", get(whoami))
+        .route("/api/v1/sessions", get(sessions))
+        .route("/api/v1/sessions/{id}", get(session))
+        .route("/api/v1/sessions/{id}/frames", get(frames))
+        .route("/api/v1/sessions/{id}/asciicast", get(asciicast))
+        .route("/api/v1/audit/records", get(audit_records))
+        .route("/api/v1/audit/checkpoint", get(audit_checkpoint))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint; see docs/api.md",
+            )
+        })
+        .with_state(ctx)
+}
+
+/// Serve the API on `listener` until `shutdown` turns true.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<crate::listener::tls::ServerTls>,
+    ctx: Arc<ApiContext>,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let incoming = Incoming::new(listener, tls)?;
+    axum::serve(
+        incoming,
+        router(ctx).into_make_service_with_connect_info::<Peer>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    })
+    .await
+}
+
+/// An API failure, as the caller sees it.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn audit_unavailable() -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            "the read could not be recorded in the audit log, so nothing is returned (PCI DSS 10.7); \
+             check the gateway's data directory has space and is writable",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            Json(json!({ "error": self.code, "message": self.message })),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            let challenge = format!(
+                "Bearer error=\"invalid_token\", error_description=\"{}\"",
+                self.message.replace('"', "'")
+            );
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, value);
+            }
+        }
+        response
+    }
+}
+
+/// An authenticated caller and its roles.
+struct Caller {
+    identity: Identity,
+    peer: SocketAddr,
+    auditor: bool,
+    analyst: bool,
+}
+
+impl Caller {
+    fn roles(&self) -> Vec<&'static str> {
+        let mut roles = Vec::new();
+        if self.auditor {
+            roles.push("auditor");
+        }
+        if self.analyst {
+            roles.push("analyst");
+        }
+        roles
+    }
+
+    /// An audit event of this caller.
+    fn event(&self, kind: &str, outcome: Outcome) -> Event {
+        Event::new(kind, outcome)
+            .actor(&self.identity)
+            .origin(self.peer.ip())
+            .with("roles", self.roles())
+    }
+}
+
+impl ApiContext {
+    /// Authenticate the request's bearer token; a failure is audited.
+    async fn caller(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<Caller, ApiError> {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            });
+        let result = match token {
+            None => Err(AuthError::MissingToken),
+            Some(token) => self.auth.authenticate(token).await,
+        };
+        match result {
+            Ok(identity) => {
+                let member = |groups: &[String]| identity.groups.iter().any(|g| groups.contains(g));
+                let auditor = member(&self.auditor_groups);
+                let analyst = member(&self.analyst_groups);
+                Ok(Caller {
+                    identity,
+                    peer,
+                    auditor,
+                    analyst,
+                })
+            }
+            Err(e) => {
+                let message = match e {
+                    AuthError::MissingToken => {
+                        "no access token: send `Authorization: Bearer <OIDC access token>`"
+                            .to_string()
+                    }
+                    AuthError::Malformed => {
+                        "the bearer token is not a JWT access token".to_string()
+                    }
+                    e => e.to_string(),
+                };
+                let event = Event::new("api.login", Outcome::Failure)
+                    .with("actor", json!({ "subject": null }))
+                    .origin(peer.ip())
+                    .with("reason", crate::masking::for_record(&message));
+                self.record(event).await?;
+                Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthenticated",
+                    message,
+                ))
+            }
+        }
+    }
+
+    /// Make `event` durable, or refuse the request.
+    async fn record(&self, event: Event) -> Result<u64, ApiError> {
+        self.recording
+            .auditor
+            .record(event)
+            .await
+            .map_err(|_| ApiError::audit_unavailable())
+    }
+
+    /// Refuse `caller` for lacking a role, on record.
+    async fn forbid(&self, caller: &Caller, kind: &str, resource: Value, needs: &str) -> ApiError {
+        let event = caller
+            .event(kind, Outcome::Refused)
+            .resource(resource)
+            .with("reason", format!("needs the {needs} role"));
+        if let Err(e) = self.record(event).await {
+            return e;
+        }
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{} has no {needs} role: ask for membership of one of the groups {}",
+                caller.identity.subject,
+                match needs {
+                    "auditor" => self.auditor_groups.join(", "),
+                    "analyst" => self.analyst_groups.join(", "),
+                    _ => format!(
+                        "{} or {}",
+                        self.auditor_groups.join(", "),
+                        self.analyst_groups.join(", ")
+                    ),
+                }
+            ),
+        )
+    }
+}
+
+fn store_error(e: impl std::fmt::Display) -> ApiError {
+    tracing::error!(error = %e, "recording store read failed");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        "the recording store cannot be read right now; try again, and check the gateway's log",
+    )
+}
+
+async fn whoami(
+    State(ctx): State<Arc<ApiContext>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let caller = ctx.caller(&headers, peer).await?;
+    Ok(Json(json!({
+        "subject": caller.identity.subject,
+        "issuer": caller.identity.issuer,
+        "groups": caller.identity.groups,
+        "kind": caller.identity.kind,
+        "mfa": caller.identity.mfa,
+        "roles": caller.roles(),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+struct Window {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+fn millis(text: Option<&str>, name: &str, default: i64) -> Result<i64, ApiError> {
+    match text {
+        None => Ok(default),
+        Some(text) => crate::policy::parse_rfc3339(text)
+            .map(|secs| secs.saturating_mul(1000))
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("{name}={text} is not a time: use RFC 3339, e.g. 2026-11-25T10:00:00Z"),
+                )
+            }),
+    }
+}
+
+async fn sessions(
+    State(ctx): State<Arc<ApiContext>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Query(window): Query<Window>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = ctx.caller(&headers, peer).await?;
+    let resource = json!({ "sessions": { "from": window.from, "to": window.to } });
+    if !(caller.auditor || caller.analyst) {
+        return Err(ctx
+            .forbid(&caller, "recording.list", resource, "auditor or analyst")
+            .await);
+    }
+    let from = millis(window.from.as_deref(), "from", i64::MIN)?;
+    let to = millis(window.to.as_deref(), "to", i64::MAX)?;
+    let list = ctx
+        .recording
+        .store
+        .sessions(from, to)
+        .await
+        .map_err(store_error)?;
+    ctx.record(
+        caller
+            .event("recording.list", Outcome::Success)
+            .resource(resource)
+            .with("count", list.len()),
+    )
+    .await?;
+    Ok(Json(json!({ "sessions": list })))
+}
+
+async fn session(
+    State(ctx): State<Arc<ApiContext>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = ctx.caller(&headers, peer).await?;
+    let resource = json!({ "session": id });
+    if !(caller.auditor || caller.analyst) {
+        return Err(ctx
+            .forbid(&caller, "recording.read", resource, "auditor or analyst")
+            .await);
+    }
+    let row = find_session(&ctx, &caller, &id, &resource).await?;
+    ctx.record(
+        caller
+            .event("recording.read", Outcome::Success)
+            .resource(resource)
+            .with("part", "metadata"),
+    )
+    .await?;
+    Ok(Json(json!({ "session": row })))
+}
+
+/// The session `id`, or a (recorded) 404.
+async fn find_session(
+    ctx: &ApiContext,
+    caller: &Caller,
+    id: &str,
+    resource: &Value,
+) -> Result<crate::recording::store::SessionRow, ApiError> {
+    let row = ctx
+        .recording
+        .store
+        .session_by_id(id)
+        .await
+        .map_err(store_error)?;
+    match row {
+        Some(row) => Ok(row),
+        None => {
+            ctx.record(
+                caller
+                    .event("recording.read", Outcome::Failure)
+                    .resource(resource.clone())
+                    .with("reason", "no such session"),
+            )
+            .await?;
+            Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no recorded session has this id (it may have been pruned by retention); \
+                 list sessions with GET /api/v1/sessions",
+            ))
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Page {
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+impl Page {
+    fn limit(&self) -> Result<u32, ApiError> {
+        match self.limit {
+            None => Ok(DEFAULT_PAGE),
+            Some(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+            Some(n) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                format!("limit={n}: ask for 1 to {MAX_PAGE} per page"),
+            )),
+        }
+    }
+}
+
+/// What an auditor sees of a frame: everything but the result rows
+/// (counts, columns and the digest stay).
+fn without_previews(mut frame: Frame) -> Frame {
+    if let Value::Object(body) = &mut frame.body
+        && body.remove("preview").is_some()
+    {
+        body.insert("withheld".into(), json!("result rows: analysts only"));
+    }
+    frame
+}
+
+async fn frames(
+    State(ctx): State<Arc<ApiContext>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = ctx.caller(&headers, peer).await?;
+    let after = page.after.unwrap_or(-1);
+    let resource = json!({ "session": id, "frames_after": after });
+    if !(caller.auditor || caller.analyst) {
+        return Err(ctx
+            .forbid(&caller, "recording.read", resource, "auditor or analyst")
+            .await);
+    }
+    let limit = page.limit()?;
+    find_session(&ctx, &caller, &id, &resource).await?;
+    let mut frames = ctx
+        .recording
+        .store
+        .frames(&id, after, limit)
+        .await
+        .map_err(store_error)?;
+    if !caller.analyst {
+        frames = frames.into_iter().map(without_previews).collect();
+    }
+    let next = (frames.len() as u32 == limit)
+        .then(|| frames.last().map(|f| f.seq))
+        .flatten();
+    ctx.record(
+        caller
+            .event("recording.read", Outcome::Success)
+            .resource(resource)
+            .with("part", "frames")
+            .with("frames", frames.len())
+            .with("previews", caller.analyst),
+    )
+    .await?;
+    Ok(Json(json!({ "frames": frames, "next_after": next })))
+}
+
+async fn asciicast(
+    State(ctx): State<Arc<ApiContext>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let caller = ctx.caller(&headers, peer).await?;
+    let resource = json!({ "session": id });
+    if !caller.analyst {
+        return Err(ctx
+            .forbid(&caller, "recording.read", resource, "analyst")
+            .await);
+    }
+    let row = find_session(&ctx, &caller, &id, &resource).await?;
+    let mut frames = Vec::new();
+    loop {
+        let after = frames.last().map_or(-1, |f: &Frame| f.seq as i64);
+        let page = ctx
+            .recording
+            .store
+            .frames(&id, after, MAX_PAGE)
+            .await
+            .map_err(store_error)?;
+        let done = page.len() < MAX_PAGE as usize;
+        frames.extend(page);
+        if done {
+            break;
+        }
+    }
+    ctx.record(
+        caller
+            .event("recording.read", Outcome::Success)
+            .resource(resource)
+            .with("part", "asciicast")
+            .with("frames", frames.len()),
+    )
+    .await?;
+    let cast = crate::recording::asciicast::render(&row, &frames);
+    Ok(([(header::CONTENT_TYPE, "application/x-asciicast")], cast).into_response())
+}
+
+async fn audit_records(
+    State(ctx): State<Arc<ApiContext>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Query(page): Query<Page>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = ctx.caller(&headers, peer).await?;
+    let resource = json!({ "audit_log": "records", "after": page.after });
+    if !caller.auditor {
+        return Err(ctx.forbid(&caller, "audit.read", resource, "auditor").await);
+    }
+    let limit = page.limit()?;
+    let dir = ctx.recording.auditor.log().dir().to_path_buf();
+    let after = page.after.and_then(|a| u64::try_from(a).ok());
+    let records = tokio::task::spawn_blocking(move || {
+        crate::audit::log::read_records(&dir, after, limit as usize)
+    })
+    .await
+    .map_err(store_error)?
+    .map_err(store_error)?;
+    let next = (records.len() as u32 == limit)
+        .then(|| records.last().and_then(|r| r.get("seq")).cloned())
+        .flatten();
+    // Recorded after the read, so the page never holds its own record.
+    ctx.record(
+        caller
+            .event("audit.read", Outcome::Success)
+            .resource(resource)
+            .with("records", records.len()),
+    )
+    .await?;
+    Ok(Json(json!({ "records": records, "next_after": next })))
+}
+
+async fn audit_checkpoint(
+    State(ctx): State<Arc<ApiContext>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let caller = ctx.caller(&headers, peer).await?;
+    let resource = json!({ "audit_log": "checkpoint" });
+    if !caller.auditor {
+        return Err(ctx.forbid(&caller, "audit.read", resource, "auditor").await);
+    }
+    ctx.record(
+        caller
+            .event("audit.read", Outcome::Success)
+            .resource(resource),
+    )
+    .await?;
+    // A fresh checkpoint: it covers everything so far, this read included.
+    let log = ctx.recording.auditor.log();
+    let note = log
+        .checkpoint()
+        .await
+        .map_err(|_| ApiError::audit_unavailable())?;
+    Ok(Json(json!({
+        "checkpoint": note,
+        "verifier_key": log.verifier_key(),
+    })))
+}

@@ -1,0 +1,239 @@
+//! The HTTPS API for recordings and the audit log, through the real
+//! gateway with real tokens: who may read what, that nobody sees a raw
+//! card number, and that every read (and every refused or unauthenticated
+//! attempt) is itself on record.
+
+use reqwest::StatusCode;
+use serde_json::Value;
+use tollgate::config::Config;
+use tollgate_e2e::{TestGateway, config_text};
+
+const PANS: &[&str] = &["4111111111111111", "5555555555554444", "378282246310005"];
+
+async fn gateway() -> TestGateway {
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(
+        dir.path(),
+        "[policy]\nstarter = true\n[api]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let config = Config::parse(&text, "test.toml", dir.path()).unwrap();
+    TestGateway::start_config(config, dir).await
+}
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    fn new(gw: &TestGateway) -> Api {
+        let addr = gw
+            .running
+            .as_ref()
+            .unwrap()
+            .api_addr
+            .expect("the API listens");
+        Api {
+            base: format!("https://localhost:{}", addr.port()),
+            http: reqwest::Client::builder()
+                .tls_backend_preconfigured(gw.client_tls())
+                .build()
+                .unwrap(),
+        }
+    }
+
+    async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, String) {
+        let mut request = self.http.get(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("the API answers");
+        let status = response.status();
+        (status, response.text().await.unwrap())
+    }
+
+    async fn json(&self, path: &str, token: &str) -> Value {
+        let (status, body) = self.get(path, Some(token)).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+}
+
+fn assert_no_pan(what: &str, text: &str) {
+    for pan in PANS {
+        assert!(
+            !text.contains(pan),
+            "{what} holds the raw PAN {pan}: {text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn recordings_and_the_audit_log_by_role_and_every_read_on_record() {
+    let gw = gateway().await;
+    let api = Api::new(&gw);
+    let ops = gw.token("ops", &["admins"]);
+    let output = gw.psql(
+        &ops,
+        &["-c", "SELECT brand, pan FROM payments ORDER BY id LIMIT 2"],
+    );
+    let rows = output.ok();
+    assert!(rows.contains("411111******1111"), "{rows}");
+
+    let auditor = gw.token("qsa", &["auditors"]);
+    let analyst = gw.token("ana", &["analysts"]);
+    let nobody = gw.token("eve", &["developers"]);
+
+    let me = api.json("/api/v1/whoami", &analyst).await;
+    assert_eq!(me["roles"], serde_json::json!(["analyst"]));
+
+    // The session list, for both roles.
+    let list = api.json("/api/v1/sessions", &auditor).await;
+    let sessions = list["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 1, "{list}");
+    assert_eq!(sessions[0]["subject"], "ops");
+    let id = sessions[0]["id"].as_str().unwrap().to_string();
+
+    // The analyst replays the masked frames, page by page.
+    let mut frames = Vec::new();
+    let mut after = -1i64;
+    loop {
+        let page = api
+            .json(
+                &format!("/api/v1/sessions/{id}/frames?after={after}&limit=2"),
+                &analyst,
+            )
+            .await;
+        frames.extend(page["frames"].as_array().unwrap().iter().cloned());
+        match page["next_after"].as_i64() {
+            Some(next) => after = next,
+            None => break,
+        }
+    }
+    let kinds: Vec<&str> = frames.iter().map(|f| f["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"connect"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"disconnect"), "{kinds:?}");
+    let result = frames
+        .iter()
+        .find(|f| f["kind"] == "result" && f["body"]["rows"] == 2)
+        .expect("the SELECT's result frame");
+    let preview = result["body"]["preview"].to_string();
+    assert!(
+        preview.contains("411111******1111"),
+        "masked preview: {preview}"
+    );
+    assert_no_pan(
+        "the analyst's frames",
+        &serde_json::to_string(&frames).unwrap(),
+    );
+
+    // The auditor sees the same frames without the result rows.
+    let page = api
+        .json(&format!("/api/v1/sessions/{id}/frames?limit=100"), &auditor)
+        .await;
+    let result = page["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "result" && f["body"]["rows"] == 2)
+        .unwrap();
+    assert!(result["body"].get("preview").is_none(), "{result}");
+    assert_eq!(result["body"]["withheld"], "result rows: analysts only");
+    assert!(
+        result["body"]["sha256"].is_string(),
+        "the digest stays: {result}"
+    );
+
+    // Asciicast for the analyst; refused to the auditor.
+    let (status, cast) = api
+        .get(&format!("/api/v1/sessions/{id}/asciicast"), Some(&analyst))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(cast.starts_with("{\"version\":2"), "{cast}");
+    assert_no_pan("the asciicast", &cast);
+    let (status, body) = api
+        .get(&format!("/api/v1/sessions/{id}/asciicast"), Some(&auditor))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body.contains("analysts"),
+        "says which group grants it: {body}"
+    );
+
+    // The audit log: auditors only.
+    let records = api.json("/api/v1/audit/records?limit=1000", &auditor).await;
+    let records = records["records"].as_array().unwrap();
+    assert!(records.iter().any(|r| r["event"] == "statement"));
+    assert_no_pan(
+        "the audit records",
+        &serde_json::to_string(records).unwrap(),
+    );
+    let (status, body) = api.get("/api/v1/audit/records", Some(&analyst)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let checkpoint = api.json("/api/v1/audit/checkpoint", &auditor).await;
+    assert!(
+        checkpoint["checkpoint"]
+            .as_str()
+            .unwrap()
+            .starts_with("tollgate.local/audit\n"),
+        "{checkpoint}"
+    );
+
+    // Someone without a role, someone without a token, a forged token.
+    let (status, body) = api.get("/api/v1/sessions", Some(&nobody)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, body) = api.get("/api/v1/sessions", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(body.contains("Authorization: Bearer"), "{body}");
+    let forged = format!("{}x", &auditor[..auditor.len() - 1]);
+    let (status, _) = api.get("/api/v1/sessions", Some(&forged)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, body) = api
+        .get("/api/v1/sessions/nope/frames", Some(&analyst))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = api
+        .get("/api/v1/sessions?from=yesterday", Some(&analyst))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("RFC 3339"), "{body}");
+
+    // Every read and attempt is on record, with who, what and the outcome.
+    let all = api.json("/api/v1/audit/records?limit=1000", &auditor).await;
+    let reads: Vec<(String, String, String)> = all["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            let e = r["event"].as_str().unwrap();
+            e.starts_with("recording.") || e.starts_with("audit.") || e == "api.login"
+        })
+        .map(|r| {
+            (
+                r["event"].as_str().unwrap().to_string(),
+                r["actor"]["subject"].as_str().unwrap_or("-").to_string(),
+                r["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let has = |event: &str, who: &str, outcome: &str| {
+        reads
+            .iter()
+            .any(|(e, s, o)| e == event && s == who && o == outcome)
+    };
+    assert!(has("recording.list", "qsa", "success"), "{reads:?}");
+    assert!(has("recording.read", "ana", "success"), "{reads:?}");
+    assert!(has("recording.read", "qsa", "refused"), "{reads:?}");
+    assert!(has("audit.read", "qsa", "success"), "{reads:?}");
+    assert!(has("audit.read", "ana", "refused"), "{reads:?}");
+    assert!(has("recording.list", "eve", "refused"), "{reads:?}");
+    assert!(has("recording.read", "ana", "failure"), "{reads:?}");
+    assert_eq!(
+        reads
+            .iter()
+            .filter(|(e, _, o)| e == "api.login" && o == "failure")
+            .count(),
+        2,
+        "{reads:?}"
+    );
+}
