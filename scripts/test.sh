@@ -11,6 +11,9 @@ command -v runuser >/dev/null || packages+=(util-linux)
 # The OS-keyring credential test needs a session bus and a Secret Service.
 command -v dbus-run-session >/dev/null || packages+=(dbus-daemon)
 command -v gnome-keyring-daemon >/dev/null || packages+=(gnome-keyring)
+# The SIEM test streams the audit log to a real rsyslog over TLS.
+command -v rsyslogd >/dev/null || packages+=(rsyslog)
+dpkg-query -W -f='${Status}' rsyslog-openssl 2>/dev/null | grep -q "ok installed" || packages+=(rsyslog-openssl)
 # The desktop console (Tauri 2) builds against WebKitGTK.
 # pg_query compiles PostgreSQL's parser and generates bindings with libclang.
 for pkg in libclang-dev libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev pkg-config; do

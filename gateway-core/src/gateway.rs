@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use crate::api::ApiContext;
 use crate::audit::event::{Auditor, Event, Outcome};
 use crate::audit::log::{AuditLog, CheckpointEvery};
+use crate::audit::siem::{self, Sink};
 use crate::config::Config;
 use crate::config::PolicyConfig;
 use crate::hooks::{HookFactory, LoggingHooks};
@@ -60,6 +61,9 @@ pub enum StartError {
     /// The audit log cannot be opened or written.
     #[error("{0}; the gateway does not run without its audit log")]
     Audit(#[from] crate::audit::log::AuditError),
+    /// A SIEM sink cannot be set up.
+    #[error("{0}")]
+    Siem(#[from] crate::audit::siem::SiemError),
     /// The recording store cannot be opened.
     #[error("{0}; the gateway does not run without its session recordings")]
     Recording(#[from] crate::recording::store::StoreError),
@@ -161,6 +165,10 @@ impl Gateway {
             },
         )?;
         let auditor = Auditor::new(log);
+        let mut sinks = Vec::new();
+        for siem in &audit.siem {
+            sinks.push(Sink::new(siem, &server.data_dir.join("audit")).await?);
+        }
         let store = Store::open(&audit.recordings, &server.data_dir).await?;
         let recording = Arc::new(Recording {
             auditor: auditor.clone(),
@@ -288,12 +296,25 @@ impl Gateway {
             return Err(e.into());
         }
         tracing::info!(target: "tollgate::audit", event = "gateway.start", listen = %local_addr);
+        let audit_dir = server.data_dir.join("audit");
+        for sink in sinks {
+            tokio::spawn(sink.run(
+                audit_dir.clone(),
+                auditor.clone(),
+                self.config.audit.origin.clone(),
+                shutdown.subscribe(),
+            ));
+        }
         let days = self.config.audit.retention_days;
+        let siems = self.config.audit.siem.clone();
         let sweeping = recording.clone();
         let mut stopping = shutdown.subscribe();
         tokio::spawn(async move {
             loop {
-                if let Err(e) = retention::sweep(&sweeping, days, SystemTime::now()).await {
+                let keep_from = siem::undelivered_from(&audit_dir, &siems);
+                if let Err(e) =
+                    retention::sweep(&sweeping, days, SystemTime::now(), keep_from).await
+                {
                     tracing::error!(target: "tollgate::audit", error = %e, "retention sweep failed; it is tried again within the hour");
                 }
                 tokio::select! {
@@ -386,8 +407,9 @@ impl RunningGateway {
             .resource(serde_json::json!({ "listen": self.local_addr.to_string() }))
             .with("live_sessions", self.cancels.len());
         let _ = self.recording.auditor.record(stopped).await;
-        let _ = self.recording.auditor.log().checkpoint().await;
         self.recording.store.flush().await;
+        // Signs the last checkpoint and lets go of the log.
+        self.recording.auditor.log().close().await;
         tracing::info!(target: "tollgate::audit", event = "gateway.stop", listen = %self.local_addr);
     }
 }

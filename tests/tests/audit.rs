@@ -543,7 +543,7 @@ async fn retention_prunes_old_records_and_recordings_and_what_remains_verifies()
 
     // 91 days later, with the minimum retention of 90 days.
     let later = std::time::SystemTime::now() + Duration::from_secs(91 * 86_400);
-    let swept = tollgate::recording::retention::sweep(&recording, 90, later)
+    let swept = tollgate::recording::retention::sweep(&recording, 90, later, u64::MAX)
         .await
         .expect("sweep");
     assert!(swept.audit_records >= 5, "{swept:?}");

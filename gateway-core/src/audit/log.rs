@@ -85,8 +85,10 @@ enum Command {
     Checkpoint(tokio::sync::oneshot::Sender<Result<String, AuditError>>),
     Prune(
         String,
+        u64,
         tokio::sync::oneshot::Sender<Result<Pruned, AuditError>>,
     ),
+    Close(tokio::sync::oneshot::Sender<()>),
 }
 
 /// What a retention prune removed.
@@ -391,7 +393,14 @@ impl AuditLog {
         };
         std::thread::Builder::new()
             .name("tollgate-audit".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || {
+                let closing = writer.run(rx);
+                // Let go of the lock before anyone hears the log is closed.
+                drop(writer);
+                for reply in closing {
+                    let _ = reply.send(());
+                }
+            })
             .map_err(|e| io(dir, e))?;
         Ok(AuditLog {
             tx,
@@ -434,13 +443,24 @@ impl AuditLog {
     /// `before` (RFC 3339) and that a checkpoint already covers. A
     /// `retention.prune` record announcing the prune is written first; the
     /// removed records' leaf hashes are kept, so every checkpoint still
-    /// verifies against what remains.
-    pub async fn prune(&self, before: &str) -> Result<Pruned, AuditError> {
+    /// verifies against what remains. Records from `keep_from` on stay
+    /// whatever their age (a SIEM has not received them yet).
+    pub async fn prune(&self, before: &str, keep_from: u64) -> Result<Pruned, AuditError> {
         let (reply, done) = tokio::sync::oneshot::channel();
         self.tx
-            .send(Command::Prune(before.to_string(), reply))
+            .send(Command::Prune(before.to_string(), keep_from, reply))
             .map_err(|_| AuditError::Stopped)?;
         done.await.map_err(|_| AuditError::Stopped)?
+    }
+
+    /// Close the log: sign what is unsigned, stop the writer and release
+    /// the lock, so another writer (a restarted gateway) can open it. Later
+    /// appends through any handle fail with [`AuditError::Stopped`].
+    pub async fn close(&self) {
+        let (reply, done) = tokio::sync::oneshot::channel();
+        if self.tx.send(Command::Close(reply)).is_ok() {
+            let _ = done.await;
+        }
     }
 
     /// Sign a checkpoint of everything appended so far; returns the note.
@@ -479,7 +499,9 @@ const MAX_BATCH: usize = 4096;
 const INBOX_POLL: Duration = Duration::from_secs(1);
 
 impl Writer {
-    fn run(&mut self, rx: mpsc::Receiver<Command>) {
+    /// Serve commands until every handle is gone or one closes the log;
+    /// returns who asked to close.
+    fn run(&mut self, rx: mpsc::Receiver<Command>) -> Vec<tokio::sync::oneshot::Sender<()>> {
         let tick = self.every.interval.min(INBOX_POLL);
         let mut inbox_seen = Instant::now();
         loop {
@@ -501,12 +523,29 @@ impl Writer {
                     if self.tree.size() > self.signed_size {
                         let _ = self.sign();
                     }
-                    return;
+                    return Vec::new();
                 }
             };
-            let mut batch = vec![first];
-            batch.extend(rx.try_iter().take(MAX_BATCH - 1));
-            self.handle(batch);
+            let mut closing = Vec::new();
+            let batch: Vec<Command> = std::iter::once(first)
+                .chain(rx.try_iter().take(MAX_BATCH - 1))
+                .filter_map(|command| match command {
+                    Command::Close(reply) => {
+                        closing.push(reply);
+                        None
+                    }
+                    command => Some(command),
+                })
+                .collect();
+            if !batch.is_empty() {
+                self.handle(batch);
+            }
+            if !closing.is_empty() {
+                if self.tree.size() > self.signed_size {
+                    let _ = self.sign();
+                }
+                return closing;
+            }
         }
     }
 
@@ -533,7 +572,9 @@ impl Writer {
                     waiting.push((seq, reply));
                 }
                 Command::Checkpoint(reply) => checkpoints.push(reply),
-                Command::Prune(before, reply) => prunes.push((before, reply)),
+                Command::Prune(before, keep_from, reply) => prunes.push((before, keep_from, reply)),
+                // Taken out of the batch by `run`.
+                Command::Close(reply) => drop(reply),
             }
         }
         if !buffer.is_empty() {
@@ -561,7 +602,7 @@ impl Writer {
                 for reply in checkpoints {
                     let _ = reply.send(Err(error.clone()));
                 }
-                for (_, reply) in prunes {
+                for (_, _, reply) in prunes {
                     let _ = reply.send(Err(error.clone()));
                 }
                 return;
@@ -583,14 +624,14 @@ impl Writer {
                 let _ = reply.send(note.clone());
             }
         }
-        for (before, reply) in prunes {
-            let _ = reply.send(self.prune(&before));
+        for (before, keep_from, reply) in prunes {
+            let _ = reply.send(self.prune(&before, keep_from));
         }
     }
 
     /// Retention (see [`AuditLog::prune`]). Each step leaves a log that
     /// opens and verifies: announce, keep the hashes, then remove.
-    fn prune(&mut self, before: &str) -> Result<Pruned, AuditError> {
+    fn prune(&mut self, before: &str, keep_from: u64) -> Result<Pruned, AuditError> {
         if let Some(error) = &self.failed {
             return Err(error.clone());
         }
@@ -618,7 +659,7 @@ impl Writer {
                 // Left by an interrupted prune: hashed already.
                 Some(seq) if seq < already => {}
                 // Only what a checkpoint vouches for, oldest first.
-                Some(seq) if seq < self.signed_size && time < before => {
+                Some(seq) if seq < self.signed_size.min(keep_from) && time < before => {
                     leaves.push(leaf_hash(&line[..n - 1]));
                 }
                 _ => break,

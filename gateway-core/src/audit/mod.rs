@@ -5,10 +5,12 @@
 //!
 //! [`log`] is the durable, group-committed store; [`event`] says what a
 //! record holds (the PCI DSS 10.2.2 fields) and gives every stage one
-//! handle on the log. `tollgate evidence` (crate::evidence) exports what a QSA asks for.
+//! handle on the log; [`siem`] streams it to SIEMs. `tollgate evidence`
+//! (crate::evidence) exports what a QSA asks for.
 
 pub mod event;
 pub mod log;
 pub mod note;
+pub mod siem;
 pub mod tree;
 pub mod verify;

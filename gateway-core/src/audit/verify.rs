@@ -519,7 +519,7 @@ mod tests {
         let (dir, key) = log_with(10).await;
         let log = open(dir.path()).await;
         // Everything is older than a cutoff in the future, all of it signed.
-        let pruned = log.prune("2999-01-01T00:00:00Z").await.unwrap();
+        let pruned = log.prune("2999-01-01T00:00:00Z", u64::MAX).await.unwrap();
         assert_eq!(pruned.records, 10);
         assert_eq!(pruned.first_kept, 10);
         let report = verify_dir(dir.path(), &key);
@@ -530,7 +530,7 @@ mod tests {
             "{report}"
         );
         // Nothing more to prune but the announcement (older than the cutoff).
-        let again = log.prune("2999-01-01T00:00:00Z").await.unwrap();
+        let again = log.prune("2999-01-01T00:00:00Z", u64::MAX).await.unwrap();
         assert_eq!((again.records, again.first_kept), (1, 11));
         drop(log);
         let log = open(dir.path()).await;
@@ -548,7 +548,7 @@ mod tests {
         let (dir, key) = log_with(6).await;
         let before = std::fs::read(records_path(dir.path())).unwrap();
         let log = open(dir.path()).await;
-        log.prune("2999-01-01T00:00:00Z").await.unwrap();
+        log.prune("2999-01-01T00:00:00Z", u64::MAX).await.unwrap();
         drop(log);
         // As if the process died after keeping the hashes, before removing:
         // the old records are still in front of the announcement.

@@ -104,6 +104,33 @@ pub struct AuditConfig {
     /// Days recordings and audit records are kept (PCI DSS 10.5.1 asks for 12 months).
     #[serde(default = "default_retention_days")]
     pub retention_days: u32,
+    /// SIEMs the audit log is streamed to.
+    #[serde(default)]
+    pub siem: Vec<SiemConfig>,
+}
+
+/// `[[audit.siem]]`: one SIEM the audit log is streamed to.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SiemConfig {
+    /// A name for the sink (its cursor file is `audit/siem/<name>.cursor`).
+    pub name: String,
+    /// `syslog+tls://host:port` (RFC 5425), `syslog+tcp://host:port`
+    /// (RFC 6587), or an `https://` URL for the JSON webhook.
+    pub url: String,
+    /// A CA (PEM) to trust for the SIEM's certificate, besides the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Webhook only: a bearer token sent as `Authorization`.
+    #[serde(default)]
+    pub token: Option<CredentialSource>,
+    /// Records per delivery.
+    #[serde(default = "default_siem_batch")]
+    pub batch: usize,
+}
+
+fn default_siem_batch() -> usize {
+    500
 }
 
 impl Default for AuditConfig {
@@ -115,6 +142,7 @@ impl Default for AuditConfig {
             recordings: String::new(),
             preview_rows: default_preview_rows(),
             retention_days: default_retention_days(),
+            siem: Vec::new(),
         }
     }
 }

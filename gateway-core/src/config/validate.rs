@@ -149,6 +149,61 @@ pub(super) fn validate(config: &Config, file: &str, text: &str) -> Result<(), Co
             "leave empty for SQLite in the data directory, or give a postgres:// URL".into(),
         ));
     }
+    let mut names = std::collections::HashSet::new();
+    for siem in &audit.siem {
+        let key = format!("audit.siem.{}", siem.name);
+        if siem.name.is_empty()
+            || !siem
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            || !names.insert(siem.name.as_str())
+        {
+            return Err(invalid(
+                &(0..0),
+                "audit.siem.name".into(),
+                format!(
+                    "\"{}\": each SIEM needs its own name of letters, digits, '-' and '_'",
+                    siem.name
+                ),
+            ));
+        }
+        let url = url::Url::parse(&siem.url)
+            .map_err(|e| invalid(&(0..0), key.clone(), format!("url {}: {e}", siem.url)))?;
+        let loopback = url.host_str().is_some_and(|h| {
+            h == "localhost"
+                || h.trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        });
+        match url.scheme() {
+            "syslog+tls" | "https" => {}
+            "syslog+tcp" | "http" if loopback => {}
+            "syslog+tcp" | "http" => {
+                return Err(invalid(
+                    &(0..0),
+                    key,
+                    "audit records leave the host in clear: use syslog+tls:// or https:// (plain only to a loopback address)".into(),
+                ));
+            }
+            other => {
+                return Err(invalid(
+                    &(0..0),
+                    key,
+                    format!(
+                        "url scheme {other}: use syslog+tls://host:port, syslog+tcp://host:port or https://..."
+                    ),
+                ));
+            }
+        }
+        if siem.token.is_some() && url.scheme().starts_with("syslog") {
+            return Err(invalid(
+                &(0..0),
+                key,
+                "token is for the https webhook; syslog sinks authenticate the server by its certificate".into(),
+            ));
+        }
+    }
     if audit.retention_days < 90 {
         return Err(invalid(
             &(0..0),

@@ -25,15 +25,21 @@ pub struct Swept {
 /// How often the gateway sweeps.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(3600);
 
-/// Remove what is older than `days` at `now`. The audit log announces its
-/// own prune; the recordings' prune is recorded after it, as a success or
-/// a failure.
-pub async fn sweep(recording: &Recording, days: u32, now: SystemTime) -> Result<Swept, AuditError> {
+/// Remove what is older than `days` at `now`, except audit records from
+/// `keep_from` on (not yet delivered to a SIEM). The audit log announces
+/// its own prune; the recordings' prune is recorded after it, as a success
+/// or a failure.
+pub async fn sweep(
+    recording: &Recording,
+    days: u32,
+    now: SystemTime,
+    keep_from: u64,
+) -> Result<Swept, AuditError> {
     let cutoff = now
         .checked_sub(Duration::from_secs(u64::from(days) * 86_400))
         .unwrap_or(SystemTime::UNIX_EPOCH);
     let before = crate::policy::rfc3339(cutoff);
-    let pruned = recording.auditor.log().prune(&before).await?;
+    let pruned = recording.auditor.log().prune(&before, keep_from).await?;
     let before_ms = cutoff
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
