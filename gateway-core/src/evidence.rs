@@ -254,11 +254,12 @@ pub async fn export(
     progress.stage("copying the audit log", 1);
     let verifier = Verifier::parse(&key).map_err(|e| io("verifier key", e))?;
     let (size, checkpoint_lines) = last_signed(&audit_dir, &verifier)?;
-    // Hashes first: a prune running meanwhile only ever adds to them.
-    let pruned = std::fs::read(pruned_path(&audit_dir)).unwrap_or_default();
-    let pruned = &pruned[..pruned.len() - pruned.len() % 32];
+    // Records first, then hashes: a prune running in between only adds
+    // hashes of records read here too, which the filter below drops.
     let records_text = std::fs::read(records_path(&audit_dir))
         .map_err(|e| io(records_path(&audit_dir).display(), e))?;
+    let pruned = std::fs::read(pruned_path(&audit_dir)).unwrap_or_default();
+    let pruned = &pruned[..pruned.len() - pruned.len() % 32];
     let first_kept = (pruned.len() / 32) as u64;
     let lines: Vec<&[u8]> = records_text
         .split(|&b| b == b'\n')
@@ -407,7 +408,7 @@ pub async fn export(
     let proven: Vec<u64> = in_window
         .iter()
         .filter_map(|r| r.get("seq").and_then(Value::as_u64))
-        .filter(|s| *s < size)
+        .filter(|s| *s < size && (*s as usize) < leaves.len())
         .take(MAX_PROOFS)
         .collect();
     progress.stage("computing inclusion proofs", proven.len() as u64);

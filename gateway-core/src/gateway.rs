@@ -394,14 +394,14 @@ impl RunningGateway {
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
         let _ = (&mut self.task).await;
-        if !self.drained(self.grace).await {
-            let _ = self.ending.send(true);
-            if !self.drained(ENDING_TIMEOUT).await {
-                tracing::warn!(
-                    sessions = self.cancels.len(),
-                    "sessions did not end at shutdown"
-                );
-            }
+        self.drained(self.grace).await;
+        // Also ends sessions still logging in: they stop as they reach the relay.
+        let _ = self.ending.send(true);
+        if !self.drained(ENDING_TIMEOUT).await {
+            tracing::warn!(
+                sessions = self.cancels.len(),
+                "sessions did not end at shutdown"
+            );
         }
         let stopped = Event::new("gateway.stop", Outcome::Success)
             .resource(serde_json::json!({ "listen": self.local_addr.to_string() }))

@@ -258,6 +258,19 @@ impl TestGateway {
     pub fn sessions(&self) -> usize {
         self.running.as_ref().map_or(0, |r| r.sessions())
     }
+
+    /// Wait until no session is live and every frame is in the store (a
+    /// client process may exit before the gateway has seen it go).
+    pub async fn settle(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.sessions() > 0 {
+            assert!(std::time::Instant::now() < deadline, "sessions did not end");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        if let Some(running) = &self.running {
+            running.recording().store.flush().await;
+        }
+    }
 }
 
 /// rustls client setup trusting the certificates in the PEM file `ca`.

@@ -79,6 +79,7 @@ async fn recordings_and_the_audit_log_by_role_and_every_read_on_record() {
     );
     let rows = output.ok();
     assert!(rows.contains("411111******1111"), "{rows}");
+    gw.settle().await;
 
     let auditor = gw.token("qsa", &["auditors"]);
     let analyst = gw.token("ana", &["analysts"]);
@@ -192,6 +193,15 @@ async fn recordings_and_the_audit_log_by_role_and_every_read_on_record() {
         .get("/api/v1/sessions/nope/frames", Some(&analyst))
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = api
+        .get(
+            &format!("/api/v1/sessions/{id}/frames?limit=abc"),
+            Some(&analyst),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let error: Value = serde_json::from_str(&body).expect("errors are JSON");
+    assert_eq!(error["error"], "bad_request", "{body}");
     let (status, body) = api
         .get("/api/v1/sessions?from=yesterday", Some(&analyst))
         .await;

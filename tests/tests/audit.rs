@@ -533,6 +533,7 @@ async fn retention_prunes_old_records_and_recordings_and_what_remains_verifies()
     let token = gw.token("ops", &["admins"]);
     gw.psql(&token, &["-c", "SELECT count(*) FROM customers"])
         .ok();
+    gw.settle().await;
     let recording = gw.running.as_ref().unwrap().recording().clone();
     recording.auditor.log().checkpoint().await.unwrap();
     recording.store.flush().await;

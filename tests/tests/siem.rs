@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -187,14 +188,19 @@ async fn the_audit_log_streams_to_rsyslog_over_tls() {
 
 type Received = Arc<Mutex<BTreeMap<u64, Value>>>;
 
-/// A webhook receiver on `port`: stores every record it is posted.
-async fn webhook(port: u16, received: Received) -> tokio::task::JoinHandle<()> {
+/// A webhook receiver: answers 503 while `up` is false, then stores every
+/// record it is posted. Bound at once, so no other test can take its port.
+async fn webhook(up: Arc<AtomicBool>, received: Received) -> (u16, tokio::task::JoinHandle<()>) {
     use axum::{Json, Router, http::HeaderMap, http::StatusCode, routing::post};
     let app = Router::new().route(
         "/hook",
         post(move |headers: HeaderMap, Json(body): Json<Value>| {
             let received = received.clone();
+            let up = up.clone();
             async move {
+                if !up.load(Ordering::SeqCst) {
+                    return StatusCode::SERVICE_UNAVAILABLE;
+                }
                 if headers.get("authorization").and_then(|v| v.to_str().ok())
                     != Some("Bearer s3cret-token")
                 {
@@ -208,17 +214,19 @@ async fn webhook(port: u16, received: Received) -> tokio::task::JoinHandle<()> {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    tokio::spawn(async move {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
         axum::serve(listener, app).await.unwrap();
-    })
+    });
+    (port, server)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nothing_is_lost_while_the_webhook_is_down_and_delivery_resumes_after_a_restart() {
-    let port = free_port();
+    let up = Arc::new(AtomicBool::new(false));
+    let received: Received = Arc::default();
+    let (port, server) = webhook(up.clone(), received.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().to_path_buf();
     let siem = format!(
@@ -232,8 +240,8 @@ async fn nothing_is_lost_while_the_webhook_is_down_and_delivery_resumes_after_a_
             .ok();
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let received: Received = Arc::default();
-    let server = webhook(port, received.clone()).await;
+    assert!(received.lock().unwrap().is_empty());
+    up.store(true, Ordering::SeqCst);
     let got = wait_for_all(&data_dir, || received.lock().unwrap().clone()).await;
     let events: Vec<&str> = got.values().filter_map(|r| r["event"].as_str()).collect();
     assert_eq!(

@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -65,6 +66,13 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
         .route("/api/v1/sessions/{id}/asciicast", get(asciicast))
         .route("/api/v1/audit/records", get(audit_records))
         .route("/api/v1/audit/checkpoint", get(audit_checkpoint))
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint answers GET only",
+            )
+        })
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -197,6 +205,14 @@ impl ApiContext {
                     analyst,
                 })
             }
+            Err(AuthError::KeysUnavailable(detail)) => {
+                tracing::error!(error = %detail, "API: the token issuer's keys cannot be fetched");
+                Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "issuer_unavailable",
+                    "the gateway cannot fetch the token issuer's signing keys right now; try again shortly",
+                ))
+            }
             Err(e) => {
                 let message = match e {
                     AuthError::MissingToken => {
@@ -260,6 +276,17 @@ impl ApiContext {
     }
 }
 
+/// The query string, or a JSON 400 that says what is wrong with it.
+fn query<T>(parsed: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    parsed.map(|Query(q)| q).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("{}; see docs/api.md for the parameters", e.body_text()),
+        )
+    })
+}
+
 fn store_error(e: impl std::fmt::Display) -> ApiError {
     tracing::error!(error = %e, "recording store read failed");
     ApiError::new(
@@ -310,9 +337,10 @@ async fn sessions(
     State(ctx): State<Arc<ApiContext>>,
     ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     headers: HeaderMap,
-    Query(window): Query<Window>,
+    window: Result<Query<Window>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = ctx.caller(&headers, peer).await?;
+    let window = query(window)?;
     let resource = json!({ "sessions": { "from": window.from, "to": window.to } });
     if !(caller.auditor || caller.analyst) {
         return Err(ctx
@@ -430,9 +458,10 @@ async fn frames(
     ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    Query(page): Query<Page>,
+    page: Result<Query<Page>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = ctx.caller(&headers, peer).await?;
+    let page = query(page)?;
     let after = page.after.unwrap_or(-1);
     let resource = json!({ "session": id, "frames_after": after });
     if !(caller.auditor || caller.analyst) {
@@ -511,22 +540,21 @@ async fn audit_records(
     State(ctx): State<Arc<ApiContext>>,
     ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     headers: HeaderMap,
-    Query(page): Query<Page>,
+    page: Result<Query<Page>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = ctx.caller(&headers, peer).await?;
+    let page = query(page)?;
     let resource = json!({ "audit_log": "records", "after": page.after });
     if !caller.auditor {
         return Err(ctx.forbid(&caller, "audit.read", resource, "auditor").await);
     }
     let limit = page.limit()?;
-    let dir = ctx.recording.auditor.log().dir().to_path_buf();
+    let log = ctx.recording.auditor.log().clone();
     let after = page.after.and_then(|a| u64::try_from(a).ok());
-    let records = tokio::task::spawn_blocking(move || {
-        crate::audit::log::read_records(&dir, after, limit as usize)
-    })
-    .await
-    .map_err(store_error)?
-    .map_err(store_error)?;
+    let records = tokio::task::spawn_blocking(move || log.read(after, limit as usize))
+        .await
+        .map_err(store_error)?
+        .map_err(store_error)?;
     let next = (records.len() as u32 == limit)
         .then(|| records.last().and_then(|r| r.get("seq")).cloned())
         .flatten();

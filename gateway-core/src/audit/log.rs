@@ -13,6 +13,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -106,6 +108,9 @@ pub struct AuditLog {
     tx: mpsc::Sender<Command>,
     verifier_key: String,
     dir: PathBuf,
+    /// Bytes of `audit.jsonl` that are durable (fsynced and acknowledged):
+    /// readers never look past them.
+    durable: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -316,13 +321,25 @@ fn recover(dir: &Path) -> Result<(Tree, u64), AuditError> {
 fn drop_prefix(dir: &Path, bytes: u64) -> Result<(), AuditError> {
     let path = records_path(dir);
     let tmp = dir.join("audit.jsonl.tmp");
-    let mut from = File::open(&path).map_err(|e| io(&path, e))?;
-    from.seek(SeekFrom::Start(bytes))
-        .map_err(|e| io(&path, e))?;
-    let mut to = File::create(&tmp).map_err(|e| io(&tmp, e))?;
-    std::io::copy(&mut from, &mut to).map_err(|e| io(&tmp, e))?;
-    to.sync_all().map_err(|e| io(&tmp, e))?;
+    let copied = (|| {
+        let mut from = File::open(&path).map_err(|e| io(&path, e))?;
+        from.seek(SeekFrom::Start(bytes))
+            .map_err(|e| io(&path, e))?;
+        let mut to = File::create(&tmp).map_err(|e| io(&tmp, e))?;
+        std::io::copy(&mut from, &mut to).map_err(|e| io(&tmp, e))?;
+        to.sync_all().map_err(|e| io(&tmp, e))
+    })();
+    if let Err(e) = copied {
+        // A partial copy must not keep a full disk full.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     std::fs::rename(&tmp, &path).map_err(|e| io(&path, e))?;
+    sync_dir(dir)
+}
+
+/// Make a directory's entries (a new or renamed file) durable.
+fn sync_dir(dir: &Path) -> Result<(), AuditError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| io(dir, e))
@@ -375,7 +392,9 @@ impl AuditLog {
             .open(&checkpoints)
             .map_err(|e| io(&checkpoints, e))?;
         let (tx, rx) = mpsc::channel();
+        let durable = Arc::new(AtomicU64::new(good_bytes));
         let mut writer = Writer {
+            durable: durable.clone(),
             dir: dir.to_path_buf(),
             _lock: lock,
             records,
@@ -406,6 +425,7 @@ impl AuditLog {
             tx,
             verifier_key,
             dir: dir.to_path_buf(),
+            durable,
         })
     }
 
@@ -453,6 +473,18 @@ impl AuditLog {
         done.await.map_err(|_| AuditError::Stopped)?
     }
 
+    /// Up to `limit` durable records with `seq > after` (from the first
+    /// kept record when `after` is `None`), oldest first. Never a record
+    /// whose append has not been acknowledged. Blocking file IO.
+    pub fn read(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Map<String, Value>>, AuditError> {
+        let bytes = self.durable.load(Ordering::Acquire);
+        read_up_to(&self.dir, after, limit, bytes)
+    }
+
     /// Close the log: sign what is unsigned, stop the writer and release
     /// the lock, so another writer (a restarted gateway) can open it. Later
     /// appends through any handle fail with [`AuditError::Stopped`].
@@ -490,6 +522,7 @@ struct Writer {
     signed_size: u64,
     signed_at: Instant,
     failed: Option<AuditError>,
+    durable: Arc<AtomicU64>,
 }
 
 /// Most records written in one batch (one fsync).
@@ -611,6 +644,7 @@ impl Writer {
                 self.tree.push(leaf);
             }
             self.good_bytes += buffer.len() as u64;
+            self.publish();
         }
         for (seq, reply) in waiting {
             let _ = reply.send(Ok(seq));
@@ -709,18 +743,40 @@ impl Writer {
             .write_all(&leaves.concat())
             .and_then(|()| hashes.sync_all())
             .map_err(|e| io(&pruned, e))?;
-        // 3. Remove the records.
-        drop_prefix(&self.dir, cut)?;
-        self.file = OpenOptions::new()
+        // The hashes file may be new: its entry must outlive a crash.
+        sync_dir(&self.dir)?;
+        // 3. Remove the records. Whatever happened, appends must go to the
+        // file now named audit.jsonl, never to a replaced one.
+        let removed = drop_prefix(&self.dir, cut);
+        let reopened = OpenOptions::new()
             .append(true)
             .open(&self.records)
-            .map_err(|e| io(&self.records, e))?;
-        self.good_bytes -= cut;
+            .and_then(|file| Ok((file.metadata()?.len(), file)));
+        match reopened {
+            Ok((len, file)) if len + cut == self.good_bytes => {
+                self.file = file;
+                self.good_bytes = len;
+            }
+            Ok((len, file)) if len == self.good_bytes => self.file = file,
+            Ok(_) | Err(_) => {
+                let error = io(&self.records, "cannot reopen the records after a prune");
+                tracing::error!(target: "tollgate::audit", %error, "statements are refused until the gateway restarts");
+                self.failed = Some(error.clone());
+                return Err(error);
+            }
+        }
+        removed?;
+        self.publish();
         self.sign()?;
         Ok(Pruned {
             records: leaves.len() as u64,
             first_kept,
         })
+    }
+
+    /// Let readers see up to the last acknowledged record.
+    fn publish(&self) {
+        self.durable.store(self.good_bytes, Ordering::Release);
     }
 
     /// Append the records other processes left in the inbox.
@@ -819,13 +875,11 @@ fn rfc3339_now() -> String {
     crate::policy::rfc3339(SystemTime::now())
 }
 
-/// Up to `limit` records of the log in `dir` with `seq > after` (from the
-/// first kept record when `after` is `None`), oldest first. Reads what is
-/// on disk; a torn last line is not a record yet.
-pub fn read_records(
+fn read_up_to(
     dir: &Path,
     after: Option<u64>,
     limit: usize,
+    bytes: u64,
 ) -> Result<Vec<Map<String, Value>>, AuditError> {
     let path = records_path(dir);
     let file = match File::open(&path) {
@@ -834,7 +888,7 @@ pub fn read_records(
         Err(e) => return Err(io(&path, e)),
     };
     let mut records = Vec::new();
-    let mut reader = BufReader::new(file);
+    let mut reader = BufReader::new(std::io::Read::take(file, bytes));
     let mut line = Vec::new();
     while records.len() < limit {
         line.clear();

@@ -23,7 +23,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::event::{Auditor, Event, Outcome};
-use super::log::{AuditError, canonical, read_records};
+use super::log::{AuditError, canonical};
 use crate::config::{SiemConfig, UpstreamTlsMode};
 
 /// Why a sink cannot start.
@@ -167,12 +167,10 @@ impl Sink {
             }
             let next = cursor(&dir, &self.name);
             let batch = self.batch;
-            let read_dir = dir.clone();
-            let records = tokio::task::spawn_blocking(move || {
-                read_records(&read_dir, next.checked_sub(1), batch)
-            })
-            .await
-            .unwrap_or(Err(AuditError::Stopped));
+            let log = auditor.log().clone();
+            let records = tokio::task::spawn_blocking(move || log.read(next.checked_sub(1), batch))
+                .await
+                .unwrap_or(Err(AuditError::Stopped));
             let records = match records {
                 Ok(records) if records.is_empty() => {
                     let _ = tokio::time::timeout(Duration::from_millis(500), stop.changed()).await;
@@ -323,15 +321,28 @@ async fn send_webhook(
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
+    // Name the server only: a webhook URL may carry a secret in its path
+    // or query, and these messages reach logs and audit records.
+    let server = url::Url::parse(url)
+        .ok()
+        .and_then(|u| {
+            Some(format!(
+                "{}://{}:{}",
+                u.scheme(),
+                u.host_str()?,
+                u.port_or_known_default()?
+            ))
+        })
+        .unwrap_or_else(|| "the webhook".into());
     let response = request
         .send()
         .await
-        .map_err(|e| format!("POST {url}: {}", without_url(&e)))?;
+        .map_err(|e| format!("POST to {server}: {}", without_url(&e)))?;
     let status = response.status();
     if status.is_success() {
         Ok(())
     } else {
-        Err(format!("POST {url}: HTTP {status}"))
+        Err(format!("POST to {server}: HTTP {status}"))
     }
 }
 

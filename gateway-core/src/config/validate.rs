@@ -61,6 +61,9 @@ fn line_of(text: &str, span: &Range<usize>) -> usize {
         .map_or(0, |t| t.matches('\n').count() + 1)
 }
 
+/// Largest `record_results_bytes` (16 MiB per result).
+const MAX_RECORD_RESULTS_BYTES: u64 = 16 * 1024 * 1024;
+
 const ASYMMETRIC_ALGORITHMS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 ];
@@ -120,6 +123,20 @@ pub(super) fn validate(config: &Config, file: &str, text: &str) -> Result<(), Co
                     "the API on the non-loopback address {} needs TLS (callers send their access token): \
                      configure [server.tls] or listen on 127.0.0.1",
                     api.get_ref()
+                ),
+            ));
+        }
+    }
+    for connection in &config.connections {
+        let c = connection.get_ref();
+        if c.record_results_bytes > MAX_RECORD_RESULTS_BYTES {
+            return Err(invalid(
+                &connection.span(),
+                format!("connection.{}.record_results_bytes", c.name),
+                format!(
+                    "{} bytes per result is more than a recording should hold (at most {MAX_RECORD_RESULTS_BYTES}); \
+                     export large results from the database instead",
+                    c.record_results_bytes
                 ),
             ));
         }

@@ -407,7 +407,12 @@ async fn run_session(established: Established, peer: SocketAddr, ctx: &PgContext
                 "57P01",
                 "terminating connection because the gateway is shutting down; reconnect to retry",
             );
-            let _ = client.write_all(error.to_frame().raw()).await;
+            // A client that reads nothing does not hold up the shutdown.
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                client.write_all(error.to_frame().raw()),
+            )
+            .await;
             Some("gateway shut down".to_string())
         }
         Err(relay::RelayError::ClientProtocol(e)) => {
