@@ -110,6 +110,12 @@ const SCHEMA: &[&str] = &[
 /// Most frames written in one transaction.
 const BATCH: usize = 1000;
 
+/// Frames per INSERT statement (5 parameters each).
+const FRAMES_PER_INSERT: usize = 100;
+
+/// How long the writer lets writes gather before a transaction.
+const LINGER: Duration = Duration::from_millis(10);
+
 impl Store {
     /// Open the store: `url` empty for SQLite at `data_dir/recordings.sqlite3`,
     /// else a `postgres://` URL. Creates the tables if needed.
@@ -330,8 +336,18 @@ async fn writer(
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     loop {
-        if batch.is_empty() && rx.recv_many(&mut batch, BATCH).await == 0 {
-            return;
+        if batch.is_empty() {
+            if rx.recv_many(&mut batch, BATCH).await == 0 {
+                return;
+            }
+            // Let a busy gateway's frames share one transaction.
+            tokio::time::sleep(LINGER).await;
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(write) => batch.push(write),
+                    Err(_) => break,
+                }
+            }
         }
         match write_batch(&pool, &batch).await {
             Ok(()) => {
@@ -377,19 +393,45 @@ async fn write_batch(pool: &AnyPool, batch: &[Write]) -> Result<(), sqlx::Error>
                     .execute(&mut *tx)
                     .await?;
             }
-            Write::Frame(session, frame) => {
-                sqlx::query(
-                    "INSERT INTO tollgate_frames (session_id, seq, at_us, kind, body) VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(session)
+            Write::Frame(..) => {}
+        }
+    }
+    // Frames in multi-row inserts: one round trip to the database per
+    // FRAMES_PER_INSERT frames rather than per frame.
+    let frames: Vec<(&String, &Frame)> = batch
+        .iter()
+        .filter_map(|w| match w {
+            Write::Frame(session, frame) => Some((session, frame)),
+            _ => None,
+        })
+        .collect();
+    for chunk in frames.chunks(FRAMES_PER_INSERT) {
+        let mut sql = String::from("INSERT INTO tollgate_frames (session_id, seq, at_us, kind, body) VALUES ");
+        for n in 0..chunk.len() {
+            let p = n * 5;
+            if n > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${})",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5
+            ));
+        }
+        // Only placeholders are built into the text; every value is bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (session, frame) in chunk {
+            query = query
+                .bind(*session)
                 .bind(frame.seq as i64)
                 .bind(frame.at_us as i64)
                 .bind(&frame.kind)
-                .bind(frame.body.to_string())
-                .execute(&mut *tx)
-                .await?;
-            }
+                .bind(frame.body.to_string());
         }
+        query.execute(&mut *tx).await?;
     }
     tx.commit().await
 }
