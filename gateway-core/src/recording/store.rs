@@ -406,7 +406,9 @@ async fn write_batch(pool: &AnyPool, batch: &[Write]) -> Result<(), sqlx::Error>
         })
         .collect();
     for chunk in frames.chunks(FRAMES_PER_INSERT) {
-        let mut sql = String::from("INSERT INTO tollgate_frames (session_id, seq, at_us, kind, body) VALUES ");
+        let mut sql = String::from(
+            "INSERT INTO tollgate_frames (session_id, seq, at_us, kind, body) VALUES ",
+        );
         for n in 0..chunk.len() {
             let p = n * 5;
             if n > 0 {
