@@ -35,6 +35,8 @@ pub enum DevError {
 pub struct DevOptions {
     /// Listen address (default 127.0.0.1:6432).
     pub listen: Option<SocketAddr>,
+    /// The API's listen address (default 127.0.0.1:6433).
+    pub api_listen: Option<SocketAddr>,
     /// Data directory (default `.tollgate`).
     pub data_dir: Option<PathBuf>,
     /// Also trust this OIDC issuer.
@@ -48,6 +50,9 @@ pub fn dev_config(options: &DevOptions) -> Result<Config, DevError> {
     let mut config = Config::parse(DEV_CONFIG, "fixtures/dev.toml (embedded)", Path::new("."))?;
     if let Some(listen) = options.listen {
         config.server.listen = Spanned::new(0..0, listen);
+    }
+    if let Some(listen) = options.api_listen {
+        config.api.listen = Some(Spanned::new(0..0, listen));
     }
     if let Some(dir) = &options.data_dir {
         config.server.data_dir = dir.clone();

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::ApiContext;
+use crate::approvals::{Approvals, Settings};
 use crate::audit::event::{Auditor, Event, Outcome};
 use crate::audit::log::{AuditLog, CheckpointEvery};
 use crate::audit::siem::{self, Sink};
@@ -198,6 +199,16 @@ impl Gateway {
             ))
         });
         let policy_digest = policy.as_ref().map(|p| p.current().digest().to_string());
+        let approvals_config = &self.config.approvals;
+        let approvals = Approvals::new(
+            Settings {
+                expire: Duration::from_secs(approvals_config.expire_secs),
+                require_mfa: approvals_config.require_mfa,
+                max_window: Duration::from_secs(approvals_config.max_window_secs),
+            },
+            auditor.clone(),
+        );
+        let api_policy = policy.clone();
         let guard = policy.map(|policy| {
             policy.watch(
                 Duration::from_millis(self.config.policy.reload_check_ms.max(100)),
@@ -207,6 +218,8 @@ impl Gateway {
                 policy,
                 shapes,
                 estimate_timeout: Duration::from_millis(self.config.policy.estimate_timeout_ms),
+                // Held requests need somewhere approvers can decide them.
+                approvals: self.config.api.listen.is_some().then(|| approvals.clone()),
             })
         });
         let cancels = Arc::new(CancelRegistry::default());
@@ -250,7 +263,17 @@ impl Gateway {
                     recording: recording.clone(),
                     auditor_groups: self.config.api.auditor_groups.clone(),
                     analyst_groups: self.config.api.analyst_groups.clone(),
+                    approvals: approvals.clone(),
+                    policy: api_policy,
+                    connections: self
+                        .config
+                        .connections
+                        .iter()
+                        .map(|c| c.get_ref().name.clone())
+                        .collect(),
+                    stopping: shutdown.subscribe(),
                 });
+                write_api_file(&server.data_dir, bound_addr, tls.is_some());
                 let stopping = shutdown.subscribe();
                 tokio::spawn(async move {
                     if let Err(e) = crate::api::serve(bound, tls, api_ctx, stopping).await {
@@ -360,6 +383,42 @@ pub fn load_policy(
         config.files.clone(),
         config.starter,
     )))
+}
+
+/// The file in the data directory that tells local tools (`tollgate
+/// approvals`) where this gateway's API listens.
+pub const API_FILE: &str = "api.json";
+
+/// Tell local tools where the API listens, and which certificate to trust
+/// when the gateway made its own.
+fn write_api_file(data_dir: &std::path::Path, addr: SocketAddr, tls: bool) {
+    let host = if addr.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        addr.ip().to_string()
+    };
+    let url = if addr.is_ipv6() {
+        format!(
+            "{}://[{host}]:{}",
+            if tls { "https" } else { "http" },
+            addr.port()
+        )
+    } else {
+        format!(
+            "{}://{host}:{}",
+            if tls { "https" } else { "http" },
+            addr.port()
+        )
+    };
+    let cert = data_dir.join(crate::listener::tls::SELF_SIGNED_CERT);
+    let body = serde_json::json!({
+        "url": url,
+        "ca_file": cert.exists().then(|| cert.display().to_string()),
+        "pid": std::process::id(),
+    });
+    if let Err(e) = std::fs::write(data_dir.join(API_FILE), body.to_string()) {
+        tracing::warn!(error = %e, "could not write {API_FILE}; `tollgate approvals` will need --gateway");
+    }
 }
 
 /// How long ended sessions get to write their last frames and records.

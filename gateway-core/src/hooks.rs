@@ -7,7 +7,7 @@
 //!
 //! | point | called | may |
 //! |---|---|---|
-//! | [`SessionHooks::statement`] | per statement-bearing message (simple Query, Parse) before it goes upstream | allow, refuse with an error, or wait (catalog, estimate, approval) and be asked again |
+//! | [`SessionHooks::statement`] | per statement-bearing message (simple Query, Parse) before it goes upstream | allow, refuse with an error, wait (catalog, estimate) or hold for approval with a notice, and be asked again |
 //! | [`SessionHooks::ready`] | per ReadyForQuery | follow the transaction status |
 //! | [`SessionHooks::result_value`] | per result cell, error/notice field, copy row and notification payload | rewrite the bytes (masking) |
 //! | [`SessionHooks::event`] | per session event (connect, statement, error, cancel, disconnect) | record |
@@ -63,6 +63,14 @@ pub enum Verdict {
     /// messages), then asks again about the same statement. Used for work
     /// a decision needs first: a catalog read, a row estimate, an approval.
     Wait(Pin<Box<dyn Future<Output = ()> + Send>>),
+    /// Held for a person's approval: the relay tells the client `notice`
+    /// (a NoticeResponse), then waits like [`Verdict::Wait`] and asks again.
+    Hold {
+        /// What the client is told: the request id, who was notified, when it expires.
+        notice: String,
+        /// Resolves once the request is decided, expires or is withdrawn.
+        until: Pin<Box<dyn Future<Output = ()> + Send>>,
+    },
 }
 
 impl std::fmt::Debug for Verdict {
@@ -70,6 +78,7 @@ impl std::fmt::Debug for Verdict {
         match self {
             Verdict::Decided(d) => f.debug_tuple("Decided").field(d).finish(),
             Verdict::Wait(_) => f.write_str("Wait"),
+            Verdict::Hold { notice, .. } => f.debug_struct("Hold").field("notice", notice).finish(),
         }
     }
 }
@@ -137,6 +146,10 @@ pub struct Ruling {
     pub cardholder: bool,
     /// The policy that refused it or holds it for approval.
     pub policy: Option<String>,
+    /// The approval request that let it through, if one did.
+    pub approval: Option<String>,
+    /// The window grant that let it through, if one did.
+    pub grant: Option<String>,
 }
 
 /// A session-level event, for recording and audit.

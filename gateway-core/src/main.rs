@@ -89,6 +89,14 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// List and decide approval requests (as an approver, with the token in
+    /// TOLLGATE_TOKEN or --token), on the local gateway or --gateway URL.
+    Approvals {
+        #[command(subcommand)]
+        action: ApprovalsAction,
+        #[command(flatten)]
+        target: ApprovalsTarget,
+    },
     /// Manage upstream credentials in the OS keyring.
     Keyring {
         #[command(subcommand)]
@@ -148,6 +156,60 @@ impl GatewayArgs {
 }
 
 #[derive(Subcommand)]
+enum ApprovalsAction {
+    /// Pending requests and grants in force.
+    List {
+        /// Print the API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a request (once, or --for a window).
+    Approve {
+        /// The request id (ap_...).
+        id: String,
+        /// Why (the audit log keeps it).
+        #[arg(long)]
+        reason: String,
+        /// Approve matching statements of the requester for this long, e.g. 30m.
+        #[arg(long = "for")]
+        window: Option<String>,
+    },
+    /// Deny a request.
+    Deny {
+        /// The request id (ap_...).
+        id: String,
+        /// Why (the requester is told).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Revoke a window grant.
+    Revoke {
+        /// The grant id (gr_...).
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// Which gateway and whose token.
+#[derive(clap::Args)]
+struct ApprovalsTarget {
+    /// The approver's access token.
+    #[arg(long, env = "TOLLGATE_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// The gateway's API, e.g. https://gateway.example.com:6433 (default: the local gateway).
+    #[arg(long, global = true)]
+    gateway: Option<String>,
+    /// A CA certificate (PEM) to trust for the API's certificate.
+    #[arg(long, global = true)]
+    ca_file: Option<PathBuf>,
+    /// The local gateway's data directory (default: .tollgate).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
 enum KeyringAction {
     /// Store a secret read from standard input (first line), e.g. an upstream password.
     Set {
@@ -165,6 +227,9 @@ struct DevArgs {
     /// Listen address.
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// The API's listen address (approvals, recordings; default 127.0.0.1:6433).
+    #[arg(long)]
+    api_listen: Option<SocketAddr>,
     /// Data directory (default: .tollgate).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -180,6 +245,7 @@ impl From<DevArgs> for DevOptions {
     fn from(a: DevArgs) -> Self {
         DevOptions {
             listen: a.listen,
+            api_listen: a.api_listen,
             data_dir: a.data_dir,
             issuer: a.issuer,
             audience: a.audience,
@@ -292,6 +358,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             drop(pg);
             result
         }
+        Command::Approvals { action, target } => approvals(action, target).await,
         Command::VerifierKey { gateway } => {
             let (config, _) = gateway.load()?;
             let dir = config.server.data_dir.join("audit");
@@ -447,6 +514,69 @@ impl Bar {
             bar.finish();
         }
     }
+}
+
+async fn approvals(action: ApprovalsAction, target: ApprovalsTarget) -> anyhow::Result<()> {
+    use tollgate::approvals::client::{Client, Location, parse_duration, render_list};
+    let Some(token) = target.token.filter(|t| !t.trim().is_empty()) else {
+        anyhow::bail!(
+            "no access token: set TOLLGATE_TOKEN (or pass --token) to an approver's OIDC access token"
+        );
+    };
+    let data_dir = target
+        .data_dir
+        .unwrap_or_else(|| PathBuf::from(".tollgate"));
+    let location = Location::resolve(
+        target.gateway.as_deref(),
+        target.ca_file.as_deref(),
+        &data_dir,
+    )?;
+    let client = Client::new(location, token.trim().to_string())?;
+    match action {
+        ApprovalsAction::List { json } => {
+            let list = client.list().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!("{}", render_list(&list));
+            }
+        }
+        ApprovalsAction::Approve { id, reason, window } => {
+            let window = window
+                .as_deref()
+                .map(parse_duration)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--for {e}"))?;
+            let answer = client.decide(&id, true, &reason, window).await?;
+            let request = &answer["request"];
+            match request["state"].as_str() {
+                Some("approved") => match request["grant"]["until"].as_str() {
+                    Some(until) => println!(
+                        "approved {id}; matching statements of {} pass until {until} (grant {})",
+                        request["requester"]["subject"]
+                            .as_str()
+                            .unwrap_or("the requester"),
+                        request["grant"]["id"].as_str().unwrap_or("")
+                    ),
+                    None => println!("approved {id}; the held statement runs now"),
+                },
+                _ => println!(
+                    "your approval of {id} is on record; it needs {} approvals and has {}",
+                    request["approvals_needed"],
+                    request["approvals"].as_array().map_or(0, Vec::len)
+                ),
+            }
+        }
+        ApprovalsAction::Deny { id, reason } => {
+            client.decide(&id, false, &reason, None).await?;
+            println!("denied {id}; the requester is told your reason");
+        }
+        ApprovalsAction::Revoke { id, reason } => {
+            client.revoke(&id, &reason).await?;
+            println!("revoked grant {id}");
+        }
+    }
+    Ok(())
 }
 
 async fn serve(config: Config, dev_connection: Option<String>) -> anyhow::Result<()> {

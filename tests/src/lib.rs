@@ -18,6 +18,24 @@ use tollgate::{Gateway, RunningGateway};
 
 pub use tollgate;
 
+pub mod console;
+
+/// The `tollgate` binary of this build (built by `cargo test --workspace`).
+pub fn tollgate_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let bin = dir.join("tollgate");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p gateway-core` (cargo test --workspace does)",
+        bin.display()
+    );
+    bin
+}
+
 /// The shared throwaway database of this test binary.
 pub struct Database {
     /// The server.

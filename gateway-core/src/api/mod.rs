@@ -17,6 +17,7 @@
 //! Errors are JSON `{"error": <code>, "message": <what to do>}` with the
 //! matching HTTP status. See `docs/api.md`.
 
+mod approvals;
 pub mod incoming;
 
 use std::net::SocketAddr;
@@ -49,6 +50,14 @@ pub struct ApiContext {
     pub auditor_groups: Vec<String>,
     /// Groups whose members are analysts with replay.
     pub analyst_groups: Vec<String>,
+    /// Held requests and grants.
+    pub approvals: Arc<crate::approvals::Approvals>,
+    /// The policy in force (who may approve where); `None` with `allow_all`.
+    pub policy: Option<crate::policy::PolicyHandle>,
+    /// Names of the configured connections.
+    pub connections: Vec<String>,
+    /// Turns true when the gateway stops (consoles are told and closed).
+    pub stopping: watch::Receiver<bool>,
 }
 
 /// Largest page of frames or records.
@@ -66,11 +75,12 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
         .route("/api/v1/sessions/{id}/asciicast", get(asciicast))
         .route("/api/v1/audit/records", get(audit_records))
         .route("/api/v1/audit/checkpoint", get(audit_checkpoint))
+        .merge(approvals::routes())
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
-                "this endpoint answers GET only",
+                "this endpoint does not answer this method; see docs/api.md",
             )
         })
         .fallback(|| async {
@@ -182,13 +192,11 @@ impl Caller {
 impl ApiContext {
     /// Authenticate the request's bearer token; a failure is audited.
     async fn caller(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<Caller, ApiError> {
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            });
+        self.caller_with(bearer(headers), peer).await
+    }
+
+    /// Authenticate `token`; a failure is audited.
+    async fn caller_with(&self, token: Option<&str>, peer: SocketAddr) -> Result<Caller, ApiError> {
         let result = match token {
             None => Err(AuthError::MissingToken),
             Some(token) => self.auth.authenticate(token).await,
@@ -274,6 +282,17 @@ impl ApiContext {
             ),
         )
     }
+}
+
+/// The bearer token of a request, if it has one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
 }
 
 /// The query string, or a JSON 400 that says what is wrong with it.

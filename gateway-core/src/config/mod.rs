@@ -42,6 +42,44 @@ pub struct Config {
     /// The HTTPS API: recordings and the audit log, by role.
     #[serde(default)]
     pub api: ApiConfig,
+    /// Just-in-time approvals of the statements policies hold.
+    #[serde(default)]
+    pub approvals: ApprovalsConfig,
+}
+
+/// `[approvals]`
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// A held request nobody decides expires after this many seconds (the
+    /// client gets SQLSTATE 42501).
+    #[serde(default = "default_expire_secs")]
+    pub expire_secs: u64,
+    /// Approvers must have used multi-factor authentication (the token's
+    /// `amr`/`acr`). Turn off only where the identity provider cannot say.
+    #[serde(default = "default_true")]
+    pub require_mfa: bool,
+    /// The longest window an approval may grant, in seconds.
+    #[serde(default = "default_max_window_secs")]
+    pub max_window_secs: u64,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        ApprovalsConfig {
+            expire_secs: default_expire_secs(),
+            require_mfa: true,
+            max_window_secs: default_max_window_secs(),
+        }
+    }
+}
+
+fn default_expire_secs() -> u64 {
+    15 * 60
+}
+
+fn default_max_window_secs() -> u64 {
+    8 * 3600
 }
 
 /// `[api]`

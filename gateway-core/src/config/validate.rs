@@ -141,6 +141,14 @@ pub(super) fn validate(config: &Config, file: &str, text: &str) -> Result<(), Co
             ));
         }
     }
+    let approvals = &config.approvals;
+    if approvals.expire_secs == 0 || approvals.max_window_secs == 0 {
+        return Err(invalid(
+            &(0..0),
+            "approvals.expire_secs".into(),
+            "expire_secs and max_window_secs must both be at least 1 (seconds)".into(),
+        ));
+    }
     let audit = &config.audit;
     if audit.origin.trim().is_empty() || audit.origin.contains(['\n', '+']) {
         return Err(invalid(

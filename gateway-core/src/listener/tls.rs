@@ -12,7 +12,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::config::ServerTlsConfig;
 use crate::identity::dev_issuer::write_private;
 
-const SELF_SIGNED_CERT: &str = "gateway-cert.pem";
+/// The self-signed certificate the gateway makes in its data directory.
+pub const SELF_SIGNED_CERT: &str = "gateway-cert.pem";
 const SELF_SIGNED_KEY: &str = "gateway-key.pem";
 
 /// Why TLS could not be set up.

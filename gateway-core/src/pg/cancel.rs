@@ -18,6 +18,8 @@ pub struct CancelTarget {
     pub key: i32,
     /// The session's recording, for the cancel frame.
     pub tap: Option<Arc<crate::recording::SessionTap>>,
+    /// The session's statement held for approval, which a cancel withdraws.
+    pub hold: Option<Arc<crate::approvals::HoldSlot>>,
 }
 
 struct Entry {

@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use super::catalog::{Catalog, Current, Snapshot};
 use super::sql::{Access, Action, Analysis, ColumnRef, Effect, PathChange, ShapeCache, Target};
+use crate::approvals::{Approvals, Ask, HoldSlot, Requester, Scope, State, Ticket, Withdrawal};
 use crate::hooks::{
     Decision, Ruling, SessionEvent, SessionHooks, Statement, StatementVia, ValueSource, Verdict,
 };
@@ -31,6 +32,8 @@ pub struct GuardShared {
     pub shapes: Arc<ShapeCache>,
     /// Upper bound for an EXPLAIN row estimate.
     pub estimate_timeout: Duration,
+    /// Where statements that need approval are held (none: they are refused).
+    pub approvals: Option<Arc<Approvals>>,
 }
 
 /// How old a snapshot must be before a table it does not know makes the
@@ -66,6 +69,40 @@ pub struct Guard {
     decided: HashMap<usize, Cached>,
     /// How the last statement was judged, until the recorder takes it.
     ruling: Option<Ruling>,
+    /// The statement held for approval and its request.
+    held: Option<Held>,
+    /// The held request, for the cancel path.
+    hold_slot: Arc<HoldSlot>,
+    /// The recording's session id, shown to approvers.
+    session: Option<String>,
+    /// `SET tollgate.reason`: the requester's reason for approval requests.
+    reason: Option<String>,
+}
+
+struct Held {
+    sql: String,
+    ticket: Ticket,
+}
+
+/// What the policy made of a message.
+#[derive(Debug, Clone)]
+enum Judged {
+    /// Forward or refuse now.
+    Decided(Decision),
+    /// Needs a person's approval first.
+    Approval(Arc<Needs>),
+}
+
+/// Why a message needs approval.
+#[derive(Debug)]
+struct Needs {
+    /// The held access that decided, described (`COPY on public.payments`).
+    what: String,
+    rule: Rule,
+    approvals: u32,
+    /// Every access that needs approval (what a grant must cover).
+    accesses: Vec<String>,
+    row_estimate: Option<i64>,
 }
 
 struct Cached {
@@ -73,7 +110,7 @@ struct Cached {
     engine: Arc<PolicyEngine>,
     snapshot: Arc<Snapshot>,
     path_generation: u64,
-    decision: Decision,
+    judged: Judged,
     ruling: Ruling,
 }
 
@@ -112,7 +149,21 @@ impl Guard {
             ddl_forwarded: false,
             decided: HashMap::new(),
             ruling: None,
+            held: None,
+            hold_slot: Arc::new(HoldSlot::default()),
+            session: None,
+            reason: None,
         }
+    }
+
+    /// The session's recording id (shown to approvers).
+    pub fn set_session(&mut self, id: &str) {
+        self.session = Some(id.to_string());
+    }
+
+    /// The held request of this session, for the cancel path.
+    pub fn hold_slot(&self) -> Arc<HoldSlot> {
+        self.hold_slot.clone()
     }
 
     /// The client set its search_path at startup in a way the gateway does
@@ -176,16 +227,13 @@ impl Guard {
             && Arc::ptr_eq(&cached.snapshot, &snapshot)
             && cached.path_generation == self.path_generation
         {
-            let decision = cached.decision.clone();
+            let judged = cached.judged.clone();
             self.ruling = Some(cached.ruling.clone());
-            if decision == Decision::Forward {
-                self.forwarded(&analysis, &snapshot);
-            }
-            return Verdict::Decided(decision);
+            return self.conclude(statement, judged, &analysis, &snapshot);
         }
         let mut cacheable = !engine.uses_time();
         let mut ruling = Ruling::default();
-        let decision = match self.decide(
+        let judged = match self.decide(
             statement,
             &analysis,
             &engine,
@@ -193,13 +241,10 @@ impl Guard {
             &mut cacheable,
             &mut ruling,
         ) {
-            Ok(decision) => decision,
+            Ok(judged) => judged,
             Err(wait) => return Verdict::Wait(wait),
         };
         self.ruling = Some(ruling.clone());
-        if decision == Decision::Forward {
-            self.forwarded(&analysis, &snapshot);
-        }
         if cacheable && !analysis.literal_sensitive {
             if self.decided.len() > 4096 {
                 self.decided.clear();
@@ -209,14 +254,168 @@ impl Guard {
                 Cached {
                     analysis: analysis.clone(),
                     engine,
-                    snapshot,
+                    snapshot: snapshot.clone(),
                     path_generation: self.path_generation,
-                    decision: decision.clone(),
+                    judged: judged.clone(),
                     ruling,
                 },
             );
         }
+        self.conclude(statement, judged, &analysis, &snapshot)
+    }
+
+    /// Turn what the policy made of a message into the relay's verdict:
+    /// forward, refuse, or hold it for approval.
+    fn conclude(
+        &mut self,
+        statement: &Statement<'_>,
+        judged: Judged,
+        analysis: &Analysis,
+        snapshot: &Snapshot,
+    ) -> Verdict {
+        let decision = match judged {
+            Judged::Decided(decision) => {
+                // Whatever was held is not this statement's any more.
+                self.release();
+                decision
+            }
+            Judged::Approval(needs) => match self.approval(statement, &needs) {
+                Ok(decision) => decision,
+                Err(verdict) => return verdict,
+            },
+        };
+        if decision == Decision::Forward {
+            self.forwarded(analysis, snapshot);
+        }
         Verdict::Decided(decision)
+    }
+
+    /// Let go of the held request (withdrawn if still pending).
+    fn release(&mut self) {
+        if let Some(held) = self.held.take() {
+            self.hold_slot.clear();
+            held.ticket.withdraw(Withdrawal::Disconnected);
+        }
+    }
+
+    /// A statement that needs approval: a grant in force lets it through,
+    /// a decided request ends its hold, otherwise it is held (the relay
+    /// waits on the verdict in `Err`).
+    fn approval(&mut self, statement: &Statement<'_>, needs: &Needs) -> Result<Decision, Verdict> {
+        let rule = &needs.rule;
+        let needed = format!(
+            "{} approver{}",
+            needs.approvals,
+            if needs.approvals == 1 { "" } else { "s" }
+        );
+        let Some(service) = self.shared.approvals.clone() else {
+            return Ok(refuse(
+                "42501",
+                format!(
+                    "{} needs approval: {} (policy \"{}\", {needed} needed); this gateway holds \
+                     statements for approval only when its API is on ([api] listen)",
+                    needs.what, rule.reason, rule.id
+                ),
+            ));
+        };
+        if let Some(held) = self.held.take_if(|h| h.sql == statement.sql) {
+            let id = held.ticket.id().to_string();
+            let state = held.ticket.state();
+            if state == State::Pending {
+                let until = Box::pin(held.ticket.settled());
+                self.held = Some(held);
+                return Err(Verdict::Wait(until));
+            }
+            let view = held.ticket.view().clone();
+            if let Some(ruling) = &mut self.ruling {
+                ruling.approval = Some(id.clone());
+            }
+            if state == State::Approved {
+                // Kept until the statement is on its way (the inner hooks may wait first).
+                self.held = Some(held);
+            } else {
+                self.hold_slot.clear();
+            }
+            return Ok(match state {
+                State::Pending | State::Approved => Decision::Forward,
+                State::Denied { by, reason } => refuse(
+                    "42501",
+                    format!(
+                        "{} refused: approval request {id} was denied by {by}: {reason} (policy \"{}\")",
+                        needs.what, rule.id
+                    ),
+                ),
+                State::Expired => refuse(
+                    "42501",
+                    format!(
+                        "{} needs approval and approval request {id} expired at {} without a decision \
+                         (policy \"{}\"); run the statement again to ask again, and tell an approver",
+                        needs.what, view.expires_at, rule.id
+                    ),
+                ),
+                State::Withdrawn(_) => refuse(
+                    "57014",
+                    format!(
+                        "canceling statement due to user request (approval request {id} withdrawn)"
+                    ),
+                ),
+            });
+        }
+        self.release();
+        let scope = Scope {
+            subject: self.principal.subject.clone(),
+            issuer: self.principal.issuer.clone(),
+            connection: self.connection.clone(),
+            accesses: needs.accesses.clone(),
+        };
+        if let Some(grant) = service.use_grant(&scope) {
+            if let Some(ruling) = &mut self.ruling {
+                ruling.approval = Some(grant.request.clone());
+                ruling.grant = Some(grant.id.clone());
+            }
+            return Ok(Decision::Forward);
+        }
+        let ruling = self.ruling.clone().unwrap_or_default();
+        let ticket = service.request(Ask {
+            requester: Requester::from(&self.principal),
+            origin: self.client.to_string(),
+            session: self.session.clone(),
+            scope,
+            statement: super::sql::redact(statement.sql),
+            actions: ruling.actions,
+            resources: ruling.resources,
+            cardholder: ruling.cardholder,
+            row_estimate: needs.row_estimate,
+            policy: rule.id.clone(),
+            policy_reason: rule.reason.clone(),
+            approvals_needed: needs.approvals,
+            reason: comment_reason(statement.sql).or_else(|| self.reason.clone()),
+        });
+        let view = ticket.view();
+        let watchers = service.watchers();
+        let notified = match watchers.len() {
+            0 => "no approver is connected to a console right now; the request waits for one"
+                .to_string(),
+            _ => format!("notified {}", watchers.join(", ")),
+        };
+        let notice = format!(
+            "{what} needs approval: {reason} (policy \"{policy}\", {needed}). \
+             Approval request {id} is waiting; {notified}. It expires at {expires} \
+             ({minutes} min). Cancel the statement to withdraw it.",
+            what = needs.what,
+            reason = rule.reason,
+            policy = rule.id,
+            id = view.id,
+            expires = view.expires_at,
+            minutes = view.expires_in_secs.div_ceil(60),
+        );
+        self.hold_slot.set(&service, ticket.id());
+        let until = Box::pin(ticket.settled());
+        self.held = Some(Held {
+            sql: statement.sql.to_string(),
+            ticket,
+        });
+        Err(Verdict::Hold { notice, until })
     }
 
     /// Decide every access of every statement; the most severe outcome wins.
@@ -228,10 +427,12 @@ impl Guard {
         snapshot: &Snapshot,
         cacheable: &mut bool,
         ruling: &mut Ruling,
-    ) -> Result<Decision, Wait> {
+    ) -> Result<Judged, Wait> {
         let mut paths = self.paths.clone();
         let mut any_schema = self.any_schema;
         let mut worst: Option<(Outcome, String)> = None;
+        let mut held: Vec<String> = Vec::new();
+        let mut row_estimate: Option<i64> = None;
         let texts = || match statement.via {
             StatementVia::SimpleQuery => pg_query::split_with_parser(statement.sql)
                 .map(|parts| parts.into_iter().map(str::to_string).collect())
@@ -253,12 +454,12 @@ impl Guard {
                     {
                         Some(inner) => accesses.extend(inner.iter().cloned()),
                         None => {
-                            return Ok(refuse(
+                            return Ok(Judged::Decided(refuse(
                                 "26000",
                                 format!(
                                     "prepared statement \"{name}\" does not exist (the gateway did not see it prepared)"
                                 ),
-                            ));
+                            )));
                         }
                     },
                     _ => accesses.push(access.clone()),
@@ -316,6 +517,7 @@ impl Guard {
                             match known {
                                 Some(Ok(rows)) => {
                                     context.row_estimate = rows;
+                                    row_estimate = Some(row_estimate.unwrap_or(0).max(rows));
                                     engine.decide(
                                         &self.principal,
                                         item.action.as_str(),
@@ -345,6 +547,12 @@ impl Guard {
                         };
                     }
                 }
+                if matches!(outcome, Outcome::NeedsApproval { .. }) {
+                    let what = item.describe();
+                    if !held.contains(&what) {
+                        held.push(what);
+                    }
+                }
                 if worst
                     .as_ref()
                     .is_none_or(|(w, _)| outcome.severity() > w.severity())
@@ -366,22 +574,26 @@ impl Guard {
             _ => None,
         };
         Ok(match worst {
-            None | Some((Outcome::Allow, _)) => Decision::Forward,
-            Some((Outcome::Deny(rule), what)) => refuse(
+            None | Some((Outcome::Allow, _)) => Judged::Decided(Decision::Forward),
+            Some((Outcome::Deny(rule), what)) => Judged::Decided(refuse(
                 "42501",
                 format!("{what} refused: {} (policy \"{}\")", rule.reason, rule.id),
-            ),
-            Some((Outcome::NeedsApproval { rules, approvals }, what)) => {
-                let rule = &rules[0];
-                refuse(
-                    "42501",
-                    format!(
-                        "{what} needs approval: {} (policy \"{}\", {approvals} approver{} needed)",
-                        rule.reason,
-                        rule.id,
-                        if approvals == 1 { "" } else { "s" }
-                    ),
-                )
+            )),
+            Some((
+                Outcome::NeedsApproval {
+                    mut rules,
+                    approvals,
+                },
+                what,
+            )) => {
+                held.sort();
+                Judged::Approval(Arc::new(Needs {
+                    what,
+                    rule: rules.swap_remove(0),
+                    approvals,
+                    accesses: held,
+                    row_estimate,
+                }))
             }
         })
     }
@@ -430,6 +642,7 @@ impl Guard {
                         apply_path(effect, &mut self.paths, &mut self.any_schema, snapshot);
                         self.path_generation += 1;
                     }
+                    Effect::Reason(reason) => self.reason = reason.clone(),
                     Effect::Opaque => {
                         self.any_schema = true;
                         self.path_generation += 1;
@@ -758,7 +971,15 @@ impl Guard {
 impl SessionHooks for Guard {
     fn statement(&mut self, statement: &Statement<'_>) -> Verdict {
         match self.verdict(statement) {
-            Verdict::Decided(Decision::Forward) => self.inner.statement(statement),
+            Verdict::Decided(Decision::Forward) => {
+                let verdict = self.inner.statement(statement);
+                if matches!(verdict, Verdict::Decided(_)) {
+                    // A one-time approval is used up once its statement is decided.
+                    self.held = None;
+                    self.hold_slot.clear();
+                }
+                verdict
+            }
             other => other,
         }
     }
@@ -834,5 +1055,43 @@ impl SessionHooks for Guard {
 
     fn masking_counts(&self) -> Option<&crate::masking::Counts> {
         self.inner.masking_counts()
+    }
+}
+
+/// The requester's reason from a `/* reason: ... */` comment.
+fn comment_reason(sql: &str) -> Option<String> {
+    let mut rest = sql;
+    while let Some(start) = rest.find("/*") {
+        let body = &rest[start + 2..];
+        let end = body.find("*/").unwrap_or(body.len());
+        let text = body[..end].trim();
+        if text.len() > 7 && text[..7].eq_ignore_ascii_case("reason:") {
+            let reason: String = text[7..].trim().chars().take(500).collect();
+            if !reason.is_empty() {
+                return Some(reason);
+            }
+        }
+        rest = &body[end.min(body.len())..];
+    }
+    None
+}
+
+#[cfg(test)]
+mod reason_tests {
+    use super::comment_reason;
+
+    #[test]
+    fn the_reason_comes_from_a_reason_comment() {
+        assert_eq!(
+            comment_reason("/* reason: quarterly reconciliation INC-42 */ COPY payments TO STDOUT")
+                .as_deref(),
+            Some("quarterly reconciliation INC-42")
+        );
+        assert_eq!(
+            comment_reason("SELECT 1 /* note */ /* Reason: fraud case */").as_deref(),
+            Some("fraud case")
+        );
+        assert_eq!(comment_reason("SELECT '/* reason */'"), None);
+        assert_eq!(comment_reason("SELECT 1 /* reason: "), None);
     }
 }

@@ -33,6 +33,8 @@ use crate::hooks::{
 use crate::listener::conn::Conn;
 
 const READ_CHUNK: usize = 64 * 1024;
+/// Client bytes buffered while a hook waits (a held statement, a catalog read).
+const WAITING_BUFFER: usize = 1024 * 1024;
 /// Backend messages can be as large as PostgreSQL allows (1 GiB for a row).
 const MAX_BACKEND_MESSAGE: usize = i32::MAX as usize;
 const SYNC: &[u8] = &[b'S', 0, 0, 0, 4];
@@ -181,12 +183,15 @@ pub async fn run(
         reserve(&mut from_client);
         reserve(&mut from_upstream);
         let mut handle_client = false;
+        // While a hook waits, the client's bytes are only buffered (up to a
+        // bound), so that a client that goes away is noticed at once.
+        let read_client = waiting.is_none() || from_client.len() < WAITING_BUFFER;
         tokio::select! {
-            read = client.read_buf(&mut from_client), if waiting.is_none() => {
+            read = client.read_buf(&mut from_client), if read_client => {
                 if read.map_err(RelayError::Client)? == 0 {
                     end = Some(RelayEnd::ClientClosed);
                 } else {
-                    handle_client = true;
+                    handle_client = waiting.is_none();
                 }
             }
             read = upstream.read_buf(&mut from_upstream) => {
@@ -246,6 +251,10 @@ impl State<'_> {
                     });
                     match verdict {
                         Verdict::Wait(wait) => return Ok(Step::Wait(wait)),
+                        Verdict::Hold { notice, until } => {
+                            self.notice(&notice);
+                            return Ok(Step::Wait(until));
+                        }
                         Verdict::Decided(Decision::Forward) => {
                             self.to_upstream.extend_from_slice(frame);
                             self.expect_ready(Ready::Pass, false);
@@ -290,6 +299,10 @@ impl State<'_> {
                     };
                     match self.hooks.statement(&statement) {
                         Verdict::Wait(wait) => return Ok(Step::Wait(wait)),
+                        Verdict::Hold { notice, until } => {
+                            self.notice(&notice);
+                            return Ok(Step::Wait(until));
+                        }
                         Verdict::Decided(Decision::Forward) => {
                             self.to_upstream.extend_from_slice(frame);
                             self.unsynced = true;
@@ -529,6 +542,17 @@ impl State<'_> {
             buf.advance(total);
         }
         Ok(())
+    }
+
+    /// Tell the client something now (a NoticeResponse, as psql prints it).
+    fn notice(&mut self, message: &str) {
+        let frame = super::messages::notice_response(vec![
+            (b'S', "NOTICE".into()),
+            (b'V', "NOTICE".into()),
+            (b'C', "00000".into()),
+            (b'M', message.to_string()),
+        ]);
+        self.put_fields(ValueSource::NoticeField, frame.raw());
     }
 
     /// A ReadyForQuery will answer what was just sent upstream.

@@ -20,7 +20,7 @@ use super::startup::{Opening, StartupFailure, negotiate};
 use super::{messages, relay, upstream};
 use crate::audit::event::{Event, Outcome};
 use crate::hooks::{HookFactory, SessionEvent};
-use crate::identity::{AuthError, Authenticator, Identity, PrincipalKind};
+use crate::identity::{AuthError, Authenticator, Identity};
 use crate::listener::conn::Conn;
 use crate::listener::tls::ServerTls;
 use crate::policy::Principal;
@@ -304,13 +304,9 @@ async fn run_session(established: Established, peer: SocketAddr, ctx: &PgContext
     } = upstream;
 
     let mut hooks = ctx.hooks.for_session(&identity, &connection);
-    let principal = Principal {
-        subject: identity.subject.clone(),
-        issuer: identity.issuer.clone(),
-        groups: identity.groups.clone(),
-        agent: identity.kind == PrincipalKind::Agent,
-        mfa: identity.mfa,
-    };
+    let session_id = crate::recording::session_id();
+    let mut hold = None;
+    let principal = Principal::of(&identity);
     if let Some(catalog) = ctx.catalogs.get(&connection)
         && let Some(mask) = &ctx.mask
     {
@@ -341,11 +337,16 @@ async fn run_session(established: Established, peer: SocketAddr, ctx: &PgContext
         if search_path == StartupPath::Unknown {
             guarded.path_unknown();
         }
+        if ctx.recording.is_some() {
+            guarded.set_session(&session_id);
+        }
+        hold = Some(guarded.hold_slot());
         hooks = Box::new(guarded);
     }
     let mut tap = None;
     if let Some(recording) = &ctx.recording {
         let recorder = Recorder::new(
+            session_id,
             recording.clone(),
             hooks,
             &identity,
@@ -361,6 +362,7 @@ async fn run_session(established: Established, peer: SocketAddr, ctx: &PgContext
         pid,
         key,
         tap,
+        hold,
     });
 
     // Finish the client's startup: AuthenticationOk, the upstream's
@@ -458,6 +460,11 @@ async fn forward_cancel(ctx: &PgContext, pid: i32, key: i32, peer: SocketAddr) {
             .resource(serde_json::json!({ "connection": target.upstream.config.name }))
             .with("session", target.tap.as_ref().map(|t| t.id.clone()));
         recording.auditor.record_later(event);
+    }
+    if let Some(id) = target.hold.as_ref().and_then(|h| h.cancel()) {
+        // Nothing runs upstream yet: withdrawing the request is the cancel.
+        tracing::info!(target: "tollgate::audit", event = "approval.withdrawn", request = %id, "cancel withdrew the held request");
+        return;
     }
     if let Err(e) = upstream::send_cancel(&target.upstream, target.pid, target.key).await {
         tracing::warn!(error = %e, "forwarding cancel failed");

@@ -113,6 +113,19 @@ pub struct Principal {
     pub mfa: bool,
 }
 
+impl Principal {
+    /// The principal of an authenticated identity.
+    pub fn of(identity: &crate::identity::Identity) -> Principal {
+        Principal {
+            subject: identity.subject.clone(),
+            issuer: identity.issuer.clone(),
+            groups: identity.groups.clone(),
+            agent: identity.kind == crate::identity::PrincipalKind::Agent,
+            mfa: identity.mfa,
+        }
+    }
+}
+
 /// What an access is on.
 #[derive(Debug, Clone)]
 pub enum Resource<'a> {
@@ -435,6 +448,25 @@ impl PolicyEngine {
             table_cardholder,
         };
         self.decide(principal, "reveal", &column, context) == Outcome::Allow
+    }
+
+    /// Whether `principal` may decide approval requests on `connection`
+    /// (the `approve` action), asking from `client` now.
+    pub fn may_approve(&self, principal: &Principal, connection: &str, client: IpAddr) -> bool {
+        if principal.agent {
+            // The schema allows only people to approve.
+            return false;
+        }
+        let context = RequestContext {
+            connection,
+            command: "approve",
+            row_estimate: 0,
+            has_where: false,
+            has_limit: false,
+            client,
+            time: SystemTime::now(),
+        };
+        self.decide(principal, "approve", &Resource::Connection, &context) == Outcome::Allow
     }
 
     /// Decide one access.

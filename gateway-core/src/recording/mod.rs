@@ -177,10 +177,11 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    /// Record a session of `identity` from `client` on `connection`,
+    /// Record a session (`id`, from [`session_id`]) of `identity` from `client` on `connection`,
     /// keeping whole results up to `full_results_bytes` each (0: only the
     /// configured preview rows).
     pub fn new(
+        id: String,
         shared: Arc<Recording>,
         inner: Box<dyn SessionHooks>,
         identity: &Identity,
@@ -189,7 +190,7 @@ impl Recorder {
         full_results_bytes: u64,
     ) -> Recorder {
         let tap = Arc::new(SessionTap {
-            id: session_id(),
+            id,
             store: shared.store.clone(),
             seq: AtomicU64::new(0),
             started: Instant::now(),
@@ -247,8 +248,8 @@ impl Recorder {
             });
         }
         let decision = match self.inner.statement(statement) {
-            Verdict::Wait(wait) => return Verdict::Wait(wait),
             Verdict::Decided(decision) => decision,
+            waiting => return waiting,
         };
         let ruling = self.inner.ruling();
         let (outcome, message) = match &decision {
@@ -269,6 +270,10 @@ impl Recorder {
             frame["resources"] = json!(ruling.resources);
             frame["cardholder"] = Value::from(ruling.cardholder);
             frame["policy"] = json!(ruling.policy);
+            frame["approval"] = json!(ruling.approval);
+            if let Some(grant) = &ruling.grant {
+                frame["grant"] = json!(grant);
+            }
         }
         if let Decision::Refuse { sqlstate, .. } = &decision {
             frame["sqlstate"] = Value::from(*sqlstate);
@@ -349,6 +354,12 @@ impl Recorder {
                 .with("actions", json!(ruling.actions))
                 .with("cardholder_data", ruling.cardholder)
                 .with("policy", json!(ruling.policy));
+            if ruling.approval.is_some() {
+                event = event.with("approval", json!(ruling.approval));
+            }
+            if ruling.grant.is_some() {
+                event = event.with("grant", json!(ruling.grant));
+            }
         }
         if !message.is_empty() {
             event = event.with("reason", for_record(message));

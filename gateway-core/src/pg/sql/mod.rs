@@ -161,6 +161,9 @@ pub enum Effect {
     /// Runs code the gateway cannot see into (a function, DO, CALL), which
     /// could change session settings.
     Opaque,
+    /// `SET tollgate.reason = '...'` (`None`: RESET): the requester's reason
+    /// shown on approval requests.
+    Reason(Option<String>),
 }
 
 /// One statement of a message.

@@ -816,6 +816,18 @@ impl Walker {
                 };
                 self.effect(ctx, Effect::SearchPath { change, local });
             }
+            "tollgate.reason" => {
+                // The requester's reason for an approval request.
+                let reason = match kind {
+                    K::VarSetValue => array(n, "args")
+                        .iter()
+                        .filter_map(const_string)
+                        .next()
+                        .map(str::to_string),
+                    _ => None,
+                };
+                self.effect(ctx, Effect::Reason(reason));
+            }
             "" if kind == K::VarResetAll => self.effect(
                 ctx,
                 Effect::SearchPath {

@@ -1,0 +1,816 @@
+//! Just-in-time approvals: a request the policy holds for a person's
+//! sign-off waits here until approvers decide, it expires, or the requester
+//! withdraws it.
+//!
+//! The stage knows nothing of SQL or of any wire protocol. An adapter
+//! describes what is held ([`Ask`]) and waits on the [`Ticket`] it gets
+//! back; consoles and scripts decide through [`Approvals::decide`] (the
+//! API's WebSocket and HTTP endpoints, `tollgate approvals`). Rules:
+//!
+//! - nobody approves their own request;
+//! - a request needs as many distinct approvers as its policy says
+//!   (`@approvals("2")`); one denial ends it;
+//! - an approval is one-time (the held statement runs once) or for a window,
+//!   during which matching requests of the same identity, connection and
+//!   scope pass without a new request; a window grant can be revoked;
+//! - a pending request expires (`[approvals] expire_secs`).
+//!
+//! Every request, vote, decision, expiry, withdrawal, grant use and
+//! revocation is an audit event (`approval.*`): the approval records a QSA
+//! asks for. See `docs/approvals.md`.
+
+pub mod client;
+pub mod protocol;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::{broadcast, watch};
+
+use crate::audit::event::{Auditor, Event, Outcome};
+use crate::identity::{Identity, PrincipalKind};
+use crate::masking::for_record;
+use crate::policy::{Principal, rfc3339};
+pub use protocol::{ApprovalEvent, GrantView, RequestView, Vote};
+
+/// Decided requests kept for listing (the audit log keeps them all).
+const RECENT: usize = 200;
+
+/// How the approval stage is set up (`[approvals]`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// A pending request expires after this long.
+    pub expire: Duration,
+    /// Approvers must have used multi-factor authentication.
+    pub require_mfa: bool,
+    /// The longest window an approval may grant.
+    pub max_window: Duration,
+}
+
+/// Who asks, as approvers see them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Requester {
+    /// Token subject.
+    pub subject: String,
+    /// Token issuer.
+    pub issuer: String,
+    /// Groups from the token.
+    pub groups: Vec<String>,
+    /// Multi-factor authentication.
+    pub mfa: bool,
+    /// `person` or `agent`.
+    pub kind: PrincipalKind,
+}
+
+impl From<&Principal> for Requester {
+    fn from(p: &Principal) -> Requester {
+        Requester {
+            subject: p.subject.clone(),
+            issuer: p.issuer.clone(),
+            groups: p.groups.clone(),
+            mfa: p.mfa,
+            kind: if p.agent {
+                PrincipalKind::Agent
+            } else {
+                PrincipalKind::Person
+            },
+        }
+    }
+}
+
+/// What an approval covers: who, where, and which held accesses. A window
+/// grant lets a later request through when its held accesses are a subset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Scope {
+    /// Requester subject.
+    pub subject: String,
+    /// Requester issuer.
+    pub issuer: String,
+    /// The connection (or MCP server).
+    pub connection: String,
+    /// The held accesses, e.g. `COPY on public.payments` (sorted, each once).
+    pub accesses: Vec<String>,
+}
+
+impl Scope {
+    fn covers(&self, other: &Scope) -> bool {
+        self.subject == other.subject
+            && self.issuer == other.issuer
+            && self.connection == other.connection
+            && other.accesses.iter().all(|a| self.accesses.contains(a))
+    }
+}
+
+/// A request for approval, as the adapter describes it. Every text here
+/// must already be fit for a record (literals replaced, card data masked).
+#[derive(Debug, Clone)]
+pub struct Ask {
+    /// Who asks.
+    pub requester: Requester,
+    /// From where (client address).
+    pub origin: String,
+    /// The session (recording id), if recorded.
+    pub session: Option<String>,
+    /// What is held, by whom and where.
+    pub scope: Scope,
+    /// The statement or tool call, literals masked.
+    pub statement: String,
+    /// Kinds of access (`read`, `copy_out` ...).
+    pub actions: Vec<String>,
+    /// Everything the statement touches.
+    pub resources: Vec<String>,
+    /// It touches cardholder data.
+    pub cardholder: bool,
+    /// Rows the upstream estimates, when known.
+    pub row_estimate: Option<i64>,
+    /// The deciding policy's id.
+    pub policy: String,
+    /// The deciding policy's reason.
+    pub policy_reason: String,
+    /// Approvers needed.
+    pub approvals_needed: u32,
+    /// The requester's own reason (a `/* reason: ... */` comment or
+    /// `SET tollgate.reason`).
+    pub reason: Option<String>,
+}
+
+/// Where a request stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Waiting for approvers.
+    Pending,
+    /// Approved: the held request may run.
+    Approved,
+    /// Denied by an approver.
+    Denied {
+        /// The approver's subject.
+        by: String,
+        /// The approver's reason.
+        reason: String,
+    },
+    /// Nobody decided in time.
+    Expired,
+    /// The requester withdrew it.
+    Withdrawn(Withdrawal),
+}
+
+impl State {
+    /// The state's name in the API.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Approved => "approved",
+            State::Denied { .. } => "denied",
+            State::Expired => "expired",
+            State::Withdrawn(_) => "withdrawn",
+        }
+    }
+}
+
+/// Why a request was withdrawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withdrawal {
+    /// The client cancelled the statement (CancelRequest, Ctrl-C).
+    Cancelled,
+    /// The client went away.
+    Disconnected,
+}
+
+impl Withdrawal {
+    fn as_str(self) -> &'static str {
+        match self {
+            Withdrawal::Cancelled => "the client cancelled the statement",
+            Withdrawal::Disconnected => "the client disconnected",
+        }
+    }
+}
+
+/// An approver's decision.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// Approve (true) or deny.
+    pub approve: bool,
+    /// Why, in the approver's words (required).
+    pub reason: String,
+    /// Approve for a window rather than once.
+    pub window: Option<Duration>,
+}
+
+/// Why a decision was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecideError {
+    /// No such request (or grant).
+    #[error("no pending request or grant has the id {0}; list them with `tollgate approvals list`")]
+    NotFound(String),
+    /// It is no longer pending.
+    #[error("request {id} is {state} already; nothing to decide")]
+    NotPending {
+        /// The request.
+        id: String,
+        /// Its state.
+        state: &'static str,
+    },
+    /// The approver asked for it.
+    #[error("{0} made this request and cannot approve it; another approver has to")]
+    SelfApproval(String),
+    /// This approver voted already.
+    #[error("{0} approved this request already; it needs another approver")]
+    AlreadyVoted(String),
+    /// The approver may not decide it.
+    #[error("{0}")]
+    Forbidden(String),
+    /// The decision is malformed.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl DecideError {
+    /// A stable code for the API.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DecideError::NotFound(_) => "not_found",
+            DecideError::NotPending { .. } => "not_pending",
+            DecideError::SelfApproval(_) => "self_approval",
+            DecideError::AlreadyVoted(_) => "already_voted",
+            DecideError::Forbidden(_) => "forbidden",
+            DecideError::Invalid(_) => "bad_request",
+        }
+    }
+}
+
+struct Entry {
+    view: RequestView,
+    scope: Scope,
+    expires: Instant,
+    state: watch::Sender<State>,
+    /// Windows asked for by the approving votes (None: one-time).
+    windows: Vec<Option<Duration>>,
+}
+
+struct Grant {
+    view: GrantView,
+    scope: Scope,
+    until: Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    pending: HashMap<String, Entry>,
+    recent: VecDeque<RequestView>,
+    grants: HashMap<String, Grant>,
+    /// Approvers connected to a console: (connection id, subject).
+    watching: HashMap<u64, String>,
+    next_watcher: u64,
+}
+
+/// The approval stage, shared by every session and the API.
+pub struct Approvals {
+    settings: Settings,
+    auditor: Auditor,
+    inner: Mutex<Inner>,
+    events: broadcast::Sender<ApprovalEvent>,
+}
+
+impl std::fmt::Debug for Approvals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Approvals")
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+/// A short random id (base64url: a run of decimal digits could look like a
+/// card number to the scanners that check every record).
+fn new_id(prefix: &str) -> String {
+    use base64::Engine;
+    let bytes: [u8; 9] = rand::random();
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+fn at(instant: Instant) -> String {
+    let now = Instant::now();
+    let wall = if instant >= now {
+        SystemTime::now() + (instant - now)
+    } else {
+        SystemTime::now() - (now - instant)
+    };
+    rfc3339(wall)
+}
+
+impl Approvals {
+    /// The stage, recording to `auditor`.
+    pub fn new(settings: Settings, auditor: Auditor) -> Arc<Approvals> {
+        let (events, _) = broadcast::channel(1024);
+        Arc::new(Approvals {
+            settings,
+            auditor,
+            inner: Mutex::new(Inner::default()),
+            events,
+        })
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Events for consoles, from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<ApprovalEvent> {
+        self.events.subscribe()
+    }
+
+    /// An approver's console is connected; dropping the handle says it left.
+    pub fn watch(self: &Arc<Self>, subject: &str) -> Watching {
+        let mut inner = self.lock();
+        inner.next_watcher += 1;
+        let id = inner.next_watcher;
+        inner.watching.insert(id, subject.to_string());
+        Watching {
+            approvals: self.clone(),
+            id,
+        }
+    }
+
+    /// Subjects of the approvers connected right now (each once).
+    pub fn watchers(&self) -> Vec<String> {
+        let mut who: Vec<String> = self.lock().watching.values().cloned().collect();
+        who.sort();
+        who.dedup();
+        who
+    }
+
+    /// Pending requests and grants in force, then recently decided requests.
+    pub fn snapshot(&self) -> (Vec<RequestView>, Vec<GrantView>) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.grants.retain(|_, g| g.until > now);
+        let mut requests: Vec<RequestView> = inner
+            .pending
+            .values()
+            .map(|e| e.view.refreshed(e.expires))
+            .collect();
+        requests.sort_by(|a, b| a.requested_at.cmp(&b.requested_at));
+        requests.extend(inner.recent.iter().rev().cloned());
+        let mut grants: Vec<GrantView> = inner
+            .grants
+            .values()
+            .map(|g| g.view.refreshed(g.until))
+            .collect();
+        grants.sort_by(|a, b| a.granted_at.cmp(&b.granted_at));
+        (requests, grants)
+    }
+
+    /// One request, pending or recently decided.
+    pub fn get(&self, id: &str) -> Option<RequestView> {
+        let inner = self.lock();
+        if let Some(e) = inner.pending.get(id) {
+            return Some(e.view.refreshed(e.expires));
+        }
+        inner.recent.iter().find(|v| v.id == id).cloned()
+    }
+
+    /// A grant in force that covers `scope`: using it is on record.
+    pub fn use_grant(&self, scope: &Scope) -> Option<GrantView> {
+        let now = Instant::now();
+        let view = {
+            let mut inner = self.lock();
+            inner.grants.retain(|_, g| g.until > now);
+            let grant = inner.grants.values().find(|g| g.scope.covers(scope))?;
+            grant.view.refreshed(grant.until)
+        };
+        self.auditor.record_later(
+            Event::new("approval.grant_used", Outcome::Success)
+                .with(
+                    "actor",
+                    json!({ "subject": scope.subject, "issuer": scope.issuer }),
+                )
+                .resource(json!({ "connection": scope.connection, "accesses": scope.accesses }))
+                .with("grant", view.id.clone())
+                .with("request", view.request.clone()),
+        );
+        Some(view)
+    }
+
+    /// Hold a request for approval. The ticket follows its state; dropping
+    /// a ticket that is still pending withdraws the request.
+    pub fn request(self: &Arc<Self>, ask: Ask) -> Ticket {
+        let id = new_id("ap_");
+        let now = Instant::now();
+        let expires = now + self.settings.expire;
+        let view = RequestView {
+            id: id.clone(),
+            state: "pending",
+            requester: ask.requester.clone(),
+            origin: ask.origin.clone(),
+            session: ask.session.clone(),
+            connection: ask.scope.connection.clone(),
+            statement: for_record(&ask.statement),
+            actions: ask.actions.clone(),
+            accesses: ask.scope.accesses.clone(),
+            resources: ask.resources.clone(),
+            cardholder: ask.cardholder,
+            row_estimate: ask.row_estimate,
+            policy: ask.policy.clone(),
+            policy_reason: ask.policy_reason.clone(),
+            reason: ask.reason.as_deref().map(for_record),
+            requested_at: rfc3339(SystemTime::now()),
+            expires_at: at(expires),
+            expires_in_secs: self.settings.expire.as_secs(),
+            approvals_needed: ask.approvals_needed.max(1),
+            approvals: Vec::new(),
+            decided_by: None,
+            decision_reason: None,
+            decided_at: None,
+            grant: None,
+        };
+        let (state, watching) = watch::channel(State::Pending);
+        self.lock().pending.insert(
+            id.clone(),
+            Entry {
+                view: view.clone(),
+                scope: ask.scope.clone(),
+                expires,
+                state,
+                windows: Vec::new(),
+            },
+        );
+        self.auditor.record_later(
+            Event::new("approval.requested", Outcome::Success)
+                .with("actor", json!(view.requester))
+                .origin(&view.origin)
+                .resource(json!({ "connection": view.connection, "accesses": view.accesses }))
+                .with("request", id.clone())
+                .with("session", view.session.clone())
+                .with("statement", view.statement.clone())
+                .with("policy", view.policy.clone())
+                .with("approvals_needed", view.approvals_needed)
+                .with("row_estimate", view.row_estimate)
+                .with("reason", view.reason.clone())
+                .with("notified", self.watchers()),
+        );
+        let _ = self.events.send(ApprovalEvent::Requested(view.clone()));
+        let approvals = self.clone();
+        let expiring = id.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(expires.into()).await;
+            approvals.expire(&expiring);
+        });
+        Ticket {
+            approvals: self.clone(),
+            view,
+            state: watching,
+        }
+    }
+
+    /// Decide request `id` as `approver`. `may_approve` is the policy's
+    /// answer on whether this approver may decide requests of the request's
+    /// connection (the `approve` action).
+    pub fn decide(
+        &self,
+        approver: &Identity,
+        may_approve: &dyn Fn(&str) -> bool,
+        id: &str,
+        verdict: Verdict,
+    ) -> Result<RequestView, DecideError> {
+        let reason = verdict.reason.trim();
+        if reason.is_empty() {
+            return Err(DecideError::Invalid(
+                "a decision needs a reason: say why (it goes to the requester and the audit log)"
+                    .into(),
+            ));
+        }
+        let reason = for_record(reason);
+        if let Some(window) = verdict.window
+            && (window.is_zero() || window > self.settings.max_window)
+        {
+            return Err(DecideError::Invalid(format!(
+                "a window must be between 1 second and {} seconds (approvals.max_window_secs)",
+                self.settings.max_window.as_secs()
+            )));
+        }
+        if self.settings.require_mfa && !approver.mfa {
+            return Err(DecideError::Forbidden(
+                "deciding approval requests needs multi-factor authentication: log in again with MFA".into(),
+            ));
+        }
+        let mut inner = self.lock();
+        let Some(entry) = inner.pending.get_mut(id) else {
+            drop(inner);
+            return Err(match self.get(id) {
+                Some(view) => DecideError::NotPending {
+                    id: id.to_string(),
+                    state: view.state,
+                },
+                None => DecideError::NotFound(id.to_string()),
+            });
+        };
+        if !may_approve(&entry.view.connection) {
+            return Err(DecideError::Forbidden(format!(
+                "{} may not decide approval requests on connection \"{}\" (no policy permits `approve` there)",
+                approver.subject, entry.view.connection
+            )));
+        }
+        let requester = &entry.view.requester;
+        if requester.subject == approver.subject && requester.issuer == approver.issuer {
+            return Err(DecideError::SelfApproval(approver.subject.clone()));
+        }
+        if entry
+            .view
+            .approvals
+            .iter()
+            .any(|v| v.approver == approver.subject && v.issuer == approver.issuer)
+        {
+            return Err(DecideError::AlreadyVoted(approver.subject.clone()));
+        }
+        let now = rfc3339(SystemTime::now());
+        let vote = Vote {
+            approver: approver.subject.clone(),
+            issuer: approver.issuer.clone(),
+            reason: reason.clone(),
+            at: now.clone(),
+            window_secs: verdict.window.map(|w| w.as_secs()),
+        };
+        let audit = |kind: &str, view: &RequestView| {
+            Event::new(kind, Outcome::Success)
+                .actor(approver)
+                .resource(json!({ "connection": view.connection, "accesses": view.accesses }))
+                .with("request", view.id.clone())
+                .with("requester", json!(view.requester))
+                .with("decision", if verdict.approve { "approve" } else { "deny" })
+                .with("reason", reason.clone())
+                .with("window_secs", verdict.window.map(|w| w.as_secs()))
+        };
+        if verdict.approve {
+            entry.view.approvals.push(vote);
+            entry.windows.push(verdict.window);
+            if (entry.view.approvals.len() as u32) < entry.view.approvals_needed {
+                let view = entry.view.refreshed(entry.expires);
+                self.auditor.record_later(
+                    audit("approval.vote", &view)
+                        .with("approvals", view.approvals.len())
+                        .with("approvals_needed", view.approvals_needed),
+                );
+                let _ = self.events.send(ApprovalEvent::Voted(view.clone()));
+                return Ok(view);
+            }
+        }
+        let mut entry = inner.pending.remove(id).expect("looked up above");
+        entry.view.decided_by = Some(approver.subject.clone());
+        entry.view.decision_reason = Some(reason.clone());
+        entry.view.decided_at = Some(now.clone());
+        entry.view.expires_in_secs = 0;
+        let state = if verdict.approve {
+            entry.view.state = "approved";
+            // The narrowest window any approver gave; one-time if one asked for that.
+            let window = entry
+                .windows
+                .iter()
+                .copied()
+                .collect::<Option<Vec<_>>>()
+                .and_then(|w| w.into_iter().min());
+            if let Some(window) = window {
+                let grant_id = new_id("gr_");
+                let until = Instant::now() + window;
+                let view = GrantView {
+                    id: grant_id.clone(),
+                    request: id.to_string(),
+                    requester: entry.view.requester.clone(),
+                    connection: entry.scope.connection.clone(),
+                    accesses: entry.scope.accesses.clone(),
+                    approved_by: entry
+                        .view
+                        .approvals
+                        .iter()
+                        .map(|v| v.approver.clone())
+                        .collect(),
+                    granted_at: now.clone(),
+                    until: at(until),
+                    remaining_secs: window.as_secs(),
+                };
+                entry.view.grant = Some(view.clone());
+                inner.grants.insert(
+                    grant_id,
+                    Grant {
+                        view,
+                        scope: entry.scope.clone(),
+                        until,
+                    },
+                );
+            }
+            State::Approved
+        } else {
+            entry.view.state = "denied";
+            State::Denied {
+                by: approver.subject.clone(),
+                reason: reason.clone(),
+            }
+        };
+        let view = entry.view.clone();
+        remember(&mut inner, view.clone());
+        drop(inner);
+        // On record before the held request is released.
+        self.auditor.record_later(
+            audit("approval.decided", &view)
+                .with("approved_by", json!(view.approvals))
+                .with("grant", view.grant.as_ref().map(|g| g.id.clone()))
+                .with("grant_until", view.grant.as_ref().map(|g| g.until.clone())),
+        );
+        let _ = self.events.send(ApprovalEvent::Decided(view.clone()));
+        let _ = entry.state.send(state);
+        Ok(view)
+    }
+
+    /// Revoke a window grant.
+    pub fn revoke(
+        &self,
+        approver: &Identity,
+        may_approve: &dyn Fn(&str) -> bool,
+        grant: &str,
+        reason: &str,
+    ) -> Result<GrantView, DecideError> {
+        let reason = reason.trim();
+        if reason.is_empty() {
+            return Err(DecideError::Invalid(
+                "revoking a grant needs a reason".into(),
+            ));
+        }
+        let mut inner = self.lock();
+        let Some(found) = inner.grants.get(grant) else {
+            return Err(DecideError::NotFound(grant.to_string()));
+        };
+        if !may_approve(&found.view.connection) {
+            return Err(DecideError::Forbidden(format!(
+                "{} may not manage grants on connection \"{}\"",
+                approver.subject, found.view.connection
+            )));
+        }
+        let found = inner.grants.remove(grant).expect("looked up above");
+        drop(inner);
+        let view = found.view.refreshed(found.until);
+        self.auditor.record_later(
+            Event::new("approval.grant_revoked", Outcome::Success)
+                .actor(approver)
+                .resource(json!({ "connection": view.connection, "accesses": view.accesses }))
+                .with("grant", view.id.clone())
+                .with("request", view.request.clone())
+                .with("requester", json!(view.requester))
+                .with("reason", for_record(reason)),
+        );
+        let _ = self.events.send(ApprovalEvent::GrantRevoked(view.clone()));
+        Ok(view)
+    }
+
+    /// End a pending request without a decision; whether it was pending.
+    fn close(&self, id: &str, state: State) -> bool {
+        let Some(mut entry) = self.lock().pending.remove(id) else {
+            return false;
+        };
+        entry.view.state = state.as_str();
+        entry.view.expires_in_secs = 0;
+        entry.view.decided_at = Some(rfc3339(SystemTime::now()));
+        let view = entry.view.clone();
+        remember(&mut self.lock(), view.clone());
+        let (kind, event) = match &state {
+            State::Expired => ("approval.expired", ApprovalEvent::Expired(view.clone())),
+            _ => ("approval.withdrawn", ApprovalEvent::Withdrawn(view.clone())),
+        };
+        let mut record = Event::new(kind, Outcome::Success)
+            .with("actor", json!(view.requester))
+            .origin(&view.origin)
+            .resource(json!({ "connection": view.connection, "accesses": view.accesses }))
+            .with("request", id.to_string())
+            .with("approvals", view.approvals.len());
+        if let State::Withdrawn(why) = &state {
+            record = record.with("reason", why.as_str());
+        } else {
+            record = record
+                .with("actor", json!({ "subject": "gateway" }))
+                .with("requester", json!(view.requester))
+                .origin("gateway");
+        }
+        self.auditor.record_later(record);
+        let _ = self.events.send(event);
+        let _ = entry.state.send(state);
+        true
+    }
+
+    /// The request ran out of time.
+    fn expire(&self, id: &str) {
+        self.close(id, State::Expired);
+    }
+
+    /// The requester withdrew request `id`; whether it was still pending.
+    pub fn withdraw(&self, id: &str, why: Withdrawal) -> bool {
+        self.close(id, State::Withdrawn(why))
+    }
+}
+
+fn remember(inner: &mut Inner, view: RequestView) {
+    if inner.recent.len() >= RECENT {
+        inner.recent.pop_front();
+    }
+    inner.recent.push_back(view);
+}
+
+/// An approver's console, connected.
+pub struct Watching {
+    approvals: Arc<Approvals>,
+    id: u64,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.approvals.lock().watching.remove(&self.id);
+    }
+}
+
+/// A held request, as its requester follows it.
+pub struct Ticket {
+    approvals: Arc<Approvals>,
+    view: RequestView,
+    state: watch::Receiver<State>,
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket").field("id", &self.view.id).finish()
+    }
+}
+
+impl Ticket {
+    /// The request id.
+    pub fn id(&self) -> &str {
+        &self.view.id
+    }
+
+    /// The request as it was made.
+    pub fn view(&self) -> &RequestView {
+        &self.view
+    }
+
+    /// Where it stands now.
+    pub fn state(&self) -> State {
+        self.state.borrow().clone()
+    }
+
+    /// Resolves once the request is no longer pending.
+    pub fn settled(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut state = self.state.clone();
+        async move {
+            let _ = state.wait_for(|s| *s != State::Pending).await;
+        }
+    }
+
+    /// Withdraw the request (if still pending).
+    pub fn withdraw(&self, why: Withdrawal) {
+        self.approvals.withdraw(&self.view.id, why);
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if *self.state.borrow() == State::Pending {
+            self.approvals
+                .withdraw(&self.view.id, Withdrawal::Disconnected);
+        }
+    }
+}
+
+/// A session's held request, reachable from the cancel path.
+#[derive(Debug, Default)]
+pub struct HoldSlot(Mutex<Option<(Arc<Approvals>, String)>>);
+
+impl HoldSlot {
+    /// The session now holds request `id`.
+    pub fn set(&self, approvals: &Arc<Approvals>, id: &str) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((approvals.clone(), id.to_string()));
+    }
+
+    /// The session holds nothing.
+    pub fn clear(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// The client cancelled: withdraw the held request if it is still
+    /// pending, and return its id (`None`: nothing was held back, so the
+    /// cancel is for the upstream).
+    pub fn cancel(&self) -> Option<String> {
+        let held = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let (approvals, id) = held?;
+        approvals.withdraw(&id, Withdrawal::Cancelled).then_some(id)
+    }
+}
+
+#[cfg(test)]
+mod tests;

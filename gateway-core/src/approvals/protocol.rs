@@ -1,0 +1,322 @@
+//! The approval protocol's messages (version 1), shared by the WebSocket
+//! and HTTP endpoints. `docs/approvals.md` describes them and
+//! `docs/approvals-v1.schema.json` is their JSON Schema; a test checks the
+//! two agree on every message type.
+
+use serde::{Deserialize, Serialize};
+
+use super::Requester;
+
+/// The protocol version this gateway speaks.
+pub const VERSION: u32 = 1;
+
+/// The WebSocket subprotocol name.
+pub const SUBPROTOCOL: &str = "tollgate.approvals.v1";
+
+/// A request as approvers see it. Texts are masked for the record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RequestView {
+    /// The request id (`ap_...`).
+    pub id: String,
+    /// `pending`, `approved`, `denied`, `expired` or `withdrawn`.
+    pub state: &'static str,
+    /// Who asks.
+    pub requester: Requester,
+    /// The requester's address.
+    pub origin: String,
+    /// The requester's session (its recording id).
+    pub session: Option<String>,
+    /// The connection.
+    pub connection: String,
+    /// The statement, literals replaced by `$n`.
+    pub statement: String,
+    /// Kinds of access (`read`, `copy_out` ...).
+    pub actions: Vec<String>,
+    /// The accesses that need approval (what a grant covers).
+    pub accesses: Vec<String>,
+    /// Every table and column the statement touches.
+    pub resources: Vec<String>,
+    /// It touches cardholder data.
+    pub cardholder: bool,
+    /// Rows the database estimates the statement returns, when known.
+    pub row_estimate: Option<i64>,
+    /// The policy that holds it.
+    pub policy: String,
+    /// That policy's reason.
+    pub policy_reason: String,
+    /// The requester's own reason.
+    pub reason: Option<String>,
+    /// When it was asked (RFC 3339).
+    pub requested_at: String,
+    /// When it expires if nobody decides.
+    pub expires_at: String,
+    /// Seconds left (0 once decided).
+    pub expires_in_secs: u64,
+    /// Distinct approvers needed.
+    pub approvals_needed: u32,
+    /// Approving votes so far.
+    pub approvals: Vec<Vote>,
+    /// Who decided (the last approver, or the one who denied).
+    pub decided_by: Option<String>,
+    /// Their reason.
+    pub decision_reason: Option<String>,
+    /// When it was decided, expired or withdrawn.
+    pub decided_at: Option<String>,
+    /// The window grant an approval made, if any.
+    pub grant: Option<GrantView>,
+}
+
+impl RequestView {
+    /// With the time left as of now.
+    pub(super) fn refreshed(&self, expires: std::time::Instant) -> RequestView {
+        let mut view = self.clone();
+        if view.state == "pending" {
+            view.expires_in_secs = expires
+                .saturating_duration_since(std::time::Instant::now())
+                .as_secs();
+        }
+        view
+    }
+}
+
+/// One approver's approving vote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Vote {
+    /// The approver's subject.
+    pub approver: String,
+    /// The approver's issuer.
+    pub issuer: String,
+    /// Why.
+    pub reason: String,
+    /// When (RFC 3339).
+    pub at: String,
+    /// The window asked for, in seconds (none: one-time).
+    pub window_secs: Option<u64>,
+}
+
+/// A window grant in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GrantView {
+    /// The grant id (`gr_...`).
+    pub id: String,
+    /// The request that made it.
+    pub request: String,
+    /// Whom it lets through.
+    pub requester: Requester,
+    /// Where.
+    pub connection: String,
+    /// Which accesses.
+    pub accesses: Vec<String>,
+    /// Who approved it.
+    pub approved_by: Vec<String>,
+    /// When (RFC 3339).
+    pub granted_at: String,
+    /// Until when.
+    pub until: String,
+    /// Seconds left.
+    pub remaining_secs: u64,
+}
+
+impl GrantView {
+    pub(super) fn refreshed(&self, until: std::time::Instant) -> GrantView {
+        let mut view = self.clone();
+        view.remaining_secs = until
+            .saturating_duration_since(std::time::Instant::now())
+            .as_secs();
+        view
+    }
+}
+
+/// Something that happened to a request or grant.
+#[derive(Debug, Clone)]
+pub enum ApprovalEvent {
+    /// A request is held.
+    Requested(RequestView),
+    /// An approver voted; more approvals are needed.
+    Voted(RequestView),
+    /// Approved or denied.
+    Decided(RequestView),
+    /// Nobody decided in time.
+    Expired(RequestView),
+    /// The requester withdrew it.
+    Withdrawn(RequestView),
+    /// A window grant was revoked.
+    GrantRevoked(GrantView),
+}
+
+impl ApprovalEvent {
+    /// The connection it concerns (consoles see only their connections).
+    pub fn connection(&self) -> &str {
+        match self {
+            ApprovalEvent::Requested(v)
+            | ApprovalEvent::Voted(v)
+            | ApprovalEvent::Decided(v)
+            | ApprovalEvent::Expired(v)
+            | ApprovalEvent::Withdrawn(v) => &v.connection,
+            ApprovalEvent::GrantRevoked(g) => &g.connection,
+        }
+    }
+
+    /// As a server message.
+    pub fn message(&self) -> ServerMessage<'_> {
+        match self {
+            ApprovalEvent::Requested(request) => ServerMessage::Requested { request },
+            ApprovalEvent::Voted(request) => ServerMessage::Voted { request },
+            ApprovalEvent::Decided(request) => ServerMessage::Decided { request },
+            ApprovalEvent::Expired(request) => ServerMessage::Expired { request },
+            ApprovalEvent::Withdrawn(request) => ServerMessage::Withdrawn { request },
+            ApprovalEvent::GrantRevoked(grant) => ServerMessage::GrantRevoked { grant },
+        }
+    }
+}
+
+/// What a console sends.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMessage {
+    /// The approver's access token, when the upgrade request carried no
+    /// `Authorization` header (browsers cannot set one). First message only.
+    Auth {
+        /// An OIDC access token.
+        token: String,
+    },
+    /// Approve a request.
+    Approve {
+        /// The request id.
+        id: String,
+        /// Why.
+        reason: String,
+        /// Approve for this many seconds instead of once.
+        #[serde(default)]
+        window_secs: Option<u64>,
+        /// Echoed in the answer.
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+    },
+    /// Deny a request.
+    Deny {
+        /// The request id.
+        id: String,
+        /// Why (the requester is told).
+        reason: String,
+        /// Echoed in the answer.
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+    },
+    /// Revoke a window grant.
+    Revoke {
+        /// The grant id.
+        grant: String,
+        /// Why.
+        reason: String,
+        /// Echoed in the answer.
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+    },
+    /// Ask for a fresh snapshot.
+    Snapshot {
+        /// Echoed in the answer.
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+    },
+    /// Keep-alive.
+    Ping {
+        /// Echoed in the answer.
+        #[serde(default, rename = "ref")]
+        reference: Option<String>,
+    },
+}
+
+/// What the gateway sends a console.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage<'a> {
+    /// First message after authentication.
+    Hello {
+        /// Protocol version.
+        version: u32,
+        /// Who is connected.
+        approver: &'a str,
+        /// When the approver's token expires (RFC 3339); the connection
+        /// closes then.
+        token_expires_at: String,
+    },
+    /// Pending requests, grants in force and recent decisions.
+    Snapshot {
+        /// Requests: pending first (oldest first), then recently decided.
+        requests: &'a [RequestView],
+        /// Grants in force.
+        grants: &'a [GrantView],
+        /// Echo of the client's `ref`.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+    },
+    /// A request is held.
+    Requested {
+        /// It.
+        request: &'a RequestView,
+    },
+    /// An approver voted; more approvals are needed.
+    Voted {
+        /// It.
+        request: &'a RequestView,
+    },
+    /// Approved or denied.
+    Decided {
+        /// It.
+        request: &'a RequestView,
+    },
+    /// Nobody decided in time.
+    Expired {
+        /// It.
+        request: &'a RequestView,
+    },
+    /// The requester withdrew it.
+    Withdrawn {
+        /// It.
+        request: &'a RequestView,
+    },
+    /// A window grant was revoked.
+    GrantRevoked {
+        /// It.
+        grant: &'a GrantView,
+    },
+    /// The client's decision or revocation was taken.
+    Ack {
+        /// Echo of the client's `ref`.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+        /// The request as it now stands (after approve/deny).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        request: Option<&'a RequestView>,
+        /// The grant (after revoke).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        grant: Option<&'a GrantView>,
+    },
+    /// Answer to a ping.
+    Pong {
+        /// Echo of the client's `ref`.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+    },
+    /// Something the client sent could not be done.
+    Error {
+        /// A stable code (`bad_message`, `not_found`, `self_approval` ...).
+        code: &'a str,
+        /// What is wrong and what to do.
+        message: &'a str,
+        /// Echo of the client's `ref`, when it could be read.
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<&'a str>,
+    },
+}
+
+impl ServerMessage<'_> {
+    /// As JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"type":"error","code":"internal","message":"the gateway could not encode a message"}"#
+                .into()
+        })
+    }
+}
