@@ -174,7 +174,12 @@ pub fn demo_database() -> Result<DemoDatabase, DevError> {
 }
 
 /// The lines printed once a dev gateway listens: how to connect.
-pub fn connect_instructions(config: &Config, listen: SocketAddr, connection: &str) -> String {
+pub fn connect_instructions(
+    config: &Config,
+    listen: SocketAddr,
+    api: Option<SocketAddr>,
+    connection: &str,
+) -> String {
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "tollgate".into());
@@ -202,8 +207,19 @@ pub fn connect_instructions(config: &Config, listen: SocketAddr, connection: &st
          PGPASSWORD='{token}' psql \"host={host} port={port} dbname={connection} user=alice sslmode=require\"\n\n\
          Mint other tokens with:\n\n  \
          {exe} token --data-dir {data_dir} --sub bob --groups agents --agent\n\n\
+         {approvals}\
          Press Ctrl-C to stop.\n",
         host = listen.ip(),
         port = listen.port(),
+        approvals = match api {
+            None => String::new(),
+            Some(api) => format!(
+                "Statements that need approval (COPY payments TO STDOUT) wait for an approver. \
+                 The API (approvals WebSocket, recordings) is on https://{api}; decide from a shell with:\n\n  \
+                 export TOLLGATE_TOKEN=$({exe} token --data-dir {data_dir} --sub olga --groups approvers --mfa)\n  \
+                 {exe} approvals list --data-dir {data_dir}\n  \
+                 {exe} approvals approve ap_... --reason \"why\" --data-dir {data_dir}\n\n"
+            ),
+        },
     )
 }

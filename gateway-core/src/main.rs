@@ -584,7 +584,7 @@ async fn serve(config: Config, dev_connection: Option<String>) -> anyhow::Result
     match &dev_connection {
         Some(name) => eprintln!(
             "{}",
-            dev::connect_instructions(&config, gateway.local_addr, name)
+            dev::connect_instructions(&config, gateway.local_addr, gateway.api_addr, name)
         ),
         None => eprintln!("Tollgate is listening on {}", gateway.local_addr),
     }

@@ -31,7 +31,7 @@ fn check_accepts_the_example_config() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("ok (2 connection(s), 2 issuer(s), 13 policies)"),
+        stdout.contains("ok (2 connection(s), 2 issuer(s), 14 policies)"),
         "{stdout}"
     );
 }
@@ -105,7 +105,13 @@ fn token_prints_a_signed_jwt_and_refuses_a_config_without_dev_issuer() {
 fn start_local_gateway(args: &[&str], dir: &Path) -> (Child, String) {
     let mut child = Command::new(BIN)
         .args(args)
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(dir.join("state"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

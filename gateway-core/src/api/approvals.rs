@@ -111,9 +111,7 @@ impl ApiContext {
         let event = caller
             .event("approval.console", Outcome::Refused)
             .with("reason", message.clone());
-        if let Err(e) = self.record(event).await {
-            return Err(e);
-        }
+        self.record(event).await?;
         Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", message))
     }
 
@@ -130,11 +128,11 @@ impl ApiContext {
             Action::Decide(verdict) => self
                 .approvals
                 .decide(identity, &may, id, verdict.clone())
-                .map(Decided::Request),
+                .map(|r| Decided::Request(Box::new(r))),
             Action::Revoke(reason) => self
                 .approvals
                 .revoke(identity, &may, id, reason)
-                .map(Decided::Grant),
+                .map(|g| Decided::Grant(Box::new(g))),
         };
         if let Err(error) = &result {
             let event = approver
@@ -172,8 +170,8 @@ impl Action {
 }
 
 enum Decided {
-    Request(RequestView),
-    Grant(GrantView),
+    Request(Box<RequestView>),
+    Grant(Box<GrantView>),
 }
 
 fn decide_error(error: DecideError) -> ApiError {

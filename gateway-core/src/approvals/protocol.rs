@@ -320,3 +320,173 @@ impl ServerMessage<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::identity::PrincipalKind;
+
+    const SCHEMA: &str = include_str!("../../../docs/approvals-v1.schema.json");
+
+    fn schema() -> Value {
+        serde_json::from_str(SCHEMA).expect("the schema is JSON")
+    }
+
+    fn types_of(variants: &Value) -> Vec<(String, Value)> {
+        variants
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                let kind = v["properties"]["type"]["const"]
+                    .as_str()
+                    .expect("every message has a const type")
+                    .to_string();
+                (kind, v.clone())
+            })
+            .collect()
+    }
+
+    fn request() -> RequestView {
+        RequestView {
+            id: "ap_x".into(),
+            state: "pending",
+            requester: Requester {
+                subject: "agent-7".into(),
+                issuer: "https://issuer".into(),
+                groups: vec!["agents".into()],
+                mfa: false,
+                kind: PrincipalKind::Agent,
+            },
+            origin: "127.0.0.1".into(),
+            session: None,
+            connection: "payments".into(),
+            statement: "COPY payments TO STDOUT".into(),
+            actions: vec![],
+            accesses: vec![],
+            resources: vec![],
+            cardholder: true,
+            row_estimate: None,
+            policy: "p".into(),
+            policy_reason: "r".into(),
+            reason: None,
+            requested_at: "t".into(),
+            expires_at: "t".into(),
+            expires_in_secs: 1,
+            approvals_needed: 1,
+            approvals: vec![],
+            decided_by: None,
+            decision_reason: None,
+            decided_at: None,
+            grant: None,
+        }
+    }
+
+    fn grant() -> GrantView {
+        GrantView {
+            id: "gr_x".into(),
+            request: "ap_x".into(),
+            requester: request().requester,
+            connection: "payments".into(),
+            accesses: vec![],
+            approved_by: vec![],
+            granted_at: "t".into(),
+            until: "t".into(),
+            remaining_secs: 1,
+        }
+    }
+
+    fn keys(value: &Value) -> BTreeSet<String> {
+        value.as_object().unwrap().keys().cloned().collect()
+    }
+
+    fn required(schema: &Value, def: &str) -> BTreeSet<String> {
+        schema["$defs"][def]["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn every_client_message_in_the_schema_is_understood_and_extra_fields_are_refused() {
+        let schema = schema();
+        let variants = types_of(&schema["$defs"]["ClientMessage"]["oneOf"]);
+        assert_eq!(variants.len(), 6);
+        for (kind, variant) in variants {
+            let mut sample = serde_json::Map::new();
+            for field in variant["required"].as_array().unwrap() {
+                let field = field.as_str().unwrap();
+                let value = if field == "type" {
+                    json!(kind)
+                } else {
+                    json!("ap_x")
+                };
+                sample.insert(field.into(), value);
+            }
+            let sample = Value::Object(sample);
+            serde_json::from_value::<ClientMessage>(sample.clone())
+                .unwrap_or_else(|e| panic!("{kind}: {e}"));
+            let mut extra = sample;
+            extra["surprise"] = json!(1);
+            assert!(
+                serde_json::from_value::<ClientMessage>(extra).is_err(),
+                "{kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_server_message_has_its_place_in_the_schema() {
+        let schema = schema();
+        let listed: BTreeSet<String> = types_of(&schema["$defs"]["ServerMessage"]["oneOf"])
+            .into_iter()
+            .map(|(kind, _)| kind)
+            .collect();
+        let (request, grant) = (request(), grant());
+        let messages = [
+            ServerMessage::Hello {
+                version: VERSION,
+                approver: "olga",
+                token_expires_at: "t".into(),
+            },
+            ServerMessage::Snapshot {
+                requests: &[],
+                grants: &[],
+                reference: None,
+            },
+            ServerMessage::Requested { request: &request },
+            ServerMessage::Voted { request: &request },
+            ServerMessage::Decided { request: &request },
+            ServerMessage::Expired { request: &request },
+            ServerMessage::Withdrawn { request: &request },
+            ServerMessage::GrantRevoked { grant: &grant },
+            ServerMessage::Ack {
+                reference: None,
+                request: None,
+                grant: None,
+            },
+            ServerMessage::Pong { reference: None },
+            ServerMessage::Error {
+                code: "bad_message",
+                message: "m",
+                reference: None,
+            },
+        ];
+        let sent: BTreeSet<String> = messages
+            .iter()
+            .map(|m| {
+                let value: Value = serde_json::from_str(&m.to_json()).unwrap();
+                value["type"].as_str().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(sent, listed);
+        assert_eq!(keys(&json!(request)), required(&schema, "Request"));
+        assert_eq!(keys(&json!(grant)), required(&schema, "Grant"));
+    }
+}
