@@ -65,6 +65,9 @@ pub enum StartError {
     /// A SIEM sink cannot be set up.
     #[error("{0}")]
     Siem(#[from] crate::audit::siem::SiemError),
+    /// Approval requests cannot be shared with the other replicas.
+    #[error("{0}")]
+    Approvals(#[from] crate::approvals::replicas::LinkError),
     /// The recording store cannot be opened.
     #[error("{0}; the gateway does not run without its session recordings")]
     Recording(#[from] crate::recording::store::StoreError),
@@ -208,6 +211,16 @@ impl Gateway {
             },
             auditor.clone(),
         );
+        if audit.recordings.starts_with("postgres") {
+            // Replicas sharing the store share their approval requests too.
+            let link = crate::approvals::replicas::connect(
+                &approvals,
+                &audit.recordings,
+                recording.store.target(),
+            )
+            .await?;
+            approvals.link(link);
+        }
         let api_policy = policy.clone();
         let guard = policy.map(|policy| {
             policy.watch(

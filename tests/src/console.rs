@@ -54,11 +54,29 @@ impl TestGateway {
 
     /// Connect an approver's console with `token`.
     pub async fn console(&self, token: &str, auth: Auth) -> Result<Console, ConnectError> {
-        let addr = self.api_addr();
+        connect_console(
+            self.api_addr(),
+            &self.data_dir.join("gateway-cert.pem"),
+            token,
+            auth,
+        )
+        .await
+    }
+}
+
+/// Connect a console to the API at `addr`, trusting the certificate in `ca`.
+pub async fn connect_console(
+    addr: std::net::SocketAddr,
+    ca: &std::path::Path,
+    token: &str,
+    auth: Auth,
+) -> Result<Console, ConnectError> {
+    {
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|e| ConnectError::Other(e.to_string()))?;
-        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(self.client_tls()));
+        let connector =
+            tokio_rustls::TlsConnector::from(std::sync::Arc::new(crate::tls_trusting(ca)));
         let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
         let tls = connector
             .connect(name, tcp)

@@ -127,7 +127,8 @@ impl ApiContext {
         let result = match &action {
             Action::Decide(verdict) => self
                 .approvals
-                .decide(identity, &may, id, verdict.clone())
+                .decide_anywhere(identity, &may, id, verdict.clone())
+                .await
                 .map(|r| Decided::Request(Box::new(r))),
             Action::Revoke(reason) => self
                 .approvals
@@ -180,6 +181,14 @@ fn decide_error(error: DecideError) -> ApiError {
         DecideError::NotPending { .. } | DecideError::AlreadyVoted(_) => StatusCode::CONFLICT,
         DecideError::SelfApproval(_) | DecideError::Forbidden(_) => StatusCode::FORBIDDEN,
         DecideError::Invalid(_) => StatusCode::BAD_REQUEST,
+        DecideError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        DecideError::Remote { code, .. } => match *code {
+            "not_found" => StatusCode::NOT_FOUND,
+            "not_pending" | "already_voted" => StatusCode::CONFLICT,
+            "bad_request" => StatusCode::BAD_REQUEST,
+            "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::FORBIDDEN,
+        },
     };
     ApiError::new(status, error.code(), error.to_string())
 }

@@ -21,9 +21,10 @@
 
 pub mod client;
 pub mod protocol;
+pub mod replicas;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
@@ -51,7 +52,7 @@ pub struct Settings {
 }
 
 /// Who asks, as approvers see them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Requester {
     /// Token subject.
     pub subject: String,
@@ -211,7 +212,18 @@ pub enum DecideError {
         /// The request.
         id: String,
         /// Its state.
-        state: &'static str,
+        state: String,
+    },
+    /// The replica holding the request cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The replica holding the request refused the decision.
+    #[error("{message}")]
+    Remote {
+        /// Its code.
+        code: &'static str,
+        /// Its message.
+        message: String,
     },
     /// The approver asked for it.
     #[error("{0} made this request and cannot approve it; another approver has to")]
@@ -237,7 +249,24 @@ impl DecideError {
             DecideError::AlreadyVoted(_) => "already_voted",
             DecideError::Forbidden(_) => "forbidden",
             DecideError::Invalid(_) => "bad_request",
+            DecideError::Unavailable(_) => "unavailable",
+            DecideError::Remote { code, .. } => code,
         }
+    }
+
+    /// The static code for a code another replica sent.
+    fn known(code: &str) -> &'static str {
+        [
+            "not_found",
+            "not_pending",
+            "self_approval",
+            "already_voted",
+            "forbidden",
+            "bad_request",
+        ]
+        .into_iter()
+        .find(|c| *c == code)
+        .unwrap_or("unavailable")
     }
 }
 
@@ -259,6 +288,8 @@ struct Grant {
 #[derive(Default)]
 struct Inner {
     pending: HashMap<String, Entry>,
+    /// Pending requests held by other replicas: id -> (holder, view, expiry).
+    remote: HashMap<String, (String, RequestView, Instant)>,
     recent: VecDeque<RequestView>,
     grants: HashMap<String, Grant>,
     /// Approvers connected to a console: (connection id, subject).
@@ -272,6 +303,8 @@ pub struct Approvals {
     auditor: Auditor,
     inner: Mutex<Inner>,
     events: broadcast::Sender<ApprovalEvent>,
+    /// The other replicas, when requests are shared.
+    link: OnceLock<Arc<replicas::Link>>,
 }
 
 impl std::fmt::Debug for Approvals {
@@ -312,7 +345,117 @@ impl Approvals {
             auditor,
             inner: Mutex::new(Inner::default()),
             events,
+            link: OnceLock::new(),
         })
+    }
+
+    /// Share requests with other replicas through `link`.
+    pub fn link(&self, link: Arc<replicas::Link>) {
+        let _ = self.link.set(link);
+    }
+
+    /// Tell local consoles and the other replicas.
+    fn emit(&self, event: ApprovalEvent) {
+        if let Some(link) = self.link.get() {
+            link.publish(match &event {
+                ApprovalEvent::GrantRevoked(grant) => replicas::Body::GrantRevoked {
+                    grant: grant.clone(),
+                },
+                ApprovalEvent::Requested(r)
+                | ApprovalEvent::Voted(r)
+                | ApprovalEvent::Decided(r)
+                | ApprovalEvent::Expired(r)
+                | ApprovalEvent::Withdrawn(r) => replicas::Body::Request { request: r.clone() },
+            });
+        }
+        let _ = self.events.send(event);
+    }
+
+    /// Another replica's request changed: mirror it for local consoles, and
+    /// its grant so that it holds here too.
+    pub(crate) fn mirror(&self, holder: &str, view: RequestView) {
+        let event = {
+            let mut inner = self.lock();
+            if view.state == "pending" {
+                let expires = Instant::now() + Duration::from_secs(view.expires_in_secs);
+                let first = !inner.remote.contains_key(&view.id);
+                inner
+                    .remote
+                    .insert(view.id.clone(), (holder.to_string(), view.clone(), expires));
+                if first && view.approvals.is_empty() {
+                    ApprovalEvent::Requested(view)
+                } else {
+                    ApprovalEvent::Voted(view)
+                }
+            } else {
+                inner.remote.remove(&view.id);
+                if let Some(grant) = &view.grant {
+                    inner.grants.insert(
+                        grant.id.clone(),
+                        Grant {
+                            scope: Scope {
+                                subject: grant.requester.subject.clone(),
+                                issuer: grant.requester.issuer.clone(),
+                                connection: grant.connection.clone(),
+                                accesses: grant.accesses.clone(),
+                            },
+                            until: Instant::now() + Duration::from_secs(grant.remaining_secs),
+                            view: grant.clone(),
+                        },
+                    );
+                }
+                remember(&mut inner, view.clone());
+                match view.state.as_str() {
+                    "expired" => ApprovalEvent::Expired(view),
+                    "withdrawn" => ApprovalEvent::Withdrawn(view),
+                    _ => ApprovalEvent::Decided(view),
+                }
+            }
+        };
+        let _ = self.events.send(event);
+    }
+
+    /// Another replica revoked a grant.
+    pub(crate) fn mirror_revoked(&self, grant: GrantView) {
+        self.lock().grants.remove(&grant.id);
+        let _ = self.events.send(ApprovalEvent::GrantRevoked(grant));
+    }
+
+    /// Decide request `id` wherever it is held: here, or on the replica
+    /// holding it (the decision is forwarded there and its answer awaited).
+    pub async fn decide_anywhere(
+        &self,
+        approver: &Identity,
+        may_approve: &(dyn Fn(&str) -> bool + Sync),
+        id: &str,
+        verdict: Verdict,
+    ) -> Result<RequestView, DecideError> {
+        let remote = {
+            let inner = self.lock();
+            match inner.pending.contains_key(id) {
+                true => None,
+                false => inner
+                    .remote
+                    .get(id)
+                    .map(|(h, v, _)| (h.clone(), v.connection.clone())),
+            }
+        };
+        let (Some((holder, connection)), Some(link)) = (remote, self.link.get()) else {
+            return self.decide(approver, may_approve, id, verdict);
+        };
+        if !may_approve(&connection) {
+            return Err(DecideError::Forbidden(format!(
+                "{} may not decide approval requests on connection \"{connection}\" (no policy permits `approve` there)",
+                approver.subject
+            )));
+        }
+        if verdict.reason.trim().is_empty() {
+            return Err(DecideError::Invalid(
+                "a decision needs a reason: say why (it goes to the requester and the audit log)"
+                    .into(),
+            ));
+        }
+        link.forward(&holder, id, approver, verdict).await
     }
 
     /// The settings in force.
@@ -359,6 +502,12 @@ impl Approvals {
             .values()
             .map(|e| e.view.refreshed(e.expires))
             .collect();
+        inner.remote.retain(|_, (_, _, expires)| *expires > now);
+        requests.extend(inner.remote.values().map(|(_, view, expires)| {
+            let mut view = view.clone();
+            view.expires_in_secs = expires.saturating_duration_since(now).as_secs();
+            view
+        }));
         requests.sort_by(|a, b| a.requested_at.cmp(&b.requested_at));
         requests.extend(inner.recent.iter().rev().cloned());
         let mut grants: Vec<GrantView> = inner
@@ -375,6 +524,9 @@ impl Approvals {
         let inner = self.lock();
         if let Some(e) = inner.pending.get(id) {
             return Some(e.view.refreshed(e.expires));
+        }
+        if let Some((_, view, expires)) = inner.remote.get(id) {
+            return Some(view.refreshed(*expires));
         }
         inner.recent.iter().find(|v| v.id == id).cloned()
     }
@@ -409,12 +561,12 @@ impl Approvals {
         let expires = now + self.settings.expire;
         let view = RequestView {
             id: id.clone(),
-            state: "pending",
+            state: "pending".into(),
             requester: ask.requester.clone(),
             origin: ask.origin.clone(),
             session: ask.session.clone(),
             connection: ask.scope.connection.clone(),
-            statement: for_record(&ask.statement),
+            statement: shown(&for_record(&ask.statement)),
             actions: ask.actions.clone(),
             accesses: ask.scope.accesses.clone(),
             resources: ask.resources.clone(),
@@ -458,7 +610,7 @@ impl Approvals {
                 .with("reason", view.reason.clone())
                 .with("notified", self.watchers()),
         );
-        let _ = self.events.send(ApprovalEvent::Requested(view.clone()));
+        self.emit(ApprovalEvent::Requested(view.clone()));
         let approvals = self.clone();
         let expiring = id.clone();
         tokio::spawn(async move {
@@ -507,10 +659,13 @@ impl Approvals {
         let Some(entry) = inner.pending.get_mut(id) else {
             drop(inner);
             return Err(match self.get(id) {
-                Some(view) => DecideError::NotPending {
+                Some(view) if view.state != "pending" => DecideError::NotPending {
                     id: id.to_string(),
                     state: view.state,
                 },
+                Some(_) => DecideError::Unavailable(format!(
+                    "request {id} is held by another gateway replica, which this one cannot reach"
+                )),
                 None => DecideError::NotFound(id.to_string()),
             });
         };
@@ -560,7 +715,7 @@ impl Approvals {
                         .with("approvals", view.approvals.len())
                         .with("approvals_needed", view.approvals_needed),
                 );
-                let _ = self.events.send(ApprovalEvent::Voted(view.clone()));
+                self.emit(ApprovalEvent::Voted(view.clone()));
                 return Ok(view);
             }
         }
@@ -570,7 +725,7 @@ impl Approvals {
         entry.view.decided_at = Some(now.clone());
         entry.view.expires_in_secs = 0;
         let state = if verdict.approve {
-            entry.view.state = "approved";
+            entry.view.state = "approved".into();
             // The narrowest window any approver gave; one-time if one asked for that.
             let window = entry
                 .windows
@@ -609,7 +764,7 @@ impl Approvals {
             }
             State::Approved
         } else {
-            entry.view.state = "denied";
+            entry.view.state = "denied".into();
             State::Denied {
                 by: approver.subject.clone(),
                 reason: reason.clone(),
@@ -625,7 +780,7 @@ impl Approvals {
                 .with("grant", view.grant.as_ref().map(|g| g.id.clone()))
                 .with("grant_until", view.grant.as_ref().map(|g| g.until.clone())),
         );
-        let _ = self.events.send(ApprovalEvent::Decided(view.clone()));
+        self.emit(ApprovalEvent::Decided(view.clone()));
         let _ = entry.state.send(state);
         Ok(view)
     }
@@ -666,7 +821,7 @@ impl Approvals {
                 .with("requester", json!(view.requester))
                 .with("reason", for_record(reason)),
         );
-        let _ = self.events.send(ApprovalEvent::GrantRevoked(view.clone()));
+        self.emit(ApprovalEvent::GrantRevoked(view.clone()));
         Ok(view)
     }
 
@@ -675,7 +830,7 @@ impl Approvals {
         let Some(mut entry) = self.lock().pending.remove(id) else {
             return false;
         };
-        entry.view.state = state.as_str();
+        entry.view.state = state.as_str().into();
         entry.view.expires_in_secs = 0;
         entry.view.decided_at = Some(rfc3339(SystemTime::now()));
         let view = entry.view.clone();
@@ -699,7 +854,7 @@ impl Approvals {
                 .origin("gateway");
         }
         self.auditor.record_later(record);
-        let _ = self.events.send(event);
+        self.emit(event);
         let _ = entry.state.send(state);
         true
     }
@@ -713,6 +868,20 @@ impl Approvals {
     pub fn withdraw(&self, id: &str, why: Withdrawal) -> bool {
         self.close(id, State::Withdrawn(why))
     }
+}
+
+/// At most this much of a statement is shown (and sent to other replicas).
+const SHOWN: usize = 2000;
+
+fn shown(text: &str) -> String {
+    if text.len() <= SHOWN {
+        return text.to_string();
+    }
+    let mut end = SHOWN;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} ... ({} more bytes)", &text[..end], text.len() - end)
 }
 
 fn remember(inner: &mut Inner, view: RequestView) {

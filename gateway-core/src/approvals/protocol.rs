@@ -14,12 +14,12 @@ pub const VERSION: u32 = 1;
 pub const SUBPROTOCOL: &str = "tollgate.approvals.v1";
 
 /// A request as approvers see it. Texts are masked for the record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestView {
     /// The request id (`ap_...`).
     pub id: String,
     /// `pending`, `approved`, `denied`, `expired` or `withdrawn`.
-    pub state: &'static str,
+    pub state: String,
     /// Who asks.
     pub requester: Requester,
     /// The requester's address.
@@ -80,7 +80,7 @@ impl RequestView {
 }
 
 /// One approver's approving vote.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Vote {
     /// The approver's subject.
     pub approver: String,
@@ -95,7 +95,7 @@ pub struct Vote {
 }
 
 /// A window grant in force.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GrantView {
     /// The grant id (`gr_...`).
     pub id: String,
@@ -354,7 +354,7 @@ mod tests {
     fn request() -> RequestView {
         RequestView {
             id: "ap_x".into(),
-            state: "pending",
+            state: "pending".into(),
             requester: Requester {
                 subject: "agent-7".into(),
                 issuer: "https://issuer".into(),
