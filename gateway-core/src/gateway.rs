@@ -59,6 +59,9 @@ pub enum StartError {
     /// The masking settings cannot be used.
     #[error("{0}")]
     Masking(String),
+    /// The replica key cannot be read or is too short.
+    #[error("approvals.replica_key: {0}")]
+    ReplicaKey(String),
     /// The audit log cannot be opened or written.
     #[error("{0}; the gateway does not run without its audit log")]
     Audit(#[from] crate::audit::log::AuditError),
@@ -213,10 +216,26 @@ impl Gateway {
         );
         if audit.recordings.starts_with("postgres") {
             // Replicas sharing the store share their approval requests too.
+            let key = match &approvals_config.replica_key {
+                None => {
+                    return Err(StartError::ReplicaKey(
+                        "required with a postgres:// store".into(),
+                    ));
+                }
+                Some(source) => {
+                    let secret = crate::upstream::credential::read(source)
+                        .await
+                        .map_err(|e| StartError::ReplicaKey(e.to_string()))?;
+                    crate::approvals::replicas::ReplicaKey::new(secret.expose().as_bytes())
+                        .map_err(StartError::ReplicaKey)?
+                }
+            };
             let link = crate::approvals::replicas::connect(
                 &approvals,
                 &audit.recordings,
                 recording.store.target(),
+                key,
+                policy.clone(),
             )
             .await?;
             approvals.link(link);

@@ -235,7 +235,15 @@ fn keyring_credentials_reach_the_upstream() {
     let script = r#"
 set -e
 echo -n unlock | gnome-keyring-daemon --unlock --components=secrets >/dev/null
-printf '%s\n' "$UPSTREAM_PASSWORD" | "$BIN" keyring set --service tollgate-test --account payments
+# The daemon may still be setting up its collection: try again for a few seconds.
+stored=
+for _ in $(seq 25); do
+  if printf '%s\n' "$UPSTREAM_PASSWORD" | "$BIN" keyring set --service tollgate-test --account payments; then
+    stored=1; break
+  fi
+  sleep 0.2
+done
+[ -n "$stored" ]
 "$BIN" serve --config "$CONFIG" 2>"$DIR/serve.log" &
 serve=$!
 trap 'kill $serve' EXIT

@@ -29,7 +29,7 @@ impl Drop for Replica {
 
 fn start(dir: &Path, store: &str) -> Replica {
     let extra = format!(
-        "[policy]\nstarter = true\n\n[api]\nlisten = \"127.0.0.1:0\"\n\n[audit]\nrecordings = \"{store}\"\n"
+        "[policy]\nstarter = true\n\n[api]\nlisten = \"127.0.0.1:0\"\n\n[audit]\nrecordings = \"{store}\"\n\n[approvals]\nreplica_key = {{ inline = \"replica-key-for-the-test-only\" }}\n"
     );
     let config = dir.join("gateway.toml");
     std::fs::write(&config, config_text(dir, &extra)).unwrap();
@@ -143,11 +143,74 @@ async fn a_request_held_on_one_replica_is_approved_on_the_other() {
             ttl_secs: 600,
         })
         .unwrap();
+    // Someone with a login on the store's database listens in.
+    let eavesdrop = Command::new("psql")
+        .args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-h",
+            "localhost",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
+        .arg("-p")
+        .arg(db.pg.port.to_string())
+        .args([
+            "-c",
+            "LISTEN tollgate_approvals",
+            "-c",
+            "SELECT pg_sleep(2)",
+        ])
+        .env("PGPASSWORD", &db.pg.superuser_password)
+        .env("PGSSLMODE", "require")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let psql = export(&a, &agent);
 
     let requested = console.expect("requested").await;
     let id = requested["request"]["id"].as_str().unwrap().to_string();
     assert_eq!(requested["request"]["requester"]["subject"], "agent-7");
+
+    // A forged decision (not signed with the replica key) approves nothing.
+    let heard = finish(eavesdrop).await;
+    let heard = String::from_utf8_lossy(&heard.stdout).into_owned()
+        + &String::from_utf8_lossy(&heard.stderr);
+    let holder = heard
+        .split("\"from\":\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("the eavesdropper heard the request: {heard}"))
+        .to_string();
+    let forged = serde_json::json!({
+        "from": "gw_mallory", "at_ms": std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64,
+        "kind": "decide", "to": holder, "call": 1, "id": id,
+        "approver": { "subject": "olga", "issuer": "x", "groups": ["approvers"], "mfa": true },
+        "origin": "127.0.0.1", "approve": true, "reason": "forged", "window_secs": null
+    });
+    db.pg
+        .psql(
+            "postgres",
+            &format!(
+                "SELECT pg_notify('tollgate_approvals', '{}')",
+                forged.to_string().replace('\'', "''")
+            ),
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut probe = psql;
+    assert!(
+        probe.try_wait().unwrap().is_none(),
+        "the forged decision released the statement"
+    );
+    let psql = probe;
     let ack = console
         .approve(&id, "approved from the other replica", None)
         .await;

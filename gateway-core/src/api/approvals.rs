@@ -28,6 +28,7 @@ use super::{ApiContext, ApiError, Caller, bearer};
 use crate::approvals::protocol::{ClientMessage, SUBPROTOCOL, ServerMessage, VERSION};
 use crate::approvals::{DecideError, GrantView, RequestView, Verdict};
 use crate::audit::event::Outcome;
+use crate::masking::for_record;
 use crate::policy::Principal;
 
 /// How long a console that did not authenticate on upgrade has to send its
@@ -124,10 +125,11 @@ impl ApiContext {
     ) -> Result<Decided, DecideError> {
         let may = |connection: &str| approver.may(connection);
         let identity = &approver.caller.identity;
+        let origin = approver.caller.peer.ip();
         let result = match &action {
             Action::Decide(verdict) => self
                 .approvals
-                .decide_anywhere(identity, &may, id, verdict.clone())
+                .decide_anywhere(identity, origin, &may, id, verdict.clone())
                 .await
                 .map(|r| Decided::Request(Box::new(r))),
             Action::Revoke(reason) => self
@@ -139,12 +141,12 @@ impl ApiContext {
             let event = approver
                 .caller
                 .event("approval.refused", Outcome::Refused)
-                .resource(json!({ "request": id }))
+                .resource(json!({ "request": for_record(id) }))
                 .with("attempt", action.name())
                 .with("code", error.code())
-                .with("reason", error.to_string());
+                .with("reason", for_record(&error.to_string()));
             if self.record(event).await.is_err() {
-                return Err(DecideError::Forbidden(
+                return Err(DecideError::Unavailable(
                     "the attempt could not be recorded in the audit log (PCI DSS 10.7); \
                      check the gateway's data directory"
                         .into(),
@@ -190,7 +192,7 @@ fn decide_error(error: DecideError) -> ApiError {
             _ => StatusCode::FORBIDDEN,
         },
     };
-    ApiError::new(status, error.code(), error.to_string())
+    ApiError::new(status, error.code(), for_record(&error.to_string()))
 }
 
 fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
@@ -459,7 +461,10 @@ impl Console {
             },
         };
         let identity = approver.caller.identity.clone();
-        let _watching = self.ctx.approvals.watch(&identity.subject);
+        let _watching = self
+            .ctx
+            .approvals
+            .watch(&identity.subject, &approver.connections);
         // Subscribed before the snapshot, so nothing falls between the two.
         let mut events = self.ctx.approvals.subscribe();
         let expires_at = std::time::UNIX_EPOCH + Duration::from_secs(identity.expires_at);
@@ -598,7 +603,10 @@ impl Console {
                 })
                 .await
             }
-            Err(e) => self.error(e.code(), &e.to_string(), reference).await,
+            Err(e) => {
+                self.error(e.code(), &for_record(&e.to_string()), reference)
+                    .await
+            }
         }
     }
 }

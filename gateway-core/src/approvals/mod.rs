@@ -23,7 +23,8 @@ pub mod client;
 pub mod protocol;
 pub mod replicas;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -94,6 +95,9 @@ pub struct Scope {
     pub connection: String,
     /// The held accesses, e.g. `COPY on public.payments` (sorted, each once).
     pub accesses: Vec<String>,
+    /// Approvers the holding rules ask for: a grant made with fewer never
+    /// covers a request that needs more.
+    pub approvals: u32,
 }
 
 impl Scope {
@@ -101,6 +105,7 @@ impl Scope {
         self.subject == other.subject
             && self.issuer == other.issuer
             && self.connection == other.connection
+            && self.approvals >= other.approvals
             && other.accesses.iter().all(|a| self.accesses.contains(a))
     }
 }
@@ -290,10 +295,12 @@ struct Inner {
     pending: HashMap<String, Entry>,
     /// Pending requests held by other replicas: id -> (holder, view, expiry).
     remote: HashMap<String, (String, RequestView, Instant)>,
+    /// Grants revoked (never mirrored back in).
+    revoked: HashSet<String>,
     recent: VecDeque<RequestView>,
     grants: HashMap<String, Grant>,
-    /// Approvers connected to a console: (connection id, subject).
-    watching: HashMap<u64, String>,
+    /// Approvers connected to a console: id -> (subject, connections they may approve).
+    watching: HashMap<u64, (String, Vec<String>)>,
     next_watcher: u64,
 }
 
@@ -377,7 +384,8 @@ impl Approvals {
         let event = {
             let mut inner = self.lock();
             if view.state == "pending" {
-                let expires = Instant::now() + Duration::from_secs(view.expires_in_secs);
+                let left = Duration::from_secs(view.expires_in_secs).min(self.settings.expire);
+                let expires = Instant::now() + left;
                 let first = !inner.remote.contains_key(&view.id);
                 inner
                     .remote
@@ -388,18 +396,30 @@ impl Approvals {
                     ApprovalEvent::Voted(view)
                 }
             } else {
-                inner.remote.remove(&view.id);
-                if let Some(grant) = &view.grant {
+                // A grant only for a request this holder announced as pending.
+                let announced = inner
+                    .remote
+                    .remove(&view.id)
+                    .is_some_and(|(h, _, _)| h == holder);
+                if let Some(grant) = &view.grant
+                    && announced
+                    && view.state == "approved"
+                    && grant.request == view.id
+                    && !inner.revoked.contains(&grant.id)
+                {
+                    let left =
+                        Duration::from_secs(grant.remaining_secs).min(self.settings.max_window);
                     inner.grants.insert(
                         grant.id.clone(),
                         Grant {
                             scope: Scope {
-                                subject: grant.requester.subject.clone(),
-                                issuer: grant.requester.issuer.clone(),
-                                connection: grant.connection.clone(),
-                                accesses: grant.accesses.clone(),
+                                subject: view.requester.subject.clone(),
+                                issuer: view.requester.issuer.clone(),
+                                connection: view.connection.clone(),
+                                accesses: view.accesses.clone(),
+                                approvals: view.approvals_needed,
                             },
-                            until: Instant::now() + Duration::from_secs(grant.remaining_secs),
+                            until: Instant::now() + left,
                             view: grant.clone(),
                         },
                     );
@@ -417,7 +437,10 @@ impl Approvals {
 
     /// Another replica revoked a grant.
     pub(crate) fn mirror_revoked(&self, grant: GrantView) {
-        self.lock().grants.remove(&grant.id);
+        let mut inner = self.lock();
+        inner.grants.remove(&grant.id);
+        remember_revoked(&mut inner, &grant.id);
+        drop(inner);
         let _ = self.events.send(ApprovalEvent::GrantRevoked(grant));
     }
 
@@ -426,6 +449,7 @@ impl Approvals {
     pub async fn decide_anywhere(
         &self,
         approver: &Identity,
+        origin: IpAddr,
         may_approve: &(dyn Fn(&str) -> bool + Sync),
         id: &str,
         verdict: Verdict,
@@ -455,7 +479,7 @@ impl Approvals {
                     .into(),
             ));
         }
-        link.forward(&holder, id, approver, verdict).await
+        link.forward(&holder, id, approver, origin, verdict).await
     }
 
     /// The settings in force.
@@ -473,23 +497,37 @@ impl Approvals {
     }
 
     /// An approver's console is connected; dropping the handle says it left.
-    pub fn watch(self: &Arc<Self>, subject: &str) -> Watching {
+    pub fn watch(self: &Arc<Self>, subject: &str, connections: &[String]) -> Watching {
         let mut inner = self.lock();
         inner.next_watcher += 1;
         let id = inner.next_watcher;
-        inner.watching.insert(id, subject.to_string());
+        inner
+            .watching
+            .insert(id, (subject.to_string(), connections.to_vec()));
         Watching {
             approvals: self.clone(),
             id,
         }
     }
 
-    /// Subjects of the approvers connected right now (each once).
-    pub fn watchers(&self) -> Vec<String> {
-        let mut who: Vec<String> = self.lock().watching.values().cloned().collect();
+    /// Subjects of the approvers connected to this gateway right now who
+    /// may decide requests on `connection` (each once).
+    pub fn watchers(&self, connection: &str) -> Vec<String> {
+        let mut who: Vec<String> = self
+            .lock()
+            .watching
+            .values()
+            .filter(|(_, connections)| connections.iter().any(|c| c == connection))
+            .map(|(subject, _)| subject.clone())
+            .collect();
         who.sort();
         who.dedup();
         who
+    }
+
+    /// Whether other replicas share the requests (their approvers see them too).
+    pub fn replicated(&self) -> bool {
+        self.link.get().is_some()
     }
 
     /// Pending requests and grants in force, then recently decided requests.
@@ -608,7 +646,7 @@ impl Approvals {
                 .with("approvals_needed", view.approvals_needed)
                 .with("row_estimate", view.row_estimate)
                 .with("reason", view.reason.clone())
-                .with("notified", self.watchers()),
+                .with("notified", self.watchers(&view.connection)),
         );
         self.emit(ApprovalEvent::Requested(view.clone()));
         let approvals = self.clone();
@@ -634,14 +672,13 @@ impl Approvals {
         id: &str,
         verdict: Verdict,
     ) -> Result<RequestView, DecideError> {
-        let reason = verdict.reason.trim();
-        if reason.is_empty() {
+        if verdict.reason.trim().is_empty() {
             return Err(DecideError::Invalid(
                 "a decision needs a reason: say why (it goes to the requester and the audit log)"
                     .into(),
             ));
         }
-        let reason = for_record(reason);
+        let reason = reason_text(&verdict.reason);
         if let Some(window) = verdict.window
             && (window.is_zero() || window > self.settings.max_window)
         {
@@ -748,6 +785,7 @@ impl Approvals {
                         .iter()
                         .map(|v| v.approver.clone())
                         .collect(),
+                    approvals_needed: entry.view.approvals_needed,
                     granted_at: now.clone(),
                     until: at(until),
                     remaining_secs: window.as_secs(),
@@ -761,6 +799,7 @@ impl Approvals {
                         until,
                     },
                 );
+                // (The scope's approvals are those the request needed.)
             }
             State::Approved
         } else {
@@ -810,6 +849,7 @@ impl Approvals {
             )));
         }
         let found = inner.grants.remove(grant).expect("looked up above");
+        remember_revoked(&mut inner, grant);
         drop(inner);
         let view = found.view.refreshed(found.until);
         self.auditor.record_later(
@@ -882,6 +922,18 @@ fn shown(text: &str) -> String {
         end -= 1;
     }
     format!("{} ... ({} more bytes)", &text[..end], text.len() - end)
+}
+
+/// A reason as records keep it: masked, at most 500 characters.
+pub(crate) fn reason_text(reason: &str) -> String {
+    for_record(reason.trim()).chars().take(500).collect()
+}
+
+fn remember_revoked(inner: &mut Inner, grant: &str) {
+    if inner.revoked.len() > 10_000 {
+        inner.revoked.clear();
+    }
+    inner.revoked.insert(grant.to_string());
 }
 
 fn remember(inner: &mut Inner, view: RequestView) {
@@ -957,27 +1009,45 @@ impl Drop for Ticket {
 
 /// A session's held request, reachable from the cancel path.
 #[derive(Debug, Default)]
-pub struct HoldSlot(Mutex<Option<(Arc<Approvals>, String)>>);
+pub struct HoldSlot {
+    held: Mutex<Option<(Arc<Approvals>, String)>>,
+    /// A cancel came for the held statement after its request was decided
+    /// but before it went upstream: it must not run.
+    cancelled: std::sync::atomic::AtomicBool,
+}
 
 impl HoldSlot {
     /// The session now holds request `id`.
     pub fn set(&self, approvals: &Arc<Approvals>, id: &str) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) =
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((approvals.clone(), id.to_string()));
+        self.cancelled
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The session holds nothing.
     pub fn clear(&self) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.cancelled
+            .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
-    /// The client cancelled: withdraw the held request if it is still
-    /// pending, and return its id (`None`: nothing was held back, so the
-    /// cancel is for the upstream).
+    /// The client cancelled: withdraw the held request (or, if it was
+    /// decided already, keep its statement from running). Returns the
+    /// request's id, if a statement was held.
     pub fn cancel(&self) -> Option<String> {
-        let held = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let (approvals, id) = held?;
-        approvals.withdraw(&id, Withdrawal::Cancelled).then_some(id)
+        if !approvals.withdraw(&id, Withdrawal::Cancelled) {
+            self.cancelled
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        Some(id)
+    }
+
+    /// Whether the held statement was cancelled after its request was decided.
+    pub fn cancelled(&self) -> bool {
+        self.cancelled.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 

@@ -109,6 +109,8 @@ pub struct GrantView {
     pub accesses: Vec<String>,
     /// Who approved it.
     pub approved_by: Vec<String>,
+    /// Approvers the request needed (the grant covers requests that need at most this many).
+    pub approvals_needed: u32,
     /// When (RFC 3339).
     pub granted_at: String,
     /// Until when.
@@ -394,6 +396,7 @@ mod tests {
             connection: "payments".into(),
             accesses: vec![],
             approved_by: vec![],
+            approvals_needed: 1,
             granted_at: "t".into(),
             until: "t".into(),
             remaining_secs: 1,

@@ -7,23 +7,38 @@
 //! others mirror pending requests (for their consoles) and grants (so a
 //! grant lets the requester through on any replica). A decision taken on
 //! another replica is forwarded to the holder, which applies it (the rules,
-//! the audit record, the release) and answers; the deciding replica has
-//! already checked the approver's token and the policy's leave.
+//! the audit record, the release) and answers.
+//!
+//! Anyone who can log in to the store's database can LISTEN and NOTIFY, so
+//! every message is authenticated with HMAC-SHA-256 under a key the
+//! replicas share (`[approvals] replica_key`) and carries its time: a
+//! forged, altered or stale (older than 30 s: a replay) message is dropped.
+//! The deciding replica checks the approver's token; the holder checks the
+//! policy's `approve` permission again with its own policy, and the rules
+//! (MFA, self-approval, N of M). A replica accepts a grant only for a
+//! request the same holder announced as pending, caps it at its own
+//! `max_window_secs`, and never brings back a revoked grant.
 //!
 //! NOTIFY payloads are at most 8000 bytes: request views are kept well
-//! under that (statements shown to approvers are cut at 2000 characters).
+//! under that (statements shown to approvers are cut at 2000 characters,
+//! reasons at 500); a larger message is not sent, and the log says so.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use base64::Engine;
+use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
+use sha2::Sha256;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::protocol::{GrantView, RequestView};
 use super::{Approvals, DecideError, Verdict};
 use crate::identity::{Identity, PrincipalKind};
+use crate::policy::{PolicyHandle, Principal};
 
 /// The channel replicas talk on.
 pub const CHANNEL: &str = "tollgate_approvals";
@@ -31,11 +46,19 @@ pub const CHANNEL: &str = "tollgate_approvals";
 /// How long a forwarded decision waits for the holder's answer.
 const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
+/// Messages older than this are replays (or from a clock far off): dropped.
+const FRESH_FOR_MS: i64 = 30_000;
+
+/// The largest NOTIFY payload PostgreSQL takes (8000 bytes), with room.
+const MAX_PAYLOAD: usize = 7900;
+
 /// One message between replicas.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct Wire {
     /// The sending replica.
     pub from: String,
+    /// When it was sent (Unix milliseconds).
+    pub at_ms: i64,
     #[serde(flatten)]
     pub body: Body,
 }
@@ -43,7 +66,7 @@ pub(super) struct Wire {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub(super) enum Body {
-    /// Something happened to one of the sender's requests or grants.
+    /// Something happened to one of the sender's requests.
     Request { request: RequestView },
     /// A grant was revoked.
     GrantRevoked { grant: GrantView },
@@ -53,6 +76,8 @@ pub(super) enum Body {
         call: u64,
         id: String,
         approver: Approver,
+        /// Where the approver connected from (for the holder's policy check).
+        origin: IpAddr,
         approve: bool,
         reason: String,
         window_secs: Option<u64>,
@@ -63,6 +88,12 @@ pub(super) enum Body {
         call: u64,
         result: Result<RequestView, (String, String)>,
     },
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The parts of an approver's identity the holder needs.
@@ -92,9 +123,58 @@ impl Approver {
             issuer: self.issuer.clone(),
             groups: self.groups.clone(),
             mfa: self.mfa,
+            // Agents never get this far: the deciding replica refuses them.
             kind: PrincipalKind::Person,
             expires_at: 0,
         }
+    }
+}
+
+/// The key replicas authenticate their messages with.
+#[derive(Clone)]
+pub struct ReplicaKey(Vec<u8>);
+
+impl std::fmt::Debug for ReplicaKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReplicaKey(..)")
+    }
+}
+
+impl ReplicaKey {
+    /// A key from its secret (at least 16 bytes).
+    pub fn new(secret: &[u8]) -> Result<ReplicaKey, String> {
+        if secret.len() < 16 {
+            return Err(
+                "the replica key must be at least 16 bytes; generate one with `openssl rand -base64 32`"
+                    .into(),
+            );
+        }
+        Ok(ReplicaKey(secret.to_vec()))
+    }
+
+    fn mac(&self, body: &[u8]) -> Hmac<Sha256> {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(body);
+        mac
+    }
+
+    /// `base64(tag).json`
+    fn seal(&self, json: &str) -> String {
+        let tag = self.mac(json.as_bytes()).finalize().into_bytes();
+        format!(
+            "{}.{json}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(tag)
+        )
+    }
+
+    /// The JSON of a sealed payload, if its tag is right (compared in constant time).
+    fn open<'p>(&self, payload: &'p str) -> Option<&'p str> {
+        let (tag, json) = payload.split_once('.')?;
+        let tag = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(tag)
+            .ok()?;
+        self.mac(json.as_bytes()).verify_slice(&tag).ok()?;
+        Some(json)
     }
 }
 
@@ -102,11 +182,13 @@ impl Approver {
 pub struct Link {
     /// This replica's id.
     pub id: String,
+    key: ReplicaKey,
+    policy: Option<PolicyHandle>,
     outbox: mpsc::UnboundedSender<Wire>,
     calls: Mutex<HashMap<u64, oneshot::Sender<Result<RequestView, DecideError>>>>,
     next_call: std::sync::atomic::AtomicU64,
-    /// Whether the listener is connected (decisions fail fast when not).
-    pub connected: watch::Receiver<bool>,
+    /// Whether the listener is connected (forwarded decisions fail fast when not).
+    connected: watch::Receiver<bool>,
 }
 
 /// Why replication could not start.
@@ -122,6 +204,7 @@ impl Link {
     pub(super) fn publish(&self, body: Body) {
         let _ = self.outbox.send(Wire {
             from: self.id.clone(),
+            at_ms: now_ms(),
             body,
         });
     }
@@ -132,8 +215,15 @@ impl Link {
         holder: &str,
         id: &str,
         approver: &Identity,
+        origin: IpAddr,
         verdict: Verdict,
     ) -> Result<RequestView, DecideError> {
+        if !*self.connected.borrow() {
+            return Err(DecideError::Unavailable(format!(
+                "request {id} is held by another gateway replica and this one has lost its link to the others; \
+                 try again shortly"
+            )));
+        }
         let call = self
             .next_call
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -147,8 +237,9 @@ impl Link {
             call,
             id: id.to_string(),
             approver: Approver::from(approver),
+            origin,
             approve: verdict.approve,
-            reason: verdict.reason,
+            reason: super::reason_text(&verdict.reason),
             window_secs: verdict.window.map(|w| w.as_secs()),
         });
         let answer = tokio::time::timeout(ANSWER_WITHIN, rx).await;
@@ -178,11 +269,14 @@ impl Link {
 }
 
 /// Connect `approvals` to the other replicas through the PostgreSQL at
-/// `url` (`target`: the same without its password, for messages).
+/// `url` (`target`: the same without its password, for messages). The
+/// holder checks forwarded decisions against `policy`.
 pub async fn connect(
     approvals: &Arc<Approvals>,
     url: &str,
     target: &str,
+    key: ReplicaKey,
+    policy: Option<PolicyHandle>,
 ) -> Result<Arc<Link>, LinkError> {
     let error = |source| LinkError {
         target: target.to_string(),
@@ -200,6 +294,8 @@ pub async fn connect(
     let (up, connected) = watch::channel(true);
     let link = Arc::new(Link {
         id: super::new_id("gw_"),
+        key,
+        policy,
         outbox,
         calls: Mutex::new(HashMap::new()),
         next_call: std::sync::atomic::AtomicU64::new(1),
@@ -207,15 +303,17 @@ pub async fn connect(
     });
     // Publisher: one message after the other, in order.
     let publishing = pool.clone();
+    let sealing = link.key.clone();
     tokio::spawn(async move {
         while let Some(wire) = queue.recv().await {
-            let Ok(payload) = serde_json::to_string(&wire) else {
+            let Ok(json) = serde_json::to_string(&wire) else {
                 continue;
             };
-            if payload.len() >= 8000 {
+            let payload = sealing.seal(&json);
+            if payload.len() > MAX_PAYLOAD {
                 tracing::error!(
                     bytes = payload.len(),
-                    "approvals: a message is too large for NOTIFY; other replicas miss it"
+                    "approvals: a message is too large for NOTIFY; the other replicas miss it"
                 );
                 continue;
             }
@@ -240,9 +338,23 @@ pub async fn connect(
                     let Some(approvals) = weak.upgrade() else {
                         return;
                     };
-                    match serde_json::from_str::<Wire>(notification.payload()) {
-                        Ok(wire) if wire.from != me.id => receive(&approvals, &me, wire),
-                        Ok(_) => {}
+                    let Some(json) = me.key.open(notification.payload()) else {
+                        tracing::warn!(
+                            target: "tollgate::audit",
+                            "approvals: dropped a message on {CHANNEL} that is not signed with the replica key"
+                        );
+                        continue;
+                    };
+                    match serde_json::from_str::<Wire>(json) {
+                        Ok(wire) if wire.from == me.id => {}
+                        Ok(wire) if (now_ms() - wire.at_ms).abs() > FRESH_FOR_MS => {
+                            tracing::warn!(
+                                target: "tollgate::audit",
+                                from = %wire.from,
+                                "approvals: dropped a stale (replayed?) message from another replica"
+                            );
+                        }
+                        Ok(wire) => receive(&approvals, &me, wire),
                         Err(e) => {
                             tracing::warn!(error = %e, "approvals: unreadable message from another replica")
                         }
@@ -276,6 +388,7 @@ fn receive(approvals: &Arc<Approvals>, link: &Link, wire: Wire) {
             call,
             id,
             approver,
+            origin,
             approve,
             reason,
             window_secs,
@@ -285,9 +398,15 @@ fn receive(approvals: &Arc<Approvals>, link: &Link, wire: Wire) {
                 reason,
                 window: window_secs.map(Duration::from_secs),
             };
-            // The forwarding replica checked the token and the policy's leave.
+            let identity = approver.identity();
+            let principal = Principal::of(&identity);
+            let may = |connection: &str| {
+                link.policy
+                    .as_ref()
+                    .is_some_and(|p| p.current().may_approve(&principal, connection, origin))
+            };
             let result = approvals
-                .decide(&approver.identity(), &|_| true, &id, verdict)
+                .decide(&identity, &may, &id, verdict)
                 .map_err(|e| (e.code().to_string(), e.to_string()));
             link.publish(Body::Answer {
                 to: wire.from,
@@ -305,5 +424,23 @@ fn receive(approvals: &Arc<Approvals>, link: &Link, wire: Wire) {
             );
         }
         Body::Decide { .. } | Body::Answer { .. } => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_messages_open_only_untouched_and_with_the_same_key() {
+        let key = ReplicaKey::new(b"0123456789abcdef-shared").unwrap();
+        let sealed = key.seal(r#"{"kind":"x"}"#);
+        assert_eq!(key.open(&sealed), Some(r#"{"kind":"x"}"#));
+        let forged = sealed.replace("\"x\"", "\"y\"");
+        assert_eq!(key.open(&forged), None);
+        let other = ReplicaKey::new(b"another key of 16+ bytes").unwrap();
+        assert_eq!(other.open(&sealed), None);
+        assert_eq!(key.open(r#"{"kind":"x"}"#), None, "unsigned");
+        assert!(ReplicaKey::new(b"short").is_err());
     }
 }

@@ -41,6 +41,7 @@ fn scope(subject: &str, accesses: &[&str]) -> Scope {
         issuer: "https://issuer.test".into(),
         connection: "payments".into(),
         accesses: accesses.iter().map(|a| a.to_string()).collect(),
+        approvals: 1,
     }
 }
 
@@ -55,7 +56,10 @@ fn ask(subject: &str, approvals: u32) -> Ask {
         },
         origin: "127.0.0.1".into(),
         session: None,
-        scope: scope(subject, &["COPY on public.payments"]),
+        scope: Scope {
+            approvals,
+            ..scope(subject, &["COPY on public.payments"])
+        },
         statement: "COPY payments TO STDOUT".into(),
         actions: vec!["copy_out".into()],
         resources: vec!["COPY on public.payments".into()],
@@ -223,6 +227,14 @@ async fn a_window_grant_covers_the_same_scope_until_revoked() {
             .use_grant(&scope("agent-8", &["COPY on public.payments"]))
             .is_none()
     );
+    let stricter = Scope {
+        approvals: 2,
+        ..scope("agent-7", &["COPY on public.payments"])
+    };
+    assert!(
+        approvals.use_grant(&stricter).is_none(),
+        "a one-approver grant never covers a request that needs two"
+    );
     let error = approvals
         .revoke(&person("carol", true), ANY, &grant.id, " ")
         .unwrap_err();
@@ -263,11 +275,18 @@ async fn dropping_a_pending_ticket_withdraws_it_and_cancel_reaches_the_held_one(
     slot.set(&approvals, ticket.id());
     assert_eq!(slot.cancel().as_deref(), Some(ticket.id()));
     assert_eq!(ticket.state(), State::Withdrawn(Withdrawal::Cancelled));
-    assert_eq!(
-        slot.cancel(),
-        None,
-        "nothing pending: the cancel goes upstream"
-    );
+    assert!(!slot.cancelled());
+
+    // Decided but not yet gone upstream: the cancel keeps it from running.
+    let ticket = approvals.request(ask("agent-7", 1));
+    slot.set(&approvals, ticket.id());
+    approvals
+        .decide(&person("bob", true), ANY, ticket.id(), approve("ok"))
+        .unwrap();
+    assert_eq!(slot.cancel().as_deref(), Some(ticket.id()));
+    assert!(slot.cancelled());
+    slot.clear();
+    assert_eq!(slot.cancel(), None, "nothing held");
 }
 
 #[tokio::test]

@@ -62,6 +62,11 @@ pub struct ApprovalsConfig {
     /// The longest window an approval may grant, in seconds.
     #[serde(default = "default_max_window_secs")]
     pub max_window_secs: u64,
+    /// The key (at least 16 bytes, the same on every replica) replicas
+    /// sharing a PostgreSQL store sign their approval messages with.
+    /// Required when `[audit] recordings` is a `postgres://` URL.
+    #[serde(default)]
+    pub replica_key: Option<CredentialSource>,
 }
 
 impl Default for ApprovalsConfig {
@@ -70,6 +75,7 @@ impl Default for ApprovalsConfig {
             expire_secs: default_expire_secs(),
             require_mfa: true,
             max_window_secs: default_max_window_secs(),
+            replica_key: None,
         }
     }
 }

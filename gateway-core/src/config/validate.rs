@@ -150,6 +150,16 @@ pub(super) fn validate(config: &Config, file: &str, text: &str) -> Result<(), Co
         ));
     }
     let audit = &config.audit;
+    if audit.recordings.starts_with("postgres") && approvals.replica_key.is_none() {
+        return Err(invalid(
+            &(0..0),
+            "approvals.replica_key".into(),
+            "replicas sharing a PostgreSQL store share their approval requests through it, signed with a key \
+             they all know: set replica_key = { file = \"/etc/tollgate/replica.key\" } (at least 16 bytes, \
+             the same on every replica; `openssl rand -base64 32` makes one)"
+                .into(),
+        ));
+    }
     if audit.origin.trim().is_empty() || audit.origin.contains(['\n', '+']) {
         return Err(invalid(
             &(0..0),

@@ -318,7 +318,14 @@ impl Guard {
                 ),
             ));
         };
-        if let Some(held) = self.held.take_if(|h| h.sql == statement.sql) {
+        // The held statement asked again (the relay re-asks the same frame).
+        // The same text with other accesses (a changed search_path) or a
+        // stricter rule is a new request.
+        if let Some(held) = self.held.take_if(|h| {
+            h.sql == statement.sql
+                && h.ticket.view().accesses == needs.accesses
+                && h.ticket.view().approvals_needed >= needs.approvals
+        }) {
             let id = held.ticket.id().to_string();
             let state = held.ticket.state();
             if state == State::Pending {
@@ -329,6 +336,16 @@ impl Guard {
             let view = held.ticket.view().clone();
             if let Some(ruling) = &mut self.ruling {
                 ruling.approval = Some(id.clone());
+            }
+            if state == State::Approved && self.hold_slot.cancelled() {
+                // Cancelled after the approval, before it went upstream.
+                self.hold_slot.clear();
+                return Ok(refuse(
+                    "57014",
+                    format!(
+                        "canceling statement due to user request (approval request {id} was approved, but the statement had not run yet)"
+                    ),
+                ));
             }
             if state == State::Approved {
                 // Kept until the statement is on its way (the inner hooks may wait first).
@@ -367,6 +384,7 @@ impl Guard {
             issuer: self.principal.issuer.clone(),
             connection: self.connection.clone(),
             accesses: needs.accesses.clone(),
+            approvals: needs.approvals,
         };
         if let Some(grant) = service.use_grant(&scope) {
             if let Some(ruling) = &mut self.ruling {
@@ -392,11 +410,12 @@ impl Guard {
             reason: comment_reason(statement.sql).or_else(|| self.reason.clone()),
         });
         let view = ticket.view();
-        let watchers = service.watchers();
-        let notified = match watchers.len() {
-            0 => "no approver is connected to a console right now; the request waits for one"
-                .to_string(),
-            _ => format!("notified {}", watchers.join(", ")),
+        let watchers = service.watchers(&self.connection);
+        let notified = match (watchers.len(), service.replicated()) {
+            (0, false) => "no approver is connected to a console right now; the request waits for one".to_string(),
+            (0, true) => "no approver is connected to this gateway's console; approvers on the other replicas see it".to_string(),
+            (_, false) => format!("notified {}", watchers.join(", ")),
+            (_, true) => format!("notified {} and the approvers on the other replicas", watchers.join(", ")),
         };
         let notice = format!(
             "{what} needs approval: {reason} (policy \"{policy}\", {needed}). \
@@ -1038,6 +1057,18 @@ impl SessionHooks for Guard {
     }
 
     fn event(&mut self, event: &SessionEvent<'_>) {
+        if let SessionEvent::Refused { .. } = event {
+            // The statement asked about was refused (here or by an outer
+            // hook): an approval of it is used up.
+            if self
+                .held
+                .as_ref()
+                .is_some_and(|h| h.ticket.state() != State::Pending)
+            {
+                self.held = None;
+                self.hold_slot.clear();
+            }
+        }
         self.inner.event(event);
     }
 
@@ -1065,7 +1096,9 @@ fn comment_reason(sql: &str) -> Option<String> {
         let body = &rest[start + 2..];
         let end = body.find("*/").unwrap_or(body.len());
         let text = body[..end].trim();
-        if text.len() > 7 && text[..7].eq_ignore_ascii_case("reason:") {
+        if let Some(label) = text.get(..7)
+            && label.eq_ignore_ascii_case("reason:")
+        {
             let reason: String = text[7..].trim().chars().take(500).collect();
             if !reason.is_empty() {
                 return Some(reason);
@@ -1093,5 +1126,10 @@ mod reason_tests {
         );
         assert_eq!(comment_reason("SELECT '/* reason */'"), None);
         assert_eq!(comment_reason("SELECT 1 /* reason: "), None);
+        assert_eq!(
+            comment_reason("/* aaaaaa\u{e9} */ SELECT 1"),
+            None,
+            "no panic on UTF-8"
+        );
     }
 }

@@ -462,9 +462,9 @@ async fn forward_cancel(ctx: &PgContext, pid: i32, key: i32, peer: SocketAddr) {
         recording.auditor.record_later(event);
     }
     if let Some(id) = target.hold.as_ref().and_then(|h| h.cancel()) {
-        // Nothing runs upstream yet: withdrawing the request is the cancel.
+        // The held statement does not run; earlier pipelined ones may be
+        // running upstream, so the cancel still goes there too.
         tracing::info!(target: "tollgate::audit", event = "approval.withdrawn", request = %id, "cancel withdrew the held request");
-        return;
     }
     if let Err(e) = upstream::send_cancel(&target.upstream, target.pid, target.key).await {
         tracing::warn!(error = %e, "forwarding cancel failed");
