@@ -95,10 +95,7 @@ async fn main() {
         let client = client.clone();
         tokio::spawn(async move { first_row(&client).await })
     };
-    let id = console.expect("requested").await["request"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = console.requested_id().await;
     console.approve(&id, "benchmark window", Some(3600)).await;
     running.await.unwrap();
     let mut direct = Vec::new();

@@ -176,6 +176,14 @@ impl Console {
         }
     }
 
+    /// Wait for the next `requested` event; the request's id.
+    pub async fn requested_id(&mut self) -> String {
+        self.expect("requested").await["request"]["id"]
+            .as_str()
+            .expect("a request id")
+            .to_string()
+    }
+
     /// Approve request `id`, once or for `window_secs`; returns the answer (`ack` or `error`).
     pub async fn approve(&mut self, id: &str, reason: &str, window_secs: Option<u64>) -> Value {
         let mut message = json!({ "type": "approve", "id": id, "reason": reason, "ref": "r1" });

@@ -113,6 +113,11 @@ async fn psql_waits_with_a_notice_until_an_approver_on_the_websocket_approves() 
     );
     assert_eq!(request["reason"], "month-end reconciliation FIN-118");
     assert_eq!(request["approvals_needed"], 1);
+    let estimate = request["row_estimate"].as_i64();
+    assert!(
+        estimate.is_some_and(|rows| rows > 0),
+        "the preview estimates the rows: {request}"
+    );
     let left = request["expires_in_secs"].as_u64().unwrap();
     assert!((890..=900).contains(&left), "{left}");
     assert!(request["session"].is_string(), "links to the recording");
@@ -178,10 +183,7 @@ async fn a_denial_refuses_with_the_approvers_reason_and_the_session_goes_on() {
         let result = client.copy_out(EXPORT).await.map(|_| ());
         (client, result)
     });
-    let id = olga.expect("requested").await["request"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = olga.requested_id().await;
     let ack = olga.deny(&id, "no change ticket for this export").await;
     assert_eq!(ack["request"]["state"], "denied", "{ack}");
     let (client, result) = copy.await.unwrap();
@@ -233,10 +235,7 @@ async fn cancelling_or_disconnecting_withdraws_the_request() {
         let result = client.copy_out(EXPORT).await.map(|_| ());
         (client, result)
     });
-    let id = olga.expect("requested").await["request"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = olga.requested_id().await;
     cancel.cancel_query(gw.tokio_postgres_tls()).await.unwrap();
     let withdrawn = olga.expect("withdrawn").await;
     assert_eq!(withdrawn["request"]["id"], id.as_str());
@@ -251,10 +250,7 @@ async fn cancelling_or_disconnecting_withdraws_the_request() {
 
     // psql killed while it waits: its request goes too.
     let mut psql = spawn_psql(&gw, &agent(&gw, "agent-7"), EXPORT);
-    let second = olga.expect("requested").await["request"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let second = olga.requested_id().await;
     psql.kill().unwrap();
     let _ = psql.wait();
     let withdrawn = olga.expect("withdrawn").await;
@@ -283,10 +279,7 @@ async fn nobody_approves_their_own_request() {
     let mut olga = console(&gw, &olga_token).await;
     let mut pete = console(&gw, &approver(&gw, "pete")).await;
     let psql = spawn_psql(&gw, &olga_token, EXPORT);
-    let id = olga.expect("requested").await["request"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = olga.requested_id().await;
     let refused = olga.approve(&id, "I need it", None).await;
     assert_eq!(refused["type"], "error");
     assert_eq!(refused["code"], "self_approval", "{refused}");
@@ -365,10 +358,7 @@ async fn a_window_grant_lets_matching_statements_pass_until_it_ends_or_is_revoke
     let mut olga = console(&gw, &approver(&gw, "olga")).await;
     let agent = agent(&gw, "agent-7");
     let psql = spawn_psql(&gw, &agent, EXPORT);
-    let id = olga.expect("requested").await["request"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = olga.requested_id().await;
     let ack = olga.approve(&id, "incident INC-9 window", Some(2)).await;
     let grant = ack["request"]["grant"].clone();
     assert!(grant["id"].as_str().unwrap().starts_with("gr_"), "{ack}");
@@ -398,10 +388,7 @@ async fn a_window_grant_lets_matching_statements_pass_until_it_ends_or_is_revoke
 
     // A revoked grant stops at once (revoked over HTTP).
     let psql = spawn_psql(&gw, &agent, EXPORT);
-    let id = olga.expect("requested").await["request"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = olga.requested_id().await;
     let ack = olga.approve(&id, "another window", Some(600)).await;
     let grant = ack["request"]["grant"]["id"].as_str().unwrap().to_string();
     assert!(finish(psql).await.status.success());

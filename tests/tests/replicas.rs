@@ -230,10 +230,7 @@ async fn a_request_held_on_one_replica_is_approved_on_the_other() {
 
     // A window grant made through b for a request held on a holds on b too.
     let psql = export(&a, &agent);
-    let id2 = console.expect("requested").await["request"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id2 = console.requested_id().await;
     let ack = console
         .approve(&id2, "window for the night run", Some(600))
         .await;

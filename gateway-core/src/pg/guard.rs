@@ -452,6 +452,7 @@ impl Guard {
         let mut worst: Option<(Outcome, String)> = None;
         let mut held: Vec<String> = Vec::new();
         let mut row_estimate: Option<i64> = None;
+        let mut preview_estimated = false;
         let texts = || match statement.via {
             StatementVia::SimpleQuery => pg_query::split_with_parser(statement.sql)
                 .map(|parts| parts.into_iter().map(str::to_string).collect())
@@ -532,7 +533,8 @@ impl Guard {
                                 .estimates
                                 .lock()
                                 .unwrap_or_else(|e| e.into_inner())
-                                .remove(&key);
+                                .get(&key)
+                                .cloned();
                             match known {
                                 Some(Ok(rows)) => {
                                     context.row_estimate = rows;
@@ -571,6 +573,37 @@ impl Guard {
                     if !held.contains(&what) {
                         held.push(what);
                     }
+                    // Approvers see how many rows the table holds (a COPY
+                    // cannot be EXPLAINed; the table's scan can).
+                    if let (true, None, false, Object::Table { schema, name, .. }, None) = (
+                        self.shared.approvals.is_some(),
+                        row_estimate,
+                        preview_estimated,
+                        &item.object,
+                        &item.column,
+                    ) {
+                        let text = format!(
+                            "SELECT * FROM {}.{}",
+                            super::side::quote_ident(schema),
+                            super::side::quote_ident(name)
+                        );
+                        let key = format!("{}\u{0}{text}", self.path_generation);
+                        let known = self
+                            .estimates
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get(&key)
+                            .cloned();
+                        match known {
+                            Some(Ok(rows)) => row_estimate = Some(rows),
+                            // A preview without the figure rather than no request.
+                            Some(Err(_)) => preview_estimated = true,
+                            None => {
+                                *cacheable = false;
+                                return Err(self.fetch_estimate(key, text, &paths, 0));
+                            }
+                        }
+                    }
                 }
                 if worst
                     .as_ref()
@@ -587,6 +620,11 @@ impl Guard {
                 apply_path(effect, &mut paths, &mut any_schema, snapshot);
             }
         }
+        // Every estimate this decision needed was had: the next one asks afresh.
+        self.estimates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         ruling.policy = match &worst {
             Some((Outcome::Deny(rule), _)) => Some(rule.id.clone()),
             Some((Outcome::NeedsApproval { rules, .. }, _)) => rules.first().map(|r| r.id.clone()),
