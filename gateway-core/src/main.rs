@@ -205,8 +205,11 @@ struct ApprovalsTarget {
     #[arg(long, global = true)]
     ca_file: Option<PathBuf>,
     /// The local gateway's data directory (default: .tollgate).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, conflicts_with = "config")]
     data_dir: Option<PathBuf>,
+    /// The local gateway's configuration file (its data directory is used).
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -523,9 +526,11 @@ async fn approvals(action: ApprovalsAction, target: ApprovalsTarget) -> anyhow::
             "no access token: set TOLLGATE_TOKEN (or pass --token) to an approver's OIDC access token"
         );
     };
-    let data_dir = target
-        .data_dir
-        .unwrap_or_else(|| PathBuf::from(".tollgate"));
+    let data_dir = match (&target.config, target.data_dir) {
+        (Some(path), _) => Config::load(path)?.server.data_dir,
+        (None, Some(dir)) => dir,
+        (None, None) => PathBuf::from(".tollgate"),
+    };
     let location = Location::resolve(
         target.gateway.as_deref(),
         target.ca_file.as_deref(),

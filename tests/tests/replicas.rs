@@ -29,7 +29,7 @@ impl Drop for Replica {
 
 fn start(dir: &Path, store: &str) -> Replica {
     let extra = format!(
-        "[policy]\nstarter = true\n\n[api]\nlisten = \"127.0.0.1:0\"\n\n[audit]\nrecordings = \"{store}\"\n\n[approvals]\nreplica_key = {{ inline = \"replica-key-for-the-test-only\" }}\n"
+        "[policy]\nstarter = true\n\n[api]\nlisten = \"127.0.0.1:0\"\n\n[audit]\nrecordings = \"{store}\"\n\n[approvals]\nexpire_secs = 60\nreplica_key = {{ inline = \"replica-key-for-the-test-only\" }}\n"
     );
     let config = dir.join("gateway.toml");
     std::fs::write(&config, config_text(dir, &extra)).unwrap();
@@ -163,7 +163,7 @@ async fn a_request_held_on_one_replica_is_approved_on_the_other() {
             "-c",
             "LISTEN tollgate_approvals",
             "-c",
-            "SELECT pg_sleep(2)",
+            "SELECT pg_sleep(4)",
         ])
         .env("PGPASSWORD", &db.pg.superuser_password)
         .env("PGSSLMODE", "require")

@@ -462,9 +462,11 @@ async fn forward_cancel(ctx: &PgContext, pid: i32, key: i32, peer: SocketAddr) {
         recording.auditor.record_later(event);
     }
     if let Some(id) = target.hold.as_ref().and_then(|h| h.cancel()) {
-        // The held statement does not run; earlier pipelined ones may be
-        // running upstream, so the cancel still goes there too.
+        // The held statement is the one running, as the client sees it, and
+        // nothing of it is upstream: the cancel ends here. (Forwarded, it
+        // would race the client's next statement and cancel that one.)
         tracing::info!(target: "tollgate::audit", event = "approval.withdrawn", request = %id, "cancel withdrew the held request");
+        return;
     }
     if let Err(e) = upstream::send_cancel(&target.upstream, target.pid, target.key).await {
         tracing::warn!(error = %e, "forwarding cancel failed");
