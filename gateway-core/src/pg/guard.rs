@@ -528,13 +528,8 @@ impl Guard {
                                 .get(index)
                                 .cloned()
                                 .unwrap_or_else(|| statement.sql.to_string());
-                            let key = format!("{}\u{0}{text}", self.path_generation);
-                            let known = self
-                                .estimates
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .get(&key)
-                                .cloned();
+                            let key = self.estimate_key(&text);
+                            let known = self.known_estimate(&key);
                             match known {
                                 Some(Ok(rows)) => {
                                     context.row_estimate = rows;
@@ -587,13 +582,8 @@ impl Guard {
                             super::side::quote_ident(schema),
                             super::side::quote_ident(name)
                         );
-                        let key = format!("{}\u{0}{text}", self.path_generation);
-                        let known = self
-                            .estimates
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .get(&key)
-                            .cloned();
+                        let key = self.estimate_key(&text);
+                        let known = self.known_estimate(&key);
                         match known {
                             Some(Ok(rows)) => row_estimate = Some(rows),
                             // A preview without the figure rather than no request.
@@ -653,6 +643,20 @@ impl Guard {
                 }))
             }
         })
+    }
+
+    /// Estimates are per statement text and search path.
+    fn estimate_key(&self, text: &str) -> String {
+        format!("{}\u{0}{text}", self.path_generation)
+    }
+
+    /// An estimate fetched for this decision, if it is in.
+    fn known_estimate(&self, key: &str) -> Option<Result<i64, String>> {
+        self.estimates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
     }
 
     fn fetch_estimate(
