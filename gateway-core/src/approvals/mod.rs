@@ -383,6 +383,10 @@ impl Approvals {
     pub(crate) fn mirror(&self, holder: &str, view: RequestView) {
         let event = {
             let mut inner = self.lock();
+            if view.state == "pending" && inner.recent.iter().any(|r| r.id == view.id) {
+                // Ended already: a replayed announcement changes nothing.
+                return;
+            }
             if view.state == "pending" {
                 let left = Duration::from_secs(view.expires_in_secs).min(self.settings.expire);
                 let expires = Instant::now() + left;
@@ -407,8 +411,13 @@ impl Approvals {
                     && grant.request == view.id
                     && !inner.revoked.contains(&grant.id)
                 {
-                    let left =
-                        Duration::from_secs(grant.remaining_secs).min(self.settings.max_window);
+                    // Until the grant's own end (an absolute time: a replay cannot stretch it).
+                    let until = crate::policy::parse_rfc3339(&grant.until).unwrap_or(0);
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs() as i64);
+                    let left = Duration::from_secs(until.saturating_sub(now).max(0) as u64)
+                        .min(self.settings.max_window);
                     inner.grants.insert(
                         grant.id.clone(),
                         Grant {
@@ -1009,45 +1018,50 @@ impl Drop for Ticket {
 
 /// A session's held request, reachable from the cancel path.
 #[derive(Debug, Default)]
-pub struct HoldSlot {
-    held: Mutex<Option<(Arc<Approvals>, String)>>,
+pub struct HoldSlot(Mutex<Slot>);
+
+#[derive(Debug, Default)]
+struct Slot {
+    held: Option<(Arc<Approvals>, String)>,
     /// A cancel came for the held statement after its request was decided
     /// but before it went upstream: it must not run.
-    cancelled: std::sync::atomic::AtomicBool,
+    cancelled: bool,
 }
 
 impl HoldSlot {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The session now holds request `id`.
     pub fn set(&self, approvals: &Arc<Approvals>, id: &str) {
-        *self.held.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((approvals.clone(), id.to_string()));
-        self.cancelled
-            .store(false, std::sync::atomic::Ordering::SeqCst);
+        *self.lock() = Slot {
+            held: Some((approvals.clone(), id.to_string())),
+            cancelled: false,
+        };
     }
 
     /// The session holds nothing.
     pub fn clear(&self) {
-        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        self.cancelled
-            .store(false, std::sync::atomic::Ordering::SeqCst);
+        *self.lock() = Slot::default();
     }
 
     /// The client cancelled: withdraw the held request (or, if it was
     /// decided already, keep its statement from running). Returns the
-    /// request's id, if a statement was held.
+    /// request's id, if a statement was held. One step under the slot's
+    /// lock, so a concurrent `clear` comes wholly before or after it.
     pub fn cancel(&self) -> Option<String> {
-        let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let (approvals, id) = held?;
+        let mut slot = self.lock();
+        let (approvals, id) = slot.held.clone()?;
         if !approvals.withdraw(&id, Withdrawal::Cancelled) {
-            self.cancelled
-                .store(true, std::sync::atomic::Ordering::SeqCst);
+            slot.cancelled = true;
         }
         Some(id)
     }
 
     /// Whether the held statement was cancelled after its request was decided.
     pub fn cancelled(&self) -> bool {
-        self.cancelled.load(std::sync::atomic::Ordering::SeqCst)
+        self.lock().cancelled
     }
 }
 

@@ -12,7 +12,7 @@
 //! Anyone who can log in to the store's database can LISTEN and NOTIFY, so
 //! every message is authenticated with HMAC-SHA-256 under a key the
 //! replicas share (`[approvals] replica_key`) and carries its time: a
-//! forged, altered or stale (older than 30 s: a replay) message is dropped.
+//! forged, altered, repeated or stale (older than 30 s) message is dropped.
 //! The deciding replica checks the approver's token; the holder checks the
 //! policy's `approve` permission again with its own policy, and the rules
 //! (MFA, self-approval, N of M). A replica accepts a grant only for a
@@ -331,6 +331,9 @@ pub async fn connect(
     let weak: Weak<Approvals> = Arc::downgrade(approvals);
     let me = link.clone();
     tokio::spawn(async move {
+        // Tags of the messages taken in the last FRESH_FOR_MS: a message seen
+        // twice is a replay.
+        let mut seen: HashMap<String, i64> = HashMap::new();
         loop {
             match listener.try_recv().await {
                 Ok(Some(notification)) => {
@@ -345,6 +348,16 @@ pub async fn connect(
                         );
                         continue;
                     };
+                    let now = now_ms();
+                    seen.retain(|_, at| now - *at <= 2 * FRESH_FOR_MS);
+                    let tag = notification.payload().split('.').next().unwrap_or_default();
+                    if seen.insert(tag.to_string(), now).is_some() {
+                        tracing::warn!(
+                            target: "tollgate::audit",
+                            "approvals: dropped a replayed message from another replica"
+                        );
+                        continue;
+                    }
                     match serde_json::from_str::<Wire>(json) {
                         Ok(wire) if wire.from == me.id => {}
                         Ok(wire) if (now_ms() - wire.at_ms).abs() > FRESH_FOR_MS => {

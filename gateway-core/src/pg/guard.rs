@@ -244,6 +244,11 @@ impl Guard {
             Ok(judged) => judged,
             Err(wait) => return Verdict::Wait(wait),
         };
+        // Every estimate the decision needed was had: the next one asks afresh.
+        self.estimates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         self.ruling = Some(ruling.clone());
         if cacheable && !analysis.literal_sensitive {
             if self.decided.len() > 4096 {
@@ -528,7 +533,7 @@ impl Guard {
                                 .get(index)
                                 .cloned()
                                 .unwrap_or_else(|| statement.sql.to_string());
-                            let key = self.estimate_key(&text);
+                            let key = self.estimate_key(&paths, any_schema, &text);
                             let known = self.known_estimate(&key);
                             match known {
                                 Some(Ok(rows)) => {
@@ -582,7 +587,7 @@ impl Guard {
                             super::side::quote_ident(schema),
                             super::side::quote_ident(name)
                         );
-                        let key = self.estimate_key(&text);
+                        let key = self.estimate_key(&paths, any_schema, &text);
                         let known = self.known_estimate(&key);
                         match known {
                             Some(Ok(rows)) => row_estimate = Some(rows),
@@ -610,11 +615,6 @@ impl Guard {
                 apply_path(effect, &mut paths, &mut any_schema, snapshot);
             }
         }
-        // Every estimate this decision needed was had: the next one asks afresh.
-        self.estimates
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
         ruling.policy = match &worst {
             Some((Outcome::Deny(rule), _)) => Some(rule.id.clone()),
             Some((Outcome::NeedsApproval { rules, .. }, _)) => rules.first().map(|r| r.id.clone()),
@@ -645,9 +645,14 @@ impl Guard {
         })
     }
 
-    /// Estimates are per statement text and search path.
-    fn estimate_key(&self, text: &str) -> String {
-        format!("{}\u{0}{text}", self.path_generation)
+    /// Estimates are per statement text and the search path it is
+    /// estimated with (a SET earlier in the same message changes it).
+    fn estimate_key(&self, paths: &[Vec<String>], any_schema: bool, text: &str) -> String {
+        format!(
+            "{}\u{0}{:?}\u{0}{any_schema}\u{0}{text}",
+            self.path_generation,
+            paths.first()
+        )
     }
 
     /// An estimate fetched for this decision, if it is in.
