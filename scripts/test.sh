@@ -10,6 +10,7 @@ command -v psql >/dev/null || packages+=(postgresql-client)
 command -v runuser >/dev/null || packages+=(util-linux)
 # The OS-keyring credential test needs a session bus and a Secret Service.
 command -v dbus-run-session >/dev/null || packages+=(dbus-daemon)
+command -v dbus-send >/dev/null || packages+=(dbus-bin)
 command -v gnome-keyring-daemon >/dev/null || packages+=(gnome-keyring)
 # The SIEM test streams the audit log to a real rsyslog over TLS.
 command -v rsyslogd >/dev/null || packages+=(rsyslog)

@@ -235,6 +235,14 @@ fn keyring_credentials_reach_the_upstream() {
     let script = r#"
 set -e
 echo -n unlock | gnome-keyring-daemon --unlock --components=secrets >/dev/null
+# Wait until that daemon owns the Secret Service name: a client that comes
+# earlier makes the bus start a second daemon, which finds the first one's
+# half-written keyring unreadable.
+for _ in $(seq 50); do
+  dbus-send --session --print-reply --dest=org.freedesktop.DBus /org/freedesktop/DBus \
+    org.freedesktop.DBus.NameHasOwner string:org.freedesktop.secrets 2>/dev/null | grep -q true && break
+  sleep 0.1
+done
 # The daemon may still be setting up its collection: try again for a few seconds.
 stored=
 for _ in $(seq 25); do
