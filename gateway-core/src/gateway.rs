@@ -424,24 +424,12 @@ pub const API_FILE: &str = "api.json";
 /// Tell local tools where the API listens, and which certificate to trust
 /// when the gateway made its own.
 fn write_api_file(data_dir: &std::path::Path, addr: SocketAddr, tls: bool) {
-    let host = if addr.ip().is_unspecified() {
-        "127.0.0.1".to_string()
-    } else {
-        addr.ip().to_string()
-    };
-    let url = if addr.is_ipv6() {
-        format!(
-            "{}://[{host}]:{}",
-            if tls { "https" } else { "http" },
-            addr.port()
-        )
-    } else {
-        format!(
-            "{}://{host}:{}",
-            if tls { "https" } else { "http" },
-            addr.port()
-        )
-    };
+    let mut reach = addr;
+    if addr.ip().is_unspecified() {
+        reach.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    // SocketAddr's Display brackets an IPv6 address.
+    let url = format!("{}://{reach}", if tls { "https" } else { "http" });
     let cert = data_dir.join(crate::listener::tls::SELF_SIGNED_CERT);
     let body = serde_json::json!({
         "url": url,

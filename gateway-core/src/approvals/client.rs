@@ -218,6 +218,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(total))
 }
 
+/// A JSON array of strings as one comma-separated line.
+fn joined(list: &Value) -> String {
+    list.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
 /// The list as a table for people.
 pub fn render_list(list: &Value) -> String {
     let mut out = String::new();
@@ -242,10 +254,7 @@ pub fn render_list(list: &Value) -> String {
             got = r["approvals"].as_array().map_or(0, Vec::len),
             need = r["approvals_needed"],
             statement = r["statement"].as_str().unwrap_or(""),
-            accesses = r["accesses"]
-                .as_array()
-                .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(", "))
-                .unwrap_or_default(),
+            accesses = joined(&r["accesses"]),
             policy = r["policy"].as_str().unwrap_or(""),
         ));
         if let Some(estimate) = r["row_estimate"].as_i64() {
@@ -265,14 +274,7 @@ pub fn render_list(list: &Value) -> String {
                 who = g["requester"]["subject"].as_str().unwrap_or(""),
                 conn = g["connection"].as_str().unwrap_or(""),
                 until = g["until"].as_str().unwrap_or(""),
-                accesses = g["accesses"]
-                    .as_array()
-                    .map(|a| a
-                        .iter()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(", "))
-                    .unwrap_or_default(),
+                accesses = joined(&g["accesses"]),
             ));
         }
     }

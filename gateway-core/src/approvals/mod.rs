@@ -413,9 +413,7 @@ impl Approvals {
                 {
                     // Until the grant's own end (an absolute time: a replay cannot stretch it).
                     let until = crate::policy::parse_rfc3339(&grant.until).unwrap_or(0);
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_secs() as i64);
+                    let now = replicas::now_ms() / 1000;
                     let left = Duration::from_secs(until.saturating_sub(now).max(0) as u64)
                         .min(self.settings.max_window);
                     inner.grants.insert(
@@ -477,17 +475,9 @@ impl Approvals {
             return self.decide(approver, may_approve, id, verdict);
         };
         if !may_approve(&connection) {
-            return Err(DecideError::Forbidden(format!(
-                "{} may not decide approval requests on connection \"{connection}\" (no policy permits `approve` there)",
-                approver.subject
-            )));
+            return Err(not_an_approver_on(approver, &connection));
         }
-        if verdict.reason.trim().is_empty() {
-            return Err(DecideError::Invalid(
-                "a decision needs a reason: say why (it goes to the requester and the audit log)"
-                    .into(),
-            ));
-        }
+        needs_reason(&verdict)?;
         link.forward(&holder, id, approver, origin, verdict).await
     }
 
@@ -681,12 +671,7 @@ impl Approvals {
         id: &str,
         verdict: Verdict,
     ) -> Result<RequestView, DecideError> {
-        if verdict.reason.trim().is_empty() {
-            return Err(DecideError::Invalid(
-                "a decision needs a reason: say why (it goes to the requester and the audit log)"
-                    .into(),
-            ));
-        }
+        needs_reason(&verdict)?;
         let reason = reason_text(&verdict.reason);
         if let Some(window) = verdict.window
             && (window.is_zero() || window > self.settings.max_window)
@@ -716,10 +701,7 @@ impl Approvals {
             });
         };
         if !may_approve(&entry.view.connection) {
-            return Err(DecideError::Forbidden(format!(
-                "{} may not decide approval requests on connection \"{}\" (no policy permits `approve` there)",
-                approver.subject, entry.view.connection
-            )));
+            return Err(not_an_approver_on(approver, &entry.view.connection));
         }
         let requester = &entry.view.requester;
         if requester.subject == approver.subject && requester.issuer == approver.issuer {
@@ -808,7 +790,6 @@ impl Approvals {
                         until,
                     },
                 );
-                // (The scope's approvals are those the request needed.)
             }
             State::Approved
         } else {
@@ -931,6 +912,25 @@ fn shown(text: &str) -> String {
         end -= 1;
     }
     format!("{} ... ({} more bytes)", &text[..end], text.len() - end)
+}
+
+/// A decision without a reason is refused.
+fn needs_reason(verdict: &Verdict) -> Result<(), DecideError> {
+    if verdict.reason.trim().is_empty() {
+        return Err(DecideError::Invalid(
+            "a decision needs a reason: say why (it goes to the requester and the audit log)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The refusal of an approver the policy does not let decide on `connection`.
+fn not_an_approver_on(approver: &Identity, connection: &str) -> DecideError {
+    DecideError::Forbidden(format!(
+        "{} may not decide approval requests on connection \"{connection}\" (no policy permits `approve` there)",
+        approver.subject
+    ))
 }
 
 /// A reason as records keep it: masked, at most 500 characters.
