@@ -181,6 +181,16 @@ impl Gateway {
             auditor: auditor.clone(),
             store,
             preview_rows: audit.preview_rows,
+            digest_key: crate::recording::digest::DigestKey::open(&server.data_dir).map_err(
+                |source| StartError::DataDir {
+                    path: server
+                        .data_dir
+                        .join(crate::recording::digest::KEY_FILE)
+                        .display()
+                        .to_string(),
+                    source,
+                },
+            )?,
             redact: crate::pg::sql::redact,
         });
         let token = match &self.config.masking.token_key {

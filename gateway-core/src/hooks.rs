@@ -26,6 +26,22 @@ pub struct Statement<'a> {
     pub sql: &'a str,
     /// How it arrived.
     pub via: StatementVia<'a>,
+    /// What the session still waits for from the upstream when the
+    /// statement arrives (a statement whose reading depends on session
+    /// state is decided only once that state is known).
+    pub in_flight: InFlight,
+}
+
+/// Earlier messages of the session that the upstream has not answered yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InFlight {
+    /// None: the session state the upstream last reported is current.
+    Nothing,
+    /// Answers to earlier, complete requests are on their way.
+    Answers,
+    /// Earlier messages of this same extended-protocol batch (before its
+    /// Sync): they will not be answered before this one is sent.
+    Unsynced,
 }
 
 /// The protocol message a statement came in.
@@ -63,6 +79,10 @@ pub enum Verdict {
     /// messages), then asks again about the same statement. Used for work
     /// a decision needs first: a catalog read, a row estimate, an approval.
     Wait(Pin<Box<dyn Future<Output = ()> + Send>>),
+    /// Not yet: ask again once the upstream has answered every earlier
+    /// message (see [`InFlight::Answers`]). The relay reads nothing more
+    /// from the client meanwhile.
+    AfterAnswers,
     /// Held for a person's approval: the relay tells the client `notice`
     /// (a NoticeResponse), then waits like [`Verdict::Wait`] and asks again.
     Hold {
@@ -78,6 +98,7 @@ impl std::fmt::Debug for Verdict {
         match self {
             Verdict::Decided(d) => f.debug_tuple("Decided").field(d).finish(),
             Verdict::Wait(_) => f.write_str("Wait"),
+            Verdict::AfterAnswers => f.write_str("AfterAnswers"),
             Verdict::Hold { notice, .. } => f.debug_struct("Hold").field("notice", notice).finish(),
         }
     }

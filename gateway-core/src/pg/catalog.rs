@@ -54,8 +54,19 @@ pub struct Snapshot {
     pub tables: HashMap<(String, String), TableInfo>,
     /// (table OID, attribute number) -> column.
     pub by_oid: HashMap<(u32, i16), ColumnInfo>,
-    /// Names of pg_catalog functions.
+    /// Names of built-in functions on the allow-list: created by initdb
+    /// (OID below 16384) in `pg_catalog` or `information_schema`, and
+    /// without side effects (every overload immutable or stable, and none
+    /// that runs SQL text or reads beyond the tables a statement names), or
+    /// one of the few volatile ones known to be harmless.
     pub builtins: HashSet<String>,
+    /// Names of functions created after initdb, in any schema: an
+    /// unqualified call of such a name may resolve to one of them.
+    pub user_functions: HashSet<String>,
+    /// Names of operators created after initdb.
+    pub user_operators: HashSet<String>,
+    /// A table outside the system schemas holds cardholder data.
+    pub cardholder_data: bool,
     /// The role's default `search_path`, as schemas (`$user` expanded).
     pub default_path: Vec<String>,
     /// The upstream role (what `$user` means).
@@ -264,8 +275,86 @@ const TABLES_SQL: &str = "SELECT n.nspname, c.relname, a.attname, c.oid, a.attnu
      WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f') \
        AND n.nspname !~ '^pg_toast' AND n.nspname !~ '^pg_temp_' \
      ORDER BY 1, 2, a.attnum";
-const BUILTINS_SQL: &str = "SELECT DISTINCT proname FROM pg_catalog.pg_proc \
-     WHERE pronamespace = 'pg_catalog'::regnamespace";
+const FUNCTIONS_SQL: &str = "SELECT p.proname, \
+       bool_and(p.oid < 16384 AND n.nspname IN ('pg_catalog', 'information_schema')), \
+       bool_and(p.provolatile <> 'v'), \
+       bool_or(p.oid >= 16384) \
+     FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
+     GROUP BY p.proname";
+const OPERATORS_SQL: &str =
+    "SELECT DISTINCT oprname FROM pg_catalog.pg_operator WHERE oid >= 16384";
+
+/// Built-ins that are stable or immutable yet reach beyond the tables a
+/// statement names: they run SQL text, read a relation named by a value,
+/// or show other sessions' statements. Not on the allow-list.
+const UNSAFE_STABLE: &[&str] = &[
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
+    "table_to_xml",
+    "table_to_xmlschema",
+    "table_to_xml_and_xmlschema",
+    "schema_to_xml",
+    "schema_to_xmlschema",
+    "schema_to_xml_and_xmlschema",
+    "database_to_xml",
+    "database_to_xmlschema",
+    "database_to_xml_and_xmlschema",
+    "pg_stat_get_activity",
+    "pg_stat_get_backend_activity",
+    "pg_get_backend_memory_contexts",
+    "pg_prepared_statement",
+    "pg_cursor",
+    "pg_settings_get_flags",
+    "pg_show_all_settings",
+    "ts_stat",
+    "pg_get_statisticsobjdef_expressions",
+];
+
+/// Volatile built-ins without side effects beyond the statement itself.
+const SAFE_VOLATILE: &[&str] = &[
+    "random",
+    "random_normal",
+    "clock_timestamp",
+    "timeofday",
+    "gen_random_uuid",
+    "uuid_generate_v4",
+    "txid_current",
+    "txid_current_if_assigned",
+    "pg_current_xact_id",
+    "pg_current_xact_id_if_assigned",
+    "pg_backend_pid",
+    "pg_postmaster_start_time",
+    "pg_conf_load_time",
+    "inet_client_addr",
+    "inet_client_port",
+    "inet_server_addr",
+    "inet_server_port",
+    "pg_is_in_recovery",
+    "pg_sleep",
+    "pg_sleep_for",
+    "pg_sleep_until",
+];
+
+/// System relations whose rows hold data values or other sessions' SQL
+/// with its literals: planner statistics and activity views. They are
+/// treated as cardholder data (their columns masked by content detection).
+const DATA_HOLDING_SYSTEM_RELATIONS: &[&str] = &[
+    "pg_statistic",
+    "pg_stats",
+    "pg_statistic_ext",
+    "pg_statistic_ext_data",
+    "pg_stats_ext",
+    "pg_stats_ext_exprs",
+    "pg_stat_activity",
+    "pg_stat_statements",
+    "pg_stat_statements_info",
+    "pg_prepared_statements",
+    "pg_cursors",
+    "pg_locks",
+];
 const SETTINGS_SQL: &str = "SELECT current_user, current_setting('search_path')";
 
 impl Catalog {
@@ -409,7 +498,10 @@ impl Catalog {
             if let Some(column) = column {
                 let system = schema == "pg_catalog" || schema == "information_schema";
                 let qualified = format!("{schema}.{name}.{column}");
+                let holds_data = DATA_HOLDING_SYSTEM_RELATIONS.contains(&name.as_str())
+                    && (system || name.starts_with("pg_stat_statements"));
                 let kind = match column_kind(column) {
+                    _ if holds_data => ColumnKind::Contains,
                     _ if system => ColumnKind::Plain,
                     ColumnKind::Plain if self.tagged.contains(&qualified) => ColumnKind::Tagged,
                     kind => kind,
@@ -478,8 +570,24 @@ impl Catalog {
                 t.protected.push(info.column.clone());
             }
         }
-        let builtins = conn
-            .query(BUILTINS_SQL)
+        let mut builtins = HashSet::new();
+        let mut user_functions = HashSet::new();
+        for row in conn.query(FUNCTIONS_SQL).await? {
+            let [Some(name), initdb, stable, user] = row.as_slice() else {
+                continue;
+            };
+            let yes = |v: &Option<String>| v.as_deref() == Some("t");
+            if yes(user) {
+                user_functions.insert(name.clone());
+            }
+            let safe = (yes(stable) && !UNSAFE_STABLE.contains(&name.as_str()))
+                || SAFE_VOLATILE.contains(&name.as_str());
+            if yes(initdb) && safe {
+                builtins.insert(name.clone());
+            }
+        }
+        let user_operators = conn
+            .query(OPERATORS_SQL)
             .await?
             .into_iter()
             .filter_map(|mut row| row.pop().flatten())
@@ -488,10 +596,16 @@ impl Catalog {
             .into_iter()
             .map(|s| if s == "$user" { user.clone() } else { s })
             .collect();
+        let cardholder_data = tables.iter().any(|((schema, _), t)| {
+            t.cardholder && schema != "pg_catalog" && schema != "information_schema"
+        });
         Ok(Snapshot {
             tables,
             by_oid,
             builtins,
+            user_functions,
+            user_operators,
+            cardholder_data,
             default_path,
             user,
             loaded: Some(Instant::now()),
@@ -590,12 +704,13 @@ impl Catalog {
             let mut prepared = false;
             if rows.is_ok() {
                 rows = if params == 0 {
-                    conn.query(&format!("EXPLAIN (FORMAT JSON) {sql}\n")).await
+                    conn.query_one(&format!("EXPLAIN (FORMAT JSON) {sql}\n"))
+                        .await
                 } else {
                     // Planned generically: the parameter values are not known yet.
                     let nulls = vec!["NULL"; params as usize].join(", ");
                     match conn
-                        .query(&format!("PREPARE tollgate_estimate AS {sql}\n"))
+                        .query_one(&format!("PREPARE tollgate_estimate AS {sql}\n"))
                         .await
                     {
                         Ok(_) => {

@@ -14,10 +14,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use super::catalog::{Catalog, Current, Snapshot};
-use super::sql::{Access, Action, Analysis, ColumnRef, Effect, PathChange, ShapeCache, Target};
+use super::sql::{
+    Access, Action, Analysis, ColumnRef, Effect, ObjectName, PathChange, ShapeCache, Target,
+};
 use crate::approvals::{Approvals, Ask, HoldSlot, Requester, Scope, State, Ticket, Withdrawal};
 use crate::hooks::{
-    Decision, Ruling, SessionEvent, SessionHooks, Statement, StatementVia, ValueSource, Verdict,
+    Decision, InFlight, Ruling, SessionEvent, SessionHooks, Statement, StatementVia, ValueSource,
+    Verdict,
 };
 use crate::policy::{
     Outcome, PolicyEngine, PolicyHandle, Principal, RequestContext, Resource, Rule,
@@ -48,19 +51,25 @@ pub struct Guard {
     principal: Principal,
     connection: String,
     client: IpAddr,
-    /// Possible search paths (more than one after a change whose fate the
-    /// gateway cannot know, e.g. a SET in a transaction that ended).
+    /// The session's search path (one; a list only to resolve a name in
+    /// each schema a path could hold).
     paths: Vec<Vec<String>>,
-    /// The path is unknown: resolve unqualified names in every schema.
+    /// The path is unknown (code ran that may have changed it, or the
+    /// role changed what `$user` means): resolve unqualified names in
+    /// every schema, so each table of that name is decided.
     any_schema: bool,
-    /// Paths at the start of the transaction in which the path changed.
-    saved: Option<(Vec<Vec<String>>, bool)>,
-    /// The path changed with SET LOCAL in this transaction.
-    local_change: bool,
+    /// The path the session started with (`None`: the role's default);
+    /// RESET, RESET ALL and DISCARD ALL return to it.
+    startup_path: Option<Vec<String>>,
+    /// A path change forwarded alone in an idle session: in force once
+    /// its CommandComplete arrives (a failed SET changes nothing).
+    pending_path: Option<PathChange>,
     status: u8,
     path_generation: u64,
-    /// SQL-level prepared statements: name -> their accesses.
-    prepared: HashMap<String, Vec<Access>>,
+    /// SQL-level prepared statements: name -> their accesses and the
+    /// path they were prepared under (PostgreSQL keeps resolving a prepared
+    /// statement's names with the path it was prepared with).
+    prepared: HashMap<String, Prepared>,
     /// Row estimates fetched for statements waiting on them.
     estimates: Arc<Mutex<HashMap<String, Result<i64, String>>>>,
     /// A catalog refresh was waited for and still gave nothing fresh.
@@ -82,6 +91,13 @@ pub struct Guard {
 struct Held {
     sql: String,
     ticket: Ticket,
+}
+
+#[derive(Debug, Clone)]
+struct Prepared {
+    accesses: Vec<Access>,
+    paths: Vec<Vec<String>>,
+    any_schema: bool,
 }
 
 /// What the policy made of a message.
@@ -137,10 +153,10 @@ impl Guard {
             principal,
             connection,
             client,
-            paths: startup_path.into_iter().collect(),
+            paths: startup_path.iter().cloned().collect(),
             any_schema: false,
-            saved: None,
-            local_change: false,
+            startup_path,
+            pending_path: None,
             status: b'I',
             path_generation: 0,
             prepared: HashMap::new(),
@@ -166,13 +182,65 @@ impl Guard {
         self.hold_slot.clone()
     }
 
-    /// The client set its search_path at startup in a way the gateway does
-    /// not follow: resolve unqualified names in every schema.
-    pub fn path_unknown(&mut self) {
-        self.any_schema = true;
+    /// Refusals that come before the policy: what the gateway cannot read
+    /// exactly right now. `None`: go on.
+    fn readable(&self, statement: &Statement<'_>) -> Option<Verdict> {
+        if !super::sql::setting_sensitive(statement.sql) {
+            return None;
+        }
+        // Its reading depends on standard_conforming_strings and the client
+        // encoding: decide it only once every earlier message is answered,
+        // so the settings the server reported are the ones it reads with.
+        match statement.in_flight {
+            InFlight::Nothing => None,
+            InFlight::Answers => Some(Verdict::AfterAnswers),
+            InFlight::Unsynced => Some(Verdict::Decided(refuse(
+                "0A000",
+                "a statement with a backslash or a non-ASCII character cannot follow other \
+                 extended-protocol messages before their Sync through the gateway (how the server \
+                 reads it depends on settings those messages may change): send a Sync first"
+                    .into(),
+            ))),
+        }
+    }
+
+    /// A statement that changes the search path (SET/RESET search_path,
+    /// RESET ALL, DISCARD ALL) is followed exactly only when it runs alone,
+    /// outside a transaction, with nothing else in flight: then it either
+    /// takes effect at its CommandComplete or fails and changes nothing.
+    fn path_change_allowed(&self, statement: &Statement<'_>, analysis: &Analysis) -> Option<Verdict> {
+        let changes = analysis.statements.iter().any(|info| {
+            info.effects
+                .iter()
+                .any(|e| matches!(e, Effect::SearchPath(_) | Effect::DiscardAll))
+        });
+        if !changes {
+            return None;
+        }
+        let refusal = |why: &str| {
+            Some(Verdict::Decided(refuse(
+                "0A000",
+                format!(
+                    "the gateway follows each session's search_path exactly, so SET search_path, RESET, \
+                     RESET ALL and DISCARD ALL must {why}"
+                ),
+            )))
+        };
+        if analysis.statements.len() != 1 || !matches!(statement.via, StatementVia::SimpleQuery) {
+            return refusal("be sent alone, as a simple query of their own");
+        }
+        match statement.in_flight {
+            InFlight::Nothing if self.status == b'I' => None,
+            InFlight::Nothing => refusal("run outside a transaction block"),
+            InFlight::Answers => Some(Verdict::AfterAnswers),
+            InFlight::Unsynced => refusal("not follow extended-protocol messages before their Sync"),
+        }
     }
 
     fn verdict(&mut self, statement: &Statement<'_>) -> Verdict {
+        if let Some(verdict) = self.readable(statement) {
+            return verdict;
+        }
         let (snapshot, after_wait) = match self.catalog.current(&mut self.refreshed) {
             Current::Ready(snapshot, after_wait) => (snapshot, after_wait),
             Current::Wait(wait) => return Verdict::Wait(wait),
@@ -201,6 +269,24 @@ impl Guard {
                 ));
             }
         };
+        if matches!(statement.via, StatementVia::Parse { .. }) && analysis.statements.len() > 1 {
+            // PostgreSQL refuses it too; refused here before anything
+            // (a row estimate) could send it anywhere.
+            return Verdict::Decided(refuse(
+                "42601",
+                "cannot insert multiple commands into a prepared statement".into(),
+            ));
+        }
+        if let Some(reason) = analysis
+            .statements
+            .iter()
+            .find_map(|info| info.unsupported.as_ref())
+        {
+            return Verdict::Decided(refuse("0A000", reason.clone()));
+        }
+        if let Some(verdict) = self.path_change_allowed(statement, &analysis) {
+            return verdict;
+        }
         // A table the snapshot does not know may have been created since it
         // was read (by a migration, outside the gateway): read it again once.
         if !after_wait && snapshot.age() > UNKNOWN_TABLE_RECHECK {
@@ -452,7 +538,7 @@ impl Guard {
         cacheable: &mut bool,
         ruling: &mut Ruling,
     ) -> Result<Judged, Wait> {
-        let mut paths = self.paths.clone();
+        let paths = self.paths.clone();
         let mut any_schema = self.any_schema;
         let mut worst: Option<(Outcome, String)> = None;
         let mut held: Vec<String> = Vec::new();
@@ -470,14 +556,21 @@ impl Guard {
         let mut prepared_here: HashMap<&str, &[Access]> = HashMap::new();
         for (index, info) in analysis.statements.iter().enumerate() {
             let mut accesses = Vec::new();
+            let mut resolved = Vec::new();
             for access in &info.accesses {
                 match &access.target {
-                    Target::Prepared(name) => match prepared_here
-                        .get(name.as_str())
-                        .copied()
-                        .or_else(|| self.prepared.get(name).map(Vec::as_slice))
-                    {
+                    Target::Prepared(name) => match prepared_here.get(name.as_str()).copied() {
                         Some(inner) => accesses.extend(inner.iter().cloned()),
+                        None if self.prepared.contains_key(name) => {
+                            // Resolved with the path it was prepared under.
+                            let prepared = &self.prepared[name];
+                            resolved.extend(resolve(
+                                &prepared.accesses,
+                                snapshot,
+                                &prepared.paths,
+                                prepared.any_schema,
+                            ));
+                        }
                         None => {
                             return Ok(Judged::Decided(refuse(
                                 "26000",
@@ -490,7 +583,8 @@ impl Guard {
                     _ => accesses.push(access.clone()),
                 }
             }
-            let resolved = resolve(&accesses, snapshot, &paths, any_schema);
+            accesses.extend(user_operators(&info.operators, snapshot));
+            resolved.extend(resolve(&accesses, snapshot, &paths, any_schema));
             for item in &resolved {
                 ruling.note(item);
                 let mut context = RequestContext {
@@ -499,6 +593,7 @@ impl Guard {
                     row_estimate: 0,
                     has_where: item.has_where,
                     has_limit: item.has_limit,
+                    cardholder_data: snapshot.cardholder_data,
                     client: self.client,
                     time: now,
                 };
@@ -607,12 +702,16 @@ impl Guard {
                     worst = Some((outcome, item.describe()));
                 }
             }
-            // Later statements of the message see this one's changes.
+            // Later statements of the message see this one's changes (a
+            // path change always runs alone; code may change the path).
             for effect in &info.effects {
-                if let Effect::Prepare(name) = effect {
-                    prepared_here.insert(name, &info.accesses);
+                match effect {
+                    Effect::Prepare(name) => {
+                        prepared_here.insert(name, &info.accesses);
+                    }
+                    Effect::Opaque => any_schema = true,
+                    _ => {}
                 }
-                apply_path(effect, &mut paths, &mut any_schema, snapshot);
             }
         }
         ruling.policy = match &worst {
@@ -693,21 +792,19 @@ impl Guard {
             for effect in &info.effects {
                 match effect {
                     Effect::Prepare(name) => {
-                        let accesses = info.accesses.clone();
-                        self.prepared.insert(name.clone(), accesses);
+                        let prepared = Prepared {
+                            accesses: info.accesses.clone(),
+                            paths: self.paths.clone(),
+                            any_schema: self.any_schema,
+                        };
+                        self.prepared.insert(name.clone(), prepared);
                     }
                     Effect::Deallocate(Some(name)) => {
                         self.prepared.remove(name);
                     }
-                    Effect::Deallocate(None) | Effect::DiscardAll => self.prepared.clear(),
-                    Effect::SearchPath { local, .. } => {
-                        if self.status != b'I' && self.saved.is_none() {
-                            self.saved = Some((self.paths.clone(), self.any_schema));
-                        }
-                        self.local_change |= *local;
-                        apply_path(effect, &mut self.paths, &mut self.any_schema, snapshot);
-                        self.path_generation += 1;
-                    }
+                    Effect::Deallocate(None) => self.prepared.clear(),
+                    Effect::DiscardAll => self.pending_path = Some(PathChange::Reset),
+                    Effect::SearchPath(change) => self.pending_path = Some(change.clone()),
                     Effect::Reason(reason) => self.reason = reason.clone(),
                     Effect::Opaque => {
                         self.any_schema = true;
@@ -729,35 +826,78 @@ impl Guard {
             }
         }
     }
+
+    /// The forwarded path change completed: it is in force.
+    fn path_changed(&mut self, tag: &str) {
+        let Some(change) = self.pending_path.take() else {
+            return;
+        };
+        if tag == "DISCARD ALL" {
+            self.prepared.clear();
+        }
+        let Some(snapshot) = self.catalog.last() else {
+            // No catalog to expand `$user` with: resolve in every schema.
+            self.any_schema = true;
+            self.path_generation += 1;
+            return;
+        };
+        let change = match change {
+            PathChange::Reset => match &self.startup_path {
+                Some(path) => PathChange::Set(path.clone()),
+                None => PathChange::Reset,
+            },
+            set => set,
+        };
+        apply_path(&change, &mut self.paths, &snapshot);
+        self.path_generation += 1;
+    }
 }
 
 type Wait = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-/// A call of a pg_catalog function (privileged built-ins are `admin`
-/// accesses, never dropped).
+/// A call of a built-in on the allow-list (privileged built-ins are
+/// `admin` accesses, never dropped). An unqualified name that a function
+/// created after initdb also has may resolve to that one: not a built-in.
 fn is_builtin(access: &Access, snapshot: &Snapshot) -> bool {
     match &access.target {
         Target::Function(name) if access.action == Action::Call => {
-            name.schema.as_deref().is_none_or(|s| s == "pg_catalog")
-                && snapshot.builtins.contains(&name.name)
+            let builtin = snapshot.builtins.contains(&name.name);
+            match name.schema.as_deref() {
+                None => builtin && !snapshot.user_functions.contains(&name.name),
+                Some("pg_catalog" | "information_schema") => builtin,
+                Some(_) => false,
+            }
         }
         _ => false,
     }
 }
 
-/// Apply a search_path change to the possible paths.
-fn apply_path(
-    effect: &Effect,
-    paths: &mut Vec<Vec<String>>,
-    any_schema: &mut bool,
-    snapshot: &Snapshot,
-) {
-    let Effect::SearchPath { change, .. } = effect else {
-        if matches!(effect, Effect::Opaque) {
-            *any_schema = true;
-        }
-        return;
-    };
+/// Operators created after initdb that the statement may use: each is a
+/// call of the function behind it.
+fn user_operators(operators: &[ObjectName], snapshot: &Snapshot) -> Vec<Access> {
+    operators
+        .iter()
+        .filter(|op| {
+            op.schema.as_deref() != Some("pg_catalog") && snapshot.user_operators.contains(&op.name)
+        })
+        .map(|op| Access {
+            action: Action::Call,
+            target: Target::Function(ObjectName {
+                schema: op.schema.clone(),
+                name: format!("operator({})", op.name),
+            }),
+            command: "OPERATOR",
+            columns: Vec::new(),
+            has_where: true,
+            has_limit: true,
+            only: false,
+            derived: Vec::new(),
+        })
+        .collect()
+}
+
+/// Apply a search_path change that is in force.
+fn apply_path(change: &PathChange, paths: &mut Vec<Vec<String>>, snapshot: &Snapshot) {
     match change {
         PathChange::Set(schemas) => {
             let expanded = schemas
@@ -771,13 +911,8 @@ fn apply_path(
                 })
                 .collect();
             *paths = vec![expanded];
-            *any_schema = false;
         }
-        PathChange::Reset => {
-            *paths = vec![snapshot.default_path.clone()];
-            *any_schema = false;
-        }
-        PathChange::Unknown => *any_schema = true,
+        PathChange::Reset => *paths = vec![snapshot.default_path.clone()],
     }
 }
 
@@ -1051,29 +1186,12 @@ impl SessionHooks for Guard {
     }
 
     fn ready(&mut self, status: u8) {
-        if status == b'I' {
-            if self.ddl_forwarded {
-                self.ddl_forwarded = false;
-                self.catalog.invalidate();
-            }
-            if let Some((paths, any_schema)) = self.saved.take() {
-                if self.local_change {
-                    // SET LOCAL ends with the transaction.
-                    self.paths = paths;
-                    self.any_schema = any_schema;
-                } else {
-                    // Committed or rolled back: either path may be in force.
-                    for path in paths {
-                        if !self.paths.contains(&path) {
-                            self.paths.push(path);
-                        }
-                    }
-                    self.any_schema |= any_schema;
-                }
-                self.path_generation += 1;
-            }
-            self.local_change = false;
+        if status == b'I' && self.ddl_forwarded {
+            self.ddl_forwarded = false;
+            self.catalog.invalidate();
         }
+        // A path change that did not complete failed: nothing changed.
+        self.pending_path = None;
         self.status = status;
         self.inner.ready(status);
     }
@@ -1128,6 +1246,9 @@ impl SessionHooks for Guard {
     }
 
     fn complete(&mut self, tag: &str) {
+        if matches!(tag, "SET" | "RESET" | "DISCARD ALL") {
+            self.path_changed(tag);
+        }
         self.inner.complete(tag);
     }
 

@@ -271,6 +271,7 @@ impl Masker {
                 row_estimate: 0,
                 has_where: false,
                 has_limit: false,
+                cardholder_data: false,
                 client: self.client,
                 time: SystemTime::now(),
             },

@@ -26,9 +26,11 @@ use tokio::sync::watch;
 
 use super::error::PgError;
 use super::frame::{Body, FrameError, next_frame};
+use super::settings::{ServerSettings, Unfollowable};
 use super::shapes::{CopySource, Described, Shapes};
 use crate::hooks::{
-    CopyOrigin, Decision, SessionEvent, SessionHooks, Statement, StatementVia, ValueSource, Verdict,
+    CopyOrigin, Decision, InFlight, SessionEvent, SessionHooks, Statement, StatementVia,
+    ValueSource, Verdict,
 };
 use crate::listener::conn::Conn;
 
@@ -95,6 +97,10 @@ pub enum RelayError {
     /// Reading from or writing to the upstream failed.
     #[error("upstream connection: {0}")]
     Upstream(std::io::Error),
+    /// The server reported a setting the gateway cannot read SQL under,
+    /// or a change of who the session is.
+    #[error(transparent)]
+    Unfollowable(#[from] Unfollowable),
 }
 
 /// Relay state that outlives one read.
@@ -120,6 +126,10 @@ struct State<'h> {
     /// Simple Queries the hooks let through (numbers COPY origins).
     queries_forwarded: u64,
     shapes: Shapes,
+    /// The settings the server reported.
+    settings: ServerSettings,
+    /// A hook asked to be asked again once every earlier message is answered.
+    await_answers: bool,
 }
 
 /// Relay until either side ends the session. `pending` holds client bytes
@@ -131,6 +141,7 @@ pub async fn run(
     hooks: &mut dyn SessionHooks,
     max_client_message: usize,
     pending: BytesMut,
+    settings: ServerSettings,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<RelayEnd, RelayError> {
     let mut from_client = pending;
@@ -148,6 +159,8 @@ pub async fn run(
         inspect: false,
         queries_forwarded: 0,
         shapes: Shapes::default(),
+        settings,
+        await_answers: false,
     };
     state.inspect = state.hooks.inspects_values();
     let mut waiting: Option<Wait> = None;
@@ -179,6 +192,17 @@ pub async fn run(
                 return Ok(RelayEnd::ClientClosed);
             }
             Some(end) => return Ok(end),
+        }
+        if state.await_answers && state.awaiting_ready.is_empty() {
+            // Every earlier message is answered: ask about the waiting one again.
+            state.await_answers = false;
+            waiting = None;
+            match state.client_frames(&mut from_client, max_client_message)? {
+                Step::Done => {}
+                Step::Terminated => end = Some(RelayEnd::Terminated),
+                Step::Wait(wait) => waiting = Some(wait),
+            }
+            continue;
         }
         reserve(&mut from_client);
         reserve(&mut from_upstream);
@@ -243,14 +267,25 @@ impl State<'_> {
             let frame = &buf[..total];
             match tag {
                 b'Q' => {
-                    let sql = Body::new(&frame[5..]).cstr().unwrap_or_default();
-                    let sql = String::from_utf8_lossy(sql);
-                    let verdict = self.hooks.statement(&Statement {
-                        sql: &sql,
-                        via: StatementVia::SimpleQuery,
-                    });
+                    let bytes = Body::new(&frame[5..]).cstr().unwrap_or_default();
+                    let in_flight = self.in_flight();
+                    let (sql, verdict) = match self.settings.decode(bytes) {
+                        Some(sql) => {
+                            let verdict = self.hooks.statement(&Statement {
+                                sql: &sql,
+                                via: StatementVia::SimpleQuery,
+                                in_flight,
+                            });
+                            (sql, verdict)
+                        }
+                        None => (
+                            String::from_utf8_lossy(bytes),
+                            Verdict::Decided(self.undecodable()),
+                        ),
+                    };
                     match verdict {
                         Verdict::Wait(wait) => return Ok(Step::Wait(wait)),
+                        Verdict::AfterAnswers => return Ok(self.after_answers()),
                         Verdict::Hold { notice, until } => {
                             self.notice(&notice);
                             return Ok(Step::Wait(until));
@@ -292,13 +327,25 @@ impl State<'_> {
                     let mut body = Body::new(&frame[5..]);
                     let name =
                         String::from_utf8_lossy(body.cstr().unwrap_or_default()).into_owned();
-                    let sql = String::from_utf8_lossy(body.cstr().unwrap_or_default()).into_owned();
-                    let statement = Statement {
-                        sql: &sql,
-                        via: StatementVia::Parse { name: &name },
+                    let bytes = body.cstr().unwrap_or_default();
+                    let in_flight = self.in_flight();
+                    let (sql, verdict) = match self.settings.decode(bytes) {
+                        Some(sql) => {
+                            let verdict = self.hooks.statement(&Statement {
+                                sql: &sql,
+                                via: StatementVia::Parse { name: &name },
+                                in_flight,
+                            });
+                            (sql, verdict)
+                        }
+                        None => (
+                            String::from_utf8_lossy(bytes),
+                            Verdict::Decided(self.undecodable()),
+                        ),
                     };
-                    match self.hooks.statement(&statement) {
+                    match verdict {
                         Verdict::Wait(wait) => return Ok(Step::Wait(wait)),
+                        Verdict::AfterAnswers => return Ok(self.after_answers()),
                         Verdict::Hold { notice, until } => {
                             self.notice(&notice);
                             return Ok(Step::Wait(until));
@@ -454,6 +501,19 @@ impl State<'_> {
                     // The stand-in query's own failure: the refusal replaces it.
                     self.replaced = true;
                 }
+                b'C' if !self.inspect => {
+                    // CommandComplete: a path change is in force from here.
+                    let command = Body::new(&frame[5..]).cstr().unwrap_or_default();
+                    self.hooks.complete(&String::from_utf8_lossy(command));
+                    self.to_client.extend_from_slice(frame);
+                }
+                b'S' if !self.inspect => {
+                    let mut body = Body::new(&frame[5..]);
+                    if let (Some(name), Some(value)) = (body.cstr(), body.cstr()) {
+                        self.settings.report(name, value)?;
+                    }
+                    self.to_client.extend_from_slice(frame);
+                }
                 _ if !self.inspect => self.to_client.extend_from_slice(frame),
                 b'T' => match self.shapes.row_description(&frame[5..]) {
                     Described::Rows(columns) => {
@@ -503,6 +563,7 @@ impl State<'_> {
                     let mut body = Body::new(&frame[5..]);
                     match (body.cstr(), body.cstr()) {
                         (Some(name), Some(value)) => {
+                            self.settings.report(name, value)?;
                             let value = self
                                 .hooks
                                 .result_value(ValueSource::Parameter, value)
@@ -542,6 +603,35 @@ impl State<'_> {
             buf.advance(total);
         }
         Ok(())
+    }
+
+    /// What the upstream has not answered yet, for a statement arriving now.
+    fn in_flight(&self) -> InFlight {
+        if self.unsynced || self.copy_in {
+            InFlight::Unsynced
+        } else if self.awaiting_ready.is_empty() {
+            InFlight::Nothing
+        } else {
+            InFlight::Answers
+        }
+    }
+
+    /// Hold the statement until every earlier message is answered.
+    fn after_answers(&mut self) -> Step {
+        self.await_answers = true;
+        Step::Wait(Box::pin(std::future::pending()))
+    }
+
+    /// A statement whose bytes are not text in the session's encoding.
+    fn undecodable(&self) -> Decision {
+        Decision::Refuse {
+            sqlstate: "22021",
+            message: format!(
+                "invalid byte sequence for encoding \"{}\": the statement is not valid text in the \
+                 session's client_encoding, so the gateway did not send it",
+                self.settings.encoding.name()
+            ),
+        }
     }
 
     /// Tell the client something now (a NoticeResponse, as psql prints it).
@@ -743,6 +833,8 @@ mod tests {
             inspect: hooks_inspect,
             queries_forwarded: 0,
             shapes: Shapes::default(),
+            settings: ServerSettings::default(),
+            await_answers: false,
         }
     }
 

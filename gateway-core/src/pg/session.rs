@@ -15,6 +15,7 @@ use super::catalog::Catalog;
 use super::error::PgError;
 use super::frame::{Body, Frame};
 use super::guard::{Guard, GuardShared};
+use super::settings::ServerSettings;
 use super::mask::{MaskShared, Masker};
 use super::startup::{Opening, StartupFailure, negotiate};
 use super::{messages, relay, upstream};
@@ -106,20 +107,10 @@ struct Established {
     identity: Identity,
     connection: String,
     application_name: Option<String>,
-    search_path: StartupPath,
+    /// The `search_path` the client set at startup (`None`: the role's default).
+    search_path: Option<Vec<String>>,
     /// Client bytes read behind the password message.
     pending: BytesMut,
-}
-
-/// The search_path a client asked for at startup.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum StartupPath {
-    /// The role's default.
-    Default,
-    /// The `search_path` startup parameter.
-    Set(Vec<String>),
-    /// Set through `options` in a form the gateway does not follow.
-    Unknown,
 }
 
 async fn login(
@@ -145,6 +136,17 @@ async fn login(
     }
     let user = param("user").unwrap_or_default();
     let database = param("database").unwrap_or_else(|| user.clone());
+    // Settings the client asks for are checked before anything else.
+    let startup = match super::params::check(&parameters) {
+        Ok(startup) => startup,
+        Err(error) => {
+            tracing::warn!(
+                target: "tollgate::audit", event = "login", outcome = "refused", client = %peer,
+                reason = %error.message
+            );
+            return Err(fail(client, error));
+        }
+    };
 
     // Ask for the access token as a cleartext password (the channel is TLS).
     if client
@@ -207,13 +209,7 @@ async fn login(
             ),
         ));
     };
-    // Startup parameters other than the login ones are forwarded as sent.
-    let forwarded: Vec<(String, String)> = parameters
-        .iter()
-        .filter(|(k, _)| k != "user" && k != "database" && k != "replication")
-        .cloned()
-        .collect();
-    let upstream = match upstream::connect(&target, &forwarded).await {
+    let upstream = match upstream::connect(&target, &startup.forwarded).await {
         Ok(session) => session,
         Err(e) => {
             tracing::warn!(connection = %database, error = %e, "upstream connect failed");
@@ -227,11 +223,7 @@ async fn login(
         identity,
         connection: database,
         application_name: param("application_name"),
-        search_path: match (param("search_path"), param("options")) {
-            (_, Some(options)) if options.contains("search_path") => StartupPath::Unknown,
-            (Some(path), _) => StartupPath::Set(super::sql::split_path(&path)),
-            _ => StartupPath::Default,
-        },
+        search_path: startup.search_path,
         pending,
     })
 }
@@ -302,6 +294,21 @@ async fn run_session(established: Established, peer: SocketAddr, ctx: &PgContext
         pid,
         key,
     } = upstream;
+    // The settings the upstream session starts with, as the server reports them.
+    let mut settings = ServerSettings::default();
+    for frame in &parameters {
+        let mut body = Body::new(frame.body());
+        let reported = match (body.cstr(), body.cstr()) {
+            (Some(name), Some(value)) => settings.report(name, value),
+            _ => Ok(()),
+        };
+        if let Err(error) = reported {
+            let error = PgError::fatal("0A000", error.0);
+            let _ = client.write_all(error.to_frame().raw()).await;
+            let _ = upstream_conn.write_all(&[b'X', 0, 0, 0, 4]).await;
+            return;
+        }
+    }
 
     let mut hooks = ctx.hooks.for_session(&identity, &connection);
     let session_id = crate::recording::session_id();
@@ -329,14 +336,8 @@ async fn run_session(established: Established, peer: SocketAddr, ctx: &PgContext
             principal,
             connection.clone(),
             peer.ip(),
-            match &search_path {
-                StartupPath::Set(path) => Some(path.clone()),
-                _ => None,
-            },
+            search_path,
         );
-        if search_path == StartupPath::Unknown {
-            guarded.path_unknown();
-        }
         if ctx.recording.is_some() {
             guarded.set_session(&session_id);
         }
@@ -390,6 +391,7 @@ async fn run_session(established: Established, peer: SocketAddr, ctx: &PgContext
         hooks.as_mut(),
         ctx.max_message_bytes,
         pending,
+        settings,
         ctx.ending.clone(),
     )
     .await;
@@ -427,6 +429,11 @@ async fn run_session(established: Established, peer: SocketAddr, ctx: &PgContext
             let error = PgError::fatal("08006", format!("connection \"{connection}\": {e}"));
             let _ = client.write_all(error.to_frame().raw()).await;
             Some(e.to_string())
+        }
+        Err(relay::RelayError::Unfollowable(e)) => {
+            let error = PgError::fatal("0A000", e.0.clone());
+            let _ = client.write_all(error.to_frame().raw()).await;
+            Some(e.0.clone())
         }
         Err(e @ relay::RelayError::Client(_)) => Some(e.to_string()),
     };

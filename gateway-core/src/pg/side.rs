@@ -55,15 +55,47 @@ impl SideConn {
         })
     }
 
-    /// Run `sql` with the simple protocol; the rows of every result, in
-    /// order. The first error is returned after the server is ready again.
+    /// Run the gateway's own `sql` with the simple protocol; the rows of
+    /// every result, in order. The first error is returned after the server
+    /// is ready again. Never for text that holds a client's SQL: see
+    /// [`SideConn::query_one`].
     pub async fn query(&mut self, sql: &str) -> Result<Rows, SideError> {
         let mut message = BytesMut::new();
         message.extend_from_slice(b"Q");
         message.extend_from_slice(&((sql.len() + 5) as i32).to_be_bytes());
         message.extend_from_slice(sql.as_bytes());
         message.extend_from_slice(&[0]);
-        self.conn.write_all(&message).await?;
+        self.exchange(&message).await
+    }
+
+    /// Run `sql`, which holds text from a client's statement, as exactly
+    /// one statement: the extended protocol's Parse refuses a text with
+    /// several (so `...; COMMIT; DELETE ...` cannot end the gateway's
+    /// read-only transaction and run with the gateway's credentials).
+    pub async fn query_one(&mut self, sql: &str) -> Result<Rows, SideError> {
+        if sql.contains('\0') {
+            return Err(SideError::Protocol("statement text holds a NUL byte".into()));
+        }
+        let mut message = BytesMut::new();
+        let mut put = |tag: u8, body: &[&[u8]]| {
+            let len: usize = body.iter().map(|b| b.len()).sum::<usize>() + 4;
+            message.extend_from_slice(&[tag]);
+            message.extend_from_slice(&(len as i32).to_be_bytes());
+            for part in body {
+                message.extend_from_slice(part);
+            }
+        };
+        // Parse (unnamed, no parameter types), Bind (no parameters, text
+        // results), Execute (all rows), Sync.
+        put(b'P', &[b"\0", sql.as_bytes(), b"\0", &[0, 0]]);
+        put(b'B', &[b"\0\0", &[0, 0], &[0, 0], &[0, 0]]);
+        put(b'E', &[b"\0", &[0, 0, 0, 0]]);
+        put(b'S', &[]);
+        self.exchange(&message).await
+    }
+
+    async fn exchange(&mut self, message: &[u8]) -> Result<Rows, SideError> {
+        self.conn.write_all(message).await?;
         self.conn.flush().await?;
         let mut rows = Vec::new();
         let mut error = None;

@@ -182,6 +182,8 @@ pub struct RequestContext<'a> {
     pub has_where: bool,
     /// Read bounded by LIMIT.
     pub has_limit: bool,
+    /// The connection's database holds cardholder data (any table does).
+    pub cardholder_data: bool,
     /// The client's address.
     pub client: IpAddr,
     /// When.
@@ -463,6 +465,7 @@ impl PolicyEngine {
             row_estimate: 0,
             has_where: false,
             has_limit: false,
+            cardholder_data: false,
             client,
             time: SystemTime::now(),
         };
@@ -573,6 +576,10 @@ impl PolicyEngine {
             (
                 "has_limit".to_string(),
                 RestrictedExpression::new_bool(c.has_limit),
+            ),
+            (
+                "cardholder_data".to_string(),
+                RestrictedExpression::new_bool(c.cardholder_data),
             ),
             ("command".to_string(), string(c.command)),
             ("connection".to_string(), string(c.connection)),

@@ -24,6 +24,7 @@ fn context(command: &str) -> RequestContext<'static> {
         row_estimate: 0,
         has_where: false,
         has_limit: false,
+        cardholder_data: true,
         client: "127.0.0.1".parse().unwrap(),
         time: SystemTime::now(),
     }

@@ -182,10 +182,10 @@ fn table(out: &mut String, body: &Value) {
     let tag = body["tag"].as_str().unwrap_or("(suspended)");
     let _ = writeln!(
         out,
-        "{tag}   -- {rows} row(s), {} bytes, {} ms, sha256 {}",
+        "{tag}   -- {rows} row(s), {} bytes, {} ms, digest {}",
         body["bytes"],
         body["duration_us"].as_u64().unwrap_or(0) / 1000,
-        &str_of(body, "sha256").get(..16).unwrap_or_default()
+        &str_of(body, "hmac_sha256").get(..16).unwrap_or_default()
     );
 }
 
@@ -216,7 +216,7 @@ mod tests {
                 at_us: 1500,
                 kind: "result".into(),
                 body: json!({"tag": "SELECT 1", "columns": ["pan"], "rows": 1, "bytes": 20,
-                    "duration_us": 1500, "sha256": "00ff", "preview": [["************1111"]]}),
+                    "duration_us": 1500, "hmac_sha256": "00ff", "preview": [["************1111"]]}),
             },
         ];
         let cast = render(&session, &frames);

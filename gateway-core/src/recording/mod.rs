@@ -19,6 +19,7 @@
 //! | `disconnect` | session end | reason |
 
 pub mod asciicast;
+pub mod digest;
 pub mod retention;
 pub mod store;
 
@@ -29,7 +30,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
+use hmac::Mac;
+use sha2::Sha256;
 
 use crate::audit::event::{Auditor, Event, Outcome, actor};
 use crate::audit::log::AuditError;
@@ -50,6 +52,8 @@ pub struct Recording {
     pub store: Store,
     /// Rows kept (masked) as each result's preview.
     pub preview_rows: usize,
+    /// The key of the result digests (never in a record or the evidence).
+    pub digest_key: digest::DigestKey,
     /// The statement text as records keep it: the protocol adapter replaces
     /// every literal by a placeholder, so no value of the caller's (a card
     /// number in a WHERE clause, a password in ALTER ROLE) is recorded.
@@ -109,13 +113,12 @@ struct Pending {
 }
 
 /// A result being summed up.
-#[derive(Default)]
 struct Result_ {
     columns: Vec<String>,
     binary: Vec<bool>,
     rows: u64,
     bytes: u64,
-    digest: Sha256,
+    digest: hmac::Hmac<Sha256>,
     preview: Vec<Vec<Value>>,
     /// Row bytes taken into the preview.
     preview_bytes: u64,
@@ -134,12 +137,26 @@ struct Keep {
 }
 
 impl Result_ {
+    fn new(key: &digest::DigestKey, columns: Vec<String>, binary: Vec<bool>) -> Result_ {
+        Result_ {
+            columns,
+            binary,
+            rows: 0,
+            bytes: 0,
+            digest: key.start(),
+            preview: Vec::new(),
+            preview_bytes: 0,
+            previewing: false,
+            copy: false,
+        }
+    }
+
     /// Count a row (as the upstream sent it) into the digest and, while the
     /// preview has room, open a preview row for its (masked) values.
     fn row(&mut self, raw: &[u8], keep: Keep) {
         self.rows += 1;
         self.bytes += raw.len() as u64;
-        self.digest.update((raw.len() as u32).to_be_bytes());
+        self.digest.update(&(raw.len() as u32).to_be_bytes());
         self.digest.update(raw);
         let room = self.rows as usize <= keep.rows
             || (self.preview.len() as u64 + 1 == self.rows
@@ -370,11 +387,9 @@ impl Recorder {
     fn result(&mut self) -> &mut Result_ {
         let columns = &self.columns;
         let binary = &self.binary;
-        self.result.get_or_insert_with(|| Result_ {
-            columns: columns.clone(),
-            binary: binary.clone(),
-            ..Result_::default()
-        })
+        let key = &self.shared.digest_key;
+        self.result
+            .get_or_insert_with(|| Result_::new(key, columns.clone(), binary.clone()))
     }
 
     /// Write the open result's frame.
@@ -387,7 +402,7 @@ impl Recorder {
             .map_or(0, |t| t.elapsed().as_micros() as u64);
         let digest = {
             use base64::Engine;
-            base64::engine::general_purpose::STANDARD.encode(result.digest.finalize())
+            base64::engine::general_purpose::STANDARD.encode(result.digest.finalize().into_bytes())
         };
         self.tap.frame(
             "result",
@@ -397,7 +412,7 @@ impl Recorder {
                 "rows": result.rows,
                 "bytes": result.bytes,
                 "duration_us": duration,
-                "sha256": digest,
+                "hmac_sha256": digest,
                 "copy": result.copy,
                 "preview_complete": result.preview.len() as u64 == result.rows,
                 "preview": result.preview,

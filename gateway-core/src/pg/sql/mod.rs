@@ -17,7 +17,7 @@
 
 mod walk;
 
-pub(crate) use walk::split_path;
+pub(crate) use walk::{readable_encoding, setting_on, split_path, startup_setting};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -39,8 +39,12 @@ pub enum Action {
     CopyOut,
     /// COPY ... FROM STDIN.
     CopyIn,
-    /// Runs opaque code: CALL, DO, a function that is not a known built-in.
+    /// Calls a routine that is not on the gateway's allow-list of built-ins
+    /// (a user-defined function or operator, a built-in with side effects).
     Call,
+    /// Runs or installs code the gateway cannot read: DO blocks, CALL of a
+    /// procedure, CREATE FUNCTION/PROCEDURE/TRIGGER/RULE/EVENT TRIGGER.
+    Code,
     /// Administration: roles, grants, server files and programs, settings
     /// of the server, privilege changes of the session.
     Admin,
@@ -59,6 +63,7 @@ impl Action {
             Action::CopyOut => "copy_out",
             Action::CopyIn => "copy_in",
             Action::Call => "call",
+            Action::Code => "code",
             Action::Admin => "admin",
             Action::Session => "session",
         }
@@ -131,32 +136,28 @@ pub struct Access {
     pub derived: Vec<ColumnRef>,
 }
 
-/// A change of the session's `search_path` made by a statement.
+/// A change of the session's `search_path` made by a statement. Only
+/// the forms the gateway can follow exactly are analysed into one; every
+/// other form (SET LOCAL, a computed `set_config`) is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathChange {
     /// Set to these schemas.
     Set(Vec<String>),
-    /// Back to the default.
+    /// Back to the session's default (RESET, SET ... TO DEFAULT, RESET ALL).
     Reset,
-    /// Changed in a way the gateway cannot follow (a computed value).
-    Unknown,
 }
 
 /// Session state a statement changes, which the gateway tracks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
-    /// `SET [LOCAL] search_path`, `RESET`, `set_config('search_path', ...)`.
-    SearchPath {
-        /// The change.
-        change: PathChange,
-        /// `SET LOCAL` / `set_config(..., true)`: until the transaction ends.
-        local: bool,
-    },
+    /// `SET search_path`, `RESET search_path`, `RESET ALL`: followed only
+    /// when the statement runs alone in an idle session (see the guard).
+    SearchPath(PathChange),
     /// `PREPARE name AS ...` (the statement's accesses are this statement's).
     Prepare(String),
     /// `DEALLOCATE name` (`None`: ALL).
     Deallocate(Option<String>),
-    /// `DISCARD ALL`.
+    /// `DISCARD ALL` (also resets `search_path`, so it runs alone too).
     DiscardAll,
     /// Runs code the gateway cannot see into (a function, DO, CALL), which
     /// could change session settings.
@@ -181,6 +182,12 @@ pub struct StatementInfo {
     pub estimable: bool,
     /// `COPY ... TO STDOUT`: what the rows hold, for masking.
     pub copy_out: Option<CopyOut>,
+    /// Operators the statement uses, as written (`+`, `pg_catalog.~~`):
+    /// one the catalog knows as user-defined is a call.
+    pub operators: Vec<ObjectName>,
+    /// Why the gateway cannot follow this statement, if it cannot: it is
+    /// refused before anything is sent (fail closed).
+    pub unsupported: Option<String>,
 }
 
 /// The rows of a `COPY ... TO STDOUT`.
@@ -211,6 +218,44 @@ pub enum CopyFormat {
     Csv,
     /// PostgreSQL's binary COPY format.
     Binary,
+}
+
+/// A client encoding the gateway reads exactly (see `pg::settings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// UTF-8 (`UTF8`, `UNICODE`).
+    Utf8,
+    /// ISO 8859-1 (`LATIN1`): each byte is the character of that number.
+    Latin1,
+}
+
+impl Encoding {
+    /// PostgreSQL's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Encoding::Utf8 => "UTF8",
+            Encoding::Latin1 => "LATIN1",
+        }
+    }
+
+    /// Text from the client's bytes; `None` if they are not valid here.
+    pub fn decode(self, bytes: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
+        match self {
+            Encoding::Utf8 => std::str::from_utf8(bytes).ok().map(Into::into),
+            Encoding::Latin1 if bytes.is_ascii() => std::str::from_utf8(bytes).ok().map(Into::into),
+            Encoding::Latin1 => Some(bytes.iter().map(|&b| char::from(b)).collect::<String>().into()),
+        }
+    }
+}
+
+/// Whether `sql` could read differently under another
+/// `standard_conforming_strings` or client encoding: it has a byte outside
+/// ASCII, or a backslash (which escapes a quote in `'...'` when standard
+/// strings are off). Plain ASCII without a backslash reads the same in
+/// every setting PostgreSQL allows, so only such statements may be read
+/// while the session's settings are still being reported.
+pub fn setting_sensitive(sql: &str) -> bool {
+    sql.bytes().any(|b| b >= 0x80 || b == b'\\')
 }
 
 /// The analysis of one message's SQL.

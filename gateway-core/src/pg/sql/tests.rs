@@ -164,7 +164,7 @@ fn prepare_and_rule_bodies_are_walked() {
     );
     let rule = "CREATE RULE r AS ON INSERT TO audit DO ALSO DELETE FROM payments";
     assert_eq!(tables(rule, Action::Delete), ["payments"]);
-    assert_eq!(tables(rule, Action::Ddl), ["audit"]);
+    assert_eq!(tables(rule, Action::Code), ["audit"]);
     assert_eq!(accesses("EXECUTE p(1)")[0].1, "prepared:p");
 }
 
@@ -227,11 +227,11 @@ fn ddl_commands_name_their_tables() {
 fn opaque_code_and_privileged_functions() {
     assert_eq!(
         accesses("DO $$ BEGIN DELETE FROM payments; END $$")[0].0,
-        Action::Call
+        Action::Code
     );
     assert_eq!(
         accesses("CALL purge(1)")[0],
-        (Action::Call, "purge".into(), "CALL")
+        (Action::Code, "purge".into(), "CALL")
     );
     assert!(accesses("SELECT pg_read_file('/etc/passwd')").contains(&(
         Action::Admin,
@@ -255,37 +255,151 @@ fn opaque_code_and_privileged_functions() {
 }
 
 #[test]
-fn search_path_changes_are_followed() {
-    let effects = |sql: &str| analyze(sql).unwrap().statements[0].effects.clone();
+fn search_path_changes_are_followed_only_in_forms_the_gateway_can_follow() {
+    let info = |sql: &str| analyze(sql).unwrap().statements[0].clone();
     assert_eq!(
-        effects("SET search_path TO hr, \"$user\", public"),
-        [Effect::SearchPath {
-            change: PathChange::Set(vec!["hr".into(), "$user".into(), "public".into()]),
-            local: false
-        }]
+        info("SET search_path TO hr, \"$user\", public").effects,
+        [Effect::SearchPath(PathChange::Set(vec![
+            "hr".into(),
+            "$user".into(),
+            "public".into()
+        ]))]
     );
     assert_eq!(
-        effects("SET LOCAL search_path = \"HR\""),
-        [Effect::SearchPath {
-            change: PathChange::Set(vec!["HR".into()]),
-            local: true
-        }]
+        info("SET search_path = 'hr, \"X\"'").effects,
+        [Effect::SearchPath(PathChange::Set(vec!["hr".into(), "X".into()]))]
     );
     assert_eq!(
-        effects("RESET search_path"),
-        [Effect::SearchPath {
-            change: PathChange::Reset,
-            local: false
-        }]
+        info("SET SCHEMA 'hr'").effects,
+        [Effect::SearchPath(PathChange::Set(vec!["hr".into()]))]
     );
     assert_eq!(
-        effects("SELECT set_config('search_path', 'hr, \"X\"', false)"),
-        [Effect::SearchPath {
-            change: PathChange::Set(vec!["hr".into(), "X".into()]),
-            local: false
-        }]
+        info("RESET search_path").effects,
+        [Effect::SearchPath(PathChange::Reset)]
     );
+    assert_eq!(info("RESET ALL").effects, [Effect::SearchPath(PathChange::Reset)]);
+    assert_eq!(info("DISCARD ALL").effects, [Effect::DiscardAll]);
     assert!(analyze("SET search_path = hr").unwrap().literal_sensitive);
+    // What the gateway cannot follow exactly is refused before it is sent.
+    for sql in [
+        "SET LOCAL search_path = information_schema",
+        "SELECT set_config('search_path', 'information_schema', false)",
+        "SELECT set_config('search_path', 'information_schema', true)",
+        "SELECT set_config(name, 'x', false) FROM settings",
+        "SELECT pg_catalog.set_config('search' || '_path', 'x', false)",
+        "SET search_path FROM CURRENT",
+    ] {
+        assert!(info(sql).unsupported.is_some(), "{sql}");
+    }
+}
+
+#[test]
+fn settings_that_decide_how_sql_reads_keep_readable_values() {
+    let info = |sql: &str| analyze(sql).unwrap().statements[0].clone();
+    for sql in [
+        "SET standard_conforming_strings = off",
+        "SET standard_conforming_strings TO false",
+        "SET client_encoding = 'SJIS'",
+        "SET NAMES 'BIG5'",
+        "SELECT set_config('standard_conforming_strings', 'off', false)",
+        "SELECT set_config('client_encoding', 'GBK', false)",
+    ] {
+        assert!(info(sql).unsupported.is_some(), "{sql}");
+    }
+    for sql in [
+        "SET standard_conforming_strings = on",
+        "SET client_encoding = 'UTF8'",
+        "SET NAMES 'latin1'",
+        "RESET client_encoding",
+        "SET application_name = 'x'",
+        "SELECT set_config('statement_timeout', '5s', false)",
+        "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+    ] {
+        let info = info(sql);
+        assert!(info.unsupported.is_none(), "{sql}");
+        assert!(
+            info.accesses.iter().all(|a| a.action == Action::Session),
+            "{sql}: {:?}",
+            info.accesses
+        );
+    }
+    // Settings off the allow-list, and who the session is, are administration.
+    for sql in [
+        "SET session_replication_role = replica",
+        "SELECT set_config('session_replication_role', 'replica', false)",
+        "SET ROLE postgres",
+        "SET SESSION AUTHORIZATION postgres",
+        "SELECT set_config('role', 'postgres', false)",
+    ] {
+        assert!(
+            info(sql).accesses.iter().any(|a| a.action == Action::Admin),
+            "{sql}"
+        );
+    }
+}
+
+#[test]
+fn code_the_gateway_cannot_read_is_the_code_action() {
+    for sql in [
+        "DO $$ BEGIN DELETE FROM orders; END $$",
+        "CALL purge_orders()",
+        "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+        "CREATE PROCEDURE p() LANGUAGE sql AS 'DELETE FROM orders'",
+        "CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql SET search_path = x AS 'SELECT 1'",
+        "ALTER FUNCTION f() SECURITY DEFINER",
+        "CREATE TRIGGER t BEFORE INSERT ON orders FOR EACH ROW EXECUTE FUNCTION f()",
+        "CREATE RULE r AS ON SELECT TO orders DO INSTEAD SELECT * FROM payments",
+        "CREATE EVENT TRIGGER e ON ddl_command_start EXECUTE FUNCTION f()",
+    ] {
+        let analysis = analyze(sql).unwrap();
+        assert!(
+            analysis.statements[0]
+                .accesses
+                .iter()
+                .any(|a| a.action == Action::Code),
+            "{sql}: {:?}",
+            analysis.statements[0].accesses
+        );
+    }
+}
+
+#[test]
+fn whole_row_references_of_subqueries_and_ctes_carry_every_column() {
+    for sql in [
+        "SELECT t FROM (SELECT * FROM payments) t",
+        "WITH c AS (SELECT pan FROM payments) SELECT c FROM c",
+        "SELECT j FROM (payments JOIN orders USING (id)) j",
+    ] {
+        let analysis = analyze(sql).unwrap();
+        let payments = analysis.statements[0]
+            .accesses
+            .iter()
+            .find(|a| a.target == Target::Table(ObjectName { schema: None, name: "payments".into() }))
+            .unwrap_or_else(|| panic!("{sql}"));
+        assert!(payments.derived.contains(&ColumnRef::All), "{sql}");
+    }
+    // A subquery's bare column keeps its identity (PostgreSQL reports its table).
+    let plain = analyze("SELECT t.pan FROM (SELECT pan FROM payments) t").unwrap();
+    assert!(plain.statements[0].accesses[0].derived.is_empty());
+}
+
+#[test]
+fn operators_are_listed_for_the_catalog_check() {
+    let analysis = analyze("SELECT a === b, c + 1 FROM t WHERE x OPERATOR(public.~~~) y").unwrap();
+    let names: Vec<String> = analysis.statements[0]
+        .operators
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(names, ["===", "+", "public.~~~"]);
+}
+
+#[test]
+fn statements_that_read_differently_under_other_settings_are_marked() {
+    assert!(!setting_sensitive("SELECT 'a', 'b' FROM t"));
+    assert!(setting_sensitive("SELECT 'a\\', ' ; DELETE FROM orders; -- '"));
+    assert!(setting_sensitive("SELECT 'é'"));
+    assert!(setting_sensitive("SELECT E'\\x41'"));
 }
 
 #[test]

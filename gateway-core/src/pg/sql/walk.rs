@@ -115,6 +115,8 @@ pub(super) fn analysis(tree: &Value) -> Result<Analysis, SqlError> {
             params: walker.params,
             estimable,
             copy_out: walker.copy_out,
+            operators: walker.operators,
+            unsupported: walker.unsupported,
         });
     }
     Ok(analysis)
@@ -166,6 +168,10 @@ struct Level {
     tables: Vec<(String, usize)>,
     /// (qualifier, column, derived).
     columns: Vec<(Option<String>, ColumnRef, bool)>,
+    /// Labels of row sources that are not tables (a subquery, a CTE, a
+    /// join with an alias): a whole-row reference to one is a record
+    /// value whose fields the masker cannot see.
+    opaque: Vec<String>,
 }
 
 #[derive(Debug, Default)]
@@ -184,6 +190,8 @@ struct Walker {
     ctes: Vec<String>,
     levels: Vec<Level>,
     depth: usize,
+    operators: Vec<ObjectName>,
+    unsupported: Option<String>,
 }
 
 /// `{"node": {"Kind": {...}}}` -> ("Kind", {...}).
@@ -681,8 +689,9 @@ impl Walker {
                 Ok("TRUNCATE TABLE")
             }
             "RuleStmt" => {
+                // A rule rewrites every later statement on its table: code.
                 if let Some(rel) = n.get("relation") {
-                    self.relation(rel, ctx, Action::Ddl, "CREATE RULE");
+                    self.relation(rel, ctx, Action::Code, "CREATE RULE");
                 }
                 self.any(&n["where_clause"], ctx)?;
                 for action in array(n, "actions") {
@@ -703,7 +712,7 @@ impl Walker {
                     if let Some(name) = qualified(array(call, "funcname")) {
                         self.push(
                             ctx,
-                            Self::access(ctx, Action::Call, Target::Function(name), "CALL"),
+                            Self::access(ctx, Action::Code, Target::Function(name), "CALL"),
                         );
                     }
                     self.any(&call["args"], ctx)?;
@@ -712,7 +721,7 @@ impl Walker {
                 Ok("CALL")
             }
             "DoStmt" => {
-                self.push(ctx, conn(ctx, Action::Call, "DO"));
+                self.push(ctx, conn(ctx, Action::Code, "DO"));
                 self.effect(ctx, Effect::Opaque);
                 Ok("DO")
             }
@@ -726,12 +735,15 @@ impl Walker {
                 Ok("DEALLOCATE")
             }
             "DiscardStmt" => {
-                // DISCARD ALL (target 0) and DISCARD PLANS drop prepared statements.
+                // DISCARD ALL drops prepared statements and resets every setting.
                 if n.get("target").and_then(Value::as_i64).unwrap_or(0) <= 1 {
                     self.effect(ctx, Effect::DiscardAll);
                 }
                 self.push(ctx, conn(ctx, Action::Session, "DISCARD"));
                 Ok("DISCARD")
+            }
+            "CreateFunctionStmt" | "AlterFunctionStmt" | "CreateTrigStmt" | "CreateEventTrigStmt" => {
+                self.code(kind, n, ctx)
             }
             _ => {
                 if let Some(command) = session_command(kind) {
@@ -794,6 +806,58 @@ impl Walker {
         }
     }
 
+    /// Statements that install code the gateway cannot read (a function
+    /// body, a trigger, an event trigger): the `code` action on what they
+    /// install, plus whatever else they name.
+    fn code(&mut self, kind: &str, n: &Value, ctx: Ctx) -> Result<&'static str, SqlError> {
+        let command = match kind {
+            "CreateFunctionStmt" if n.get("is_procedure").and_then(Value::as_bool) == Some(true) => {
+                "CREATE PROCEDURE"
+            }
+            "CreateFunctionStmt" => "CREATE FUNCTION",
+            "AlterFunctionStmt" => "ALTER FUNCTION",
+            "CreateTrigStmt" => "CREATE TRIGGER",
+            _ => "CREATE EVENT TRIGGER",
+        };
+        let ctx = Ctx { command, ..ctx };
+        let target = match kind {
+            "CreateFunctionStmt" => qualified(array(n, "funcname")).map(Target::Function),
+            "AlterFunctionStmt" => n
+                .get("func")
+                .map(|f| array(f, "objname"))
+                .and_then(qualified)
+                .map(Target::Function),
+            _ => None,
+        };
+        let mut found = false;
+        if kind == "CreateTrigStmt"
+            && let Some(rel) = n.get("relation").filter(|r| r.get("relname").is_some())
+        {
+            found = self.relation(rel, ctx, Action::Code, command).is_some();
+        }
+        if !found {
+            let target = target.unwrap_or(Target::Connection);
+            self.push(ctx, Self::access(ctx, Action::Code, target, command));
+        }
+        self.effect(ctx, Effect::Opaque);
+        // Names in a trigger's WHEN or a function's defaults count as the same code.
+        self.any_except(
+            n,
+            &["relation", "funcname", "func"],
+            Ctx {
+                unknown: Some(Action::Code),
+                ..ctx
+            },
+        )?;
+        Ok(command)
+    }
+
+    /// `SET`, `RESET`: settings on the allow-list are session control;
+    /// `role` and `session_authorization` are administration; the settings
+    /// that decide how the gateway reads SQL (`standard_conforming_strings`,
+    /// `client_encoding`) may only be set to values it reads correctly;
+    /// `search_path` may be changed only in the forms the guard follows
+    /// exactly. Any other setting is administration, named in the command.
     fn set(&mut self, n: &Value, ctx: Ctx) -> &'static str {
         use pg_query::protobuf::VariableSetKind as K;
         self.literal_sensitive = true;
@@ -801,56 +865,134 @@ impl Walker {
         let local = n.get("is_local").and_then(Value::as_bool).unwrap_or(false);
         let kind = K::try_from(n.get("kind").and_then(Value::as_i64).unwrap_or(0) as i32)
             .unwrap_or(K::Undefined);
+        let command = match kind {
+            K::VarReset | K::VarResetAll => "RESET",
+            _ => "SET",
+        };
+        let value = || {
+            array(n, "args")
+                .iter()
+                .filter_map(const_string)
+                .collect::<Vec<_>>()
+        };
+        let reset = matches!(kind, K::VarSetDefault | K::VarReset);
         match name {
+            "" if kind == K::VarResetAll => {
+                self.effect(ctx, Effect::SearchPath(PathChange::Reset));
+            }
+            "search_path" if local => self.unsupported(
+                "SET LOCAL search_path is not supported through the gateway, which follows each \
+                 session's search_path exactly: qualify names with their schema, or run \
+                 SET search_path as a statement of its own outside a transaction",
+            ),
             "search_path" => {
                 let change = match kind {
-                    K::VarSetValue => PathChange::Set(
-                        array(n, "args")
-                            .iter()
-                            .filter_map(const_string)
-                            .map(str::to_string)
-                            .collect(),
-                    ),
-                    K::VarSetDefault | K::VarReset => PathChange::Reset,
-                    _ => PathChange::Unknown,
+                    K::VarSetValue => {
+                        let schemas = value();
+                        if schemas.len() != array(n, "args").len() {
+                            self.unsupported(
+                                "SET search_path with a value the gateway cannot read is not supported",
+                            );
+                        }
+                        // `SET search_path = 'a, b'` is one string PostgreSQL splits itself.
+                        PathChange::Set(schemas.iter().flat_map(|s| split_path(s)).collect())
+                    }
+                    _ if reset => PathChange::Reset,
+                    _ => {
+                        self.unsupported("SET search_path FROM CURRENT is not supported");
+                        PathChange::Reset
+                    }
                 };
-                self.effect(ctx, Effect::SearchPath { change, local });
+                self.effect(ctx, Effect::SearchPath(change));
             }
             "tollgate.reason" => {
                 // The requester's reason for an approval request.
                 let reason = match kind {
-                    K::VarSetValue => array(n, "args")
-                        .iter()
-                        .filter_map(const_string)
-                        .next()
-                        .map(str::to_string),
+                    K::VarSetValue => value().first().map(|s| s.to_string()),
                     _ => None,
                 };
                 self.effect(ctx, Effect::Reason(reason));
             }
-            "" if kind == K::VarResetAll => self.effect(
-                ctx,
-                Effect::SearchPath {
-                    change: PathChange::Reset,
-                    local: false,
-                },
-            ),
             "role" | "session_authorization" => {
                 let access = Self::access(ctx, Action::Admin, Target::Connection, "SET ROLE");
                 self.push(ctx, access);
+                // `$user` in the search_path now names another schema.
+                self.effect(ctx, Effect::Opaque);
                 return "SET ROLE";
             }
-            _ => {}
+            "standard_conforming_strings" | "client_encoding" => {
+                let values = value();
+                let readable = match (name, kind) {
+                    (_, K::VarSetDefault | K::VarReset) => true,
+                    ("standard_conforming_strings", K::VarSetValue) => {
+                        values.len() == 1 && setting_on(values[0])
+                    }
+                    (_, K::VarSetValue) => {
+                        values.len() == 1 && readable_encoding(values[0]).is_some()
+                    }
+                    _ => false,
+                };
+                if !readable {
+                    self.unsupported(&format!(
+                        "SET {name} to this value is not supported: the gateway reads SQL the way the \
+                         server will, and can only do so with standard_conforming_strings on and \
+                         client_encoding UTF8 or LATIN1"
+                    ));
+                }
+            }
+            _ if session_setting(name) => {}
+            "TRANSACTION" | "SESSION CHARACTERISTICS" | "TRANSACTION SNAPSHOT"
+                if kind == K::VarSetMulti => {}
+            _ => {
+                // A setting off the allow-list (session_replication_role,
+                // a library's setting ...): administration.
+                self.push(
+                    ctx,
+                    Self::access(ctx, Action::Admin, Target::Connection, "SET"),
+                );
+                return command;
+            }
         }
         self.push(
             ctx,
-            Self::access(ctx, Action::Session, Target::Connection, "SET"),
+            Self::access(ctx, Action::Session, Target::Connection, command),
         );
-        if kind == K::VarResetAll || matches!(kind, K::VarReset) {
-            "RESET"
-        } else {
-            "SET"
+        command
+    }
+
+    /// `set_config(name, value, is_local)`: the same allow-list as SET, for
+    /// a name the statement spells out. A computed name could be any
+    /// setting; `search_path` and the settings that decide how SQL is read
+    /// change only through SET, where the gateway can follow them.
+    fn set_config(&mut self, args: &[Value], ctx: Ctx) {
+        let command = "SELECT set_config";
+        match args.first().and_then(const_string) {
+            None => self.unsupported(
+                "set_config() with a setting name computed at run time is not supported through the gateway: \
+                 name the setting in the statement",
+            ),
+            Some("search_path" | "standard_conforming_strings" | "client_encoding") => self
+                .unsupported(
+                    "set_config() of search_path, standard_conforming_strings or client_encoding is not \
+                     supported through the gateway: use SET search_path as a statement of its own",
+                ),
+            Some("role" | "session_authorization") => {
+                let access = Self::access(ctx, Action::Admin, Target::Connection, "SET ROLE");
+                self.push(ctx, access);
+                self.effect(ctx, Effect::Opaque);
+            }
+            Some("tollgate.reason") => {}
+            Some(name) if session_setting(name) => {}
+            Some(_) => {
+                let access = Self::access(ctx, Action::Admin, Target::Connection, command);
+                self.push(ctx, access);
+            }
         }
+    }
+
+    /// The statement is one the gateway cannot follow: refused as a whole.
+    fn unsupported(&mut self, reason: &str) {
+        self.unsupported.get_or_insert_with(|| reason.to_string());
     }
 
     fn with(&mut self, n: &Value, ctx: Ctx) -> Result<(), SqlError> {
@@ -1185,25 +1327,7 @@ impl Walker {
         let builtin_schema = name.schema.as_deref().is_none_or(|s| s == "pg_catalog");
         if builtin_schema && name.name == "set_config" {
             self.literal_sensitive = true;
-            let args = array(call, "args");
-            match args.first().and_then(const_string) {
-                Some("search_path") => {
-                    let change = match args.get(1).and_then(const_string) {
-                        Some(value) => PathChange::Set(split_path(value)),
-                        None => PathChange::Unknown,
-                    };
-                    let local = args.get(2).and_then(const_bool).unwrap_or(true);
-                    self.effect(ctx, Effect::SearchPath { change, local });
-                }
-                Some(_) => {}
-                None => self.effect(
-                    ctx,
-                    Effect::SearchPath {
-                        change: PathChange::Unknown,
-                        local: false,
-                    },
-                ),
-            }
+            self.set_config(array(call, "args"), ctx);
             return;
         }
         if builtin_schema && PRIVILEGED_FUNCTIONS.contains(&name.name.as_str()) {
@@ -1275,7 +1399,26 @@ impl Walker {
         match kind {
             "RangeVar" => {
                 let action = ctx.unknown.unwrap_or(ctx.read_as);
-                self.relation_ref(body, ctx, action, ctx.command, true);
+                if self
+                    .relation_ref(body, ctx, action, ctx.command, true)
+                    .is_none()
+                {
+                    // A CTE: its rows carry no table identity of their own.
+                    let label = body
+                        .get("alias")
+                        .map(|a| string(a, "aliasname"))
+                        .filter(|a| !a.is_empty())
+                        .unwrap_or_else(|| string(body, "relname"));
+                    self.opaque_source(label);
+                }
+            }
+            "AExpr" => {
+                if let Some(op) = qualified(array(body, "name"))
+                    && !self.operators.contains(&op)
+                {
+                    self.operators.push(op);
+                }
+                self.any(body, ctx)?;
             }
             "ColumnRef" => self.column_ref(body, ctx.derived),
             "FuncCall" => {
@@ -1287,7 +1430,7 @@ impl Walker {
                 self.any(body, Ctx { derived, ..ctx })?;
             }
             "TypeCast" | "CoalesceExpr" | "CaseExpr" | "MinMaxExpr" | "RowExpr" | "AArrayExpr"
-            | "AIndirection" | "CollateClause" | "RangeFunction" | "RangeTableFunc" => {
+            | "AIndirection" | "CollateClause" | "RangeTableFunc" => {
                 // Casts can fail with the value in the error; the others
                 // compute a new value from their inputs, and rows a function
                 // in FROM makes carry no column identity.
@@ -1311,7 +1454,24 @@ impl Walker {
                 };
                 self.statement(kind, body, sub)?;
             }
-            "RangeSubselect" | "SubLink" | "RangeTableSample" | "JoinExpr" => {
+            "RangeSubselect" | "JoinExpr" | "RangeFunction" => {
+                if let Some(alias) = body.get("alias") {
+                    self.opaque_source(string(alias, "aliasname"));
+                }
+                if kind == "RangeFunction" {
+                    // Rows a function in FROM makes carry no column identity.
+                    self.any(
+                        body,
+                        Ctx {
+                            derived: true,
+                            ..ctx
+                        },
+                    )?;
+                } else {
+                    self.any(body, ctx)?;
+                }
+            }
+            "SubLink" | "RangeTableSample" => {
                 self.any(body, ctx)?;
             }
             k if k.ends_with("Stmt") => {
@@ -1321,6 +1481,14 @@ impl Walker {
         }
         self.depth -= 1;
         Ok(())
+    }
+
+    fn opaque_source(&mut self, label: &str) {
+        if !label.is_empty()
+            && let Some(level) = self.levels.last_mut()
+        {
+            level.opaque.push(label.to_string());
+        }
     }
 
     fn column_ref(&mut self, body: &Value, derived: bool) {
@@ -1356,6 +1524,14 @@ impl Walker {
                 && let Some((_, index)) = level.tables.iter().find(|(label, _)| label == name)
             {
                 self.accesses[*index].derived.push(ColumnRef::All);
+            }
+            // `SELECT t FROM (SELECT ...) t`: a record of a subquery's, CTE's
+            // or join's columns, any of which may come from any table read.
+            if qualifier.is_none()
+                && let ColumnRef::Maybe(name) = &column
+                && level.opaque.iter().any(|label| label == name)
+            {
+                self.unattributed_derived = true;
             }
             let attribute = |walker: &mut Walker, index: usize, column: &ColumnRef| {
                 walker.accesses[index].columns.push(column.clone());
@@ -1416,6 +1592,92 @@ fn admin_command(kind: &str) -> &'static str {
         "AlterDefaultPrivilegesStmt" => "ALTER DEFAULT PRIVILEGES",
         "CreateEventTrigStmt" => "CREATE EVENT TRIGGER",
         _ => "ADMIN",
+    }
+}
+
+/// Settings a statement may change as plain session control: how values
+/// are formatted, time limits, planner choices. None of them changes what
+/// a name refers to, who the session is, or how SQL is read.
+const SESSION_SETTINGS: &[&str] = &[
+    "application_name",
+    "datestyle",
+    "intervalstyle",
+    "timezone",
+    "extra_float_digits",
+    "bytea_output",
+    "client_min_messages",
+    "lc_monetary",
+    "lc_numeric",
+    "lc_time",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "idle_session_timeout",
+    "transaction_isolation",
+    "transaction_read_only",
+    "transaction_deferrable",
+    "default_transaction_isolation",
+    "default_transaction_read_only",
+    "default_transaction_deferrable",
+    "work_mem",
+    "maintenance_work_mem",
+    "hash_mem_multiplier",
+    "jit",
+    "plan_cache_mode",
+    "max_parallel_workers_per_gather",
+    "random_page_cost",
+    "seq_page_cost",
+    "cpu_tuple_cost",
+    "cpu_index_tuple_cost",
+    "cpu_operator_cost",
+    "effective_cache_size",
+    "effective_io_concurrency",
+    "join_collapse_limit",
+    "from_collapse_limit",
+    "geqo",
+    "cursor_tuple_fraction",
+    "default_statistics_target",
+    "constraint_exclusion",
+    "row_security",
+    "xmlbinary",
+    "xmloption",
+    "default_text_search_config",
+    "gin_fuzzy_search_limit",
+    "synchronous_commit",
+    "timezone_abbreviations",
+];
+
+fn session_setting(name: &str) -> bool {
+    SESSION_SETTINGS.contains(&name) || name.starts_with("enable_")
+}
+
+/// A setting a client may give at startup: the session settings above
+/// (`standard_conforming_strings`, `client_encoding` and `search_path`
+/// are checked by value where they are read).
+pub(crate) fn startup_setting(name: &str) -> bool {
+    session_setting(name)
+}
+
+/// A boolean setting's value read as PostgreSQL reads it: on.
+pub(crate) fn setting_on(value: &str) -> bool {
+    matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "on" | "true" | "yes" | "1" | "t" | "y"
+    )
+}
+
+/// A client encoding the gateway reads exactly, by any of the names
+/// PostgreSQL accepts for it (case and punctuation do not matter).
+pub(crate) fn readable_encoding(name: &str) -> Option<super::Encoding> {
+    let key: String = name
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    match key.as_str() {
+        "utf8" | "unicode" => Some(super::Encoding::Utf8),
+        "latin1" | "iso88591" => Some(super::Encoding::Latin1),
+        _ => None,
     }
 }
 
