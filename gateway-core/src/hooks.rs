@@ -54,6 +54,15 @@ pub enum StatementVia<'a> {
         /// Prepared statement name ("" for the unnamed one).
         name: &'a str,
     },
+    /// An Execute of a prepared statement after its first: each execution
+    /// is an access of its own (decided, and on record, again); the first
+    /// is covered by the decision on its Parse. `sql` is the text parsed.
+    Execute {
+        /// Prepared statement name ("" for the unnamed one).
+        statement: &'a str,
+        /// Which execution since the statement was parsed (2, 3, ...).
+        execution: u64,
+    },
 }
 
 /// What to do with a statement.
@@ -229,6 +238,15 @@ pub trait SessionHooks: Send {
     /// The columns of the rows that follow (until the next call). `None`
     /// when the relay could not learn them: values are then unknown.
     fn result_columns(&mut self, _columns: Option<&[ResultColumn]>) {}
+
+    /// Before the first row of a result reaches the client: may rows with
+    /// these columns be delivered? `Err` says why not; the relay then drops
+    /// the result's rows and ends it with that error instead (PostgreSQL:
+    /// the tables the server says the columns come from must be among
+    /// those the policy decided about).
+    fn columns_allowed(&mut self, _columns: &[ResultColumn]) -> Result<(), String> {
+        Ok(())
+    }
 
     /// A COPY TO STDOUT stream starts: its rows (`CopyRow` values) follow.
     /// `origin` is `None` when the relay cannot tell which statement it is.

@@ -291,7 +291,7 @@ const CASES: &[Case] = &[
             "RESET search_path",
             "SELECT name FROM employees",
         ],
-        Refused("42P01"),
+        DENIED,
     ),
     case(
         "search_path",
@@ -321,7 +321,7 @@ const CASES: &[Case] = &[
     case(
         "search_path",
         &["SET search_path = hr", "SET search_path TO DEFAULT", "SELECT name FROM employees"],
-        Refused("42P01"),
+        DENIED,
     ),
     case(
         "search_path",
@@ -340,7 +340,8 @@ const CASES: &[Case] = &[
             "SET search_path = hr",
             "EXECUTE p",
         ],
-        Runs,
+        // PostgreSQL plans it again under hr (where there is no customers).
+        DENIED,
     ),
     case(
         "search_path",
@@ -629,10 +630,10 @@ fn fingerprint() -> String {
         .pg
         .psql(
             "payments",
-            "SELECT (SELECT md5(string_agg(o::text, ',' ORDER BY order_no)) FROM orders) || \
-                    (SELECT md5(string_agg(p::text, ',' ORDER BY id)) FROM payments) || \
-                    (SELECT md5(string_agg(c::text, ',' ORDER BY id)) FROM customers) || \
-                    (SELECT count(*) FROM pg_proc WHERE pronamespace = 'public'::regnamespace)::text || \
+            "SELECT (SELECT md5(string_agg(o::text, ',' ORDER BY order_no)) FROM orders o) || \
+                    (SELECT md5(string_agg(p::text, ',' ORDER BY id)) FROM payments p) || \
+                    (SELECT md5(string_agg(c::text, ',' ORDER BY id)) FROM customers c) || \
+                    (SELECT count(*) FROM pg_proc WHERE proname IN ('f', 'f2', 'p'))::text || \
                     (SELECT count(*) FROM pg_rewrite WHERE rulename <> '_RETURN')::text || \
                     (SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal)::text || \
                     (SELECT count(*) FROM pg_event_trigger)::text || \
@@ -772,7 +773,9 @@ async fn through_tokio_postgres(
     });
     let mut output = String::new();
     for step in case.steps {
-        if extended {
+        // Path changes go as simple queries (tokio-postgres's batch_execute),
+        // the only way the gateway takes them.
+        if extended && !changes_path(step) {
             let rows = client.query(*step, &[]).await.map_err(|e| db_error(&e))?;
             for row in rows {
                 for i in 0..row.len() {
@@ -796,6 +799,13 @@ async fn through_tokio_postgres(
         }
     }
     Ok(output)
+}
+
+fn changes_path(sql: &str) -> bool {
+    let upper = sql.to_ascii_uppercase();
+    ["SET SEARCH_PATH", "SET SCHEMA", "RESET", "DISCARD"]
+        .iter()
+        .any(|p| upper.starts_with(p))
 }
 
 fn statements(sql: &str) -> usize {
@@ -865,7 +875,14 @@ async fn several_statements_in_one_parse_are_refused_before_they_go_anywhere() {
         assert_eq!(code, "42601", "{sql}: {message}");
         assert!(message.contains("multiple commands"), "{message}");
     }
-    assert_eq!(client.simple_query("SELECT 1").await.unwrap().len(), 2);
+    assert!(client.simple_query("SELECT 1").await.is_ok(), "the session goes on");
+    // A path change over the extended protocol is refused: it is followed
+    // only as a simple query of its own.
+    let error = client
+        .query("SET search_path = hr", &[])
+        .await
+        .expect_err("refused");
+    assert_eq!(db_error(&error).0, "0A000");
     assert_eq!(before, fingerprint(), "the upstream changed");
 }
 

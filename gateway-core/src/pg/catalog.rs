@@ -35,6 +35,8 @@ pub struct TableInfo {
     pub protected: Vec<String>,
     /// Generated columns (COPY leaves them out unless listed).
     pub generated: Vec<String>,
+    /// The relation's OID.
+    pub oid: u32,
 }
 
 impl TableInfo {
@@ -67,6 +69,9 @@ pub struct Snapshot {
     pub user_operators: HashSet<String>,
     /// A table outside the system schemas holds cardholder data.
     pub cardholder_data: bool,
+    /// Relation OID -> (schema, name), for checking what a result's
+    /// columns come from.
+    pub by_table_oid: HashMap<u32, (String, String)>,
     /// The role's default `search_path`, as schemas (`$user` expanded).
     pub default_path: Vec<String>,
     /// The upstream role (what `$user` means).
@@ -276,8 +281,8 @@ const TABLES_SQL: &str = "SELECT n.nspname, c.relname, a.attname, c.oid, a.attnu
        AND n.nspname !~ '^pg_toast' AND n.nspname !~ '^pg_temp_' \
      ORDER BY 1, 2, a.attnum";
 const FUNCTIONS_SQL: &str = "SELECT p.proname, \
-       bool_and(p.oid < 16384 AND n.nspname IN ('pg_catalog', 'information_schema')), \
-       bool_and(p.provolatile <> 'v'), \
+       bool_or(p.oid < 16384 AND n.nspname IN ('pg_catalog', 'information_schema')), \
+       bool_and(p.provolatile <> 'v') FILTER (WHERE p.oid < 16384), \
        bool_or(p.oid >= 16384) \
      FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace \
      GROUP BY p.proname";
@@ -494,6 +499,7 @@ impl Catalog {
                     cardholder: false,
                     protected: Vec::new(),
                     generated: Vec::new(),
+                    oid: oid.parse().unwrap_or(0),
                 });
             if let Some(column) = column {
                 let system = schema == "pg_catalog" || schema == "information_schema";
@@ -599,6 +605,10 @@ impl Catalog {
         let cardholder_data = tables.iter().any(|((schema, _), t)| {
             t.cardholder && schema != "pg_catalog" && schema != "information_schema"
         });
+        let by_table_oid = tables
+            .iter()
+            .map(|((schema, name), t)| (t.oid, (schema.clone(), name.clone())))
+            .collect();
         Ok(Snapshot {
             tables,
             by_oid,
@@ -606,6 +616,7 @@ impl Catalog {
             user_functions,
             user_operators,
             cardholder_data,
+            by_table_oid,
             default_path,
             user,
             loaded: Some(Instant::now()),

@@ -66,10 +66,9 @@ pub struct Guard {
     pending_path: Option<PathChange>,
     status: u8,
     path_generation: u64,
-    /// SQL-level prepared statements: name -> their accesses and the
-    /// path they were prepared under (PostgreSQL keeps resolving a prepared
-    /// statement's names with the path it was prepared with).
-    prepared: HashMap<String, Prepared>,
+    /// SQL-level prepared statements: name -> their accesses (resolved
+    /// with the path in force at each EXECUTE, as PostgreSQL plans them).
+    prepared: HashMap<String, Vec<Access>>,
     /// Row estimates fetched for statements waiting on them.
     estimates: Arc<Mutex<HashMap<String, Result<i64, String>>>>,
     /// A catalog refresh was waited for and still gave nothing fresh.
@@ -84,6 +83,11 @@ pub struct Guard {
     hold_slot: Arc<HoldSlot>,
     /// The recording's session id, shown to approvers.
     session: Option<String>,
+    /// Tables (OIDs) that statements decided since the session was last
+    /// idle were resolved to: their results may be arriving.
+    in_flight_oids: std::collections::HashSet<u32>,
+    /// Tables that protocol-level prepared statements were resolved to.
+    prepared_oids: std::collections::HashSet<u32>,
     /// `SET tollgate.reason`: the requester's reason for approval requests.
     reason: Option<String>,
 }
@@ -93,12 +97,6 @@ struct Held {
     ticket: Ticket,
 }
 
-#[derive(Debug, Clone)]
-struct Prepared {
-    accesses: Vec<Access>,
-    paths: Vec<Vec<String>>,
-    any_schema: bool,
-}
 
 /// What the policy made of a message.
 #[derive(Debug, Clone)]
@@ -128,6 +126,8 @@ struct Cached {
     path_generation: u64,
     judged: Judged,
     ruling: Ruling,
+    /// OIDs of the tables the statement was resolved to.
+    oids: Vec<u32>,
 }
 
 /// A refusal before anything ran.
@@ -168,6 +168,8 @@ impl Guard {
             held: None,
             hold_slot: Arc::new(HoldSlot::default()),
             session: None,
+            in_flight_oids: Default::default(),
+            prepared_oids: Default::default(),
             reason: None,
         }
     }
@@ -180,28 +182,6 @@ impl Guard {
     /// The held request of this session, for the cancel path.
     pub fn hold_slot(&self) -> Arc<HoldSlot> {
         self.hold_slot.clone()
-    }
-
-    /// Refusals that come before the policy: what the gateway cannot read
-    /// exactly right now. `None`: go on.
-    fn readable(&self, statement: &Statement<'_>) -> Option<Verdict> {
-        if !super::sql::setting_sensitive(statement.sql) {
-            return None;
-        }
-        // Its reading depends on standard_conforming_strings and the client
-        // encoding: decide it only once every earlier message is answered,
-        // so the settings the server reported are the ones it reads with.
-        match statement.in_flight {
-            InFlight::Nothing => None,
-            InFlight::Answers => Some(Verdict::AfterAnswers),
-            InFlight::Unsynced => Some(Verdict::Decided(refuse(
-                "0A000",
-                "a statement with a backslash or a non-ASCII character cannot follow other \
-                 extended-protocol messages before their Sync through the gateway (how the server \
-                 reads it depends on settings those messages may change): send a Sync first"
-                    .into(),
-            ))),
-        }
     }
 
     /// A statement that changes the search path (SET/RESET search_path,
@@ -238,9 +218,6 @@ impl Guard {
     }
 
     fn verdict(&mut self, statement: &Statement<'_>) -> Verdict {
-        if let Some(verdict) = self.readable(statement) {
-            return verdict;
-        }
         let (snapshot, after_wait) = match self.catalog.current(&mut self.refreshed) {
             Current::Ready(snapshot, after_wait) => (snapshot, after_wait),
             Current::Wait(wait) => return Verdict::Wait(wait),
@@ -269,7 +246,7 @@ impl Guard {
                 ));
             }
         };
-        if matches!(statement.via, StatementVia::Parse { .. }) && analysis.statements.len() > 1 {
+        if !matches!(statement.via, StatementVia::SimpleQuery) && analysis.statements.len() > 1 {
             // PostgreSQL refuses it too; refused here before anything
             // (a row estimate) could send it anywhere.
             return Verdict::Decided(refuse(
@@ -314,11 +291,13 @@ impl Guard {
             && cached.path_generation == self.path_generation
         {
             let judged = cached.judged.clone();
+            let oids = cached.oids.clone();
             self.ruling = Some(cached.ruling.clone());
-            return self.conclude(statement, judged, &analysis, &snapshot);
+            return self.conclude(statement, judged, &analysis, &snapshot, &oids);
         }
         let mut cacheable = !engine.uses_time();
         let mut ruling = Ruling::default();
+        let mut oids = Vec::new();
         let judged = match self.decide(
             statement,
             &analysis,
@@ -326,6 +305,7 @@ impl Guard {
             &snapshot,
             &mut cacheable,
             &mut ruling,
+            &mut oids,
         ) {
             Ok(judged) => judged,
             Err(wait) => return Verdict::Wait(wait),
@@ -349,10 +329,11 @@ impl Guard {
                     path_generation: self.path_generation,
                     judged: judged.clone(),
                     ruling,
+                    oids: oids.clone(),
                 },
             );
         }
-        self.conclude(statement, judged, &analysis, &snapshot)
+        self.conclude(statement, judged, &analysis, &snapshot, &oids)
     }
 
     /// Turn what the policy made of a message into the relay's verdict:
@@ -363,6 +344,7 @@ impl Guard {
         judged: Judged,
         analysis: &Analysis,
         snapshot: &Snapshot,
+        oids: &[u32],
     ) -> Verdict {
         let decision = match judged {
             Judged::Decided(decision) => {
@@ -377,8 +359,48 @@ impl Guard {
         };
         if decision == Decision::Forward {
             self.forwarded(analysis, snapshot);
+            // Results of statements answered before this one are complete.
+            if statement.in_flight == InFlight::Nothing {
+                self.in_flight_oids.clear();
+            }
+            self.in_flight_oids.extend(oids);
+            let cursor = analysis
+                .statements
+                .iter()
+                .any(|info| info.command == "DECLARE CURSOR");
+            if cursor || !matches!(statement.via, StatementVia::SimpleQuery) {
+                // A prepared statement's or a cursor's rows may come at any later Execute or FETCH.
+                self.prepared_oids.extend(oids);
+            }
         }
         Verdict::Decided(decision)
+    }
+
+    /// The tables the server says a result's columns come from must be
+    /// among those the statements in flight were resolved to (a table the
+    /// catalog does not know, such as this session's temporary table, is
+    /// not checked).
+    fn check_columns(&self, columns: &[crate::hooks::ResultColumn]) -> Result<(), String> {
+        let Some(snapshot) = self.catalog.last() else {
+            return Ok(());
+        };
+        for column in columns {
+            let Some((oid, _)) = column.source else {
+                continue;
+            };
+            if oid == 0 || self.in_flight_oids.contains(&oid) || self.prepared_oids.contains(&oid) {
+                continue;
+            }
+            if let Some((schema, name)) = snapshot.by_table_oid.get(&oid) {
+                return Err(format!(
+                    "the result's column \"{}\" comes from {schema}.{name}, a table the gateway did not resolve \
+                     the statement to (the gateway and the server read its names differently): its rows were \
+                     withheld; qualify table names with their schema",
+                    column.name
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Let go of the held request (withdrawn if still pending).
@@ -537,6 +559,7 @@ impl Guard {
         snapshot: &Snapshot,
         cacheable: &mut bool,
         ruling: &mut Ruling,
+        oids: &mut Vec<u32>,
     ) -> Result<Judged, Wait> {
         let paths = self.paths.clone();
         let mut any_schema = self.any_schema;
@@ -548,7 +571,9 @@ impl Guard {
             StatementVia::SimpleQuery => pg_query::split_with_parser(statement.sql)
                 .map(|parts| parts.into_iter().map(str::to_string).collect())
                 .unwrap_or_default(),
-            StatementVia::Parse { .. } => vec![statement.sql.to_string()],
+            StatementVia::Parse { .. } | StatementVia::Execute { .. } => {
+                vec![statement.sql.to_string()]
+            }
         };
         let mut statement_texts: Option<Vec<String>> = None;
         let now = SystemTime::now();
@@ -561,15 +586,10 @@ impl Guard {
                 match &access.target {
                     Target::Prepared(name) => match prepared_here.get(name.as_str()).copied() {
                         Some(inner) => accesses.extend(inner.iter().cloned()),
+                        // PostgreSQL plans a prepared statement again with the
+                        // path in force when it runs: resolved like this statement.
                         None if self.prepared.contains_key(name) => {
-                            // Resolved with the path it was prepared under.
-                            let prepared = &self.prepared[name];
-                            resolved.extend(resolve(
-                                &prepared.accesses,
-                                snapshot,
-                                &prepared.paths,
-                                prepared.any_schema,
-                            ));
+                            accesses.extend(self.prepared[name].iter().cloned());
                         }
                         None => {
                             return Ok(Judged::Decided(refuse(
@@ -587,6 +607,12 @@ impl Guard {
             resolved.extend(resolve(&accesses, snapshot, &paths, any_schema));
             for item in &resolved {
                 ruling.note(item);
+                if let Object::Table { schema, name, .. } = &item.object
+                    && let Some(table) = snapshot.table(schema, name)
+                    && !oids.contains(&table.oid)
+                {
+                    oids.push(table.oid);
+                }
                 let mut context = RequestContext {
                     connection: &self.connection,
                     command: item.command,
@@ -792,12 +818,7 @@ impl Guard {
             for effect in &info.effects {
                 match effect {
                     Effect::Prepare(name) => {
-                        let prepared = Prepared {
-                            accesses: info.accesses.clone(),
-                            paths: self.paths.clone(),
-                            any_schema: self.any_schema,
-                        };
-                        self.prepared.insert(name.clone(), prepared);
+                        self.prepared.insert(name.clone(), info.accesses.clone());
                     }
                     Effect::Deallocate(Some(name)) => {
                         self.prepared.remove(name);
@@ -1206,6 +1227,11 @@ impl SessionHooks for Guard {
 
     fn result_columns(&mut self, columns: Option<&[crate::hooks::ResultColumn]>) {
         self.inner.result_columns(columns);
+    }
+
+    fn columns_allowed(&mut self, columns: &[crate::hooks::ResultColumn]) -> Result<(), String> {
+        self.check_columns(columns)?;
+        self.inner.columns_allowed(columns)
     }
 
     fn copy_out(

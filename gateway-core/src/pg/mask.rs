@@ -788,6 +788,8 @@ impl SessionHooks for Masker {
                         self.copy_prepared.remove(name);
                     }
                 },
+                // The statement's COPY plan is the one made at its Parse.
+                StatementVia::Execute { .. } => {}
             }
         }
         verdict
@@ -830,6 +832,10 @@ impl SessionHooks for Masker {
 
     fn ready(&mut self, status: u8) {
         self.inner.ready(status);
+    }
+
+    fn columns_allowed(&mut self, columns: &[ResultColumn]) -> Result<(), String> {
+        self.inner.columns_allowed(columns)
     }
 
     fn result_columns(&mut self, columns: Option<&[ResultColumn]>) {

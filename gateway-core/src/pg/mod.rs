@@ -6,6 +6,7 @@
 pub mod cancel;
 pub mod catalog;
 pub mod error;
+mod executions;
 pub mod frame;
 pub mod guard;
 pub mod mask;

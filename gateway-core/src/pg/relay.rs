@@ -26,6 +26,7 @@ use tokio::sync::watch;
 
 use super::error::PgError;
 use super::frame::{Body, FrameError, next_frame};
+use super::executions::{Executions, Next};
 use super::settings::{ServerSettings, Unfollowable};
 use super::shapes::{CopySource, Described, Shapes};
 use crate::hooks::{
@@ -67,6 +68,13 @@ enum Step {
     Terminated,
     /// A hook asked to wait; the frame it was asked about is still buffered.
     Wait(Wait),
+}
+
+/// Whether an Execute may go upstream.
+enum Gate {
+    Go,
+    Refused(PgError),
+    Wait(Step),
 }
 
 /// How a relay ended.
@@ -130,6 +138,10 @@ struct State<'h> {
     settings: ServerSettings,
     /// A hook asked to be asked again once every earlier message is answered.
     await_answers: bool,
+    /// Prepared statements and portals, for deciding each execution.
+    executions: Executions,
+    /// The rows of the current result are withheld; it ends in this error.
+    withheld: Option<PgError>,
 }
 
 /// Relay until either side ends the session. `pending` holds client bytes
@@ -161,6 +173,8 @@ pub async fn run(
         shapes: Shapes::default(),
         settings,
         await_answers: false,
+        executions: Executions::default(),
+        withheld: None,
     };
     state.inspect = state.hooks.inspects_values();
     let mut waiting: Option<Wait> = None;
@@ -271,11 +285,14 @@ impl State<'_> {
                     let in_flight = self.in_flight();
                     let (sql, verdict) = match self.settings.decode(bytes) {
                         Some(sql) => {
-                            let verdict = self.hooks.statement(&Statement {
-                                sql: &sql,
-                                via: StatementVia::SimpleQuery,
-                                in_flight,
-                            });
+                            let verdict = match self.readable(&sql, in_flight) {
+                                Some(verdict) => verdict,
+                                None => self.hooks.statement(&Statement {
+                                    sql: &sql,
+                                    via: StatementVia::SimpleQuery,
+                                    in_flight,
+                                }),
+                            };
                             (sql, verdict)
                         }
                         None => (
@@ -322,6 +339,7 @@ impl State<'_> {
                         }
                     }
                     self.unsynced = false;
+                    self.executions.queried();
                 }
                 b'P' if self.skipping.is_none() => {
                     let mut body = Body::new(&frame[5..]);
@@ -331,11 +349,14 @@ impl State<'_> {
                     let in_flight = self.in_flight();
                     let (sql, verdict) = match self.settings.decode(bytes) {
                         Some(sql) => {
-                            let verdict = self.hooks.statement(&Statement {
-                                sql: &sql,
-                                via: StatementVia::Parse { name: &name },
-                                in_flight,
-                            });
+                            let verdict = match self.readable(&sql, in_flight) {
+                                Some(verdict) => verdict,
+                                None => self.hooks.statement(&Statement {
+                                    sql: &sql,
+                                    via: StatementVia::Parse { name: &name },
+                                    in_flight,
+                                }),
+                            };
                             (sql, verdict)
                         }
                         None => (
@@ -353,6 +374,7 @@ impl State<'_> {
                         Verdict::Decided(Decision::Forward) => {
                             self.to_upstream.extend_from_slice(frame);
                             self.unsynced = true;
+                            self.executions.parsed(&name, &sql);
                             if self.inspect {
                                 self.shapes.parse(&frame[5..]);
                             }
@@ -410,6 +432,21 @@ impl State<'_> {
                 // After a refusal PostgreSQL ignores extended-protocol messages until Sync.
                 b'P' | b'B' | b'D' | b'E' | b'C' | b'H' if self.skipping.is_some() => {}
                 b'B' | b'D' | b'E' | b'C' | b'H' => {
+                    let body = &frame[5..];
+                    match tag {
+                        b'B' => self.executions.bound(body),
+                        b'C' => self.executions.closed(body),
+                        b'E' => match self.gate_execute(body) {
+                            Gate::Go => self.executions.executed(body),
+                            Gate::Refused(error) => {
+                                self.skipping = Some(error);
+                                buf.advance(total);
+                                continue;
+                            }
+                            Gate::Wait(step) => return Ok(step),
+                        },
+                        _ => {}
+                    }
                     if self.inspect {
                         let body = &frame[5..];
                         match tag {
@@ -518,12 +555,15 @@ impl State<'_> {
                 b'T' => match self.shapes.row_description(&frame[5..]) {
                     Described::Rows(columns) => {
                         self.hooks.result_columns(Some(&columns));
-                        self.to_client.extend_from_slice(frame);
+                        if self.rows_allowed(&columns) {
+                            self.to_client.extend_from_slice(frame);
+                        }
                     }
                     Described::Statement => self.to_client.extend_from_slice(frame),
                     Described::Hidden => {
                         if let Some(columns) = super::shapes::parse_row_description(&frame[5..]) {
                             self.hooks.result_columns(Some(&columns));
+                            self.rows_allowed(&columns);
                         }
                     }
                 },
@@ -535,9 +575,25 @@ impl State<'_> {
                 b'D' => {
                     if let Some(columns) = self.shapes.data_row() {
                         self.hooks.result_columns(columns.as_deref());
+                        if let Some(columns) = &columns {
+                            self.rows_allowed(columns);
+                        }
                     }
-                    self.hooks.data_row(&frame[5..]);
-                    rewrite_data_row(self.hooks, frame, &mut self.to_client);
+                    if self.withheld.is_none() {
+                        self.hooks.data_row(&frame[5..]);
+                        rewrite_data_row(self.hooks, frame, &mut self.to_client);
+                    }
+                }
+                b'C' | b's' if self.withheld.is_some() => {
+                    // The result whose rows were withheld ends in an error.
+                    self.shapes.execute_done();
+                    let error = self.withheld.take().expect("checked");
+                    self.hooks.event(&SessionEvent::Failed {
+                        sqlstate: error.code,
+                        message: &error.message,
+                    });
+                    let frame = error.to_frame();
+                    self.put_fields(ValueSource::ErrorField, frame.raw());
                 }
                 b'C' | b's' | b'I' => {
                     self.shapes.execute_done();
@@ -548,6 +604,7 @@ impl State<'_> {
                     self.to_client.extend_from_slice(frame);
                 }
                 b'E' => {
+                    self.withheld = None;
                     self.shapes.error();
                     let (sqlstate, message) = self.put_fields(ValueSource::ErrorField, frame);
                     self.hooks.event(&SessionEvent::Failed {
@@ -605,6 +662,66 @@ impl State<'_> {
         Ok(())
     }
 
+    /// Rows with these columns are about to come: may they reach the
+    /// client? If not, they are withheld and the result ends in an error.
+    fn rows_allowed(&mut self, columns: &[crate::hooks::ResultColumn]) -> bool {
+        match self.hooks.columns_allowed(columns) {
+            Ok(()) => true,
+            Err(reason) => {
+                tracing::warn!(target: "tollgate::audit", event = "result.withheld", reason = %reason);
+                self.withheld = Some(PgError::error("42501", reason));
+                false
+            }
+        }
+    }
+
+    /// An Execute after the first of its statement is decided again.
+    fn gate_execute(&mut self, body: &[u8]) -> Gate {
+        let (statement, sql, execution) = match self.executions.next(body) {
+            Next::Free => return Gate::Go,
+            Next::Ambiguous(name) => {
+                let message = format!(
+                    "prepared statement \"{name}\" was parsed twice under one name, so the gateway cannot \
+                     tell which statement would run: Close it and prepare it again"
+                );
+                self.hooks.event(&SessionEvent::Refused {
+                    sql: "Execute",
+                    message: &message,
+                });
+                return Gate::Refused(PgError::error("26000", message));
+            }
+            Next::Ask {
+                statement,
+                sql,
+                execution,
+            } => (statement, sql, execution),
+        };
+        let verdict = self.hooks.statement(&Statement {
+            sql: &sql,
+            via: StatementVia::Execute {
+                statement: &statement,
+                execution,
+            },
+            in_flight: self.in_flight(),
+        });
+        match verdict {
+            Verdict::Decided(Decision::Forward) => Gate::Go,
+            Verdict::Decided(Decision::Refuse { sqlstate, message }) => {
+                self.hooks.event(&SessionEvent::Refused {
+                    sql: &sql,
+                    message: &message,
+                });
+                Gate::Refused(PgError::error(sqlstate, message))
+            }
+            Verdict::Wait(wait) => Gate::Wait(Step::Wait(wait)),
+            Verdict::AfterAnswers => Gate::Wait(self.after_answers()),
+            Verdict::Hold { notice, until } => {
+                self.notice(&notice);
+                Gate::Wait(Step::Wait(until))
+            }
+        }
+    }
+
     /// What the upstream has not answered yet, for a statement arriving now.
     fn in_flight(&self) -> InFlight {
         if self.unsynced || self.copy_in {
@@ -613,6 +730,29 @@ impl State<'_> {
             InFlight::Nothing
         } else {
             InFlight::Answers
+        }
+    }
+
+    /// A statement whose reading depends on standard_conforming_strings
+    /// and the client encoding (a backslash, a non-ASCII byte) is read only
+    /// once every earlier message is answered, so the settings the server
+    /// reported before its ReadyForQuery are the ones it reads with; inside
+    /// an unsynced batch (where earlier messages may change them unseen) it
+    /// is refused. `None`: go on.
+    fn readable(&self, sql: &str, in_flight: InFlight) -> Option<Verdict> {
+        if !super::sql::setting_sensitive(sql) {
+            return None;
+        }
+        match in_flight {
+            InFlight::Nothing => None,
+            InFlight::Answers => Some(Verdict::AfterAnswers),
+            InFlight::Unsynced => Some(Verdict::Decided(Decision::Refuse {
+                sqlstate: "0A000",
+                message: "a statement with a backslash or a non-ASCII character cannot follow other \
+                          extended-protocol messages before their Sync through the gateway (how the \
+                          server reads it depends on settings those messages may change): send a Sync first"
+                    .into(),
+            })),
         }
     }
 
@@ -835,6 +975,8 @@ mod tests {
             shapes: Shapes::default(),
             settings: ServerSettings::default(),
             await_answers: false,
+            executions: Executions::default(),
+            withheld: None,
         }
     }
 

@@ -279,8 +279,16 @@ impl Recorder {
             "decision": if outcome == Outcome::Success { "allowed" } else { "refused" },
             "approval": null,
         });
-        if let StatementVia::Parse { name } = statement.via {
-            frame["prepared"] = Value::from(name);
+        match statement.via {
+            StatementVia::Parse { name } => frame["prepared"] = Value::from(name),
+            StatementVia::Execute {
+                statement,
+                execution,
+            } => {
+                frame["prepared"] = Value::from(statement);
+                frame["execution"] = Value::from(execution);
+            }
+            StatementVia::SimpleQuery => {}
         }
         if let Some(ruling) = &ruling {
             frame["actions"] = json!(ruling.actions);
@@ -466,6 +474,10 @@ impl SessionHooks for Recorder {
         // A portal suspended or an error ended the result without a tag.
         self.close_result(None);
         self.inner.ready(status);
+    }
+
+    fn columns_allowed(&mut self, columns: &[ResultColumn]) -> Result<(), String> {
+        self.inner.columns_allowed(columns)
     }
 
     fn result_columns(&mut self, columns: Option<&[ResultColumn]>) {

@@ -1,0 +1,231 @@
+//! Which prepared statement each Execute runs, and which execution of it
+//! that is. Every execution is an access. The first, when nothing else was
+//! queried, parsed or executed since its Parse, is covered by the decision
+//! on the Parse (and its audit record): drivers that prepare and then
+//! execute get one decision and one record. Every other execution is
+//! decided and recorded again (the session may have changed since the
+//! Parse, and PostgreSQL plans the statement again with the search_path in
+//! force when it runs), so a one-time approval allows exactly one execution
+//! and a statement run a million times is a million accesses on record
+//! (PCI DSS 10.2.1.1).
+//!
+//! An Execute that continues a suspended portal (a row limit) is the same
+//! execution. A statement the relay did not see parsed (a SQL-level
+//! `PREPARE`, bound over the protocol) is decided as `EXECUTE name` every
+//! time; a name parsed twice (the server keeps the first unless it was
+//! deallocated in between, which the relay cannot always see) is refused.
+
+use std::collections::HashMap;
+
+use super::frame::Body;
+
+/// What the relay knows of the session's prepared statements and portals.
+#[derive(Debug, Default)]
+pub struct Executions {
+    statements: HashMap<String, Parsed>,
+    /// Portal name -> (statement name, executed once already).
+    portals: HashMap<String, (String, bool)>,
+    /// The statement parsed last, while nothing else has happened since:
+    /// its Parse's decision covers its first execution.
+    covered: Option<String>,
+}
+
+#[derive(Debug)]
+struct Parsed {
+    /// `None`: parsed twice under one name; which text the server holds is unknown.
+    sql: Option<String>,
+    executions: u64,
+}
+
+/// What an Execute needs before it goes upstream.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Nothing: the first execution since the Parse, or a continuation.
+    Free,
+    /// A decision on `sql` as execution number `execution` of `statement`.
+    Ask {
+        /// The prepared statement's name.
+        statement: String,
+        /// The text to decide on.
+        sql: String,
+        /// Which execution this is (0 when the relay did not see the Parse).
+        execution: u64,
+    },
+    /// Refused: the gateway cannot tell which statement would run.
+    Ambiguous(String),
+}
+
+impl Executions {
+    /// A Parse of `sql` under `name` went upstream.
+    pub fn parsed(&mut self, name: &str, sql: &str) {
+        let sql = match self.statements.get(name) {
+            // The server refuses a named duplicate and keeps the first
+            // statement, unless SQL's DEALLOCATE dropped it unseen.
+            Some(_) if !name.is_empty() => None,
+            _ => Some(sql.to_string()),
+        };
+        self.statements.insert(
+            name.to_string(),
+            Parsed { sql, executions: 0 },
+        );
+        self.covered = Some(name.to_string());
+    }
+
+    /// A simple Query went upstream: no Parse's decision covers what follows.
+    pub fn queried(&mut self) {
+        self.covered = None;
+    }
+
+    /// A Bind (portal, statement, ...).
+    pub fn bound(&mut self, body: &[u8]) {
+        let mut body = Body::new(body);
+        if let (Some(portal), Some(statement)) = (body.cstr(), body.cstr()) {
+            self.portals.insert(
+                String::from_utf8_lossy(portal).into_owned(),
+                (String::from_utf8_lossy(statement).into_owned(), false),
+            );
+        }
+    }
+
+    /// A Close ('S' statement or 'P' portal, name).
+    pub fn closed(&mut self, body: &[u8]) {
+        let mut body = Body::new(body);
+        let (Some(kind), Some(name)) = (body.take(1), body.cstr()) else {
+            return;
+        };
+        let name = String::from_utf8_lossy(name);
+        match kind[0] {
+            b'S' => {
+                self.statements.remove(name.as_ref());
+            }
+            b'P' => {
+                self.portals.remove(name.as_ref());
+            }
+            _ => {}
+        }
+    }
+
+    /// What the Execute with this body needs (nothing changes yet).
+    pub fn next(&self, body: &[u8]) -> Next {
+        let portal = Body::new(body).cstr().unwrap_or_default();
+        let Some((statement, executed)) = self.portals.get(String::from_utf8_lossy(portal).as_ref())
+        else {
+            // No such portal: the server answers with an error.
+            return Next::Free;
+        };
+        if *executed {
+            return Next::Free;
+        }
+        match self.statements.get(statement) {
+            Some(Parsed { sql: None, .. }) => Next::Ambiguous(statement.clone()),
+            Some(Parsed { executions: 0, .. }) if self.covered.as_ref() == Some(statement) => {
+                Next::Free
+            }
+            Some(Parsed {
+                sql: Some(sql),
+                executions,
+                ..
+            }) => Next::Ask {
+                statement: statement.clone(),
+                sql: sql.clone(),
+                execution: executions + 1,
+            },
+            None => Next::Ask {
+                statement: statement.clone(),
+                sql: format!("EXECUTE \"{}\"", statement.replace('"', "\"\"")),
+                execution: 0,
+            },
+        }
+    }
+
+    /// The Execute with this body went upstream.
+    pub fn executed(&mut self, body: &[u8]) {
+        let portal = Body::new(body).cstr().unwrap_or_default();
+        if let Some((statement, executed)) = self
+            .portals
+            .get_mut(String::from_utf8_lossy(portal).as_ref())
+            && !*executed
+        {
+            *executed = true;
+            if let Some(parsed) = self.statements.get_mut(statement.as_str()) {
+                parsed.executions += 1;
+            }
+            self.covered = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bind(portal: &str, statement: &str) -> Vec<u8> {
+        format!("{portal}\0{statement}\0\0\0\0\0\0\0").into_bytes()
+    }
+
+    fn execute(portal: &str) -> Vec<u8> {
+        format!("{portal}\0\0\0\0\0").into_bytes()
+    }
+
+    #[test]
+    fn every_execution_after_the_first_is_asked_about() {
+        let mut e = Executions::default();
+        e.parsed("s", "SELECT 1");
+        for n in 1..=3u64 {
+            e.bound(&bind("", "s"));
+            let next = e.next(&execute(""));
+            if n == 1 {
+                assert_eq!(next, Next::Free);
+            } else {
+                assert_eq!(
+                    next,
+                    Next::Ask {
+                        statement: "s".into(),
+                        sql: "SELECT 1".into(),
+                        execution: n
+                    }
+                );
+            }
+            e.executed(&execute(""));
+            // Continuing a suspended portal is the same execution.
+            assert_eq!(e.next(&execute("")), Next::Free);
+        }
+        // A new Parse starts the count again.
+        e.parsed("", "SELECT 2");
+        e.bound(&bind("p", ""));
+        assert_eq!(e.next(&execute("p")), Next::Free);
+    }
+
+    #[test]
+    fn a_first_execution_after_something_else_happened_is_asked_about() {
+        let mut e = Executions::default();
+        e.parsed("s", "SELECT 1");
+        e.queried();
+        e.bound(&bind("", "s"));
+        assert!(matches!(e.next(&execute("")), Next::Ask { execution: 1, .. }));
+        e.parsed("a", "SELECT 1");
+        e.parsed("b", "SELECT 2");
+        e.bound(&bind("", "a"));
+        assert!(matches!(e.next(&execute("")), Next::Ask { .. }));
+        e.bound(&bind("", "b"));
+        assert_eq!(e.next(&execute("")), Next::Free);
+    }
+
+    #[test]
+    fn unseen_and_twice_parsed_statements_are_not_trusted() {
+        let mut e = Executions::default();
+        e.bound(&bind("", "sqlprepared"));
+        assert!(matches!(e.next(&execute("")), Next::Ask { execution: 0, ref sql, .. } if sql == "EXECUTE \"sqlprepared\""));
+        e.parsed("s", "SELECT 1");
+        e.parsed("s", "SELECT pan FROM payments");
+        e.bound(&bind("", "s"));
+        assert_eq!(e.next(&execute("")), Next::Ambiguous("s".into()));
+        e.closed(b"Ss\0");
+        e.parsed("s", "SELECT 3");
+        e.bound(&bind("", "s"));
+        assert_eq!(e.next(&execute("")), Next::Free);
+        e.queried();
+        e.bound(&bind("", "s"));
+        assert!(matches!(e.next(&execute("")), Next::Ask { .. }));
+    }
+}
