@@ -262,6 +262,7 @@ impl Gateway {
                 estimate_timeout: Duration::from_millis(self.config.policy.estimate_timeout_ms),
                 // Held requests need somewhere approvers can decide them.
                 approvals: self.config.api.listen.is_some().then(|| approvals.clone()),
+                volume: Arc::default(),
             })
         });
         let cancels = Arc::new(CancelRegistry::default());

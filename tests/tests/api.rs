@@ -141,7 +141,7 @@ async fn recordings_and_the_audit_log_by_role_and_every_read_on_record() {
     assert!(result["body"].get("preview").is_none(), "{result}");
     assert_eq!(result["body"]["withheld"], "result rows: analysts only");
     assert!(
-        result["body"]["sha256"].is_string(),
+        result["body"]["hmac_sha256"].is_string(),
         "the digest stays: {result}"
     );
 

@@ -11,9 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use base64::Engine;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use tokio_postgres::SimpleQueryMessage;
 use tollgate::Gateway;
 use tollgate::audit::verify::verify_dir;
@@ -84,9 +82,12 @@ async fn direct() -> tokio_postgres::Client {
 /// big-endian length followed by the DataRow body (column count, then each
 /// value's length and bytes), computed here from the values a direct
 /// connection returns in text format.
-async fn expected_digest(sql: &str) -> String {
+/// The recording's digest of `sql`'s rows, run directly on the database
+/// and keyed with the gateway's own digest key (what its operator can do).
+async fn expected_digest(gw: &TestGateway, sql: &str) -> String {
+    let key = tollgate::recording::digest::DigestKey::open(&gw.data_dir).expect("digest key");
     let rows = direct().await.simple_query(sql).await.unwrap();
-    let mut digest = Sha256::new();
+    let mut bodies = Vec::new();
     for message in rows {
         if let SimpleQueryMessage::Row(row) = message {
             let mut body = (row.len() as i16).to_be_bytes().to_vec();
@@ -99,11 +100,10 @@ async fn expected_digest(sql: &str) -> String {
                     }
                 }
             }
-            digest.update((body.len() as u32).to_be_bytes());
-            digest.update(&body);
+            bodies.push(body);
         }
     }
-    base64::engine::general_purpose::STANDARD.encode(digest.finalize())
+    key.of_rows(bodies.iter().map(Vec::as_slice))
 }
 
 async fn frames_of(gw: &TestGateway, subject: &str) -> (String, Vec<Frame>) {
@@ -192,8 +192,8 @@ async fn a_session_is_recorded_frame_by_frame_and_audited() {
         "the preview is what the client saw: masked"
     );
     assert_eq!(
-        result["sha256"],
-        expected_digest(select).await,
+        result["hmac_sha256"],
+        expected_digest(&gw, select).await,
         "the digest proves the unmasked rows returned"
     );
 

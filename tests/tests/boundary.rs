@@ -944,3 +944,68 @@ async fn a_setting_changed_behind_the_gateways_back_ends_the_session() {
         .expect("in time")
         .expect("still serving");
 }
+
+/// A bulk export by any route needs approval: a big read by its estimate,
+/// and paging through a table by the rows actually returned to the
+/// identity (the estimate of each page is small). A small table read
+/// without WHERE is not a bulk export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_export_by_any_route_needs_approval() {
+    database()
+        .pg
+        .psql(
+            "payments",
+            "CREATE TABLE IF NOT EXISTS big_cards AS \
+               SELECT n AS id, '4242424242424242' AS pan FROM generate_series(1, 3000) n; \
+             ANALYZE big_cards; GRANT SELECT ON big_cards TO tollgate_gateway",
+        )
+        .expect("setup");
+    let gw = TestGateway::start_with("[policy]\nstarter = true\n").await;
+    let token = gw.token("pager", &["analysts"]);
+    let client = gw.tokio_postgres(&token).await.expect("connect");
+    let needs_approval = |result: Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>| {
+        let error = result.expect_err("needs approval");
+        let (code, message) = db_error(&error);
+        code == "42501" && message.contains("cardholder-bulk-export-needs-approval")
+    };
+    assert!(needs_approval(client.simple_query("SELECT * FROM big_cards").await));
+    client
+        .simple_query("SELECT * FROM card_events")
+        .await
+        .expect("a small table is not a bulk export");
+    // Paging: each page's estimate is 300 rows, but the rows add up.
+    let mut pages = 0;
+    loop {
+        let page = format!("SELECT id, pan FROM big_cards ORDER BY id LIMIT 300 OFFSET {}", pages * 300);
+        match client.simple_query(&page).await {
+            Ok(rows) => {
+                let text = format!("{rows:?}");
+                assert!(!text.contains("4242424242424242"), "masked");
+                pages += 1;
+                assert!(pages <= 4, "paging went on past 1000 rows");
+            }
+            Err(error) => {
+                let (code, message) = db_error(&error);
+                assert_eq!(code, "42501", "{message}");
+                assert!(message.contains("cardholder-bulk-export-needs-approval"), "{message}");
+                break;
+            }
+        }
+    }
+    assert_eq!(pages, 4, "1200 rows returned, then the next page needs approval");
+    // A cursor could be fetched in pieces: declaring one over cardholder
+    // data needs approval (its rows cannot be estimated).
+    let token = gw.token("fetcher", &["analysts"]);
+    let client = gw.tokio_postgres(&token).await.expect("connect");
+    let error = client
+        .batch_execute("BEGIN; DECLARE c CURSOR FOR SELECT pan FROM big_cards WHERE id > 0")
+        .await
+        .expect_err("needs approval");
+    assert!(db_error(&error).1.contains("needs approval"), "{error:?}");
+    // Someone else is not affected.
+    let other = gw.tokio_postgres(&gw.token("other", &["analysts"])).await.unwrap();
+    other
+        .simple_query("SELECT pan FROM big_cards WHERE id = 1")
+        .await
+        .expect("another identity reads");
+}

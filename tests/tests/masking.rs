@@ -558,11 +558,20 @@ async fn discovery_tags_unlabelled_card_data_for_policy_and_masking() {
         .ok()
         .to_string();
     assert_eq!(out, "411111******1111");
-    // The sampled PANs make it a cardholder table: a bulk read needs approval.
-    gw.psql(&agent, &["-c", "SELECT * FROM legacy_import"])
+    // The sampled PANs make it a cardholder table: an export needs
+    // approval, and a read of it (small, not a bulk export) comes back masked.
+    gw.psql(&agent, &["-c", "COPY legacy_import TO STDOUT"])
         .fails_with("cardholder-bulk-export-needs-approval");
-    gw.psql(&agent, &["-c", "SELECT memo FROM card_events"])
+    gw.psql(&agent, &["-c", "COPY (SELECT memo FROM card_events) TO STDOUT"])
         .fails_with("cardholder-bulk-export-needs-approval");
+    let all = gw
+        .psql(&agent, &["-c", "SELECT * FROM legacy_import ORDER BY id"])
+        .ok()
+        .to_string();
+    assert!(
+        all.contains("411111******1111") && !all.contains("4111111111111111"),
+        "{all}"
+    );
     // A table of lookalikes stays plain.
     gw.psql(&agent, &["-c", "SELECT * FROM customers"]).ok();
 

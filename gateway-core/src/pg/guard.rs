@@ -37,6 +37,8 @@ pub struct GuardShared {
     pub estimate_timeout: Duration,
     /// Where statements that need approval are held (none: they are refused).
     pub approvals: Option<Arc<Approvals>>,
+    /// Rows of cardholder data returned per identity, for `context.rows_returned`.
+    pub volume: Arc<crate::policy::volume::ReadVolume>,
 }
 
 /// How old a snapshot must be before a table it does not know makes the
@@ -88,6 +90,10 @@ pub struct Guard {
     in_flight_oids: std::collections::HashSet<u32>,
     /// Tables that protocol-level prepared statements were resolved to.
     prepared_oids: std::collections::HashSet<u32>,
+    /// The current result carries cardholder columns: its rows count.
+    counting: bool,
+    /// Rows counted and not yet added to the shared volume.
+    rows_counted: u64,
     /// `SET tollgate.reason`: the requester's reason for approval requests.
     reason: Option<String>,
 }
@@ -170,6 +176,8 @@ impl Guard {
             session: None,
             in_flight_oids: Default::default(),
             prepared_oids: Default::default(),
+            counting: false,
+            rows_counted: 0,
             reason: None,
         }
     }
@@ -577,6 +585,16 @@ impl Guard {
         };
         let mut statement_texts: Option<Vec<String>> = None;
         let now = SystemTime::now();
+        let rows_returned = if engine.uses_rows_returned() {
+            let shared = self.shared.volume.recent(
+                &self.principal.issuer,
+                &self.principal.subject,
+                &self.connection,
+            );
+            i64::try_from(shared + self.rows_counted).unwrap_or(i64::MAX)
+        } else {
+            0
+        };
         // Statements prepared earlier in this same message.
         let mut prepared_here: HashMap<&str, &[Access]> = HashMap::new();
         for (index, info) in analysis.statements.iter().enumerate() {
@@ -620,10 +638,17 @@ impl Guard {
                     has_where: item.has_where,
                     has_limit: item.has_limit,
                     cardholder_data: snapshot.cardholder_data,
+                    rows_returned,
                     client: self.client,
                     time: now,
                 };
                 let resource = item.resource();
+                if engine.uses_rows_returned()
+                    && matches!(item.object, Object::Table { cardholder: true, .. })
+                {
+                    // Decided on how much was returned lately: not reused.
+                    *cacheable = false;
+                }
                 let mut outcome =
                     engine.decide(&self.principal, item.action.as_str(), &resource, &context);
                 if outcome != Outcome::Allow {
@@ -1207,6 +1232,15 @@ impl SessionHooks for Guard {
     }
 
     fn ready(&mut self, status: u8) {
+        if self.rows_counted > 0 {
+            self.shared.volume.add(
+                &self.principal.issuer,
+                &self.principal.subject,
+                &self.connection,
+                std::mem::take(&mut self.rows_counted),
+            );
+        }
+        self.counting = false;
         if status == b'I' && self.ddl_forwarded {
             self.ddl_forwarded = false;
             self.catalog.invalidate();
@@ -1226,6 +1260,18 @@ impl SessionHooks for Guard {
     }
 
     fn result_columns(&mut self, columns: Option<&[crate::hooks::ResultColumn]>) {
+        self.counting = match (columns, self.catalog.last()) {
+            (Some(columns), Some(snapshot)) => columns.iter().any(|c| {
+                c.source.is_some_and(|key| {
+                    snapshot
+                        .by_oid
+                        .get(&key)
+                        .is_some_and(|info| info.kind != super::catalog::ColumnKind::Plain)
+                })
+            }),
+            // Columns unknown: count, fail closed.
+            _ => true,
+        };
         self.inner.result_columns(columns);
     }
 
@@ -1268,6 +1314,9 @@ impl SessionHooks for Guard {
     }
 
     fn data_row(&mut self, row: &[u8]) {
+        if self.counting {
+            self.rows_counted += 1;
+        }
         self.inner.data_row(row);
     }
 

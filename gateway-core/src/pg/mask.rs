@@ -272,6 +272,7 @@ impl Masker {
                 has_where: false,
                 has_limit: false,
                 cardholder_data: false,
+                rows_returned: 0,
                 client: self.client,
                 time: SystemTime::now(),
             },

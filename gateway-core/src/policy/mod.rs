@@ -12,6 +12,7 @@
 //! anything else is denied with the `@reason` of the deciding policy.
 
 mod reload;
+pub mod volume;
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -184,6 +185,9 @@ pub struct RequestContext<'a> {
     pub has_limit: bool,
     /// The connection's database holds cardholder data (any table does).
     pub cardholder_data: bool,
+    /// Rows of cardholder data returned to this identity on this
+    /// connection within the last 15 minutes (see [`volume`]).
+    pub rows_returned: i64,
     /// The client's address.
     pub client: IpAddr,
     /// When.
@@ -196,6 +200,7 @@ pub struct PolicyEngine {
     schema: Schema,
     rules: HashMap<PolicyId, Rule>,
     uses_row_estimate: bool,
+    uses_rows_returned: bool,
     uses_time: bool,
     digest: String,
     sources: Vec<(PathBuf, String)>,
@@ -387,12 +392,16 @@ impl PolicyEngine {
         let uses_row_estimate = policies
             .policies()
             .any(|p| p.to_string().contains("row_estimate"));
+        let uses_rows_returned = policies
+            .policies()
+            .any(|p| p.to_string().contains("rows_returned"));
         let uses_time = policies.policies().any(|p| p.to_string().contains("time"));
         Ok(PolicyEngine {
             policies,
             schema,
             rules,
             uses_row_estimate,
+            uses_rows_returned,
             uses_time,
             digest: format!("sha256:{:x}", digest.finalize()),
             sources,
@@ -425,6 +434,12 @@ impl PolicyEngine {
     /// gateway never needs to ask the upstream for an estimate.
     pub fn uses_row_estimate(&self) -> bool {
         self.uses_row_estimate
+    }
+
+    /// Whether any policy looks at `context.rows_returned`; if one does, a
+    /// read of cardholder data is decided afresh each time.
+    pub fn uses_rows_returned(&self) -> bool {
+        self.uses_rows_returned
     }
 
     /// Whether any policy may look at `context.time`; if none does, a
@@ -466,6 +481,7 @@ impl PolicyEngine {
             has_where: false,
             has_limit: false,
             cardholder_data: false,
+            rows_returned: 0,
             client,
             time: SystemTime::now(),
         };
@@ -580,6 +596,10 @@ impl PolicyEngine {
             (
                 "cardholder_data".to_string(),
                 RestrictedExpression::new_bool(c.cardholder_data),
+            ),
+            (
+                "rows_returned".to_string(),
+                RestrictedExpression::new_long(c.rows_returned),
             ),
             ("command".to_string(), string(c.command)),
             ("connection".to_string(), string(c.connection)),

@@ -25,6 +25,7 @@ fn context(command: &str) -> RequestContext<'static> {
         has_where: false,
         has_limit: false,
         cardholder_data: true,
+        rows_returned: 0,
         client: "127.0.0.1".parse().unwrap(),
         time: SystemTime::now(),
     }

@@ -62,6 +62,19 @@ impl DigestKey {
     pub fn start(&self) -> Hmac<Sha256> {
         <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length")
     }
+
+    /// The digest a recording keeps for these rows (each a DataRow body or
+    /// a CopyData payload, as the upstream sent it), base64: for the key's
+    /// holder to show that a result is the one recorded.
+    pub fn of_rows<'r>(&self, rows: impl IntoIterator<Item = &'r [u8]>) -> String {
+        use base64::Engine;
+        let mut mac = self.start();
+        for row in rows {
+            mac.update(&(row.len() as u32).to_be_bytes());
+            mac.update(row);
+        }
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    }
 }
 
 #[cfg(test)]

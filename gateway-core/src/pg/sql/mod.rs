@@ -265,6 +265,10 @@ pub struct Analysis {
     pub statements: Vec<StatementInfo>,
     /// Depends on literal values (a SET or `set_config`), so not cached.
     pub literal_sensitive: bool,
+    /// Byte offsets of the literals whose value cannot change this
+    /// analysis; a cached analysis is reused only for a statement whose
+    /// other literals are the same.
+    pub safe_literals: Vec<u32>,
 }
 
 /// Why SQL could not be analysed.
@@ -303,7 +307,9 @@ fn analyze_here(sql: &str) -> Result<Analysis, SqlError> {
         .map_err(|e| SqlError::Syntax(parse_error_text(e)))?;
     let tree = serde_json::to_value(&parsed.protobuf)
         .map_err(|e| SqlError::Syntax(format!("unreadable parse tree: {e}")))?;
-    walk::analysis(&tree)
+    let mut analysis = walk::analysis(&tree)?;
+    analysis.safe_literals = walk::safe_literals(&tree);
+    Ok(analysis)
 }
 
 fn parse_error_text(error: pg_query::Error) -> String {
@@ -333,8 +339,14 @@ pub fn redact(sql: &str) -> String {
 /// The statement's shape: its tokens with every literal blanked out and
 /// comments dropped. `None` when it does not even scan.
 pub fn shape(sql: &str) -> Option<String> {
+    shape_and_literals(sql).map(|(key, _)| key)
+}
+
+/// The shape and the literals it blanked: (byte offset, text) each.
+fn shape_and_literals(sql: &str) -> Option<(String, Vec<(u32, &str)>)> {
     let tokens = pg_query::scan_tokens(sql).ok()?;
     let mut key = String::with_capacity(sql.len());
+    let mut literals = Vec::new();
     for token in tokens {
         let kind = Token::try_from(token.token).unwrap_or(Token::Nul);
         let text = sql.get(token.start as usize..token.end as usize)?;
@@ -345,18 +357,53 @@ pub fn shape(sql: &str) -> Option<String> {
             | Token::Iconst
             | Token::Fconst
             | Token::Bconst
-            | Token::Xconst => key.push('\u{1}'),
+            | Token::Xconst => {
+                key.push('\u{1}');
+                literals.push((token.start as u32, text));
+            }
             _ => key.push_str(text),
         }
         key.push('\u{0}');
     }
-    Some(key)
+    Some((key, literals))
 }
 
-/// Analyses keyed by shape, bounded in size.
+/// A cached analysis and the literals a statement must repeat to reuse it
+/// (`None`: a literal whose value cannot change the analysis).
+#[derive(Debug)]
+struct Entry {
+    analysis: Arc<Analysis>,
+    literals: Vec<Option<Box<str>>>,
+}
+
+impl Entry {
+    fn new(analysis: Arc<Analysis>, literals: &[(u32, &str)]) -> Entry {
+        let literals = literals
+            .iter()
+            .map(|(at, text)| {
+                (analysis.safe_literals.binary_search(at).is_err()).then(|| Box::from(*text))
+            })
+            .collect();
+        Entry { analysis, literals }
+    }
+
+    fn fits(&self, literals: &[(u32, &str)]) -> bool {
+        self.literals.len() == literals.len()
+            && self
+                .literals
+                .iter()
+                .zip(literals)
+                .all(|(want, (_, text))| want.as_deref().is_none_or(|want| want == *text))
+    }
+}
+
+/// Analyses keyed by shape, bounded in size. A cached analysis is reused
+/// only when the literals that differ are in positions proven not to
+/// change it (see [`Analysis::safe_literals`]): `EXPLAIN (ANALYZE 0)` and
+/// `EXPLAIN (ANALYZE 1)` share a shape, not an analysis.
 #[derive(Debug)]
 pub struct ShapeCache {
-    entries: Mutex<HashMap<String, Arc<Analysis>>>,
+    entries: Mutex<HashMap<String, Entry>>,
     capacity: usize,
 }
 
@@ -372,14 +419,15 @@ impl ShapeCache {
     /// The analysis of `sql`, from the cache when a statement of the same
     /// shape was seen before.
     pub fn analyze(&self, sql: &str) -> Result<Arc<Analysis>, SqlError> {
-        let key = shape(sql);
-        if let Some(key) = &key
+        let shaped = shape_and_literals(sql);
+        if let Some((key, literals)) = &shaped
             && let Some(hit) = self.lock().get(key)
+            && hit.fits(literals)
         {
-            return Ok(hit.clone());
+            return Ok(hit.analysis.clone());
         }
         let analysis = Arc::new(analyze(sql)?);
-        if let Some(key) = key
+        if let Some((key, literals)) = shaped
             && !analysis.literal_sensitive
         {
             let mut entries = self.lock();
@@ -387,12 +435,12 @@ impl ShapeCache {
                 // Simple and bounded: start over rather than track recency.
                 entries.clear();
             }
-            entries.insert(key, analysis.clone());
+            entries.insert(key, Entry::new(analysis.clone(), &literals));
         }
         Ok(analysis)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Analysis>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

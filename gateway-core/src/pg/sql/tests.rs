@@ -483,6 +483,71 @@ fn shapes_ignore_literals_and_comments_but_not_names() {
 }
 
 #[test]
+fn a_cached_analysis_is_reused_only_where_literals_cannot_change_it() {
+    let cache = ShapeCache::new(64);
+    let same = |a: &str, b: &str| {
+        let first = cache.analyze(a).unwrap();
+        let second = cache.analyze(b).unwrap();
+        Arc::ptr_eq(&first, &second)
+    };
+    // Values compared, inserted, assigned, selected, or a row count.
+    assert!(same(
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 42",
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 815"
+    ));
+    assert!(same(
+        "SELECT * FROM t WHERE a IN (1, 2) AND b BETWEEN 3 AND 4 AND c LIKE 'x%' LIMIT 10",
+        "SELECT * FROM t WHERE a IN (5, 6) AND b BETWEEN 7 AND 8 AND c LIKE 'y%' LIMIT 20"
+    ));
+    assert!(same(
+        "INSERT INTO t (a, b) VALUES (1, 'x')",
+        "INSERT INTO t (a, b) VALUES (2, 'y')"
+    ));
+    assert!(same(
+        "UPDATE t SET a = 1 WHERE id = 2",
+        "UPDATE t SET a = 3 WHERE id = 4"
+    ));
+    // Options, casts to reg* types, escapes and arguments are part of the key.
+    assert!(!same(
+        "EXPLAIN (ANALYZE 0) DELETE FROM orders",
+        "EXPLAIN (ANALYZE 1) DELETE FROM orders"
+    ));
+    let explained = cache
+        .analyze("EXPLAIN (ANALYZE 1) DELETE FROM orders")
+        .unwrap();
+    assert!(
+        explained.statements[0]
+            .accesses
+            .iter()
+            .any(|a| a.action == Action::Delete),
+        "EXPLAIN ANALYZE runs the DELETE"
+    );
+    assert!(!same(
+        "DROP TABLE U&\"!0070ayments\" UESCAPE '#'",
+        "DROP TABLE U&\"!0070ayments\" UESCAPE '!'"
+    ));
+    let dropped = cache
+        .analyze("DROP TABLE U&\"!0070ayments\" UESCAPE '!'")
+        .unwrap();
+    assert_eq!(
+        dropped.statements[0].accesses[0].target,
+        Target::Table(ObjectName {
+            schema: None,
+            name: "payments".into()
+        })
+    );
+    assert!(!same(
+        "SELECT 1 FROM pg_class WHERE oid = 'payments'::regclass",
+        "SELECT 1 FROM pg_class WHERE oid = 'orders'::regclass"
+    ));
+    assert!(!same("SELECT lower('a')", "SELECT lower('b')"));
+    assert!(!same(
+        "COPY payments TO STDOUT (FORMAT 'csv')",
+        "COPY payments TO STDOUT (FORMAT 'binary')"
+    ));
+}
+
+#[test]
 fn hostile_nesting_is_refused_not_a_crash() {
     // Parentheses alone vanish in the parser; nested subqueries do not.
     let sql = format!("SELECT {}1{}", "(SELECT ".repeat(3000), ")".repeat(3000));

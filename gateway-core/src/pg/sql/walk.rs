@@ -88,6 +88,7 @@ pub(super) fn analysis(tree: &Value) -> Result<Analysis, SqlError> {
     let mut analysis = Analysis {
         statements: Vec::new(),
         literal_sensitive: false,
+        safe_literals: Vec::new(),
     };
     for raw in array(tree, "stmts") {
         let mut walker = Walker::default();
@@ -120,6 +121,103 @@ pub(super) fn analysis(tree: &Value) -> Result<Analysis, SqlError> {
         });
     }
     Ok(analysis)
+}
+
+/// Byte offsets of the literals whose value cannot change the analysis:
+/// a constant compared with something (`=`, `<`, `IN (...)`, `BETWEEN`,
+/// `LIKE`), inserted or assigned (`VALUES`, `UPDATE ... SET c = 5`), a bare
+/// constant in a select list, a LIMIT or OFFSET count. Every other literal
+/// (an EXPLAIN or COPY option, a cast to a reg* type, a `UESCAPE` character,
+/// a function's argument) is part of the shape a cached analysis is
+/// reused for.
+pub(super) fn safe_literals(tree: &Value) -> Vec<u32> {
+    let mut out = Vec::new();
+    collect_safe(tree, &mut out);
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+fn collect_safe(value: &Value, out: &mut Vec<u32>) {
+    match value {
+        Value::Object(map) => {
+            if let Some((kind, body)) = node(value) {
+                safe_in(kind, body, out);
+            }
+            for child in map.values() {
+                collect_safe(child, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_safe(v, out)),
+        _ => {}
+    }
+}
+
+fn safe_in(kind: &str, body: &Value, out: &mut Vec<u32>) {
+    use pg_query::protobuf::AExprKind as K;
+    let mut constant = |v: &Value| {
+        if let Some(("AConst", c)) = node(v)
+            && !c.get("isnull").and_then(Value::as_bool).unwrap_or(false)
+            && let Some(at) = c.get("location").and_then(Value::as_u64)
+        {
+            out.push(at as u32);
+        }
+    };
+    match kind {
+        "AExpr" => {
+            let op = K::try_from(body.get("kind").and_then(Value::as_i64).unwrap_or(0) as i32)
+                .unwrap_or(K::Undefined);
+            let name = qualified(array(body, "name")).map(|n| n.name);
+            let compares = match op {
+                K::AexprOp => matches!(
+                    name.as_deref(),
+                    Some("=" | "<>" | "!=" | "<" | ">" | "<=" | ">=")
+                ),
+                K::AexprDistinct
+                | K::AexprNotDistinct
+                | K::AexprIn
+                | K::AexprLike
+                | K::AexprIlike
+                | K::AexprBetween
+                | K::AexprNotBetween
+                | K::AexprBetweenSym
+                | K::AexprNotBetweenSym => true,
+                _ => false,
+            };
+            if compares {
+                for side in ["lexpr", "rexpr"] {
+                    let side = &body[side];
+                    constant(side);
+                    if let Some(("List", list)) = node(side) {
+                        array(list, "items").iter().for_each(&mut constant);
+                    }
+                }
+            }
+        }
+        "SelectStmt" => {
+            for row in array(body, "values_lists") {
+                if let Some(("List", list)) = node(row) {
+                    array(list, "items").iter().for_each(&mut constant);
+                }
+            }
+            for field in ["limit_count", "limit_offset"] {
+                constant(&body[field]);
+            }
+            for target in array(body, "target_list") {
+                if let Some(("ResTarget", t)) = node(target) {
+                    constant(&t["val"]);
+                }
+            }
+        }
+        "UpdateStmt" => {
+            for target in array(body, "target_list") {
+                if let Some(("ResTarget", t)) = node(target) {
+                    constant(&t["val"]);
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// What the enclosing statement means for a table found inside it.
