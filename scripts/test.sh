@@ -4,28 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=()
-ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || packages+=(postgresql)
-command -v psql >/dev/null || packages+=(postgresql-client)
-command -v runuser >/dev/null || packages+=(util-linux)
-# The OS-keyring credential test needs a session bus and a Secret Service.
-command -v dbus-run-session >/dev/null || packages+=(dbus-daemon)
-command -v dbus-send >/dev/null || packages+=(dbus-bin)
-command -v gnome-keyring-daemon >/dev/null || packages+=(gnome-keyring)
-# The SIEM test streams the audit log to a real rsyslog over TLS.
-command -v rsyslogd >/dev/null || packages+=(rsyslog)
-dpkg-query -W -f='${Status}' rsyslog-openssl 2>/dev/null | grep -q "ok installed" || packages+=(rsyslog-openssl)
-# The desktop console (Tauri 2) builds against WebKitGTK.
-# pg_query compiles PostgreSQL's parser and generates bindings with libclang.
-for pkg in libclang-dev libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev pkg-config; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || packages+=("$pkg")
-done
-if [ "${#packages[@]}" -gt 0 ]; then
-  echo "==> installing ${packages[*]}"
-  if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${packages[@]}"
-fi
+# The OS-keyring credential test needs a session bus and a Secret Service;
+# the SIEM test streams the audit log to a real rsyslog over TLS; the
+# desktop console (Tauri 2) builds against WebKitGTK.
+EXTRA_PACKAGES="dbus-daemon dbus-bin gnome-keyring rsyslog rsyslog-openssl libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev"
+source scripts/prerequisites.sh
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
 
 echo "==> console front end"

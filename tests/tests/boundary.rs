@@ -96,6 +96,12 @@ const CASES: &[Case] = &[
     startup("-c temp_tablespaces=pg_default", ONE, Fatal),
     startup("-c default_transaction_read_only=off", ONE, Runs),
     startup("-d 5", ONE, Fatal),
+    startup(
+        "-c application_name=x\u{b}-c\u{b}search_path=public",
+        ONE,
+        Fatal,
+    ),
+    startup("-c application_name=x\u{c}-c\u{c}role=postgres", ONE, Fatal),
     startup("-c jit=off -c application_name=a\\ b", ONE, Runs),
     startup("-c search_path=hr", &["SELECT name FROM employees"], DENIED),
     startup(
@@ -281,7 +287,10 @@ const CASES: &[Case] = &[
     ),
     case(
         "search_path",
-        &["SET search_path = 'hr, public'", "SELECT name FROM employees"],
+        &[
+            "SET search_path = 'hr, public'",
+            "SELECT name FROM employees",
+        ],
         DENIED,
     ),
     case(
@@ -304,7 +313,11 @@ const CASES: &[Case] = &[
     ),
     case(
         "search_path",
-        &["SET search_path = hr", "RESET ALL", "SELECT count(*) FROM customers"],
+        &[
+            "SET search_path = hr",
+            "RESET ALL",
+            "SELECT count(*) FROM customers",
+        ],
         Runs,
     ),
     case(
@@ -320,17 +333,27 @@ const CASES: &[Case] = &[
     ),
     case(
         "search_path",
-        &["SET search_path = hr", "SET search_path TO DEFAULT", "SELECT name FROM employees"],
+        &[
+            "SET search_path = hr",
+            "SET search_path TO DEFAULT",
+            "SELECT name FROM employees",
+        ],
         DENIED,
     ),
     case(
         "search_path",
-        &["SET search_path = nosuchschema", "SELECT name FROM hr.employees"],
+        &[
+            "SET search_path = nosuchschema",
+            "SELECT name FROM hr.employees",
+        ],
         DENIED,
     ),
     case(
         "search_path",
-        &["SET search_path = hr", "PREPARE p AS SELECT name FROM employees"],
+        &[
+            "SET search_path = hr",
+            "PREPARE p AS SELECT name FROM employees",
+        ],
         DENIED,
     ),
     case(
@@ -345,13 +368,20 @@ const CASES: &[Case] = &[
     ),
     case(
         "search_path",
-        &["SET search_path = '$user', public", "SELECT count(*) FROM customers"],
+        &[
+            "SET search_path = '$user', public",
+            "SELECT count(*) FROM customers",
+        ],
         Runs,
     ),
     case("search_path", &["SET search_path = pg_temp, public"], Runs),
     // ---- routines: an allow-list of built-ins -----------------------------
     case("routines", &["SELECT pg_read_file('/etc/passwd')"], DENIED),
-    case("routines", &["SELECT pg_read_binary_file('/etc/passwd')"], DENIED),
+    case(
+        "routines",
+        &["SELECT pg_read_binary_file('/etc/passwd')"],
+        DENIED,
+    ),
     case(
         "routines",
         &["SELECT * FROM pg_catalog.pg_read_file('/etc/passwd')"],
@@ -396,7 +426,11 @@ const CASES: &[Case] = &[
     case("routines", &["SELECT pg_catalog.lower('X')"], Runs),
     case("routines", &["SELECT upper('x'), length('abc')"], Runs),
     case("routines", &["SELECT 'a' === 'b'"], DENIED),
-    case("routines", &["SELECT 1 WHERE 'a' OPERATOR(public.===) 'b'"], DENIED),
+    case(
+        "routines",
+        &["SELECT 1 WHERE 'a' OPERATOR(public.===) 'b'"],
+        DENIED,
+    ),
     case("routines", &["SELECT nextval('no_such_seq')"], DENIED),
     case("routines", &["SELECT setval('no_such_seq', 1)"], DENIED),
     case("routines", &["SELECT pg_terminate_backend(1)"], DENIED),
@@ -405,8 +439,16 @@ const CASES: &[Case] = &[
     case("routines", &["SELECT pg_advisory_lock(1)"], DENIED),
     case("routines", &["SELECT pg_notify('c', 'x')"], DENIED),
     case("routines", &["SELECT txid_current() > 0"], Runs),
-    case("routines", &["SELECT random() < 2, now() > '2000-01-01'"], Runs),
-    case("routines", &["SELECT count(*) FROM generate_series(1, 3)"], Runs),
+    case(
+        "routines",
+        &["SELECT random() < 2, now() > '2000-01-01'"],
+        Runs,
+    ),
+    case(
+        "routines",
+        &["SELECT count(*) FROM generate_series(1, 3)"],
+        Runs,
+    ),
     case("routines", &["SELECT pg_sleep(0)"], Runs),
     case("routines", &["SELECT current_setting('search_path')"], Runs),
     case(
@@ -419,13 +461,21 @@ const CASES: &[Case] = &[
         &["SELECT set_config('session_replication_role', 'replica', false)"],
         DENIED,
     ),
-    case("routines", &["VALUES (pg_read_file('/etc/passwd'))"], DENIED),
+    case(
+        "routines",
+        &["VALUES (pg_read_file('/etc/passwd'))"],
+        DENIED,
+    ),
     case(
         "routines",
         &["SELECT 1 WHERE pg_read_file('/etc/passwd') IS NOT NULL"],
         DENIED,
     ),
-    case("routines", &["SELECT (SELECT pg_ls_dir('.') LIMIT 1)"], DENIED),
+    case(
+        "routines",
+        &["SELECT (SELECT pg_ls_dir('.') LIMIT 1)"],
+        DENIED,
+    ),
     case(
         "routines",
         &["SELECT count(*) FROM customers ORDER BY pg_ls_dir('.')"],
@@ -459,7 +509,11 @@ const CASES: &[Case] = &[
         &["CREATE EVENT TRIGGER e ON ddl_command_start EXECUTE FUNCTION leak_trigger()"],
         DENIED,
     ),
-    case("code", &["ALTER FUNCTION leak(text) SECURITY DEFINER"], DENIED),
+    case(
+        "code",
+        &["ALTER FUNCTION leak(text) SECURITY DEFINER"],
+        DENIED,
+    ),
     case("code", &["PREPARE p AS DELETE FROM orders"], DENIED),
     case("code", &["EXPLAIN ANALYZE DELETE FROM orders"], DENIED),
     as_group(
@@ -495,12 +549,21 @@ const CASES: &[Case] = &[
     case("roles", &["ALTER ROLE tollgate_gateway SUPERUSER"], DENIED),
     case("roles", &["GRANT postgres TO tollgate_gateway"], DENIED),
     case("roles", &["SET session_replication_role = replica"], DENIED),
+    case(
+        "roles",
+        &["BEGIN; LOCK TABLE payments IN ACCESS EXCLUSIVE MODE; COMMIT"],
+        DENIED,
+    ),
+    case("roles", &["COMMIT PREPARED 'someone-elses'"], DENIED),
+    case("roles", &["ROLLBACK PREPARED 'someone-elses'"], DENIED),
     // ---- values that carry a protected column ------------------------------
     case("values", &["SELECT pan FROM payments WHERE id = 1"], Runs),
     case("values", &["SELECT * FROM payments"], Runs),
     case(
         "values",
-        &["SELECT x.pan FROM customers c, LATERAL (SELECT pan FROM payments WHERE customer_id = c.id) x"],
+        &[
+            "SELECT x.pan FROM customers c, LATERAL (SELECT pan FROM payments WHERE customer_id = c.id) x",
+        ],
         Runs,
     ),
     case(
@@ -513,14 +576,22 @@ const CASES: &[Case] = &[
         &["SELECT t.pan FROM (SELECT * FROM payments) t"],
         Runs,
     ),
-    case("values", &["SELECT t FROM (SELECT * FROM payments) t"], DENIED),
+    case(
+        "values",
+        &["SELECT t FROM (SELECT * FROM payments) t"],
+        DENIED,
+    ),
     case(
         "values",
         &["WITH c AS (SELECT pan FROM payments) SELECT c FROM c"],
         DENIED,
     ),
     case("values", &["SELECT p FROM payments p WHERE id = 1"], DENIED),
-    case("values", &["SELECT (p).pan FROM payments p WHERE id = 1"], DENIED),
+    case(
+        "values",
+        &["SELECT (p).pan FROM payments p WHERE id = 1"],
+        DENIED,
+    ),
     case(
         "values",
         &["SELECT row_to_json(p) FROM payments p WHERE id = 1"],
@@ -536,22 +607,40 @@ const CASES: &[Case] = &[
         &["SELECT ROW(pan, cvv) FROM payments WHERE id = 1"],
         DENIED,
     ),
-    case("values", &["SELECT ARRAY[pan] FROM payments WHERE id = 1"], DENIED),
+    case(
+        "values",
+        &["SELECT ARRAY[pan] FROM payments WHERE id = 1"],
+        DENIED,
+    ),
     case("values", &["SELECT array_agg(p) FROM payments p"], DENIED),
     case("values", &["SELECT json_agg(pan) FROM payments"], DENIED),
-    case("values", &["SELECT string_agg(pan, ',') FROM payments"], DENIED),
+    case(
+        "values",
+        &["SELECT string_agg(pan, ',') FROM payments"],
+        DENIED,
+    ),
     case(
         "values",
         &["SELECT json_build_object('p', pan) FROM payments WHERE id = 1"],
         DENIED,
     ),
-    case("values", &["SELECT (SELECT pan FROM payments LIMIT 1)"], DENIED),
     case(
         "values",
-        &["SELECT (SELECT pan FROM payments p WHERE p.customer_id = c.id LIMIT 1) FROM customers c"],
+        &["SELECT (SELECT pan FROM payments LIMIT 1)"],
         DENIED,
     ),
-    case("values", &["SELECT pan FROM payments UNION SELECT 'x'"], DENIED),
+    case(
+        "values",
+        &[
+            "SELECT (SELECT pan FROM payments p WHERE p.customer_id = c.id LIMIT 1) FROM customers c",
+        ],
+        DENIED,
+    ),
+    case(
+        "values",
+        &["SELECT pan FROM payments UNION SELECT 'x'"],
+        DENIED,
+    ),
     case(
         "values",
         &["SELECT pan FROM payments WHERE id = 1 UNION ALL SELECT pan FROM payments WHERE id = 2"],
@@ -562,8 +651,16 @@ const CASES: &[Case] = &[
         &["SELECT translate(pan, '0123456789', 'abcdefghij') FROM payments WHERE id = 1"],
         DENIED,
     ),
-    case("values", &["SELECT reverse(pan) FROM payments WHERE id = 1"], DENIED),
-    case("values", &["SELECT pan::bytea FROM payments WHERE id = 1"], DENIED),
+    case(
+        "values",
+        &["SELECT reverse(pan) FROM payments WHERE id = 1"],
+        DENIED,
+    ),
+    case(
+        "values",
+        &["SELECT pan::bytea FROM payments WHERE id = 1"],
+        DENIED,
+    ),
     case(
         "values",
         &["SELECT CAST(pan AS int8) FROM payments WHERE id = 1"],
@@ -574,11 +671,7 @@ const CASES: &[Case] = &[
         &["SELECT substr(pan, 1, 6) || substr(pan, 7) FROM payments WHERE id = 1"],
         DENIED,
     ),
-    case(
-        "values",
-        &["SELECT cvv FROM payments WHERE id = 1"],
-        Runs,
-    ),
+    case("values", &["SELECT cvv FROM payments WHERE id = 1"], Runs),
     // ---- catalog views that hold data -----------------------------------------
     case(
         "catalog",
@@ -606,7 +699,11 @@ const CASES: &[Case] = &[
         &["SELECT * FROM pg_stats_ext WHERE tablename = 'payments'"],
         DENIED,
     ),
-    case("catalog", &["SELECT statement FROM pg_prepared_statements"], DENIED),
+    case(
+        "catalog",
+        &["SELECT statement FROM pg_prepared_statements"],
+        DENIED,
+    ),
     case("catalog", &["SELECT count(*) FROM pg_class"], Runs),
 ];
 
@@ -692,12 +789,16 @@ fn check(case: &Case, how: &str, outcome: Result<String, (String, String)>) -> O
         Err((_, message)) => message.clone(),
     };
     if let Some(pan) = leaked_pan(&output) {
-        return Some(format!("{label}\n    LEAKED card number {pan} in: {output}"));
+        return Some(format!(
+            "{label}\n    LEAKED card number {pan} in: {output}"
+        ));
     }
     match (case.want, outcome) {
         (Runs, Ok(_)) => None,
         (Refused(want), Err((code, _))) if code == want => None,
-        (Approval, Err((code, message))) if code == "42501" && message.contains("needs approval") => {
+        (Approval, Err((code, message)))
+            if code == "42501" && message.contains("needs approval") =>
+        {
             None
         }
         (Fatal, Err((code, message)))
@@ -857,6 +958,29 @@ async fn the_adversarial_table_holds_through_every_protocol() {
     assert_eq!(before, after, "the upstream changed");
 }
 
+/// A statement pipelined right behind a search_path change is decided only
+/// once the server has answered the change, under the path in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_behind_a_path_change_is_read_under_the_new_path() {
+    let gw = TestGateway::start_with("[policy]\nstarter = true\n").await;
+    let client = gw
+        .tokio_postgres(&gw.token("mallory", &["analysts"]))
+        .await
+        .expect("connect");
+    let first = client.simple_query("SET search_path = information_schema");
+    let second = client.simple_query("SET search_path = public");
+    let third = client.simple_query(
+        "SELECT translate(pan, '0123456789', 'abcdefghij') FROM payments WHERE id = 1",
+    );
+    let (a, b, c) = tokio::join!(first, second, third);
+    a.expect("first SET");
+    b.expect("second SET");
+    let error = c.expect_err("computed on a PAN under public: refused");
+    let (code, message) = db_error(&error);
+    assert_eq!(code, "42501", "{message}");
+    assert!(message.contains("tollgate-masking"), "{message}");
+}
+
 /// A Parse that holds several statements is refused before anything is
 /// sent anywhere (the row estimate would otherwise run it on the gateway's
 /// own connection); the same text as a simple Query is decided as a whole.
@@ -875,7 +999,10 @@ async fn several_statements_in_one_parse_are_refused_before_they_go_anywhere() {
         assert_eq!(code, "42601", "{sql}: {message}");
         assert!(message.contains("multiple commands"), "{message}");
     }
-    assert!(client.simple_query("SELECT 1").await.is_ok(), "the session goes on");
+    assert!(
+        client.simple_query("SELECT 1").await.is_ok(),
+        "the session goes on"
+    );
     // A path change over the extended protocol is refused: it is followed
     // only as a simple query of its own.
     let error = client
@@ -915,7 +1042,9 @@ async fn a_setting_changed_behind_the_gateways_back_ends_the_session() {
     let _ = flipped;
     let error = attacked.expect_err("the pipelined statement must not run");
     assert!(
-        error.as_db_error().is_none_or(|db| db.code().code() == "0A000"),
+        error
+            .as_db_error()
+            .is_none_or(|db| db.code().code() == "0A000"),
         "{error:?}"
     );
     assert!(
@@ -963,12 +1092,15 @@ async fn a_bulk_export_by_any_route_needs_approval() {
     let gw = TestGateway::start_with("[policy]\nstarter = true\n").await;
     let token = gw.token("pager", &["analysts"]);
     let client = gw.tokio_postgres(&token).await.expect("connect");
-    let needs_approval = |result: Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>| {
-        let error = result.expect_err("needs approval");
-        let (code, message) = db_error(&error);
-        code == "42501" && message.contains("cardholder-bulk-export-needs-approval")
-    };
-    assert!(needs_approval(client.simple_query("SELECT * FROM big_cards").await));
+    let needs_approval =
+        |result: Result<Vec<tokio_postgres::SimpleQueryMessage>, tokio_postgres::Error>| {
+            let error = result.expect_err("needs approval");
+            let (code, message) = db_error(&error);
+            code == "42501" && message.contains("cardholder-bulk-export-needs-approval")
+        };
+    assert!(needs_approval(
+        client.simple_query("SELECT * FROM big_cards").await
+    ));
     client
         .simple_query("SELECT * FROM card_events")
         .await
@@ -976,7 +1108,10 @@ async fn a_bulk_export_by_any_route_needs_approval() {
     // Paging: each page's estimate is 300 rows, but the rows add up.
     let mut pages = 0;
     loop {
-        let page = format!("SELECT id, pan FROM big_cards ORDER BY id LIMIT 300 OFFSET {}", pages * 300);
+        let page = format!(
+            "SELECT id, pan FROM big_cards ORDER BY id LIMIT 300 OFFSET {}",
+            pages * 300
+        );
         match client.simple_query(&page).await {
             Ok(rows) => {
                 let text = format!("{rows:?}");
@@ -987,12 +1122,18 @@ async fn a_bulk_export_by_any_route_needs_approval() {
             Err(error) => {
                 let (code, message) = db_error(&error);
                 assert_eq!(code, "42501", "{message}");
-                assert!(message.contains("cardholder-bulk-export-needs-approval"), "{message}");
+                assert!(
+                    message.contains("cardholder-bulk-export-needs-approval"),
+                    "{message}"
+                );
                 break;
             }
         }
     }
-    assert_eq!(pages, 4, "1200 rows returned, then the next page needs approval");
+    assert_eq!(
+        pages, 4,
+        "1200 rows returned, then the next page needs approval"
+    );
     // A cursor could be fetched in pieces: declaring one over cardholder
     // data needs approval (its rows cannot be estimated).
     let token = gw.token("fetcher", &["analysts"]);
@@ -1003,7 +1144,10 @@ async fn a_bulk_export_by_any_route_needs_approval() {
         .expect_err("needs approval");
     assert!(db_error(&error).1.contains("needs approval"), "{error:?}");
     // Someone else is not affected.
-    let other = gw.tokio_postgres(&gw.token("other", &["analysts"])).await.unwrap();
+    let other = gw
+        .tokio_postgres(&gw.token("other", &["analysts"]))
+        .await
+        .unwrap();
     other
         .simple_query("SELECT pan FROM big_cards WHERE id = 1")
         .await

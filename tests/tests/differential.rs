@@ -94,7 +94,10 @@ fn steps(setup: &[&str], path: &str) -> Vec<String> {
     let quoted = path.replace('\'', "");
     setup
         .iter()
-        .map(|step| step.replace("{p}", path).replace("{q}", &quoted.replace('\'', "''")))
+        .map(|step| {
+            step.replace("{p}", path)
+                .replace("{q}", &quoted.replace('\'', "''"))
+        })
         .collect()
 }
 
@@ -126,8 +129,12 @@ fn statement(rng: &mut Lcg) -> String {
         4 => format!("SELECT (SELECT max(id) FROM {a}) AS m, y.v FROM {b} y"),
         5 => format!("SELECT id FROM {a} x WHERE EXISTS (SELECT 1 FROM {b} y WHERE y.id = x.id)"),
         6 => format!("SELECT id FROM {a} UNION SELECT id FROM {b} EXCEPT SELECT id FROM {c}"),
-        7 => format!("SELECT x.id, l.v FROM {a} x, LATERAL (SELECT v FROM {b} y WHERE y.id = x.id) l"),
-        8 => format!("SELECT x.v FROM {a} x LEFT JOIN ({b} y JOIN {c} z USING (id)) ON x.id = y.id"),
+        7 => format!(
+            "SELECT x.id, l.v FROM {a} x, LATERAL (SELECT v FROM {b} y WHERE y.id = x.id) l"
+        ),
+        8 => {
+            format!("SELECT x.v FROM {a} x LEFT JOIN ({b} y JOIN {c} z USING (id)) ON x.id = y.id")
+        }
         _ => format!("SELECT id FROM {a} WHERE id IN (SELECT id FROM {b}) AND v = 'x'"),
     }
 }
@@ -178,11 +185,8 @@ async fn the_gateway_resolves_every_relation_the_server_reads() {
         "@id(\"everything\")\n@reason(\"differential test\")\npermit (principal, action, resource);\n",
     )
     .unwrap();
-    let gw = TestGateway::start_with(&format!(
-        "[policy]\nfiles = [\"{}\"]\n",
-        policy.display()
-    ))
-    .await;
+    let gw =
+        TestGateway::start_with(&format!("[policy]\nfiles = [\"{}\"]\n", policy.display())).await;
 
     // The server's side: the same statements as the gateway's own role.
     let mut direct_config: tokio_postgres::Config = format!(
@@ -194,7 +198,8 @@ async fn the_gateway_resolves_every_relation_the_server_reads() {
     direct_config
         .password(db.gateway_password.as_str())
         .ssl_mode(tokio_postgres::config::SslMode::Require);
-    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tollgate_e2e::tls_trusting(&db.pg.ca_file));
+    let tls =
+        tokio_postgres_rustls::MakeRustlsConnect::new(tollgate_e2e::tls_trusting(&db.pg.ca_file));
     let (direct, connection) = direct_config.connect(tls).await.expect("direct");
     tokio::spawn(async move {
         let _ = connection.await;
@@ -280,7 +285,10 @@ async fn the_gateway_resolves_every_relation_the_server_reads() {
         let plan: serde_json::Value = serde_json::from_str(&explain).expect("plan json");
         let mut server = BTreeSet::new();
         plan_relations(&plan, &mut server);
-        let prepared = direct.prepare(&sql).await.expect("prepares like it explains");
+        let prepared = direct
+            .prepare(&sql)
+            .await
+            .expect("prepares like it explains");
         let described: BTreeSet<String> = prepared
             .columns()
             .iter()
@@ -327,6 +335,14 @@ async fn the_gateway_resolves_every_relation_the_server_reads() {
          {refused_setups} path changes refused by the gateway, {} missed",
         missed.len()
     );
-    assert!(compared >= CORPUS / 2, "too few comparable statements: {compared}");
-    assert!(missed.is_empty(), "{} relations missed:\n{}", missed.len(), missed.join("\n"));
+    assert!(
+        compared >= CORPUS / 2,
+        "too few comparable statements: {compared}"
+    );
+    assert!(
+        missed.is_empty(),
+        "{} relations missed:\n{}",
+        missed.len(),
+        missed.join("\n")
+    );
 }

@@ -562,8 +562,11 @@ async fn discovery_tags_unlabelled_card_data_for_policy_and_masking() {
     // approval, and a read of it (small, not a bulk export) comes back masked.
     gw.psql(&agent, &["-c", "COPY legacy_import TO STDOUT"])
         .fails_with("cardholder-bulk-export-needs-approval");
-    gw.psql(&agent, &["-c", "COPY (SELECT memo FROM card_events) TO STDOUT"])
-        .fails_with("cardholder-bulk-export-needs-approval");
+    gw.psql(
+        &agent,
+        &["-c", "COPY (SELECT memo FROM card_events) TO STDOUT"],
+    )
+    .fails_with("cardholder-bulk-export-needs-approval");
     let all = gw
         .psql(&agent, &["-c", "SELECT * FROM legacy_import ORDER BY id"])
         .ok()

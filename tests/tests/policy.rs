@@ -325,11 +325,7 @@ const CASES: &[(&str, &str, Want)] = &[
         Runs,
     ),
     ("analysts", "SELECT * FROM ONLY payments", Runs),
-    (
-        "analysts",
-        "SELECT * FROM (SELECT * FROM payments) p",
-        Runs,
-    ),
+    ("analysts", "SELECT * FROM (SELECT * FROM payments) p", Runs),
     (
         "analysts",
         "WITH p AS (SELECT * FROM payments) SELECT * FROM p LIMIT 1",
@@ -423,7 +419,9 @@ fn check(want: Want, outcome: Result<(), String>, how: &str, sql: &str) -> Optio
             None
         }
         (Unsupported, Err(e))
-            if e.contains("0A000") || e.contains("not supported") || e.contains("must be sent alone") =>
+            if e.contains("0A000")
+                || e.contains("not supported")
+                || e.contains("must be sent alone") =>
         {
             None
         }

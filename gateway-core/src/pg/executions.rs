@@ -12,8 +12,10 @@
 //! An Execute that continues a suspended portal (a row limit) is the same
 //! execution. A statement the relay did not see parsed (a SQL-level
 //! `PREPARE`, bound over the protocol) is decided as `EXECUTE name` every
-//! time; a name parsed twice (the server keeps the first unless it was
-//! deallocated in between, which the relay cannot always see) is refused.
+//! time. A Parse counts from when it is sent (its Bind and Execute may
+//! follow before any answer) until the server's answer: without a
+//! ParseComplete by the batch's ReadyForQuery it failed (a name prepared
+//! already keeps its first statement), and the record of it is undone.
 
 use std::collections::HashMap;
 
@@ -28,13 +30,21 @@ pub struct Executions {
     /// The statement parsed last, while nothing else has happened since:
     /// its Parse's decision covers its first execution.
     covered: Option<String>,
+    /// Parses sent, oldest first, that no ParseComplete has answered yet.
+    unconfirmed: std::collections::VecDeque<Unconfirmed>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Parsed {
-    /// `None`: parsed twice under one name; which text the server holds is unknown.
-    sql: Option<String>,
+    sql: String,
     executions: u64,
+}
+
+/// A Parse sent and not answered yet, with what it replaced.
+#[derive(Debug)]
+struct Unconfirmed {
+    name: String,
+    replaced: Option<Parsed>,
 }
 
 /// What an Execute needs before it goes upstream.
@@ -51,24 +61,42 @@ pub enum Next {
         /// Which execution this is (0 when the relay did not see the Parse).
         execution: u64,
     },
-    /// Refused: the gateway cannot tell which statement would run.
-    Ambiguous(String),
 }
 
 impl Executions {
     /// A Parse of `sql` under `name` went upstream.
     pub fn parsed(&mut self, name: &str, sql: &str) {
-        let sql = match self.statements.get(name) {
-            // The server refuses a named duplicate and keeps the first
-            // statement, unless SQL's DEALLOCATE dropped it unseen.
-            Some(_) if !name.is_empty() => None,
-            _ => Some(sql.to_string()),
-        };
-        self.statements.insert(
+        let replaced = self.statements.insert(
             name.to_string(),
-            Parsed { sql, executions: 0 },
+            Parsed {
+                sql: sql.to_string(),
+                executions: 0,
+            },
         );
+        self.unconfirmed.push_back(Unconfirmed {
+            name: name.to_string(),
+            replaced,
+        });
         self.covered = Some(name.to_string());
+    }
+
+    /// The server answered the oldest unanswered Parse with ParseComplete.
+    pub fn parse_complete(&mut self) {
+        self.unconfirmed.pop_front();
+    }
+
+    /// ReadyForQuery: Parses still unanswered failed (or were skipped after
+    /// an error); the statements they replaced are back.
+    pub fn ready(&mut self) {
+        while let Some(failed) = self.unconfirmed.pop_back() {
+            match failed.replaced {
+                Some(previous) => self.statements.insert(failed.name.clone(), previous),
+                None => self.statements.remove(&failed.name),
+            };
+            if self.covered.as_ref() == Some(&failed.name) {
+                self.covered = None;
+            }
+        }
     }
 
     /// A simple Query went upstream: no Parse's decision covers what follows.
@@ -108,7 +136,8 @@ impl Executions {
     /// What the Execute with this body needs (nothing changes yet).
     pub fn next(&self, body: &[u8]) -> Next {
         let portal = Body::new(body).cstr().unwrap_or_default();
-        let Some((statement, executed)) = self.portals.get(String::from_utf8_lossy(portal).as_ref())
+        let Some((statement, executed)) =
+            self.portals.get(String::from_utf8_lossy(portal).as_ref())
         else {
             // No such portal: the server answers with an error.
             return Next::Free;
@@ -117,15 +146,10 @@ impl Executions {
             return Next::Free;
         }
         match self.statements.get(statement) {
-            Some(Parsed { sql: None, .. }) => Next::Ambiguous(statement.clone()),
             Some(Parsed { executions: 0, .. }) if self.covered.as_ref() == Some(statement) => {
                 Next::Free
             }
-            Some(Parsed {
-                sql: Some(sql),
-                executions,
-                ..
-            }) => Next::Ask {
+            Some(Parsed { sql, executions }) => Next::Ask {
                 statement: statement.clone(),
                 sql: sql.clone(),
                 execution: executions + 1,
@@ -202,7 +226,10 @@ mod tests {
         e.parsed("s", "SELECT 1");
         e.queried();
         e.bound(&bind("", "s"));
-        assert!(matches!(e.next(&execute("")), Next::Ask { execution: 1, .. }));
+        assert!(matches!(
+            e.next(&execute("")),
+            Next::Ask { execution: 1, .. }
+        ));
         e.parsed("a", "SELECT 1");
         e.parsed("b", "SELECT 2");
         e.bound(&bind("", "a"));
@@ -212,20 +239,39 @@ mod tests {
     }
 
     #[test]
-    fn unseen_and_twice_parsed_statements_are_not_trusted() {
+    fn a_parse_the_server_refused_is_undone() {
         let mut e = Executions::default();
         e.bound(&bind("", "sqlprepared"));
-        assert!(matches!(e.next(&execute("")), Next::Ask { execution: 0, ref sql, .. } if sql == "EXECUTE \"sqlprepared\""));
+        assert!(
+            matches!(e.next(&execute("")), Next::Ask { execution: 0, ref sql, .. } if sql == "EXECUTE \"sqlprepared\"")
+        );
+        // `s` is taken (by SQL PREPARE, unseen here): the server refuses
+        // the Parse, and an Execute of `s` is of the first statement.
         e.parsed("s", "SELECT 1");
-        e.parsed("s", "SELECT pan FROM payments");
+        e.ready();
         e.bound(&bind("", "s"));
-        assert_eq!(e.next(&execute("")), Next::Ambiguous("s".into()));
-        e.closed(b"Ss\0");
-        e.parsed("s", "SELECT 3");
-        e.bound(&bind("", "s"));
+        assert!(matches!(
+            e.next(&execute("")),
+            Next::Ask { execution: 0, .. }
+        ));
+        // A Parse the server answered stays.
+        e.parsed("t", "SELECT 2");
+        e.parse_complete();
+        e.ready();
+        e.bound(&bind("", "t"));
         assert_eq!(e.next(&execute("")), Next::Free);
-        e.queried();
-        e.bound(&bind("", "s"));
-        assert!(matches!(e.next(&execute("")), Next::Ask { .. }));
+        // Parsed again under a name the server already holds: refused, and
+        // the first text is what counts.
+        e.executed(&execute(""));
+        e.parsed("t", "SELECT pan FROM payments");
+        e.ready();
+        e.bound(&bind("", "t"));
+        assert!(matches!(e.next(&execute("")), Next::Ask { ref sql, .. } if sql == "SELECT 2"));
+        e.closed(b"St\0");
+        e.bound(&bind("", "t"));
+        assert!(matches!(
+            e.next(&execute("")),
+            Next::Ask { execution: 0, .. }
+        ));
     }
 }

@@ -68,9 +68,12 @@ pub struct Guard {
     pending_path: Option<PathChange>,
     status: u8,
     path_generation: u64,
+    prepared_generation: u64,
     /// SQL-level prepared statements: name -> their accesses (resolved
     /// with the path in force at each EXECUTE, as PostgreSQL plans them).
     prepared: HashMap<String, Vec<Access>>,
+    /// PREPAREs forwarded whose CommandComplete has not come yet, in order.
+    pending_prepares: std::collections::VecDeque<(String, Vec<Access>)>,
     /// Row estimates fetched for statements waiting on them.
     estimates: Arc<Mutex<HashMap<String, Result<i64, String>>>>,
     /// A catalog refresh was waited for and still gave nothing fresh.
@@ -103,7 +106,6 @@ struct Held {
     ticket: Ticket,
 }
 
-
 /// What the policy made of a message.
 #[derive(Debug, Clone)]
 enum Judged {
@@ -125,11 +127,23 @@ struct Needs {
     row_estimate: Option<i64>,
 }
 
+/// What a decision found out besides its outcome.
+#[derive(Default)]
+struct Notes {
+    /// The decision may be reused for a statement of the same analysis.
+    cacheable: bool,
+    ruling: Ruling,
+    /// OIDs of the tables the statement was resolved to.
+    oids: Vec<u32>,
+}
+
 struct Cached {
     analysis: Arc<Analysis>,
     engine: Arc<PolicyEngine>,
     snapshot: Arc<Snapshot>,
     path_generation: u64,
+    /// SQL-level PREPARE/DEALLOCATE change what `EXECUTE name` means.
+    prepared_generation: u64,
     judged: Judged,
     ruling: Ruling,
     /// OIDs of the tables the statement was resolved to.
@@ -165,7 +179,9 @@ impl Guard {
             pending_path: None,
             status: b'I',
             path_generation: 0,
+            prepared_generation: 0,
             prepared: HashMap::new(),
+            pending_prepares: Default::default(),
             estimates: Arc::new(Mutex::new(HashMap::new())),
             refreshed: false,
             ddl_forwarded: false,
@@ -196,7 +212,11 @@ impl Guard {
     /// RESET ALL, DISCARD ALL) is followed exactly only when it runs alone,
     /// outside a transaction, with nothing else in flight: then it either
     /// takes effect at its CommandComplete or fails and changes nothing.
-    fn path_change_allowed(&self, statement: &Statement<'_>, analysis: &Analysis) -> Option<Verdict> {
+    fn path_change_allowed(
+        &self,
+        statement: &Statement<'_>,
+        analysis: &Analysis,
+    ) -> Option<Verdict> {
         let changes = analysis.statements.iter().any(|info| {
             info.effects
                 .iter()
@@ -221,11 +241,28 @@ impl Guard {
             InFlight::Nothing if self.status == b'I' => None,
             InFlight::Nothing => refusal("run outside a transaction block"),
             InFlight::Answers => Some(Verdict::AfterAnswers),
-            InFlight::Unsynced => refusal("not follow extended-protocol messages before their Sync"),
+            InFlight::Unsynced => {
+                refusal("not follow extended-protocol messages before their Sync")
+            }
         }
     }
 
     fn verdict(&mut self, statement: &Statement<'_>) -> Verdict {
+        if self.pending_path.is_some() {
+            // A path change is on its way: the names of what follows are
+            // resolved once the server has answered it.
+            match statement.in_flight {
+                InFlight::Nothing => {}
+                InFlight::Answers => return Verdict::AfterAnswers,
+                InFlight::Unsynced => {
+                    return Verdict::Decided(refuse(
+                        "0A000",
+                        "a statement cannot follow a search_path change before its answer through the gateway"
+                            .into(),
+                    ));
+                }
+            }
+        }
         let (snapshot, after_wait) = match self.catalog.current(&mut self.refreshed) {
             Current::Ready(snapshot, after_wait) => (snapshot, after_wait),
             Current::Wait(wait) => return Verdict::Wait(wait),
@@ -297,27 +334,26 @@ impl Guard {
             && Arc::ptr_eq(&cached.engine, &engine)
             && Arc::ptr_eq(&cached.snapshot, &snapshot)
             && cached.path_generation == self.path_generation
+            && cached.prepared_generation == self.prepared_generation
         {
             let judged = cached.judged.clone();
             let oids = cached.oids.clone();
             self.ruling = Some(cached.ruling.clone());
             return self.conclude(statement, judged, &analysis, &snapshot, &oids);
         }
-        let mut cacheable = !engine.uses_time();
-        let mut ruling = Ruling::default();
-        let mut oids = Vec::new();
-        let judged = match self.decide(
-            statement,
-            &analysis,
-            &engine,
-            &snapshot,
-            &mut cacheable,
-            &mut ruling,
-            &mut oids,
-        ) {
+        let mut notes = Notes {
+            cacheable: !engine.uses_time(),
+            ..Notes::default()
+        };
+        let judged = match self.decide(statement, &analysis, &engine, &snapshot, &mut notes) {
             Ok(judged) => judged,
             Err(wait) => return Verdict::Wait(wait),
         };
+        let Notes {
+            cacheable,
+            ruling,
+            oids,
+        } = notes;
         // Every estimate the decision needed was had: the next one asks afresh.
         self.estimates
             .lock()
@@ -335,6 +371,7 @@ impl Guard {
                     engine,
                     snapshot: snapshot.clone(),
                     path_generation: self.path_generation,
+                    prepared_generation: self.prepared_generation,
                     judged: judged.clone(),
                     ruling,
                     oids: oids.clone(),
@@ -366,7 +403,8 @@ impl Guard {
             },
         };
         if decision == Decision::Forward {
-            self.forwarded(analysis, snapshot);
+            let simple = matches!(statement.via, StatementVia::SimpleQuery);
+            self.forwarded(analysis, snapshot, simple);
             // Results of statements answered before this one are complete.
             if statement.in_flight == InFlight::Nothing {
                 self.in_flight_oids.clear();
@@ -565,10 +603,18 @@ impl Guard {
         analysis: &Analysis,
         engine: &PolicyEngine,
         snapshot: &Snapshot,
-        cacheable: &mut bool,
-        ruling: &mut Ruling,
-        oids: &mut Vec<u32>,
+        notes: &mut Notes,
     ) -> Result<Judged, Wait> {
+        let Notes {
+            cacheable,
+            ruling,
+            oids,
+        } = notes;
+        // A row estimate runs the statement's planner on the gateway's own
+        // connection: fetched only once every other access is decided and
+        // none of them refuses the statement anyway.
+        let mut fetch: Option<(String, String, u32)> = None;
+        let mut worst_fixed: Option<(Outcome, String)> = None;
         let paths = self.paths.clone();
         let mut any_schema = self.any_schema;
         let mut worst: Option<(Outcome, String)> = None;
@@ -644,7 +690,13 @@ impl Guard {
                 };
                 let resource = item.resource();
                 if engine.uses_rows_returned()
-                    && matches!(item.object, Object::Table { cardholder: true, .. })
+                    && matches!(
+                        item.object,
+                        Object::Table {
+                            cardholder: true,
+                            ..
+                        }
+                    )
                 {
                     // Decided on how much was returned lately: not reused.
                     *cacheable = false;
@@ -663,6 +715,7 @@ impl Guard {
                         approvals: 1,
                     });
                 }
+                let mut pending = false;
                 let reads =
                     matches!(item.action, Action::Read | Action::CopyOut) && item.column.is_none();
                 if outcome == Outcome::Allow && reads && engine.uses_row_estimate() {
@@ -701,12 +754,9 @@ impl Guard {
                                     at_most
                                 }
                                 None => {
-                                    return Err(self.fetch_estimate(
-                                        key,
-                                        text,
-                                        &paths,
-                                        info.params,
-                                    ));
+                                    fetch.get_or_insert((key, text, info.params));
+                                    pending = true;
+                                    at_most
                                 }
                             }
                         } else {
@@ -741,10 +791,17 @@ impl Guard {
                             Some(Err(_)) => preview_estimated = true,
                             None => {
                                 *cacheable = false;
-                                return Err(self.fetch_estimate(key, text, &paths, 0));
+                                fetch.get_or_insert((key, text, 0));
                             }
                         }
                     }
+                }
+                if !pending
+                    && worst_fixed
+                        .as_ref()
+                        .is_none_or(|(w, _)| outcome.severity() > w.severity())
+                {
+                    worst_fixed = Some((outcome.clone(), item.describe()));
                 }
                 if worst
                     .as_ref()
@@ -763,6 +820,13 @@ impl Guard {
                     Effect::Opaque => any_schema = true,
                     _ => {}
                 }
+            }
+        }
+        if let Some((key, text, params)) = fetch {
+            match worst_fixed {
+                // Refused whatever the estimate: nothing is planned anywhere.
+                Some((Outcome::Deny(_), _)) => worst = worst_fixed,
+                _ => return Err(self.fetch_estimate(key, text, &paths, params)),
             }
         }
         ruling.policy = match &worst {
@@ -838,17 +902,30 @@ impl Guard {
     }
 
     /// The statement goes upstream: follow what it changes in the session.
-    fn forwarded(&mut self, analysis: &Analysis, snapshot: &Snapshot) {
+    fn forwarded(&mut self, analysis: &Analysis, snapshot: &Snapshot, simple: bool) {
         for info in &analysis.statements {
             for effect in &info.effects {
                 match effect {
+                    Effect::Prepare(name) if simple => {
+                        // In force once the server says PREPARE (a name taken
+                        // already keeps the statement prepared first).
+                        self.pending_prepares
+                            .push_back((name.clone(), info.accesses.clone()));
+                    }
                     Effect::Prepare(name) => {
+                        // Through Parse it runs at an Execute of its own, some
+                        // time later: in force from now.
                         self.prepared.insert(name.clone(), info.accesses.clone());
+                        self.prepared_generation += 1;
                     }
                     Effect::Deallocate(Some(name)) => {
                         self.prepared.remove(name);
+                        self.prepared_generation += 1;
                     }
-                    Effect::Deallocate(None) => self.prepared.clear(),
+                    Effect::Deallocate(None) => {
+                        self.prepared.clear();
+                        self.prepared_generation += 1;
+                    }
                     Effect::DiscardAll => self.pending_path = Some(PathChange::Reset),
                     Effect::SearchPath(change) => self.pending_path = Some(change.clone()),
                     Effect::Reason(reason) => self.reason = reason.clone(),
@@ -880,6 +957,7 @@ impl Guard {
         };
         if tag == "DISCARD ALL" {
             self.prepared.clear();
+            self.prepared_generation += 1;
         }
         let Some(snapshot) = self.catalog.last() else {
             // No catalog to expand `$user` with: resolve in every schema.
@@ -1144,18 +1222,53 @@ fn resolve(
                         out.push(base(object.clone()));
                         continue;
                     };
+                    // `t.f` where the table has no column f is PostgreSQL's
+                    // function-call notation, f(t): the whole row goes into f.
+                    let notation: Vec<&String> = access
+                        .columns
+                        .iter()
+                        .filter_map(|c| match c {
+                            ColumnRef::Named(c) if info.column(c).is_none() => Some(c),
+                            _ => None,
+                        })
+                        .collect();
                     let mut derived: Vec<String> = info
                         .protected
                         .iter()
                         .filter(|p| {
-                            access.derived.iter().any(|d| match d {
-                                ColumnRef::All => true,
-                                ColumnRef::Named(c) | ColumnRef::Maybe(c) => c == *p,
-                            })
+                            !notation.is_empty()
+                                || access.derived.iter().any(|d| match d {
+                                    ColumnRef::All => true,
+                                    ColumnRef::Named(c) | ColumnRef::Maybe(c) => c == *p,
+                                })
                         })
                         .cloned()
                         .collect();
                     derived.dedup();
+                    for function in notation {
+                        let call = Access {
+                            action: Action::Call,
+                            target: Target::Function(super::sql::ObjectName {
+                                schema: None,
+                                name: function.clone(),
+                            }),
+                            command: access.command,
+                            columns: Vec::new(),
+                            has_where: access.has_where,
+                            has_limit: access.has_limit,
+                            only: false,
+                            derived: Vec::new(),
+                        };
+                        if !is_builtin(&call, snapshot) {
+                            out.push(Resolved {
+                                action: Action::Call,
+                                ..base(Object::Function {
+                                    schema: String::new(),
+                                    name: function.clone(),
+                                })
+                            });
+                        }
+                    }
                     out.push(Resolved {
                         derived,
                         ..base(object.clone())
@@ -1245,8 +1358,9 @@ impl SessionHooks for Guard {
             self.ddl_forwarded = false;
             self.catalog.invalidate();
         }
-        // A path change that did not complete failed: nothing changed.
+        // A path change or PREPARE that did not complete failed: nothing changed.
         self.pending_path = None;
+        self.pending_prepares.clear();
         self.status = status;
         self.inner.ready(status);
     }
@@ -1323,6 +1437,12 @@ impl SessionHooks for Guard {
     fn complete(&mut self, tag: &str) {
         if matches!(tag, "SET" | "RESET" | "DISCARD ALL") {
             self.path_changed(tag);
+        }
+        if tag == "PREPARE"
+            && let Some((name, accesses)) = self.pending_prepares.pop_front()
+        {
+            self.prepared.insert(name, accesses);
+            self.prepared_generation += 1;
         }
         self.inner.complete(tag);
     }

@@ -90,6 +90,22 @@ fn allowed(name: &str, value: &str, place: &str) -> Result<(), PgError> {
 /// (a backslash keeps the next character), each `-c name=value`,
 /// `-cname=value` or `--name=value`. Dashes in names are underscores.
 fn split_options(options: &str) -> Result<Vec<(String, String)>, PgError> {
+    // PostgreSQL splits on isspace(), which also takes vertical tab, form
+    // feed and carriage return, and its reading of other bytes depends on
+    // the server's locale: only printable ASCII, spaces and tabs are read.
+    if let Some(bad) = options
+        .chars()
+        .find(|c| !(c.is_ascii_graphic() || *c == ' ' || *c == '\t'))
+    {
+        return Err(PgError::fatal(
+            "0A000",
+            format!(
+                "the options parameter holds the character U+{:04X}, which is not allowed through the gateway: \
+                 use printable ASCII, separated by spaces",
+                bad as u32
+            ),
+        ));
+    }
     let mut words = Vec::new();
     let mut word = String::new();
     let mut in_word = false;
@@ -102,7 +118,7 @@ fn split_options(options: &str) -> Result<Vec<(String, String)>, PgError> {
                     word.push(next);
                 }
             }
-            c if c.is_ascii_whitespace() => {
+            ' ' | '\t' => {
                 if in_word {
                     words.push(std::mem::take(&mut word));
                     in_word = false;
@@ -132,7 +148,10 @@ fn split_options(options: &str) -> Result<Vec<(String, String)>, PgError> {
         let Some((name, value)) = setting.split_once('=') else {
             return Err(bad_option(&setting));
         };
-        out.push((name.replace('-', "_").to_ascii_lowercase(), value.to_string()));
+        out.push((
+            name.replace('-', "_").to_ascii_lowercase(),
+            value.to_string(),
+        ));
     }
     Ok(out)
 }
@@ -183,10 +202,22 @@ mod tests {
     #[test]
     fn anything_else_is_refused_by_name() {
         for (name, value, needle) in [
-            ("options", "-c standard_conforming_strings=off", "standard_conforming_strings"),
+            (
+                "options",
+                "-c standard_conforming_strings=off",
+                "standard_conforming_strings",
+            ),
             ("options", "-c role=postgres", "\"role\""),
-            ("options", "-c\\ session_authorization=postgres", "session_authorization"),
-            ("options", "--session-replication-role=replica", "session_replication_role"),
+            (
+                "options",
+                "-c\\ session_authorization=postgres",
+                "session_authorization",
+            ),
+            (
+                "options",
+                "--session-replication-role=replica",
+                "session_replication_role",
+            ),
             ("options", "-d 5", "-d"),
             ("options", "-c", "-c"),
             ("client_encoding", "SJIS", "client_encoding"),
@@ -201,6 +232,19 @@ mod tests {
             let error = result.expect_err(value);
             assert_eq!(error.code, "0A000");
             assert!(error.message.contains(needle), "{}", error.message);
+        }
+    }
+
+    #[test]
+    fn options_with_other_whitespace_or_bytes_are_refused() {
+        for options in [
+            "-c application_name=x\u{b}-c\u{b}search_path=public",
+            "-c application_name=x\u{c}-c role=postgres",
+            "-c application_name=x\r-c role=postgres",
+            "-c application_name=\u{e9}",
+        ] {
+            let error = check(&params(&[("options", options)])).expect_err(options);
+            assert_eq!(error.code, "0A000");
         }
     }
 

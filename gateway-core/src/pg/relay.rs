@@ -25,8 +25,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use super::error::PgError;
-use super::frame::{Body, FrameError, next_frame};
 use super::executions::{Executions, Next};
+use super::frame::{Body, FrameError, next_frame};
 use super::settings::{ServerSettings, Unfollowable};
 use super::shapes::{CopySource, Described, Shapes};
 use crate::hooks::{
@@ -58,6 +58,8 @@ enum Ready {
     Inject(PgError),
     /// Swallow the upstream's error for this query and deliver this one.
     Replace(PgError),
+    /// The answer to a Sync the gateway sent itself: not relayed.
+    Swallow,
 }
 
 /// What handling the client's frames came to.
@@ -308,6 +310,17 @@ impl State<'_> {
                             return Ok(Step::Wait(until));
                         }
                         Verdict::Decided(Decision::Forward) => {
+                            if self.unsynced {
+                                // After an error the server skips everything up to
+                                // a Sync, this Query too, and nothing would answer
+                                // it: a Sync of the gateway's own goes first (its
+                                // ReadyForQuery is not the client's).
+                                self.to_upstream.extend_from_slice(SYNC);
+                                self.expect_ready(Ready::Swallow, true);
+                                if self.inspect {
+                                    self.shapes.sync();
+                                }
+                            }
                             self.to_upstream.extend_from_slice(frame);
                             self.expect_ready(Ready::Pass, false);
                             self.queries_forwarded += 1;
@@ -515,12 +528,15 @@ impl State<'_> {
                     self.to_client.extend_from_slice(frame);
                 }
                 b'Z' => {
+                    self.executions.ready();
                     self.ready_is_sync.pop_front();
+                    let mut relay = true;
                     match self.awaiting_ready.pop_front() {
                         Some(Ready::Inject(error) | Ready::Replace(error)) => {
                             let error = error.to_frame();
                             self.put_fields(ValueSource::ErrorField, error.raw());
                         }
+                        Some(Ready::Swallow) => relay = false,
                         Some(Ready::Pass) | None => {}
                     }
                     self.replaced = false;
@@ -530,13 +546,20 @@ impl State<'_> {
                     if let Some(&status) = frame.get(5) {
                         self.hooks.ready(status);
                     }
-                    self.to_client.extend_from_slice(frame);
+                    if relay {
+                        self.to_client.extend_from_slice(frame);
+                    }
                 }
                 b'E' if matches!(self.awaiting_ready.front(), Some(Ready::Replace(_)))
                     && !self.replaced =>
                 {
                     // The stand-in query's own failure: the refusal replaces it.
                     self.replaced = true;
+                }
+                b'1' => {
+                    // ParseComplete: that Parse is the server's now.
+                    self.executions.parse_complete();
+                    self.to_client.extend_from_slice(frame);
                 }
                 b'C' if !self.inspect => {
                     // CommandComplete: a path change is in force from here.
@@ -679,17 +702,6 @@ impl State<'_> {
     fn gate_execute(&mut self, body: &[u8]) -> Gate {
         let (statement, sql, execution) = match self.executions.next(body) {
             Next::Free => return Gate::Go,
-            Next::Ambiguous(name) => {
-                let message = format!(
-                    "prepared statement \"{name}\" was parsed twice under one name, so the gateway cannot \
-                     tell which statement would run: Close it and prepare it again"
-                );
-                self.hooks.event(&SessionEvent::Refused {
-                    sql: "Execute",
-                    message: &message,
-                });
-                return Gate::Refused(PgError::error("26000", message));
-            }
             Next::Ask {
                 statement,
                 sql,

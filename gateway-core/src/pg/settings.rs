@@ -44,14 +44,12 @@ impl ServerSettings {
     pub fn report(&mut self, name: &[u8], value: &[u8]) -> Result<(), Unfollowable> {
         let value = String::from_utf8_lossy(value);
         match name {
-            b"standard_conforming_strings" => {
-                if !super::sql::setting_on(&value) {
-                    return Err(Unfollowable(format!(
-                        "the server reports standard_conforming_strings = {value}; the gateway reads SQL \
-                         only with standard_conforming_strings on, so it ends the session rather than \
-                         read statements differently from the server"
-                    )));
-                }
+            b"standard_conforming_strings" if !super::sql::setting_on(&value) => {
+                return Err(Unfollowable(format!(
+                    "the server reports standard_conforming_strings = {value}; the gateway reads SQL \
+                     only with standard_conforming_strings on, so it ends the session rather than \
+                     read statements differently from the server"
+                )));
             }
             b"client_encoding" => match super::sql::readable_encoding(&value) {
                 Some(encoding) => self.encoding = encoding,
@@ -77,7 +75,8 @@ impl ServerSettings {
                 let now = super::sql::setting_on(&value);
                 if now && self.superuser == Some(false) {
                     return Err(Unfollowable(
-                        "the upstream session became a superuser; the gateway ends the session".into(),
+                        "the upstream session became a superuser; the gateway ends the session"
+                            .into(),
                     ));
                 }
                 self.superuser = Some(now);

@@ -74,7 +74,9 @@ impl SideConn {
     /// read-only transaction and run with the gateway's credentials).
     pub async fn query_one(&mut self, sql: &str) -> Result<Rows, SideError> {
         if sql.contains('\0') {
-            return Err(SideError::Protocol("statement text holds a NUL byte".into()));
+            return Err(SideError::Protocol(
+                "statement text holds a NUL byte".into(),
+            ));
         }
         let mut message = BytesMut::new();
         let mut put = |tag: u8, body: &[&[u8]]| {

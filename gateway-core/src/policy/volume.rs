@@ -44,7 +44,11 @@ impl ReadVolume {
             });
         }
         let buckets = counts
-            .entry((issuer.to_string(), subject.to_string(), connection.to_string()))
+            .entry((
+                issuer.to_string(),
+                subject.to_string(),
+                connection.to_string(),
+            ))
             .or_default();
         match buckets.back_mut() {
             Some((start, count)) if now.duration_since(*start) < BUCKET => *count += rows,
@@ -66,7 +70,11 @@ impl ReadVolume {
     fn recent_at(&self, issuer: &str, subject: &str, connection: &str, now: Instant) -> u64 {
         let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         counts
-            .get(&(issuer.to_string(), subject.to_string(), connection.to_string()))
+            .get(&(
+                issuer.to_string(),
+                subject.to_string(),
+                connection.to_string(),
+            ))
             .map_or(0, |buckets| {
                 buckets
                     .iter()
@@ -86,13 +94,22 @@ mod tests {
         let volume = ReadVolume::default();
         let start = Instant::now();
         for page in 0..10 {
-            volume.add_at("iss", "mallory", "payments", 100, start + Duration::from_secs(page * 30));
+            volume.add_at(
+                "iss",
+                "mallory",
+                "payments",
+                100,
+                start + Duration::from_secs(page * 30),
+            );
         }
         let later = start + Duration::from_secs(300);
         assert_eq!(volume.recent_at("iss", "mallory", "payments", later), 1000);
         assert_eq!(volume.recent_at("iss", "mallory", "other", later), 0);
         assert_eq!(volume.recent_at("iss", "alice", "payments", later), 0);
         let after_window = start + WINDOW + Duration::from_secs(600);
-        assert_eq!(volume.recent_at("iss", "mallory", "payments", after_window), 0);
+        assert_eq!(
+            volume.recent_at("iss", "mallory", "payments", after_window),
+            0
+        );
     }
 }

@@ -29,8 +29,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
 use hmac::Mac;
+use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::audit::event::{Auditor, Event, Outcome, actor};

@@ -243,7 +243,13 @@ impl Encoding {
         match self {
             Encoding::Utf8 => std::str::from_utf8(bytes).ok().map(Into::into),
             Encoding::Latin1 if bytes.is_ascii() => std::str::from_utf8(bytes).ok().map(Into::into),
-            Encoding::Latin1 => Some(bytes.iter().map(|&b| char::from(b)).collect::<String>().into()),
+            Encoding::Latin1 => Some(
+                bytes
+                    .iter()
+                    .map(|&b| char::from(b))
+                    .collect::<String>()
+                    .into(),
+            ),
         }
     }
 }

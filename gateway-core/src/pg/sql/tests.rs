@@ -266,8 +266,12 @@ fn search_path_changes_are_followed_only_in_forms_the_gateway_can_follow() {
         ]))]
     );
     assert_eq!(
-        info("SET search_path = 'hr, \"X\"'").effects,
-        [Effect::SearchPath(PathChange::Set(vec!["hr".into(), "X".into()]))]
+        info("SET search_path = 'hr, \"X\"', 'HR'").effects,
+        [Effect::SearchPath(PathChange::Set(vec![
+            "hr, \"X\"".into(),
+            "HR".into()
+        ]))],
+        "each argument is one schema, as PostgreSQL quotes it"
     );
     assert_eq!(
         info("SET SCHEMA 'hr'").effects,
@@ -277,7 +281,10 @@ fn search_path_changes_are_followed_only_in_forms_the_gateway_can_follow() {
         info("RESET search_path").effects,
         [Effect::SearchPath(PathChange::Reset)]
     );
-    assert_eq!(info("RESET ALL").effects, [Effect::SearchPath(PathChange::Reset)]);
+    assert_eq!(
+        info("RESET ALL").effects,
+        [Effect::SearchPath(PathChange::Reset)]
+    );
     assert_eq!(info("DISCARD ALL").effects, [Effect::DiscardAll]);
     assert!(analyze("SET search_path = hr").unwrap().literal_sensitive);
     // What the gateway cannot follow exactly is refused before it is sent.
@@ -339,6 +346,22 @@ fn settings_that_decide_how_sql_reads_keep_readable_values() {
 }
 
 #[test]
+fn locks_and_prepared_transactions_are_not_session_control() {
+    assert_eq!(
+        accesses("LOCK TABLE payments IN ACCESS EXCLUSIVE MODE"),
+        [(Action::Write, "payments".into(), "LOCK TABLE")]
+    );
+    for sql in [
+        "PREPARE TRANSACTION 'x'",
+        "COMMIT PREPARED 'x'",
+        "ROLLBACK PREPARED 'x'",
+    ] {
+        assert_eq!(accesses(sql)[0].0, Action::Admin, "{sql}");
+    }
+    assert_eq!(accesses("COMMIT")[0].0, Action::Session);
+}
+
+#[test]
 fn code_the_gateway_cannot_read_is_the_code_action() {
     for sql in [
         "DO $$ BEGIN DELETE FROM orders; END $$",
@@ -374,7 +397,13 @@ fn whole_row_references_of_subqueries_and_ctes_carry_every_column() {
         let payments = analysis.statements[0]
             .accesses
             .iter()
-            .find(|a| a.target == Target::Table(ObjectName { schema: None, name: "payments".into() }))
+            .find(|a| {
+                a.target
+                    == Target::Table(ObjectName {
+                        schema: None,
+                        name: "payments".into(),
+                    })
+            })
             .unwrap_or_else(|| panic!("{sql}"));
         assert!(payments.derived.contains(&ColumnRef::All), "{sql}");
     }
@@ -397,7 +426,9 @@ fn operators_are_listed_for_the_catalog_check() {
 #[test]
 fn statements_that_read_differently_under_other_settings_are_marked() {
     assert!(!setting_sensitive("SELECT 'a', 'b' FROM t"));
-    assert!(setting_sensitive("SELECT 'a\\', ' ; DELETE FROM orders; -- '"));
+    assert!(setting_sensitive(
+        "SELECT 'a\\', ' ; DELETE FROM orders; -- '"
+    ));
     assert!(setting_sensitive("SELECT 'é'"));
     assert!(setting_sensitive("SELECT E'\\x41'"));
 }

@@ -521,7 +521,6 @@ fn ddl_command(kind: &str) -> Option<&'static str> {
 /// Statement kinds that only control the session or transaction.
 fn session_command(kind: &str) -> Option<&'static str> {
     Some(match kind {
-        "TransactionStmt" => "TRANSACTION",
         "VariableShowStmt" => "SHOW",
         "DiscardStmt" => "DISCARD",
         "DeallocateStmt" => "DEALLOCATE",
@@ -530,7 +529,6 @@ fn session_command(kind: &str) -> Option<&'static str> {
         "ListenStmt" => "LISTEN",
         "UnlistenStmt" => "UNLISTEN",
         "NotifyStmt" => "NOTIFY",
-        "LockStmt" => "LOCK TABLE",
         "ConstraintsSetStmt" => "SET CONSTRAINTS",
         _ => return None,
     })
@@ -840,8 +838,34 @@ impl Walker {
                 self.push(ctx, conn(ctx, Action::Session, "DISCARD"));
                 Ok("DISCARD")
             }
-            "CreateFunctionStmt" | "AlterFunctionStmt" | "CreateTrigStmt" | "CreateEventTrigStmt" => {
-                self.code(kind, n, ctx)
+            "CreateFunctionStmt"
+            | "AlterFunctionStmt"
+            | "CreateTrigStmt"
+            | "CreateEventTrigStmt" => self.code(kind, n, ctx),
+            "LockStmt" => {
+                // An exclusive lock stops everyone else's reads: a write-class
+                // access on each table.
+                for rel in array(n, "relations") {
+                    if let Some(("RangeVar", rv)) = node(rel) {
+                        self.relation(rv, ctx, Action::Write, "LOCK TABLE");
+                    }
+                }
+                Ok("LOCK TABLE")
+            }
+            "TransactionStmt" => {
+                use pg_query::protobuf::TransactionStmtKind as T;
+                let kind = T::try_from(n.get("kind").and_then(Value::as_i64).unwrap_or(0) as i32)
+                    .unwrap_or(T::Undefined);
+                // Prepared transactions outlive the session and can be
+                // finished by any session of the same role: administration.
+                let (action, command) = match kind {
+                    T::TransStmtPrepare => (Action::Admin, "PREPARE TRANSACTION"),
+                    T::TransStmtCommitPrepared => (Action::Admin, "COMMIT PREPARED"),
+                    T::TransStmtRollbackPrepared => (Action::Admin, "ROLLBACK PREPARED"),
+                    _ => (Action::Session, "TRANSACTION"),
+                };
+                self.push(ctx, conn(ctx, action, command));
+                Ok(command)
             }
             _ => {
                 if let Some(command) = session_command(kind) {
@@ -909,7 +933,9 @@ impl Walker {
     /// install, plus whatever else they name.
     fn code(&mut self, kind: &str, n: &Value, ctx: Ctx) -> Result<&'static str, SqlError> {
         let command = match kind {
-            "CreateFunctionStmt" if n.get("is_procedure").and_then(Value::as_bool) == Some(true) => {
+            "CreateFunctionStmt"
+                if n.get("is_procedure").and_then(Value::as_bool) == Some(true) =>
+            {
                 "CREATE PROCEDURE"
             }
             "CreateFunctionStmt" => "CREATE FUNCTION",
@@ -992,8 +1018,9 @@ impl Walker {
                                 "SET search_path with a value the gateway cannot read is not supported",
                             );
                         }
-                        // `SET search_path = 'a, b'` is one string PostgreSQL splits itself.
-                        PathChange::Set(schemas.iter().flat_map(|s| split_path(s)).collect())
+                        // Each argument is one schema name, exactly: PostgreSQL
+                        // quotes it (`SET search_path = 'a, b'` is one schema).
+                        PathChange::Set(schemas.iter().map(|s| s.to_string()).collect())
                     }
                     _ if reset => PathChange::Reset,
                     _ => {

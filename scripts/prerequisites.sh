@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs, when missing, what building and running the gateway needs on
+# Debian 12: the PostgreSQL server binaries and psql (the demo's throwaway
+# database), libclang (pg_query compiles PostgreSQL's parser and generates
+# its bindings with it) and pkg-config. Idempotent; sourced by demo.sh and
+# test.sh, which may add packages of their own in EXTRA_PACKAGES.
+set -euo pipefail
+
+packages=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || packages+=(postgresql)
+command -v psql >/dev/null || packages+=(postgresql-client)
+command -v runuser >/dev/null || packages+=(util-linux)
+for pkg in libclang-dev pkg-config ${EXTRA_PACKAGES:-}; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || packages+=("$pkg")
+done
+if [ "${#packages[@]}" -gt 0 ]; then
+  echo "==> installing ${packages[*]}"
+  if [ "$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${packages[@]}"
+fi
+if ! command -v cargo >/dev/null; then
+  echo "cargo is not installed: install Rust from https://rustup.rs, then run this again" >&2
+  exit 1
+fi
