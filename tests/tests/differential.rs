@@ -164,10 +164,10 @@ fn recorded_relations(frame: &serde_json::Value) -> BTreeSet<String> {
         let text = resource.as_str().unwrap_or_default();
         if let Some((_, rest)) = text.split_once(" on ") {
             out.insert(rest.to_string());
-        } else if let Some((_, rest)) = text.split_once(" of column ") {
-            if let Some((table, _column)) = rest.rsplit_once('.') {
-                out.insert(table.to_string());
-            }
+        } else if let Some((_, rest)) = text.split_once(" of column ")
+            && let Some((table, _column)) = rest.rsplit_once('.')
+        {
+            out.insert(table.to_string());
         }
     }
     out
