@@ -239,6 +239,14 @@ pub trait SessionHooks: Send {
     /// when the relay could not learn them: values are then unknown.
     fn result_columns(&mut self, _columns: Option<&[ResultColumn]>) {}
 
+    /// Asked right after a statement is forwarded: could it change how the
+    /// server reads SQL (standard_conforming_strings, client_encoding)?
+    /// Code, routine calls and settings changes could; `true` unless a
+    /// stage that reads statements knows better.
+    fn reading_may_change(&self) -> bool {
+        true
+    }
+
     /// Before the first row of a result reaches the client: may rows with
     /// these columns be delivered? `Err` says why not; the relay then drops
     /// the result's rows and ends it with that error instead (PostgreSQL:

@@ -36,6 +36,25 @@ pub fn tollgate_binary() -> PathBuf {
     bin
 }
 
+/// Every card number the fixtures hold (`fixtures/seed.sql`): public test
+/// numbers, for checking that none leaves unmasked.
+pub const FIXTURE_PANS: &[&str] = &[
+    "4111111111111111",
+    "4242424242424242",
+    "5555555555554444",
+    "2223003122003222",
+    "378282246310005",
+    "6011111111111117",
+    "3530111333300000",
+    "6200000000000005",
+    "6205500000000000004",
+    "36227206271667",
+    "3056930009020004",
+    "6759649826438453",
+    "4012888888881881",
+    "4000056655665556",
+];
+
 /// The shared throwaway database of this test binary.
 pub struct Database {
     /// The server.

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use tollgate_e2e::{TestGateway, database};
+use tollgate_e2e::{FIXTURE_PANS, TestGateway, database};
 
 /// What a case must come to.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -743,25 +743,12 @@ fn fingerprint() -> String {
 /// into: digits, reversed, and letter-encoded (`translate(pan, '0123456789',
 /// 'abcdefghij')`).
 fn leaked_pan(output: &str) -> Option<String> {
-    const PANS: &[&str] = &[
-        "4111111111111111",
-        "4242424242424242",
-        "5555555555554444",
-        "2223003122003222",
-        "378282246310005",
-        "6011111111111117",
-        "3530111333300000",
-        "6205500000000000004",
-        "36227206271667",
-        "3056930009020004",
-        "6759649826438453",
-    ];
     let squeezed: String = output
         .chars()
         .filter(char::is_ascii_alphanumeric)
         .map(|c| c.to_ascii_lowercase())
         .collect();
-    for pan in PANS {
+    for pan in FIXTURE_PANS {
         let letters: String = pan.bytes().map(|d| (b'a' + d - b'0') as char).collect();
         let reversed: String = pan.chars().rev().collect();
         for spelling in [pan.to_string(), letters, reversed] {
@@ -874,9 +861,9 @@ async fn through_tokio_postgres(
     });
     let mut output = String::new();
     for step in case.steps {
-        // Path changes go as simple queries (tokio-postgres's batch_execute),
-        // the only way the gateway takes them.
-        if extended && !changes_path(step) {
+        // Path changes and SQL PREPARE go as simple queries (tokio-postgres's
+        // batch_execute), the only way the gateway takes them.
+        if extended && !simple_only(step) {
             let rows = client.query(*step, &[]).await.map_err(|e| db_error(&e))?;
             for row in rows {
                 for i in 0..row.len() {
@@ -902,11 +889,18 @@ async fn through_tokio_postgres(
     Ok(output)
 }
 
-fn changes_path(sql: &str) -> bool {
+fn simple_only(sql: &str) -> bool {
     let upper = sql.to_ascii_uppercase();
-    ["SET SEARCH_PATH", "SET SCHEMA", "RESET", "DISCARD"]
-        .iter()
-        .any(|p| upper.starts_with(p))
+    [
+        "SET SEARCH_PATH",
+        "SET SCHEMA",
+        "RESET",
+        "DISCARD",
+        "PREPARE",
+        "DEALLOCATE",
+    ]
+    .iter()
+    .any(|p| upper.starts_with(p))
 }
 
 fn statements(sql: &str) -> usize {
@@ -1003,13 +997,26 @@ async fn several_statements_in_one_parse_are_refused_before_they_go_anywhere() {
         client.simple_query("SELECT 1").await.is_ok(),
         "the session goes on"
     );
-    // A path change over the extended protocol is refused: it is followed
-    // only as a simple query of its own.
-    let error = client
-        .query("SET search_path = hr", &[])
-        .await
-        .expect_err("refused");
-    assert_eq!(db_error(&error).0, "0A000");
+    // A path change, PREPARE or DEALLOCATE over the extended protocol is
+    // refused: they take effect at some later Execute, where the gateway
+    // could not follow them; as simple queries they are followed.
+    for sql in [
+        "SET search_path = hr",
+        "PREPARE p AS SELECT 1",
+        "DEALLOCATE ALL",
+        "DISCARD ALL",
+    ] {
+        let error = client.query(sql, &[]).await.expect_err(sql);
+        assert_eq!(db_error(&error).0, "0A000", "{sql}");
+    }
+    // Pipelined prepared statements (tokio-postgres sends both Parses
+    // before either answer) both run.
+    let (a, b) = tokio::try_join!(
+        client.query("SELECT 1::int4", &[]),
+        client.query("SELECT 2::int4", &[])
+    )
+    .expect("pipelined queries");
+    assert_eq!((a[0].get::<_, i32>(0), b[0].get::<_, i32>(0)), (1, 2));
     assert_eq!(before, fingerprint(), "the upstream changed");
 }
 

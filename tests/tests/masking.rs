@@ -5,25 +5,7 @@
 use bytes::BytesMut;
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 use tollgate::identity::dev_issuer::TokenRequest;
-use tollgate_e2e::TestGateway;
-
-/// Every card number the fixtures hold (seed.sql).
-const FIXTURE_PANS: &[&str] = &[
-    "4111111111111111",
-    "4242424242424242",
-    "5555555555554444",
-    "2223003122003222",
-    "378282246310005",
-    "6011111111111117",
-    "3530111333300000",
-    "6200000000000005",
-    "6205500000000000004",
-    "36227206271667",
-    "3056930009020004",
-    "6759649826438453",
-    "4012888888881881",
-    "4000056655665556",
-];
+use tollgate_e2e::{FIXTURE_PANS, TestGateway};
 
 fn assert_no_raw_pan(what: &str, text: &str) {
     let digits: String = text.chars().filter(char::is_ascii_digit).collect();

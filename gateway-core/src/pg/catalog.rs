@@ -289,24 +289,11 @@ const FUNCTIONS_SQL: &str = "SELECT p.proname, \
 const OPERATORS_SQL: &str =
     "SELECT DISTINCT oprname FROM pg_catalog.pg_operator WHERE oid >= 16384";
 
-/// Built-ins that are stable or immutable yet reach beyond the tables a
-/// statement names: they run SQL text, read a relation named by a value,
-/// or show other sessions' statements. Not on the allow-list.
+/// Built-ins that are stable or immutable yet show other sessions'
+/// statements or the server's settings files. Not on the allow-list (nor
+/// is any of the analyser's privileged functions: server files, SQL text
+/// run by a function, other sessions).
 const UNSAFE_STABLE: &[&str] = &[
-    "query_to_xml",
-    "query_to_xmlschema",
-    "query_to_xml_and_xmlschema",
-    "cursor_to_xml",
-    "cursor_to_xmlschema",
-    "table_to_xml",
-    "table_to_xmlschema",
-    "table_to_xml_and_xmlschema",
-    "schema_to_xml",
-    "schema_to_xmlschema",
-    "schema_to_xml_and_xmlschema",
-    "database_to_xml",
-    "database_to_xmlschema",
-    "database_to_xml_and_xmlschema",
     "pg_stat_get_activity",
     "pg_stat_get_backend_activity",
     "pg_get_backend_memory_contexts",
@@ -314,7 +301,6 @@ const UNSAFE_STABLE: &[&str] = &[
     "pg_cursor",
     "pg_settings_get_flags",
     "pg_show_all_settings",
-    "ts_stat",
     "pg_get_statisticsobjdef_expressions",
 ];
 
@@ -586,7 +572,9 @@ impl Catalog {
             if yes(user) {
                 user_functions.insert(name.clone());
             }
-            let safe = (yes(stable) && !UNSAFE_STABLE.contains(&name.as_str()))
+            let safe = (yes(stable)
+                && !UNSAFE_STABLE.contains(&name.as_str())
+                && !super::sql::privileged_function(name))
                 || SAFE_VOLATILE.contains(&name.as_str());
             if yes(initdb) && safe {
                 builtins.insert(name.clone());

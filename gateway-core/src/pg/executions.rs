@@ -32,12 +32,18 @@ pub struct Executions {
     covered: Option<String>,
     /// Parses sent, oldest first, that no ParseComplete has answered yet.
     unconfirmed: std::collections::VecDeque<Unconfirmed>,
+    /// Queries and Syncs sent (the batch being written is this plus one).
+    sent: u64,
+    /// ReadyForQuery messages received (or Syncs that will get none).
+    answered: u64,
 }
 
 #[derive(Debug, Clone)]
 struct Parsed {
     sql: String,
     executions: u64,
+    /// Running it could change how the server reads SQL (see the hooks).
+    may_change_reading: bool,
 }
 
 /// A Parse sent and not answered yet, with what it replaced.
@@ -45,6 +51,8 @@ struct Parsed {
 struct Unconfirmed {
     name: String,
     replaced: Option<Parsed>,
+    /// The batch (counted Query or Sync) whose ReadyForQuery ends it.
+    batch: u64,
 }
 
 /// What an Execute needs before it goes upstream.
@@ -65,17 +73,19 @@ pub enum Next {
 
 impl Executions {
     /// A Parse of `sql` under `name` went upstream.
-    pub fn parsed(&mut self, name: &str, sql: &str) {
+    pub fn parsed(&mut self, name: &str, sql: &str, may_change_reading: bool) {
         let replaced = self.statements.insert(
             name.to_string(),
             Parsed {
                 sql: sql.to_string(),
                 executions: 0,
+                may_change_reading,
             },
         );
         self.unconfirmed.push_back(Unconfirmed {
             name: name.to_string(),
             replaced,
+            batch: self.sent + 1,
         });
         self.covered = Some(name.to_string());
     }
@@ -85,10 +95,41 @@ impl Executions {
         self.unconfirmed.pop_front();
     }
 
-    /// ReadyForQuery: Parses still unanswered failed (or were skipped after
-    /// an error); the statements they replaced are back.
+    /// A Query or Sync went upstream: a batch ends.
+    pub fn batch_sent(&mut self) {
+        self.sent += 1;
+    }
+
+    /// Syncs the server will not answer (sent during COPY FROM STDIN).
+    pub fn batches_dropped(&mut self, n: usize) {
+        self.answered += n as u64;
+    }
+
+    /// Every protocol portal may have been replaced or closed by SQL
+    /// (DECLARE, CLOSE, DISCARD ALL).
+    pub fn forget_portals(&mut self) {
+        self.portals.clear();
+    }
+
+    /// Every prepared statement may have been dropped by SQL (DEALLOCATE,
+    /// DISCARD ALL).
+    pub fn forget_statements(&mut self) {
+        self.statements.clear();
+        self.covered = None;
+    }
+
+    /// ReadyForQuery: the Parses of the batch it ends that got no
+    /// ParseComplete failed (or were skipped after an error); the
+    /// statements they replaced are back. Later batches' Parses wait.
     pub fn ready(&mut self) {
-        while let Some(failed) = self.unconfirmed.pop_back() {
+        self.answered += 1;
+        let ended = self
+            .unconfirmed
+            .iter()
+            .take_while(|u| u.batch <= self.answered)
+            .count();
+        let failed: Vec<Unconfirmed> = self.unconfirmed.drain(..ended).collect();
+        for failed in failed.into_iter().rev() {
             match failed.replaced {
                 Some(previous) => self.statements.insert(failed.name.clone(), previous),
                 None => self.statements.remove(&failed.name),
@@ -136,11 +177,15 @@ impl Executions {
     /// What the Execute with this body needs (nothing changes yet).
     pub fn next(&self, body: &[u8]) -> Next {
         let portal = Body::new(body).cstr().unwrap_or_default();
-        let Some((statement, executed)) =
-            self.portals.get(String::from_utf8_lossy(portal).as_ref())
-        else {
-            // No such portal: the server answers with an error.
-            return Next::Free;
+        let portal = String::from_utf8_lossy(portal);
+        let Some((statement, executed)) = self.portals.get(portal.as_ref()) else {
+            // Not bound over the protocol as far as the relay knows: a SQL
+            // cursor (decided when declared), or none (the server refuses).
+            return Next::Ask {
+                statement: String::new(),
+                sql: format!("FETCH ALL FROM \"{}\"", portal.replace('"', "\"\"")),
+                execution: 0,
+            };
         };
         if *executed {
             return Next::Free;
@@ -149,7 +194,9 @@ impl Executions {
             Some(Parsed { executions: 0, .. }) if self.covered.as_ref() == Some(statement) => {
                 Next::Free
             }
-            Some(Parsed { sql, executions }) => Next::Ask {
+            Some(Parsed {
+                sql, executions, ..
+            }) => Next::Ask {
                 statement: statement.clone(),
                 sql: sql.clone(),
                 execution: executions + 1,
@@ -160,6 +207,16 @@ impl Executions {
                 execution: 0,
             },
         }
+    }
+
+    /// Whether the statement the Execute with this body runs could change
+    /// how the server reads SQL (one the relay did not see parsed could).
+    pub fn may_change_reading(&self, body: &[u8]) -> bool {
+        let portal = Body::new(body).cstr().unwrap_or_default();
+        self.portals
+            .get(String::from_utf8_lossy(portal).as_ref())
+            .and_then(|(statement, _)| self.statements.get(statement))
+            .is_none_or(|parsed| parsed.may_change_reading)
     }
 
     /// The Execute with this body went upstream.
@@ -194,7 +251,7 @@ mod tests {
     #[test]
     fn every_execution_after_the_first_is_asked_about() {
         let mut e = Executions::default();
-        e.parsed("s", "SELECT 1");
+        e.parsed("s", "SELECT 1", false);
         for n in 1..=3u64 {
             e.bound(&bind("", "s"));
             let next = e.next(&execute(""));
@@ -215,23 +272,51 @@ mod tests {
             assert_eq!(e.next(&execute("")), Next::Free);
         }
         // A new Parse starts the count again.
-        e.parsed("", "SELECT 2");
+        e.parsed("", "SELECT 2", false);
         e.bound(&bind("p", ""));
         assert_eq!(e.next(&execute("p")), Next::Free);
     }
 
     #[test]
+    fn a_ready_for_query_undoes_only_the_parses_of_its_own_batch() {
+        let mut e = Executions::default();
+        // P "" "SELECT 1" S, then P "" "<payments>" B E S, in one write.
+        e.parsed("", "SELECT 1", false);
+        e.batch_sent();
+        e.parsed("", "SELECT pan FROM payments", false);
+        e.batch_sent();
+        e.parse_complete();
+        e.ready(); // the first batch's answer
+        e.parse_complete();
+        e.ready();
+        e.bound(&bind("", ""));
+        e.executed(&execute(""));
+        e.bound(&bind("", ""));
+        assert!(
+            matches!(e.next(&execute("")), Next::Ask { ref sql, .. } if sql == "SELECT pan FROM payments")
+        );
+    }
+
+    #[test]
+    fn a_portal_the_relay_did_not_see_bound_is_fetched_on_record() {
+        let e = Executions::default();
+        assert!(
+            matches!(e.next(&execute("c")), Next::Ask { ref sql, .. } if sql == "FETCH ALL FROM \"c\"")
+        );
+    }
+
+    #[test]
     fn a_first_execution_after_something_else_happened_is_asked_about() {
         let mut e = Executions::default();
-        e.parsed("s", "SELECT 1");
+        e.parsed("s", "SELECT 1", false);
         e.queried();
         e.bound(&bind("", "s"));
         assert!(matches!(
             e.next(&execute("")),
             Next::Ask { execution: 1, .. }
         ));
-        e.parsed("a", "SELECT 1");
-        e.parsed("b", "SELECT 2");
+        e.parsed("a", "SELECT 1", false);
+        e.parsed("b", "SELECT 2", false);
         e.bound(&bind("", "a"));
         assert!(matches!(e.next(&execute("")), Next::Ask { .. }));
         e.bound(&bind("", "b"));
@@ -247,7 +332,8 @@ mod tests {
         );
         // `s` is taken (by SQL PREPARE, unseen here): the server refuses
         // the Parse, and an Execute of `s` is of the first statement.
-        e.parsed("s", "SELECT 1");
+        e.parsed("s", "SELECT 1", false);
+        e.batch_sent();
         e.ready();
         e.bound(&bind("", "s"));
         assert!(matches!(
@@ -255,15 +341,17 @@ mod tests {
             Next::Ask { execution: 0, .. }
         ));
         // A Parse the server answered stays.
-        e.parsed("t", "SELECT 2");
+        e.parsed("t", "SELECT 2", false);
         e.parse_complete();
+        e.batch_sent();
         e.ready();
         e.bound(&bind("", "t"));
         assert_eq!(e.next(&execute("")), Next::Free);
         // Parsed again under a name the server already holds: refused, and
         // the first text is what counts.
         e.executed(&execute(""));
-        e.parsed("t", "SELECT pan FROM payments");
+        e.parsed("t", "SELECT pan FROM payments", false);
+        e.batch_sent();
         e.ready();
         e.bound(&bind("", "t"));
         assert!(matches!(e.next(&execute("")), Next::Ask { ref sql, .. } if sql == "SELECT 2"));

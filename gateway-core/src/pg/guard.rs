@@ -95,8 +95,15 @@ pub struct Guard {
     prepared_oids: std::collections::HashSet<u32>,
     /// The current result carries cardholder columns: its rows count.
     counting: bool,
+    /// The statement forwarded last runs code or changes settings: how the
+    /// server reads SQL may change with it.
+    reading_may_change: bool,
     /// Rows counted and not yet added to the shared volume.
     rows_counted: u64,
+    /// Estimated cardholder rows of forwarded reads not answered yet.
+    rows_in_flight: u64,
+    /// The same, as the decision being made would leave it if forwarded.
+    rows_in_flight_next: u64,
     /// `SET tollgate.reason`: the requester's reason for approval requests.
     reason: Option<String>,
 }
@@ -135,6 +142,9 @@ struct Notes {
     ruling: Ruling,
     /// OIDs of the tables the statement was resolved to.
     oids: Vec<u32>,
+    /// Estimated cardholder rows of allowed reads not answered yet, this
+    /// statement's included.
+    rows_in_flight: u64,
 }
 
 struct Cached {
@@ -194,6 +204,9 @@ impl Guard {
             prepared_oids: Default::default(),
             counting: false,
             rows_counted: 0,
+            rows_in_flight: 0,
+            rows_in_flight_next: 0,
+            reading_may_change: false,
             reason: None,
         }
     }
@@ -339,6 +352,11 @@ impl Guard {
             let judged = cached.judged.clone();
             let oids = cached.oids.clone();
             self.ruling = Some(cached.ruling.clone());
+            // A cached decision reads no cardholder table by rows returned.
+            self.rows_in_flight_next = match statement.in_flight {
+                InFlight::Nothing => 0,
+                _ => self.rows_in_flight,
+            };
             return self.conclude(statement, judged, &analysis, &snapshot, &oids);
         }
         let mut notes = Notes {
@@ -353,7 +371,9 @@ impl Guard {
             cacheable,
             ruling,
             oids,
+            rows_in_flight,
         } = notes;
+        self.rows_in_flight_next = rows_in_flight;
         // Every estimate the decision needed was had: the next one asks afresh.
         self.estimates
             .lock()
@@ -402,13 +422,23 @@ impl Guard {
                 Err(verdict) => return verdict,
             },
         };
+        if decision == Decision::Forward && names_change_later(statement, analysis) {
+            // They change what names mean when they run, which over the
+            // extended protocol is some Execute later: simple queries only.
+            return Verdict::Decided(refuse(
+                "0A000",
+                "PREPARE, DEALLOCATE and DISCARD go through the gateway as simple queries only \
+                 (use the protocol's own Parse and Close for prepared statements)"
+                    .into(),
+            ));
+        }
         if decision == Decision::Forward {
-            let simple = matches!(statement.via, StatementVia::SimpleQuery);
-            self.forwarded(analysis, snapshot, simple);
+            self.forwarded(analysis, snapshot);
             // Results of statements answered before this one are complete.
             if statement.in_flight == InFlight::Nothing {
                 self.in_flight_oids.clear();
             }
+            self.rows_in_flight = std::mem::take(&mut self.rows_in_flight_next);
             self.in_flight_oids.extend(oids);
             let cursor = analysis
                 .statements
@@ -609,6 +639,7 @@ impl Guard {
             cacheable,
             ruling,
             oids,
+            rows_in_flight,
         } = notes;
         // A row estimate runs the statement's planner on the gateway's own
         // connection: fetched only once every other access is decided and
@@ -637,9 +668,16 @@ impl Guard {
                 &self.principal.subject,
                 &self.connection,
             );
-            i64::try_from(shared + self.rows_counted).unwrap_or(i64::MAX)
+            shared + self.rows_counted
         } else {
             0
+        };
+        // Rows that allowed reads of cardholder data will return and whose
+        // answers have not come yet count too (estimated): statements sent
+        // together are decided before any of their rows are counted.
+        let mut rows_on_the_way = match statement.in_flight {
+            InFlight::Nothing => 0,
+            _ => self.rows_in_flight,
         };
         // Statements prepared earlier in this same message.
         let mut prepared_here: HashMap<&str, &[Access]> = HashMap::new();
@@ -684,7 +722,8 @@ impl Guard {
                     has_where: item.has_where,
                     has_limit: item.has_limit,
                     cardholder_data: snapshot.cardholder_data,
-                    rows_returned,
+                    rows_returned: i64::try_from(rows_returned + rows_on_the_way)
+                        .unwrap_or(i64::MAX),
                     client: self.client,
                     time: now,
                 };
@@ -738,12 +777,24 @@ impl Guard {
                                 Some(Ok(rows)) => {
                                     context.row_estimate = rows;
                                     row_estimate = Some(row_estimate.unwrap_or(0).max(rows));
-                                    engine.decide(
+                                    let outcome = engine.decide(
                                         &self.principal,
                                         item.action.as_str(),
                                         &resource,
                                         &context,
-                                    )
+                                    );
+                                    if outcome == Outcome::Allow
+                                        && matches!(
+                                            item.object,
+                                            Object::Table {
+                                                cardholder: true,
+                                                ..
+                                            }
+                                        )
+                                    {
+                                        rows_on_the_way += rows.max(0) as u64;
+                                    }
+                                    outcome
                                 }
                                 Some(Err(error)) => {
                                     tracing::warn!(
@@ -829,6 +880,7 @@ impl Guard {
                 _ => return Err(self.fetch_estimate(key, text, &paths, params)),
             }
         }
+        *rows_in_flight = rows_on_the_way;
         ruling.policy = match &worst {
             Some((Outcome::Deny(rule), _)) => Some(rule.id.clone()),
             Some((Outcome::NeedsApproval { rules, .. }, _)) => rules.first().map(|r| r.id.clone()),
@@ -902,21 +954,17 @@ impl Guard {
     }
 
     /// The statement goes upstream: follow what it changes in the session.
-    fn forwarded(&mut self, analysis: &Analysis, snapshot: &Snapshot, simple: bool) {
+    fn forwarded(&mut self, analysis: &Analysis, snapshot: &Snapshot) {
+        self.reading_may_change = false;
         for info in &analysis.statements {
             for effect in &info.effects {
                 match effect {
-                    Effect::Prepare(name) if simple => {
+                    Effect::Prepare(name) => {
                         // In force once the server says PREPARE (a name taken
-                        // already keeps the statement prepared first).
+                        // already keeps the statement prepared first); only
+                        // simple queries prepare (see `verdict`).
                         self.pending_prepares
                             .push_back((name.clone(), info.accesses.clone()));
-                    }
-                    Effect::Prepare(name) => {
-                        // Through Parse it runs at an Execute of its own, some
-                        // time later: in force from now.
-                        self.prepared.insert(name.clone(), info.accesses.clone());
-                        self.prepared_generation += 1;
                     }
                     Effect::Deallocate(Some(name)) => {
                         self.prepared.remove(name);
@@ -947,6 +995,18 @@ impl Guard {
             if info.accesses.iter().any(|a| a.action == Action::Ddl) {
                 self.ddl_forwarded = true;
             }
+            let changes_reading = info.command == "SET"
+                || info.command == "RESET"
+                // Ending a transaction or rolling back to a savepoint
+                // undoes SETs made in it.
+                || matches!(info.command, "COMMIT" | "ROLLBACK" | "ROLLBACK TO" | "RELEASE")
+                || info.effects.iter().any(|e| matches!(e, Effect::Opaque))
+                || info.accesses.iter().any(|a| {
+                    matches!(a.action, Action::Code | Action::Admin)
+                        || (a.action == Action::Call && !is_builtin(a, snapshot))
+                })
+                || info.accesses.iter().any(|a| a.command == "SELECT set_config");
+            self.reading_may_change |= changes_reading;
         }
     }
 
@@ -978,6 +1038,19 @@ impl Guard {
 }
 
 type Wait = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// A PREPARE, DEALLOCATE or DISCARD not sent as a simple query.
+fn names_change_later(statement: &Statement<'_>, analysis: &Analysis) -> bool {
+    !matches!(statement.via, StatementVia::SimpleQuery)
+        && analysis.statements.iter().any(|info| {
+            info.effects.iter().any(|e| {
+                matches!(
+                    e,
+                    Effect::Prepare(_) | Effect::Deallocate(_) | Effect::DiscardAll
+                )
+            })
+        })
+}
 
 /// A call of a built-in on the allow-list (privileged built-ins are
 /// `admin` accesses, never dropped). An unqualified name that a function
@@ -1387,6 +1460,10 @@ impl SessionHooks for Guard {
             _ => true,
         };
         self.inner.result_columns(columns);
+    }
+
+    fn reading_may_change(&self) -> bool {
+        self.reading_may_change
     }
 
     fn columns_allowed(&mut self, columns: &[crate::hooks::ResultColumn]) -> Result<(), String> {

@@ -144,6 +144,9 @@ struct State<'h> {
     executions: Executions,
     /// The rows of the current result are withheld; it ends in this error.
     withheld: Option<PgError>,
+    /// A statement forwarded since the client's last Sync may have changed
+    /// how the server reads SQL.
+    batch_may_change: bool,
 }
 
 /// Relay until either side ends the session. `pending` holds client bytes
@@ -177,6 +180,7 @@ pub async fn run(
         await_answers: false,
         executions: Executions::default(),
         withheld: None,
+        batch_may_change: false,
     };
     state.inspect = state.hooks.inspects_values();
     let mut waiting: Option<Wait> = None;
@@ -284,24 +288,7 @@ impl State<'_> {
             match tag {
                 b'Q' => {
                     let bytes = Body::new(&frame[5..]).cstr().unwrap_or_default();
-                    let in_flight = self.in_flight();
-                    let (sql, verdict) = match self.settings.decode(bytes) {
-                        Some(sql) => {
-                            let verdict = match self.readable(&sql, in_flight) {
-                                Some(verdict) => verdict,
-                                None => self.hooks.statement(&Statement {
-                                    sql: &sql,
-                                    via: StatementVia::SimpleQuery,
-                                    in_flight,
-                                }),
-                            };
-                            (sql, verdict)
-                        }
-                        None => (
-                            String::from_utf8_lossy(bytes),
-                            Verdict::Decided(self.undecodable()),
-                        ),
-                    };
+                    let (sql, verdict) = self.ask(bytes, StatementVia::SimpleQuery);
                     match verdict {
                         Verdict::Wait(wait) => return Ok(Step::Wait(wait)),
                         Verdict::AfterAnswers => return Ok(self.after_answers()),
@@ -352,6 +339,7 @@ impl State<'_> {
                         }
                     }
                     self.unsynced = false;
+                    self.batch_may_change = false;
                     self.executions.queried();
                 }
                 b'P' if self.skipping.is_none() => {
@@ -359,24 +347,7 @@ impl State<'_> {
                     let name =
                         String::from_utf8_lossy(body.cstr().unwrap_or_default()).into_owned();
                     let bytes = body.cstr().unwrap_or_default();
-                    let in_flight = self.in_flight();
-                    let (sql, verdict) = match self.settings.decode(bytes) {
-                        Some(sql) => {
-                            let verdict = match self.readable(&sql, in_flight) {
-                                Some(verdict) => verdict,
-                                None => self.hooks.statement(&Statement {
-                                    sql: &sql,
-                                    via: StatementVia::Parse { name: &name },
-                                    in_flight,
-                                }),
-                            };
-                            (sql, verdict)
-                        }
-                        None => (
-                            String::from_utf8_lossy(bytes),
-                            Verdict::Decided(self.undecodable()),
-                        ),
-                    };
+                    let (sql, verdict) = self.ask(bytes, StatementVia::Parse { name: &name });
                     match verdict {
                         Verdict::Wait(wait) => return Ok(Step::Wait(wait)),
                         Verdict::AfterAnswers => return Ok(self.after_answers()),
@@ -387,7 +358,8 @@ impl State<'_> {
                         Verdict::Decided(Decision::Forward) => {
                             self.to_upstream.extend_from_slice(frame);
                             self.unsynced = true;
-                            self.executions.parsed(&name, &sql);
+                            let may_change = self.hooks.reading_may_change();
+                            self.executions.parsed(&name, &sql, may_change);
                             if self.inspect {
                                 self.shapes.parse(&frame[5..]);
                             }
@@ -407,6 +379,7 @@ impl State<'_> {
                 }
                 b'S' => {
                     self.to_upstream.extend_from_slice(frame);
+                    self.batch_may_change = false;
                     let ready = self.skipping.take().map_or(Ready::Pass, Ready::Inject);
                     self.expect_ready(ready, true);
                     self.unsynced = false;
@@ -444,13 +417,21 @@ impl State<'_> {
                 }
                 // After a refusal PostgreSQL ignores extended-protocol messages until Sync.
                 b'P' | b'B' | b'D' | b'E' | b'C' | b'H' if self.skipping.is_some() => {}
+                b'B' | b'E' if self.query_outstanding() => {
+                    // Bound and run once the names mean what the server says.
+                    return Ok(self.after_answers());
+                }
                 b'B' | b'D' | b'E' | b'C' | b'H' => {
                     let body = &frame[5..];
                     match tag {
                         b'B' => self.executions.bound(body),
                         b'C' => self.executions.closed(body),
                         b'E' => match self.gate_execute(body) {
-                            Gate::Go => self.executions.executed(body),
+                            Gate::Go => {
+                                // Statements run at their Execute.
+                                self.batch_may_change |= self.executions.may_change_reading(body);
+                                self.executions.executed(body);
+                            }
                             Gate::Refused(error) => {
                                 self.skipping = Some(error);
                                 buf.advance(total);
@@ -505,6 +486,7 @@ impl State<'_> {
                     if self.inspect {
                         self.shapes.drop_syncs(dropped);
                     }
+                    self.executions.batches_dropped(dropped);
                     self.copy_in = true;
                     self.to_client.extend_from_slice(frame);
                 }
@@ -543,10 +525,12 @@ impl State<'_> {
                     if self.inspect {
                         self.shapes.ready(frame.get(5).copied().unwrap_or(b'I'));
                     }
-                    if let Some(&status) = frame.get(5) {
-                        self.hooks.ready(status);
-                    }
                     if relay {
+                        // (The answer to the gateway's own Sync is not the end
+                        // of anything the stages wait for.)
+                        if let Some(&status) = frame.get(5) {
+                            self.hooks.ready(status);
+                        }
                         self.to_client.extend_from_slice(frame);
                     }
                 }
@@ -562,9 +546,8 @@ impl State<'_> {
                     self.to_client.extend_from_slice(frame);
                 }
                 b'C' if !self.inspect => {
-                    // CommandComplete: a path change is in force from here.
                     let command = Body::new(&frame[5..]).cstr().unwrap_or_default();
-                    self.hooks.complete(&String::from_utf8_lossy(command));
+                    self.command_done(&String::from_utf8_lossy(command));
                     self.to_client.extend_from_slice(frame);
                 }
                 b'S' if !self.inspect => {
@@ -622,7 +605,7 @@ impl State<'_> {
                     self.shapes.execute_done();
                     if tag == b'C' {
                         let command = Body::new(&frame[5..]).cstr().unwrap_or_default();
-                        self.hooks.complete(&String::from_utf8_lossy(command));
+                        self.command_done(&String::from_utf8_lossy(command));
                     }
                     self.to_client.extend_from_slice(frame);
                 }
@@ -745,6 +728,53 @@ impl State<'_> {
         }
     }
 
+    /// A command completed. SQL's cursors and prepared statements share
+    /// their names with the protocol's portals and statements: what the
+    /// relay knew of those is void after one changes.
+    fn command_done(&mut self, tag: &str) {
+        if matches!(
+            tag,
+            "DECLARE CURSOR" | "CLOSE CURSOR" | "CLOSE CURSOR ALL" | "DISCARD ALL"
+        ) {
+            self.executions.forget_portals();
+            self.shapes.forget_portals();
+        }
+        if matches!(tag, "DEALLOCATE" | "DEALLOCATE ALL" | "DISCARD ALL") {
+            self.executions.forget_statements();
+            self.shapes.forget_statements();
+        }
+        self.hooks.complete(tag);
+    }
+
+    /// A simple Query whose answer has not come yet could change which
+    /// statement or portal a name means (`DEALLOCATE`, `DECLARE`, ...).
+    fn query_outstanding(&self) -> bool {
+        self.ready_is_sync.iter().any(|sync| !sync)
+    }
+
+    /// Read a statement's text in the session's encoding and ask the hooks
+    /// about it (unless it cannot be read as the server will right now).
+    fn ask<'b>(&mut self, bytes: &'b [u8], via: StatementVia<'_>) -> (Cow<'b, str>, Verdict) {
+        let in_flight = self.in_flight();
+        match self.settings.decode(bytes) {
+            Some(sql) => {
+                let verdict = match self.readable(&sql, in_flight) {
+                    Some(verdict) => verdict,
+                    None => self.hooks.statement(&Statement {
+                        sql: &sql,
+                        via,
+                        in_flight,
+                    }),
+                };
+                (sql, verdict)
+            }
+            None => (
+                String::from_utf8_lossy(bytes),
+                Verdict::Decided(self.undecodable()),
+            ),
+        }
+    }
+
     /// A statement whose reading depends on standard_conforming_strings
     /// and the client encoding (a backslash, a non-ASCII byte) is read only
     /// once every earlier message is answered, so the settings the server
@@ -758,6 +788,11 @@ impl State<'_> {
         match in_flight {
             InFlight::Nothing => None,
             InFlight::Answers => Some(Verdict::AfterAnswers),
+            // Earlier messages of the batch that cannot have changed the
+            // settings (a BEGIN, a plain INSERT): the reading holds.
+            // Earlier requests (a SET in a Query) are answered first.
+            InFlight::Unsynced if !self.awaiting_ready.is_empty() => Some(Verdict::AfterAnswers),
+            InFlight::Unsynced if !self.batch_may_change => None,
             InFlight::Unsynced => Some(Verdict::Decided(Decision::Refuse {
                 sqlstate: "0A000",
                 message: "a statement with a backslash or a non-ASCII character cannot follow other \
@@ -801,6 +836,7 @@ impl State<'_> {
     fn expect_ready(&mut self, ready: Ready, sync: bool) {
         self.awaiting_ready.push_back(ready);
         self.ready_is_sync.push_back(sync);
+        self.executions.batch_sent();
     }
 
     /// Pass each field of an ErrorResponse or NoticeResponse through the
@@ -989,6 +1025,7 @@ mod tests {
             await_answers: false,
             executions: Executions::default(),
             withheld: None,
+            batch_may_change: false,
         }
     }
 
@@ -1046,6 +1083,51 @@ mod tests {
         assert_eq!(&s.to_upstream[..], SYNC);
         assert_eq!(s.awaiting_ready.len(), 1);
         assert!(matches!(s.awaiting_ready[0], Ready::Inject(_)));
+    }
+
+    /// Says whether the statement forwarded last may change how SQL reads.
+    struct Reading(bool);
+    impl SessionHooks for Reading {
+        fn reading_may_change(&self) -> bool {
+            self.0
+        }
+    }
+
+    fn batch(second: &str) -> BytesMut {
+        let mut input = BytesMut::new();
+        input.extend_from_slice(Frame::new(b'P', b"\0BEGIN\0\0\0").raw());
+        input.extend_from_slice(Frame::new(b'B', b"\0\0\0\0\0\0\0\0").raw());
+        input.extend_from_slice(Frame::new(b'E', b"\0\0\0\0\0").raw());
+        let mut parse = b"\0".to_vec();
+        parse.extend_from_slice(second.as_bytes());
+        parse.extend_from_slice(b"\0\0\0");
+        input.extend_from_slice(Frame::new(b'P', &parse).raw());
+        input
+    }
+
+    #[test]
+    fn a_setting_sensitive_parse_in_a_batch_is_read_unless_the_batch_may_change_settings() {
+        // A driver's BEGIN ahead of a statement with a non-ASCII literal.
+        let mut hooks = Reading(false);
+        let mut s = state(&mut hooks);
+        s.client_frames(&mut batch("SELECT 'José'"), 1 << 20)
+            .unwrap();
+        assert!(
+            s.skipping.is_none(),
+            "read: BEGIN cannot change the settings"
+        );
+        // Behind a statement that may (a routine call), it is refused.
+        let mut hooks = Reading(true);
+        let mut s = state(&mut hooks);
+        s.client_frames(&mut batch("SELECT 'José'"), 1 << 20)
+            .unwrap();
+        assert_eq!(s.skipping.as_ref().map(|e| e.code), Some("0A000"));
+        // Plain ASCII reads the same whatever ran before it.
+        let mut hooks = Reading(true);
+        let mut s = state(&mut hooks);
+        s.client_frames(&mut batch("SELECT 'Jose'"), 1 << 20)
+            .unwrap();
+        assert!(s.skipping.is_none());
     }
 
     #[test]

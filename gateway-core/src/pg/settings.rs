@@ -22,6 +22,10 @@ pub struct ServerSettings {
     pub encoding: Encoding,
     session_authorization: Option<String>,
     superuser: Option<bool>,
+    /// The client's encoding is SQL_ASCII (bytes as they are).
+    sql_ascii: bool,
+    /// The database's encoding, once reported.
+    server_encoding: Option<String>,
 }
 
 /// A report the gateway cannot go on with: the session ends.
@@ -35,6 +39,8 @@ impl Default for ServerSettings {
             encoding: Encoding::Utf8,
             session_authorization: None,
             superuser: None,
+            sql_ascii: false,
+            server_encoding: None,
         }
     }
 }
@@ -51,8 +57,12 @@ impl ServerSettings {
                      read statements differently from the server"
                 )));
             }
+            b"server_encoding" => self.server_encoding = Some(value.to_ascii_uppercase()),
             b"client_encoding" => match super::sql::readable_encoding(&value) {
-                Some(encoding) => self.encoding = encoding,
+                Some(encoding) => {
+                    self.encoding = encoding;
+                    self.sql_ascii = value.eq_ignore_ascii_case("SQL_ASCII");
+                }
                 None => {
                     return Err(Unfollowable(format!(
                         "the server reports client_encoding = {value}; the gateway reads SQL only in \
@@ -83,6 +93,17 @@ impl ServerSettings {
             }
             _ => {}
         }
+        // SQL_ASCII bytes are read by the server in its own encoding: the
+        // gateway reads them as UTF-8, so only a UTF8 database will do.
+        if self.sql_ascii
+            && let Some(server) = &self.server_encoding
+            && server != "UTF8"
+        {
+            return Err(Unfollowable(format!(
+                "the session's client_encoding is SQL_ASCII on a {server} database, which the gateway \
+                 does not read: connect with client_encoding=UTF8"
+            )));
+        }
         Ok(())
     }
 
@@ -108,6 +129,13 @@ mod tests {
         s.report(b"client_encoding", b"UTF8").unwrap();
         assert!(s.report(b"client_encoding", b"SJIS").is_err());
         assert!(s.report(b"client_encoding", b"BIG5").is_err());
+        // A C locale's psql sends SQL_ASCII: the bytes are UTF-8 on a UTF8 database.
+        s.report(b"client_encoding", b"SQL_ASCII").unwrap();
+        s.report(b"server_encoding", b"UTF8").unwrap();
+        assert_eq!(s.encoding, Encoding::Utf8);
+        let mut latin = ServerSettings::default();
+        latin.report(b"server_encoding", b"LATIN1").unwrap();
+        assert!(latin.report(b"client_encoding", b"SQL_ASCII").is_err());
     }
 
     #[test]

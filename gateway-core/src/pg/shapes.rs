@@ -186,6 +186,20 @@ impl Shapes {
         describe
     }
 
+    /// SQL replaced or closed portals (DECLARE, CLOSE, DISCARD ALL): the
+    /// columns of every portal are learnt again.
+    pub fn forget_portals(&mut self) {
+        self.portals.clear();
+    }
+
+    /// SQL dropped prepared statements (DEALLOCATE, DISCARD ALL).
+    pub fn forget_statements(&mut self) {
+        self.statements.clear();
+        for generation in self.generations.values_mut() {
+            *generation += 1;
+        }
+    }
+
     /// A Close was forwarded.
     pub fn close(&mut self, body: &[u8]) {
         let mut b = Body::new(body);

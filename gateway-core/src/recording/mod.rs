@@ -476,6 +476,10 @@ impl SessionHooks for Recorder {
         self.inner.ready(status);
     }
 
+    fn reading_may_change(&self) -> bool {
+        self.inner.reading_may_change()
+    }
+
     fn columns_allowed(&mut self, columns: &[ResultColumn]) -> Result<(), String> {
         self.inner.columns_allowed(columns)
     }

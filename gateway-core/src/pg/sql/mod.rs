@@ -17,7 +17,9 @@
 
 mod walk;
 
-pub(crate) use walk::{readable_encoding, setting_on, split_path, startup_setting};
+pub(crate) use walk::{
+    privileged_function, readable_encoding, setting_on, split_path, startup_setting,
+};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -79,6 +79,11 @@ const PRIVILEGED_FUNCTIONS: &[&str] = &[
     "pg_import_system_collations",
 ];
 
+/// A built-in that reaches outside the tables a statement names.
+pub(crate) fn privileged_function(name: &str) -> bool {
+    PRIVILEGED_FUNCTIONS.contains(&name)
+}
+
 /// Aggregates that return one row of a number or one value, not a list.
 const SCALAR_AGGREGATES: &[&str] = &[
     "count", "sum", "avg", "min", "max", "bool_and", "bool_or", "every", "stddev", "variance",
@@ -862,7 +867,14 @@ impl Walker {
                     T::TransStmtPrepare => (Action::Admin, "PREPARE TRANSACTION"),
                     T::TransStmtCommitPrepared => (Action::Admin, "COMMIT PREPARED"),
                     T::TransStmtRollbackPrepared => (Action::Admin, "ROLLBACK PREPARED"),
-                    _ => (Action::Session, "TRANSACTION"),
+                    T::TransStmtBegin => (Action::Session, "BEGIN"),
+                    T::TransStmtStart => (Action::Session, "START TRANSACTION"),
+                    T::TransStmtCommit => (Action::Session, "COMMIT"),
+                    T::TransStmtRollback => (Action::Session, "ROLLBACK"),
+                    T::TransStmtSavepoint => (Action::Session, "SAVEPOINT"),
+                    T::TransStmtRelease => (Action::Session, "RELEASE"),
+                    T::TransStmtRollbackTo => (Action::Session, "ROLLBACK TO"),
+                    T::Undefined => (Action::Session, "TRANSACTION"),
                 };
                 self.push(ctx, conn(ctx, action, command));
                 Ok(command)
@@ -1800,7 +1812,9 @@ pub(crate) fn readable_encoding(name: &str) -> Option<super::Encoding> {
         .map(|c| c.to_ascii_lowercase())
         .collect();
     match key.as_str() {
-        "utf8" | "unicode" => Some(super::Encoding::Utf8),
+        // SQL_ASCII converts nothing: the server checks the bytes against
+        // its own encoding (the session checks that it is UTF8).
+        "utf8" | "unicode" | "sqlascii" => Some(super::Encoding::Utf8),
         "latin1" | "iso88591" => Some(super::Encoding::Latin1),
         _ => None,
     }
