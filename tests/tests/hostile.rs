@@ -183,17 +183,22 @@ async fn logged_in_raw(gw: &TestGateway) -> tokio_rustls::client::TlsStream<TcpS
     tls
 }
 
+/// SSLRequest and the TLS handshake.
+async fn tls_connect(gw: &TestGateway) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    assert_eq!(negotiation_answer(&mut tcp, &SSL_REQUEST).await, b'S');
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(gw.client_tls()));
+    connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
 /// TLS, startup, and the password message with `extra` bytes written right
 /// behind it in the same write; returns the stream positioned after login's
 /// BackendKeyData (the next message is the first ReadyForQuery).
 async fn login_raw(gw: &TestGateway, extra: &[u8]) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
-    assert_eq!(negotiation_answer(&mut tcp, &SSL_REQUEST).await, b'S');
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(gw.client_tls()));
-    let mut tls = connector
-        .connect("localhost".try_into().unwrap(), tcp)
-        .await
-        .unwrap();
+    let mut tls = tls_connect(gw).await;
     let packet = startup_packet(196608, b"user\0alice\0database\0payments\0\0");
     tls.write_all(&packet).await.unwrap();
     let mut buf = vec![0u8; 9];
@@ -373,4 +378,100 @@ async fn function_call_messages_are_refused_and_the_session_goes_on() {
         }
     }
     assert_eq!(row.as_deref(), Some("5"));
+}
+
+/// A startup packet sent over TLS (as the gateway requires); what the
+/// gateway answers before it closes.
+async fn startup_over_tls(gw: &TestGateway, body: &[u8]) -> Vec<u8> {
+    let mut tls = tls_connect(gw).await;
+    tls.write_all(&startup_packet(196608, body)).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut out)).await;
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn startup_parameters_off_the_allow_list_are_refused_by_name() {
+    let gw = TestGateway::start().await;
+    // Names in any case, as PostgreSQL reads them; refused before the
+    // password is asked for.
+    for (body, needle) in [
+        (
+            &b"user\0alice\0database\0payments\0Role\0postgres\0\0"[..],
+            "\"role\"",
+        ),
+        (
+            &b"user\0alice\0database\0payments\0options\0-c session_replication_role=replica\0\0"[..],
+            "session_replication_role",
+        ),
+        (
+            &b"user\0alice\0database\0payments\0STANDARD_CONFORMING_STRINGS\0off\0\0"[..],
+            "standard_conforming_strings",
+        ),
+    ] {
+        let (code, message) = error_response(&startup_over_tls(&gw, body).await);
+        assert_eq!(code, "0A000", "{message}");
+        assert!(message.contains(needle), "{message}");
+    }
+    still_serves(&gw).await;
+}
+
+/// A protocol Parse under a name SQL's PREPARE holds already fails on the
+/// server; an Execute of that name then runs the SQL statement, and the
+/// gateway decides and records it as that statement, not as the failed Parse.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_execute_is_decided_as_the_statement_the_server_holds() {
+    let gw = TestGateway::start_with("[policy]\nstarter = true\n").await;
+    let mut tls = logged_in_raw(&gw).await;
+    let mut batch = message(b'Q', b"PREPARE s AS SELECT count(*) FROM customers\0");
+    batch.extend(message(b'P', b"s\0SELECT 1\0\0\0"));
+    batch.extend(message(b'S', b""));
+    batch.extend(message(b'B', b"\0s\0\0\0\0\0\0\0"));
+    batch.extend(message(b'E', b"\0\0\0\0\0"));
+    batch.extend(message(b'S', b""));
+    tls.write_all(&batch).await.unwrap();
+    let mut errors = Vec::new();
+    let mut readies = 0;
+    let mut rows = 0;
+    while readies < 3 {
+        let (tag, body) = read_message_after_login(&mut tls).await;
+        match tag {
+            b'Z' => readies += 1,
+            b'D' => rows += 1,
+            b'E' => errors.push(error_response(
+                &[&[b'E'], &((body.len() + 4) as i32).to_be_bytes()[..], &body].concat(),
+            )),
+            _ => {}
+        }
+    }
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        errors[0].0, "42P05",
+        "the Parse under a taken name fails: {errors:?}"
+    );
+    assert_eq!(rows, 1, "the Execute ran the SQL-prepared count");
+    drop(tls);
+    gw.settle().await;
+    let store = &gw.running.as_ref().unwrap().recording().store;
+    let sessions = store.sessions(0, i64::MAX).await.unwrap();
+    let frames = store.frames(&sessions[0].id, -1, 100).await.unwrap();
+    let last = frames
+        .iter()
+        .rfind(|f| f.kind == "statement")
+        .expect("the Execute is on record");
+    assert!(
+        last.body["text"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("EXECUTE"),
+        "{}",
+        last.body
+    );
+    assert!(
+        last.body["resources"]
+            .to_string()
+            .contains("public.customers"),
+        "{}",
+        last.body
+    );
 }

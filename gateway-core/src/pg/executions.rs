@@ -60,6 +60,9 @@ struct Unconfirmed {
 pub enum Next {
     /// Nothing: the first execution since the Parse, or a continuation.
     Free,
+    /// Not yet: the statement's Parse was sent in an earlier batch and not
+    /// answered; once it is (or is undone), ask again.
+    Wait,
     /// A decision on `sql` as execution number `execution` of `statement`.
     Ask {
         /// The prepared statement's name.
@@ -190,6 +193,15 @@ impl Executions {
         if *executed {
             return Next::Free;
         }
+        // In its own batch a failed Parse makes the server skip the Execute
+        // too; in a later one the Execute would run whatever the server holds.
+        if self
+            .unconfirmed
+            .iter()
+            .any(|u| u.name == *statement && u.batch <= self.sent)
+        {
+            return Next::Wait;
+        }
         match self.statements.get(statement) {
             Some(Parsed { executions: 0, .. }) if self.covered.as_ref() == Some(statement) => {
                 Next::Free
@@ -295,6 +307,20 @@ mod tests {
         assert!(
             matches!(e.next(&execute("")), Next::Ask { ref sql, .. } if sql == "SELECT pan FROM payments")
         );
+    }
+
+    #[test]
+    fn an_execute_behind_an_unanswered_parse_of_an_earlier_batch_waits() {
+        let mut e = Executions::default();
+        e.parsed("s", "SELECT 1", false);
+        e.batch_sent();
+        e.bound(&bind("", "s"));
+        assert_eq!(e.next(&execute("")), Next::Wait);
+        e.ready(); // no ParseComplete: the Parse failed
+        assert!(matches!(
+            e.next(&execute("")),
+            Next::Ask { execution: 0, .. }
+        ));
     }
 
     #[test]

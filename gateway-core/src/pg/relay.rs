@@ -685,6 +685,7 @@ impl State<'_> {
     fn gate_execute(&mut self, body: &[u8]) -> Gate {
         let (statement, sql, execution) = match self.executions.next(body) {
             Next::Free => return Gate::Go,
+            Next::Wait => return Gate::Wait(self.after_answers()),
             Next::Ask {
                 statement,
                 sql,
