@@ -439,7 +439,7 @@ async fn an_execute_is_decided_as_the_statement_the_server_holds() {
             b'Z' => readies += 1,
             b'D' => rows += 1,
             b'E' => errors.push(error_response(
-                &[&[b'E'], &((body.len() + 4) as i32).to_be_bytes()[..], &body].concat(),
+                &[b"E", &((body.len() + 4) as i32).to_be_bytes()[..], &body].concat(),
             )),
             _ => {}
         }
