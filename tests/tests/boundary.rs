@@ -555,6 +555,12 @@ const CASES: &[Case] = &[
         DENIED,
     ),
     case("roles", &["COMMIT PREPARED 'someone-elses'"], DENIED),
+    case(
+        "roles",
+        &["BEGIN; SELECT id FROM payments WHERE id = 1 FOR UPDATE; COMMIT"],
+        DENIED,
+    ),
+    case("routines", &["EXPLAIN SELECT public.leak('x')"], DENIED),
     case("roles", &["ROLLBACK PREPARED 'someone-elses'"], DENIED),
     // ---- values that carry a protected column ------------------------------
     case("values", &["SELECT pan FROM payments WHERE id = 1"], Runs),

@@ -475,3 +475,64 @@ async fn an_execute_is_decided_as_the_statement_the_server_holds() {
         last.body
     );
 }
+
+/// Sends `batch` and reads up to its `readies`-th ReadyForQuery; returns
+/// the DataRows' bodies and the SQLSTATEs of the errors.
+async fn exchange(
+    tls: &mut tokio_rustls::client::TlsStream<TcpStream>,
+    batch: &[u8],
+    readies: usize,
+) -> (Vec<Vec<u8>>, Vec<String>) {
+    tls.write_all(batch).await.unwrap();
+    let (mut rows, mut errors, mut seen) = (Vec::new(), Vec::new(), 0);
+    while seen < readies {
+        let (tag, body) = read_message_after_login(tls).await;
+        match tag {
+            b'Z' => seen += 1,
+            b'D' => rows.push(body),
+            b'E' => errors.push(
+                error_response(
+                    &[b"E", &((body.len() + 4) as i32).to_be_bytes()[..], &body].concat(),
+                )
+                .0,
+            ),
+            _ => {}
+        }
+    }
+    (rows, errors)
+}
+
+/// A Bind the server refuses leaves the portal bound as before: the rows
+/// of a later Execute of it are masked for what really runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_bind_does_not_leave_the_gateway_a_wrong_portal() {
+    let gw = TestGateway::start_with("[policy]\nstarter = true\n").await;
+    let mut tls = logged_in_raw(&gw).await;
+    let sync = message(b'S', b"");
+    exchange(&mut tls, &message(b'Q', b"BEGIN\0"), 1).await;
+    let mut batch = message(
+        b'P',
+        b"s1\0SELECT pan, cvv FROM payments WHERE id = 1\0\0\0",
+    );
+    batch.extend(message(b'B', b"p\0s1\0\0\0\0\0\0\0"));
+    batch.extend(&sync);
+    exchange(&mut tls, &batch, 1).await;
+    let mut batch = message(b'P', b"s2\0SELECT 1, 2\0\0\0");
+    batch.extend(message(b'D', b"Ss2\0"));
+    batch.extend(&sync);
+    exchange(&mut tls, &batch, 1).await;
+    exchange(&mut tls, &message(b'Q', b"SAVEPOINT a\0"), 1).await;
+    let mut batch = message(b'B', b"p\0s2\0\0\0\0\0\0\0");
+    batch.extend(&sync);
+    let (_, errors) = exchange(&mut tls, &batch, 1).await;
+    assert_eq!(errors, ["42P03"], "the portal exists already");
+    exchange(&mut tls, &message(b'Q', b"ROLLBACK TO SAVEPOINT a\0"), 1).await;
+    let mut batch = message(b'E', b"p\0\0\0\0\0");
+    batch.extend(&sync);
+    let (rows, errors) = exchange(&mut tls, &batch, 1).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(rows.len(), 1, "portal p runs s1");
+    let row = String::from_utf8_lossy(&rows[0]);
+    assert!(!row.contains("4111111111111111"), "PAN unmasked: {row}");
+    assert!(!row.contains("123"), "CVV unmasked: {row}");
+}

@@ -67,6 +67,8 @@ pub struct Snapshot {
     pub user_functions: HashSet<String>,
     /// Names of operators created after initdb.
     pub user_operators: HashSet<String>,
+    /// Every function name, built-in or not (for function-call notation).
+    pub functions: HashSet<String>,
     /// A table outside the system schemas holds cardholder data.
     pub cardholder_data: bool,
     /// Relation OID -> (schema, name), for checking what a result's
@@ -564,10 +566,12 @@ impl Catalog {
         }
         let mut builtins = HashSet::new();
         let mut user_functions = HashSet::new();
+        let mut functions = HashSet::new();
         for row in conn.query(FUNCTIONS_SQL).await? {
             let [Some(name), initdb, stable, user] = row.as_slice() else {
                 continue;
             };
+            functions.insert(name.clone());
             let yes = |v: &Option<String>| v.as_deref() == Some("t");
             if yes(user) {
                 user_functions.insert(name.clone());
@@ -603,6 +607,7 @@ impl Catalog {
             builtins,
             user_functions,
             user_operators,
+            functions,
             cardholder_data,
             by_table_oid,
             default_path,

@@ -27,6 +27,8 @@ pub struct Executions {
     statements: HashMap<String, Parsed>,
     /// Portal name -> (statement name, executed once already).
     portals: HashMap<String, (String, bool)>,
+    /// Portal name -> the batch it was bound in.
+    bound_in: HashMap<String, u64>,
     /// The statement parsed last, while nothing else has happened since:
     /// its Parse's decision covers its first execution.
     covered: Option<String>,
@@ -114,6 +116,23 @@ impl Executions {
         self.portals.clear();
     }
 
+    /// An error answers the batch being answered: a Bind of it may have
+    /// failed (the portal stays as it was) or been skipped, so what was
+    /// recorded for the portals it bound is void.
+    pub fn batch_failed(&mut self) {
+        let batch = self.answered + 1;
+        let failed: Vec<String> = self
+            .bound_in
+            .iter()
+            .filter(|(_, b)| **b == batch)
+            .map(|(portal, _)| portal.clone())
+            .collect();
+        for portal in failed {
+            self.portals.remove(&portal);
+            self.bound_in.remove(&portal);
+        }
+    }
+
     /// Every prepared statement may have been dropped by SQL (DEALLOCATE,
     /// DISCARD ALL).
     pub fn forget_statements(&mut self) {
@@ -152,8 +171,10 @@ impl Executions {
     pub fn bound(&mut self, body: &[u8]) {
         let mut body = Body::new(body);
         if let (Some(portal), Some(statement)) = (body.cstr(), body.cstr()) {
+            let portal = String::from_utf8_lossy(portal).into_owned();
+            self.bound_in.insert(portal.clone(), self.sent + 1);
             self.portals.insert(
-                String::from_utf8_lossy(portal).into_owned(),
+                portal,
                 (String::from_utf8_lossy(statement).into_owned(), false),
             );
         }
@@ -186,7 +207,11 @@ impl Executions {
             // cursor (decided when declared), or none (the server refuses).
             return Next::Ask {
                 statement: String::new(),
-                sql: format!("FETCH ALL FROM \"{}\"", portal.replace('"', "\"\"")),
+                sql: if portal.is_empty() {
+                    "FETCH ALL FROM \"<unnamed portal>\"".to_string()
+                } else {
+                    format!("FETCH ALL FROM \"{}\"", portal.replace('"', "\"\""))
+                },
                 execution: 0,
             };
         };

@@ -706,6 +706,7 @@ impl Guard {
                 }
             }
             accesses.extend(user_operators(&info.operators, snapshot));
+            notation_calls(&info.notation, snapshot, &mut accesses);
             resolved.extend(resolve(&accesses, snapshot, &paths, any_schema));
             for item in &resolved {
                 ruling.note(item);
@@ -1091,6 +1092,40 @@ fn user_operators(operators: &[ObjectName], snapshot: &Snapshot) -> Vec<Access> 
             derived: Vec::new(),
         })
         .collect()
+}
+
+/// `q.f` on a subquery, CTE or join where a function `f` exists may be
+/// `f(q)`: the whole row of `q` goes into `f`. Fail closed: every read
+/// of the statement is a derived value, and `f` a call unless a built-in.
+fn notation_calls(names: &[String], snapshot: &Snapshot, accesses: &mut Vec<Access>) {
+    let functions: Vec<&String> = names
+        .iter()
+        .filter(|name| snapshot.functions.contains(*name))
+        .collect();
+    if functions.is_empty() {
+        return;
+    }
+    for access in accesses.iter_mut() {
+        if matches!(access.action, Action::Read | Action::CopyOut) {
+            access.derived.push(ColumnRef::All);
+        }
+    }
+    let command = accesses.first().map_or("SELECT", |a| a.command);
+    for name in functions {
+        accesses.push(Access {
+            action: Action::Call,
+            target: Target::Function(ObjectName {
+                schema: None,
+                name: name.clone(),
+            }),
+            command,
+            columns: Vec::new(),
+            has_where: true,
+            has_limit: true,
+            only: false,
+            derived: Vec::new(),
+        });
+    }
 }
 
 /// Apply a search_path change that is in force.

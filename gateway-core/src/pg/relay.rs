@@ -550,6 +550,10 @@ impl State<'_> {
                     self.command_done(&String::from_utf8_lossy(command));
                     self.to_client.extend_from_slice(frame);
                 }
+                b'E' if !self.inspect => {
+                    self.executions.batch_failed();
+                    self.to_client.extend_from_slice(frame);
+                }
                 b'S' if !self.inspect => {
                     let mut body = Body::new(&frame[5..]);
                     if let (Some(name), Some(value)) = (body.cstr(), body.cstr()) {
@@ -611,6 +615,10 @@ impl State<'_> {
                 }
                 b'E' => {
                     self.withheld = None;
+                    // A failed Bind leaves the portal as it was: what the
+                    // relay recorded for it may be wrong.
+                    self.executions.batch_failed();
+                    self.shapes.batch_failed();
                     self.shapes.error();
                     let (sqlstate, message) = self.put_fields(ValueSource::ErrorField, frame);
                     self.hooks.event(&SessionEvent::Failed {

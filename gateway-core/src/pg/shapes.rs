@@ -192,6 +192,13 @@ impl Shapes {
         self.portals.clear();
     }
 
+    /// An error answers the batch being answered: the portals it bound may
+    /// not be what was recorded (a failed Bind leaves a portal as it was).
+    pub fn batch_failed(&mut self) {
+        let batch = self.answered + 1;
+        self.portals.retain(|_, p| p.batch != batch);
+    }
+
     /// SQL dropped prepared statements (DEALLOCATE, DISCARD ALL).
     pub fn forget_statements(&mut self) {
         self.statements.clear();
@@ -274,6 +281,21 @@ impl Shapes {
                 else {
                     unreachable!("front was checked")
                 };
+                if !self.portals.contains_key(&portal) {
+                    // A portal this relay did not see bound (a SQL cursor, or
+                    // one forgotten after an error): the Describe says all,
+                    // formats included.
+                    self.portals.insert(
+                        portal.clone(),
+                        Portal {
+                            statement: Vec::new(),
+                            generation: 0,
+                            batch: self.sent,
+                            formats: columns.iter().map(|c| i16::from(c.binary)).collect(),
+                            columns: None,
+                        },
+                    );
+                }
                 if let Some(p) = self.portals.get_mut(&portal) {
                     p.columns = Some(columns.clone());
                     // Still the statement it was bound to: later Binds of it
@@ -308,10 +330,17 @@ impl Shapes {
             }
             Some(Expect::DescribePortal { hidden, .. }) => {
                 let hidden = *hidden;
-                if let Some(Expect::DescribePortal { portal, .. }) = self.pending.pop_front()
-                    && let Some(p) = self.portals.get_mut(&portal)
-                {
-                    p.columns = Some(Vec::new());
+                if let Some(Expect::DescribePortal { portal, .. }) = self.pending.pop_front() {
+                    self.portals
+                        .entry(portal)
+                        .or_insert_with(|| Portal {
+                            statement: Vec::new(),
+                            generation: 0,
+                            batch: 0,
+                            formats: Vec::new(),
+                            columns: None,
+                        })
+                        .columns = Some(Vec::new());
                 }
                 !hidden
             }

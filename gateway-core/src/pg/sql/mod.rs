@@ -190,6 +190,9 @@ pub struct StatementInfo {
     /// Why the gateway cannot follow this statement, if it cannot: it is
     /// refused before anything is sent (fail closed).
     pub unsupported: Option<String>,
+    /// Names used as `q.name` on a subquery, CTE or join `q`: when a
+    /// function of that name exists, PostgreSQL may read it as `name(q)`.
+    pub notation: Vec<String>,
 }
 
 /// The rows of a `COPY ... TO STDOUT`.

@@ -106,6 +106,23 @@ pub(super) fn analysis(tree: &Value) -> Result<Analysis, SqlError> {
             _ => false,
         };
         analysis.literal_sensitive |= walker.literal_sensitive;
+        if walker.locks {
+            // Row locks stop everyone else's writes: each read also writes.
+            let locked: Vec<Access> = walker
+                .accesses
+                .iter()
+                .filter(|a| a.action == Action::Read && matches!(a.target, Target::Table(_)))
+                .map(|a| Access {
+                    action: Action::Write,
+                    command: "SELECT FOR UPDATE",
+                    columns: Vec::new(),
+                    derived: Vec::new(),
+                    has_where: true,
+                    ..a.clone()
+                })
+                .collect();
+            walker.accesses.extend(locked);
+        }
         if walker.unattributed_derived {
             // Fail closed: any table read may be where the value came from.
             for access in &mut walker.accesses {
@@ -123,6 +140,7 @@ pub(super) fn analysis(tree: &Value) -> Result<Analysis, SqlError> {
             copy_out: walker.copy_out,
             operators: walker.operators,
             unsupported: walker.unsupported,
+            notation: walker.notation,
         });
     }
     Ok(analysis)
@@ -295,6 +313,10 @@ struct Walker {
     depth: usize,
     operators: Vec<ObjectName>,
     unsupported: Option<String>,
+    /// Names used as `q.name` where `q` is a subquery, CTE or join.
+    notation: Vec<String>,
+    /// A SELECT ... FOR UPDATE/SHARE: its reads lock rows.
+    locks: bool,
 }
 
 /// `{"node": {"Kind": {...}}}` -> ("Kind", {...}).
@@ -545,7 +567,11 @@ impl Walker {
             access.action = action;
         }
         if ctx.explain_only {
-            access.action = Action::Read;
+            // The planner folds immutable functions while planning: a call
+            // stays a call under plain EXPLAIN.
+            if !matches!(access.action, Action::Call | Action::Admin) {
+                access.action = Action::Read;
+            }
             access.command = "EXPLAIN";
             access.has_limit = true;
             access.has_where = true;
@@ -1168,6 +1194,10 @@ impl Walker {
     }
 
     fn select(&mut self, n: &Value, ctx: Ctx) -> Result<(), SqlError> {
+        if !array(n, "locking_clause").is_empty() {
+            // FOR UPDATE / FOR SHARE hold row locks that stop writers.
+            self.locks = true;
+        }
         let cte_mark = self.ctes.len();
         self.with(n, ctx)?;
         let has_limit = ctx.has_limit || n.get("limit_count").is_some_and(bounded) || single_row(n);
@@ -1566,8 +1596,27 @@ impl Walker {
                 let derived = ctx.derived || !count;
                 self.any(body, Ctx { derived, ..ctx })?;
             }
-            "TypeCast" | "CoalesceExpr" | "CaseExpr" | "MinMaxExpr" | "RowExpr" | "AArrayExpr"
-            | "AIndirection" | "CollateClause" | "RangeTableFunc" => {
+            "TypeCast"
+            | "CoalesceExpr"
+            | "CaseExpr"
+            | "MinMaxExpr"
+            | "RowExpr"
+            | "AArrayExpr"
+            | "AIndirection"
+            | "CollateClause"
+            | "RangeTableFunc"
+            | "XmlExpr"
+            | "XmlSerialize"
+            | "JsonObjectConstructor"
+            | "JsonArrayConstructor"
+            | "JsonArrayQueryConstructor"
+            | "JsonObjectAgg"
+            | "JsonArrayAgg"
+            | "JsonParseExpr"
+            | "JsonScalarExpr"
+            | "JsonSerializeExpr"
+            | "JsonFuncExpr"
+            | "JsonIsPredicate" => {
                 // Casts can fail with the value in the error; the others
                 // compute a new value from their inputs, and rows a function
                 // in FROM makes carry no column identity.
@@ -1661,6 +1710,14 @@ impl Walker {
                 && let Some((_, index)) = level.tables.iter().find(|(label, _)| label == name)
             {
                 self.accesses[*index].derived.push(ColumnRef::All);
+            }
+            // `t.f` on a subquery, CTE or join: a column of it, or function
+            // f called on the whole row (PostgreSQL's function-call notation).
+            if let (Some(q), ColumnRef::Named(name)) = (&qualifier, &column)
+                && level.opaque.iter().any(|label| label == q)
+                && !self.notation.contains(name)
+            {
+                self.notation.push(name.clone());
             }
             // `SELECT t FROM (SELECT ...) t`: a record of a subquery's, CTE's
             // or join's columns, any of which may come from any table read.
