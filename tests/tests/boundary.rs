@@ -600,6 +600,55 @@ const CASES: &[Case] = &[
     ),
     case(
         "values",
+        &[
+            "SELECT translate(p.row_to_json::text, '0123456789', 'abcdefghij') FROM payments p LIMIT 5",
+        ],
+        DENIED,
+    ),
+    case(
+        "values",
+        &["SELECT p.row_to_json FROM payments p WHERE id = 1"],
+        DENIED,
+    ),
+    case(
+        "values",
+        &["SELECT t.record_send FROM (SELECT pan, cvv FROM payments) t"],
+        DENIED,
+    ),
+    case(
+        "values",
+        &["WITH c AS (SELECT pan, cvv FROM payments) SELECT c.record_send FROM c"],
+        DENIED,
+    ),
+    case(
+        "values",
+        &["SELECT j.record_send FROM (payments JOIN customers ON true) j"],
+        DENIED,
+    ),
+    case(
+        "values",
+        &["SELECT t.quote_literal FROM (SELECT cvv FROM payments WHERE id = 1) t"],
+        DENIED,
+    ),
+    case(
+        "values",
+        &[
+            "SELECT 1 FROM payments WHERE id = 1 AND xmlparse(document '0' || pan || '0x' || cvv) IS NULL",
+        ],
+        DENIED,
+    ),
+    case(
+        "values",
+        &["SELECT 1 FROM payments WHERE id = 1 AND xmlparse(document cvv) IS NULL"],
+        DENIED,
+    ),
+    case(
+        "routines",
+        &["SELECT c.leak FROM customers c WHERE id = 1"],
+        DENIED,
+    ),
+    case(
+        "values",
         &["SELECT row_to_json(p) FROM payments p WHERE id = 1"],
         DENIED,
     ),
