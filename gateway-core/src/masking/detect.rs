@@ -61,6 +61,37 @@ pub fn mask_text(text: &mut [u8], keep: Keep, fill: Fill) -> Vec<Hit> {
     hits
 }
 
+/// Mask every run of 13 or more digits that holds a valid PAN anywhere
+/// inside it (`0` + PAN + `0` pads a PAN past [`mask_text`], which tests
+/// whole runs). For texts no one needs digit for digit, where a value can
+/// be made to appear padded: error and notice fields. Returns how many
+/// runs were masked.
+pub fn mask_embedded(text: &mut [u8], fill: Fill) -> usize {
+    let mut masked = 0;
+    let mut i = 0;
+    while i < text.len() {
+        if !text[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < text.len() && text[i].is_ascii_digit() {
+            i += 1;
+        }
+        let run = start..i;
+        if run.len() < 13 {
+            continue;
+        }
+        let holds_pan = (13..=19.min(run.len()))
+            .any(|len| (run.start..=run.end - len).any(|at| pan::valid(&text[at..at + len])));
+        if holds_pan {
+            text[run].fill(fill.byte());
+            masked += 1;
+        }
+    }
+    masked
+}
+
 /// Hide the digits of a PAN (or a PAN-like value) in place, keeping what
 /// `keep` allows; separators stay.
 pub fn mask_digits(value: &mut [u8], digits: usize, keep: Keep, fill: Fill) {
@@ -294,6 +325,19 @@ fn json_number_fix(number: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pan_padded_with_digits_is_masked_in_error_texts() {
+        let mut text =
+            b"input 041111111111111110x123 rejected; order 12345678901234 and 2026".to_vec();
+        assert_eq!(mask_embedded(&mut text, Fill::Star), 1);
+        let text = String::from_utf8(text).unwrap();
+        assert!(text.starts_with("input ******************x123"), "{text}");
+        assert!(
+            text.contains("order 12345678901234"),
+            "no PAN in it: {text}"
+        );
+    }
 
     fn masked(text: &str, keep: Keep) -> String {
         let mut bytes = text.as_bytes().to_vec();

@@ -753,6 +753,15 @@ fn encode_numeric(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Whether `value` has 13 or more digits in a row.
+fn long_digit_run(value: &[u8]) -> bool {
+    let mut run = 0;
+    value.iter().any(|b| {
+        run = if b.is_ascii_digit() { run + 1 } else { 0 };
+        run >= 13
+    })
+}
+
 impl SessionHooks for Masker {
     fn statement(&mut self, statement: &Statement<'_>) -> Verdict {
         // Column rules need the catalog; read it first when it is stale.
@@ -879,10 +888,21 @@ impl SessionHooks for Masker {
                     ValueSource::Parameter => "parameter status",
                     _ => "notification",
                 };
-                Some(
-                    self.detect(place, value, Fill::Star, false)
-                        .map_or(Cow::Borrowed(value), Cow::Owned),
-                )
+                let mut found = self.detect(place, value, Fill::Star, false);
+                if matches!(other, ValueSource::ErrorField | ValueSource::NoticeField)
+                    && long_digit_run(found.as_deref().unwrap_or(value))
+                {
+                    // Errors echo values built by the statement: a PAN padded
+                    // with digits is masked there too.
+                    let mut text = found.clone().unwrap_or_else(|| value.to_vec());
+                    let runs = crate::masking::detect::mask_embedded(&mut text, Fill::Star);
+                    if runs > 0 {
+                        self.counts
+                            .add(place, crate::masking::Detector::Pan, runs as u64);
+                        found = Some(text);
+                    }
+                }
+                Some(found.map_or(Cow::Borrowed(value), Cow::Owned))
             }
         };
         match masked {
