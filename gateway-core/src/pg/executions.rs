@@ -20,15 +20,13 @@
 use std::collections::HashMap;
 
 use super::frame::Body;
+use super::side::quote_ident;
 
 /// What the relay knows of the session's prepared statements and portals.
 #[derive(Debug, Default)]
 pub struct Executions {
     statements: HashMap<String, Parsed>,
-    /// Portal name -> (statement name, executed once already).
-    portals: HashMap<String, (String, bool)>,
-    /// Portal name -> the batch it was bound in.
-    bound_in: HashMap<String, u64>,
+    portals: HashMap<String, Portal>,
     /// The statement parsed last, while nothing else has happened since:
     /// its Parse's decision covers its first execution.
     covered: Option<String>,
@@ -38,6 +36,16 @@ pub struct Executions {
     sent: u64,
     /// ReadyForQuery messages received (or Syncs that will get none).
     answered: u64,
+}
+
+/// A portal bound over the protocol.
+#[derive(Debug)]
+struct Portal {
+    statement: String,
+    /// Executed once already (a later Execute continues it).
+    executed: bool,
+    /// The batch it was bound in.
+    batch: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -121,16 +129,7 @@ impl Executions {
     /// recorded for the portals it bound is void.
     pub fn batch_failed(&mut self) {
         let batch = self.answered + 1;
-        let failed: Vec<String> = self
-            .bound_in
-            .iter()
-            .filter(|(_, b)| **b == batch)
-            .map(|(portal, _)| portal.clone())
-            .collect();
-        for portal in failed {
-            self.portals.remove(&portal);
-            self.bound_in.remove(&portal);
-        }
+        self.portals.retain(|_, p| p.batch != batch);
     }
 
     /// Every prepared statement may have been dropped by SQL (DEALLOCATE,
@@ -171,11 +170,13 @@ impl Executions {
     pub fn bound(&mut self, body: &[u8]) {
         let mut body = Body::new(body);
         if let (Some(portal), Some(statement)) = (body.cstr(), body.cstr()) {
-            let portal = String::from_utf8_lossy(portal).into_owned();
-            self.bound_in.insert(portal.clone(), self.sent + 1);
             self.portals.insert(
-                portal,
-                (String::from_utf8_lossy(statement).into_owned(), false),
+                String::from_utf8_lossy(portal).into_owned(),
+                Portal {
+                    statement: String::from_utf8_lossy(statement).into_owned(),
+                    executed: false,
+                    batch: self.sent + 1,
+                },
             );
         }
     }
@@ -202,16 +203,24 @@ impl Executions {
     pub fn next(&self, body: &[u8]) -> Next {
         let portal = Body::new(body).cstr().unwrap_or_default();
         let portal = String::from_utf8_lossy(portal);
-        let Some((statement, executed)) = self.portals.get(portal.as_ref()) else {
+        let Some(Portal {
+            statement,
+            executed,
+            ..
+        }) = self.portals.get(portal.as_ref())
+        else {
             // Not bound over the protocol as far as the relay knows: a SQL
             // cursor (decided when declared), or none (the server refuses).
             return Next::Ask {
                 statement: String::new(),
-                sql: if portal.is_empty() {
-                    "FETCH ALL FROM \"<unnamed portal>\"".to_string()
-                } else {
-                    format!("FETCH ALL FROM \"{}\"", portal.replace('"', "\"\""))
-                },
+                sql: format!(
+                    "FETCH ALL FROM {}",
+                    quote_ident(if portal.is_empty() {
+                        "<unnamed portal>"
+                    } else {
+                        &portal
+                    })
+                ),
                 execution: 0,
             };
         };
@@ -240,7 +249,7 @@ impl Executions {
             },
             None => Next::Ask {
                 statement: statement.clone(),
-                sql: format!("EXECUTE \"{}\"", statement.replace('"', "\"\"")),
+                sql: format!("EXECUTE {}", quote_ident(statement)),
                 execution: 0,
             },
         }
@@ -252,20 +261,20 @@ impl Executions {
         let portal = Body::new(body).cstr().unwrap_or_default();
         self.portals
             .get(String::from_utf8_lossy(portal).as_ref())
-            .and_then(|(statement, _)| self.statements.get(statement))
+            .and_then(|p| self.statements.get(&p.statement))
             .is_none_or(|parsed| parsed.may_change_reading)
     }
 
     /// The Execute with this body went upstream.
     pub fn executed(&mut self, body: &[u8]) {
         let portal = Body::new(body).cstr().unwrap_or_default();
-        if let Some((statement, executed)) = self
+        if let Some(p) = self
             .portals
             .get_mut(String::from_utf8_lossy(portal).as_ref())
-            && !*executed
+            && !p.executed
         {
-            *executed = true;
-            if let Some(parsed) = self.statements.get_mut(statement.as_str()) {
+            p.executed = true;
+            if let Some(parsed) = self.statements.get_mut(p.statement.as_str()) {
                 parsed.executions += 1;
             }
             self.covered = None;

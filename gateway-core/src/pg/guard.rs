@@ -102,8 +102,6 @@ pub struct Guard {
     rows_counted: u64,
     /// Estimated cardholder rows of forwarded reads not answered yet.
     rows_in_flight: u64,
-    /// The same, as the decision being made would leave it if forwarded.
-    rows_in_flight_next: u64,
     /// `SET tollgate.reason`: the requester's reason for approval requests.
     reason: Option<String>,
 }
@@ -205,7 +203,6 @@ impl Guard {
             counting: false,
             rows_counted: 0,
             rows_in_flight: 0,
-            rows_in_flight_next: 0,
             reading_may_change: false,
             reason: None,
         }
@@ -353,11 +350,8 @@ impl Guard {
             let oids = cached.oids.clone();
             self.ruling = Some(cached.ruling.clone());
             // A cached decision reads no cardholder table by rows returned.
-            self.rows_in_flight_next = match statement.in_flight {
-                InFlight::Nothing => 0,
-                _ => self.rows_in_flight,
-            };
-            return self.conclude(statement, judged, &analysis, &snapshot, &oids);
+            let rows = self.rows_on_the_way(statement);
+            return self.conclude(statement, judged, &analysis, &snapshot, &oids, rows);
         }
         let mut notes = Notes {
             cacheable: !engine.uses_time(),
@@ -373,7 +367,6 @@ impl Guard {
             oids,
             rows_in_flight,
         } = notes;
-        self.rows_in_flight_next = rows_in_flight;
         // Every estimate the decision needed was had: the next one asks afresh.
         self.estimates
             .lock()
@@ -398,7 +391,23 @@ impl Guard {
                 },
             );
         }
-        self.conclude(statement, judged, &analysis, &snapshot, &oids)
+        self.conclude(
+            statement,
+            judged,
+            &analysis,
+            &snapshot,
+            &oids,
+            rows_in_flight,
+        )
+    }
+
+    /// Estimated cardholder rows of allowed reads whose answers have not
+    /// come yet (none once nothing is in flight).
+    fn rows_on_the_way(&self, statement: &Statement<'_>) -> u64 {
+        match statement.in_flight {
+            InFlight::Nothing => 0,
+            _ => self.rows_in_flight,
+        }
     }
 
     /// Turn what the policy made of a message into the relay's verdict:
@@ -410,6 +419,7 @@ impl Guard {
         analysis: &Analysis,
         snapshot: &Snapshot,
         oids: &[u32],
+        rows_in_flight: u64,
     ) -> Verdict {
         let decision = match judged {
             Judged::Decided(decision) => {
@@ -438,7 +448,7 @@ impl Guard {
             if statement.in_flight == InFlight::Nothing {
                 self.in_flight_oids.clear();
             }
-            self.rows_in_flight = std::mem::take(&mut self.rows_in_flight_next);
+            self.rows_in_flight = rows_in_flight;
             self.in_flight_oids.extend(oids);
             let cursor = analysis
                 .statements
@@ -675,10 +685,7 @@ impl Guard {
         // Rows that allowed reads of cardholder data will return and whose
         // answers have not come yet count too (estimated): statements sent
         // together are decided before any of their rows are counted.
-        let mut rows_on_the_way = match statement.in_flight {
-            InFlight::Nothing => 0,
-            _ => self.rows_in_flight,
-        };
+        let mut rows_on_the_way = self.rows_on_the_way(statement);
         // Statements prepared earlier in this same message.
         let mut prepared_here: HashMap<&str, &[Access]> = HashMap::new();
         for (index, info) in analysis.statements.iter().enumerate() {
@@ -1005,8 +1012,7 @@ impl Guard {
                 || info.accesses.iter().any(|a| {
                     matches!(a.action, Action::Code | Action::Admin)
                         || (a.action == Action::Call && !is_builtin(a, snapshot))
-                })
-                || info.accesses.iter().any(|a| a.command == "SELECT set_config");
+                });
             self.reading_may_change |= changes_reading;
         }
     }
@@ -1070,6 +1076,20 @@ fn is_builtin(access: &Access, snapshot: &Snapshot) -> bool {
     }
 }
 
+/// A call of the routine `schema.name` (as written) within `command`.
+fn call_access(schema: Option<String>, name: String, command: &'static str) -> Access {
+    Access {
+        action: Action::Call,
+        target: Target::Function(ObjectName { schema, name }),
+        command,
+        columns: Vec::new(),
+        has_where: true,
+        has_limit: true,
+        only: false,
+        derived: Vec::new(),
+    }
+}
+
 /// Operators created after initdb that the statement may use: each is a
 /// call of the function behind it.
 fn user_operators(operators: &[ObjectName], snapshot: &Snapshot) -> Vec<Access> {
@@ -1078,18 +1098,12 @@ fn user_operators(operators: &[ObjectName], snapshot: &Snapshot) -> Vec<Access> 
         .filter(|op| {
             op.schema.as_deref() != Some("pg_catalog") && snapshot.user_operators.contains(&op.name)
         })
-        .map(|op| Access {
-            action: Action::Call,
-            target: Target::Function(ObjectName {
-                schema: op.schema.clone(),
-                name: format!("operator({})", op.name),
-            }),
-            command: "OPERATOR",
-            columns: Vec::new(),
-            has_where: true,
-            has_limit: true,
-            only: false,
-            derived: Vec::new(),
+        .map(|op| {
+            call_access(
+                op.schema.clone(),
+                format!("operator({})", op.name),
+                "OPERATOR",
+            )
         })
         .collect()
 }
@@ -1112,19 +1126,7 @@ fn notation_calls(names: &[String], snapshot: &Snapshot, accesses: &mut Vec<Acce
     }
     let command = accesses.first().map_or("SELECT", |a| a.command);
     for name in functions {
-        accesses.push(Access {
-            action: Action::Call,
-            target: Target::Function(ObjectName {
-                schema: None,
-                name: name.clone(),
-            }),
-            command,
-            columns: Vec::new(),
-            has_where: true,
-            has_limit: true,
-            only: false,
-            derived: Vec::new(),
-        });
+        accesses.push(call_access(None, name.clone(), command));
     }
 }
 
@@ -1354,19 +1356,7 @@ fn resolve(
                         .collect();
                     derived.dedup();
                     for function in notation {
-                        let call = Access {
-                            action: Action::Call,
-                            target: Target::Function(super::sql::ObjectName {
-                                schema: None,
-                                name: function.clone(),
-                            }),
-                            command: access.command,
-                            columns: Vec::new(),
-                            has_where: access.has_where,
-                            has_limit: access.has_limit,
-                            only: false,
-                            derived: Vec::new(),
-                        };
+                        let call = call_access(None, function.clone(), access.command);
                         if !is_builtin(&call, snapshot) {
                             out.push(Resolved {
                                 action: Action::Call,

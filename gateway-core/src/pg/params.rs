@@ -63,7 +63,7 @@ fn allowed(name: &str, value: &str, place: &str) -> Result<(), PgError> {
         "standard_conforming_strings" => super::sql::setting_on(value),
         "client_encoding" => super::sql::readable_encoding(value).is_some(),
         "search_path" => true,
-        other => super::sql::startup_setting(other),
+        other => super::sql::session_setting(other),
     };
     if readable {
         return Ok(());

@@ -289,14 +289,12 @@ impl State<'_> {
                 b'Q' => {
                     let bytes = Body::new(&frame[5..]).cstr().unwrap_or_default();
                     let (sql, verdict) = self.ask(bytes, StatementVia::SimpleQuery);
-                    match verdict {
-                        Verdict::Wait(wait) => return Ok(Step::Wait(wait)),
-                        Verdict::AfterAnswers => return Ok(self.after_answers()),
-                        Verdict::Hold { notice, until } => {
-                            self.notice(&notice);
-                            return Ok(Step::Wait(until));
-                        }
-                        Verdict::Decided(Decision::Forward) => {
+                    let decision = match self.decided(verdict) {
+                        Ok(decision) => decision,
+                        Err(step) => return Ok(step),
+                    };
+                    match decision {
+                        Decision::Forward => {
                             if self.unsynced {
                                 // After an error the server skips everything up to
                                 // a Sync, this Query too, and nothing would answer
@@ -315,7 +313,7 @@ impl State<'_> {
                                 self.shapes.query(self.queries_forwarded);
                             }
                         }
-                        Verdict::Decided(Decision::Refuse { sqlstate, message }) => {
+                        Decision::Refuse { sqlstate, message } => {
                             self.hooks.event(&SessionEvent::Refused {
                                 sql: &sql,
                                 message: &message,
@@ -348,14 +346,12 @@ impl State<'_> {
                         String::from_utf8_lossy(body.cstr().unwrap_or_default()).into_owned();
                     let bytes = body.cstr().unwrap_or_default();
                     let (sql, verdict) = self.ask(bytes, StatementVia::Parse { name: &name });
-                    match verdict {
-                        Verdict::Wait(wait) => return Ok(Step::Wait(wait)),
-                        Verdict::AfterAnswers => return Ok(self.after_answers()),
-                        Verdict::Hold { notice, until } => {
-                            self.notice(&notice);
-                            return Ok(Step::Wait(until));
-                        }
-                        Verdict::Decided(Decision::Forward) => {
+                    let decision = match self.decided(verdict) {
+                        Ok(decision) => decision,
+                        Err(step) => return Ok(step),
+                    };
+                    match decision {
+                        Decision::Forward => {
                             self.to_upstream.extend_from_slice(frame);
                             self.unsynced = true;
                             let may_change = self.hooks.reading_may_change();
@@ -364,7 +360,7 @@ impl State<'_> {
                                 self.shapes.parse(&frame[5..]);
                             }
                         }
-                        Verdict::Decided(Decision::Refuse { sqlstate, message }) => {
+                        Decision::Refuse { sqlstate, message } => {
                             self.hooks.event(&SessionEvent::Refused {
                                 sql: &sql,
                                 message: &message,
@@ -554,12 +550,25 @@ impl State<'_> {
                     self.executions.batch_failed();
                     self.to_client.extend_from_slice(frame);
                 }
-                b'S' if !self.inspect => {
+                b'S' => {
+                    // ParameterStatus: the server's own settings, which decide
+                    // how SQL reads; set_config() can put any value here.
                     let mut body = Body::new(&frame[5..]);
-                    if let (Some(name), Some(value)) = (body.cstr(), body.cstr()) {
-                        self.settings.report(name, value)?;
+                    match (body.cstr(), body.cstr()) {
+                        (Some(name), Some(value)) => {
+                            self.settings.report(name, value)?;
+                            if self.inspect {
+                                let value = self
+                                    .hooks
+                                    .result_value(ValueSource::Parameter, value)
+                                    .unwrap_or_default();
+                                put_frame(&mut self.to_client, b'S', &[name, b"\0", &value, b"\0"]);
+                            } else {
+                                self.to_client.extend_from_slice(frame);
+                            }
+                        }
+                        _ => self.to_client.extend_from_slice(frame),
                     }
-                    self.to_client.extend_from_slice(frame);
                 }
                 _ if !self.inspect => self.to_client.extend_from_slice(frame),
                 b'T' => match self.shapes.row_description(&frame[5..]) {
@@ -629,21 +638,6 @@ impl State<'_> {
                 b'N' => {
                     self.put_fields(ValueSource::NoticeField, frame);
                 }
-                b'S' => {
-                    // ParameterStatus: set_config() can put any value here.
-                    let mut body = Body::new(&frame[5..]);
-                    match (body.cstr(), body.cstr()) {
-                        (Some(name), Some(value)) => {
-                            self.settings.report(name, value)?;
-                            let value = self
-                                .hooks
-                                .result_value(ValueSource::Parameter, value)
-                                .unwrap_or_default();
-                            put_frame(&mut self.to_client, b'S', &[name, b"\0", &value, b"\0"]);
-                        }
-                        _ => self.to_client.extend_from_slice(frame),
-                    }
-                }
                 b'd' => {
                     let row = self
                         .hooks
@@ -708,20 +702,29 @@ impl State<'_> {
             },
             in_flight: self.in_flight(),
         });
-        match verdict {
-            Verdict::Decided(Decision::Forward) => Gate::Go,
-            Verdict::Decided(Decision::Refuse { sqlstate, message }) => {
+        match self.decided(verdict) {
+            Ok(Decision::Forward) => Gate::Go,
+            Ok(Decision::Refuse { sqlstate, message }) => {
                 self.hooks.event(&SessionEvent::Refused {
                     sql: &sql,
                     message: &message,
                 });
                 Gate::Refused(PgError::error(sqlstate, message))
             }
-            Verdict::Wait(wait) => Gate::Wait(Step::Wait(wait)),
-            Verdict::AfterAnswers => Gate::Wait(self.after_answers()),
+            Err(step) => Gate::Wait(step),
+        }
+    }
+
+    /// The decision in a verdict, or the wait it asks for (a held statement
+    /// tells the client first).
+    fn decided(&mut self, verdict: Verdict) -> Result<Decision, Step> {
+        match verdict {
+            Verdict::Decided(decision) => Ok(decision),
+            Verdict::Wait(wait) => Err(Step::Wait(wait)),
+            Verdict::AfterAnswers => Err(self.after_answers()),
             Verdict::Hold { notice, until } => {
                 self.notice(&notice);
-                Gate::Wait(Step::Wait(until))
+                Err(Step::Wait(until))
             }
         }
     }

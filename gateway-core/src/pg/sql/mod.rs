@@ -18,7 +18,7 @@
 mod walk;
 
 pub(crate) use walk::{
-    privileged_function, readable_encoding, setting_on, split_path, startup_setting,
+    privileged_function, readable_encoding, session_setting, setting_on, split_path,
 };
 
 use std::collections::HashMap;

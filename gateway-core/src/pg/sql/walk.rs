@@ -640,6 +640,15 @@ impl Walker {
         self.relation_ref(rv, ctx, action, command, false)
     }
 
+    /// Each RangeVar of the statement's `relations` list.
+    fn relations(&mut self, n: &Value, ctx: Ctx, action: Action, command: &'static str) {
+        for rel in array(n, "relations") {
+            if let Some(("RangeVar", rv)) = node(rel) {
+                self.relation(rv, ctx, action, command);
+            }
+        }
+    }
+
     fn relation_ref(
         &mut self,
         rv: &Value,
@@ -808,11 +817,7 @@ impl Walker {
                 Ok(command)
             }
             "TruncateStmt" => {
-                for rel in array(n, "relations") {
-                    if let Some(("RangeVar", rv)) = node(rel) {
-                        self.relation(rv, ctx, Action::Ddl, "TRUNCATE TABLE");
-                    }
-                }
+                self.relations(n, ctx, Action::Ddl, "TRUNCATE TABLE");
                 Ok("TRUNCATE TABLE")
             }
             "RuleStmt" => {
@@ -876,11 +881,7 @@ impl Walker {
             "LockStmt" => {
                 // An exclusive lock stops everyone else's reads: a write-class
                 // access on each table.
-                for rel in array(n, "relations") {
-                    if let Some(("RangeVar", rv)) = node(rel) {
-                        self.relation(rv, ctx, Action::Write, "LOCK TABLE");
-                    }
-                }
+                self.relations(n, ctx, Action::Write, "LOCK TABLE");
                 Ok("LOCK TABLE")
             }
             "TransactionStmt" => {
@@ -1841,15 +1842,11 @@ const SESSION_SETTINGS: &[&str] = &[
     "timezone_abbreviations",
 ];
 
-fn session_setting(name: &str) -> bool {
+/// A setting a statement may change, or a client give at startup, as plain
+/// session control (`standard_conforming_strings`, `client_encoding` and
+/// `search_path` are checked by value where they are read).
+pub(crate) fn session_setting(name: &str) -> bool {
     SESSION_SETTINGS.contains(&name) || name.starts_with("enable_")
-}
-
-/// A setting a client may give at startup: the session settings above
-/// (`standard_conforming_strings`, `client_encoding` and `search_path`
-/// are checked by value where they are read).
-pub(crate) fn startup_setting(name: &str) -> bool {
-    session_setting(name)
 }
 
 /// A boolean setting's value read as PostgreSQL reads it: on.
