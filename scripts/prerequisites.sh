@@ -3,8 +3,11 @@
 # Debian 12: the PostgreSQL server binaries and psql (the demo's throwaway
 # database), libclang (pg_query compiles PostgreSQL's parser and generates
 # its bindings with it) and pkg-config. Idempotent; sourced by demo.sh and
-# test.sh, which may add packages of their own in EXTRA_PACKAGES.
+# test.sh, which may add packages of their own in EXTRA_PACKAGES
+# (CONSOLE_PACKAGES: what the desktop console builds against).
 set -euo pipefail
+
+CONSOLE_PACKAGES="libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev"
 
 packages=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || packages+=(postgresql)
@@ -23,3 +26,13 @@ if ! command -v cargo >/dev/null; then
   echo "cargo is not installed: install Rust from https://rustup.rs, then run this again" >&2
   exit 1
 fi
+
+# The console's front end: its npm packages, then its build (ui/dist, which
+# the desktop app embeds).
+build_ui() {
+  if ! command -v npm >/dev/null; then
+    echo "npm is not installed: install Node.js 20 or later (https://nodejs.org), then run this again" >&2
+    exit 1
+  fi
+  (cd ui && { [ -d node_modules ] && [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund; } && npm run build)
+}

@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. Installs what the tests need first
-# (idempotently), so it works on a fresh Debian 12 machine with Rust.
+# (idempotently), so it works on a fresh Debian 12 machine with Rust and Node.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The OS-keyring credential test needs a session bus and a Secret Service;
 # the SIEM test streams the audit log to a real rsyslog over TLS; the
-# desktop console (Tauri 2) builds against WebKitGTK.
-EXTRA_PACKAGES="dbus-daemon dbus-bin gnome-keyring rsyslog rsyslog-openssl libwebkit2gtk-4.1-dev libayatana-appindicator3-dev librsvg2-dev libxdo-dev"
+# desktop console (Tauri 2) builds against WebKitGTK, and its end-to-end
+# test drives the real app under Xvfb through tauri-driver and WebKitWebDriver.
+CONSOLE_PACKAGES="$(sed -n 's/^CONSOLE_PACKAGES="\(.*\)"$/\1/p' scripts/prerequisites.sh)"
+EXTRA_PACKAGES="dbus-daemon dbus-bin gnome-keyring rsyslog rsyslog-openssl xvfb xauth webkit2gtk-driver $CONSOLE_PACKAGES"
 source scripts/prerequisites.sh
 rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
+command -v tauri-driver >/dev/null || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/tauri-driver" ] || cargo install tauri-driver --locked --version 2.1.0
 
 echo "==> console front end"
-(cd ui && { [ -d node_modules ] && [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund; } && npm run build)
+build_ui
+(cd ui && npm test)
 
 echo "==> formatting"
 cargo fmt --all -- --check

@@ -172,6 +172,8 @@ pub struct Ruling {
     pub actions: Vec<String>,
     /// What the statement touches, e.g. `SELECT on public.payments`.
     pub resources: Vec<String>,
+    /// Those of `resources` that hold cardholder data.
+    pub cardholder_resources: Vec<String>,
     /// It touches a table that holds cardholder data.
     pub cardholder: bool,
     /// The policy that refused it or holds it for approval.

@@ -1,45 +1,296 @@
-//! The desktop console: a thin adapter from Tauri commands to `gateway-core`.
-//! It holds no gateway logic of its own; the console issue fills it with the
-//! approval inbox, session replay and the local gateway.
+//! The desktop console: Tauri commands and events over `console-core`, which
+//! does the work. Nothing here decides anything: each command is one call
+//! of [`console_core::Console`], and the [`Desktop`] host turns the core's
+//! events into window events and its notices into native notifications.
 #![forbid(unsafe_code)]
 
-use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::Duration;
 
-/// What the console shows about the gateway library it embeds.
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct About {
-    /// Product name.
-    pub product: &'static str,
-    /// Version of the embedded gateway core.
-    pub version: &'static str,
-    /// The embedded default configuration parses (the local gateway can start).
-    pub dev_config_ok: bool,
+use console_core::types::ConsoleEvent;
+use console_core::{Console, Host, Notice};
+use serde::Serialize;
+use tauri::{AppHandle, Emitter, Manager};
+
+/// The window event every core event arrives as.
+pub const EVENT: &str = "console";
+
+/// How the console was started.
+#[derive(Debug, Clone, Default, clap::Parser)]
+#[command(
+    name = "tollgate-console",
+    version,
+    about = "Tollgate's desktop console"
+)]
+pub struct Args {
+    /// Start the local gateway and the demo traffic (an agent's queries and
+    /// a held bulk export about once a minute).
+    #[arg(long)]
+    pub demo: bool,
+    /// Do not start the local gateway on launch.
+    #[arg(long, conflicts_with = "demo")]
+    pub no_autostart: bool,
+    /// The local gateway's PostgreSQL listener.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// The local gateway's API listener.
+    #[arg(long, value_name = "ADDR")]
+    pub api_listen: Option<String>,
+    /// Where the console keeps its files (default: the OS's app data directory).
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
 }
 
-/// The Tauri commands: each adapts one library call.
-pub mod commands {
-    use super::About;
+/// The desktop as the console's host.
+pub struct Desktop {
+    app: AppHandle,
+    data_dir: PathBuf,
+}
 
-    /// `about`: the embedded gateway's version and whether its dev config loads.
-    #[tauri::command]
-    pub fn about() -> About {
-        let dev_config_ok = tollgate::Config::parse(
-            tollgate::config::DEV_CONFIG,
-            "dev.toml",
-            std::path::Path::new("."),
-        )
-        .is_ok();
-        About {
-            product: "Tollgate",
-            version: env!("CARGO_PKG_VERSION"),
-            dev_config_ok,
+impl Host for Desktop {
+    fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone()
+    }
+
+    fn emit(&self, event: ConsoleEvent) {
+        if let Err(e) = self.app.emit(EVENT, &event) {
+            tracing::warn!(error = %e, "could not send an event to the window");
+        }
+    }
+
+    fn notify(&self, notice: &Notice) -> Result<(), String> {
+        // notify-rust blocks on D-Bus: show and wait for the click on a thread
+        // of its own, and report only whether it could be shown.
+        let (shown, outcome) = mpsc::channel();
+        let (app, notice) = (self.app.clone(), notice.clone());
+        std::thread::spawn(move || {
+            let handle = notify_rust::Notification::new()
+                .appname("Tollgate")
+                .summary(&notice.title)
+                .body(&notice.body)
+                .action("default", "Show request")
+                .timeout(notify_rust::Timeout::Milliseconds(60_000))
+                .show();
+            match handle {
+                Err(e) => {
+                    let _ = shown.send(Err(e.to_string()));
+                }
+                Ok(handle) => {
+                    let _ = shown.send(Ok(()));
+                    handle.wait_for_action(|action| {
+                        if action == "default" {
+                            focus(&app, &notice.request);
+                        }
+                    });
+                }
+            }
+        });
+        match outcome.recv_timeout(Duration::from_secs(5)) {
+            Ok(result) => result,
+            Err(_) => Err("the notification service did not answer".into()),
         }
     }
 }
 
+/// Bring the window forward on `request`.
+fn focus(app: &AppHandle, request: &str) {
+    if let Some(window) = app.get_webview_window("main") {
+        let _ = window.unminimize();
+        let _ = window.show();
+        let _ = window.set_focus();
+    }
+    let _ = app.emit(
+        EVENT,
+        &ConsoleEvent::Focus {
+            request: request.to_string(),
+        },
+    );
+}
+
+/// What the console shows about itself.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct About {
+    /// Product name.
+    pub product: &'static str,
+    /// Version.
+    pub version: &'static str,
+    /// The embedded dev configuration loads (the local gateway can start).
+    pub dev_config_ok: bool,
+    /// Where the console keeps its files.
+    pub data_dir: String,
+}
+
+/// The Tauri commands: each adapts one core call.
+pub mod commands {
+    use console_core::types::{
+        Decision, DevAccess, InboxView, LocalInfo, LocalOptions, LocalStatus, Persona, RequestView,
+        TrafficStatus,
+    };
+    use console_core::{Console, ConsoleError, Host};
+
+    use super::{About, Desktop};
+
+    type State<'a> = tauri::State<'a, Console<Desktop>>;
+
+    /// `about`.
+    #[tauri::command]
+    pub fn about(console: State<'_>) -> About {
+        About {
+            product: "Tollgate",
+            version: env!("CARGO_PKG_VERSION"),
+            dev_config_ok: console_core::local::dev_config_loads(),
+            data_dir: console.host().data_dir().display().to_string(),
+        }
+    }
+
+    /// `local_status`.
+    #[tauri::command]
+    pub fn local_status(console: State<'_>) -> LocalStatus {
+        console.local_status()
+    }
+
+    /// `start_local`.
+    #[tauri::command]
+    pub async fn start_local(
+        console: State<'_>,
+        options: LocalOptions,
+    ) -> Result<LocalInfo, ConsoleError> {
+        console.start_local(options).await
+    }
+
+    /// `stop_local`.
+    #[tauri::command]
+    pub async fn stop_local(console: State<'_>) -> Result<(), ConsoleError> {
+        console.stop_local().await;
+        Ok(())
+    }
+
+    /// `dev_access`: `engineer`, `agent` or `approver`.
+    #[tauri::command]
+    pub async fn dev_access(console: State<'_>, who: String) -> Result<DevAccess, ConsoleError> {
+        let persona = match who.as_str() {
+            "agent" => Persona::agent(),
+            "approver" => Persona::approver(),
+            _ => Persona::engineer(),
+        };
+        console.dev_access(persona).await
+    }
+
+    /// `inbox`.
+    #[tauri::command]
+    pub fn inbox(console: State<'_>) -> InboxView {
+        console.inbox()
+    }
+
+    /// `decide`.
+    #[tauri::command]
+    pub async fn decide(
+        console: State<'_>,
+        decision: Decision,
+    ) -> Result<RequestView, ConsoleError> {
+        console.decide(decision).await
+    }
+
+    /// `start_traffic`.
+    #[tauri::command]
+    pub async fn start_traffic(console: State<'_>) -> Result<TrafficStatus, ConsoleError> {
+        console.start_traffic().await
+    }
+
+    /// `stop_traffic`.
+    #[tauri::command]
+    pub fn stop_traffic(console: State<'_>) -> TrafficStatus {
+        console.stop_traffic()
+    }
+
+    /// `traffic`.
+    #[tauri::command]
+    pub fn traffic(console: State<'_>) -> TrafficStatus {
+        console.traffic()
+    }
+}
+
+/// The file that remembers whether the local gateway ran when the console closed.
+const SETTINGS: &str = "console-settings.json";
+
+fn autostart(data_dir: &std::path::Path) -> bool {
+    // First start: no settings yet, start it; afterwards, as it was left.
+    match std::fs::read_to_string(data_dir.join(SETTINGS)) {
+        Err(_) => true,
+        Ok(text) => serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["local_gateway_running"].as_bool())
+            .unwrap_or(true),
+    }
+}
+
+fn remember(data_dir: &std::path::Path, running: bool) {
+    let _ = std::fs::create_dir_all(data_dir);
+    let _ = std::fs::write(
+        data_dir.join(SETTINGS),
+        serde_json::json!({ "local_gateway_running": running }).to_string(),
+    );
+}
+
 /// Register the console's commands on a builder (shared by `main` and the tests).
 pub fn with_commands<R: tauri::Runtime>(builder: tauri::Builder<R>) -> tauri::Builder<R> {
-    builder.invoke_handler(tauri::generate_handler![commands::about])
+    builder.invoke_handler(tauri::generate_handler![
+        commands::about,
+        commands::local_status,
+        commands::start_local,
+        commands::stop_local,
+        commands::dev_access,
+        commands::inbox,
+        commands::decide,
+        commands::start_traffic,
+        commands::stop_traffic,
+        commands::traffic,
+    ])
+}
+
+/// Run the console until its window closes; the local gateway stops with it.
+pub fn run(args: Args) {
+    let app = with_commands(tauri::Builder::default())
+        .setup(move |app| {
+            let data_dir = match &args.data_dir {
+                Some(dir) => dir.clone(),
+                None => app.path().app_data_dir()?,
+            };
+            std::fs::create_dir_all(&data_dir)?;
+            let console = Console::new(Desktop {
+                app: app.handle().clone(),
+                data_dir: data_dir.clone(),
+            });
+            app.manage(console.clone());
+            if args.demo || (!args.no_autostart && autostart(&data_dir)) {
+                let options = console_core::types::LocalOptions {
+                    upstream: None,
+                    listen: args.listen.clone(),
+                    api_listen: args.api_listen.clone(),
+                };
+                let demo = args.demo;
+                tauri::async_runtime::spawn(async move {
+                    if console.start_local(options).await.is_ok() && demo {
+                        let _ = console.start_traffic().await;
+                    }
+                });
+            }
+            Ok(())
+        })
+        .build(tauri::generate_context!())
+        .expect("the Tollgate console could not start");
+    app.run(|app, event| {
+        if let tauri::RunEvent::Exit = event {
+            let console = app.state::<Console<Desktop>>().inner().clone();
+            let running = matches!(
+                console.local_status(),
+                console_core::types::LocalStatus::Running { .. }
+            );
+            remember(&console.host().data_dir(), running);
+            tauri::async_runtime::block_on(console.shutdown());
+        }
+    });
 }
 
 #[cfg(test)]
@@ -47,28 +298,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn about_command_answers_through_the_ipc() {
-        let app = with_commands(tauri::test::mock_builder())
-            .build(tauri::generate_context!())
-            .expect("app builds");
-        let window = tauri::WebviewWindowBuilder::new(&app, "main", Default::default())
-            .build()
-            .expect("window");
-        let response = tauri::test::get_ipc_response(
-            &window,
-            tauri::webview::InvokeRequest {
-                cmd: "about".into(),
-                callback: tauri::ipc::CallbackFn(0),
-                error: tauri::ipc::CallbackFn(1),
-                url: "tauri://localhost".parse().unwrap(),
-                body: tauri::ipc::InvokeBody::default(),
-                headers: Default::default(),
-                invoke_key: tauri::test::INVOKE_KEY.to_string(),
-            },
-        )
-        .expect("about answers");
-        let about: serde_json::Value = response.deserialize().unwrap();
-        assert_eq!(about["product"], "Tollgate");
-        assert_eq!(about["dev_config_ok"], true);
+    fn the_first_start_starts_the_local_gateway_and_later_ones_as_it_was_left() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(autostart(dir.path()));
+        remember(dir.path(), false);
+        assert!(!autostart(dir.path()));
+        remember(dir.path(), true);
+        assert!(autostart(dir.path()));
+    }
+
+    #[test]
+    fn arguments_parse_as_documented() {
+        use clap::Parser;
+        let args = Args::try_parse_from(["tollgate-console", "--demo", "--listen", "127.0.0.1:0"])
+            .unwrap();
+        assert!(args.demo);
+        assert_eq!(args.listen.as_deref(), Some("127.0.0.1:0"));
+        assert!(Args::try_parse_from(["tollgate-console", "--demo", "--no-autostart"]).is_err());
     }
 }

@@ -19,6 +19,7 @@ use tollgate::{Gateway, RunningGateway};
 pub use tollgate;
 
 pub mod console;
+pub mod webdriver;
 
 /// The `tollgate` binary of this build (built by `cargo test --workspace`).
 pub fn tollgate_binary() -> PathBuf {

@@ -364,7 +364,7 @@ struct Console {
 }
 
 impl Console {
-    async fn send(&mut self, message: &ServerMessage<'_>) -> bool {
+    async fn send(&mut self, message: &ServerMessage) -> bool {
         self.socket
             .send(Message::Text(message.to_json().into()))
             .await
@@ -373,9 +373,9 @@ impl Console {
 
     async fn error(&mut self, code: &str, message: &str, reference: Option<&str>) -> bool {
         self.send(&ServerMessage::Error {
-            code,
-            message,
-            reference,
+            code: code.to_string(),
+            message: message.to_string(),
+            reference: reference.map(str::to_string),
         })
         .await
     }
@@ -445,9 +445,9 @@ impl Console {
         let (requests, grants) = self.ctx.approvals.snapshot();
         let (requests, grants) = approver.sees(requests, grants);
         self.send(&ServerMessage::Snapshot {
-            requests: &requests,
-            grants: &grants,
-            reference,
+            requests,
+            grants,
+            reference: reference.map(str::to_string),
         })
         .await
     }
@@ -470,7 +470,9 @@ impl Console {
         let expires_at = std::time::UNIX_EPOCH + Duration::from_secs(identity.expires_at);
         let hello = ServerMessage::Hello {
             version: VERSION,
-            approver: &identity.subject,
+            approver: identity.subject.clone(),
+            issuer: identity.issuer.clone(),
+            connections: approver.connections.clone(),
             token_expires_at: crate::policy::rfc3339(expires_at),
         };
         if !self.send(&hello).await || !self.snapshot(&approver, None).await {
@@ -543,11 +545,7 @@ impl Console {
                     .await;
             }
             ClientMessage::Ping { reference } => {
-                return self
-                    .send(&ServerMessage::Pong {
-                        reference: reference.as_deref(),
-                    })
-                    .await;
+                return self.send(&ServerMessage::Pong { reference }).await;
             }
             ClientMessage::Snapshot { reference } => {
                 return self.snapshot(approver, reference.as_deref()).await;
@@ -589,17 +587,17 @@ impl Console {
         match self.ctx.decide(approver, &id, action).await {
             Ok(Decided::Request(request)) => {
                 self.send(&ServerMessage::Ack {
-                    reference,
-                    request: Some(&request),
+                    reference: reference.map(str::to_string),
+                    request: Some(request),
                     grant: None,
                 })
                 .await
             }
             Ok(Decided::Grant(grant)) => {
                 self.send(&ServerMessage::Ack {
-                    reference,
+                    reference: reference.map(str::to_string),
                     request: None,
-                    grant: Some(&grant),
+                    grant: Some(grant),
                 })
                 .await
             }

@@ -32,6 +32,8 @@ pub enum ClientError {
     Refused {
         /// HTTP status.
         status: u16,
+        /// Its stable code (`self_approval`, `not_found` ...).
+        code: String,
         /// Its message.
         message: String,
     },
@@ -129,6 +131,7 @@ impl Client {
         }
         Err(ClientError::Refused {
             status: status.as_u16(),
+            code: body["error"].as_str().unwrap_or("refused").to_string(),
             message: body["message"].as_str().unwrap_or("no message").to_string(),
         })
     }

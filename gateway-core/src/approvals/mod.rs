@@ -53,7 +53,7 @@ pub struct Settings {
 }
 
 /// Who asks, as approvers see them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, ts_rs::TS)]
 pub struct Requester {
     /// Token subject.
     pub subject: String,
@@ -128,6 +128,8 @@ pub struct Ask {
     pub actions: Vec<String>,
     /// Everything the statement touches.
     pub resources: Vec<String>,
+    /// Those of `resources` that hold cardholder data.
+    pub cardholder_resources: Vec<String>,
     /// It touches cardholder data.
     pub cardholder: bool,
     /// Rows the upstream estimates, when known.
@@ -607,12 +609,14 @@ impl Approvals {
             actions: ask.actions.clone(),
             accesses: ask.scope.accesses.clone(),
             resources: ask.resources.clone(),
+            cardholder_resources: ask.cardholder_resources.clone(),
             cardholder: ask.cardholder,
             row_estimate: ask.row_estimate,
             policy: ask.policy.clone(),
             policy_reason: ask.policy_reason.clone(),
             reason: ask.reason.as_deref().map(for_record),
             requested_at: rfc3339(SystemTime::now()),
+            notified: self.watchers(&ask.scope.connection),
             expires_at: at(expires),
             expires_in_secs: self.settings.expire.as_secs(),
             approvals_needed: ask.approvals_needed.max(1),
@@ -645,7 +649,7 @@ impl Approvals {
                 .with("approvals_needed", view.approvals_needed)
                 .with("row_estimate", view.row_estimate)
                 .with("reason", view.reason.clone())
-                .with("notified", self.watchers(&view.connection)),
+                .with("notified", view.notified.clone()),
         );
         self.emit(ApprovalEvent::Requested(view.clone()));
         let approvals = self.clone();

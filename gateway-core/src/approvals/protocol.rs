@@ -4,6 +4,7 @@
 //! two agree on every message type.
 
 use serde::{Deserialize, Serialize};
+use ts_rs::TS;
 
 use super::Requester;
 
@@ -14,7 +15,7 @@ pub const VERSION: u32 = 1;
 pub const SUBPROTOCOL: &str = "tollgate.approvals.v1";
 
 /// A request as approvers see it. Texts are masked for the record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
 pub struct RequestView {
     /// The request id (`ap_...`).
     pub id: String,
@@ -36,9 +37,12 @@ pub struct RequestView {
     pub accesses: Vec<String>,
     /// Every table and column the statement touches.
     pub resources: Vec<String>,
+    /// Those of `resources` that hold cardholder data.
+    pub cardholder_resources: Vec<String>,
     /// It touches cardholder data.
     pub cardholder: bool,
     /// Rows the database estimates the statement returns, when known.
+    #[ts(type = "number | null")]
     pub row_estimate: Option<i64>,
     /// The policy that holds it.
     pub policy: String,
@@ -48,9 +52,12 @@ pub struct RequestView {
     pub reason: Option<String>,
     /// When it was asked (RFC 3339).
     pub requested_at: String,
+    /// The approvers whose consoles were sent it when it was asked.
+    pub notified: Vec<String>,
     /// When it expires if nobody decides.
     pub expires_at: String,
     /// Seconds left (0 once decided).
+    #[ts(type = "number")]
     pub expires_in_secs: u64,
     /// Distinct approvers needed.
     pub approvals_needed: u32,
@@ -80,7 +87,7 @@ impl RequestView {
 }
 
 /// One approver's approving vote.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
 pub struct Vote {
     /// The approver's subject.
     pub approver: String,
@@ -91,11 +98,12 @@ pub struct Vote {
     /// When (RFC 3339).
     pub at: String,
     /// The window asked for, in seconds (none: one-time).
+    #[ts(type = "number | null")]
     pub window_secs: Option<u64>,
 }
 
 /// A window grant in force.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
 pub struct GrantView {
     /// The grant id (`gr_...`).
     pub id: String,
@@ -116,6 +124,7 @@ pub struct GrantView {
     /// Until when.
     pub until: String,
     /// Seconds left.
+    #[ts(type = "number")]
     pub remaining_secs: u64,
 }
 
@@ -160,20 +169,33 @@ impl ApprovalEvent {
     }
 
     /// As a server message.
-    pub fn message(&self) -> ServerMessage<'_> {
+    pub fn message(&self) -> ServerMessage {
+        let request = |view: &RequestView| Box::new(view.clone());
         match self {
-            ApprovalEvent::Requested(request) => ServerMessage::Requested { request },
-            ApprovalEvent::Voted(request) => ServerMessage::Voted { request },
-            ApprovalEvent::Decided(request) => ServerMessage::Decided { request },
-            ApprovalEvent::Expired(request) => ServerMessage::Expired { request },
-            ApprovalEvent::Withdrawn(request) => ServerMessage::Withdrawn { request },
-            ApprovalEvent::GrantRevoked(grant) => ServerMessage::GrantRevoked { grant },
+            ApprovalEvent::Requested(view) => ServerMessage::Requested {
+                request: request(view),
+            },
+            ApprovalEvent::Voted(view) => ServerMessage::Voted {
+                request: request(view),
+            },
+            ApprovalEvent::Decided(view) => ServerMessage::Decided {
+                request: request(view),
+            },
+            ApprovalEvent::Expired(view) => ServerMessage::Expired {
+                request: request(view),
+            },
+            ApprovalEvent::Withdrawn(view) => ServerMessage::Withdrawn {
+                request: request(view),
+            },
+            ApprovalEvent::GrantRevoked(grant) => ServerMessage::GrantRevoked {
+                grant: Box::new(grant.clone()),
+            },
         }
     }
 }
 
 /// What a console sends.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientMessage {
     /// The approver's access token, when the upgrade request carried no
@@ -189,10 +211,12 @@ pub enum ClientMessage {
         /// Why.
         reason: String,
         /// Approve for this many seconds instead of once.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[ts(type = "number | null", optional)]
         window_secs: Option<u64>,
         /// Echoed in the answer.
-        #[serde(default, rename = "ref")]
+        #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+        #[ts(optional)]
         reference: Option<String>,
     },
     /// Deny a request.
@@ -202,7 +226,8 @@ pub enum ClientMessage {
         /// Why (the requester is told).
         reason: String,
         /// Echoed in the answer.
-        #[serde(default, rename = "ref")]
+        #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+        #[ts(optional)]
         reference: Option<String>,
     },
     /// Revoke a window grant.
@@ -212,33 +237,40 @@ pub enum ClientMessage {
         /// Why.
         reason: String,
         /// Echoed in the answer.
-        #[serde(default, rename = "ref")]
+        #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+        #[ts(optional)]
         reference: Option<String>,
     },
     /// Ask for a fresh snapshot.
     Snapshot {
         /// Echoed in the answer.
-        #[serde(default, rename = "ref")]
+        #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+        #[ts(optional)]
         reference: Option<String>,
     },
     /// Keep-alive.
     Ping {
         /// Echoed in the answer.
-        #[serde(default, rename = "ref")]
+        #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+        #[ts(optional)]
         reference: Option<String>,
     },
 }
 
 /// What the gateway sends a console.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum ServerMessage<'a> {
+pub enum ServerMessage {
     /// First message after authentication.
     Hello {
         /// Protocol version.
         version: u32,
-        /// Who is connected.
-        approver: &'a str,
+        /// Who is connected (the token's subject).
+        approver: String,
+        /// The token's issuer.
+        issuer: String,
+        /// The connections whose requests this approver sees and decides.
+        connections: Vec<String>,
         /// When the approver's token expires (RFC 3339); the connection
         /// closes then.
         token_expires_at: String,
@@ -246,74 +278,80 @@ pub enum ServerMessage<'a> {
     /// Pending requests, grants in force and recent decisions.
     Snapshot {
         /// Requests: pending first (oldest first), then recently decided.
-        requests: &'a [RequestView],
+        requests: Vec<RequestView>,
         /// Grants in force.
-        grants: &'a [GrantView],
+        grants: Vec<GrantView>,
         /// Echo of the client's `ref`.
-        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
-        reference: Option<&'a str>,
+        #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+        #[ts(optional)]
+        reference: Option<String>,
     },
     /// A request is held.
     Requested {
         /// It.
-        request: &'a RequestView,
+        request: Box<RequestView>,
     },
     /// An approver voted; more approvals are needed.
     Voted {
         /// It.
-        request: &'a RequestView,
+        request: Box<RequestView>,
     },
     /// Approved or denied.
     Decided {
         /// It.
-        request: &'a RequestView,
+        request: Box<RequestView>,
     },
     /// Nobody decided in time.
     Expired {
         /// It.
-        request: &'a RequestView,
+        request: Box<RequestView>,
     },
     /// The requester withdrew it.
     Withdrawn {
         /// It.
-        request: &'a RequestView,
+        request: Box<RequestView>,
     },
     /// A window grant was revoked.
     GrantRevoked {
         /// It.
-        grant: &'a GrantView,
+        grant: Box<GrantView>,
     },
     /// The client's decision or revocation was taken.
     Ack {
         /// Echo of the client's `ref`.
-        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
-        reference: Option<&'a str>,
+        #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+        #[ts(optional)]
+        reference: Option<String>,
         /// The request as it now stands (after approve/deny).
-        #[serde(skip_serializing_if = "Option::is_none")]
-        request: Option<&'a RequestView>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[ts(optional)]
+        request: Option<Box<RequestView>>,
         /// The grant (after revoke).
-        #[serde(skip_serializing_if = "Option::is_none")]
-        grant: Option<&'a GrantView>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[ts(optional)]
+        grant: Option<Box<GrantView>>,
     },
     /// Answer to a ping.
     Pong {
         /// Echo of the client's `ref`.
-        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
-        reference: Option<&'a str>,
+        #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+        #[ts(optional)]
+        reference: Option<String>,
     },
     /// Something the client sent could not be done.
     Error {
         /// A stable code (`bad_message`, `not_found`, `self_approval` ...).
-        code: &'a str,
+        code: String,
         /// What is wrong and what to do.
-        message: &'a str,
+        message: String,
         /// Echo of the client's `ref`, when it could be read.
-        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
-        reference: Option<&'a str>,
+        #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+        #[ts(optional)]
+        reference: Option<String>,
     },
 }
 
-impl ServerMessage<'_> {
+impl ServerMessage {
     /// As JSON text.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|_| {
@@ -371,12 +409,14 @@ mod tests {
             actions: vec![],
             accesses: vec![],
             resources: vec![],
+            cardholder_resources: vec![],
             cardholder: true,
             row_estimate: None,
             policy: "p".into(),
             policy_reason: "r".into(),
             reason: None,
             requested_at: "t".into(),
+            notified: vec![],
             expires_at: "t".into(),
             expires_in_secs: 1,
             approvals_needed: 1,
@@ -452,23 +492,28 @@ mod tests {
             .map(|(kind, _)| kind)
             .collect();
         let (request, grant) = (request(), grant());
+        let boxed = || Box::new(request.clone());
         let messages = [
             ServerMessage::Hello {
                 version: VERSION,
-                approver: "olga",
+                approver: "olga".into(),
+                issuer: "https://issuer".into(),
+                connections: vec!["payments".into()],
                 token_expires_at: "t".into(),
             },
             ServerMessage::Snapshot {
-                requests: &[],
-                grants: &[],
+                requests: vec![],
+                grants: vec![],
                 reference: None,
             },
-            ServerMessage::Requested { request: &request },
-            ServerMessage::Voted { request: &request },
-            ServerMessage::Decided { request: &request },
-            ServerMessage::Expired { request: &request },
-            ServerMessage::Withdrawn { request: &request },
-            ServerMessage::GrantRevoked { grant: &grant },
+            ServerMessage::Requested { request: boxed() },
+            ServerMessage::Voted { request: boxed() },
+            ServerMessage::Decided { request: boxed() },
+            ServerMessage::Expired { request: boxed() },
+            ServerMessage::Withdrawn { request: boxed() },
+            ServerMessage::GrantRevoked {
+                grant: Box::new(grant.clone()),
+            },
             ServerMessage::Ack {
                 reference: None,
                 request: None,
@@ -476,11 +521,15 @@ mod tests {
             },
             ServerMessage::Pong { reference: None },
             ServerMessage::Error {
-                code: "bad_message",
-                message: "m",
+                code: "bad_message".into(),
+                message: "m".into(),
                 reference: None,
             },
         ];
+        for message in &messages {
+            let again: ServerMessage = serde_json::from_str(&message.to_json()).unwrap();
+            assert_eq!(&again, message, "every server message reads back as sent");
+        }
         let sent: BTreeSet<String> = messages
             .iter()
             .map(|m| {

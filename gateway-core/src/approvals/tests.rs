@@ -63,6 +63,7 @@ fn ask(subject: &str, approvals: u32) -> Ask {
         statement: "COPY payments TO STDOUT".into(),
         actions: vec!["copy_out".into()],
         resources: vec!["COPY on public.payments".into()],
+        cardholder_resources: vec!["COPY on public.payments".into()],
         cardholder: true,
         row_estimate: None,
         policy: "cardholder-bulk-export-needs-approval".into(),

@@ -25,7 +25,7 @@ pub use error::AuthError;
 use jwks::KeySource;
 
 /// A person or an agent (an AI agent or another non-human caller).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, ts_rs::TS)]
 #[serde(rename_all = "snake_case")]
 pub enum PrincipalKind {
     /// A human with an interactive login.

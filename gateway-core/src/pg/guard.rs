@@ -601,6 +601,7 @@ impl Guard {
             statement: super::sql::redact(statement.sql),
             actions: ruling.actions,
             resources: ruling.resources,
+            cardholder_resources: ruling.cardholder_resources,
             cardholder: ruling.cardholder,
             row_estimate: needs.row_estimate,
             policy: rule.id.clone(),
@@ -1242,11 +1243,19 @@ impl Ruling {
             self.actions.push(action.to_string());
         }
         let what = item.describe();
-        if self.resources.len() < MOST && !self.resources.contains(&what) {
-            self.resources.push(what);
-        }
+        let holds_card_data = match (&item.object, &item.column) {
+            (Object::Table { .. }, Some((_, tagged))) => *tagged,
+            (Object::Table { cardholder, .. }, None) => *cardholder,
+            _ => false,
+        };
         if let Object::Table { cardholder, .. } = &item.object {
             self.cardholder |= *cardholder;
+        }
+        if self.resources.len() < MOST && !self.resources.contains(&what) {
+            if holds_card_data {
+                self.cardholder_resources.push(what.clone());
+            }
+            self.resources.push(what);
         }
     }
 }

@@ -1,0 +1,270 @@
+//! The local gateway: the gateway core in this process, in front of a
+//! throwaway PostgreSQL seeded from `fixtures/` (what `tollgate demo` does)
+//! or of a database the engineer names (what `tollgate dev` does), with the
+//! dev issuer trusted so the console can mint tokens for dev identities.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tollgate::config::{Config, ConnectionConfig};
+use tollgate::dev::{self, DevOptions};
+use tollgate::devdb::{DevDbError, ThrowawayPostgres};
+use tollgate::gateway::{Gateway, RunningGateway, StartError};
+use tollgate::identity::dev_issuer::{DevIssuer, TokenRequest};
+
+use crate::error::ConsoleError;
+use crate::types::{DevAccess, LocalInfo, LocalOptions, Persona};
+
+/// Default PostgreSQL listener, as `tollgate demo`.
+pub const LISTEN: &str = "127.0.0.1:6432";
+/// Default API listener.
+pub const API_LISTEN: &str = "127.0.0.1:6433";
+
+/// A running local gateway and what it stands in front of.
+pub struct LocalGateway {
+    gateway: RunningGateway,
+    /// Stopped when dropped, after the gateway.
+    demo: Option<ThrowawayPostgres>,
+    issuer: Arc<DevIssuer>,
+    info: LocalInfo,
+}
+
+fn address(text: Option<&str>, default: &str, what: &str) -> Result<SocketAddr, ConsoleError> {
+    let text = text
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .unwrap_or(default);
+    text.parse().map_err(|_| {
+        ConsoleError::BadUrl(format!(
+            "{what} \"{text}\" is not an address like {default}"
+        ))
+    })
+}
+
+/// Fail early, before a database is started, if a port is taken.
+fn free(addr: SocketAddr) -> Result<(), ConsoleError> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    match TcpListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            Err(ConsoleError::PortTaken { addr })
+        }
+        Err(e) => Err(ConsoleError::Gateway(format!(
+            "cannot listen on {addr}: {e}"
+        ))),
+    }
+}
+
+fn demo_error(error: DevDbError) -> ConsoleError {
+    match error {
+        DevDbError::NoBinaries => ConsoleError::NoPostgres,
+        other => ConsoleError::DemoDatabase(other.to_string()),
+    }
+}
+
+fn start_error(error: StartError) -> ConsoleError {
+    match error {
+        StartError::Bind { addr, source } if source.kind() == std::io::ErrorKind::AddrInUse => {
+            ConsoleError::PortTaken { addr }
+        }
+        other => ConsoleError::Gateway(other.to_string()),
+    }
+}
+
+impl LocalGateway {
+    /// Start one. `progress` hears each step.
+    pub async fn start(
+        data_dir: &Path,
+        options: &LocalOptions,
+        progress: impl Fn(&str),
+    ) -> Result<LocalGateway, ConsoleError> {
+        let listen = address(options.listen.as_deref(), LISTEN, "the PostgreSQL listener")?;
+        let api_listen = address(
+            options.api_listen.as_deref(),
+            API_LISTEN,
+            "the API listener",
+        )?;
+        free(listen)?;
+        free(api_listen)?;
+        let data_dir = data_dir.join("local-gateway");
+        let mut config = dev::dev_config(&DevOptions {
+            listen: Some(listen),
+            api_listen: Some(api_listen),
+            data_dir: Some(data_dir.clone()),
+            issuer: None,
+            audience: None,
+        })
+        .map_err(|e| ConsoleError::Gateway(e.to_string()))?;
+        let (connection, demo, upstream) = match options.upstream.as_deref().map(str::trim) {
+            Some(url) if !url.is_empty() => {
+                let connection = dev::connection_from_url(url)
+                    .map_err(|e| ConsoleError::BadUrl(e.to_string()))?;
+                let described = format!(
+                    "{}@{}:{}/{}",
+                    connection.user, connection.host, connection.port, connection.database
+                );
+                (connection, None, described)
+            }
+            _ => {
+                progress("Starting a throwaway PostgreSQL seeded with fake cardholder data");
+                let db = tokio::task::spawn_blocking(dev::demo_database)
+                    .await
+                    .map_err(|e| ConsoleError::DemoDatabase(e.to_string()))?
+                    .map_err(|e| match e {
+                        dev::DevError::DevDb(e) => demo_error(e),
+                        other => ConsoleError::DemoDatabase(other.to_string()),
+                    })?;
+                let described = format!(
+                    "throwaway PostgreSQL on 127.0.0.1:{} (seeded from fixtures/seed.sql; removed when the gateway stops)",
+                    db.pg.port
+                );
+                (db.connection, Some(db.pg), described)
+            }
+        };
+        progress("Reading the database's catalog and finding card data");
+        let cardholder_tables = cardholder_tables(&connection).await?;
+        let name = connection.name.clone();
+        config
+            .connections
+            .push(toml::Spanned::new(0..0, connection));
+        progress("Starting the gateway");
+        let gateway = Gateway::new(config.clone())
+            .start()
+            .await
+            .map_err(start_error)?;
+        let issuer = DevIssuer::load_or_create(&data_dir, &config.identity.dev_issuer.audience)
+            .map_err(|e| ConsoleError::Token(e.to_string()))?;
+        let api = gateway
+            .api_addr
+            .map(|a| format!("https://{a}"))
+            .unwrap_or_default();
+        let info = LocalInfo {
+            mode: if demo.is_some() { "demo" } else { "upstream" }.into(),
+            listen: gateway.local_addr.to_string(),
+            api,
+            connection: name,
+            upstream,
+            cardholder_tables,
+            ca_file: data_dir
+                .join(tollgate::listener::tls::SELF_SIGNED_CERT)
+                .display()
+                .to_string(),
+            data_dir: data_dir.display().to_string(),
+            started_at: now(),
+            sessions: 0,
+            approver: Persona::approver(),
+        };
+        Ok(LocalGateway {
+            gateway,
+            demo,
+            issuer: Arc::new(issuer),
+            info,
+        })
+    }
+
+    /// What the window shows of it.
+    pub fn info(&self) -> LocalInfo {
+        let mut info = self.info.clone();
+        info.sessions = u32::try_from(self.gateway.sessions()).unwrap_or(u32::MAX);
+        info
+    }
+
+    /// The certificate that verifies the gateway.
+    pub fn ca_file(&self) -> PathBuf {
+        PathBuf::from(&self.info.ca_file)
+    }
+
+    /// A one-hour token for `persona`.
+    pub fn token(&self, persona: &Persona) -> Result<String, ConsoleError> {
+        mint(&self.issuer, persona).map_err(ConsoleError::Token)
+    }
+
+    /// Fresh tokens for `persona`, one per call.
+    pub fn tokens(
+        &self,
+        persona: Persona,
+    ) -> Arc<dyn Fn() -> Result<String, String> + Send + Sync> {
+        let issuer = self.issuer.clone();
+        Arc::new(move || mint(&issuer, &persona))
+    }
+
+    /// A token and a ready psql line for `persona`.
+    pub fn access(&self, persona: &Persona) -> Result<DevAccess, ConsoleError> {
+        let token = self.token(persona)?;
+        let addr: SocketAddr = self.gateway.local_addr;
+        let psql = format!(
+            "PGPASSWORD='{token}' PGSSLROOTCERT='{ca}' psql \"host={host} port={port} dbname={db} user={user} sslmode=verify-ca\"",
+            ca = self.info.ca_file,
+            host = addr.ip(),
+            port = addr.port(),
+            db = self.info.connection,
+            user = persona.subject,
+        );
+        Ok(DevAccess {
+            persona: persona.clone(),
+            token,
+            psql,
+        })
+    }
+
+    /// Stop: sessions get their grace period, then the database goes.
+    pub async fn stop(self) {
+        self.gateway.stop().await;
+        if let Some(pg) = self.demo {
+            let _ = tokio::task::spawn_blocking(move || drop(pg)).await;
+        }
+    }
+}
+
+fn mint(issuer: &DevIssuer, persona: &Persona) -> Result<String, String> {
+    issuer
+        .mint(&TokenRequest {
+            subject: persona.subject.clone(),
+            groups: persona.groups.clone(),
+            mfa: persona.mfa,
+            agent: persona.agent,
+            ttl_secs: 3600,
+        })
+        .map_err(|e| e.to_string())
+}
+
+/// The tables outside the system schemas that hold card data, and a probe
+/// that the database accepts the gateway's login.
+async fn cardholder_tables(connection: &ConnectionConfig) -> Result<Vec<String>, ConsoleError> {
+    let upstream = tollgate::upstream::Upstream::new(connection)
+        .map_err(|e| ConsoleError::Upstream(e.to_string()))?;
+    let catalog = tollgate::pg::catalog::Catalog::new(
+        Arc::new(upstream),
+        connection.cardholder.clone(),
+        true,
+    );
+    let snapshot = catalog
+        .refresh()
+        .await
+        .map_err(|e| ConsoleError::Upstream(e.to_string()))?;
+    let mut tables: Vec<String> = snapshot
+        .tables
+        .iter()
+        .filter(|((schema, _), t)| {
+            t.cardholder && !matches!(schema.as_str(), "pg_catalog" | "information_schema")
+        })
+        .map(|((schema, name), _)| format!("{schema}.{name}"))
+        .collect();
+    tables.sort();
+    Ok(tables)
+}
+
+/// Now, RFC 3339.
+pub fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The default configuration's check: the embedded dev config loads.
+pub fn dev_config_loads() -> bool {
+    Config::parse(tollgate::config::DEV_CONFIG, "dev.toml", Path::new(".")).is_ok()
+}

@@ -1,0 +1,196 @@
+//! Demo traffic: an AI agent's identity issuing ordinary queries through the
+//! local gateway every few seconds and, every minute or so, a bulk export
+//! of card data that the starter policy holds for approval, so a newcomer
+//! sees a pending request within a minute of opening the console.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
+use tokio::task::JoinHandle;
+
+use crate::types::TrafficStatus;
+
+/// How the generator reaches the gateway.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// The gateway's PostgreSQL listener.
+    pub addr: std::net::SocketAddr,
+    /// The certificate that verifies it.
+    pub ca_file: std::path::PathBuf,
+    /// The connection (`dbname`).
+    pub database: String,
+    /// The agent's subject (the user name).
+    pub user: String,
+}
+
+/// Timing; the defaults are what the demo uses.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Between ordinary queries.
+    pub query_every: Duration,
+    /// Before the first export.
+    pub first_export_after: Duration,
+    /// Between exports.
+    pub export_every: Duration,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Pace {
+            query_every: Duration::from_secs(4),
+            first_export_after: Duration::from_secs(10),
+            export_every: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What an agent asks for every few seconds: lookups the policy allows.
+const QUERIES: &[&str] = &[
+    "SELECT id, brand, amount FROM payments WHERE id = 1",
+    "SELECT count(*) FROM orders",
+    "SELECT name, email FROM customers ORDER BY id LIMIT 3",
+    "SELECT brand, sum(amount) FROM payments GROUP BY brand",
+    "SELECT id, pan FROM payments WHERE customer_id = 2",
+];
+
+/// The export the starter policy holds (`cardholder-bulk-export-needs-approval`).
+pub const EXPORT: &str = "/* reason: nightly settlement reconciliation */ \
+                          COPY (SELECT id, brand, pan, amount FROM payments) TO STDOUT";
+
+/// A running generator.
+pub struct Traffic {
+    status: Arc<Mutex<TrafficStatus>>,
+    task: JoinHandle<()>,
+}
+
+/// Fresh tokens for the agent.
+pub type TokenSource = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+
+impl Traffic {
+    /// Start; `on_change` hears every change of the counters.
+    pub fn start(
+        target: Target,
+        tokens: TokenSource,
+        pace: Pace,
+        on_change: Arc<dyn Fn(TrafficStatus) + Send + Sync>,
+    ) -> Traffic {
+        let status = Arc::new(Mutex::new(TrafficStatus {
+            running: true,
+            agent: target.user.clone(),
+            ..TrafficStatus::default()
+        }));
+        let shared = status.clone();
+        let task = tokio::spawn(async move {
+            let update = |change: &dyn Fn(&mut TrafficStatus)| {
+                let now = {
+                    let mut status = shared.lock().expect("traffic status");
+                    change(&mut status);
+                    status.clone()
+                };
+                on_change(now);
+            };
+            let mut queries = tokio::time::interval(pace.query_every);
+            let exports = tokio::time::sleep(pace.first_export_after);
+            tokio::pin!(exports);
+            let mut export: Option<JoinHandle<Result<(), String>>> = None;
+            let mut conn: Option<PgConnection> = None;
+            let mut turn = 0usize;
+            loop {
+                tokio::select! {
+                    _ = queries.tick() => {
+                        let sql = QUERIES[turn % QUERIES.len()];
+                        turn += 1;
+                        let result = async {
+                            if conn.is_none() {
+                                conn = Some(connect(&target, &tokens).await?);
+                            }
+                            let c = conn.as_mut().expect("connected");
+                            let mut rows = sqlx::raw_sql(sql).fetch(&mut *c);
+                            while let Some(row) = rows.next().await {
+                                row.map_err(|e| e.to_string())?;
+                            }
+                            Ok::<(), String>(())
+                        }.await;
+                        match result {
+                            Ok(()) => update(&|s| { s.queries += 1; s.last_error = None; }),
+                            Err(e) => {
+                                conn = None;
+                                update(&|s| s.last_error = Some(e.clone()));
+                            }
+                        }
+                    }
+                    () = &mut exports => {
+                        exports.as_mut().reset(tokio::time::Instant::now() + pace.export_every);
+                        if export.as_ref().is_some_and(|e| !e.is_finished()) {
+                            continue;
+                        }
+                        update(&|s| { s.exports += 1; s.waiting = true; });
+                        let (target, tokens) = (target.clone(), tokens.clone());
+                        export = Some(tokio::spawn(async move { run_export(&target, &tokens).await }));
+                    }
+                    finished = async { export.as_mut().expect("guarded").await }, if export.is_some() => {
+                        export = None;
+                        match finished {
+                            Ok(Ok(())) => update(&|s| { s.released += 1; s.waiting = false; }),
+                            Ok(Err(e)) => update(&|s| { s.refused += 1; s.waiting = false; s.last_error = Some(e.clone()); }),
+                            Err(_) => update(&|s| s.waiting = false),
+                        }
+                    }
+                }
+            }
+        });
+        Traffic { status, task }
+    }
+
+    /// The counters now.
+    pub fn status(&self) -> TrafficStatus {
+        self.status.lock().expect("traffic status").clone()
+    }
+
+    /// Stop (a held export is withdrawn as its connection closes).
+    pub fn stop(self) -> TrafficStatus {
+        self.task.abort();
+        let mut status = self.status();
+        status.running = false;
+        status.waiting = false;
+        status
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn connect(target: &Target, tokens: &TokenSource) -> Result<PgConnection, String> {
+    let token = tokens()?;
+    let options = PgConnectOptions::new()
+        .host(&target.addr.ip().to_string())
+        .port(target.addr.port())
+        .username(&target.user)
+        .password(&token)
+        .database(&target.database)
+        .ssl_mode(PgSslMode::VerifyCa)
+        .ssl_root_cert(&target.ca_file)
+        .application_name("tollgate-demo-agent");
+    PgConnection::connect_with(&options)
+        .await
+        .map_err(|e| format!("connecting as {}: {e}", target.user))
+}
+
+/// One held export on its own connection: the rows come once approved; a
+/// denial or expiry is the error the gateway gave.
+async fn run_export(target: &Target, tokens: &TokenSource) -> Result<(), String> {
+    let mut conn = connect(target, tokens).await?;
+    let mut stream = conn.copy_out_raw(EXPORT).await.map_err(|e| e.to_string())?;
+    while let Some(chunk) = stream.next().await {
+        chunk.map_err(|e| e.to_string())?;
+    }
+    drop(stream);
+    let _ = conn.close().await;
+    Ok(())
+}

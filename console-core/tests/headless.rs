@@ -1,0 +1,371 @@
+//! The console's calls with a headless host, against the real in-process
+//! gateway in front of a throwaway PostgreSQL: what the desktop app does,
+//! minus the window.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use console_core::traffic::Pace;
+use console_core::types::{ConsoleEvent, Decision, InboxItem, LocalOptions, LocalStatus, Persona};
+use console_core::{Console, Host, Notice};
+use futures_util::StreamExt;
+use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
+
+/// Records what the console tells the window and the desktop.
+#[derive(Clone)]
+struct Recorder {
+    dir: Arc<tempfile::TempDir>,
+    events: Arc<Mutex<Vec<ConsoleEvent>>>,
+    notices: Arc<Mutex<Vec<Notice>>>,
+    /// No notification service on this desktop.
+    no_notifications: bool,
+}
+
+impl Recorder {
+    fn new(no_notifications: bool) -> Recorder {
+        Recorder {
+            dir: Arc::new(tempfile::tempdir().expect("temp dir")),
+            events: Arc::default(),
+            notices: Arc::default(),
+            no_notifications,
+        }
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|e| match e {
+                ConsoleEvent::Notice { message, .. } => Some(message.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl Host for Recorder {
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    fn emit(&self, event: ConsoleEvent) {
+        self.events.lock().unwrap().push(event);
+    }
+
+    fn notify(&self, notice: &Notice) -> Result<(), String> {
+        if self.no_notifications {
+            return Err("no notification service on the session bus".into());
+        }
+        self.notices.lock().unwrap().push(notice.clone());
+        Ok(())
+    }
+}
+
+fn any_port() -> LocalOptions {
+    LocalOptions {
+        upstream: None,
+        listen: Some("127.0.0.1:0".into()),
+        api_listen: Some("127.0.0.1:0".into()),
+    }
+}
+
+async fn started(no_notifications: bool) -> Console<Recorder> {
+    let console = Console::new(Recorder::new(no_notifications));
+    console
+        .start_local(any_port())
+        .await
+        .expect("local gateway starts");
+    eventually("the inbox is live", || console.inbox().link.state == "live").await;
+    console
+}
+
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    for _ in 0..300 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+fn pending(console: &Console<Recorder>) -> Vec<InboxItem> {
+    console
+        .inbox()
+        .items
+        .into_iter()
+        .filter(|i| i.request.state == "pending")
+        .collect()
+}
+
+/// A client of the local gateway as `persona`.
+async fn client(console: &Console<Recorder>, persona: &Persona) -> PgConnection {
+    let LocalStatus::Running { info } = console.local_status() else {
+        panic!("not running");
+    };
+    let access = console.dev_access(persona.clone()).await.expect("token");
+    let addr: std::net::SocketAddr = info.listen.parse().unwrap();
+    let options = PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(addr.port())
+        .username(&persona.subject)
+        .password(&access.token)
+        .database(&info.connection)
+        .ssl_mode(PgSslMode::VerifyCa)
+        .ssl_root_cert(&info.ca_file);
+    PgConnection::connect_with(&options)
+        .await
+        .expect("connects through the local gateway")
+}
+
+/// A held export on its own task: its rows, or the error it ended with.
+fn export(mut conn: PgConnection) -> tokio::task::JoinHandle<Result<String, sqlx::Error>> {
+    tokio::spawn(async move {
+        let mut out = Vec::new();
+        let mut stream = conn
+            .copy_out_raw("/* reason: quarterly audit sample */ COPY payments TO STDOUT")
+            .await?;
+        while let Some(chunk) = stream.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_export_reaches_the_inbox_masked_and_an_approval_releases_it() {
+    let console = started(false).await;
+    let inbox = console.inbox();
+    let me = inbox.me.expect("signed in");
+    assert_eq!(me.subject, "olga");
+    assert_eq!(me.connections, ["payments"]);
+
+    let waiting = export(client(&console, &Persona::agent()).await);
+    eventually("the request is in the inbox", || {
+        pending(&console).len() == 1
+    })
+    .await;
+    let item = pending(&console).remove(0);
+    let request = &item.request;
+    assert_eq!(item.cannot_decide, None);
+    assert_eq!(request.requester.subject, "agent-7");
+    assert_eq!(request.reason.as_deref(), Some("quarterly audit sample"));
+    assert_eq!(request.policy, "cardholder-bulk-export-needs-approval");
+    assert!(request.cardholder);
+    assert!(
+        request
+            .cardholder_resources
+            .iter()
+            .any(|r| r.contains("public.payments")),
+        "{:?}",
+        request.cardholder_resources
+    );
+    assert_eq!(request.notified, ["olga"]);
+    for pan in ["4242424242424242", "4111111111111111", "5555555555554444"] {
+        assert!(
+            !format!("{request:?}").contains(pan),
+            "a PAN in the preview"
+        );
+    }
+    let notices = console.host().notices.lock().unwrap().clone();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(notices[0].request, request.id);
+    assert!(
+        notices[0].title.contains("public.payments"),
+        "{}",
+        notices[0].title
+    );
+
+    let no_reason = console
+        .decide(Decision {
+            id: request.id.clone(),
+            approve: true,
+            reason: "  ".into(),
+            window_secs: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(no_reason.code(), "no_reason");
+    let decided = console
+        .decide(Decision {
+            id: request.id.clone(),
+            approve: true,
+            reason: "audit sample agreed with the QSA".into(),
+            window_secs: None,
+        })
+        .await
+        .expect("approved");
+    assert_eq!(decided.state, "approved");
+    let rows = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("the export finishes")
+        .unwrap()
+        .expect("rows");
+    assert!(rows.lines().count() >= 5, "{rows}");
+    assert!(
+        !rows.contains("4242424242424242"),
+        "agents see masked PANs: {rows}"
+    );
+    eventually("the decision is listed", || {
+        console.inbox().items.first().is_some_and(|i| {
+            i.request.state == "approved" && i.request.decided_by.as_deref() == Some("olga")
+        })
+    })
+    .await;
+    console.shutdown().await;
+    assert_eq!(console.local_status(), LocalStatus::Stopped);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denial_reaches_the_client_and_ones_own_request_cannot_be_approved() {
+    let console = started(true).await;
+    let theirs = export(client(&console, &Persona::agent()).await);
+    // The console's own identity, here also an analyst who may export.
+    let olga = Persona {
+        groups: vec!["analysts".into(), "approvers".into()],
+        ..Persona::approver()
+    };
+    let mine = export(client(&console, &olga).await);
+    eventually("both requests are in the inbox", || {
+        pending(&console).len() == 2
+    })
+    .await;
+    let items = pending(&console);
+    let own = items
+        .iter()
+        .find(|i| i.request.requester.subject == "olga")
+        .unwrap();
+    let why = own
+        .cannot_decide
+        .clone()
+        .expect("own request is not decidable");
+    assert!(why.contains("made this request"), "{why}");
+    let refused = console
+        .decide(Decision {
+            id: own.request.id.clone(),
+            approve: true,
+            reason: "mine".into(),
+            window_secs: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), "self_approval", "{refused}");
+
+    let agents = items
+        .iter()
+        .find(|i| i.request.requester.subject == "agent-7")
+        .unwrap();
+    console
+        .decide(Decision {
+            id: agents.request.id.clone(),
+            approve: false,
+            reason: "no ticket for this export".into(),
+            window_secs: None,
+        })
+        .await
+        .expect("denied");
+    let error = tokio::time::timeout(Duration::from_secs(20), theirs)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    let db = error.as_database_error().expect("a database error");
+    assert_eq!(db.code().as_deref(), Some("42501"));
+    assert!(
+        db.message().contains("no ticket for this export"),
+        "{}",
+        db.message()
+    );
+
+    // No notification service: the console says so once and carries on.
+    let warnings = console.host().warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("notifications are unavailable"));
+    mine.abort();
+    console.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_traffic_asks_for_an_export_an_approver_can_release() {
+    let console = started(false).await;
+    console.set_pace(Pace {
+        query_every: Duration::from_millis(300),
+        first_export_after: Duration::from_millis(500),
+        export_every: Duration::from_secs(3600),
+    });
+    console.start_traffic().await.expect("traffic starts");
+    eventually("the agent's export is held", || {
+        pending(&console).len() == 1
+    })
+    .await;
+    let request = pending(&console).remove(0).request;
+    assert_eq!(request.requester.subject, "agent-7");
+    assert_eq!(
+        request.reason.as_deref(),
+        Some("nightly settlement reconciliation")
+    );
+    console
+        .decide(Decision {
+            id: request.id,
+            approve: true,
+            reason: "reconciliation run".into(),
+            window_secs: None,
+        })
+        .await
+        .unwrap();
+    eventually("the export is released", || console.traffic().released == 1).await;
+    eventually("ordinary queries run", || console.traffic().queries >= 2).await;
+    assert_eq!(console.traffic().last_error, None);
+    console.shutdown().await;
+    assert!(!console.traffic().running);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_failures_say_what_to_do_next() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let console = Console::new(Recorder::new(false));
+    let error = console
+        .start_local(LocalOptions {
+            listen: Some(taken.local_addr().unwrap().to_string()),
+            ..any_port()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), "port_taken");
+    assert!(
+        error
+            .hint()
+            .contains("Stop it, or start the local gateway on other ports")
+    );
+    let LocalStatus::Failed { error: shown } = console.local_status() else {
+        panic!("{:?}", console.local_status());
+    };
+    assert_eq!(shown.code, "port_taken");
+
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = nobody.local_addr().unwrap().port();
+    drop(nobody);
+    let error = console
+        .start_local(LocalOptions {
+            upstream: Some(format!("postgres://app:secret@127.0.0.1:{port}/shop")),
+            ..any_port()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), "upstream", "{error}");
+    assert!(!error.to_string().contains("secret"), "{error}");
+    assert!(error.hint().contains("pg_hba.conf"));
+
+    let error = console
+        .start_local(LocalOptions {
+            upstream: Some("mysql://x@y/z".into()),
+            ..any_port()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), "bad_url");
+    assert_eq!(console.inbox().link.state, "off");
+}

@@ -1,0 +1,334 @@
+//! The real desktop app driven as a user would: under Xvfb (started here
+//! when there is no display), through `tauri-driver` and Debian's
+//! WebKitWebDriver, over the W3C WebDriver protocol. The client is a few
+//! JSON calls over reqwest, which the harness already has; a WebDriver
+//! crate would bring a second HTTP stack for the dozen endpoints used.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// The W3C element reference key.
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Where `tauri-driver` is: on PATH or in cargo's bin directory.
+pub fn tauri_driver() -> Option<PathBuf> {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain(home.map(|h| h.join("bin")))
+        .map(|dir| dir.join("tauri-driver"))
+        .find(|p| p.exists())
+}
+
+/// A display for the app: the session's own, or an Xvfb started here.
+pub struct Display {
+    /// `:N`.
+    pub name: String,
+    xvfb: Option<Child>,
+}
+
+impl Display {
+    /// The current display, or a new Xvfb at 1280x800.
+    pub fn get() -> Display {
+        if let Ok(name) = std::env::var("DISPLAY") {
+            if !name.is_empty() {
+                return Display { name, xvfb: None };
+            }
+        }
+        for n in 90..140 {
+            if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+                || Path::new(&format!("/tmp/.X{n}-lock")).exists()
+            {
+                continue;
+            }
+            let name = format!(":{n}");
+            let child = Command::new("Xvfb")
+                .args([&name, "-screen", "0", "1280x800x24", "-nolisten", "tcp"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("Xvfb starts (apt-get install xvfb)");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() {
+                    return Display {
+                        name,
+                        xvfb: Some(child),
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            panic!("Xvfb {name} did not come up");
+        }
+        panic!("no free X display number");
+    }
+}
+
+impl Drop for Display {
+    fn drop(&mut self) {
+        if let Some(mut xvfb) = self.xvfb.take() {
+            let _ = xvfb.kill();
+            let _ = xvfb.wait();
+        }
+    }
+}
+
+/// A WebDriver session on the real app.
+pub struct App {
+    http: reqwest::Client,
+    base: String,
+    session: String,
+    driver: Child,
+    _display: Display,
+}
+
+/// An element of the app's window.
+#[derive(Debug, Clone)]
+pub struct Element(String);
+
+impl App {
+    /// Start `application` with `args` under a display, through tauri-driver.
+    pub async fn launch(application: &Path, args: &[String], env: &[(&str, &str)]) -> App {
+        let display = Display::get();
+        let driver_path = tauri_driver()
+            .expect("tauri-driver is installed (cargo install tauri-driver --locked)");
+        let (port, native) = (free_port(), free_port());
+        let mut command = Command::new(driver_path);
+        command
+            .args([
+                "--port",
+                &port.to_string(),
+                "--native-port",
+                &native.to_string(),
+            ])
+            .env("DISPLAY", &display.name)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let driver = command.spawn().expect("tauri-driver starts");
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .build()
+            .expect("client");
+        let base = format!("http://127.0.0.1:{port}");
+        let capabilities = json!({
+            "capabilities": { "alwaysMatch": {
+                "tauri:options": { "application": application, "args": args }
+            }}
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let session = loop {
+            match http
+                .post(format!("{base}/session"))
+                .json(&capabilities)
+                .send()
+                .await
+            {
+                Ok(response) => {
+                    let body: Value = response.json().await.expect("json");
+                    match body["value"]["sessionId"].as_str() {
+                        Some(id) => break id.to_string(),
+                        None => panic!("no WebDriver session: {body}"),
+                    }
+                }
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("tauri-driver did not answer: {e}"),
+            }
+        };
+        App {
+            http,
+            base,
+            session,
+            driver,
+            _display: display,
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let mut request = self.http.request(method, &url);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        body["value"].clone()
+    }
+
+    /// Elements matching a CSS selector now.
+    pub async fn all(&self, css: &str) -> Vec<Element> {
+        let found = self
+            .call(
+                reqwest::Method::POST,
+                "/elements",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        found
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e[ELEMENT].as_str().map(|s| Element(s.into())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The first element matching `css`, waiting up to `timeout`.
+    pub async fn wait_for(&self, css: &str, timeout: Duration) -> Element {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(found) = self.all(css).await.into_iter().next() {
+                return found;
+            }
+            if Instant::now() > deadline {
+                let page = self
+                    .script("return document.body.innerText", json!([]))
+                    .await;
+                panic!(
+                    "no element {css} within {timeout:?}; the window shows:\n{}",
+                    page.as_str().unwrap_or("")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Wait until the text of the first `css` element satisfies `check`; that text.
+    pub async fn wait_for_text(
+        &self,
+        css: &str,
+        timeout: Duration,
+        check: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(el) = self.all(css).await.into_iter().next() {
+                let text = self.text(&el).await;
+                if check(&text) {
+                    return text;
+                }
+                if Instant::now() > deadline {
+                    panic!("{css} shows {text:?}, not what was expected within {timeout:?}");
+                }
+            } else if Instant::now() > deadline {
+                panic!("no element {css} within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Click.
+    pub async fn click(&self, element: &Element) {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{}/click", element.0),
+            Some(json!({})),
+        )
+        .await;
+    }
+
+    /// Type into an input.
+    pub async fn type_text(&self, element: &Element, text: &str) {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{}/value", element.0),
+            Some(json!({ "text": text })),
+        )
+        .await;
+    }
+
+    /// Its visible text.
+    pub async fn text(&self, element: &Element) -> String {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/element/{}/text", element.0),
+            None,
+        )
+        .await
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+    }
+
+    /// An attribute.
+    pub async fn attribute(&self, element: &Element, name: &str) -> Option<String> {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/element/{}/attribute/{name}", element.0),
+            None,
+        )
+        .await
+        .as_str()
+        .map(str::to_string)
+    }
+
+    /// Whether it is enabled.
+    pub async fn enabled(&self, element: &Element) -> bool {
+        self.call(
+            reqwest::Method::GET,
+            &format!("/element/{}/enabled", element.0),
+            None,
+        )
+        .await
+        .as_bool()
+        .unwrap_or(false)
+    }
+
+    /// Run a script in the page.
+    pub async fn script(&self, script: &str, args: Value) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({ "script": script, "args": args })),
+        )
+        .await
+    }
+
+    /// A PNG of the window.
+    pub async fn screenshot(&self) -> Vec<u8> {
+        use base64::Engine;
+        let encoded = self.call(reqwest::Method::GET, "/screenshot", None).await;
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded.as_str().unwrap_or_default())
+            .expect("a PNG")
+    }
+
+    /// End the session (the app exits; its local gateway stops).
+    pub async fn quit(mut self) {
+        let _ = self
+            .http
+            .delete(format!("{}/session/{}", self.base, self.session))
+            .send()
+            .await;
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+    }
+}
