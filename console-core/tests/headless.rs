@@ -163,6 +163,22 @@ async fn a_held_export_reaches_the_inbox_masked_and_an_approval_releases_it() {
         "{:?}",
         request.cardholder_resources
     );
+    assert!(
+        request
+            .cardholder_resources
+            .iter()
+            .any(|r| r.ends_with("public.payments.pan")),
+        "the PAN column is marked: {:?}",
+        request.cardholder_resources
+    );
+    assert!(
+        !request
+            .cardholder_resources
+            .iter()
+            .any(|r| r.ends_with("public.payments.amount")),
+        "{:?}",
+        request.cardholder_resources
+    );
     assert_eq!(request.notified, ["olga"]);
     for pan in ["4242424242424242", "4111111111111111", "5555555555554444"] {
         assert!(
@@ -368,4 +384,236 @@ async fn start_failures_say_what_to_do_next() {
         .unwrap_err();
     assert_eq!(error.code(), "bad_url");
     assert_eq!(console.inbox().link.state, "off");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_reconnects_when_the_gateway_comes_back() {
+    use console_core::approvals::{ApprovalsLink, Target};
+    use console_core::inbox::Inbox;
+    use console_core::local::LocalGateway;
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = |_| {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+    let options = LocalOptions {
+        upstream: None,
+        listen: Some(port(0)),
+        api_listen: Some(port(1)),
+    };
+    let first = LocalGateway::start(dir.path(), &options, |_| {})
+        .await
+        .unwrap();
+    let inbox = Arc::new(Mutex::new(Inbox::default()));
+    let link = ApprovalsLink::start(
+        Target {
+            url: first.info().api,
+            ca_file: Some(first.ca_file()),
+        },
+        first.tokens(Persona::approver()),
+        inbox.clone(),
+        Arc::new(|_| {}),
+    );
+    let state = || inbox.lock().unwrap().link().state.clone();
+    eventually("the link is live", || state() == "live").await;
+
+    first.stop().await;
+    eventually("the link notices", || state() != "live").await;
+    let detail = inbox
+        .lock()
+        .unwrap()
+        .link()
+        .detail
+        .clone()
+        .unwrap_or_default();
+    assert!(detail.contains("reconnecting in"), "{detail}");
+
+    // The same gateway again (same data directory, so the same issuer and certificate).
+    let second = LocalGateway::start(dir.path(), &options, |_| {})
+        .await
+        .unwrap();
+    eventually("the link is live again", || state() == "live").await;
+    let conn = {
+        let info = second.info();
+        let token = second.token(&Persona::agent()).unwrap();
+        let addr: std::net::SocketAddr = info.listen.parse().unwrap();
+        PgConnection::connect_with(
+            &PgConnectOptions::new()
+                .host("127.0.0.1")
+                .port(addr.port())
+                .username("agent-7")
+                .password(&token)
+                .database(&info.connection)
+                .ssl_mode(PgSslMode::VerifyCa)
+                .ssl_root_cert(&info.ca_file),
+        )
+        .await
+        .unwrap()
+    };
+    let waiting = export(conn);
+    eventually("a request on the new gateway arrives", || {
+        inbox
+            .lock()
+            .unwrap()
+            .view()
+            .items
+            .iter()
+            .any(|i| i.request.state == "pending")
+    })
+    .await;
+    waiting.abort();
+    link.stop();
+    second.stop().await;
+}
+
+/// A TLS proxy in front of the gateway's API that refuses WebSocket
+/// upgrades, as some corporate proxies do; everything else passes.
+async fn websocket_blocking_proxy(
+    gateway_dir: &std::path::Path,
+    upstream: std::net::SocketAddr,
+) -> std::net::SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let cert_file = gateway_dir.join("gateway-cert.pem");
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_file)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(gateway_dir.join("gateway-key.pem")).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let client = Arc::new(console_core::tls::client_config(Some(&cert_file)).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, client) = (acceptor.clone(), client.clone());
+            tokio::spawn(async move {
+                let Ok(mut downstream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match downstream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if String::from_utf8_lossy(&head)
+                    .to_ascii_lowercase()
+                    .contains("upgrade: websocket")
+                {
+                    let _ = downstream
+                        .write_all(b"HTTP/1.1 502 Bad Gateway\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .await;
+                    return;
+                }
+                let Ok(tcp) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+                let Ok(mut up) = tokio_rustls::TlsConnector::from(client)
+                    .connect(name, tcp)
+                    .await
+                else {
+                    return;
+                };
+                if up.write_all(&head).await.is_err() {
+                    return;
+                }
+                let _ = tokio::io::copy_bidirectional(&mut downstream, &mut up).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_websocket_the_inbox_polls_and_decides_over_https() {
+    use console_core::approvals::{ApprovalsLink, Target};
+    use console_core::inbox::Inbox;
+    use console_core::local::LocalGateway;
+
+    let dir = tempfile::tempdir().unwrap();
+    let local = LocalGateway::start(dir.path(), &any_port(), |_| {})
+        .await
+        .unwrap();
+    let info = local.info();
+    let api: std::net::SocketAddr = info.api.trim_start_matches("https://").parse().unwrap();
+    let proxy = websocket_blocking_proxy(std::path::Path::new(&info.data_dir), api).await;
+    let inbox = Arc::new(Mutex::new(Inbox::default()));
+    let link = ApprovalsLink::start(
+        Target {
+            url: format!("https://localhost:{}", proxy.port()),
+            ca_file: Some(local.ca_file()),
+        },
+        local.tokens(Persona::approver()),
+        inbox.clone(),
+        Arc::new(|_| {}),
+    );
+    eventually("the link falls back to polling", || {
+        inbox.lock().unwrap().link().state == "polling"
+    })
+    .await;
+    let detail = inbox.lock().unwrap().link().detail.clone().unwrap();
+    assert!(detail.contains("502"), "{detail}");
+
+    let token = local.token(&Persona::agent()).unwrap();
+    let addr: std::net::SocketAddr = info.listen.parse().unwrap();
+    let conn = PgConnection::connect_with(
+        &PgConnectOptions::new()
+            .host("127.0.0.1")
+            .port(addr.port())
+            .username("agent-7")
+            .password(&token)
+            .database(&info.connection)
+            .ssl_mode(PgSslMode::VerifyCa)
+            .ssl_root_cert(&info.ca_file),
+    )
+    .await
+    .unwrap();
+    let waiting = export(conn);
+    let pending_id = || {
+        inbox
+            .lock()
+            .unwrap()
+            .view()
+            .items
+            .iter()
+            .find(|i| i.request.state == "pending")
+            .map(|i| i.request.id.clone())
+    };
+    eventually("the poll brings the request", || pending_id().is_some()).await;
+    let decided = link
+        .decider()
+        .decide(Decision {
+            id: pending_id().unwrap(),
+            approve: true,
+            reason: "approved over HTTPS".into(),
+            window_secs: None,
+        })
+        .await
+        .expect("decided over HTTP");
+    assert_eq!(decided.state, "approved");
+    let rows = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(rows.lines().count() >= 5);
+    link.stop();
+    local.stop().await;
 }

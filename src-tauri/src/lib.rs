@@ -74,7 +74,13 @@ impl Host for Desktop {
                 .show();
             match handle {
                 Err(e) => {
-                    let _ = shown.send(Err(e.to_string()));
+                    let e = e.to_string();
+                    let why = if e.contains("bus") || e.contains("ServiceUnknown") {
+                        "no notification service is running on this desktop".to_string()
+                    } else {
+                        e.chars().take(80).collect()
+                    };
+                    let _ = shown.send(Err(why));
                 }
                 Ok(handle) => {
                     let _ = shown.send(Ok(()));

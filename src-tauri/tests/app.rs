@@ -119,7 +119,7 @@ async fn an_approver_releases_and_refuses_held_exports_from_the_console() {
             "--api-listen".into(),
             format!("127.0.0.1:{api}"),
         ],
-        &[],
+        &[("RUST_LOG", "warn")],
     )
     .await;
 

@@ -93,6 +93,7 @@ pub struct App {
     base: String,
     session: String,
     driver: Child,
+    native: u16,
     _display: Display,
 }
 
@@ -158,6 +159,7 @@ impl App {
             base,
             session,
             driver,
+            native,
             _display: display,
         }
     }
@@ -316,19 +318,33 @@ impl App {
     }
 
     /// End the session (the app exits; its local gateway stops).
-    pub async fn quit(mut self) {
+    pub async fn quit(self) {
         let _ = self
             .http
             .delete(format!("{}/session/{}", self.base, self.session))
             .send()
             .await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
     }
 }
 
 impl Drop for App {
     fn drop(&mut self) {
+        // SIGTERM lets tauri-driver stop the WebKitWebDriver it started; a
+        // SIGKILL would leave that running (and holding the test's pipes).
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.driver.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.driver.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.driver.kill();
+        let _ = self.driver.wait();
+        let _ = Command::new("pkill")
+            .args(["-f", &format!("WebKitWebDriver --port={}", self.native)])
+            .status();
     }
 }

@@ -112,7 +112,7 @@ describe("the inbox panel", () => {
     expect(detail.textContent).toContain("cardholder-bulk-export-needs-approval");
     expect(detail.textContent).toContain("nightly settlement");
     expect(detail.textContent).toContain("0 of 1");
-    const card = [...detail.querySelectorAll(".resources li.card")].map((l) => l.textContent);
+    const card = [...detail.querySelectorAll(".resources li.holds-card")].map((l) => l.textContent);
     expect(card).toEqual(["Card dataCOPY on public.payments"]);
   });
 

@@ -96,7 +96,7 @@ export function listRow(item: InboxItem): HTMLElement {
       { class: "row-meta" },
       r.cardholder ? h("span", { class: "chip chip-card" }, "Card data") : null,
       h("span", { class: "chip" }, `${rows(r.row_estimate)} rows`),
-      h("span", { class: "chip" }, `${r.approvals.length} of ${r.approvals_needed}`),
+      h("span", { class: "chip", title: "approvals so far, of those needed" }, `${r.approvals.length}/${r.approvals_needed} approved`),
       pending ? null : h("span", { class: "muted" }, clock(r.decided_at)),
     ),
   );
@@ -142,7 +142,7 @@ export function details(item: InboxItem): HTMLElement {
           "ul",
           { class: "resources" },
           ...r.resources.map((res) =>
-            h("li", { class: card.has(res) ? "card" : "" }, card.has(res) ? h("span", { class: "chip chip-card" }, "Card data") : null, res),
+            h("li", { class: card.has(res) ? "holds-card" : "" }, card.has(res) ? h("span", { class: "chip chip-card" }, "Card data") : null, res),
           ),
         ),
       ),

@@ -126,8 +126,18 @@ export class LocalPanel {
         h("div", { class: "error-box", role: "alert", "data-test": "local-error" }, h("strong", {}, s.error.message), h("p", {}, s.error.hint)),
       );
     else rows.push(h("p", { class: "muted" }, "The local gateway is stopped. Start it below: it runs inside the console and stops when the window closes."));
+    let stop: HTMLButtonElement | null = null;
+    if (s.state === "running") {
+      stop = h("button", { class: "danger", "data-test": "stop" }, "Stop");
+      stop.addEventListener("click", () => void this.handlers.stop());
+    }
     this.statusBox.replaceChildren(
-      h("header", { class: "card-head" }, h("h2", {}, "Local gateway"), h("span", { class: `pill pill-${s.state}` }, s.state === "running" ? "Running" : summary(s))),
+      h(
+        "header",
+        { class: "card-head" },
+        h("h2", {}, "Gateway"),
+        h("span", { class: "actions" }, h("span", { class: `pill pill-${s.state}` }, s.state === "running" ? "Running" : summary(s)), stop),
+      ),
       ...rows,
     );
     this.renderTraffic();
@@ -146,8 +156,6 @@ export class LocalPanel {
     copyToken.addEventListener("click", () => this.access && void this.handlers.copy(this.access.token, "Dev token"));
     const copyPsql = h("button", { class: "primary", "data-test": "copy-psql" }, "Copy psql command");
     copyPsql.addEventListener("click", () => this.access && void this.handlers.copy(this.access.psql, "psql command"));
-    const stop = h("button", { class: "danger", "data-test": "stop" }, "Stop");
-    stop.addEventListener("click", () => void this.handlers.stop());
     return [
       h(
         "dl",
@@ -168,7 +176,6 @@ export class LocalPanel {
         h("pre", { class: "command", "data-test": "psql" }, this.access ? this.access.psql.replace(/PGPASSWORD='[^']*'/, "PGPASSWORD='<dev token>'") : "..."),
         h("p", { class: "muted" }, "Tokens are valid for one hour. Try COPY payments TO STDOUT: the starter policy holds it for approval."),
       ),
-      h("div", { class: "buttons" }, stop),
     ];
   }
 

@@ -142,7 +142,7 @@ async function start(): Promise<void> {
   setInterval(async () => {
     const s = await platform.localStatus();
     if (s.state === "running") local.setStatus(s);
-  }, 5000);
+  }, 2000);
 
   try {
     const info = await platform.about();
