@@ -22,7 +22,7 @@ use tollgate::approvals::protocol::{ClientMessage, SUBPROTOCOL, ServerMessage};
 
 use crate::error::ConsoleError;
 use crate::inbox::{Applied, Inbox};
-use crate::types::{Decision, Link, RequestView};
+use crate::types::{Decision, Link, Me, RequestView};
 
 /// Where the gateway's API is.
 #[derive(Debug, Clone)]
@@ -39,8 +39,11 @@ pub type TokenSource = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
 /// Called after every change to the inbox.
 pub type OnChange = Arc<dyn Fn(Applied) + Send + Sync>;
 
-/// How long a decision may take before the console says it could not.
-const DECIDE_WITHIN: Duration = Duration::from_secs(15);
+/// How long a decision may take before the console gives up waiting (a
+/// little longer than the HTTP client's own 30 s).
+const DECIDE_WITHIN: Duration = Duration::from_secs(35);
+/// TCP, TLS and the WebSocket upgrade together.
+const CONNECT_WITHIN: Duration = Duration::from_secs(10);
 /// How often the HTTP fallback polls.
 const POLL_EVERY: Duration = Duration::from_secs(3);
 /// Keep-alive on a quiet WebSocket.
@@ -112,10 +115,12 @@ impl Decider {
         match tokio::time::timeout(DECIDE_WITHIN, answered).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(ConsoleError::Unreachable(
-                "the connection dropped before the gateway answered".into(),
+                "the connection dropped before the gateway answered; the decision may have been recorded, \
+                 the inbox shows the request as it stands once it reconnects"
+                    .into(),
             )),
             Err(_) => Err(ConsoleError::Unreachable(format!(
-                "no answer within {} s",
+                "no answer within {} s; the decision may have been recorded, the inbox shows the request as it stands",
                 DECIDE_WITHIN.as_secs()
             ))),
         }
@@ -170,10 +175,15 @@ struct Worker {
 }
 
 /// Why a connection attempt or session ended.
+#[derive(Default)]
 struct Ended {
     why: String,
     /// The gateway refused the token or the approver: no point hurrying back.
     refused: bool,
+    /// The session was live (its snapshot arrived): reconnect from the shortest wait.
+    was_live: bool,
+    /// The token expired: reconnect now with a fresh one.
+    token_expired: bool,
 }
 
 impl Worker {
@@ -182,15 +192,31 @@ impl Worker {
         loop {
             self.link("connecting", None);
             let ended = match self.token() {
-                Err(why) => Ended { why, refused: true },
-                Ok(token) => match self.connect(&token).await {
-                    Err(ended) => ended,
-                    Ok(socket) => {
-                        backoff.reset();
-                        self.session(socket).await
-                    }
+                Err(why) => Ended {
+                    why,
+                    refused: true,
+                    ..Ended::default()
+                },
+                Ok(token) => match tokio::time::timeout(CONNECT_WITHIN, self.connect(&token)).await
+                {
+                    Err(_) => Ended {
+                        why: format!(
+                            "no answer from {} within {} s",
+                            self.target.url,
+                            CONNECT_WITHIN.as_secs()
+                        ),
+                        ..Ended::default()
+                    },
+                    Ok(Err(ended)) => ended,
+                    Ok(Ok(socket)) => self.session(socket).await,
                 },
             };
+            if ended.was_live {
+                backoff.reset();
+            }
+            if ended.token_expired {
+                continue;
+            }
             let mut wait = backoff.next();
             if ended.refused {
                 wait = wait.max(Duration::from_secs(10));
@@ -213,14 +239,14 @@ impl Worker {
         if changed {
             (self.on_change)(Applied {
                 changed: true,
-                to_notify: vec![],
+                ..Applied::default()
             });
         }
     }
 
     fn apply(&self, message: ServerMessage) {
         let applied = self.inbox.lock().expect("inbox").apply(message);
-        if applied.changed {
+        if applied.changed || !applied.to_notify.is_empty() || !applied.to_close.is_empty() {
             (self.on_change)(applied);
         }
     }
@@ -228,7 +254,7 @@ impl Worker {
     async fn connect(&self, token: &str) -> Result<Socket, Ended> {
         let other = |why: String| Ended {
             why,
-            refused: false,
+            ..Ended::default()
         };
         let url = url_of(&self.target.url).map_err(other)?;
         let (host, port) = (url.0, url.1);
@@ -270,6 +296,7 @@ impl Worker {
                 Err(Ended {
                     why: format!("the gateway refused the console ({status}): {message}"),
                     refused: matches!(status, 401 | 403),
+                    ..Ended::default()
                 })
             }
             Err(e) => Err(other(format!("WebSocket: {e}"))),
@@ -281,21 +308,32 @@ impl Worker {
         let mut pending: HashMap<String, oneshot::Sender<Result<RequestView, ConsoleError>>> =
             HashMap::new();
         let mut ping = tokio::time::interval(PING_EVERY);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
         let mut live = false;
+        // The gateway's last error without a `ref`: why it is about to close.
+        let mut last_error: Option<String> = None;
+        let mut last_heard = tokio::time::Instant::now();
+        let ended = |why: String, live: bool, code: Option<&str>| Ended {
+            refused: matches!(code, Some("unauthenticated" | "forbidden")),
+            token_expired: code == Some("token_expired"),
+            was_live: live,
+            why,
+        };
         loop {
             tokio::select! {
                 message = socket.next() => {
+                    last_heard = tokio::time::Instant::now();
                     let text = match message {
                         Some(Ok(Message::Text(text))) => text,
                         Some(Ok(Message::Close(frame))) => {
                             let why = frame.map(|f| f.reason.to_string()).filter(|r| !r.is_empty())
                                 .unwrap_or_else(|| "the gateway closed the connection".into());
-                            return Ended { refused: why.contains("token") || why.contains("approver"), why };
+                            return ended(why, live, last_error.as_deref());
                         }
                         Some(Ok(_)) => continue,
-                        Some(Err(e)) => return Ended { why: format!("the connection broke: {e}"), refused: false },
-                        None => return Ended { why: "the gateway closed the connection".into(), refused: false },
+                        Some(Err(e)) => return ended(format!("the connection broke: {e}"), live, None),
+                        None => return ended("the gateway closed the connection".into(), live, last_error.as_deref()),
                     };
                     let Ok(message) = serde_json::from_str::<ServerMessage>(&text) else {
                         tracing::warn!("the gateway sent a message this console does not understand");
@@ -312,6 +350,7 @@ impl Worker {
                                 let _ = answer.send(Err(ConsoleError::Refused { code: code.clone(), message: message.clone() }));
                             }
                         }
+                        ServerMessage::Error { reference: None, code, .. } => last_error = Some(code.clone()),
                         ServerMessage::Snapshot { .. } if !live => {
                             live = true;
                             self.link("live", None);
@@ -321,7 +360,9 @@ impl Worker {
                     self.apply(message);
                 }
                 command = self.commands.recv() => {
-                    let Some(Command::Decide(decision, answer)) = command else { return Ended { why: "stopped".into(), refused: false } };
+                    let Some(Command::Decide(decision, answer)) = command else {
+                        return ended("stopped".into(), live, None);
+                    };
                     self.next_ref += 1;
                     let reference = format!("c{}", self.next_ref);
                     let message = if decision.approve {
@@ -332,14 +373,18 @@ impl Worker {
                     let text = serde_json::to_string(&message).expect("client messages encode");
                     if let Err(e) = socket.send(Message::Text(text.into())).await {
                         let _ = answer.send(Err(ConsoleError::Unreachable(e.to_string())));
-                        return Ended { why: format!("the connection broke: {e}"), refused: false };
+                        return ended(format!("the connection broke: {e}"), live, None);
                     }
                     pending.insert(reference, answer);
                 }
                 _ = ping.tick() => {
+                    // Every ping is answered: silence this long is a dead connection.
+                    if last_heard.elapsed() > PING_EVERY * 2 + Duration::from_secs(5) {
+                        return ended(format!("no answer from the gateway for {} s", last_heard.elapsed().as_secs()), live, None);
+                    }
                     let text = serde_json::to_string(&ClientMessage::Ping { reference: None }).expect("encodes");
                     if socket.send(Message::Text(text.into())).await.is_err() {
-                        return Ended { why: "the connection broke".into(), refused: false };
+                        return ended("the connection broke".into(), live, None);
                     }
                 }
             }
@@ -372,24 +417,35 @@ impl Worker {
             };
             match polled.and_then(|list| {
                 Some((
-                    serde_json::from_value(list["requests"].clone()).ok()?,
+                    serde_json::from_value::<Vec<RequestView>>(list["requests"].clone()).ok()?,
                     serde_json::from_value(list["grants"].clone()).ok()?,
+                    Me {
+                        subject: list["approver"].as_str()?.to_string(),
+                        issuer: list["issuer"].as_str().unwrap_or_default().to_string(),
+                        connections: serde_json::from_value(list["connections"].clone())
+                            .unwrap_or_default(),
+                    },
                 ))
             }) {
-                Some((requests, grants)) => {
-                    self.inbox.lock().expect("inbox").replace(requests, grants);
+                Some((requests, grants, me)) => {
+                    let applied = {
+                        let mut inbox = self.inbox.lock().expect("inbox");
+                        inbox.set_me(me);
+                        inbox.replace(requests, grants)
+                    };
                     self.link(
                         "polling",
                         Some(format!(
-                            "WebSocket unavailable ({}); polling over HTTPS, {}",
-                            ended.why,
-                            retry(left)
+                            "WebSocket unavailable ({}); polling over HTTPS",
+                            ended.why
                         )),
                     );
-                    (self.on_change)(Applied {
-                        changed: true,
-                        to_notify: vec![],
-                    });
+                    if applied.changed
+                        || !applied.to_notify.is_empty()
+                        || !applied.to_close.is_empty()
+                    {
+                        (self.on_change)(applied);
+                    }
                 }
                 None => self.link("down", Some(format!("{}; {}", ended.why, retry(left)))),
             }

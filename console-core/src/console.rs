@@ -162,24 +162,34 @@ impl<H: Host> Console<H> {
     }
 
     fn changed(&self, applied: Applied) {
-        self.emit_inbox();
-        for request in applied.to_notify {
-            let notice = notice(&request);
-            if let Err(why) = self.inner.host.notify(&notice) {
-                if !self
-                    .inner
-                    .told_no_notifications
-                    .swap(true, Ordering::SeqCst)
-                {
-                    self.inner.host.emit(ConsoleEvent::Notice {
-                        level: "warning".into(),
-                        message: format!(
-                            "Desktop notifications are unavailable ({why}); new requests still appear here."
-                        ),
-                    });
+        if applied.changed {
+            self.emit_inbox();
+        }
+        if applied.to_notify.is_empty() && applied.to_close.is_empty() {
+            return;
+        }
+        // A notification service can take its time: never on the link's task.
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            for request in &applied.to_close {
+                inner.host.close_notice(request);
+            }
+            for request in applied.to_notify {
+                let notice = notice(&request);
+                tracing::info!(request = %request.id, "notifying the desktop of a new request");
+                if let Err(why) = inner.host.notify(&notice) {
+                    tracing::warn!(request = %request.id, %why, "no desktop notification");
+                    if !inner.told_no_notifications.swap(true, Ordering::SeqCst) {
+                        inner.host.emit(ConsoleEvent::Notice {
+                            level: "warning".into(),
+                            message: format!(
+                                "Desktop notifications are unavailable ({why}); new requests still appear here."
+                            ),
+                        });
+                    }
                 }
             }
-        }
+        });
     }
 
     /// The inbox.
@@ -293,11 +303,12 @@ fn notice(request: &RequestView) -> Notice {
         request: request.id.clone(),
         title: format!("Approval needed: {what}"),
         body: format!(
-            "{} ({kind}) on {}: {}. Expires in {} min.",
+            "{} ({kind}) on {}: {}. Expires in {} min. Request {}.",
             request.requester.subject,
             request.connection,
             request.policy_reason,
-            request.expires_in_secs.div_ceil(60)
+            request.expires_in_secs.div_ceil(60),
+            request.id
         ),
     }
 }

@@ -22,6 +22,9 @@ pub enum ConsoleError {
     /// The database URL is not usable.
     #[error("{0}")]
     BadUrl(String),
+    /// A listen address is not an address.
+    #[error("{0}")]
+    BadAddress(String),
     /// The upstream database refused or could not be reached.
     #[error("the database did not accept the gateway: {0}")]
     Upstream(String),
@@ -72,6 +75,7 @@ impl ConsoleError {
             ConsoleError::NoPostgres => "no_postgres",
             ConsoleError::DemoDatabase(_) => "demo_database",
             ConsoleError::BadUrl(_) => "bad_url",
+            ConsoleError::BadAddress(_) => "bad_address",
             ConsoleError::Upstream(_) => "upstream",
             ConsoleError::Gateway(_) => "gateway",
             ConsoleError::NotRunning => "not_running",
@@ -98,6 +102,9 @@ impl ConsoleError {
                 .into(),
             ConsoleError::BadUrl(_) => {
                 "Enter a URL like postgres://USER:PASSWORD@HOST:5432/DATABASE (add ?sslmode=verify-full for a remote server).".into()
+            }
+            ConsoleError::BadAddress(_) => {
+                "Enter an IP address and port, like 127.0.0.1:6432 (port 0 picks a free one).".into()
             }
             ConsoleError::Upstream(_) => "Check the host, port, user and password, that the server accepts this \
                  user from this machine (pg_hba.conf), and its TLS setting (sslmode in the URL)."

@@ -29,4 +29,8 @@ pub trait Host: Send + Sync + 'static {
     /// notification service on this desktop); the console then says so once
     /// and carries on.
     fn notify(&self, notice: &Notice) -> Result<(), String>;
+
+    /// Take down the notification about `request` (it was decided, expired
+    /// or withdrawn), if one is still shown.
+    fn close_notice(&self, request: &str);
 }

@@ -2,7 +2,7 @@
 //! window shows of it (newest first, and why a request cannot be decided by
 //! the signed-in approver). Pure, so it is tested message by message.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tollgate::approvals::protocol::ServerMessage;
 
@@ -18,6 +18,13 @@ pub struct Inbox {
     link: Link,
     requests: HashMap<String, RequestView>,
     grants: Vec<GrantView>,
+    /// When each request first arrived here (breaks ties in the order).
+    arrived: HashMap<String, u64>,
+    arrivals: u64,
+    /// Requests the desktop was told of (each once).
+    notified: HashSet<String>,
+    /// Of those, the ones whose notification may still be on screen.
+    shown: HashSet<String>,
 }
 
 /// What applying a message changed, for notifications.
@@ -27,6 +34,8 @@ pub struct Applied {
     pub changed: bool,
     /// Requests that arrived just now and the signed-in approver can decide.
     pub to_notify: Vec<RequestView>,
+    /// Requests notified earlier that are settled now: take their notifications down.
+    pub to_close: Vec<String>,
 }
 
 impl Inbox {
@@ -51,12 +60,8 @@ impl Inbox {
             }
             ServerMessage::Snapshot {
                 requests, grants, ..
-            } => self.replace(requests, grants),
+            } => return self.replace(requests, grants),
             ServerMessage::Requested { request } => {
-                let fresh = !self.requests.contains_key(&request.id);
-                if fresh && self.cannot_decide(&request).is_none() {
-                    applied.to_notify.push((*request).clone());
-                }
                 self.upsert(*request);
             }
             ServerMessage::Voted { request }
@@ -74,20 +79,95 @@ impl Inbox {
             ServerMessage::GrantRevoked { grant } => self.grants.retain(|g| g.id != grant.id),
             ServerMessage::Pong { .. } | ServerMessage::Error { .. } => applied.changed = false,
         }
+        applied.to_notify = self.to_notify();
+        applied.to_close = self.to_close();
         applied
+    }
+
+    /// Shown notifications whose requests are no longer pending.
+    fn to_close(&mut self) -> Vec<String> {
+        let settled: Vec<String> = self
+            .shown
+            .iter()
+            .filter(|id| self.requests.get(*id).is_none_or(|r| r.state != "pending"))
+            .cloned()
+            .collect();
+        for id in &settled {
+            self.shown.remove(id);
+        }
+        settled
+    }
+
+    /// Pending requests the approver can decide and the desktop was not
+    /// told of yet, however they arrived (event, snapshot, poll).
+    fn to_notify(&mut self) -> Vec<RequestView> {
+        let mut fresh: Vec<RequestView> = self
+            .requests
+            .values()
+            .filter(|r| !self.notified.contains(&r.id) && self.cannot_decide(r).is_none())
+            .cloned()
+            .collect();
+        fresh.sort_by_key(|r| self.arrived.get(&r.id).copied());
+        for request in &fresh {
+            self.notified.insert(request.id.clone());
+            self.shown.insert(request.id.clone());
+        }
+        fresh
+    }
+
+    /// Who the inbox is signed in as (from `hello`, or the HTTP API's answer).
+    pub fn set_me(&mut self, me: Me) {
+        self.me = Some(me);
     }
 
     /// Replace everything with a snapshot (after a reconnect or an HTTP poll).
     /// Requests the console knew and the snapshot no longer lists stay as
     /// recent decisions only if they were decided; a pending one that
     /// vanished was settled while the console was away, so it is dropped.
-    pub fn replace(&mut self, requests: Vec<RequestView>, grants: Vec<GrantView>) {
+    pub fn replace(&mut self, requests: Vec<RequestView>, grants: Vec<GrantView>) -> Applied {
+        let before = self.comparable();
         self.requests.retain(|_, r| r.state != "pending");
         for request in requests {
+            self.arrive(&request.id);
             self.requests.insert(request.id.clone(), request);
         }
         self.grants = grants;
         self.trim();
+        Applied {
+            changed: self.comparable() != before,
+            to_notify: self.to_notify(),
+            to_close: self.to_close(),
+        }
+    }
+
+    /// The state without the seconds-left counters, which change on every
+    /// snapshot: what decides whether the window needs redrawing.
+    fn comparable(&self) -> (Vec<RequestView>, Vec<GrantView>) {
+        let mut requests: Vec<RequestView> = self
+            .requests
+            .values()
+            .map(|r| RequestView {
+                expires_in_secs: 0,
+                ..r.clone()
+            })
+            .collect();
+        requests.sort_by(|a, b| a.id.cmp(&b.id));
+        let grants = self
+            .grants
+            .iter()
+            .map(|g| GrantView {
+                remaining_secs: 0,
+                ..g.clone()
+            })
+            .collect();
+        (requests, grants)
+    }
+
+    fn arrive(&mut self, id: &str) {
+        if !self.arrived.contains_key(id) {
+            self.arrivals += 1;
+            self.arrived.insert(id.to_string(), self.arrivals);
+        }
     }
 
     /// Set the link state.
@@ -108,6 +188,7 @@ impl Inbox {
     }
 
     fn upsert(&mut self, request: RequestView) {
+        self.arrive(&request.id);
         self.requests.insert(request.id.clone(), request);
         self.trim();
     }
@@ -125,6 +206,8 @@ impl Inbox {
         decided.sort();
         for (_, id) in decided.iter().take(decided.len() - RECENT) {
             self.requests.remove(id);
+            self.arrived.remove(id);
+            self.notified.remove(id);
         }
     }
 
@@ -179,7 +262,7 @@ impl Inbox {
             pending(b)
                 .cmp(&pending(a))
                 .then_with(|| settled_at(b).cmp(settled_at(a)))
-                .then_with(|| b.id.cmp(&a.id))
+                .then_with(|| self.arrived.get(&b.id).cmp(&self.arrived.get(&a.id)))
         });
         InboxView {
             me: self.me.clone(),
@@ -367,6 +450,53 @@ mod tests {
             .map(|i| i.request.id.clone())
             .collect();
         assert_eq!(ids, ["ap_3", "ap_2"]);
+    }
+
+    #[test]
+    fn requests_first_seen_in_a_snapshot_notify_once() {
+        let mut inbox = Inbox::default();
+        signed_in(&mut inbox);
+        let first = inbox.replace(vec![request("ap_1", "agent-7", "t1")], vec![]);
+        assert!(first.changed);
+        assert_eq!(first.to_notify.len(), 1);
+        let again = inbox.replace(vec![request("ap_1", "agent-7", "t1")], vec![]);
+        assert!(!again.changed, "an unchanged poll redraws nothing");
+        assert!(again.to_notify.is_empty());
+        let mut later = request("ap_1", "agent-7", "t1");
+        later.expires_in_secs = 12;
+        assert!(
+            !inbox.replace(vec![later], vec![]).changed,
+            "the countdown alone is no change"
+        );
+        let event = inbox.apply(ServerMessage::Requested {
+            request: Box::new(request("ap_1", "agent-7", "t1")),
+        });
+        assert!(event.to_notify.is_empty(), "already notified");
+        let mut decided = request("ap_1", "agent-7", "t1");
+        decided.state = "approved".into();
+        let settled = inbox.apply(ServerMessage::Decided {
+            request: Box::new(decided),
+        });
+        assert_eq!(settled.to_close, ["ap_1"], "its notification comes down");
+        assert!(inbox.replace(vec![], vec![]).to_close.is_empty(), "once");
+    }
+
+    #[test]
+    fn requests_of_the_same_second_list_in_arrival_order() {
+        let mut inbox = Inbox::default();
+        signed_in(&mut inbox);
+        for id in ["ap_z", "ap_a", "ap_m"] {
+            inbox.apply(ServerMessage::Requested {
+                request: Box::new(request(id, "agent-7", "2026-12-02T10:00:00Z")),
+            });
+        }
+        let order: Vec<String> = inbox
+            .view()
+            .items
+            .iter()
+            .map(|i| i.request.id.clone())
+            .collect();
+        assert_eq!(order, ["ap_m", "ap_a", "ap_z"]);
     }
 
     #[test]

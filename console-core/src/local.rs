@@ -36,7 +36,7 @@ fn address(text: Option<&str>, default: &str, what: &str) -> Result<SocketAddr, 
         .filter(|t| !t.is_empty())
         .unwrap_or(default);
     text.parse().map_err(|_| {
-        ConsoleError::BadUrl(format!(
+        ConsoleError::BadAddress(format!(
             "{what} \"{text}\" is not an address like {default}"
         ))
     })
@@ -195,13 +195,18 @@ impl LocalGateway {
     pub fn access(&self, persona: &Persona) -> Result<DevAccess, ConsoleError> {
         let token = self.token(persona)?;
         let addr: SocketAddr = self.gateway.local_addr;
+        let conninfo = format!(
+            "host={} port={} dbname={} user={} sslmode=verify-ca",
+            addr.ip(),
+            addr.port(),
+            conninfo_value(&self.info.connection),
+            conninfo_value(&persona.subject),
+        );
         let psql = format!(
-            "PGPASSWORD='{token}' PGSSLROOTCERT='{ca}' psql \"host={host} port={port} dbname={db} user={user} sslmode=verify-ca\"",
-            ca = self.info.ca_file,
-            host = addr.ip(),
-            port = addr.port(),
-            db = self.info.connection,
-            user = persona.subject,
+            "PGPASSWORD={} PGSSLROOTCERT={} psql {}",
+            shell_quote(&token),
+            shell_quote(&self.info.ca_file),
+            shell_quote(&conninfo),
         );
         Ok(DevAccess {
             persona: persona.clone(),
@@ -217,6 +222,19 @@ impl LocalGateway {
             let _ = tokio::task::spawn_blocking(move || drop(pg)).await;
         }
     }
+}
+
+/// A word for a POSIX shell: single-quoted, any `'` closed and escaped.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+/// A libpq conninfo value: quoted when it holds spaces, quotes or backslashes.
+fn conninfo_value(text: &str) -> String {
+    if !text.is_empty() && !text.contains([' ', '\'', '\\']) {
+        return text.to_string();
+    }
+    format!("'{}'", text.replace('\\', r"\\").replace('\'', r"\'"))
 }
 
 fn mint(issuer: &DevIssuer, persona: &Persona) -> Result<String, String> {
@@ -267,4 +285,17 @@ pub fn now() -> String {
 /// The default configuration's check: the embedded dev config loads.
 pub fn dev_config_loads() -> bool {
     Config::parse(tollgate::config::DEV_CONFIG, "dev.toml", Path::new(".")).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_survive_quotes_and_spaces() {
+        assert_eq!(shell_quote("/tmp/it's here"), r"'/tmp/it'\''s here'");
+        assert_eq!(conninfo_value("payments"), "payments");
+        assert_eq!(conninfo_value("my db"), "'my db'");
+        assert_eq!(conninfo_value(r"o'k\"), r"'o\'k\\'");
+    }
 }

@@ -93,9 +93,12 @@ impl Traffic {
                 on_change(now);
             };
             let mut queries = tokio::time::interval(pace.query_every);
+            queries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let exports = tokio::time::sleep(pace.first_export_after);
             tokio::pin!(exports);
-            let mut export: Option<JoinHandle<Result<(), String>>> = None;
+            // Aborted with this task, so a held export's connection closes
+            // (and the gateway withdraws its request) when the traffic stops.
+            let mut export: Option<AbortOnDrop> = None;
             let mut conn: Option<PgConnection> = None;
             let mut turn = 0usize;
             loop {
@@ -124,14 +127,14 @@ impl Traffic {
                     }
                     () = &mut exports => {
                         exports.as_mut().reset(tokio::time::Instant::now() + pace.export_every);
-                        if export.as_ref().is_some_and(|e| !e.is_finished()) {
+                        if export.as_ref().is_some_and(|e| !e.0.is_finished()) {
                             continue;
                         }
                         update(&|s| { s.exports += 1; s.waiting = true; });
                         let (target, tokens) = (target.clone(), tokens.clone());
-                        export = Some(tokio::spawn(async move { run_export(&target, &tokens).await }));
+                        export = Some(AbortOnDrop(tokio::spawn(async move { run_export(&target, &tokens).await })));
                     }
-                    finished = async { export.as_mut().expect("guarded").await }, if export.is_some() => {
+                    finished = async { (&mut export.as_mut().expect("guarded").0).await }, if export.is_some() => {
                         export = None;
                         match finished {
                             Ok(Ok(())) => update(&|s| { s.released += 1; s.waiting = false; }),
@@ -150,7 +153,7 @@ impl Traffic {
         self.status.lock().expect("traffic status").clone()
     }
 
-    /// Stop (a held export is withdrawn as its connection closes).
+    /// Stop (a held export's connection closes, which withdraws its request).
     pub fn stop(self) -> TrafficStatus {
         self.task.abort();
         let mut status = self.status();
@@ -163,6 +166,15 @@ impl Traffic {
 impl Drop for Traffic {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// A task that is aborted when its handle goes.
+struct AbortOnDrop(JoinHandle<Result<(), String>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

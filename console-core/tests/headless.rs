@@ -19,6 +19,7 @@ struct Recorder {
     dir: Arc<tempfile::TempDir>,
     events: Arc<Mutex<Vec<ConsoleEvent>>>,
     notices: Arc<Mutex<Vec<Notice>>>,
+    closed: Arc<Mutex<Vec<String>>>,
     /// No notification service on this desktop.
     no_notifications: bool,
 }
@@ -29,6 +30,7 @@ impl Recorder {
             dir: Arc::new(tempfile::tempdir().expect("temp dir")),
             events: Arc::default(),
             notices: Arc::default(),
+            closed: Arc::default(),
             no_notifications,
         }
     }
@@ -61,6 +63,10 @@ impl Host for Recorder {
         }
         self.notices.lock().unwrap().push(notice.clone());
         Ok(())
+    }
+
+    fn close_notice(&self, request: &str) {
+        self.closed.lock().unwrap().push(request.to_string());
     }
 }
 
@@ -121,13 +127,20 @@ async fn client(console: &Console<Recorder>, persona: &Persona) -> PgConnection 
         .expect("connects through the local gateway")
 }
 
+const EXPORT: &str = "/* reason: quarterly audit sample */ COPY payments TO STDOUT";
+
 /// A held export on its own task: its rows, or the error it ended with.
-fn export(mut conn: PgConnection) -> tokio::task::JoinHandle<Result<String, sqlx::Error>> {
+fn export(conn: PgConnection) -> tokio::task::JoinHandle<Result<String, sqlx::Error>> {
+    export_of(conn, EXPORT)
+}
+
+fn export_of(
+    mut conn: PgConnection,
+    sql: &'static str,
+) -> tokio::task::JoinHandle<Result<String, sqlx::Error>> {
     tokio::spawn(async move {
         let mut out = Vec::new();
-        let mut stream = conn
-            .copy_out_raw("/* reason: quarterly audit sample */ COPY payments TO STDOUT")
-            .await?;
+        let mut stream = conn.copy_out_raw(sql).await?;
         while let Some(chunk) = stream.next().await {
             out.extend_from_slice(&chunk?);
         }
@@ -225,6 +238,10 @@ async fn a_held_export_reaches_the_inbox_masked_and_an_approval_releases_it() {
         !rows.contains("4242424242424242"),
         "agents see masked PANs: {rows}"
     );
+    eventually("its notification is taken down", || {
+        console.host().closed.lock().unwrap().contains(&request.id)
+    })
+    .await;
     eventually("the decision is listed", || {
         console.inbox().items.first().is_some_and(|i| {
             i.request.state == "approved" && i.request.decided_by.as_deref() == Some("olga")
@@ -238,7 +255,11 @@ async fn a_held_export_reaches_the_inbox_masked_and_an_approval_releases_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_denial_reaches_the_client_and_ones_own_request_cannot_be_approved() {
     let console = started(true).await;
-    let theirs = export(client(&console, &Persona::agent()).await);
+    // A literal card number in the statement: the preview has `$n` instead.
+    let theirs = export_of(
+        client(&console, &Persona::agent()).await,
+        "COPY (SELECT id, brand FROM payments WHERE pan <> '4111111111111111') TO STDOUT",
+    );
     // The console's own identity, here also an analyst who may export.
     let olga = Persona {
         groups: vec!["analysts".into(), "approvers".into()],
@@ -274,6 +295,9 @@ async fn a_denial_reaches_the_client_and_ones_own_request_cannot_be_approved() {
         .iter()
         .find(|i| i.request.requester.subject == "agent-7")
         .unwrap();
+    let statement = &agents.request.statement;
+    assert!(statement.contains("pan <> $1"), "{statement}");
+    assert!(!format!("{:?}", agents.request).contains("4111111111111111"));
     console
         .decide(Decision {
             id: agents.request.id.clone(),

@@ -4,8 +4,9 @@
 //! events into window events and its notices into native notifications.
 #![forbid(unsafe_code)]
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use console_core::types::ConsoleEvent;
@@ -46,6 +47,8 @@ pub struct Args {
 pub struct Desktop {
     app: AppHandle,
     data_dir: PathBuf,
+    /// Notifications on screen: their ids, by request.
+    open: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 impl Host for Desktop {
@@ -60,19 +63,22 @@ impl Host for Desktop {
     }
 
     fn notify(&self, notice: &Notice) -> Result<(), String> {
-        // notify-rust blocks on D-Bus: show and wait for the click on a thread
-        // of its own, and report only whether it could be shown.
+        // notify-rust blocks on D-Bus: show, then wait for the click on a
+        // thread of its own, and report only whether it could be shown.
         let (shown, outcome) = mpsc::channel();
-        let (app, notice) = (self.app.clone(), notice.clone());
+        let (app, notice, open) = (self.app.clone(), notice.clone(), self.open.clone());
         std::thread::spawn(move || {
+            // Notification servers may render a subset of HTML in the body,
+            // and its texts come from identities and databases.
             let handle = notify_rust::Notification::new()
                 .appname("Tollgate")
                 .summary(&notice.title)
-                .body(&notice.body)
+                .body(&escape_markup(&notice.body))
                 .action("default", "Show request")
                 .timeout(notify_rust::Timeout::Milliseconds(60_000))
                 .show();
-            match handle {
+            let handle = match handle {
+                Ok(handle) => handle,
                 Err(e) => {
                     let e = e.to_string();
                     let why = if e.contains("bus") || e.contains("ServiceUnknown") {
@@ -81,22 +87,60 @@ impl Host for Desktop {
                         e.chars().take(80).collect()
                     };
                     let _ = shown.send(Err(why));
+                    return;
                 }
-                Ok(handle) => {
-                    let _ = shown.send(Ok(()));
-                    handle.wait_for_action(|action| {
-                        if action == "default" {
-                            focus(&app, &notice.request);
-                        }
-                    });
+            };
+            lock(&open).insert(notice.request.clone(), handle.id());
+            let _ = shown.send(Ok(()));
+            // On the connection that showed it: servers send the click only
+            // there. Returns when it is clicked or closed.
+            handle.wait_for_action(|action| {
+                if action == "default" {
+                    focus(&app, &notice.request);
                 }
-            }
+            });
+            lock(&open).remove(&notice.request);
         });
         match outcome.recv_timeout(Duration::from_secs(5)) {
             Ok(result) => result,
             Err(_) => Err("the notification service did not answer".into()),
         }
     }
+
+    fn close_notice(&self, request: &str) {
+        let Some(id) = lock(&self.open).remove(request) else {
+            return;
+        };
+        let closed = tauri::async_runtime::block_on(async move {
+            zbus::Connection::session()
+                .await?
+                .call_method(
+                    Some("org.freedesktop.Notifications"),
+                    "/org/freedesktop/Notifications",
+                    Some("org.freedesktop.Notifications"),
+                    "CloseNotification",
+                    &(id,),
+                )
+                .await
+                .map(drop)
+        });
+        if let Err(e) = closed {
+            tracing::debug!(error = %e, "could not take a notification down");
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Text for a notification body, whose markup servers may interpret.
+fn escape_markup(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// Bring the window forward on `request`.
@@ -220,22 +264,34 @@ pub mod commands {
 /// The file that remembers whether the local gateway ran when the console closed.
 const SETTINGS: &str = "console-settings.json";
 
+/// Whether to start the local gateway (with the demo database) on launch.
 fn autostart(data_dir: &std::path::Path) -> bool {
     // First start: no settings yet, start it; afterwards, as it was left.
+    // One in front of an existing database is not restarted on its own: its
+    // URL holds a password, which the console does not write to disk.
     match std::fs::read_to_string(data_dir.join(SETTINGS)) {
         Err(_) => true,
         Ok(text) => serde_json::from_str::<serde_json::Value>(&text)
             .ok()
-            .and_then(|v| v["local_gateway_running"].as_bool())
+            .map(|v| {
+                v["local_gateway_running"].as_bool().unwrap_or(true)
+                    && v["mode"].as_str().unwrap_or("demo") == "demo"
+            })
             .unwrap_or(true),
     }
 }
 
-fn remember(data_dir: &std::path::Path, running: bool) {
+fn remember(data_dir: &std::path::Path, status: &console_core::types::LocalStatus) {
+    use console_core::types::LocalStatus;
+    let (running, mode) = match status {
+        LocalStatus::Running { info } => (true, info.mode.as_str()),
+        LocalStatus::Starting { .. } => (true, "demo"),
+        _ => (false, "demo"),
+    };
     let _ = std::fs::create_dir_all(data_dir);
     let _ = std::fs::write(
         data_dir.join(SETTINGS),
-        serde_json::json!({ "local_gateway_running": running }).to_string(),
+        serde_json::json!({ "local_gateway_running": running, "mode": mode }).to_string(),
     );
 }
 
@@ -267,8 +323,22 @@ pub fn run(args: Args) {
             let console = Console::new(Desktop {
                 app: app.handle().clone(),
                 data_dir: data_dir.clone(),
+                open: Arc::default(),
             });
             app.manage(console.clone());
+            // Ctrl-C or SIGTERM close the console as the window would, so the
+            // local gateway stops and its throwaway database is removed.
+            let handle = app.handle().clone();
+            tauri::async_runtime::spawn(async move {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("a SIGTERM handler");
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                handle.exit(0);
+            });
             if args.demo || (!args.no_autostart && autostart(&data_dir)) {
                 let options = console_core::types::LocalOptions {
                     upstream: None,
@@ -289,11 +359,7 @@ pub fn run(args: Args) {
     app.run(|app, event| {
         if let tauri::RunEvent::Exit = event {
             let console = app.state::<Console<Desktop>>().inner().clone();
-            let running = matches!(
-                console.local_status(),
-                console_core::types::LocalStatus::Running { .. }
-            );
-            remember(&console.host().data_dir(), running);
+            remember(&console.host().data_dir(), &console.local_status());
             tauri::async_runtime::block_on(console.shutdown());
         }
     });
@@ -306,11 +372,20 @@ mod tests {
     #[test]
     fn the_first_start_starts_the_local_gateway_and_later_ones_as_it_was_left() {
         let dir = tempfile::tempdir().unwrap();
+        use console_core::types::LocalStatus;
         assert!(autostart(dir.path()));
-        remember(dir.path(), false);
+        remember(dir.path(), &LocalStatus::Stopped);
         assert!(!autostart(dir.path()));
-        remember(dir.path(), true);
+        remember(dir.path(), &LocalStatus::Starting { step: "x".into() });
         assert!(autostart(dir.path()));
+    }
+
+    #[test]
+    fn notification_bodies_carry_no_markup() {
+        assert_eq!(
+            escape_markup("<b>a</b> & <img src=x>"),
+            "&lt;b&gt;a&lt;/b&gt; &amp; &lt;img src=x&gt;"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::json;
 use tollgate::identity::dev_issuer::{DevIssuer, TokenRequest};
 use tollgate_e2e::FIXTURE_PANS;
-use tollgate_e2e::webdriver::App;
+use tollgate_e2e::webdriver::{App, Display, Notifications};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -109,7 +109,10 @@ async fn an_approver_releases_and_refuses_held_exports_from_the_console() {
     let dir = tempfile::tempdir().unwrap();
     let (port, api) = (free_port(), free_port());
     let shots = std::env::var_os("TOLLGATE_SCREENSHOTS").map(PathBuf::from);
+    let display = Display::get();
+    let notifications = Notifications::start(&display);
     let app = App::launch(
+        display,
         Path::new(env!("CARGO_BIN_EXE_tollgate-console")),
         &[
             "--data-dir".into(),
@@ -119,7 +122,10 @@ async fn an_approver_releases_and_refuses_held_exports_from_the_console() {
             "--api-listen".into(),
             format!("127.0.0.1:{api}"),
         ],
-        &[("RUST_LOG", "warn")],
+        &[
+            ("RUST_LOG", "warn"),
+            ("DBUS_SESSION_BUS_ADDRESS", &notifications.bus),
+        ],
     )
     .await;
 
@@ -192,6 +198,11 @@ async fn an_approver_releases_and_refuses_held_exports_from_the_console() {
         .text(&app.wait_for("[data-test=badge]", WAIT).await)
         .await;
     assert_eq!(badge, "1");
+    assert_eq!(
+        notifications.displayed(),
+        1,
+        "one desktop notification for the request"
+    );
     save(&shots, "inbox.png", &app.screenshot().await);
 
     // Approve with a reason: psql gets its rows, masked for an agent.
@@ -215,11 +226,48 @@ async fn an_approver_releases_and_refuses_held_exports_from_the_console() {
         t.contains("Approved by olga")
     })
     .await;
+    // The settled request's notification comes down.
+    let deadline = std::time::Instant::now() + WAIT;
+    while notifications.displayed() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the notification of a decided request stayed up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // A second one, denied: psql gets 42501 with the approver's reason.
+    // Its notification, clicked while the window shows another page, brings
+    // the inbox back on that request.
     let second = local.psql("agent-7", &["agents"], true, "COPY payments TO STDOUT");
     let row = pending_from(&app, "agent-7").await;
-    app.click(&row).await;
+    let id = app
+        .attribute(&row, "data-id")
+        .await
+        .expect("rows carry their request id");
+    app.click(&app.wait_for("[data-test=nav-local]", WAIT).await)
+        .await;
+    app.wait_for("[data-test=listen]", WAIT).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while notifications.displayed() < 1 {
+        if std::time::Instant::now() > deadline {
+            let status = app
+                .text(&app.wait_for("[data-test=status]", WAIT).await)
+                .await;
+            panic!(
+                "no notification for the second request ({} on screen, {} shown in all); the status bar says {status:?}",
+                notifications.displayed(),
+                notifications.shown()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    notifications.click_first();
+    app.wait_for(
+        &format!("#page-inbox:not([hidden]) .row.selected[data-id=\"{id}\"]"),
+        WAIT,
+    )
+    .await;
     let reason = app.wait_for("[data-test=reason]", WAIT).await;
     app.type_text(&reason, "no change ticket for a second export")
         .await;
@@ -279,5 +327,15 @@ async fn an_approver_releases_and_refuses_held_exports_from_the_console() {
     let mut own = own;
     let _ = own.kill();
     let _ = own.wait();
+
+    // Closing the console stops its gateway and removes the database.
     app.quit().await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the local gateway outlived the window"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -87,6 +87,95 @@ impl Drop for Display {
     }
 }
 
+/// A desktop notification service for the app: a session bus of its own
+/// and dunst (a real notification daemon) on the display.
+pub struct Notifications {
+    /// The bus address to give the app (`DBUS_SESSION_BUS_ADDRESS`).
+    pub bus: String,
+    dbus: Child,
+    dunst: Child,
+}
+
+impl Notifications {
+    /// Start a session bus and dunst on `display`.
+    pub fn start(display: &Display) -> Notifications {
+        use std::io::BufRead;
+        let mut dbus = Command::new("dbus-daemon")
+            .args(["--session", "--nofork", "--print-address=1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dbus-daemon starts (apt-get install dbus-daemon)");
+        let mut line = String::new();
+        std::io::BufReader::new(dbus.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("the bus address");
+        let bus = line.trim().to_string();
+        let dunst = Command::new("dunst")
+            .env("DISPLAY", &display.name)
+            .env("DBUS_SESSION_BUS_ADDRESS", &bus)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dunst starts (apt-get install dunst)");
+        let service = Notifications { bus, dbus, dunst };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while service.dunstctl(&["is-paused"]).is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "dunst did not come up on the bus"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        service
+    }
+
+    fn dunstctl(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("dunstctl")
+            .args(args)
+            .env("DBUS_SESSION_BUS_ADDRESS", &self.bus)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Notifications on screen now.
+    pub fn displayed(&self) -> u32 {
+        self.dunstctl(&["count", "displayed"])
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Notifications shown so far: on screen, waiting, and closed.
+    pub fn shown(&self) -> u32 {
+        ["displayed", "waiting", "history"]
+            .iter()
+            .map(|which| {
+                self.dunstctl(&["count", which])
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .unwrap_or(0)
+            })
+            .sum()
+    }
+
+    /// Click the first notification on screen (its default action; dunst
+    /// 1.9 acts on position 0 only).
+    pub fn click_first(&self) {
+        self.dunstctl(&["action", "0"]).expect("dunstctl action");
+    }
+}
+
+impl Drop for Notifications {
+    fn drop(&mut self) {
+        let _ = self.dunst.kill();
+        let _ = self.dunst.wait();
+        let _ = self.dbus.kill();
+        let _ = self.dbus.wait();
+    }
+}
+
 /// A WebDriver session on the real app.
 pub struct App {
     http: reqwest::Client,
@@ -102,9 +191,13 @@ pub struct App {
 pub struct Element(String);
 
 impl App {
-    /// Start `application` with `args` under a display, through tauri-driver.
-    pub async fn launch(application: &Path, args: &[String], env: &[(&str, &str)]) -> App {
-        let display = Display::get();
+    /// Start `application` with `args` on `display`, through tauri-driver.
+    pub async fn launch(
+        display: Display,
+        application: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> App {
         let driver_path = tauri_driver()
             .expect("tauri-driver is installed (cargo install tauri-driver --locked)");
         let (port, native) = (free_port(), free_port());
@@ -208,8 +301,11 @@ impl App {
                 let page = self
                     .script("return document.body.innerText", json!([]))
                     .await;
+                let shot = std::env::temp_dir().join("tollgate-webdriver-failure.png");
+                let _ = std::fs::write(&shot, self.screenshot().await);
                 panic!(
-                    "no element {css} within {timeout:?}; the window shows:\n{}",
+                    "no element {css} within {timeout:?}; the window (screenshot in {}) shows:\n{}",
+                    shot.display(),
                     page.as_str().unwrap_or("")
                 );
             }
@@ -318,7 +414,7 @@ impl App {
     }
 
     /// End the session (the app exits; its local gateway stops).
-    pub async fn quit(self) {
+    pub async fn quit(&self) {
         let _ = self
             .http
             .delete(format!("{}/session/{}", self.base, self.session))

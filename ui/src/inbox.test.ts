@@ -127,6 +127,27 @@ describe("the inbox panel", () => {
     expect(decided[0]).toEqual({ id: "ap_1", approve: true, reason: "ticket 42", window_secs: null });
   });
 
+  it("never sends a reason written for one request with another", async () => {
+    panel.update(view([item(request("ap_1")), item(request("ap_2"))]));
+    panel.key(new KeyboardEvent("keydown", { key: "a" }));
+    const reason = root.querySelector<HTMLTextAreaElement>('[data-test="reason"]')!;
+    reason.value = "ok for ap_1";
+    reason.blur();
+    panel.key(new KeyboardEvent("keydown", { key: "j" }));
+    expect(reason.value).toBe("");
+    reason.dispatchEvent(new KeyboardEvent("keydown", { key: "Enter" }));
+    await Promise.resolve();
+    expect(decided).toHaveLength(0);
+  });
+
+  it("leaves Enter to a focused button", () => {
+    panel.update(view([item(request("ap_1"))]));
+    const deny = root.querySelector<HTMLButtonElement>('[data-test="deny"]')!;
+    const enter = new KeyboardEvent("keydown", { key: "Enter", bubbles: true });
+    Object.defineProperty(enter, "target", { value: deny });
+    expect(panel.key(enter)).toBe(false);
+  });
+
   it("refuses to send without a reason", async () => {
     panel.update(view([item(request("ap_1"))]));
     root.querySelector<HTMLButtonElement>('[data-test="deny"]')!.click();

@@ -23,6 +23,12 @@ export const ACTIONS: Action[] = [
   { approve: false, window: null, label: "Deny" },
 ];
 
+/** What decides whether a request's elements need rebuilding: everything
+ * but the seconds-left counter (the view counts down from `expires_at`). */
+function signature(item: InboxItem): string {
+  return JSON.stringify({ ...item, request: { ...item.request, expires_in_secs: 0 } });
+}
+
 /** Seconds until an RFC 3339 time. */
 export function secondsUntil(rfc3339: string, now: number = Date.now()): number {
   const t = Date.parse(rfc3339);
@@ -181,6 +187,7 @@ export class InboxPanel {
   private rows = new Map<string, { el: HTMLElement; sig: string }>();
   private detailSig = "";
   private action: Action | null = null;
+  private submitting = false;
   private readonly list: HTMLElement;
   private readonly detail: HTMLElement;
   private readonly form: HTMLElement;
@@ -247,7 +254,7 @@ export class InboxPanel {
     this.view = view;
     if (!view.items.some((i) => i.request.id === this.selected)) {
       const first = view.items.find((i) => i.request.state === "pending") ?? view.items[0];
-      this.selected = first ? first.request.id : null;
+      this.select(first ? first.request.id : null);
     }
     this.render();
   }
@@ -255,9 +262,19 @@ export class InboxPanel {
   /** Show this request (a notification was clicked). */
   focus(id: string): void {
     if (this.view?.items.some((i) => i.request.id === id)) {
-      this.selected = id;
+      this.select(id);
       this.render();
     }
+  }
+
+  /** Change the selection. A reason and an armed decision belong to the
+   * request they were written for: they go with the selection. */
+  private select(id: string | null): void {
+    if (id === this.selected) return;
+    this.selected = id;
+    this.reason.value = "";
+    this.formError.textContent = "";
+    this.setAction(null);
   }
 
   /** Pending requests. */
@@ -274,17 +291,24 @@ export class InboxPanel {
 
   /** Keyboard shortcuts: j/k move, a approve, d deny, Enter decide, Escape cancel. */
   key(e: KeyboardEvent): boolean {
-    const typing = e.target instanceof HTMLTextAreaElement || e.target instanceof HTMLInputElement;
-    if (typing || e.ctrlKey || e.metaKey || e.altKey || !this.view) return false;
+    const target = e.target;
+    const interactive =
+      target instanceof HTMLTextAreaElement ||
+      target instanceof HTMLInputElement ||
+      target instanceof HTMLSelectElement ||
+      target instanceof HTMLButtonElement ||
+      target instanceof HTMLAnchorElement ||
+      (target instanceof HTMLElement && target.isContentEditable);
+    if (interactive || e.ctrlKey || e.metaKey || e.altKey || !this.view) return false;
     const items = this.view.items;
     switch (e.key) {
       case "j":
       case "ArrowDown":
-        this.selected = step(items, this.selected, 1);
+        this.select(step(items, this.selected, 1));
         break;
       case "k":
       case "ArrowUp":
-        this.selected = step(items, this.selected, -1);
+        this.select(step(items, this.selected, -1));
         break;
       case "a":
         this.setAction(ACTIONS[0]);
@@ -301,7 +325,8 @@ export class InboxPanel {
         return false;
     }
     this.render();
-    this.list.querySelector<HTMLElement>(`[data-id="${this.selected}"]`)?.scrollIntoView({ block: "nearest" });
+    const row = this.selected ? this.rows.get(this.selected)?.el : undefined;
+    row?.scrollIntoView?.({ block: "nearest" });
     return true;
   }
 
@@ -319,9 +344,9 @@ export class InboxPanel {
 
   private async submit(action: Action | null): Promise<void> {
     const item = this.current();
-    if (!item || item.cannot_decide) return;
+    if (!item || item.cannot_decide || this.submitting) return;
     if (!action) {
-      this.formError.textContent = "Press a to approve once or d to deny, or click a button.";
+      this.formError.textContent = "Choose Approve or Deny below (or press Esc, then a or d).";
       return;
     }
     const made = decision(item.request, action, this.reason.value);
@@ -330,13 +355,14 @@ export class InboxPanel {
       this.reason.focus();
       return;
     }
-    this.buttons.forEach((b) => (b.disabled = true));
+    this.submitting = true;
     this.formError.textContent = "";
+    this.renderForm();
     const error = await this.handlers.decide(made);
-    this.buttons.forEach((b) => (b.disabled = false));
+    this.submitting = false;
     if (error) {
       this.formError.textContent = error;
-    } else {
+    } else if (this.selected === made.id) {
       this.reason.value = "";
       this.setAction(null);
     }
@@ -361,7 +387,11 @@ export class InboxPanel {
     } else {
       this.empty.hidden = true;
     }
-    // One element per request, updated in place and reordered by moving.
+    // One element per request, updated in place and reordered by moving;
+    // rows arriving above the one being read do not move it on screen.
+    const pane = this.list.parentElement;
+    const anchor = this.selected ? this.rows.get(this.selected)?.el : undefined;
+    const anchorTop = pane && anchor && pane.scrollTop > 0 ? anchor.offsetTop - pane.scrollTop : null;
     const seen = new Set<string>();
     let previous: Element | null = null;
     let decidedHeader = this.list.querySelector<HTMLElement>(".section");
@@ -374,12 +404,12 @@ export class InboxPanel {
         this.place(decidedHeader, previous);
         previous = decidedHeader;
       }
-      const sig = JSON.stringify(item);
+      const sig = signature(item);
       let entry = this.rows.get(id);
       if (!entry || entry.sig !== sig) {
         const el = listRow(item);
         el.addEventListener("click", () => {
-          this.selected = id;
+          this.select(id);
           this.render();
         });
         if (entry) entry.el.replaceWith(el);
@@ -399,8 +429,9 @@ export class InboxPanel {
         this.rows.delete(id);
       }
     }
+    if (pane && anchor && anchorTop !== null && anchor.isConnected) pane.scrollTop = anchor.offsetTop - anchorTop;
     const item = this.current();
-    const sig = item ? JSON.stringify(item) : "";
+    const sig = item ? signature(item) : "";
     if (sig !== this.detailSig) {
       this.detailSig = sig;
       this.detail.replaceChildren(
@@ -420,11 +451,17 @@ export class InboxPanel {
     this.form.hidden = !item;
     if (!item) return;
     const why = item.cannot_decide;
+    const settled = item.request.state !== "pending";
     this.blocked.hidden = !why;
     this.blocked.textContent = why ?? "";
-    this.reason.disabled = Boolean(why);
+    this.blocked.classList.toggle("settled", settled);
+    // A settled request has nothing to decide: only the line saying how it ended.
+    this.reason.hidden = settled;
+    this.hint.hidden = settled;
+    this.buttons.forEach((b) => (b.hidden = settled));
+    this.reason.disabled = Boolean(why) || this.submitting;
     for (const button of this.buttons) {
-      button.disabled = Boolean(why);
+      button.disabled = Boolean(why) || this.submitting;
       button.title = why ?? "";
     }
   }

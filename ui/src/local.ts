@@ -41,6 +41,7 @@ export class LocalPanel {
   private who: "engineer" | "agent" | "approver" = "engineer";
   private access: DevAccess | null = null;
   private upstreamMode = false;
+  private asked = 0;
   private readonly statusBox: HTMLElement;
   private readonly trafficBox: HTMLElement;
   private readonly form: HTMLFormElement;
@@ -54,7 +55,13 @@ export class LocalPanel {
   ) {
     this.statusBox = h("article", { class: "card status-card", "data-test": "local-status" });
     this.trafficBox = h("article", { class: "card", "data-test": "traffic" });
-    this.upstream = h("input", { type: "text", placeholder: "postgres://USER:PASSWORD@HOST:5432/DATABASE", spellcheck: "false" });
+    this.upstream = h("input", {
+      type: "text",
+      placeholder: "postgres://USER:PASSWORD@HOST:5432/DATABASE",
+      spellcheck: "false",
+      autocomplete: "off",
+      "data-test": "upstream",
+    });
     this.listen = h("input", { type: "text", value: "127.0.0.1:6432", spellcheck: "false" });
     this.apiListen = h("input", { type: "text", value: "127.0.0.1:6433", spellcheck: "false" });
     const demo = h("input", { type: "radio", name: "mode", value: "demo", checked: true });
@@ -85,7 +92,15 @@ export class LocalPanel {
   }
 
   setStatus(status: LocalStatus): void {
+    const before = this.status;
     this.status = status;
+    if (before.state === "running" && status.state === "running" && before.info.listen === status.info.listen) {
+      // The same gateway: only its live counters move; leave the rest (an
+      // open menu, a selection in the psql line) alone.
+      const sessions = this.statusBox.querySelector('[data-test="sessions"]');
+      if (sessions) sessions.textContent = String(status.info.sessions);
+      return;
+    }
     if (status.state !== "running") this.access = null;
     this.render();
     if (status.state === "running" && !this.access) void this.loadAccess();
@@ -102,11 +117,16 @@ export class LocalPanel {
       listen: this.listen.value,
       api_listen: this.apiListen.value,
     };
-    await this.handlers.start(options);
+    const error = await this.handlers.start(options);
+    // The URL holds the database's password: do not keep it on screen.
+    if (!error) this.upstream.value = "";
   }
 
   private async loadAccess(): Promise<void> {
+    const asked = ++this.asked;
     const got = await this.handlers.access(this.who);
+    // Only the answer to the latest question (the persona may have changed).
+    if (asked !== this.asked) return;
     if ("token" in got) {
       this.access = got;
       this.render();

@@ -9,10 +9,13 @@ import { LocalPanel, summary } from "./local";
 
 type Page = "inbox" | "local";
 
-function status(text: string, level: "info" | "warning" | "error" = "info"): void {
+let linkWarning = false;
+
+function status(text: string, level: "info" | "warning" | "error" = "info", fromLink = false): void {
   const bar = byId("status");
   bar.className = `status status-${level}`;
   bar.textContent = text;
+  linkWarning = fromLink;
 }
 
 function showPage(page: Page): void {
@@ -104,7 +107,11 @@ async function start(): Promise<void> {
     dot.title = view.link.detail ?? "";
     byId("link-text").textContent = linkText(view.link);
     byId("me").textContent = view.me ? view.me.subject : "not signed in";
-    if (view.link.detail && view.link.state !== "off") status(view.link.detail, "warning");
+    if (view.link.detail && view.link.state !== "off") {
+      if (byId("status").textContent !== view.link.detail) status(view.link.detail, "warning", true);
+    } else if (linkWarning) {
+      status(view.link.state === "live" ? "Connected to the gateway's approvals." : "");
+    }
   };
 
   const handle = (event: ConsoleEvent) => {
@@ -147,10 +154,11 @@ async function start(): Promise<void> {
   try {
     const info = await platform.about();
     byId("version").textContent = `Tollgate ${info.version}`;
-    handle({ kind: "local", status: await platform.localStatus() });
+    const initial = await platform.localStatus();
+    showPage(initial.state === "failed" ? "local" : "inbox");
+    handle({ kind: "local", status: initial });
     showInbox(await platform.inbox());
     local.setTraffic(await platform.traffic());
-    showPage("inbox");
   } catch (e) {
     const error = platform.asError(e);
     status(`The console core did not answer: ${error.message}. ${error.hint}`, "error");

@@ -217,7 +217,14 @@ async fn list(
     let approver = ctx.approver(caller).await?;
     let (requests, grants) = ctx.approvals.snapshot();
     let (requests, grants) = approver.sees(requests, grants);
-    Ok(Json(json!({ "requests": requests, "grants": grants })))
+    let identity = &approver.caller.identity;
+    Ok(Json(json!({
+        "approver": identity.subject,
+        "issuer": identity.issuer,
+        "connections": approver.connections,
+        "requests": requests,
+        "grants": grants,
+    })))
 }
 
 async fn one(

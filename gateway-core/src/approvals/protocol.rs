@@ -37,7 +37,8 @@ pub struct RequestView {
     pub accesses: Vec<String>,
     /// Every table and column the statement touches.
     pub resources: Vec<String>,
-    /// Those of `resources` that hold cardholder data.
+    /// Those of `resources` that hold cardholder data (absent before 0.2).
+    #[serde(default)]
     pub cardholder_resources: Vec<String>,
     /// It touches cardholder data.
     pub cardholder: bool,
@@ -52,7 +53,8 @@ pub struct RequestView {
     pub reason: Option<String>,
     /// When it was asked (RFC 3339).
     pub requested_at: String,
-    /// The approvers whose consoles were sent it when it was asked.
+    /// The approvers whose consoles were sent it when it was asked (absent before 0.2).
+    #[serde(default)]
     pub notified: Vec<String>,
     /// When it expires if nobody decides.
     pub expires_at: String,
@@ -267,9 +269,11 @@ pub enum ServerMessage {
         version: u32,
         /// Who is connected (the token's subject).
         approver: String,
-        /// The token's issuer.
+        /// The token's issuer (absent before 0.2).
+        #[serde(default)]
         issuer: String,
-        /// The connections whose requests this approver sees and decides.
+        /// The connections whose requests this approver sees and decides (absent before 0.2).
+        #[serde(default)]
         connections: Vec<String>,
         /// When the approver's token expires (RFC 3339); the connection
         /// closes then.

@@ -131,7 +131,7 @@ accesses: Array<string>,
  */
 resources: Array<string>, 
 /**
- * Those of `resources` that hold cardholder data.
+ * Those of `resources` that hold cardholder data (absent before 0.2).
  */
 cardholder_resources: Array<string>, 
 /**
@@ -159,7 +159,7 @@ reason: string | null,
  */
 requested_at: string, 
 /**
- * The approvers whose consoles were sent it when it was asked.
+ * The approvers whose consoles were sent it when it was asked (absent before 0.2).
  */
 notified: Array<string>, 
 /**
@@ -259,11 +259,11 @@ version: number,
  */
 approver: string, 
 /**
- * The token's issuer.
+ * The token's issuer (absent before 0.2).
  */
 issuer: string, 
 /**
- * The connections whose requests this approver sees and decides.
+ * The connections whose requests this approver sees and decides (absent before 0.2).
  */
 connections: Array<string>, 
 /**
