@@ -12,9 +12,10 @@ cd "$(dirname "$0")/.."
 if [ -z "${DISPLAY:-}" ] && [ -z "${WAYLAND_DISPLAY:-}" ]; then
   source scripts/prerequisites.sh
   cat >&2 <<'MSG'
-No display: the desktop console needs one (run this from a desktop session,
-or under `xvfb-run scripts/demo.sh`). Starting the command-line demo instead:
-the same gateway and data, approvals with `tollgate approvals`.
+No display: the desktop console needs one. Run this from a desktop session
+(or, to try it headless, `sudo apt-get install xvfb` and then
+`xvfb-run scripts/demo.sh`). Starting the command-line demo instead: the same
+gateway and data, approvals with `tollgate approvals`.
 MSG
   exec cargo run --locked -p gateway-core -- demo "$@"
 fi

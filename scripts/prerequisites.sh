@@ -30,8 +30,12 @@ fi
 # The console's front end: its npm packages, then its build (ui/dist, which
 # the desktop app embeds).
 build_ui() {
-  if ! command -v npm >/dev/null; then
-    echo "npm is not installed: install Node.js 20 or later (https://nodejs.org), then run this again" >&2
+  # Vite 7 needs Node.js 20.19 or later (Debian 12's own nodejs is 18).
+  if ! command -v npm >/dev/null || ! node -e '
+    const [major, minor] = process.versions.node.split(".").map(Number);
+    process.exit(major > 20 || (major === 20 && minor >= 19) ? 0 : 1);'; then
+    echo "the console needs Node.js 20.19 or later with npm (found: $(node --version 2>/dev/null || echo none));" \
+      "install it from https://nodejs.org or NodeSource, then run this again" >&2
     exit 1
   fi
   (cd ui && { [ -d node_modules ] && [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund; } && npm run build)

@@ -150,7 +150,7 @@ impl Backoff {
     const MOST: Duration = Duration::from_secs(30);
 
     /// The next wait (with up to 20% jitter), and double the one after.
-    pub fn next(&mut self) -> Duration {
+    pub fn wait(&mut self) -> Duration {
         let base = self.next;
         self.next = (self.next * 2).min(Self::MOST);
         let jitter = rand::random_range(0.0..0.2);
@@ -217,7 +217,7 @@ impl Worker {
             if ended.token_expired {
                 continue;
             }
-            let mut wait = backoff.next();
+            let mut wait = backoff.wait();
             if ended.refused {
                 wait = wait.max(Duration::from_secs(10));
             }
@@ -514,12 +514,12 @@ mod tests {
     #[test]
     fn backoff_doubles_to_thirty_seconds_and_resets() {
         let mut backoff = Backoff::default();
-        let waits: Vec<Duration> = (0..10).map(|_| backoff.next()).collect();
+        let waits: Vec<Duration> = (0..10).map(|_| backoff.wait()).collect();
         assert!(waits[0] >= Duration::from_millis(500) && waits[0] < Duration::from_millis(600));
         assert!(waits[1] >= Duration::from_secs(1) && waits[1] < Duration::from_millis(1200));
         assert!(waits[9] >= Duration::from_secs(30) && waits[9] <= Duration::from_secs(36));
         backoff.reset();
-        assert!(backoff.next() < Duration::from_millis(600));
+        assert!(backoff.wait() < Duration::from_millis(600));
     }
 
     #[test]

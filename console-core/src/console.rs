@@ -75,10 +75,12 @@ impl<H: Host> Console<H> {
     /// Where the local gateway stands (with its live session count).
     pub fn local_status(&self) -> LocalStatus {
         let status = self.inner.status.lock().expect("status").clone();
-        if let (LocalStatus::Running { .. }, Ok(local)) = (&status, self.inner.local.try_lock()) {
-            if let Some(local) = local.as_ref() {
-                return LocalStatus::Running { info: local.info() };
-            }
+        if let (LocalStatus::Running { .. }, Ok(local)) = (&status, self.inner.local.try_lock())
+            && let Some(local) = local.as_ref()
+        {
+            return LocalStatus::Running {
+                info: Box::new(local.info()),
+            };
         }
         status
     }
@@ -117,7 +119,9 @@ impl<H: Host> Console<H> {
             running.tokens(Persona::approver()),
         );
         *local = Some(running);
-        self.set_status(LocalStatus::Running { info: info.clone() });
+        self.set_status(LocalStatus::Running {
+            info: Box::new(info.clone()),
+        });
         Ok(info)
     }
 

@@ -79,13 +79,13 @@ impl Inbox {
             ServerMessage::GrantRevoked { grant } => self.grants.retain(|g| g.id != grant.id),
             ServerMessage::Pong { .. } | ServerMessage::Error { .. } => applied.changed = false,
         }
-        applied.to_notify = self.to_notify();
-        applied.to_close = self.to_close();
+        applied.to_notify = self.take_new_notices();
+        applied.to_close = self.take_settled_notices();
         applied
     }
 
     /// Shown notifications whose requests are no longer pending.
-    fn to_close(&mut self) -> Vec<String> {
+    fn take_settled_notices(&mut self) -> Vec<String> {
         let settled: Vec<String> = self
             .shown
             .iter()
@@ -100,7 +100,7 @@ impl Inbox {
 
     /// Pending requests the approver can decide and the desktop was not
     /// told of yet, however they arrived (event, snapshot, poll).
-    fn to_notify(&mut self) -> Vec<RequestView> {
+    fn take_new_notices(&mut self) -> Vec<RequestView> {
         let mut fresh: Vec<RequestView> = self
             .requests
             .values()
@@ -135,8 +135,8 @@ impl Inbox {
         self.trim();
         Applied {
             changed: self.comparable() != before,
-            to_notify: self.to_notify(),
-            to_close: self.to_close(),
+            to_notify: self.take_new_notices(),
+            to_close: self.take_settled_notices(),
         }
     }
 
@@ -225,7 +225,7 @@ impl Inbox {
                 me.subject
             ));
         }
-        if !me.connections.iter().any(|c| *c == request.connection) {
+        if !me.connections.contains(&request.connection) {
             return Some(format!(
                 "You are not an approver on connection \"{}\".",
                 request.connection

@@ -28,6 +28,18 @@ pub struct LocalGateway {
     demo: Option<ThrowawayPostgres>,
     issuer: Arc<DevIssuer>,
     info: LocalInfo,
+    /// What the health probe found wrong, if anything.
+    health: Arc<std::sync::Mutex<Option<String>>>,
+    _probe: Probe,
+}
+
+/// The health probe's task, stopped with the gateway.
+struct Probe(tokio::task::JoinHandle<()>);
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn address(text: Option<&str>, default: &str, what: &str) -> Result<SocketAddr, ConsoleError> {
@@ -127,6 +139,7 @@ impl LocalGateway {
         progress("Reading the database's catalog and finding card data");
         let cardholder_tables = cardholder_tables(&connection).await?;
         let name = connection.name.clone();
+        let database = (connection.host.clone(), connection.port);
         config
             .connections
             .push(toml::Spanned::new(0..0, connection));
@@ -155,13 +168,18 @@ impl LocalGateway {
             data_dir: data_dir.display().to_string(),
             started_at: now(),
             sessions: 0,
+            health: None,
             approver: Persona::approver(),
         };
+        let health = Arc::new(std::sync::Mutex::new(None));
+        let probe = Probe(tokio::spawn(watch(database, health.clone())));
         Ok(LocalGateway {
             gateway,
             demo,
             issuer: Arc::new(issuer),
             info,
+            health,
+            _probe: probe,
         })
     }
 
@@ -169,6 +187,7 @@ impl LocalGateway {
     pub fn info(&self) -> LocalInfo {
         let mut info = self.info.clone();
         info.sessions = u32::try_from(self.gateway.sessions()).unwrap_or(u32::MAX);
+        info.health = self.health.lock().expect("health").clone();
         info
     }
 
@@ -221,6 +240,32 @@ impl LocalGateway {
         if let Some(pg) = self.demo {
             let _ = tokio::task::spawn_blocking(move || drop(pg)).await;
         }
+    }
+}
+
+/// Every 5 s, whether the database still accepts connections.
+async fn watch(database: (String, u16), health: Arc<std::sync::Mutex<Option<String>>>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let (host, port) = (database.0.as_str(), database.1);
+        let reached = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            tokio::net::TcpStream::connect((host, port)),
+        )
+        .await;
+        let problem = match reached {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(format!(
+                "the database at {host}:{port} does not accept connections ({e}): clients get errors; \
+                 stop and start the local gateway, or check the database"
+            )),
+            Err(_) => Some(format!(
+                "the database at {host}:{port} does not answer: clients wait; check the database or its network"
+            )),
+        };
+        *health.lock().expect("health") = problem;
     }
 }
 

@@ -58,7 +58,7 @@ pub enum LocalStatus {
     /// Running.
     Running {
         /// Where and in front of what.
-        info: LocalInfo,
+        info: Box<LocalInfo>,
     },
     /// Stopping.
     Stopping,
@@ -92,6 +92,8 @@ pub struct LocalInfo {
     pub started_at: String,
     /// Client sessions open now.
     pub sessions: u32,
+    /// What is wrong, when the database stopped answering (checked every 5 s).
+    pub health: Option<String>,
     /// Who the console's inbox is signed in as.
     pub approver: Persona,
 }

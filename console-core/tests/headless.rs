@@ -113,12 +113,17 @@ async fn client(console: &Console<Recorder>, persona: &Persona) -> PgConnection 
         panic!("not running");
     };
     let access = console.dev_access(persona.clone()).await.expect("token");
+    connect(&info, &persona.subject, &access.token).await
+}
+
+/// psql's way in: TLS verified against the gateway's certificate, the token as the password.
+async fn connect(info: &console_core::types::LocalInfo, user: &str, token: &str) -> PgConnection {
     let addr: std::net::SocketAddr = info.listen.parse().unwrap();
     let options = PgConnectOptions::new()
         .host("127.0.0.1")
         .port(addr.port())
-        .username(&persona.subject)
-        .password(&access.token)
+        .username(user)
+        .password(token)
         .database(&info.connection)
         .ssl_mode(PgSslMode::VerifyCa)
         .ssl_root_cert(&info.ca_file);
@@ -458,23 +463,8 @@ async fn the_inbox_reconnects_when_the_gateway_comes_back() {
         .await
         .unwrap();
     eventually("the link is live again", || state() == "live").await;
-    let conn = {
-        let info = second.info();
-        let token = second.token(&Persona::agent()).unwrap();
-        let addr: std::net::SocketAddr = info.listen.parse().unwrap();
-        PgConnection::connect_with(
-            &PgConnectOptions::new()
-                .host("127.0.0.1")
-                .port(addr.port())
-                .username("agent-7")
-                .password(&token)
-                .database(&info.connection)
-                .ssl_mode(PgSslMode::VerifyCa)
-                .ssl_root_cert(&info.ca_file),
-        )
-        .await
-        .unwrap()
-    };
+    let token = second.token(&Persona::agent()).unwrap();
+    let conn = connect(&second.info(), "agent-7", &token).await;
     let waiting = export(conn);
     eventually("a request on the new gateway arrives", || {
         inbox
@@ -596,19 +586,7 @@ async fn without_the_websocket_the_inbox_polls_and_decides_over_https() {
     assert!(detail.contains("502"), "{detail}");
 
     let token = local.token(&Persona::agent()).unwrap();
-    let addr: std::net::SocketAddr = info.listen.parse().unwrap();
-    let conn = PgConnection::connect_with(
-        &PgConnectOptions::new()
-            .host("127.0.0.1")
-            .port(addr.port())
-            .username("agent-7")
-            .password(&token)
-            .database(&info.connection)
-            .ssl_mode(PgSslMode::VerifyCa)
-            .ssl_root_cert(&info.ca_file),
-    )
-    .await
-    .unwrap();
+    let conn = connect(&info, "agent-7", &token).await;
     let waiting = export(conn);
     let pending_id = || {
         inbox
@@ -640,4 +618,49 @@ async fn without_the_websocket_the_inbox_polls_and_decides_over_https() {
     assert!(rows.lines().count() >= 5);
     link.stop();
     local.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_front_of_an_existing_database_it_says_when_the_database_goes_away() {
+    let db = tokio::task::spawn_blocking(tollgate::dev::demo_database)
+        .await
+        .unwrap()
+        .expect("a database to stand in front of");
+    let url = format!(
+        "postgres://tollgate_gateway:{}@127.0.0.1:{}/payments?sslmode=verify-full&sslrootcert={}",
+        db.gateway_password,
+        db.pg.port,
+        db.pg.ca_file.display()
+    );
+    let console = Console::new(Recorder::new(false));
+    let info = console
+        .start_local(LocalOptions {
+            upstream: Some(url),
+            ..any_port()
+        })
+        .await
+        .expect("starts in front of the database");
+    assert_eq!(info.mode, "upstream");
+    assert!(
+        !info.upstream.contains(&db.gateway_password),
+        "{}",
+        info.upstream
+    );
+    assert!(
+        info.cardholder_tables
+            .contains(&"public.payments".to_string())
+    );
+    assert_eq!(info.health, None);
+
+    tokio::task::spawn_blocking(move || drop(db)).await.unwrap();
+    eventually(
+        "the console notices",
+        || matches!(console.local_status(), LocalStatus::Running { info } if info.health.is_some()),
+    )
+    .await;
+    let LocalStatus::Running { info } = console.local_status() else {
+        unreachable!()
+    };
+    assert!(info.health.unwrap().contains("does not accept connections"));
+    console.shutdown().await;
 }

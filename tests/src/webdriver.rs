@@ -44,10 +44,10 @@ pub struct Display {
 impl Display {
     /// The current display, or a new Xvfb at 1280x800.
     pub fn get() -> Display {
-        if let Ok(name) = std::env::var("DISPLAY") {
-            if !name.is_empty() {
-                return Display { name, xvfb: None };
-            }
+        if let Ok(name) = std::env::var("DISPLAY")
+            && !name.is_empty()
+        {
+            return Display { name, xvfb: None };
         }
         for n in 90..140 {
             if Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
@@ -56,7 +56,7 @@ impl Display {
                 continue;
             }
             let name = format!(":{n}");
-            let child = Command::new("Xvfb")
+            let mut child = Command::new("Xvfb")
                 .args([&name, "-screen", "0", "1280x800x24", "-nolisten", "tcp"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -72,6 +72,8 @@ impl Display {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
+            let _ = child.kill();
+            let _ = child.wait();
             panic!("Xvfb {name} did not come up");
         }
         panic!("no free X display number");

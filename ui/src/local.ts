@@ -94,7 +94,12 @@ export class LocalPanel {
   setStatus(status: LocalStatus): void {
     const before = this.status;
     this.status = status;
-    if (before.state === "running" && status.state === "running" && before.info.listen === status.info.listen) {
+    if (
+      before.state === "running" &&
+      status.state === "running" &&
+      before.info.listen === status.info.listen &&
+      before.info.health === status.info.health
+    ) {
       // The same gateway: only its live counters move; leave the rest (an
       // open menu, a selection in the psql line) alone.
       const sessions = this.statusBox.querySelector('[data-test="sessions"]');
@@ -177,6 +182,7 @@ export class LocalPanel {
     const copyPsql = h("button", { class: "primary", "data-test": "copy-psql" }, "Copy psql command");
     copyPsql.addEventListener("click", () => this.access && void this.handlers.copy(this.access.psql, "psql command"));
     return [
+      info.health ? h("div", { class: "error-box", role: "alert", "data-test": "health" }, h("strong", {}, "Not healthy"), h("p", {}, info.health)) : h("span", { hidden: true }),
       h(
         "dl",
         { class: "fields" },

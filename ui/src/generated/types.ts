@@ -410,6 +410,10 @@ started_at: string,
  */
 sessions: number, 
 /**
+ * What is wrong, when the database stopped answering (checked every 5 s).
+ */
+health: string | null, 
+/**
  * Who the console's inbox is signed in as.
  */
 approver: Persona, };
