@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 CONSOLE_PACKAGES="$(sed -n 's/^CONSOLE_PACKAGES="\(.*\)"$/\1/p' scripts/prerequisites.sh)"
 EXTRA_PACKAGES="dbus-daemon dbus-bin gnome-keyring rsyslog rsyslog-openssl xvfb xauth webkit2gtk-driver dunst $CONSOLE_PACKAGES"
 source scripts/prerequisites.sh
-rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
+installed="$(rustup component list --installed 2>/dev/null || true)"
+grep -q '^rustfmt' <<<"$installed" && grep -q '^clippy' <<<"$installed" || rustup component add rustfmt clippy
 command -v tauri-driver >/dev/null || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/tauri-driver" ] || cargo install tauri-driver --locked --version 2.1.0
 
 echo "==> console front end"
