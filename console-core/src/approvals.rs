@@ -416,21 +416,25 @@ impl Worker {
                 _ => None,
             };
             match polled.and_then(|list| {
+                // A gateway before 0.2 does not say who is asking.
+                let me = list["approver"].as_str().map(|subject| Me {
+                    subject: subject.to_string(),
+                    issuer: list["issuer"].as_str().unwrap_or_default().to_string(),
+                    connections: serde_json::from_value(list["connections"].clone())
+                        .unwrap_or_default(),
+                });
                 Some((
                     serde_json::from_value::<Vec<RequestView>>(list["requests"].clone()).ok()?,
                     serde_json::from_value(list["grants"].clone()).ok()?,
-                    Me {
-                        subject: list["approver"].as_str()?.to_string(),
-                        issuer: list["issuer"].as_str().unwrap_or_default().to_string(),
-                        connections: serde_json::from_value(list["connections"].clone())
-                            .unwrap_or_default(),
-                    },
+                    me,
                 ))
             }) {
                 Some((requests, grants, me)) => {
                     let applied = {
                         let mut inbox = self.inbox.lock().expect("inbox");
-                        inbox.set_me(me);
+                        if let Some(me) = me {
+                            inbox.set_me(me);
+                        }
                         inbox.replace(requests, grants)
                     };
                     self.link(

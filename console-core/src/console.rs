@@ -38,6 +38,14 @@ struct Inner<H> {
     traffic: Mutex<Option<Traffic>>,
     pace: Mutex<Pace>,
     told_no_notifications: AtomicBool,
+    /// The notification thread's queue, started with the first job.
+    notices: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+}
+
+/// What the notification thread does.
+enum Job {
+    Show(Box<RequestView>),
+    Close(String),
 }
 
 impl<H: Host> Console<H> {
@@ -53,6 +61,7 @@ impl<H: Host> Console<H> {
                 traffic: Mutex::new(None),
                 pace: Mutex::new(Pace::default()),
                 told_no_notifications: AtomicBool::new(false),
+                notices: Mutex::new(None),
             }),
         }
     }
@@ -136,7 +145,10 @@ impl<H: Host> Console<H> {
         if let Some(link) = self.inner.link.lock().expect("link").take() {
             link.stop();
         }
-        self.inner.inbox.lock().expect("inbox").clear();
+        let shown = self.inner.inbox.lock().expect("inbox").clear();
+        for request in shown {
+            self.desktop(Job::Close(request));
+        }
         self.emit_inbox();
         running.stop().await;
         self.set_status(LocalStatus::Stopped);
@@ -169,16 +181,48 @@ impl<H: Host> Console<H> {
         if applied.changed {
             self.emit_inbox();
         }
-        if applied.to_notify.is_empty() && applied.to_close.is_empty() {
-            return;
+        for request in applied.to_close {
+            self.desktop(Job::Close(request));
         }
-        // A notification service can take its time: never on the link's task.
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            for request in &applied.to_close {
-                inner.host.close_notice(request);
-            }
-            for request in applied.to_notify {
+        for request in applied.to_notify {
+            self.desktop(Job::Show(Box::new(request)));
+        }
+    }
+
+    /// Hand a notification job to the one thread that talks to the
+    /// notification service: in order, so a request's notification is never
+    /// taken down before it is shown, and never on the link's task.
+    fn desktop(&self, job: Job) {
+        let mut sender = self.inner.notices.lock().expect("notices");
+        let sender = sender.get_or_insert_with(|| {
+            let (send, receive) = std::sync::mpsc::channel::<Job>();
+            let inner = Arc::downgrade(&self.inner);
+            std::thread::spawn(move || {
+                while let Ok(job) = receive.recv() {
+                    let Some(inner) = inner.upgrade() else { return };
+                    Console { inner }.run_job(job);
+                }
+            });
+            send
+        });
+        let _ = sender.send(job);
+    }
+
+    fn run_job(&self, job: Job) {
+        let inner = &self.inner;
+        match job {
+            Job::Close(request) => inner.host.close_notice(&request),
+            Job::Show(request) => {
+                // Settled while waiting its turn: nothing to show.
+                let pending = inner
+                    .inbox
+                    .lock()
+                    .expect("inbox")
+                    .get(&request.id)
+                    .is_some_and(|r| r.state == "pending");
+                if !pending {
+                    return;
+                }
                 let notice = notice(&request);
                 tracing::info!(request = %request.id, "notifying the desktop of a new request");
                 if let Err(why) = inner.host.notify(&notice) {
@@ -193,7 +237,7 @@ impl<H: Host> Console<H> {
                     }
                 }
             }
-        });
+        }
     }
 
     /// The inbox.

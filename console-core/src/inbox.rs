@@ -133,11 +133,16 @@ impl Inbox {
         }
         self.grants = grants;
         self.trim();
-        Applied {
+        let applied = Applied {
             changed: self.comparable() != before,
             to_notify: self.take_new_notices(),
             to_close: self.take_settled_notices(),
-        }
+        };
+        // Pending requests the gateway no longer lists are gone for good.
+        let known = &self.requests;
+        self.arrived.retain(|id, _| known.contains_key(id));
+        self.notified.retain(|id| known.contains_key(id));
+        applied
     }
 
     /// The state without the seconds-left counters, which change on every
@@ -183,8 +188,12 @@ impl Inbox {
     }
 
     /// Forget everything (the gateway went away).
-    pub fn clear(&mut self) {
+    /// The requests whose notifications may still be on screen: the
+    /// caller takes them down.
+    pub fn clear(&mut self) -> Vec<String> {
+        let shown = self.shown.drain().collect();
         *self = Inbox::default();
+        shown
     }
 
     fn upsert(&mut self, request: RequestView) {
@@ -225,7 +234,9 @@ impl Inbox {
                 me.subject
             ));
         }
-        if !me.connections.contains(&request.connection) {
+        // An empty list: a gateway before 0.2, which does not say; it lists
+        // only the requests this approver may decide.
+        if !me.connections.is_empty() && !me.connections.contains(&request.connection) {
             return Some(format!(
                 "You are not an approver on connection \"{}\".",
                 request.connection
@@ -479,6 +490,17 @@ mod tests {
         });
         assert_eq!(settled.to_close, ["ap_1"], "its notification comes down");
         assert!(inbox.replace(vec![], vec![]).to_close.is_empty(), "once");
+    }
+
+    #[test]
+    fn notifications_still_up_come_down_when_the_inbox_is_cleared() {
+        let mut inbox = Inbox::default();
+        signed_in(&mut inbox);
+        inbox.apply(ServerMessage::Requested {
+            request: Box::new(request("ap_1", "agent-7", "t1")),
+        });
+        assert_eq!(inbox.clear(), ["ap_1"]);
+        assert!(inbox.clear().is_empty());
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub struct LocalGateway {
     info: LocalInfo,
     /// What the health probe found wrong, if anything.
     health: Arc<std::sync::Mutex<Option<String>>>,
-    _probe: Probe,
+    probe: Probe,
 }
 
 /// The health probe's task, stopped with the gateway.
@@ -179,7 +179,7 @@ impl LocalGateway {
             issuer: Arc::new(issuer),
             info,
             health,
-            _probe: probe,
+            probe,
         })
     }
 
@@ -236,6 +236,8 @@ impl LocalGateway {
 
     /// Stop: sessions get their grace period, then the database goes.
     pub async fn stop(self) {
+        // The probe first: the database is about to go, on purpose.
+        drop(self.probe);
         self.gateway.stop().await;
         if let Some(pg) = self.demo {
             let _ = tokio::task::spawn_blocking(move || drop(pg)).await;
@@ -258,7 +260,7 @@ async fn watch(database: (String, u16), health: Arc<std::sync::Mutex<Option<Stri
         let problem = match reached {
             Ok(Ok(_)) => None,
             Ok(Err(e)) => Some(format!(
-                "the database at {host}:{port} does not accept connections ({e}): clients get errors; \
+                "the database at {host}:{port} is not reachable over TCP ({e}): clients get errors; \
                  stop and start the local gateway, or check the database"
             )),
             Err(_) => Some(format!(

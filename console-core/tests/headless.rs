@@ -661,6 +661,6 @@ async fn in_front_of_an_existing_database_it_says_when_the_database_goes_away() 
     let LocalStatus::Running { info } = console.local_status() else {
         unreachable!()
     };
-    assert!(info.health.unwrap().contains("does not accept connections"));
+    assert!(info.health.unwrap().contains("is not reachable over TCP"));
     console.shutdown().await;
 }

@@ -83,6 +83,7 @@ describe("the inbox panel", () => {
         decided.push(d);
         return null;
       },
+      elsewhere: () => {},
     });
   });
 
@@ -146,6 +147,9 @@ describe("the inbox panel", () => {
     const enter = new KeyboardEvent("keydown", { key: "Enter", bubbles: true });
     Object.defineProperty(enter, "target", { value: deny });
     expect(panel.key(enter)).toBe(false);
+    const j = new KeyboardEvent("keydown", { key: "j", bubbles: true });
+    Object.defineProperty(j, "target", { value: deny });
+    expect(panel.key(j)).toBe(true);
   });
 
   it("refuses to send without a reason", async () => {

@@ -178,6 +178,8 @@ export function details(item: InboxItem): HTMLElement {
 
 export interface InboxHandlers {
   decide(decision: Decision): Promise<string | null>;
+  /** Tell the approver something about a request they are no longer looking at. */
+  elsewhere(message: string): void;
 }
 
 /** The inbox panel. */
@@ -292,14 +294,15 @@ export class InboxPanel {
   /** Keyboard shortcuts: j/k move, a approve, d deny, Enter decide, Escape cancel. */
   key(e: KeyboardEvent): boolean {
     const target = e.target;
-    const interactive =
+    const typing =
       target instanceof HTMLTextAreaElement ||
       target instanceof HTMLInputElement ||
       target instanceof HTMLSelectElement ||
-      target instanceof HTMLButtonElement ||
-      target instanceof HTMLAnchorElement ||
       (target instanceof HTMLElement && target.isContentEditable);
-    if (interactive || e.ctrlKey || e.metaKey || e.altKey || !this.view) return false;
+    // A focused button or link keeps Enter and space; the letters still work.
+    const pressing =
+      (target instanceof HTMLButtonElement || target instanceof HTMLAnchorElement) && (e.key === "Enter" || e.key === " ");
+    if (typing || pressing || e.ctrlKey || e.metaKey || e.altKey || !this.view) return false;
     const items = this.view.items;
     switch (e.key) {
       case "j":
@@ -360,7 +363,10 @@ export class InboxPanel {
     this.renderForm();
     const error = await this.handlers.decide(made);
     this.submitting = false;
-    if (error) {
+    if (error && this.selected !== made.id) {
+      // The approver moved on meanwhile: say which request it was about.
+      this.handlers.elsewhere(`Could not decide ${made.id}: ${error}`);
+    } else if (error) {
       this.formError.textContent = error;
     } else if (this.selected === made.id) {
       this.reason.value = "";

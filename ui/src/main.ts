@@ -9,13 +9,13 @@ import { LocalPanel, summary } from "./local";
 
 type Page = "inbox" | "local";
 
-let linkWarning = false;
+/** The link detail last shown, so each is shown once and cleared when the link recovers. */
+let linkDetail: string | null = null;
 
-function status(text: string, level: "info" | "warning" | "error" = "info", fromLink = false): void {
+function status(text: string, level: "info" | "warning" | "error" = "info"): void {
   const bar = byId("status");
   bar.className = `status status-${level}`;
   bar.textContent = text;
-  linkWarning = fromLink;
 }
 
 function showPage(page: Page): void {
@@ -61,6 +61,7 @@ async function start(): Promise<void> {
         return `${error.message}. ${error.hint}`;
       }
     },
+    elsewhere: (message) => status(message, "error"),
   });
   const local = new LocalPanel(byId("page-local"), {
     start: async (options) => {
@@ -107,11 +108,10 @@ async function start(): Promise<void> {
     dot.title = view.link.detail ?? "";
     byId("link-text").textContent = linkText(view.link);
     byId("me").textContent = view.me ? view.me.subject : "not signed in";
-    if (view.link.detail && view.link.state !== "off") {
-      if (byId("status").textContent !== view.link.detail) status(view.link.detail, "warning", true);
-    } else if (linkWarning) {
-      status(view.link.state === "live" ? "Connected to the gateway's approvals." : "");
-    }
+    const detail = view.link.state !== "off" ? view.link.detail : null;
+    if (detail && detail !== linkDetail) status(detail, "warning");
+    else if (!detail && linkDetail) status(view.link.state === "live" ? "Connected to the gateway's approvals." : "");
+    linkDetail = detail;
   };
 
   const handle = (event: ConsoleEvent) => {
