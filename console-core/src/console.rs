@@ -286,10 +286,7 @@ impl<H: Host> Console<H> {
         let info = running.info();
         let agent = Persona::agent();
         let target = traffic::Target {
-            addr: info
-                .listen
-                .parse()
-                .map_err(|_| ConsoleError::Gateway(format!("listen address {}", info.listen)))?,
+            addr: running.listen_addr(),
             ca_file: running.ca_file(),
             database: info.connection.clone(),
             user: agent.subject.clone(),

@@ -191,6 +191,11 @@ impl LocalGateway {
         info
     }
 
+    /// Where its PostgreSQL listener is bound.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.gateway.local_addr
+    }
+
     /// The certificate that verifies the gateway.
     pub fn ca_file(&self) -> PathBuf {
         PathBuf::from(&self.info.ca_file)
@@ -213,7 +218,7 @@ impl LocalGateway {
     /// A token and a ready psql line for `persona`.
     pub fn access(&self, persona: &Persona) -> Result<DevAccess, ConsoleError> {
         let token = self.token(persona)?;
-        let addr: SocketAddr = self.gateway.local_addr;
+        let addr = self.listen_addr();
         let conninfo = format!(
             "host={} port={} dbname={} user={} sslmode=verify-ca",
             addr.ip(),
@@ -310,15 +315,8 @@ async fn cardholder_tables(connection: &ConnectionConfig) -> Result<Vec<String>,
         .refresh()
         .await
         .map_err(|e| ConsoleError::Upstream(e.to_string()))?;
-    let mut tables: Vec<String> = snapshot
-        .tables
-        .iter()
-        .filter(|((schema, _), t)| {
-            t.cardholder && !matches!(schema.as_str(), "pg_catalog" | "information_schema")
-        })
-        .map(|((schema, name), _)| format!("{schema}.{name}"))
-        .collect();
-    tables.sort();
+    let mut tables = snapshot.cardholder_tables();
+    tables.retain(|t| !t.starts_with("pg_catalog.") && !t.starts_with("information_schema."));
     Ok(tables)
 }
 

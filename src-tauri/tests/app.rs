@@ -12,18 +12,10 @@ use std::time::Duration;
 
 use serde_json::json;
 use tollgate::identity::dev_issuer::{DevIssuer, TokenRequest};
-use tollgate_e2e::FIXTURE_PANS;
 use tollgate_e2e::webdriver::{App, Display, Notifications};
+use tollgate_e2e::{FIXTURE_PANS, free_port};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Local {
     gateway_dir: PathBuf,

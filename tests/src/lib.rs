@@ -21,6 +21,14 @@ pub use tollgate;
 pub mod console;
 pub mod webdriver;
 
+/// A port on 127.0.0.1 that nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 /// The `tollgate` binary of this build (built by `cargo test --workspace`).
 pub fn tollgate_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");

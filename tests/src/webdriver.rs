@@ -4,22 +4,16 @@
 //! JSON calls over reqwest, which the harness already has; a WebDriver
 //! crate would bring a second HTTP stack for the dozen endpoints used.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use crate::free_port;
+
 /// The W3C element reference key.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
 
 /// Where `tauri-driver` is: on PATH or in cargo's bin directory.
 pub fn tauri_driver() -> Option<PathBuf> {

@@ -11,15 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tollgate::config::Config;
-use tollgate_e2e::{TestGateway, config_text};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use tollgate_e2e::{TestGateway, config_text, free_port};
 
 /// A CA and a certificate for localhost, as PEM files in `dir`.
 fn certificates(dir: &Path) {

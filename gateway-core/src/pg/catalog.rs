@@ -82,6 +82,19 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Relations holding cardholder data, as `schema.name`, sorted (system
+    /// relations that hold values, such as `pg_catalog.pg_statistic`, included).
+    pub fn cardholder_tables(&self) -> Vec<String> {
+        let mut tables: Vec<String> = self
+            .tables
+            .iter()
+            .filter(|(_, t)| t.cardholder)
+            .map(|((schema, name), _)| format!("{schema}.{name}"))
+            .collect();
+        tables.sort();
+        tables
+    }
+
     /// The relation `schema.name`.
     pub fn table(&self, schema: &str, name: &str) -> Option<&TableInfo> {
         self.tables.get(&(schema.to_string(), name.to_string()))
@@ -224,13 +237,7 @@ pub fn inventory(snapshot: &Snapshot) -> String {
         })
         .collect();
     lines.sort();
-    let mut tables: Vec<String> = snapshot
-        .tables
-        .iter()
-        .filter(|(_, t)| t.cardholder)
-        .map(|((schema, name), _)| format!("{schema}.{name}"))
-        .collect();
-    tables.sort();
+    let tables = snapshot.cardholder_tables();
     format!(
         "cardholder tables: {}\n{}",
         if tables.is_empty() {
