@@ -44,7 +44,44 @@ pub struct EvidenceRequest {
     /// The bundle directory (created; must be empty if it exists).
     pub out: PathBuf,
     /// Who runs the export (recorded as the actor).
-    pub operator: String,
+    pub by: Exporter,
+}
+
+/// Who exports, and how the export goes on record.
+#[derive(Debug, Clone)]
+pub enum Exporter {
+    /// An operator at the gateway's host (`tollgate evidence`): the event is
+    /// appended directly, or through the log's inbox when a gateway holds it.
+    Operator(String),
+    /// A signed-in auditor, through the running gateway's API.
+    Api {
+        /// The running gateway's audit log.
+        auditor: crate::audit::event::Auditor,
+        /// The caller's identity, as records carry it.
+        actor: Value,
+        /// Where the call came from.
+        origin: String,
+    },
+}
+
+impl Exporter {
+    /// The name shown in the bundle's index.
+    fn name(&self) -> String {
+        match self {
+            Exporter::Operator(name) => name.clone(),
+            Exporter::Api { actor, .. } => actor["subject"]
+                .as_str()
+                .unwrap_or("an API caller")
+                .to_string(),
+        }
+    }
+
+    fn origin(&self) -> String {
+        match self {
+            Exporter::Operator(_) => format!("cli@{}", hostname()),
+            Exporter::Api { origin, .. } => format!("api@{origin}"),
+        }
+    }
 }
 
 /// What was exported.
@@ -63,6 +100,9 @@ pub struct EvidenceSummary {
     /// The report's text.
     pub report: String,
 }
+
+/// Stages of an export (each announced through [`Progress::stage`]).
+pub const STAGES: u32 = 7;
 
 /// Progress of a long export, for a progress bar.
 pub trait Progress {
@@ -181,7 +221,7 @@ const INDEX: &[(&str, &str, &[&str])] = &[
 /// Run the export.
 pub async fn export(
     request: &EvidenceRequest,
-    progress: &mut dyn Progress,
+    progress: &mut (dyn Progress + Send),
 ) -> Result<EvidenceSummary, EvidenceError> {
     let config = &request.config;
     let data_dir = &config.server.data_dir;
@@ -222,31 +262,38 @@ pub async fn export(
         "to": request.to.map(secs_rfc3339),
     });
     let marker = crate::recording::session_id();
+    let actor = match &request.by {
+        Exporter::Operator(name) => json!({ "subject": name, "kind": "operator" }),
+        Exporter::Api { actor, .. } => actor.clone(),
+    };
     let event = Event::new("evidence.export", Outcome::Success)
-        .with(
-            "actor",
-            json!({ "subject": request.operator, "kind": "operator" }),
-        )
-        .origin(format!("cli@{}", hostname()))
+        .with("actor", actor)
+        .origin(request.by.origin())
         .resource(json!({ "audit_log": audit_dir.display().to_string(), "window": window }))
-        .with("request", marker.clone())
-        .into_map();
+        .with("request", marker.clone());
     let every = CheckpointEvery {
         records: config.audit.checkpoint_records,
         interval: Duration::from_secs(config.audit.checkpoint_secs),
     };
-    let key = match AuditLog::open(&audit_dir, &config.audit.origin, every) {
-        Ok(log) => {
-            log.append(event).await?;
-            log.checkpoint().await?;
-            log.verifier_key().to_string()
+    let key = if let Exporter::Api { auditor, .. } = &request.by {
+        auditor.record(event).await?;
+        auditor.log().checkpoint().await?;
+        auditor.log().verifier_key().to_string()
+    } else {
+        let event = event.into_map();
+        match AuditLog::open(&audit_dir, &config.audit.origin, every) {
+            Ok(log) => {
+                log.append(event).await?;
+                log.checkpoint().await?;
+                log.verifier_key().to_string()
+            }
+            Err(AuditError::Busy { .. }) => {
+                leave_in_inbox(&audit_dir, &event)?;
+                wait_signed(&audit_dir, &marker, every.interval).await?;
+                crate::audit::log::signer(&audit_dir, &config.audit.origin)?.verifier_key()
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(AuditError::Busy { .. }) => {
-            leave_in_inbox(&audit_dir, &event)?;
-            wait_signed(&audit_dir, &marker, every.interval).await?;
-            crate::audit::log::signer(&audit_dir, &config.audit.origin)?.verifier_key()
-        }
-        Err(e) => return Err(e.into()),
     };
     progress.step();
 
@@ -551,8 +598,8 @@ pub async fn export(
          (better: with the key the operator gave you out of band).\n\n\
          Result of the verification at export: **{}**.\n",
         secs_rfc3339(now_secs()),
-        request.operator,
-        hostname(),
+        request.by.name(),
+        request.by.origin(),
         from_text.as_deref().unwrap_or("the beginning"),
         to_text.as_deref().unwrap_or("now"),
         if report.ok() {

@@ -87,6 +87,8 @@ pub enum StartError {
 /// A configured gateway, not yet listening.
 pub struct Gateway {
     config: Config,
+    /// The file the configuration came from (copied into evidence bundles).
+    config_file: Option<std::path::PathBuf>,
     hooks: Arc<dyn HookFactory>,
     masking: bool,
 }
@@ -110,9 +112,17 @@ impl Gateway {
     pub fn new(config: Config) -> Self {
         Self {
             config,
+            config_file: None,
             hooks: Arc::new(LoggingHooks),
             masking: true,
         }
+    }
+
+    /// Name the file the configuration was read from (evidence bundles
+    /// exported over the API carry a copy).
+    pub fn with_config_file(mut self, path: std::path::PathBuf) -> Self {
+        self.config_file = Some(path);
+        self
     }
 
     /// A relay that does not look inside results: the baseline the masking
@@ -315,6 +325,10 @@ impl Gateway {
                         .map(|c| c.get_ref().name.clone())
                         .collect(),
                     stopping: shutdown.subscribe(),
+                    evidence: Some(Arc::new(crate::api::evidence::Exports::new(
+                        self.config.clone(),
+                        self.config_file.clone(),
+                    ))),
                 });
                 write_api_file(&server.data_dir, bound_addr, tls.is_some());
                 let stopping = shutdown.subscribe();

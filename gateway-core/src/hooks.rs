@@ -182,6 +182,11 @@ pub struct Ruling {
     pub approval: Option<String>,
     /// The window grant that let it through, if one did.
     pub grant: Option<String>,
+    /// How its approval request ended (`approved`, `denied`, `expired`,
+    /// `withdrawn`), or `granted` when a window grant let it through.
+    pub approval_state: Option<String>,
+    /// Who approved it (or denied it).
+    pub decided_by: Vec<String>,
 }
 
 /// A session-level event, for recording and audit.

@@ -286,12 +286,13 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve { config } => {
-            let config = Config::load(&config)?;
+            let config_path = config;
+            let config = Config::load(&config_path)?;
             anyhow::ensure!(
                 !config.connections.is_empty(),
                 "the config has no [[connection]]: add at least one upstream database"
             );
-            serve(config, None).await
+            serve(config, Some(path_of(&config_path)), None).await
         }
         Command::Check { config: path } => {
             let config = Config::load(&path)?;
@@ -347,7 +348,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             config
                 .connections
                 .push(toml::Spanned::new(0..0, connection));
-            serve(config, Some(name)).await
+            serve(config, None, Some(name)).await
         }
         Command::Demo { options } => {
             let mut config = dev::dev_config(&options.into())?;
@@ -357,7 +358,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             config
                 .connections
                 .push(toml::Spanned::new(0..0, connection));
-            let result = serve(config, Some("payments".into())).await;
+            let result = serve(config, None, Some("payments".into())).await;
             drop(pg);
             result
         }
@@ -408,9 +409,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 from: time(&from, "from")?,
                 to: time(&to, "to")?,
                 out: out.clone(),
-                operator: std::env::var("USER")
-                    .or_else(|_| std::env::var("LOGNAME"))
-                    .unwrap_or_else(|_| "unknown operator".into()),
+                by: tollgate::evidence::Exporter::Operator(
+                    std::env::var("USER")
+                        .or_else(|_| std::env::var("LOGNAME"))
+                        .unwrap_or_else(|_| "unknown operator".into()),
+                ),
             };
             let mut progress = Bar::default();
             let summary = tollgate::evidence::export(&request, &mut progress).await?;
@@ -584,8 +587,21 @@ async fn approvals(action: ApprovalsAction, target: ApprovalsTarget) -> anyhow::
     Ok(())
 }
 
-async fn serve(config: Config, dev_connection: Option<String>) -> anyhow::Result<()> {
-    let gateway = Gateway::new(config.clone()).start().await?;
+/// The configuration file's absolute path (the gateway may change directory later).
+fn path_of(path: &std::path::Path) -> std::path::PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+async fn serve(
+    config: Config,
+    config_file: Option<std::path::PathBuf>,
+    dev_connection: Option<String>,
+) -> anyhow::Result<()> {
+    let mut gateway = Gateway::new(config.clone());
+    if let Some(file) = config_file {
+        gateway = gateway.with_config_file(file);
+    }
+    let gateway = gateway.start().await?;
     match &dev_connection {
         Some(name) => eprintln!(
             "{}",

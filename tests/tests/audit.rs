@@ -268,7 +268,7 @@ fn evidence_request(gw: &TestGateway, out: PathBuf) -> EvidenceRequest {
         from: None,
         to: None,
         out,
-        operator: "qsa-test".into(),
+        by: tollgate::evidence::Exporter::Operator("qsa-test".into()),
     }
 }
 

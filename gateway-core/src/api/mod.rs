@@ -18,6 +18,7 @@
 //! matching HTTP status. See `docs/api.md`.
 
 mod approvals;
+pub mod evidence;
 pub mod incoming;
 
 use std::net::SocketAddr;
@@ -58,6 +59,8 @@ pub struct ApiContext {
     pub connections: Vec<String>,
     /// Turns true when the gateway stops (consoles are told and closed).
     pub stopping: watch::Receiver<bool>,
+    /// Evidence exports (none: not over the API).
+    pub evidence: Option<Arc<evidence::Exports>>,
 }
 
 /// Largest page of frames or records.
@@ -72,10 +75,13 @@ pub fn router(ctx: Arc<ApiContext>) -> Router {
         .route("/api/v1/sessions", get(sessions))
         .route("/api/v1/sessions/{id}", get(session))
         .route("/api/v1/sessions/{id}/frames", get(frames))
+        .route("/api/v1/sessions/{id}/markers", get(markers))
+        .route("/api/v1/sessions/{id}/search", get(search))
         .route("/api/v1/sessions/{id}/asciicast", get(asciicast))
         .route("/api/v1/audit/records", get(audit_records))
         .route("/api/v1/audit/checkpoint", get(audit_checkpoint))
         .merge(approvals::routes())
+        .merge(evidence::routes())
         .method_not_allowed_fallback(|| async {
             ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -332,9 +338,18 @@ async fn whoami(
 }
 
 #[derive(Debug, Deserialize)]
-struct Window {
+#[serde(deny_unknown_fields)]
+struct ListQuery {
     from: Option<String>,
     to: Option<String>,
+    subject: Option<String>,
+    connection: Option<String>,
+    kind: Option<String>,
+    outcome: Option<String>,
+    q: Option<String>,
+    order: Option<String>,
+    after: Option<String>,
+    limit: Option<u32>,
 }
 
 fn millis(text: Option<&str>, name: &str, default: i64) -> Result<i64, ApiError> {
@@ -352,36 +367,107 @@ fn millis(text: Option<&str>, name: &str, default: i64) -> Result<i64, ApiError>
     }
 }
 
+fn bad(message: String) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+/// Most words in one text search.
+const MAX_WORDS: usize = 8;
+
+/// The words of a search, or a 400.
+fn words(q: Option<&str>) -> Result<Vec<String>, ApiError> {
+    let words: Vec<String> = q
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    if words.len() > MAX_WORDS || words.iter().any(|w| w.len() > 200) {
+        return Err(bad(format!(
+            "q: search with at most {MAX_WORDS} words of up to 200 characters"
+        )));
+    }
+    Ok(words)
+}
+
+impl ListQuery {
+    fn parse(&self) -> Result<crate::recording::store::SessionQuery, ApiError> {
+        use crate::recording::store::{Outcome, SessionQuery};
+        let limit = match self.limit {
+            None => DEFAULT_PAGE,
+            Some(n) if (1..=MAX_PAGE).contains(&n) => n,
+            Some(n) => return Err(bad(format!("limit={n}: ask for 1 to {MAX_PAGE} per page"))),
+        };
+        let outcome =
+            match self.outcome.as_deref() {
+                None | Some("") => None,
+                Some(o) => Some(Outcome::parse(o).ok_or_else(|| {
+                    bad(format!("outcome={o}: use refused, held, masked or error"))
+                })?),
+            };
+        let newest_first = match self.order.as_deref() {
+            None | Some("newest") => true,
+            Some("oldest") => false,
+            Some(o) => return Err(bad(format!("order={o}: use newest or oldest"))),
+        };
+        let kind = match self.kind.as_deref() {
+            None | Some("") => None,
+            Some(k @ ("person" | "agent")) => Some(k.to_string()),
+            Some(k) => return Err(bad(format!("kind={k}: use person or agent"))),
+        };
+        let after = match self.after.as_deref() {
+            None | Some("") => None,
+            Some(cursor) => Some(
+                cursor
+                    .split_once('.')
+                    .and_then(|(ms, id)| Some((ms.parse::<i64>().ok()?, id.to_string())))
+                    .ok_or_else(|| {
+                        bad("after: pass the `next` of the previous page unchanged".into())
+                    })?,
+            ),
+        };
+        let nonempty = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
+        Ok(SessionQuery {
+            from_ms: millis(self.from.as_deref(), "from", i64::MIN)?,
+            to_ms: millis(self.to.as_deref(), "to", i64::MAX)?,
+            subject: nonempty(&self.subject).map(|s| s.trim().to_string()),
+            connection: nonempty(&self.connection),
+            kind,
+            outcome,
+            words: words(self.q.as_deref())?,
+            newest_first,
+            after,
+            limit,
+        })
+    }
+}
+
 async fn sessions(
     State(ctx): State<Arc<ApiContext>>,
     ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     headers: HeaderMap,
-    window: Result<Query<Window>, QueryRejection>,
+    list: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let caller = ctx.caller(&headers, peer).await?;
-    let window = query(window)?;
-    let resource = json!({ "sessions": { "from": window.from, "to": window.to } });
+    let list = query(list)?;
+    let resource = json!({ "sessions": {
+        "from": list.from, "to": list.to, "subject": list.subject, "connection": list.connection,
+        "kind": list.kind, "outcome": list.outcome, "search": list.q.as_deref().map(crate::masking::for_record),
+    } });
     if !(caller.auditor || caller.analyst) {
         return Err(ctx
             .forbid(&caller, "recording.list", resource, "auditor or analyst")
             .await);
     }
-    let from = millis(window.from.as_deref(), "from", i64::MIN)?;
-    let to = millis(window.to.as_deref(), "to", i64::MAX)?;
-    let list = ctx
-        .recording
-        .store
-        .sessions(from, to)
-        .await
-        .map_err(store_error)?;
+    let q = list.parse()?;
+    let page = ctx.recording.store.list(&q).await.map_err(store_error)?;
     ctx.record(
         caller
             .event("recording.list", Outcome::Success)
             .resource(resource)
-            .with("count", list.len()),
+            .with("count", page.sessions.len()),
     )
     .await?;
-    Ok(Json(json!({ "sessions": list })))
+    Ok(Json(json!(page)))
 }
 
 async fn session(
@@ -397,7 +483,10 @@ async fn session(
             .forbid(&caller, "recording.read", resource, "auditor or analyst")
             .await);
     }
-    let row = find_session(&ctx, &caller, &id, &resource).await?;
+    find_session(&ctx, &caller, &id, &resource).await?;
+    let store = &ctx.recording.store;
+    let summary = store.summary_by_id(&id).await.map_err(store_error)?;
+    let last = store.last_frame(&id).await.map_err(store_error)?;
     ctx.record(
         caller
             .event("recording.read", Outcome::Success)
@@ -405,7 +494,96 @@ async fn session(
             .with("part", "metadata"),
     )
     .await?;
-    Ok(Json(json!({ "session": row })))
+    Ok(Json(json!({
+        "session": summary,
+        "last_frame": last.map(|(seq, at_us)| json!({ "seq": seq, "at_us": at_us })),
+        "previews": caller.analyst,
+    })))
+}
+
+/// Most markers in one answer.
+const MAX_MARKERS: u32 = 10_000;
+
+async fn markers(
+    State(ctx): State<Arc<ApiContext>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = ctx.caller(&headers, peer).await?;
+    let resource = json!({ "session": id });
+    if !(caller.auditor || caller.analyst) {
+        return Err(ctx
+            .forbid(&caller, "recording.read", resource, "auditor or analyst")
+            .await);
+    }
+    find_session(&ctx, &caller, &id, &resource).await?;
+    let mut markers = ctx
+        .recording
+        .store
+        .markers(&id, MAX_MARKERS + 1)
+        .await
+        .map_err(store_error)?;
+    let truncated = markers.len() > MAX_MARKERS as usize;
+    markers.truncate(MAX_MARKERS as usize);
+    ctx.record(
+        caller
+            .event("recording.read", Outcome::Success)
+            .resource(resource)
+            .with("part", "markers")
+            .with("markers", markers.len()),
+    )
+    .await?;
+    Ok(Json(json!({ "markers": markers, "truncated": truncated })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Search {
+    q: Option<String>,
+}
+
+/// Most matches of a search within a session.
+const MAX_MATCHES: u32 = 1000;
+
+async fn search(
+    State(ctx): State<Arc<ApiContext>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    search: Result<Query<Search>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = ctx.caller(&headers, peer).await?;
+    let search = query(search)?;
+    let resource =
+        json!({ "session": id, "search": search.q.as_deref().map(crate::masking::for_record) });
+    if !(caller.auditor || caller.analyst) {
+        return Err(ctx
+            .forbid(&caller, "recording.read", resource, "auditor or analyst")
+            .await);
+    }
+    let words = words(search.q.as_deref())?;
+    if words.is_empty() {
+        return Err(bad("q: give the words to find".into()));
+    }
+    find_session(&ctx, &caller, &id, &resource).await?;
+    let mut matches = ctx
+        .recording
+        .store
+        .search(&id, &words, MAX_MATCHES + 1)
+        .await
+        .map_err(store_error)?;
+    let truncated = matches.len() > MAX_MATCHES as usize;
+    matches.truncate(MAX_MATCHES as usize);
+    ctx.record(
+        caller
+            .event("recording.read", Outcome::Success)
+            .resource(resource)
+            .with("part", "search")
+            .with("matches", matches.len()),
+    )
+    .await?;
+    Ok(Json(json!({ "matches": matches, "truncated": truncated })))
 }
 
 /// The session `id`, or a (recorded) 404.

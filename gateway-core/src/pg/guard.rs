@@ -535,6 +535,15 @@ impl Guard {
             let view = held.ticket.view().clone();
             if let Some(ruling) = &mut self.ruling {
                 ruling.approval = Some(id.clone());
+                ruling.approval_state = Some(state.as_str().to_string());
+                ruling.decided_by = match &state {
+                    State::Approved => service
+                        .get(&id)
+                        .map(|v| v.approvals.into_iter().map(|v| v.approver).collect())
+                        .unwrap_or_default(),
+                    State::Denied { by, .. } => vec![by.clone()],
+                    _ => Vec::new(),
+                };
             }
             if state == State::Approved && self.hold_slot.cancelled() {
                 // Cancelled after the approval, before it went upstream.
@@ -589,6 +598,8 @@ impl Guard {
             if let Some(ruling) = &mut self.ruling {
                 ruling.approval = Some(grant.request.clone());
                 ruling.grant = Some(grant.id.clone());
+                ruling.approval_state = Some("granted".into());
+                ruling.decided_by = grant.approved_by.clone();
             }
             return Ok(Decision::Forward);
         }

@@ -191,6 +191,8 @@ pub struct Recorder {
     binary: Vec<bool>,
     result: Option<Result_>,
     keep: Keep,
+    /// Values masked in the session up to the last result frame.
+    masked_before: u64,
 }
 
 impl Recorder {
@@ -232,6 +234,7 @@ impl Recorder {
             columns: Vec::new(),
             binary: Vec::new(),
             result: None,
+            masked_before: 0,
         }
     }
 
@@ -298,6 +301,10 @@ impl Recorder {
             frame["approval"] = json!(ruling.approval);
             if let Some(grant) = &ruling.grant {
                 frame["grant"] = json!(grant);
+            }
+            if let Some(state) = &ruling.approval_state {
+                frame["approval_state"] = json!(state);
+                frame["approved_by"] = json!(ruling.decided_by);
             }
         }
         if let Decision::Refuse { sqlstate, .. } = &decision {
@@ -412,6 +419,9 @@ impl Recorder {
             use base64::Engine;
             base64::engine::general_purpose::STANDARD.encode(result.digest.finalize().into_bytes())
         };
+        let masked_total = self.inner.masking_counts().map_or(0, |c| c.total());
+        let masked = masked_total.saturating_sub(self.masked_before);
+        self.masked_before = masked_total;
         self.tap.frame(
             "result",
             json!({
@@ -422,6 +432,7 @@ impl Recorder {
                 "duration_us": duration,
                 "hmac_sha256": digest,
                 "copy": result.copy,
+                "masked": masked,
                 "preview_complete": result.preview.len() as u64 == result.rows,
                 "preview": result.preview,
             }),
