@@ -17,7 +17,7 @@ use crate::types::{
 
 /// The console.
 pub struct Console<H: Host> {
-    inner: Arc<Inner<H>>,
+    pub(crate) inner: Arc<Inner<H>>,
 }
 
 impl<H: Host> Clone for Console<H> {
@@ -28,11 +28,11 @@ impl<H: Host> Clone for Console<H> {
     }
 }
 
-struct Inner<H> {
-    host: H,
+pub(crate) struct Inner<H> {
+    pub(crate) host: H,
     status: Mutex<LocalStatus>,
     /// Held across a start or stop, so they do not interleave.
-    local: tokio::sync::Mutex<Option<LocalGateway>>,
+    pub(crate) local: tokio::sync::Mutex<Option<LocalGateway>>,
     inbox: Arc<Mutex<Inbox>>,
     link: Mutex<Option<ApprovalsLink>>,
     traffic: Mutex<Option<Traffic>>,
@@ -40,6 +40,13 @@ struct Inner<H> {
     told_no_notifications: AtomicBool,
     /// The notification thread's queue, started with the first job.
     notices: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    /// The sign-in to a team's gateway, when there is one.
+    pub(crate) remote: tokio::sync::Mutex<Option<crate::remote::Remote>>,
+    pub(crate) remote_status: Mutex<crate::types::RemoteStatus>,
+    /// Who the session browser views the local gateway's recordings as.
+    pub(crate) local_viewer: Mutex<Persona>,
+    /// An evidence export is running.
+    pub(crate) exporting: AtomicBool,
 }
 
 /// What the notification thread does.
@@ -62,6 +69,13 @@ impl<H: Host> Console<H> {
                 pace: Mutex::new(Pace::default()),
                 told_no_notifications: AtomicBool::new(false),
                 notices: Mutex::new(None),
+                remote: tokio::sync::Mutex::new(None),
+                remote_status: Mutex::new(crate::types::RemoteStatus::SignedOut {
+                    gateway: None,
+                    reason: None,
+                }),
+                local_viewer: Mutex::new(Persona::engineer()),
+                exporting: AtomicBool::new(false),
             }),
         }
     }
@@ -120,13 +134,16 @@ impl<H: Host> Console<H> {
             }
         };
         let info = running.info();
-        self.connect_inbox(
-            Target {
-                url: info.api.clone(),
-                ca_file: Some(running.ca_file()),
-            },
-            running.tokens(Persona::approver()),
-        );
+        // Signed in to a team's gateway: the inbox stays with it.
+        if !self.signed_in() {
+            self.connect_inbox(
+                Target {
+                    url: info.api.clone(),
+                    ca_file: Some(running.ca_file()),
+                },
+                running.tokens(Persona::approver()),
+            );
+        }
         *local = Some(running);
         self.set_status(LocalStatus::Running {
             info: Box::new(info.clone()),
@@ -142,6 +159,29 @@ impl<H: Host> Console<H> {
         };
         self.set_status(LocalStatus::Stopping);
         self.stop_traffic();
+        if !self.signed_in() {
+            self.disconnect_inbox();
+        }
+        running.stop().await;
+        self.set_status(LocalStatus::Stopped);
+    }
+
+    /// Everything stops (the window closes). A sign-in stays in the keyring.
+    pub async fn shutdown(&self) {
+        self.stop_local().await;
+        self.leave_remote().await;
+    }
+
+    /// Signed in to a team's gateway.
+    pub(crate) fn signed_in(&self) -> bool {
+        matches!(
+            *self.inner.remote_status.lock().expect("remote status"),
+            crate::types::RemoteStatus::SignedIn { .. }
+        )
+    }
+
+    /// Stop the inbox's link and empty it (its notifications come down).
+    pub(crate) fn disconnect_inbox(&self) {
         if let Some(link) = self.inner.link.lock().expect("link").take() {
             link.stop();
         }
@@ -150,16 +190,24 @@ impl<H: Host> Console<H> {
             self.desktop(Job::Close(request));
         }
         self.emit_inbox();
-        running.stop().await;
-        self.set_status(LocalStatus::Stopped);
     }
 
-    /// Everything stops (the window closes).
-    pub async fn shutdown(&self) {
-        self.stop_local().await;
+    /// Point the inbox at the local gateway, if it runs.
+    pub(crate) async fn inbox_to_local(&self) {
+        let local = self.inner.local.lock().await;
+        if let Some(running) = local.as_ref() {
+            let info = running.info();
+            self.connect_inbox(
+                Target {
+                    url: info.api.clone(),
+                    ca_file: Some(running.ca_file()),
+                },
+                running.tokens(Persona::approver()),
+            );
+        }
     }
 
-    fn connect_inbox(&self, target: Target, tokens: crate::approvals::TokenSource) {
+    pub(crate) fn connect_inbox(&self, target: Target, tokens: crate::approvals::TokenSource) {
         let weak: Weak<Inner<H>> = Arc::downgrade(&self.inner);
         let on_change = Arc::new(move |applied: Applied| {
             if let Some(inner) = weak.upgrade() {
@@ -246,7 +294,10 @@ impl<H: Host> Console<H> {
         if self.inner.link.lock().expect("link").is_none() {
             view.link = Link {
                 state: "off".into(),
-                detail: Some("Start the local gateway to see its approval requests.".into()),
+                detail: Some(
+                    "Start the local gateway, or sign in to your team's gateway, to see approval requests."
+                        .into(),
+                ),
                 url: None,
             };
         }

@@ -54,6 +54,27 @@ pub enum ConsoleError {
     /// A dev token could not be minted.
     #[error("could not mint a dev token: {0}")]
     Token(String),
+    /// No gateway to show recordings or evidence of.
+    #[error("no gateway: the local gateway is not running and no team gateway is signed in")]
+    NoGateway,
+    /// The gateway no longer accepts the console's token.
+    #[error("signed out: {0}")]
+    SignedOut(String),
+    /// Signing in did not complete.
+    #[error("sign-in failed: {0}")]
+    SignIn(String),
+    /// No OS keyring to keep the tokens in.
+    #[error("no OS keyring is available to keep the sign-in: {0}")]
+    NoKeyring(String),
+    /// The gateway's caller lacks a role.
+    #[error("{0}")]
+    Forbidden(String),
+    /// An evidence export failed.
+    #[error("the evidence export failed: {0}")]
+    Export(String),
+    /// A bad argument from the window.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// A [`ConsoleError`] as the window gets it.
@@ -84,6 +105,13 @@ impl ConsoleError {
             ConsoleError::Unreachable(_) => "unreachable",
             ConsoleError::NoReason => "no_reason",
             ConsoleError::Token(_) => "token",
+            ConsoleError::NoGateway => "no_gateway",
+            ConsoleError::SignedOut(_) => "signed_out",
+            ConsoleError::SignIn(_) => "sign_in",
+            ConsoleError::NoKeyring(_) => "no_keyring",
+            ConsoleError::Forbidden(_) => "forbidden",
+            ConsoleError::Export(_) => "export",
+            ConsoleError::Invalid(_) => "invalid",
         }
     }
 
@@ -126,6 +154,17 @@ impl ConsoleError {
             }
             ConsoleError::NoReason => "Write why: it goes into the audit log and the requester is told.".into(),
             ConsoleError::Token(_) => "Restart the local gateway; its data directory may not be writable.".into(),
+            ConsoleError::NoGateway => {
+                "Start the local gateway, or sign in to your team's gateway on the Sign-in page.".into()
+            }
+            ConsoleError::SignedOut(_) => "Sign in again on the Sign-in page.".into(),
+            ConsoleError::SignIn(_) => "Check the gateway URL and that your identity provider is reachable, then                  sign in again; the browser tab shows the provider's own error, if it gave one."
+                .into(),
+            ConsoleError::NoKeyring(_) => "Start your desktop's keyring (GNOME Keyring, KWallet), or sign in for                  this session only: the tokens then stay in memory and you sign in again next time."
+                .into(),
+            ConsoleError::Forbidden(_) => "Ask your gateway's administrator for the group named in the message.".into(),
+            ConsoleError::Export(_) => "Check the destination folder is writable and empty, then export again.".into(),
+            ConsoleError::Invalid(_) => "Correct the value and try again.".into(),
         }
     }
 

@@ -33,4 +33,7 @@ pub trait Host: Send + Sync + 'static {
     /// Take down the notification about `request` (it was decided, expired
     /// or withdrawn), if one is still shown.
     fn close_notice(&self, request: &str);
+
+    /// Open `url` in the user's browser (the OpenID Provider's sign-in page).
+    fn open_url(&self, url: &str) -> Result<(), String>;
 }

@@ -5,15 +5,20 @@
 //! a headless host against the real in-process gateway.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod approvals;
 pub mod console;
 pub mod error;
 pub mod host;
 pub mod inbox;
 pub mod local;
+pub mod oidc;
+pub mod remote;
 pub mod tls;
 pub mod traffic;
 pub mod types;
+pub mod vault;
+mod viewing;
 
 pub use console::Console;
 pub use error::ConsoleError;

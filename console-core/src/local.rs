@@ -106,8 +106,12 @@ impl LocalGateway {
             listen: Some(listen),
             api_listen: Some(api_listen),
             data_dir: Some(data_dir.clone()),
-            issuer: None,
-            audience: None,
+            issuer: options.trust.as_ref().map(|t| t.issuer.clone()),
+            audience: options.trust.as_ref().map(|t| t.audience.clone()),
+            console_client_id: options
+                .trust
+                .as_ref()
+                .and_then(|t| t.console_client_id.clone()),
         })
         .map_err(|e| ConsoleError::Gateway(e.to_string()))?;
         let (connection, demo, upstream) = match options.upstream.as_deref().map(str::trim) {

@@ -42,6 +42,16 @@ pub enum ConsoleEvent {
         /// The request id.
         request: String,
     },
+    /// The sign-in to a team's gateway changed.
+    Remote {
+        /// Where it stands now.
+        status: RemoteStatus,
+    },
+    /// An evidence export moved on.
+    Export {
+        /// Its progress.
+        progress: ExportProgress,
+    },
 }
 
 /// Where the local gateway stands.
@@ -132,6 +142,11 @@ impl Persona {
         }
     }
 
+    /// A QSA or compliance officer: an auditor (metadata, no result rows).
+    pub fn auditor() -> Persona {
+        Persona::person("quinn", "auditors")
+    }
+
     fn person(subject: &str, group: &str) -> Persona {
         Persona {
             subject: subject.into(),
@@ -158,6 +173,21 @@ pub struct LocalOptions {
     #[serde(default)]
     #[ts(optional)]
     pub api_listen: Option<String>,
+    /// Also trust a team's OpenID Provider (set from Rust, not the window).
+    #[serde(skip)]
+    #[ts(skip)]
+    pub trust: Option<TrustIssuer>,
+}
+
+/// An OpenID Provider the local gateway trusts besides its dev issuer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TrustIssuer {
+    /// The issuer URL.
+    pub issuer: String,
+    /// The audience its tokens carry for this gateway.
+    pub audience: String,
+    /// The console's client id there.
+    pub console_client_id: Option<String>,
 }
 
 /// A token and a ready psql line for one persona.
@@ -250,4 +280,251 @@ pub struct TrafficStatus {
     pub waiting: bool,
     /// The last error, if the last query failed.
     pub last_error: Option<String>,
+}
+
+pub use tollgate::api::evidence::{ExportSummary, ExportView};
+pub use tollgate::recording::store::{
+    Frame, Marker, Match, SessionPage, SessionRow, SessionSummary,
+};
+
+/// Where the console stands with a team's gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, TS)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RemoteStatus {
+    /// Not signed in.
+    SignedOut {
+        /// The gateway signed in to last time, to offer again.
+        gateway: Option<String>,
+        /// Why the last sign-in ended, when it did not end by sign-out.
+        reason: Option<String>,
+    },
+    /// Waiting for the browser, or for the provider.
+    SigningIn {
+        /// The gateway.
+        gateway: String,
+        /// What is happening.
+        step: String,
+    },
+    /// Signed in.
+    SignedIn {
+        /// Who, where, and with what roles.
+        session: Box<RemoteSession>,
+    },
+}
+
+/// A signed-in session with a team's gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, TS)]
+pub struct RemoteSession {
+    /// The gateway's API.
+    pub gateway: String,
+    /// The OpenID Provider.
+    pub issuer: String,
+    /// Who signed in.
+    pub subject: String,
+    /// Their groups, as the gateway read them from the token.
+    pub groups: Vec<String>,
+    /// Their roles at the gateway (`auditor`, `analyst`).
+    pub roles: Vec<String>,
+    /// When the access token expires (RFC 3339); it is refreshed before.
+    pub expires_at: String,
+    /// A refresh token is held (sign-in lasts without the browser).
+    pub refreshable: bool,
+    /// The tokens are in the OS keyring (else in memory, for this session only).
+    pub in_keyring: bool,
+}
+
+/// How to sign in to a team's gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, TS)]
+pub struct SignInOptions {
+    /// The gateway's API, `https://HOST:PORT`.
+    pub gateway: String,
+    /// A CA certificate (PEM file) to trust for the gateway and the provider.
+    #[serde(default)]
+    #[ts(optional)]
+    pub ca_file: Option<String>,
+    /// The OpenID Provider, when the gateway trusts several.
+    #[serde(default)]
+    #[ts(optional)]
+    pub issuer: Option<String>,
+    /// Keep the tokens in memory only (no OS keyring here).
+    #[serde(default)]
+    #[ts(optional)]
+    pub session_only: Option<bool>,
+}
+
+/// Who the session browser, the player and evidence act as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, TS)]
+pub struct Viewer {
+    /// `local` or `remote`.
+    pub mode: String,
+    /// The gateway's API.
+    pub gateway: String,
+    /// The identity.
+    pub subject: String,
+    /// Its roles at the gateway (`auditor`, `analyst`).
+    pub roles: Vec<String>,
+}
+
+/// Which sessions to list (every field optional).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, TS)]
+#[serde(default)]
+pub struct SessionFilter {
+    /// Started at or after (RFC 3339).
+    #[ts(optional)]
+    pub from: Option<String>,
+    /// Started before (RFC 3339).
+    #[ts(optional)]
+    pub to: Option<String>,
+    /// The identity contains this.
+    #[ts(optional)]
+    pub subject: Option<String>,
+    /// The connection.
+    #[ts(optional)]
+    pub connection: Option<String>,
+    /// `person` or `agent`.
+    #[ts(optional)]
+    pub kind: Option<String>,
+    /// `refused`, `held`, `masked` or `error`.
+    #[ts(optional)]
+    pub outcome: Option<String>,
+    /// Words a statement of the session has.
+    #[ts(optional)]
+    pub q: Option<String>,
+    /// `newest` (default) or `oldest`.
+    #[ts(optional)]
+    pub order: Option<String>,
+    /// The previous page's `next`.
+    #[ts(optional)]
+    pub after: Option<String>,
+    /// Sessions per page.
+    #[ts(optional)]
+    pub limit: Option<u32>,
+}
+
+/// A session opened in the player.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+pub struct SessionDetail {
+    /// Its header and counts.
+    pub session: SessionSummary,
+    /// Its last frame, if it has one.
+    pub last_frame: Option<FrameRef>,
+    /// This viewer gets result rows (else they are withheld by role).
+    pub previews: bool,
+}
+
+/// A frame's place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, TS)]
+pub struct FrameRef {
+    /// Its sequence number.
+    #[ts(type = "number")]
+    pub seq: u64,
+    /// Its time since the session started.
+    #[ts(type = "number")]
+    pub at_us: u64,
+}
+
+/// A page of frames.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+pub struct FramePage {
+    /// The frames, in order.
+    pub frames: Vec<Frame>,
+    /// Pass as `after` for the next page; none on the last.
+    #[ts(type = "number | null")]
+    pub next_after: Option<u64>,
+}
+
+/// A session's markers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+pub struct MarkerList {
+    /// Marked frames, in order.
+    pub markers: Vec<Marker>,
+    /// More than the gateway sends at once.
+    pub truncated: bool,
+}
+
+/// Frames of a session that match a search.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, TS)]
+pub struct SearchResult {
+    /// Their sequence numbers, in order.
+    #[ts(type = "Array<number>")]
+    pub matches: Vec<u64>,
+    /// More than the gateway sends at once.
+    pub truncated: bool,
+}
+
+/// The audit log's state, as the console checked it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, TS)]
+pub struct AuditState {
+    /// The gateway.
+    pub gateway: String,
+    /// The log's name (the checkpoint's origin).
+    pub origin: String,
+    /// Records the checkpoint covers.
+    #[ts(type = "number")]
+    pub size: u64,
+    /// Its Merkle root (base64).
+    pub root: String,
+    /// When the gateway signed it (RFC 3339).
+    pub signed_at: String,
+    /// The key that verifies it: hand it to the auditor out of band.
+    pub verifier_key: String,
+    /// The signature verified with that key.
+    pub signature_ok: bool,
+    /// When this console first saw the key (trust on first use).
+    pub key_first_seen: String,
+    /// The key differs from the one first seen for this gateway.
+    pub key_changed: bool,
+    /// The signed note itself.
+    pub checkpoint: String,
+}
+
+/// Where and what to export.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, TS)]
+pub struct ExportOptions {
+    /// From (RFC 3339); none: the beginning.
+    #[serde(default)]
+    #[ts(optional)]
+    pub from: Option<String>,
+    /// To (RFC 3339, exclusive); none: now.
+    #[serde(default)]
+    #[ts(optional)]
+    pub to: Option<String>,
+    /// A new or empty directory for the bundle.
+    pub dir: String,
+}
+
+/// An export's progress, for the progress bar.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, TS)]
+pub struct ExportProgress {
+    /// `exporting` (the gateway builds it), `downloading`, `verifying`, `done` or `failed`.
+    pub phase: String,
+    /// What the gateway is doing.
+    pub stage: String,
+    /// Overall, 0 to 1000.
+    pub permille: u32,
+    /// Bytes downloaded.
+    #[ts(type = "number")]
+    pub bytes: u64,
+    /// When done or failed: the outcome.
+    pub result: Option<ExportResult>,
+    /// When failed: why.
+    pub error: Option<ErrorView>,
+}
+
+/// A finished export.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, TS)]
+pub struct ExportResult {
+    /// Where the bundle is.
+    pub dir: String,
+    /// What the gateway counted.
+    pub summary: ExportSummary,
+    /// The console verified the bundle's audit log itself, with the pinned key.
+    pub verified_here: bool,
+    /// The verification report (`verification.txt` as the console wrote it).
+    pub report: String,
+    /// The key it verified with.
+    pub verifier_key: String,
+    /// The archive's size.
+    #[ts(type = "number")]
+    pub bytes: u64,
 }

@@ -2,81 +2,18 @@
 //! gateway in front of a throwaway PostgreSQL: what the desktop app does,
 //! minus the window.
 
-use std::path::PathBuf;
+mod support;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use console_core::Console;
 use console_core::traffic::Pace;
-use console_core::types::{ConsoleEvent, Decision, InboxItem, LocalOptions, LocalStatus, Persona};
-use console_core::{Console, Host, Notice};
+use console_core::types::{Decision, InboxItem, LocalOptions, LocalStatus, Persona};
 use futures_util::StreamExt;
 use sqlx::Connection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
-
-/// Records what the console tells the window and the desktop.
-#[derive(Clone)]
-struct Recorder {
-    dir: Arc<tempfile::TempDir>,
-    events: Arc<Mutex<Vec<ConsoleEvent>>>,
-    notices: Arc<Mutex<Vec<Notice>>>,
-    closed: Arc<Mutex<Vec<String>>>,
-    /// No notification service on this desktop.
-    no_notifications: bool,
-}
-
-impl Recorder {
-    fn new(no_notifications: bool) -> Recorder {
-        Recorder {
-            dir: Arc::new(tempfile::tempdir().expect("temp dir")),
-            events: Arc::default(),
-            notices: Arc::default(),
-            closed: Arc::default(),
-            no_notifications,
-        }
-    }
-
-    fn warnings(&self) -> Vec<String> {
-        self.events
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|e| match e {
-                ConsoleEvent::Notice { message, .. } => Some(message.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-}
-
-impl Host for Recorder {
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
-    }
-
-    fn emit(&self, event: ConsoleEvent) {
-        self.events.lock().unwrap().push(event);
-    }
-
-    fn notify(&self, notice: &Notice) -> Result<(), String> {
-        if self.no_notifications {
-            return Err("no notification service on the session bus".into());
-        }
-        self.notices.lock().unwrap().push(notice.clone());
-        Ok(())
-    }
-
-    fn close_notice(&self, request: &str) {
-        self.closed.lock().unwrap().push(request.to_string());
-    }
-}
-
-fn any_port() -> LocalOptions {
-    LocalOptions {
-        upstream: None,
-        listen: Some("127.0.0.1:0".into()),
-        api_listen: Some("127.0.0.1:0".into()),
-    }
-}
+use support::{Recorder, any_port, eventually};
 
 async fn started(no_notifications: bool) -> Console<Recorder> {
     let console = Console::new(Recorder::new(no_notifications));
@@ -86,16 +23,6 @@ async fn started(no_notifications: bool) -> Console<Recorder> {
         .expect("local gateway starts");
     eventually("the inbox is live", || console.inbox().link.state == "live").await;
     console
-}
-
-async fn eventually(what: &str, check: impl Fn() -> bool) {
-    for _ in 0..300 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("timed out waiting until {what}");
 }
 
 fn pending(console: &Console<Recorder>) -> Vec<InboxItem> {
@@ -427,9 +354,9 @@ async fn the_inbox_reconnects_when_the_gateway_comes_back() {
         l.local_addr().unwrap().to_string()
     };
     let options = LocalOptions {
-        upstream: None,
         listen: Some(port(0)),
         api_listen: Some(port(1)),
+        ..LocalOptions::default()
     };
     let first = LocalGateway::start(dir.path(), &options, |_| {})
         .await

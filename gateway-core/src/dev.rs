@@ -43,6 +43,8 @@ pub struct DevOptions {
     pub issuer: Option<String>,
     /// Audience for `issuer`.
     pub audience: Option<String>,
+    /// The console's OAuth client id at `issuer`.
+    pub console_client_id: Option<String>,
 }
 
 /// The embedded dev configuration with the options applied.
@@ -71,6 +73,7 @@ pub fn dev_config(options: &DevOptions) -> Result<Config, DevError> {
                     .to_vec(),
                 jwks_uri: None,
                 ca_file: None,
+                console_client_id: options.console_client_id.clone(),
             },
         ));
     }

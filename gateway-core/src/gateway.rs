@@ -329,6 +329,13 @@ impl Gateway {
                         self.config.clone(),
                         self.config_file.clone(),
                     ))),
+                    issuers: self
+                        .config
+                        .identity
+                        .issuers
+                        .iter()
+                        .map(|i| i.get_ref().clone())
+                        .collect(),
                 });
                 write_api_file(&server.data_dir, bound_addr, tls.is_some());
                 let stopping = shutdown.subscribe();

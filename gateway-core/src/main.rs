@@ -242,6 +242,9 @@ struct DevArgs {
     /// The audience tokens from --issuer must carry.
     #[arg(long)]
     audience: Option<String>,
+    /// The desktop console's OAuth client id at --issuer (published for sign-in).
+    #[arg(long, requires = "issuer")]
+    console_client_id: Option<String>,
 }
 
 impl From<DevArgs> for DevOptions {
@@ -252,6 +255,7 @@ impl From<DevArgs> for DevOptions {
             data_dir: a.data_dir,
             issuer: a.issuer,
             audience: a.audience,
+            console_client_id: a.console_client_id,
         }
     }
 }

@@ -61,6 +61,9 @@ pub struct ApiContext {
     pub stopping: watch::Receiver<bool>,
     /// Evidence exports (none: not over the API).
     pub evidence: Option<Arc<evidence::Exports>>,
+    /// The issuers whose tokens the API takes, for the protected resource
+    /// metadata (RFC 9728) a console signs in with.
+    pub issuers: Vec<crate::config::IssuerConfig>,
 }
 
 /// Largest page of frames or records.
@@ -71,6 +74,10 @@ const DEFAULT_PAGE: u32 = 100;
 /// The routes.
 pub fn router(ctx: Arc<ApiContext>) -> Router {
     Router::new()
+        .route(
+            "/.well-known/oauth-protected-resource",
+            get(resource_metadata),
+        )
         .route("/api/v1/whoami", get(whoami))
         .route("/api/v1/sessions", get(sessions))
         .route("/api/v1/sessions/{id}", get(session))
@@ -319,6 +326,31 @@ fn store_error(e: impl std::fmt::Display) -> ApiError {
         "store_unavailable",
         "the recording store cannot be read right now; try again, and check the gateway's log",
     )
+}
+
+/// RFC 9728 protected resource metadata: which issuers sign the tokens this
+/// API takes, and (a Tollgate extension) the console's client id and the
+/// audience at each. Public: it holds no secret.
+async fn resource_metadata(State(ctx): State<Arc<ApiContext>>) -> Json<Value> {
+    let consoles: Vec<Value> = ctx
+        .issuers
+        .iter()
+        .map(|i| {
+            json!({
+                "issuer": i.issuer,
+                "audience": i.audience,
+                "client_id": i.console_client_id,
+            })
+        })
+        .collect();
+    Json(json!({
+        "resource": ctx.issuers.first().map(|i| i.audience.clone()),
+        "authorization_servers": ctx.issuers.iter().map(|i| i.issuer.clone()).collect::<Vec<_>>(),
+        "bearer_methods_supported": ["header"],
+        "resource_name": "Tollgate gateway API",
+        "resource_documentation": "https://github.com/tollgate/tollgate/blob/main/docs/api.md",
+        "tollgate_console": consoles,
+    }))
 }
 
 async fn whoami(
@@ -791,5 +823,6 @@ async fn audit_checkpoint(
     Ok(Json(json!({
         "checkpoint": note,
         "verifier_key": log.verifier_key(),
+        "signed_at": crate::policy::rfc3339(std::time::SystemTime::now()),
     })))
 }

@@ -403,6 +403,11 @@ pub struct IssuerConfig {
     /// CA certificate (PEM) for the issuer's HTTPS endpoints, in addition to
     /// the system roots.
     pub ca_file: Option<PathBuf>,
+    /// The OAuth client id of the desktop console at this issuer (a public
+    /// client with PKCE and a loopback redirect). Published in the API's
+    /// protected resource metadata, so a console needs only the gateway's URL.
+    #[serde(default)]
+    pub console_client_id: Option<String>,
 }
 
 /// `[identity.dev_issuer]`

@@ -155,6 +155,7 @@ async fn unknown_issuer_is_named() {
             algorithms: vec!["RS256".into()],
             jwks_uri: None,
             ca_file: None,
+            console_client_id: None,
         },
     ));
     let other = Authenticator::new(&config, Path::new("/nonexistent")).unwrap();

@@ -29,7 +29,7 @@ pub struct StoreError {
 }
 
 /// A session's header row.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, ts_rs::TS)]
 pub struct SessionRow {
     /// Random 128-bit id, base64url.
     pub id: String,
@@ -48,15 +48,18 @@ pub struct SessionRow {
 }
 
 /// One recorded frame.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, ts_rs::TS)]
 pub struct Frame {
     /// Order within the session, from 0.
+    #[ts(type = "number")]
     pub seq: u64,
     /// Microseconds since the session started (monotonic clock).
+    #[ts(type = "number")]
     pub at_us: u64,
     /// `connect`, `statement`, `result`, `error`, `masking`, `cancel`, `disconnect`.
     pub kind: String,
     /// The frame's fields (masked).
+    #[ts(type = "Record<string, any>")]
     pub body: Value,
 }
 
@@ -618,24 +621,32 @@ impl Outcome {
 }
 
 /// A listed session with its counts.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, ts_rs::TS)]
 pub struct SessionSummary {
     /// The header.
     #[serde(flatten)]
+    #[ts(flatten)]
     pub row: SessionRow,
     /// Start, Unix milliseconds.
+    #[ts(type = "number")]
     pub started_ms: i64,
     /// Statements decided.
+    #[ts(type = "number")]
     pub statements: u64,
     /// Of which refused.
+    #[ts(type = "number")]
     pub refused: u64,
     /// Of which held for approval (or let through by an approval's grant).
+    #[ts(type = "number")]
     pub held: u64,
     /// Values masked in its results.
+    #[ts(type = "number")]
     pub masked: u64,
     /// Errors from the upstream.
+    #[ts(type = "number")]
     pub errors: u64,
     /// Frames recorded.
+    #[ts(type = "number")]
     pub frames: u64,
     /// With a text search: the first statement that matched.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -643,31 +654,35 @@ pub struct SessionSummary {
 }
 
 /// A statement that matched a search.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, ts_rs::TS)]
 pub struct Match {
     /// Its frame.
+    #[ts(type = "number")]
     pub seq: u64,
     /// Its recorded text.
     pub text: String,
 }
 
 /// A page of sessions.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, ts_rs::TS)]
 pub struct SessionPage {
     /// The sessions.
     pub sessions: Vec<SessionSummary>,
     /// Pass as `after` for the next page; none on the last.
     pub next: Option<String>,
     /// Sessions that match in all (left out with a text search).
+    #[ts(type = "number | null")]
     pub total: Option<u64>,
 }
 
 /// A marked frame.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, ts_rs::TS)]
 pub struct Marker {
     /// The frame.
+    #[ts(type = "number")]
     pub seq: u64,
     /// Its time.
+    #[ts(type = "number")]
     pub at_us: u64,
     /// What happened (a [`Mark`] name).
     pub mark: String,

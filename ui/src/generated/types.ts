@@ -570,6 +570,526 @@ waiting: boolean,
  */
 last_error: string | null, };
 
+export type SessionRow = { 
+/**
+ * Random 128-bit id, base64url.
+ */
+id: string, 
+/**
+ * Start, RFC 3339 UTC.
+ */
+started_at: string, 
+/**
+ * End, RFC 3339 UTC (absent while live or after a crash).
+ */
+ended_at: string | null, 
+/**
+ * Token subject.
+ */
+subject: string, 
+/**
+ * `person` or `agent`.
+ */
+kind: string, 
+/**
+ * Connection name.
+ */
+connection: string, 
+/**
+ * Client address.
+ */
+client: string, };
+
+export type SessionSummary = { 
+/**
+ * Start, Unix milliseconds.
+ */
+started_ms: number, 
+/**
+ * Statements decided.
+ */
+statements: number, 
+/**
+ * Of which refused.
+ */
+refused: number, 
+/**
+ * Of which held for approval (or let through by an approval's grant).
+ */
+held: number, 
+/**
+ * Values masked in its results.
+ */
+masked: number, 
+/**
+ * Errors from the upstream.
+ */
+errors: number, 
+/**
+ * Frames recorded.
+ */
+frames: number, 
+/**
+ * With a text search: the first statement that matched.
+ */
+matched: Match | null, 
+/**
+ * Random 128-bit id, base64url.
+ */
+id: string, 
+/**
+ * Start, RFC 3339 UTC.
+ */
+started_at: string, 
+/**
+ * End, RFC 3339 UTC (absent while live or after a crash).
+ */
+ended_at: string | null, 
+/**
+ * Token subject.
+ */
+subject: string, 
+/**
+ * `person` or `agent`.
+ */
+kind: string, 
+/**
+ * Connection name.
+ */
+connection: string, 
+/**
+ * Client address.
+ */
+client: string, };
+
+export type Match = { 
+/**
+ * Its frame.
+ */
+seq: number, 
+/**
+ * Its recorded text.
+ */
+text: string, };
+
+export type SessionPage = { 
+/**
+ * The sessions.
+ */
+sessions: Array<SessionSummary>, 
+/**
+ * Pass as `after` for the next page; none on the last.
+ */
+next: string | null, 
+/**
+ * Sessions that match in all (left out with a text search).
+ */
+total: number | null, };
+
+export type Marker = { 
+/**
+ * The frame.
+ */
+seq: number, 
+/**
+ * Its time.
+ */
+at_us: number, 
+/**
+ * What happened (a [`Mark`] name).
+ */
+mark: string, };
+
+export type Frame = { 
+/**
+ * Order within the session, from 0.
+ */
+seq: number, 
+/**
+ * Microseconds since the session started (monotonic clock).
+ */
+at_us: number, 
+/**
+ * `connect`, `statement`, `result`, `error`, `masking`, `cancel`, `disconnect`.
+ */
+kind: string, 
+/**
+ * The frame's fields (masked).
+ */
+body: Record<string, any>, };
+
+export type SessionFilter = { 
+/**
+ * Started at or after (RFC 3339).
+ */
+from?: string, 
+/**
+ * Started before (RFC 3339).
+ */
+to?: string, 
+/**
+ * The identity contains this.
+ */
+subject?: string, 
+/**
+ * The connection.
+ */
+connection?: string, 
+/**
+ * `person` or `agent`.
+ */
+kind?: string, 
+/**
+ * `refused`, `held`, `masked` or `error`.
+ */
+outcome?: string, 
+/**
+ * Words a statement of the session has.
+ */
+q?: string, 
+/**
+ * `newest` (default) or `oldest`.
+ */
+order?: string, 
+/**
+ * The previous page's `next`.
+ */
+after?: string, 
+/**
+ * Sessions per page.
+ */
+limit?: number, };
+
+export type SessionDetail = { 
+/**
+ * Its header and counts.
+ */
+session: SessionSummary, 
+/**
+ * Its last frame, if it has one.
+ */
+last_frame: FrameRef | null, 
+/**
+ * This viewer gets result rows (else they are withheld by role).
+ */
+previews: boolean, };
+
+export type FrameRef = { 
+/**
+ * Its sequence number.
+ */
+seq: number, 
+/**
+ * Its time since the session started.
+ */
+at_us: number, };
+
+export type FramePage = { 
+/**
+ * The frames, in order.
+ */
+frames: Array<Frame>, 
+/**
+ * Pass as `after` for the next page; none on the last.
+ */
+next_after: number | null, };
+
+export type MarkerList = { 
+/**
+ * Marked frames, in order.
+ */
+markers: Array<Marker>, 
+/**
+ * More than the gateway sends at once.
+ */
+truncated: boolean, };
+
+export type SearchResult = { 
+/**
+ * Their sequence numbers, in order.
+ */
+matches: Array<number>, 
+/**
+ * More than the gateway sends at once.
+ */
+truncated: boolean, };
+
+export type RemoteSession = { 
+/**
+ * The gateway's API.
+ */
+gateway: string, 
+/**
+ * The OpenID Provider.
+ */
+issuer: string, 
+/**
+ * Who signed in.
+ */
+subject: string, 
+/**
+ * Their groups, as the gateway read them from the token.
+ */
+groups: Array<string>, 
+/**
+ * Their roles at the gateway (`auditor`, `analyst`).
+ */
+roles: Array<string>, 
+/**
+ * When the access token expires (RFC 3339); it is refreshed before.
+ */
+expires_at: string, 
+/**
+ * A refresh token is held (sign-in lasts without the browser).
+ */
+refreshable: boolean, 
+/**
+ * The tokens are in the OS keyring (else in memory, for this session only).
+ */
+in_keyring: boolean, };
+
+export type RemoteStatus = { "state": "signed_out", 
+/**
+ * The gateway signed in to last time, to offer again.
+ */
+gateway: string | null, 
+/**
+ * Why the last sign-in ended, when it did not end by sign-out.
+ */
+reason: string | null, } | { "state": "signing_in", 
+/**
+ * The gateway.
+ */
+gateway: string, 
+/**
+ * What is happening.
+ */
+step: string, } | { "state": "signed_in", 
+/**
+ * Who, where, and with what roles.
+ */
+session: RemoteSession, };
+
+export type SignInOptions = { 
+/**
+ * The gateway's API, `https://HOST:PORT`.
+ */
+gateway: string, 
+/**
+ * A CA certificate (PEM file) to trust for the gateway and the provider.
+ */
+ca_file?: string, 
+/**
+ * The OpenID Provider, when the gateway trusts several.
+ */
+issuer?: string, 
+/**
+ * Keep the tokens in memory only (no OS keyring here).
+ */
+session_only?: boolean, };
+
+export type Viewer = { 
+/**
+ * `local` or `remote`.
+ */
+mode: string, 
+/**
+ * The gateway's API.
+ */
+gateway: string, 
+/**
+ * The identity.
+ */
+subject: string, 
+/**
+ * Its roles at the gateway (`auditor`, `analyst`).
+ */
+roles: Array<string>, };
+
+export type AuditState = { 
+/**
+ * The gateway.
+ */
+gateway: string, 
+/**
+ * The log's name (the checkpoint's origin).
+ */
+origin: string, 
+/**
+ * Records the checkpoint covers.
+ */
+size: number, 
+/**
+ * Its Merkle root (base64).
+ */
+root: string, 
+/**
+ * When the gateway signed it (RFC 3339).
+ */
+signed_at: string, 
+/**
+ * The key that verifies it: hand it to the auditor out of band.
+ */
+verifier_key: string, 
+/**
+ * The signature verified with that key.
+ */
+signature_ok: boolean, 
+/**
+ * When this console first saw the key (trust on first use).
+ */
+key_first_seen: string, 
+/**
+ * The key differs from the one first seen for this gateway.
+ */
+key_changed: boolean, 
+/**
+ * The signed note itself.
+ */
+checkpoint: string, };
+
+export type ExportOptions = { 
+/**
+ * From (RFC 3339); none: the beginning.
+ */
+from?: string, 
+/**
+ * To (RFC 3339, exclusive); none: now.
+ */
+to?: string, 
+/**
+ * A new or empty directory for the bundle.
+ */
+dir: string, };
+
+export type ExportSummary = { 
+/**
+ * Records in the bundle's audit log.
+ */
+records: number, 
+/**
+ * Of which in the window.
+ */
+in_window: number, 
+/**
+ * Sessions exported.
+ */
+sessions: number, 
+/**
+ * Identities with an access log.
+ */
+identities: number, 
+/**
+ * The gateway's verification of the bundle's log passed.
+ */
+verified: boolean, };
+
+export type ExportView = { 
+/**
+ * The export's id.
+ */
+id: string, 
+/**
+ * `running`, `done` or `failed`.
+ */
+state: string, 
+/**
+ * The stage it is in.
+ */
+stage: string, 
+/**
+ * Which stage (from 1) of how many.
+ */
+stage_number: number, 
+/**
+ * Stages in all.
+ */
+stages: number, 
+/**
+ * Steps of this stage done.
+ */
+done: number, 
+/**
+ * Steps in this stage.
+ */
+total: number, 
+/**
+ * The window exported (RFC 3339; none: open).
+ */
+from: string | null, 
+/**
+ * End of the window (exclusive).
+ */
+to: string | null, 
+/**
+ * When it started (RFC 3339).
+ */
+started_at: string, 
+/**
+ * When done: what it holds.
+ */
+summary: ExportSummary | null, 
+/**
+ * When failed: why, and what to do.
+ */
+error: string | null, 
+/**
+ * The archive's size, once done.
+ */
+bundle_bytes: number | null, };
+
+export type ExportResult = { 
+/**
+ * Where the bundle is.
+ */
+dir: string, 
+/**
+ * What the gateway counted.
+ */
+summary: ExportSummary, 
+/**
+ * The console verified the bundle's audit log itself, with the pinned key.
+ */
+verified_here: boolean, 
+/**
+ * The verification report (`verification.txt` as the console wrote it).
+ */
+report: string, 
+/**
+ * The key it verified with.
+ */
+verifier_key: string, 
+/**
+ * The archive's size.
+ */
+bytes: number, };
+
+export type ExportProgress = { 
+/**
+ * `exporting` (the gateway builds it), `downloading`, `verifying`, `done` or `failed`.
+ */
+phase: string, 
+/**
+ * What the gateway is doing.
+ */
+stage: string, 
+/**
+ * Overall, 0 to 1000.
+ */
+permille: number, 
+/**
+ * Bytes downloaded.
+ */
+bytes: number, 
+/**
+ * When done or failed: the outcome.
+ */
+result: ExportResult | null, 
+/**
+ * When failed: why.
+ */
+error: ErrorView | null, };
+
 export type ConsoleEvent = { "kind": "local", 
 /**
  * Its state now.
@@ -594,5 +1114,13 @@ message: string, } | { "kind": "focus",
 /**
  * The request id.
  */
-request: string, };
+request: string, } | { "kind": "remote", 
+/**
+ * Where it stands now.
+ */
+status: RemoteStatus, } | { "kind": "export", 
+/**
+ * Its progress.
+ */
+progress: ExportProgress, };
 
