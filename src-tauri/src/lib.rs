@@ -41,6 +41,9 @@ pub struct Args {
     /// Where the console keeps its files (default: the OS's app data directory).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Open this frame link (`tollgate://session/ID?frame=N`, copied from the player).
+    #[arg(value_name = "LINK")]
+    pub open: Option<String>,
 }
 
 /// The desktop as the console's host.
@@ -128,6 +131,46 @@ impl Host for Desktop {
             tracing::debug!(error = %e, "could not take a notification down");
         }
     }
+
+    fn open_url(&self, url: &str) -> Result<(), String> {
+        open_in_browser(url)
+    }
+}
+
+/// Open `url` with the user's browser: `$BROWSER` when set (a command,
+/// `%s` standing for the address, else the address appended), as
+/// xdg-utils and Python's webbrowser do; else `xdg-open`.
+fn open_in_browser(url: &str) -> Result<(), String> {
+    let (program, args): (String, Vec<String>) = match std::env::var("BROWSER") {
+        Ok(browser) if !browser.trim().is_empty() => {
+            let first = browser
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            let mut words: Vec<String> = first.split_whitespace().map(str::to_string).collect();
+            if words.is_empty() {
+                return Err("$BROWSER is empty".into());
+            }
+            let program = words.remove(0);
+            if words.iter().any(|w| w.contains("%s")) {
+                words = words.into_iter().map(|w| w.replace("%s", url)).collect();
+            } else {
+                words.push(url.to_string());
+            }
+            (program, words)
+        }
+        _ => ("xdg-open".into(), vec![url.to_string()]),
+    };
+    std::process::Command::new(&program)
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(drop)
+        .map_err(|e| format!("{program}: {e}"))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -174,8 +217,10 @@ pub struct About {
 /// The Tauri commands: each adapts one core call.
 pub mod commands {
     use console_core::types::{
-        Decision, DevAccess, InboxView, LocalInfo, LocalOptions, LocalStatus, Persona, RequestView,
-        TrafficStatus,
+        AuditState, Decision, DevAccess, ExportOptions, ExportResult, FramePage, InboxView,
+        LocalInfo, LocalOptions, LocalStatus, MarkerList, Persona, RemoteStatus, RequestView,
+        SearchResult, SessionDetail, SessionFilter, SessionPage, SignInOptions, TrafficStatus,
+        Viewer,
     };
     use console_core::{Console, ConsoleError, Host};
 
@@ -259,7 +304,114 @@ pub mod commands {
     pub fn traffic(console: State<'_>) -> TrafficStatus {
         console.traffic()
     }
+
+    /// `remote_status`.
+    #[tauri::command]
+    pub fn remote_status(console: State<'_>) -> RemoteStatus {
+        console.remote_status()
+    }
+
+    /// `sign_in`.
+    #[tauri::command]
+    pub async fn sign_in(
+        console: State<'_>,
+        options: SignInOptions,
+    ) -> Result<RemoteStatus, ConsoleError> {
+        console.sign_in(options).await
+    }
+
+    /// `sign_out`.
+    #[tauri::command]
+    pub async fn sign_out(console: State<'_>) -> Result<RemoteStatus, ConsoleError> {
+        console.sign_out().await
+    }
+
+    /// `viewer`.
+    #[tauri::command]
+    pub async fn viewer(console: State<'_>) -> Result<Viewer, ConsoleError> {
+        console.viewer().await
+    }
+
+    /// `set_local_viewer`: `analyst` or `auditor`.
+    #[tauri::command]
+    pub async fn set_local_viewer(
+        console: State<'_>,
+        role: String,
+    ) -> Result<Viewer, ConsoleError> {
+        console.set_local_viewer(match role.as_str() {
+            "auditor" => Persona::auditor(),
+            _ => Persona::engineer(),
+        });
+        console.viewer().await
+    }
+
+    /// `sessions`.
+    #[tauri::command]
+    pub async fn sessions(
+        console: State<'_>,
+        filter: SessionFilter,
+    ) -> Result<SessionPage, ConsoleError> {
+        console.sessions(filter).await
+    }
+
+    /// `session`.
+    #[tauri::command]
+    pub async fn session(console: State<'_>, id: String) -> Result<SessionDetail, ConsoleError> {
+        console.session(id).await
+    }
+
+    /// `frames`.
+    #[tauri::command]
+    pub async fn frames(
+        console: State<'_>,
+        id: String,
+        after: i64,
+        limit: u32,
+    ) -> Result<FramePage, ConsoleError> {
+        console.frames(id, after, limit).await
+    }
+
+    /// `markers`.
+    #[tauri::command]
+    pub async fn markers(console: State<'_>, id: String) -> Result<MarkerList, ConsoleError> {
+        console.markers(id).await
+    }
+
+    /// `search_session`.
+    #[tauri::command]
+    pub async fn search_session(
+        console: State<'_>,
+        id: String,
+        q: String,
+    ) -> Result<SearchResult, ConsoleError> {
+        console.search_session(id, q).await
+    }
+
+    /// `audit_state`.
+    #[tauri::command]
+    pub async fn audit_state(console: State<'_>) -> Result<AuditState, ConsoleError> {
+        console.audit_state().await
+    }
+
+    /// `export_evidence`.
+    #[tauri::command]
+    pub async fn export_evidence(
+        console: State<'_>,
+        options: ExportOptions,
+    ) -> Result<ExportResult, ConsoleError> {
+        console.export_evidence(options).await
+    }
+
+    /// `launch_link`: the frame link the console was started with, once.
+    #[tauri::command]
+    pub fn launch_link(link: tauri::State<'_, super::LaunchLink>) -> Option<String> {
+        super::lock(&link.0).take()
+    }
 }
+
+/// A `tollgate://` frame link given on the command line, for the window to open.
+#[derive(Default)]
+pub struct LaunchLink(pub Mutex<Option<String>>);
 
 /// The file that remembers whether the local gateway ran when the console closed.
 const SETTINGS: &str = "console-settings.json";
@@ -307,6 +459,19 @@ pub fn with_commands<R: tauri::Runtime>(builder: tauri::Builder<R>) -> tauri::Bu
         commands::start_traffic,
         commands::stop_traffic,
         commands::traffic,
+        commands::remote_status,
+        commands::sign_in,
+        commands::sign_out,
+        commands::viewer,
+        commands::set_local_viewer,
+        commands::sessions,
+        commands::session,
+        commands::frames,
+        commands::markers,
+        commands::search_session,
+        commands::audit_state,
+        commands::export_evidence,
+        commands::launch_link,
     ])
 }
 
@@ -325,6 +490,12 @@ pub fn run(args: Args) {
                 open: Arc::default(),
             });
             app.manage(console.clone());
+            app.manage(LaunchLink(Mutex::new(args.open.clone())));
+            // A sign-in the keyring kept is restored without the browser.
+            let restoring = console.clone();
+            tauri::async_runtime::spawn(async move {
+                restoring.restore_remote().await;
+            });
             // Ctrl-C, SIGTERM or SIGHUP close the console as the window
             // would, so the local gateway stops and its throwaway database is
             // removed; a second one, while that takes its time, exits at once.
@@ -357,9 +528,9 @@ pub fn run(args: Args) {
             });
             if args.demo || (!args.no_autostart && autostart(&data_dir)) {
                 let options = console_core::types::LocalOptions {
-                    upstream: None,
                     listen: args.listen.clone(),
                     api_listen: args.api_listen.clone(),
+                    ..console_core::types::LocalOptions::default()
                 };
                 let demo = args.demo;
                 tauri::async_runtime::spawn(async move {
@@ -412,5 +583,8 @@ mod tests {
         assert!(args.demo);
         assert_eq!(args.listen.as_deref(), Some("127.0.0.1:0"));
         assert!(Args::try_parse_from(["tollgate-console", "--demo", "--no-autostart"]).is_err());
+        let args =
+            Args::try_parse_from(["tollgate-console", "tollgate://session/abc?frame=7"]).unwrap();
+        assert_eq!(args.open.as_deref(), Some("tollgate://session/abc?frame=7"));
     }
 }

@@ -25,3 +25,8 @@ export function byId<T extends HTMLElement = HTMLElement>(id: string): T {
   if (!el) throw new Error(`#${id} is missing from index.html`);
   return el as T;
 }
+
+/** The children that are there (for `replaceChildren`, which takes no nulls). */
+export function present(...children: Child[]): (Node | string)[] {
+  return children.filter((c): c is Node | string => c !== null && c !== undefined && c !== false);
+}

@@ -2,16 +2,28 @@
 import { invoke } from "@tauri-apps/api/core";
 import { listen, type UnlistenFn } from "@tauri-apps/api/event";
 import type {
+  AuditState,
   ConsoleEvent,
   Decision,
   DevAccess,
   ErrorView,
+  ExportOptions,
+  ExportResult,
+  FramePage,
   InboxView,
   LocalInfo,
   LocalOptions,
   LocalStatus,
+  MarkerList,
+  RemoteStatus,
   RequestView,
+  SearchResult,
+  SessionDetail,
+  SessionFilter,
+  SessionPage,
+  SignInOptions,
   TrafficStatus,
+  Viewer,
 } from "./generated/types";
 
 export interface About {
@@ -45,6 +57,24 @@ export const decide = (decision: Decision): Promise<RequestView> =>
 export const startTraffic = (): Promise<TrafficStatus> => invoke<TrafficStatus>("start_traffic");
 export const stopTraffic = (): Promise<TrafficStatus> => invoke<TrafficStatus>("stop_traffic");
 export const traffic = (): Promise<TrafficStatus> => invoke<TrafficStatus>("traffic");
+
+export const remoteStatus = (): Promise<RemoteStatus> => invoke<RemoteStatus>("remote_status");
+export const signIn = (options: SignInOptions): Promise<RemoteStatus> => invoke<RemoteStatus>("sign_in", { options });
+export const signOut = (): Promise<RemoteStatus> => invoke<RemoteStatus>("sign_out");
+export const viewer = (): Promise<Viewer> => invoke<Viewer>("viewer");
+export const setLocalViewer = (role: "analyst" | "auditor"): Promise<Viewer> =>
+  invoke<Viewer>("set_local_viewer", { role });
+export const sessions = (filter: SessionFilter): Promise<SessionPage> => invoke<SessionPage>("sessions", { filter });
+export const session = (id: string): Promise<SessionDetail> => invoke<SessionDetail>("session", { id });
+export const frames = (id: string, after: number, limit: number): Promise<FramePage> =>
+  invoke<FramePage>("frames", { id, after, limit });
+export const markers = (id: string): Promise<MarkerList> => invoke<MarkerList>("markers", { id });
+export const searchSession = (id: string, q: string): Promise<SearchResult> =>
+  invoke<SearchResult>("search_session", { id, q });
+export const auditState = (): Promise<AuditState> => invoke<AuditState>("audit_state");
+export const exportEvidence = (options: ExportOptions): Promise<ExportResult> =>
+  invoke<ExportResult>("export_evidence", { options });
+export const launchLink = (): Promise<string | null> => invoke<string | null>("launch_link");
 
 /** Every event the core sends the window. */
 export function onConsoleEvent(handler: (event: ConsoleEvent) => void): Promise<UnlistenFn> {
