@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The OS-keyring credential test needs a session bus and a Secret Service;
+# The OS-keyring tests (the gateway's upstream credentials, the console's
+# sign-in) need a session bus and a Secret Service;
 # the SIEM test streams the audit log to a real rsyslog over TLS; the
 # desktop console (Tauri 2) builds against WebKitGTK, and its end-to-end
 # test drives the real app under Xvfb through tauri-driver and WebKitWebDriver.
@@ -18,6 +19,8 @@ command -v tauri-driver >/dev/null || [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/taur
 echo "==> console front end"
 build_ui
 (cd ui && npm test)
+# The console's sign-in tests run a real OpenID Provider (npm oidc-provider, offline).
+(cd tests/oidc && { [ -d node_modules ] && [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund; })
 
 echo "==> formatting"
 cargo fmt --all -- --check

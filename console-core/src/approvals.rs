@@ -184,6 +184,9 @@ struct Ended {
     was_live: bool,
     /// The token expired: reconnect now with a fresh one.
     token_expired: bool,
+    /// The identity is not an approver here (403): the inbox says so and
+    /// checks again now and then (group membership may change).
+    forbidden: bool,
 }
 
 impl Worker {
@@ -220,6 +223,9 @@ impl Worker {
             let mut wait = backoff.wait();
             if ended.refused {
                 wait = wait.max(Duration::from_secs(10));
+            }
+            if ended.forbidden {
+                wait = Duration::from_secs(300);
             }
             self.fallback(&ended, wait).await;
         }
@@ -294,8 +300,13 @@ impl Worker {
                     .and_then(|v| v["message"].as_str().map(str::to_string))
                     .unwrap_or(body);
                 Err(Ended {
-                    why: format!("the gateway refused the console ({status}): {message}"),
+                    why: if status == 403 {
+                        message
+                    } else {
+                        format!("the gateway refused the console ({status}): {message}")
+                    },
                     refused: matches!(status, 401 | 403),
+                    forbidden: status == 403,
                     ..Ended::default()
                 })
             }
@@ -316,6 +327,7 @@ impl Worker {
         let mut last_heard = tokio::time::Instant::now();
         let ended = |why: String, live: bool, code: Option<&str>| Ended {
             refused: matches!(code, Some("unauthenticated" | "forbidden")),
+            forbidden: code == Some("forbidden"),
             token_expired: code == Some("token_expired"),
             was_live: live,
             why,
@@ -451,6 +463,10 @@ impl Worker {
                         (self.on_change)(applied);
                     }
                 }
+                None if ended.forbidden => self.link(
+                    "refused",
+                    Some(format!("Not an approver at this gateway: {}", ended.why)),
+                ),
                 None => self.link("down", Some(format!("{}; {}", ended.why, retry(left)))),
             }
             let sleep = tokio::time::sleep(left.min(POLL_EVERY));

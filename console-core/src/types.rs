@@ -238,7 +238,8 @@ pub struct InboxItem {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, TS)]
 pub struct Link {
     /// `off` (no gateway), `connecting`, `live` (WebSocket), `polling`
-    /// (HTTP, while the WebSocket is unavailable) or `down`.
+    /// (HTTP, while the WebSocket is unavailable), `down`, or `refused` (the
+    /// signed-in identity is not an approver there).
     pub state: String,
     /// Why it is not live, and what the console does about it.
     pub detail: Option<String>,

@@ -61,6 +61,33 @@ impl Local {
     }
 }
 
+impl Local {
+    /// psql running `steps` one after another in one session, going on after errors.
+    fn psql_steps(&self, subject: &str, groups: &[&str], agent: bool, steps: &[&str]) -> Child {
+        let mut args = vec![
+            format!(
+                "host=127.0.0.1 port={} dbname=payments user={subject} sslmode=verify-ca",
+                self.port
+            ),
+            "-X".into(),
+            "-v".into(),
+            "VERBOSITY=verbose".into(),
+        ];
+        for step in steps {
+            args.push("-c".into());
+            args.push((*step).into());
+        }
+        Command::new("psql")
+            .args(&args)
+            .env("PGPASSWORD", self.token(subject, groups, agent))
+            .env("PGSSLROOTCERT", self.gateway_dir.join("gateway-cert.pem"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("psql runs")
+    }
+}
+
 async fn finished(child: Child) -> Output {
     tokio::time::timeout(
         WAIT,
@@ -330,4 +357,314 @@ async fn an_approver_releases_and_refuses_held_exports_from_the_console() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// A real OpenID Provider (npm oidc-provider) on a free port.
+struct Provider {
+    issuer: String,
+    child: Child,
+}
+
+impl Provider {
+    fn start(audience: &str) -> Provider {
+        use std::io::BufRead;
+        let port = free_port();
+        let mut child = Command::new("node")
+            .arg(oidc_dir().join("provider.mjs"))
+            .args([&port.to_string(), audience, "3600"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node runs tests/oidc/provider.mjs");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("ready "), "{line}");
+        Provider {
+            issuer: line.trim_start_matches("ready ").trim().to_string(),
+            child,
+        }
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn oidc_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/oidc")
+}
+
+/// Sign in to the team gateway from the console's Team gateway page as
+/// `login` (the scripted browser signs in at the provider); no keyring on
+/// this desktop, so the console offers a session-only sign-in.
+async fn sign_in(app: &App, login: &str, login_file: &Path, gateway: &str, ca: &str) {
+    std::fs::write(login_file, login).unwrap();
+    app.click(&app.wait_for("[data-test=nav-remote]", WAIT).await)
+        .await;
+    let url = app.wait_for("[data-test=remote-url]", WAIT).await;
+    app.clear(&url).await;
+    app.type_text(&url, gateway).await;
+    let ca_field = app.wait_for("[data-test=remote-ca]", WAIT).await;
+    app.clear(&ca_field).await;
+    app.type_text(&ca_field, ca).await;
+    app.click(&app.wait_for("[data-test=signin]", WAIT).await)
+        .await;
+    let offer = app.wait_for("[data-test=signin-session-only]", WAIT).await;
+    let error = app
+        .text(&app.wait_for("[data-test=signin-error]", WAIT).await)
+        .await;
+    assert!(
+        error.contains("keyring"),
+        "no keyring here, and the console says so: {error}"
+    );
+    app.click(&offer).await;
+    app.wait_for_text("[data-test=remote-subject]", WAIT, |t| t == login)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_analyst_replays_a_session_and_an_auditor_exports_its_evidence() {
+    use console_core::local::LocalGateway;
+    use console_core::types::{LocalOptions, Persona, TrustIssuer};
+
+    const AUDIENCE: &str = "https://tollgate.test/api";
+    let provider = Provider::start(AUDIENCE);
+    // The team's gateway: the gateway core with the team's provider trusted,
+    // in front of a throwaway database.
+    let team_dir = tempfile::tempdir().unwrap();
+    let (port, api) = (free_port(), free_port());
+    let team = LocalGateway::start(
+        team_dir.path(),
+        &LocalOptions {
+            listen: Some(format!("127.0.0.1:{port}")),
+            api_listen: Some(format!("127.0.0.1:{api}")),
+            trust: Some(TrustIssuer {
+                issuer: provider.issuer.clone(),
+                audience: AUDIENCE.into(),
+                console_client_id: Some("tollgate-console".into()),
+            }),
+            ..LocalOptions::default()
+        },
+        |_| {},
+    )
+    .await
+    .expect("the team gateway starts");
+    let info = team.info();
+    let local = Local {
+        gateway_dir: team_dir.path().join("local-gateway"),
+        port,
+    };
+
+    // An agent's session: a masked result, a refused DELETE, a held export
+    // that olga approves over the API.
+    let session = local.psql_steps(
+        "agent-7",
+        &["agents"],
+        true,
+        &[
+            "SELECT id, pan FROM payments ORDER BY id LIMIT 3",
+            "DELETE FROM payments",
+            "/* reason: chargeback sample */ COPY (SELECT id, pan FROM payments) TO STDOUT",
+        ],
+    );
+    let approver = tollgate::approvals::client::Client::new(
+        tollgate::approvals::client::Location {
+            url: info.api.clone(),
+            ca_file: Some(team.ca_file()),
+        },
+        team.token(&Persona::approver()).unwrap(),
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let id = loop {
+        let list = approver.list().await.unwrap();
+        let pending = list["requests"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["state"] == "pending"))
+            .and_then(|r| r["id"].as_str());
+        if let Some(id) = pending {
+            break id.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the export was not held: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    approver
+        .decide(&id, true, "chargeback evidence for the card scheme", None)
+        .await
+        .unwrap();
+    let output = finished(session).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("42501"), "the DELETE was refused: {stderr}");
+
+    // The console, pointed at the team's gateway (no local gateway).
+    let shots = std::env::var_os("TOLLGATE_SCREENSHOTS").map(PathBuf::from);
+    let dir = tempfile::tempdir().unwrap();
+    let display = Display::get();
+    let notifications = Notifications::start(&display);
+    let browser = oidc_dir().join("sign-in");
+    let login_file = dir.path().join("browser-login");
+    std::fs::write(&login_file, "alice").unwrap();
+    let app = App::launch(
+        display,
+        Path::new(env!("CARGO_BIN_EXE_tollgate-console")),
+        &[
+            "--data-dir".into(),
+            dir.path().display().to_string(),
+            "--no-autostart".into(),
+        ],
+        &[
+            ("RUST_LOG", "warn"),
+            ("DBUS_SESSION_BUS_ADDRESS", &notifications.bus),
+            ("BROWSER", &browser.display().to_string()),
+            (
+                "TOLLGATE_TEST_LOGIN_FILE",
+                &login_file.display().to_string(),
+            ),
+        ],
+    )
+    .await;
+    sign_in(&app, "alice", &login_file, &info.api, &info.ca_file).await;
+
+    // The analyst finds the session by a statement it ran.
+    app.click(&app.wait_for("[data-test=nav-sessions]", WAIT).await)
+        .await;
+    let search = app.wait_for("[data-test=filter-q]", WAIT).await;
+    app.type_text(&search, "delete payments").await;
+    app.click(&app.wait_for("[data-test=filter-apply]", WAIT).await)
+        .await;
+    let row = app
+        .wait_for_text("[data-test=session-row]", WAIT, |t| {
+            t.contains("agent-7") && t.contains("DELETE")
+        })
+        .await;
+    assert!(
+        row.contains("refused") && row.contains("held") && row.contains("masked"),
+        "{row}"
+    );
+    save(&shots, "sessions.png", &app.screenshot().await);
+    app.click(&app.wait_for("[data-test=session-row] td", WAIT).await)
+        .await;
+
+    // The player opens at the matching statement: refused, with its policy.
+    let sql = app
+        .wait_for_text("[data-test=frame-sql]", WAIT, |t| t.contains("DELETE"))
+        .await;
+    assert_eq!(sql, "DELETE FROM payments");
+    let detail = app
+        .text(&app.wait_for("[data-test=frame-detail]", WAIT).await)
+        .await;
+    assert!(
+        detail.contains("Refused") && detail.contains("no-delete-or-update-without-where"),
+        "{detail}"
+    );
+    // Markers sit at the refusal and at the approval.
+    let refused = app
+        .wait_for("[data-test=marker][data-mark=refused]", WAIT)
+        .await;
+    let approved = app
+        .wait_for("[data-test=marker][data-mark=approved]", WAIT)
+        .await;
+    let refused_at = app.attribute(&refused, "data-seq").await.unwrap();
+    let approved_at: u64 = app
+        .attribute(&approved, "data-seq")
+        .await
+        .unwrap()
+        .parse()
+        .unwrap();
+    let position = app
+        .text(&app.wait_for("[data-test=position]", WAIT).await)
+        .await;
+    assert!(
+        position.starts_with(&format!("{} /", refused_at.parse::<u64>().unwrap() + 1)),
+        "{position}"
+    );
+    // Step back to the masked result: the analyst sees masked rows.
+    app.click(&app.wait_for("[data-test=step-back]", WAIT).await)
+        .await;
+    let grid = app
+        .wait_for_text("[data-test=result-grid]", WAIT, |t| t.contains("******"))
+        .await;
+    for pan in FIXTURE_PANS {
+        assert!(!grid.contains(pan), "a full PAN in the player: {grid}");
+    }
+    // Forward past the refusal to the next marker: the approval, and who gave it.
+    app.click(&app.wait_for("[data-test=step-forward]", WAIT).await)
+        .await;
+    app.click(&app.wait_for("[data-test=next-marker]", WAIT).await)
+        .await;
+    let detail = app
+        .wait_for_text("[data-test=frame-detail]", WAIT, |t| {
+            t.contains("Approved by olga")
+        })
+        .await;
+    assert!(detail.contains("COPY"), "{detail}");
+    let position = app
+        .text(&app.wait_for("[data-test=position]", WAIT).await)
+        .await;
+    assert!(
+        position.starts_with(&format!("{} /", approved_at + 1)),
+        "{position}"
+    );
+    save(&shots, "player.png", &app.screenshot().await);
+
+    // An auditor's sign-in sees the same session without result rows.
+    app.click(&app.wait_for("[data-test=nav-remote]", WAIT).await)
+        .await;
+    app.click(&app.wait_for("[data-test=signout]", WAIT).await)
+        .await;
+    sign_in(&app, "quinn", &login_file, &info.api, &info.ca_file).await;
+    app.click(&app.wait_for("[data-test=nav-sessions]", WAIT).await)
+        .await;
+    let search = app.wait_for("[data-test=filter-q]", WAIT).await;
+    app.clear(&search).await;
+    app.type_text(&search, "delete payments").await;
+    app.click(&app.wait_for("[data-test=filter-apply]", WAIT).await)
+        .await;
+    app.wait_for_text("[data-test=session-row]", WAIT, |t| t.contains("agent-7"))
+        .await;
+    app.click(&app.wait_for("[data-test=session-row] td", WAIT).await)
+        .await;
+    app.wait_for_text("[data-test=frame-sql]", WAIT, |t| t.contains("DELETE"))
+        .await;
+    app.click(&app.wait_for("[data-test=step-back]", WAIT).await)
+        .await;
+    let withheld = app
+        .wait_for_text("[data-test=withheld]", WAIT, |t| !t.is_empty())
+        .await;
+    assert!(withheld.contains("auditor"), "{withheld}");
+    assert!(
+        app.all("[data-test=result-grid]").await.is_empty(),
+        "an auditor got result rows"
+    );
+
+    // The auditor exports the day's evidence, with progress, verified here.
+    app.click(&app.wait_for("[data-test=nav-evidence]", WAIT).await)
+        .await;
+    app.wait_for_text("[data-test=audit-verified]", WAIT, |t| t == "Verified")
+        .await;
+    let out = dir.path().join("bundle");
+    let folder = app.wait_for("[data-test=export-dir]", WAIT).await;
+    app.clear(&folder).await;
+    app.type_text(&folder, &out.display().to_string()).await;
+    app.click(&app.wait_for("[data-test=export]", WAIT).await)
+        .await;
+    let done = app
+        .wait_for_text("[data-test=export-summary]", WAIT, |t| {
+            t.contains("verified")
+        })
+        .await;
+    assert!(done.contains("Exported and verified"), "{done}");
+    assert!(out.join("INDEX.md").exists() && out.join("verification.txt").exists());
+    save(&shots, "evidence.png", &app.screenshot().await);
+
+    app.quit().await;
+    team.stop().await;
 }

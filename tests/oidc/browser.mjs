@@ -1,10 +1,15 @@
 // A scripted user at the OpenID Provider's dev login form, for tests: what
-// a person does in the system browser. Usage: node browser.mjs URL
-// (the user is TOLLGATE_TEST_LOGIN, default alice). It follows the
+// a person does in the system browser. Usage: node browser.mjs URL. It follows the
 // redirects with its own cookie jar, submits the login form, and finally
 // requests the console's loopback redirect, as a browser would.
+import { readFileSync } from 'node:fs';
+
 const start = process.argv[2];
-const login = process.env.TOLLGATE_TEST_LOGIN || 'alice';
+// The user: TOLLGATE_TEST_LOGIN, else the first line of TOLLGATE_TEST_LOGIN_FILE
+// (a test that signs in as several users in turn rewrites it), else alice.
+const login = process.env.TOLLGATE_TEST_LOGIN
+  || (process.env.TOLLGATE_TEST_LOGIN_FILE && readFileSync(process.env.TOLLGATE_TEST_LOGIN_FILE, 'utf8').trim())
+  || 'alice';
 if (!start) {
   console.error('usage: node browser.mjs URL');
   process.exit(2);

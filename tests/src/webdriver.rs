@@ -333,11 +333,25 @@ impl App {
         }
     }
 
-    /// Click.
+    /// Click (a click the driver refuses fails the test, with its reason).
     pub async fn click(&self, element: &Element) {
+        let answer = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/element/{}/click", element.0),
+                Some(json!({})),
+            )
+            .await;
+        if let Some(error) = answer.get("error") {
+            panic!("the click was refused: {error} {}", answer["message"]);
+        }
+    }
+
+    /// Empty an input.
+    pub async fn clear(&self, element: &Element) {
         self.call(
             reqwest::Method::POST,
-            &format!("/element/{}/click", element.0),
+            &format!("/element/{}/clear", element.0),
             Some(json!({})),
         )
         .await;

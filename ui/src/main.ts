@@ -29,6 +29,9 @@ function navOf(page: Page): string {
   return page === "player" ? "sessions" : page;
 }
 
+/** Who is signed in to a team's gateway, if anyone. */
+let remoteSubject: string | null = null;
+
 /** The console's data folder (from `about`). */
 let dataDir = "";
 
@@ -66,6 +69,8 @@ function linkText(link: Link): string {
       return "Connecting";
     case "down":
       return "Reconnecting";
+    case "refused":
+      return "Not an approver";
     default:
       return "Off";
   }
@@ -218,7 +223,7 @@ async function start(): Promise<void> {
     dot.className = `link link-${view.link.state}`;
     dot.title = view.link.detail ?? "";
     byId("link-text").textContent = linkText(view.link);
-    byId("me").textContent = view.me ? view.me.subject : "not signed in";
+    byId("me").textContent = view.me ? view.me.subject : (remoteSubject ?? "not signed in");
     const detail = view.link.state !== "off" ? view.link.detail : null;
     if (detail && detail !== linkDetail) status(detail, "warning");
     else if (!detail && linkDetail) status(view.link.state === "live" ? "Connected to the gateway's approvals." : "");
@@ -246,6 +251,7 @@ async function start(): Promise<void> {
         inbox.focus(event.request);
         break;
       case "remote":
+        remoteSubject = event.status.state === "signed_in" ? event.status.session.subject : null;
         signin.set(event.status);
         byId("remote-summary").textContent = remoteSummary(event.status);
         break;

@@ -268,6 +268,7 @@ export class Player {
   private searchInfo: HTMLElement;
   private generation = 0;
   private roles: string[] = [];
+  private headActions: HTMLElement;
 
   constructor(
     private readonly root: HTMLElement,
@@ -304,26 +305,30 @@ export class Player {
       }
       e.stopPropagation();
     });
-    const controls = h(
+    this.headActions = h(
       "div",
-      { class: "controls" },
+      { class: "buttons head-actions" },
       button("◀ Sessions", "Back to the session list", "back", () => {
         this.pause();
         this.handlers.back();
       }),
-      button("⏮", "Previous marker ([)", "prev-marker", () => void this.jumpMarker(-1)),
+      button("Copy link", "Copy a link that opens the console at this frame", "copy-link", () =>
+        this.handlers.copy(frameLink(this.id, this.current), "Link to this frame"),
+      ),
+    );
+    const controls = h(
+      "div",
+      { class: "controls" },
+      button("◀◀", "Previous marker ([)", "prev-marker", () => void this.jumpMarker(-1)),
       button("◀", "Step back one frame (←)", "step-back", () => void this.seek(this.current - 1)),
       this.playButton,
       button("▶", "Step forward one frame (→)", "step-forward", () => void this.seek(this.current + 1)),
-      button("⏭", "Next marker (])", "next-marker", () => void this.jumpMarker(1)),
+      button("▶▶", "Next marker (])", "next-marker", () => void this.jumpMarker(1)),
       speeds,
       this.position,
       h("span", { class: "spacer-flex" }),
       this.searchBox,
       this.searchInfo,
-      button("Copy link", "Copy a link that opens the console at this frame", "copy-link", () =>
-        this.handlers.copy(frameLink(this.id, this.current), "Link to this frame"),
-      ),
     );
     this.spacer = h("div", { class: "frames-spacer" });
     this.scroll = h("div", { class: "frames-scroll", "data-test": "frame-list", tabindex: "0" }, this.spacer);
@@ -350,7 +355,7 @@ export class Player {
     this.match = -1;
     this.searchBox.value = "";
     this.searchInfo.textContent = "";
-    this.head.replaceChildren(h("div", { class: "progress" }, h("span", { class: "spinner" }), "Opening the session…"));
+    this.head.replaceChildren(this.headActions, h("div", { class: "progress" }, h("span", { class: "spinner" }), "Opening the session…"));
     this.frameEl.replaceChildren();
     const [detail, markers] = await Promise.all([this.source.session(id), this.source.markers(id)]);
     if (generation !== this.generation) return;
@@ -371,6 +376,7 @@ export class Player {
     const s = d.session;
     const chip = (n: number, label: string, cls: string) => (n > 0 ? h("span", { class: `chip ${cls}` }, `${n} ${label}`) : null);
     this.head.replaceChildren(
+      this.headActions,
       h(
         "div",
         { class: "who" },

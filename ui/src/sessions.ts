@@ -62,12 +62,16 @@ function row(s: SessionSummary, open: (s: SessionSummary, frame: number) => void
     h("td", { class: "num" }, String(s.statements)),
     h(
       "td",
-      { class: "outcomes" },
-      chip(s.refused, "refused", "chip-bad"),
-      chip(s.held, "held", "chip-warn"),
-      chip(s.masked, "masked", "chip-card"),
-      chip(s.errors, s.errors === 1 ? "error" : "errors", "chip-bad"),
-      s.ended_at ? null : h("span", { class: "chip" }, "live or cut off"),
+      {},
+      h(
+        "div",
+        { class: "outcomes" },
+        chip(s.refused, "refused", "chip-bad"),
+        chip(s.held, "held", "chip-warn"),
+        chip(s.masked, "masked", "chip-card"),
+        chip(s.errors, s.errors === 1 ? "error" : "errors", "chip-bad"),
+        s.ended_at ? null : h("span", { class: "chip" }, "live or cut off"),
+      ),
     ),
     h(
       "td",

@@ -649,7 +649,8 @@ pub struct SessionSummary {
     #[ts(type = "number")]
     pub frames: u64,
     /// With a text search: the first statement that matched.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
     pub matched: Option<Match>,
 }
 

@@ -632,7 +632,7 @@ frames: number,
 /**
  * With a text search: the first statement that matched.
  */
-matched: Match | null, 
+matched?: Match, 
 /**
  * Random 128-bit id, base64url.
  */
