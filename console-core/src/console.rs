@@ -47,6 +47,19 @@ pub(crate) struct Inner<H> {
     pub(crate) local_viewer: Mutex<Persona>,
     /// An evidence export is running.
     pub(crate) exporting: AtomicBool,
+    /// A sign-in is waiting for the browser (or the provider).
+    pub(crate) signing_in: AtomicBool,
+    /// Wakes a waiting sign-in to give up.
+    pub(crate) cancel_sign_in: tokio::sync::Notify,
+}
+
+/// Turns a busy flag off when dropped (the call ended, however it ended).
+pub(crate) struct Reset<'a>(pub(crate) &'a AtomicBool);
+
+impl Drop for Reset<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 /// What the notification thread does.
@@ -76,6 +89,8 @@ impl<H: Host> Console<H> {
                 }),
                 local_viewer: Mutex::new(Persona::engineer()),
                 exporting: AtomicBool::new(false),
+                signing_in: AtomicBool::new(false),
+                cancel_sign_in: tokio::sync::Notify::new(),
             }),
         }
     }

@@ -75,14 +75,8 @@ pub async fn discover(
     ca_file: Option<PathBuf>,
     issuer: Option<&str>,
 ) -> Result<Profile, ConsoleError> {
-    let gateway = gateway.trim().trim_end_matches('/').to_string();
-    let url = url::Url::parse(&gateway)
-        .map_err(|e| ConsoleError::Invalid(format!("{gateway} is not a URL ({e}): give the gateway's API, e.g. https://tollgate.example.com:6433")))?;
-    if url.scheme() != "https" {
-        return Err(ConsoleError::Invalid(format!(
-            "{gateway}: the gateway's API is served over https only"
-        )));
-    }
+    let gateway = origin(gateway)?;
+
     let http = http_client(ca_file.as_deref(), Duration::from_secs(15))?;
     let metadata_url = format!("{gateway}/.well-known/oauth-protected-resource");
     let response = http
@@ -133,6 +127,52 @@ pub async fn discover(
         audience: chosen["audience"].as_str().unwrap_or_default().to_string(),
     })
 }
+
+/// A gateway's address as its origin (`https://host:port`): no user, path,
+/// query or fragment (it names the keyring entry and is where tokens go).
+pub fn origin(gateway: &str) -> Result<String, ConsoleError> {
+    let text = gateway.trim();
+    let url = url::Url::parse(text).map_err(|e| {
+        ConsoleError::Invalid(format!(
+            "{text} is not a URL ({e}): give the gateway's API, e.g. https://tollgate.example.com:6433"
+        ))
+    })?;
+    if url.scheme() != "https" {
+        return Err(ConsoleError::Invalid(format!(
+            "{text}: the gateway's API is served over https only"
+        )));
+    }
+    if !url.username().is_empty()
+        || url.password().is_some()
+        || url.query().is_some()
+        || url.fragment().is_some()
+        || url.path() != "/"
+    {
+        return Err(ConsoleError::Invalid(format!(
+            "{text}: give only the gateway API's scheme, host and port, e.g. https://tollgate.example.com:6433"
+        )));
+    }
+    Ok(url.origin().ascii_serialization())
+}
+
+/// Whether `url` may carry a sign-in: https, or http to this machine (a
+/// provider on loopback, as in development and tests).
+pub fn safe_url(url: &url::Url) -> bool {
+    match url.scheme() {
+        "https" => true,
+        "http" => match url.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d == "localhost",
+            None => false,
+        },
+        _ => false,
+    }
+}
+
+/// Longest access-token lifetime the console believes (a provider's
+/// `expires_in` beyond it is cut; below one second is one second).
+const MAX_LIFETIME: u64 = 86_400;
 
 /// openidconnect's HTTP client, over reqwest (no second HTTP stack).
 fn oidc_http(
@@ -194,6 +234,12 @@ async fn client(profile: &Profile) -> Result<(Client, reqwest::Client), ConsoleE
     let http = http_client(profile.ca_file.as_deref(), Duration::from_secs(30))?;
     let issuer = IssuerUrl::new(profile.issuer.clone())
         .map_err(|e| ConsoleError::SignIn(format!("issuer {}: {e}", profile.issuer)))?;
+    if !safe_url(issuer.url()) {
+        return Err(ConsoleError::SignIn(format!(
+            "the issuer {} is not https: the console signs in only over https (http only on this machine)",
+            profile.issuer
+        )));
+    }
     let metadata = CoreProviderMetadata::discover_async(issuer, &oidc_http(http.clone()))
         .await
         .map_err(|e| {
@@ -241,19 +287,28 @@ pub async fn sign_in(
         .add_extra_param(name, value.clone())
         .set_pkce_challenge(challenge)
         .url();
+    if !safe_url(&url) {
+        return Err(ConsoleError::SignIn(format!(
+            "the provider's sign-in page {} is not https; not opening it",
+            url.origin().ascii_serialization()
+        )));
+    }
     open(url.as_str()).map_err(|e| {
         ConsoleError::SignIn(format!(
             "the browser could not be opened ({e}); open this address yourself: {url}"
         ))
     })?;
-    let code = tokio::time::timeout(SIGN_IN_WITHIN, callback(&listener, state.secret()))
-        .await
-        .map_err(|_| {
-            ConsoleError::SignIn(format!(
-                "the browser did not come back within {} minutes",
-                SIGN_IN_WITHIN.as_secs() / 60
-            ))
-        })??;
+    let code = tokio::time::timeout(
+        SIGN_IN_WITHIN,
+        callback(&listener, state.secret(), &profile.issuer),
+    )
+    .await
+    .map_err(|_| {
+        ConsoleError::SignIn(format!(
+            "the browser did not come back within {} minutes",
+            SIGN_IN_WITHIN.as_secs() / 60
+        ))
+    })??;
     let response = client
         .exchange_code(AuthorizationCode::new(code))
         .map_err(|e| ConsoleError::SignIn(e.to_string()))?
@@ -356,7 +411,8 @@ fn tokens(response: &openidconnect::core::CoreTokenResponse, subject: String) ->
     let lifetime = response
         .expires_in()
         .unwrap_or(Duration::from_secs(300))
-        .as_secs() as i64;
+        .as_secs()
+        .clamp(1, MAX_LIFETIME) as i64;
     Tokens {
         access_token: response.access_token().secret().clone(),
         refresh_token: response.refresh_token().map(|t| t.secret().clone()),
@@ -367,13 +423,19 @@ fn tokens(response: &openidconnect::core::CoreTokenResponse, subject: String) ->
 
 /// Wait for the browser's redirect with `state`; answer it with a page that
 /// says what happened. Other requests (a favicon) get a 404.
-async fn callback(listener: &TcpListener, state: &str) -> Result<String, ConsoleError> {
+async fn callback(
+    listener: &TcpListener,
+    state: &str,
+    issuer: &str,
+) -> Result<String, ConsoleError> {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else {
+            // Out of file descriptors, say: do not spin.
+            tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
         let mut head = Vec::with_capacity(1024);
-        let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let read = tokio::time::timeout(Duration::from_secs(3), async {
             let mut buf = [0u8; 1024];
             while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
                 let n = stream.read(&mut buf).await?;
@@ -413,6 +475,14 @@ async fn callback(listener: &TcpListener, state: &str) -> Result<String, Console
         };
         let outcome = if param("state").as_deref() != Some(state) {
             Err("the answer does not belong to this sign-in (its state differs); start again from the console".to_string())
+        } else if param("iss")
+            .is_some_and(|iss| iss.trim_end_matches('/') != issuer.trim_end_matches('/'))
+        {
+            // RFC 9207: the answer names another provider (a mix-up).
+            Err(
+                "the answer comes from another identity provider than the one asked; start again"
+                    .to_string(),
+            )
         } else if let Some(error) = param("error") {
             Err(match param("error_description") {
                 Some(d) => format!("the provider refused: {error}: {d}"),
@@ -425,8 +495,8 @@ async fn callback(listener: &TcpListener, state: &str) -> Result<String, Console
         };
         let (title, text) = match &outcome {
             Ok(_) => (
-                "Signed in",
-                "You are signed in to Tollgate. You can close this tab and go back to the console.",
+                "Back to the console",
+                "The identity provider answered. The console finishes signing in; you can close this tab.",
             ),
             Err(e) => ("Sign-in failed", e.as_str()),
         };

@@ -186,9 +186,10 @@ impl Remote {
 
     /// Sign out: stop refreshing and forget the tokens.
     pub async fn sign_out(mut self) -> Result<(), ConsoleError> {
+        // A refresh under way finishes first, so its save cannot land after the clear.
         let _ = self.stop.send(true);
         if let Some(task) = self.refresher.take() {
-            task.abort();
+            let _ = tokio::time::timeout(Duration::from_secs(20), task).await;
         }
         self.vault.clear().await
     }
@@ -231,6 +232,9 @@ async fn refresh_loop(
     on_refreshed: OnRefreshed,
 ) {
     let mut retry = Duration::from_secs(2);
+    // Never two refreshes closer than this, whatever the provider says.
+    const MIN_GAP: Duration = Duration::from_secs(5);
+    let mut last_refresh: Option<tokio::time::Instant> = None;
     // Sleep, unless told to stop first (then: false).
     let mut sleep = async |d: Duration| -> bool {
         let woke = tokio::select! {
@@ -252,14 +256,18 @@ async fn refresh_loop(
             return;
         };
         let at = refresh_at(now_secs(), current.expires_at);
-        let wait = (at - now_secs()).max(0) as u64;
-        if !sleep(Duration::from_secs(wait)).await {
+        let mut wait = Duration::from_secs((at - now_secs()).max(0) as u64);
+        if let Some(last) = last_refresh {
+            wait = wait.max(MIN_GAP.saturating_sub(last.elapsed()));
+        }
+        if !sleep(wait).await {
             return;
         }
+        last_refresh = Some(tokio::time::Instant::now());
         match oidc::refresh(&profile, &refresh_token, &current.subject).await {
             Ok(fresh) => {
                 retry = Duration::from_secs(2);
-                if let Err(e) = vault.save(&fresh).await {
+                if let Err(e) = vault.save(&fresh, &profile).await {
                     tracing::warn!(error = %e, "refreshed tokens could not be kept in the keyring");
                 }
                 *tokens.lock().unwrap_or_else(|e| e.into_inner()) = fresh;

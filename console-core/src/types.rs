@@ -521,6 +521,9 @@ pub struct ExportResult {
     pub summary: ExportSummary,
     /// The console verified the bundle's audit log itself, with the pinned key.
     pub verified_here: bool,
+    /// No key was pinned for this gateway yet: the bundle's own key verified
+    /// it and is pinned now (compare it with the one the operator handed over).
+    pub key_pinned_now: bool,
     /// The verification report (`verification.txt` as the console wrote it).
     pub report: String,
     /// The key it verified with.

@@ -5,8 +5,21 @@
 
 use std::sync::Mutex;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::ConsoleError;
-use crate::oidc::Tokens;
+use crate::oidc::{Profile, Tokens};
+
+/// What the keyring keeps: the tokens and where they are for. The profile
+/// is kept with them so an edited `remote.json` cannot send the refresh
+/// token to another provider.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Kept {
+    /// The tokens.
+    pub tokens: Tokens,
+    /// Where they were got, and for which gateway.
+    pub profile: Profile,
+}
 
 /// The keyring service the console's entries are under.
 pub const SERVICE: &str = "tollgate-console";
@@ -17,7 +30,7 @@ pub enum Vault {
     /// The OS keyring, under [`SERVICE`] and this account (the gateway's URL).
     Keyring(String),
     /// Memory only (no keyring, and the user chose so).
-    Session(Mutex<Option<Tokens>>),
+    Session(Mutex<Option<Kept>>),
 }
 
 fn keyring_error(e: &keyring::Error) -> String {
@@ -67,16 +80,20 @@ impl Vault {
         matches!(self, Vault::Keyring(_))
     }
 
-    /// Keep `tokens`.
-    pub async fn save(&self, tokens: &Tokens) -> Result<(), ConsoleError> {
+    /// Keep `tokens`, got with `profile`.
+    pub async fn save(&self, tokens: &Tokens, profile: &Profile) -> Result<(), ConsoleError> {
+        let kept = Kept {
+            tokens: tokens.clone(),
+            profile: profile.clone(),
+        };
         match self {
             Vault::Session(slot) => {
-                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(tokens.clone());
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(kept);
                 Ok(())
             }
             Vault::Keyring(account) => {
                 let account = account.clone();
-                let secret = serde_json::to_string(tokens)
+                let secret = serde_json::to_string(&kept)
                     .map_err(|e| ConsoleError::NoKeyring(e.to_string()))?;
                 tokio::task::spawn_blocking(move || {
                     keyring::Entry::new(SERVICE, &account)
@@ -90,7 +107,7 @@ impl Vault {
     }
 
     /// The tokens kept, if any.
-    pub async fn load(&self) -> Result<Option<Tokens>, ConsoleError> {
+    pub async fn load(&self) -> Result<Option<Kept>, ConsoleError> {
         match self {
             Vault::Session(slot) => Ok(slot.lock().unwrap_or_else(|e| e.into_inner()).clone()),
             Vault::Keyring(account) => {

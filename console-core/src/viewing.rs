@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tollgate::audit::note::{Checkpoint, Verifier};
 
 use crate::api::Api;
-use crate::console::Console;
+use crate::console::{Console, Reset};
 use crate::error::ConsoleError;
 use crate::host::Host;
 use crate::oidc;
@@ -71,15 +71,16 @@ impl<H: Host> Console<H> {
 
     /// Sign in to a team's gateway in the system browser. Without an OS
     /// keyring this fails with `no_keyring` unless `session_only` is set.
+    /// [`Console::cancel_sign_in`] gives up waiting for the browser.
     pub async fn sign_in(&self, options: SignInOptions) -> Result<RemoteStatus, ConsoleError> {
+        if self.inner.signing_in.swap(true, Ordering::SeqCst) {
+            return Err(ConsoleError::Busy("signing in"));
+        }
+        let _signing = Reset(&self.inner.signing_in);
         let gateway = options.gateway.trim().to_string();
-        let mut slot = self
-            .inner
-            .remote
-            .try_lock()
-            .map_err(|_| ConsoleError::Busy("signing in or out"))?;
         let before = self.remote_status();
-        let result = async {
+        let cancelled = self.inner.cancel_sign_in.notified();
+        let attempt = async {
             self.set_remote_status(RemoteStatus::SigningIn {
                 gateway: gateway.clone(),
                 step: "Reading the gateway's sign-in settings".into(),
@@ -101,8 +102,8 @@ impl<H: Host> Console<H> {
             self.set_remote_status(RemoteStatus::SigningIn {
                 gateway: gateway.clone(),
                 step: format!(
-                    "Waiting for you to sign in at {} in your browser",
-                    profile.issuer
+                    "Waiting for you to sign in at {} (for {}) in your browser",
+                    profile.issuer, profile.audience
                 ),
             });
             let tokens = oidc::sign_in(&profile, |url| self.inner.host.open_url(url)).await?;
@@ -110,11 +111,20 @@ impl<H: Host> Console<H> {
                 gateway: gateway.clone(),
                 step: "Checking the sign-in with the gateway".into(),
             });
+            // Kept before the refresher starts: a rotated refresh token is
+            // never overwritten by the first one.
             let vault = Arc::new(vault);
-            let remote = self
-                .open_remote(profile.clone(), tokens.clone(), vault.clone())
-                .await?;
-            vault.save(&tokens).await?;
+            vault.save(&tokens, &profile).await?;
+            let remote = match self
+                .open_remote(profile.clone(), tokens, vault.clone())
+                .await
+            {
+                Ok(remote) => remote,
+                Err(e) => {
+                    let _ = vault.clear().await;
+                    return Err(e);
+                }
+            };
             remote::remember(
                 &self.inner.host.data_dir(),
                 &Remembered {
@@ -123,8 +133,11 @@ impl<H: Host> Console<H> {
                 },
             )?;
             Ok::<_, ConsoleError>(remote)
-        }
-        .await;
+        };
+        let result = tokio::select! {
+            result = attempt => result,
+            () = cancelled => Err(ConsoleError::SignIn("cancelled".into())),
+        };
         match result {
             Ok(remote) => {
                 let status = self.signed_in_status(&remote);
@@ -135,10 +148,10 @@ impl<H: Host> Console<H> {
                     },
                     remote.token_source(),
                 );
-                if let Some(old) = slot.replace(remote) {
-                    drop(old);
+                let old = self.inner.remote.lock().await.replace(remote);
+                if let Some(old) = old {
+                    old.close().await;
                 }
-                drop(slot);
                 self.set_remote_status(status.clone());
                 Ok(status)
             }
@@ -152,6 +165,13 @@ impl<H: Host> Console<H> {
                 });
                 Err(e)
             }
+        }
+    }
+
+    /// Stop waiting for the browser (the sign-in fails with `cancelled`).
+    pub fn cancel_sign_in(&self) {
+        if self.inner.signing_in.load(Ordering::SeqCst) {
+            self.inner.cancel_sign_in.notify_waiters();
         }
     }
 
@@ -234,7 +254,8 @@ impl<H: Host> Console<H> {
     }
 
     /// At start: sign in again with the tokens the keyring kept, if any
-    /// (refreshing them if they expired).
+    /// (refreshing them if they expired). The profile kept with them in the
+    /// keyring is the one used: `remote.json` only names the gateway.
     pub async fn restore_remote(&self) -> RemoteStatus {
         let Some(remembered) = remote::remembered(&self.inner.host.data_dir()) else {
             return self.remote_status();
@@ -244,52 +265,8 @@ impl<H: Host> Console<H> {
             gateway: Some(gateway.clone()),
             reason,
         };
-        if !remembered.in_keyring {
-            let status = signed_out(None);
-            self.set_remote_status(status.clone());
-            return status;
-        }
-        let vault = Arc::new(Vault::keyring(&remembered.profile.gateway));
-        let tokens = match vault.load().await {
-            Ok(Some(tokens)) => tokens,
-            Ok(None) => {
-                let status = signed_out(None);
-                self.set_remote_status(status.clone());
-                return status;
-            }
-            Err(e) => {
-                let status = signed_out(Some(e.to_string()));
-                self.set_remote_status(status.clone());
-                return status;
-            }
-        };
-        let tokens = if tokens.expires_at <= oidc::now_secs() + 5 {
-            match &tokens.refresh_token {
-                Some(refresh) => {
-                    match oidc::refresh(&remembered.profile, refresh, &tokens.subject).await {
-                        Ok(fresh) => {
-                            let _ = vault.save(&fresh).await;
-                            fresh
-                        }
-                        Err(e) => {
-                            let status =
-                                signed_out(Some(format!("the sign-in could not be renewed ({e})")));
-                            self.set_remote_status(status.clone());
-                            return status;
-                        }
-                    }
-                }
-                None => {
-                    let status = signed_out(Some("the sign-in expired".into()));
-                    self.set_remote_status(status.clone());
-                    return status;
-                }
-            }
-        } else {
-            tokens
-        };
-        match self.open_remote(remembered.profile, tokens, vault).await {
-            Ok(remote) => {
+        let status = match self.restore(remembered).await {
+            Ok(Some(remote)) => {
                 let status = self.signed_in_status(&remote);
                 self.connect_inbox(
                     crate::approvals::Target {
@@ -299,15 +276,41 @@ impl<H: Host> Console<H> {
                     remote.token_source(),
                 );
                 *self.inner.remote.lock().await = Some(remote);
-                self.set_remote_status(status.clone());
                 status
             }
-            Err(e) => {
-                let status = signed_out(Some(e.to_string()));
-                self.set_remote_status(status.clone());
-                status
-            }
+            Ok(None) => signed_out(None),
+            Err(e) => signed_out(Some(e.to_string())),
+        };
+        self.set_remote_status(status.clone());
+        status
+    }
+
+    async fn restore(&self, remembered: Remembered) -> Result<Option<Remote>, ConsoleError> {
+        if !remembered.in_keyring {
+            return Ok(None);
         }
+        let vault = Arc::new(Vault::keyring(&remembered.profile.gateway));
+        let Some(kept) = vault.load().await? else {
+            return Ok(None);
+        };
+        if kept.profile.gateway != remembered.profile.gateway {
+            return Err(ConsoleError::SignIn(
+                "the keyring's sign-in is for another gateway; sign in again".into(),
+            ));
+        }
+        let (profile, mut tokens) = (kept.profile, kept.tokens);
+        if tokens.expires_at <= oidc::now_secs() + 5 {
+            let Some(refresh) = tokens.refresh_token.clone() else {
+                return Err(ConsoleError::SignIn("the sign-in expired".into()));
+            };
+            tokens = oidc::refresh(&profile, &refresh, &tokens.subject)
+                .await
+                .map_err(|e| {
+                    ConsoleError::SignIn(format!("the sign-in could not be renewed ({e})"))
+                })?;
+            vault.save(&tokens, &profile).await?;
+        }
+        self.open_remote(profile, tokens, vault).await.map(Some)
     }
 
     /// View the local gateway's recordings as this persona (an analyst
@@ -448,32 +451,52 @@ impl<H: Host> Console<H> {
         self.inner.host.data_dir().join(PINS_FILE)
     }
 
-    /// The verifier key first seen for `gateway` and when; pinned now if new.
-    fn pin(&self, gateway: &str, key: &str) -> (String, String) {
+    /// Every pinned key; an unreadable pin file fails (closed) rather than
+    /// being taken as empty and rewritten.
+    fn pins(&self) -> Result<BTreeMap<String, Value>, ConsoleError> {
         let path = self.pins_path();
-        let mut pins: BTreeMap<String, Value> = std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
-        if let Some(pin) = pins.get(gateway)
-            && let (Some(k), Some(at)) = (pin["key"].as_str(), pin["first_seen"].as_str())
-        {
-            return (k.to_string(), at.to_string());
+        match std::fs::read_to_string(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(ConsoleError::Invalid(format!("{}: {e}", path.display()))),
+            Ok(text) => serde_json::from_str(&text).map_err(|e| {
+                ConsoleError::Invalid(format!(
+                    "{} is damaged ({e}): restore it from a backup, or remove it to trust the gateways' keys anew",
+                    path.display()
+                ))
+            }),
         }
+    }
+
+    /// The verifier key pinned for `gateway` and when it was first seen.
+    fn pinned(&self, gateway: &str) -> Result<Option<(String, String)>, ConsoleError> {
+        Ok(self.pins()?.get(gateway).and_then(|pin| {
+            Some((
+                pin["key"].as_str()?.to_string(),
+                pin["first_seen"].as_str()?.to_string(),
+            ))
+        }))
+    }
+
+    /// Pin `key` for `gateway` (only once it verified something); when.
+    fn pin(&self, gateway: &str, key: &str) -> Result<String, ConsoleError> {
+        let mut pins = self.pins()?;
         let at = crate::local::now();
         pins.insert(gateway.to_string(), json!({ "key": key, "first_seen": at }));
+        let path = self.pins_path();
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(&pins).unwrap_or_default();
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let _ = std::fs::write(
-            &path,
-            serde_json::to_string_pretty(&pins).unwrap_or_default(),
-        );
-        (key.to_string(), at)
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| ConsoleError::Invalid(format!("{}: {e}", path.display())))?;
+        Ok(at)
     }
 
     /// The audit log's state: a checkpoint signed now, verified here with
-    /// the key, and that key compared with the one first seen for the gateway.
+    /// the gateway's key, and that key compared with the one first seen for
+    /// the gateway (pinned the first time it verifies a checkpoint).
     pub async fn audit_state(&self) -> Result<AuditState, ConsoleError> {
         let acting = self.acting(Some(Persona::auditor())).await?;
         let answer: Value = acting.api.get_json("/api/v1/audit/checkpoint", &[]).await?;
@@ -485,14 +508,19 @@ impl<H: Host> Console<H> {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let (pinned, first_seen) = self.pin(&acting.viewer.gateway, &key);
         let opened = Verifier::parse(&key)
             .ok()
             .and_then(|v| v.open(&note).ok().map(str::to_string));
         let checkpoint = opened.as_deref().and_then(|t| Checkpoint::parse(t).ok());
+        let gateway = acting.viewer.gateway.clone();
+        let (key_changed, first_seen) = match self.pinned(&gateway)? {
+            Some((pinned, at)) => (pinned != key, at),
+            None if checkpoint.is_some() => (false, self.pin(&gateway, &key)?),
+            None => (false, String::new()),
+        };
         use base64::Engine;
         Ok(AuditState {
-            gateway: acting.viewer.gateway,
+            gateway,
             origin: checkpoint
                 .as_ref()
                 .map(|c| c.origin.clone())
@@ -504,7 +532,7 @@ impl<H: Host> Console<H> {
                 .unwrap_or_default(),
             signed_at: answer["signed_at"].as_str().unwrap_or_default().to_string(),
             signature_ok: checkpoint.is_some(),
-            key_changed: pinned != key,
+            key_changed,
             verifier_key: key,
             key_first_seen: first_seen,
             checkpoint: note,
@@ -526,8 +554,8 @@ impl<H: Host> Console<H> {
         if self.inner.exporting.swap(true, Ordering::SeqCst) {
             return Err(ConsoleError::Busy("exporting evidence"));
         }
+        let _exporting = Reset(&self.inner.exporting);
         let result = self.export(options).await;
-        self.inner.exporting.store(false, Ordering::SeqCst);
         match &result {
             Ok(done) => self.export_progress(ExportProgress {
                 phase: "done".into(),
@@ -554,22 +582,41 @@ impl<H: Host> Console<H> {
     }
 
     async fn export(&self, options: ExportOptions) -> Result<ExportResult, ConsoleError> {
-        let dir = PathBuf::from(options.dir.trim());
         if options.dir.trim().is_empty() {
             return Err(ConsoleError::Invalid(
                 "choose a folder for the bundle".into(),
             ));
         }
-        if dir.exists()
-            && std::fs::read_dir(&dir)
-                .map_err(|e| ConsoleError::Export(format!("{}: {e}", dir.display())))?
-                .next()
-                .is_some()
-        {
-            return Err(ConsoleError::Export(format!(
-                "{} is not empty: choose a new or empty folder",
-                dir.display()
-            )));
+        let dir = PathBuf::from(options.dir.trim());
+        let fail = |what: &Path, e: std::io::Error| {
+            ConsoleError::Export(format!("{}: {e}", what.display()))
+        };
+        // The folder is new, or an empty real folder (not a link to one).
+        match std::fs::symlink_metadata(&dir) {
+            Ok(meta) if meta.is_dir() => {
+                if std::fs::read_dir(&dir)
+                    .map_err(|e| fail(&dir, e))?
+                    .next()
+                    .is_some()
+                {
+                    return Err(ConsoleError::Export(format!(
+                        "{} is not empty: choose a new or empty folder",
+                        dir.display()
+                    )));
+                }
+            }
+            Ok(_) => {
+                return Err(ConsoleError::Export(format!(
+                    "{} is not a folder: choose a new or empty folder",
+                    dir.display()
+                )));
+            }
+            Err(_) => {
+                if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent).map_err(|e| fail(parent, e))?;
+                }
+                std::fs::create_dir(&dir).map_err(|e| fail(&dir, e))?;
+            }
         }
         let acting = self.acting(Some(Persona::auditor())).await?;
         let body = json!({ "from": blank(&options.from), "to": blank(&options.to) });
@@ -577,6 +624,7 @@ impl<H: Host> Console<H> {
         let mut view: ExportView = serde_json::from_value(started["export"].clone())
             .map_err(|e| ConsoleError::Export(format!("the gateway's answer: {e}")))?;
         let id = view.id.clone();
+        let deadline = tokio::time::Instant::now() + EXPORT_WITHIN;
         loop {
             let share = if view.stages == 0 {
                 0.0
@@ -592,7 +640,7 @@ impl<H: Host> Console<H> {
                 phase: "exporting".into(),
                 stage: format!("The gateway is {}", view.stage),
                 // The gateway's part is the first 80 %.
-                permille: (share * 800.0) as u32,
+                permille: (share.clamp(0.0, 1.0) * 800.0) as u32,
                 bytes: 0,
                 result: None,
                 error: None,
@@ -608,6 +656,12 @@ impl<H: Host> Console<H> {
                 }
                 _ => {}
             }
+            if tokio::time::Instant::now() > deadline {
+                return Err(ConsoleError::Export(format!(
+                    "the gateway did not finish within {} minutes",
+                    EXPORT_WITHIN.as_secs() / 60
+                )));
+            }
             tokio::time::sleep(POLL_EXPORT).await;
             let answer: Value = acting
                 .api
@@ -621,23 +675,40 @@ impl<H: Host> Console<H> {
             .clone()
             .ok_or_else(|| ConsoleError::Export("the gateway sent no summary".into()))?;
         let total = view.bundle_bytes.unwrap_or(0);
+        if total > MAX_BUNDLE {
+            return Err(ConsoleError::Export(format!(
+                "the bundle is larger than {}",
+                size(MAX_BUNDLE)
+            )));
+        }
 
-        // Download next to the destination, then unpack.
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| ConsoleError::Export(format!("{}: {e}", dir.display())))?;
-        let archive = dir.join(".tollgate-evidence.tar");
-        let mut file = std::fs::File::create(&archive)
-            .map_err(|e| ConsoleError::Export(format!("{}: {e}", archive.display())))?;
+        // Downloaded into the console's own folder (not the destination,
+        // which the archive's entries fill), then unpacked.
+        let downloads = self.inner.host.data_dir().join("downloads");
+        std::fs::create_dir_all(&downloads).map_err(|e| fail(&downloads, e))?;
+        let archive = downloads.join(format!("{}.tar", segment(&id)?));
+        let _ = std::fs::remove_file(&archive);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&archive)
+            .map_err(|e| fail(&archive, e))?;
         let mut bytes = 0u64;
         let mut last_shown = 0u64;
-        acting
+        let limit = if total > 0 { total } else { MAX_BUNDLE };
+        let downloaded = acting
             .api
             .download(
                 &format!("/api/v1/evidence/{}/bundle", segment(&id)?),
                 |chunk| {
-                    file.write_all(chunk)
-                        .map_err(|e| ConsoleError::Export(format!("{}: {e}", archive.display())))?;
                     bytes += chunk.len() as u64;
+                    if bytes > limit {
+                        return Err(ConsoleError::Export(format!(
+                            "the gateway sent more than the {} it announced",
+                            size(limit)
+                        )));
+                    }
+                    file.write_all(chunk).map_err(|e| fail(&archive, e))?;
                     if bytes - last_shown >= 256 * 1024 || bytes == total {
                         last_shown = bytes;
                         let share = if total == 0 {
@@ -661,16 +732,23 @@ impl<H: Host> Console<H> {
                     Ok(())
                 },
             )
-            .await?;
-        file.sync_all()
-            .map_err(|e| ConsoleError::Export(e.to_string()))?;
+            .await;
+        let synced = file.sync_all();
         drop(file);
+        let cleanup = |r: Result<(), ConsoleError>| {
+            if r.is_err() {
+                let _ = std::fs::remove_file(&archive);
+            }
+            r
+        };
+        cleanup(downloaded)?;
+        cleanup(synced.map_err(|e| fail(&archive, e)))?;
         if total != 0 && bytes != total {
-            return Err(ConsoleError::Export(format!(
+            cleanup(Err(ConsoleError::Export(format!(
                 "the download stopped at {} of {}",
                 size(bytes),
                 size(total)
-            )));
+            ))))?;
         }
         self.export_progress(ExportProgress {
             phase: "verifying".into(),
@@ -681,45 +759,88 @@ impl<H: Host> Console<H> {
             error: None,
         });
         let gateway = acting.viewer.gateway.clone();
-        let unpack_dir = dir.clone();
-        let archive2 = archive.clone();
-        tokio::task::spawn_blocking(move || unpack(&archive2, &unpack_dir))
+        let (unpack_dir, archive2) = (dir.clone(), archive.clone());
+        let unpacked = tokio::task::spawn_blocking(move || unpack(&archive2, &unpack_dir))
             .await
-            .map_err(|e| ConsoleError::Export(e.to_string()))??;
+            .map_err(|e| ConsoleError::Export(e.to_string()));
         let _ = std::fs::remove_file(&archive);
+        unpacked??;
         let bundle_key = std::fs::read_to_string(dir.join("audit/verifier-key.txt"))
             .map(|k| k.trim().to_string())
             .map_err(|e| ConsoleError::Export(format!("the bundle has no verifier key: {e}")))?;
-        let (pinned, _) = self.pin(&gateway, &bundle_key);
+        let pinned = self.pinned(&gateway)?;
+        let key = pinned
+            .as_ref()
+            .map_or(bundle_key.clone(), |(k, _)| k.clone());
         let audit = dir.join("audit");
-        let key = pinned.clone();
+        let with = key.clone();
         let report =
-            tokio::task::spawn_blocking(move || tollgate::audit::verify::verify_dir(&audit, &key))
+            tokio::task::spawn_blocking(move || tollgate::audit::verify::verify_dir(&audit, &with))
                 .await
                 .map_err(|e| ConsoleError::Export(e.to_string()))?;
         let mut report_text = report.to_string();
-        if pinned != bundle_key {
-            report_text = format!(
-                "The bundle's verifier key differs from the one this console first saw for {gateway}; it was \
-                 verified with the first one.\n\n{report_text}"
-            );
+        let key_pinned_now = pinned.is_none() && report.ok();
+        match &pinned {
+            Some((pinned, at)) if *pinned != bundle_key => {
+                report_text = format!(
+                    "The bundle's verifier key differs from the one this console first saw for {gateway} \
+                     ({at}); it was verified with that one.\n\n{report_text}"
+                );
+            }
+            None if key_pinned_now => {
+                self.pin(&gateway, &bundle_key)?;
+                report_text = format!(
+                    "Verified with the bundle's own key, first seen now for {gateway} and pinned: compare it \
+                     with the key the gateway's operator handed over.\n\n{report_text}"
+                );
+            }
+            _ => {}
         }
         let _ = std::fs::write(dir.join("verification-console.txt"), &report_text);
         Ok(ExportResult {
             dir: dir.display().to_string(),
             summary,
-            verified_here: report.ok() && pinned == bundle_key,
+            verified_here: report.ok() && key == bundle_key,
+            key_pinned_now,
             report: report_text,
-            verifier_key: pinned,
+            verifier_key: key,
             bytes,
         })
     }
 }
 
-/// Unpack the bundle archive into `dir`: regular files and directories
-/// only, every path inside `dir` (anything else in the archive fails it).
+/// Largest bundle the console downloads.
+const MAX_BUNDLE: u64 = 16 << 30;
+
+/// How long the gateway may take to build a bundle.
+const EXPORT_WITHIN: Duration = Duration::from_secs(2 * 3600);
+
+/// Make the folder `dir/rel` and those above it under `dir`, each a real
+/// folder: an existing link or file on the way fails.
+fn ensure_dir(dir: &Path, rel: &Path) -> std::io::Result<()> {
+    let mut at = dir.to_path_buf();
+    for part in rel.components() {
+        at.push(part);
+        match std::fs::symlink_metadata(&at) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                return Err(std::io::Error::other(format!(
+                    "{} is in the way (not a folder)",
+                    at.display()
+                )));
+            }
+            Err(_) => std::fs::create_dir(&at)?,
+        }
+    }
+    Ok(())
+}
+
+/// Unpack the bundle archive into `dir`: regular files and folders only,
+/// every path inside `dir`, no file written twice or through a link
+/// (anything else in the archive fails it).
 fn unpack(archive: &Path, dir: &Path) -> Result<(), ConsoleError> {
     let fail = |e: std::io::Error| ConsoleError::Export(format!("the bundle archive: {e}"));
+    std::fs::create_dir_all(dir).map_err(fail)?;
     let file = std::fs::File::open(archive).map_err(fail)?;
     let mut tar = tar::Archive::new(std::io::BufReader::new(file));
     for entry in tar.entries().map_err(fail)? {
@@ -740,14 +861,18 @@ fn unpack(archive: &Path, dir: &Path) -> Result<(), ConsoleError> {
                 path.display()
             )));
         }
-        let target = dir.join(inside);
         match entry.header().entry_type() {
-            tar::EntryType::Directory => std::fs::create_dir_all(&target).map_err(fail)?,
+            tar::EntryType::Directory => ensure_dir(dir, inside).map_err(fail)?,
             tar::EntryType::Regular => {
-                if let Some(parent) = target.parent() {
-                    std::fs::create_dir_all(parent).map_err(fail)?;
+                if let Some(parent) = inside.parent() {
+                    ensure_dir(dir, parent).map_err(fail)?;
                 }
-                let mut out = std::fs::File::create(&target).map_err(fail)?;
+                let target = dir.join(inside);
+                let mut out = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&target)
+                    .map_err(|e| ConsoleError::Export(format!("{}: {e}", target.display())))?;
                 std::io::copy(&mut entry, &mut out).map_err(fail)?;
             }
             other => {
@@ -812,8 +937,10 @@ mod tests {
     #[test]
     fn unpacks_files_and_refuses_anything_else() {
         let dir = tempfile::tempdir().unwrap();
+        let made = std::cell::Cell::new(0);
         let make = |entries: &[(&str, tar::EntryType)]| {
-            let path = dir.path().join(format!("{}.tar", entries.len()));
+            made.set(made.get() + 1);
+            let path = dir.path().join(format!("{}.tar", made.get()));
             let mut builder = tar::Builder::new(std::fs::File::create(&path).unwrap());
             for (name, kind) in entries {
                 let mut header = tar::Header::new_gnu();
@@ -871,5 +998,55 @@ mod tests {
             assert!(unpack(&hostile, &out).is_err(), "{}", hostile.display());
         }
         assert!(!dir.path().join("escape.txt").exists());
+        // A file twice: the second would overwrite the first.
+        let twice = make(&[
+            ("evidence/a.txt", tar::EntryType::Regular),
+            ("evidence/a.txt", tar::EntryType::Regular),
+            ("evidence/b.txt", tar::EntryType::Regular),
+            ("evidence/c.txt", tar::EntryType::Regular),
+        ]);
+        assert!(unpack(&twice, &dir.path().join("twice")).is_err());
+        // A link planted in the destination is not followed.
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let planted = dir.path().join("planted");
+        std::fs::create_dir(&planted).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, planted.join("audit")).unwrap();
+        assert!(unpack(&good, &planted).is_err());
+        assert!(
+            std::fs::read_dir(&elsewhere).unwrap().next().is_none(),
+            "written through a link"
+        );
+    }
+
+    #[test]
+    fn a_gateway_is_named_by_its_https_origin_and_sign_in_pages_are_web_pages() {
+        assert_eq!(
+            crate::oidc::origin("https://Gw.Example.com:6433/").unwrap(),
+            "https://gw.example.com:6433"
+        );
+        for bad in [
+            "http://gw:6433",
+            "https://u:p@gw",
+            "https://gw/api",
+            "https://gw/?x=1",
+            "gw:6433",
+        ] {
+            assert!(crate::oidc::origin(bad).is_err(), "{bad}");
+        }
+        let ok = |u: &str| crate::oidc::safe_url(&url::Url::parse(u).unwrap());
+        assert!(
+            ok("https://idp.example.com/auth")
+                && ok("http://127.0.0.1:9000/auth")
+                && ok("http://localhost/x")
+        );
+        for bad in [
+            "http://idp.example.com/auth",
+            "file:///etc/passwd",
+            "smb://host/share",
+            "javascript:alert(1)",
+        ] {
+            assert!(!ok(bad), "{bad}");
+        }
     }
 }

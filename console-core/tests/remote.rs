@@ -198,8 +198,14 @@ async fn keyring_sign_in_on_the_tests_own_bus() {
     // The tokens are in the keyring, nowhere on disk, never in an event.
     let entry = keyring::Entry::new(console_core::vault::SERVICE, &local.api).unwrap();
     let kept: serde_json::Value = serde_json::from_str(&entry.get_password().unwrap()).unwrap();
-    let access = kept["access_token"].as_str().unwrap().to_string();
-    let refresh = kept["refresh_token"].as_str().unwrap().to_string();
+    // The profile is kept with the tokens: an edited remote.json cannot
+    // send the refresh token elsewhere.
+    assert_eq!(kept["profile"]["issuer"], provider.issuer.as_str());
+    let access = kept["tokens"]["access_token"].as_str().unwrap().to_string();
+    let refresh = kept["tokens"]["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
     for (path, bytes) in files_under(console.host().dir.path()) {
         let text = String::from_utf8_lossy(&bytes);
         assert!(
@@ -230,7 +236,7 @@ async fn keyring_sign_in_on_the_tests_own_bus() {
     let started = Instant::now();
     loop {
         let now: serde_json::Value = serde_json::from_str(&entry.get_password().unwrap()).unwrap();
-        if now["access_token"] != kept["access_token"] {
+        if now["tokens"]["access_token"] != kept["tokens"]["access_token"] {
             break;
         }
         assert!(
@@ -369,6 +375,18 @@ async fn roles_decide_what_a_sign_in_sees_and_refused_tokens_say_why() {
         result.summary
     );
     assert!(out.join("INDEX.md").exists() && out.join("audit/audit.jsonl").exists());
+    // An auditor's bundle carries the recordings without their result rows,
+    // as the API shows them to an auditor.
+    let recordings = files_under(&out.join("sessions"));
+    assert!(!recordings.is_empty());
+    for (path, bytes) in recordings {
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains("\"preview\"") && !text.contains("******"),
+            "result rows in {}",
+            path.display()
+        );
+    }
     let phases: Vec<String> = console
         .host()
         .events

@@ -28,7 +28,7 @@ use crate::audit::tree::{inclusion_proof, leaf_hash, verify_inclusion};
 use crate::audit::verify::verify_dir;
 use crate::config::Config;
 use crate::recording::asciicast;
-use crate::recording::store::Store;
+use crate::recording::store::{Frame, Store};
 
 /// What to export.
 #[derive(Debug, Clone)]
@@ -61,6 +61,11 @@ pub enum Exporter {
         actor: Value,
         /// Where the call came from.
         origin: String,
+        /// The export's id (in its records, and the download's).
+        id: String,
+        /// The caller may read result rows (an analyst too): else the
+        /// bundle's recordings carry none, as the API would show them.
+        previews: bool,
     },
 }
 
@@ -73,6 +78,14 @@ impl Exporter {
                 .as_str()
                 .unwrap_or("an API caller")
                 .to_string(),
+        }
+    }
+
+    /// Whether the bundle's recordings keep their result previews.
+    fn previews(&self) -> bool {
+        match self {
+            Exporter::Operator(_) => true,
+            Exporter::Api { previews, .. } => *previews,
         }
     }
 
@@ -261,7 +274,10 @@ pub async fn export(
         "from": request.from.map(secs_rfc3339),
         "to": request.to.map(secs_rfc3339),
     });
-    let marker = crate::recording::session_id();
+    let marker = match &request.by {
+        Exporter::Api { id, .. } => id.clone(),
+        Exporter::Operator(_) => crate::recording::session_id(),
+    };
     let actor = match &request.by {
         Exporter::Operator(name) => json!({ "subject": name, "kind": "operator" }),
         Exporter::Api { actor, .. } => actor.clone(),
@@ -480,6 +496,7 @@ pub async fn export(
     // 6. The access-control configuration in force.
     progress.stage("copying the access-control configuration", 1);
     let mut hashes = String::new();
+    let mut original = None;
     let mut put_config = |name: &str, bytes: &[u8]| -> Result<(), EvidenceError> {
         write(&out.join("config").join(name), bytes)?;
         let _ = writeln!(
@@ -490,8 +507,15 @@ pub async fn export(
         Ok(())
     };
     if let Some(file) = &request.config_file {
+        // Inline secrets and URL passwords are replaced; the hash of the
+        // file as it is on the host lets the operator show it unchanged.
         let bytes = std::fs::read(file).map_err(|e| io(file.display(), e))?;
-        put_config("gateway.toml", &bytes)?;
+        original = Some(format!(
+            "sha256-{}  gateway.toml as on the gateway's host (the copy here has its secrets redacted)\n",
+            B64.encode(Sha256::digest(&bytes))
+        ));
+        let redacted = redact_config(&String::from_utf8_lossy(&bytes));
+        put_config("gateway.toml", redacted.as_bytes())?;
     }
     put_config("tollgate.cedarschema", crate::policy::SCHEMA.as_bytes())?;
     if config.policy.starter {
@@ -513,6 +537,9 @@ pub async fn export(
             "ALLOW-ALL.txt",
             b"policy.allow_all is set: every statement was allowed (development only)\n",
         )?;
+    }
+    if let Some(line) = original {
+        hashes.push_str(&line);
     }
     write(&out.join("config/hashes.txt"), hashes.as_bytes())?;
     write(
@@ -561,6 +588,9 @@ pub async fn export(
             let Some(last) = page.last() else { break };
             after = last.seq as i64;
             frames.extend(page);
+        }
+        if !request.by.previews() {
+            frames = frames.into_iter().map(Frame::without_preview).collect();
         }
         let name = file_name(&session.id);
         let mut lines = Vec::new();
@@ -805,10 +835,98 @@ fn secs_rfc3339(secs: i64) -> String {
     crate::policy::rfc3339(UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64))
 }
 
+/// Keys whose values are secrets wherever they appear in the configuration.
+const SECRET_KEYS: &[&str] = &["password", "token", "token_key", "replica_key", "secret"];
+
+/// The configuration file with its secrets replaced by `<redacted>`: the
+/// values of [`SECRET_KEYS`] (inline or not: an env or keyring name is
+/// harmless, an inline value is not) and the password of any URL. A file
+/// that does not parse is left out rather than copied.
+pub fn redact_config(text: &str) -> String {
+    fn walk(value: &mut toml::Value, secret: bool) {
+        match value {
+            toml::Value::String(s) => {
+                if secret {
+                    *s = "<redacted>".into();
+                } else if let Ok(mut url) = url::Url::parse(s)
+                    && url.password().is_some()
+                {
+                    let _ = url.set_password(Some("redacted"));
+                    *s = url.to_string();
+                }
+            }
+            toml::Value::Table(table) => {
+                for (key, v) in table.iter_mut() {
+                    walk(v, secret || SECRET_KEYS.contains(&key.as_str()));
+                }
+            }
+            toml::Value::Array(items) => {
+                for v in items {
+                    walk(v, secret);
+                }
+            }
+            _ => {}
+        }
+    }
+    match text.parse::<toml::Table>() {
+        Ok(table) => {
+            let mut value = toml::Value::Table(table);
+            walk(&mut value, false);
+            format!(
+                "# The gateway's configuration, secrets redacted by the evidence export.\n{}",
+                toml::to_string(&value).unwrap_or_default()
+            )
+        }
+        Err(_) => {
+            "# The configuration did not parse; it is not copied (see INDEX.md for its hash).\n"
+                .into()
+        }
+    }
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_config;
+
+    #[test]
+    fn the_bundles_configuration_carries_no_secret() {
+        let text = r#"
+[audit]
+recordings = "postgres://recorder:s3cret-pw@db.internal/rec"
+[approvals]
+replica_key = { inline = "replica-secret" }
+[[connection]]
+name = "payments"
+[connection.upstream]
+password = { inline = "upstream-secret" }
+user = "gateway"
+[[audit.siem]]
+url = "https://siem.example.com/hook"
+token = { env = "SIEM_TOKEN" }
+"#;
+        let out = redact_config(text);
+        for secret in [
+            "s3cret-pw",
+            "replica-secret",
+            "upstream-secret",
+            "SIEM_TOKEN",
+        ] {
+            assert!(!out.contains(secret), "{secret} in {out}");
+        }
+        assert!(
+            out.contains("db.internal")
+                && out.contains("gateway")
+                && out.contains("siem.example.com"),
+            "{out}"
+        );
+        assert!(redact_config("not = [toml").contains("did not parse"));
+    }
 }

@@ -141,6 +141,10 @@ impl Host for Desktop {
 /// `%s` standing for the address, else the address appended), as
 /// xdg-utils and Python's webbrowser do; else `xdg-open`.
 fn open_in_browser(url: &str) -> Result<(), String> {
+    // Only web addresses: a file:, smb: or custom scheme would run a handler.
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(format!("not a web address: {url}"));
+    }
     let (program, args): (String, Vec<String>) = match std::env::var("BROWSER") {
         Ok(browser) if !browser.trim().is_empty() => {
             let first = browser
@@ -161,6 +165,11 @@ fn open_in_browser(url: &str) -> Result<(), String> {
             }
             (program, words)
         }
+        _ if cfg!(target_os = "macos") => ("open".into(), vec![url.to_string()]),
+        _ if cfg!(target_os = "windows") => (
+            "rundll32".into(),
+            vec!["url.dll,FileProtocolHandler".into(), url.to_string()],
+        ),
         _ => ("xdg-open".into(), vec![url.to_string()]),
     };
     std::process::Command::new(&program)
@@ -169,7 +178,10 @@ fn open_in_browser(url: &str) -> Result<(), String> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .map(drop)
+        .map(|mut child| {
+            // Reaped when it exits (browsers' launchers return at once).
+            std::thread::spawn(move || child.wait());
+        })
         .map_err(|e| format!("{program}: {e}"))
 }
 
@@ -320,6 +332,12 @@ pub mod commands {
         console.sign_in(options).await
     }
 
+    /// `cancel_sign_in`.
+    #[tauri::command]
+    pub fn cancel_sign_in(console: State<'_>) {
+        console.cancel_sign_in();
+    }
+
     /// `sign_out`.
     #[tauri::command]
     pub async fn sign_out(console: State<'_>) -> Result<RemoteStatus, ConsoleError> {
@@ -462,6 +480,7 @@ pub fn with_commands<R: tauri::Runtime>(builder: tauri::Builder<R>) -> tauri::Bu
         commands::remote_status,
         commands::sign_in,
         commands::sign_out,
+        commands::cancel_sign_in,
         commands::viewer,
         commands::set_local_viewer,
         commands::sessions,

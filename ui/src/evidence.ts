@@ -175,7 +175,16 @@ export function summary(r: ExportResult): HTMLElement {
       "div",
       { class: r.verified_here ? "done-ok" : "error-box" },
       h("strong", {}, r.verified_here ? "Exported and verified." : "Exported, but the verification FAILED."),
-      h("p", {}, `The bundle is in ${r.dir}. ${r.verified_here ? "Its audit log verified with the gateway's pinned key." : "Read verification-console.txt in the bundle."}`),
+      h(
+        "p",
+        {},
+        `The bundle is in ${r.dir}. `,
+        r.verified_here
+          ? r.key_pinned_now
+            ? "Its audit log verified with its own key, which this console saw for the first time and has pinned: compare it with the key the gateway's operator handed over."
+            : "Its audit log verified with the key this console pinned for the gateway."
+          : "Read verification-console.txt in the bundle.",
+      ),
     ),
     h(
       "div",

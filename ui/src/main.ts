@@ -195,6 +195,7 @@ async function start(): Promise<void> {
         return platform.asError(e);
       }
     },
+    cancel: () => platform.cancelSignIn(),
     signOut: async () => {
       await platform.signOut();
       status("Signed out; the tokens were removed from the keyring.");

@@ -61,6 +61,7 @@ export const traffic = (): Promise<TrafficStatus> => invoke<TrafficStatus>("traf
 export const remoteStatus = (): Promise<RemoteStatus> => invoke<RemoteStatus>("remote_status");
 export const signIn = (options: SignInOptions): Promise<RemoteStatus> => invoke<RemoteStatus>("sign_in", { options });
 export const signOut = (): Promise<RemoteStatus> => invoke<RemoteStatus>("sign_out");
+export const cancelSignIn = (): Promise<void> => invoke<void>("cancel_sign_in");
 export const viewer = (): Promise<Viewer> => invoke<Viewer>("viewer");
 export const setLocalViewer = (role: "analyst" | "auditor"): Promise<Viewer> =>
   invoke<Viewer>("set_local_viewer", { role });

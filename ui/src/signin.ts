@@ -11,6 +11,7 @@ import { h, present } from "./dom";
 export interface SignInHandlers {
   signIn(options: SignInOptions): Promise<ErrorView | null>;
   signOut(): Promise<void>;
+  cancel(): Promise<void>;
 }
 
 /** One line for the navigation. */
@@ -98,6 +99,8 @@ export class SignInPanel {
     const busy = s.state === "signing_in";
     const button = h("button", { class: "primary", "data-test": "signin", disabled: busy }, "Sign in with your identity provider");
     button.addEventListener("click", () => void this.go(false));
+    const cancel = h("button", { "data-test": "signin-cancel" }, "Cancel");
+    cancel.addEventListener("click", () => void this.handlers.cancel());
     this.gateway.disabled = busy;
     this.ca.disabled = busy;
     this.card.replaceChildren(
@@ -108,6 +111,7 @@ export class SignInPanel {
       h("label", { class: "stack" }, "CA certificate (if the gateway's is not publicly trusted)", this.ca),
       s.state === "signed_out" && s.reason ? h("div", { class: "blocked" }, `Signed out: ${s.reason}.`) : null,
       busy ? h("div", { class: "progress", "data-test": "signin-step" }, h("span", { class: "spinner" }), s.step) : null,
+      busy ? cancel : null,
       h("div", { class: "buttons" }, button),
       this.error,
       ),

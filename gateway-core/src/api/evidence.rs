@@ -119,16 +119,23 @@ impl Exports {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Forget bundles kept longer than [`KEEP`].
+    /// Forget bundles kept longer than [`KEEP`] (their files go too).
     fn prune(&self) {
-        let mut jobs = self.jobs();
-        jobs.retain(|id, job| {
-            let keep = job.finished.is_none_or(|t| t.elapsed() < KEEP);
-            if !keep {
-                let _ = std::fs::remove_dir_all(self.dir.join(id));
+        let gone: Vec<String> = {
+            let mut jobs = self.jobs();
+            let old: Vec<String> = jobs
+                .iter()
+                .filter(|(_, job)| job.finished.is_some_and(|t| t.elapsed() >= KEEP))
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in &old {
+                jobs.remove(id);
             }
-            keep
-        });
+            old
+        };
+        for id in gone {
+            let _ = std::fs::remove_dir_all(self.dir.join(id));
+        }
     }
 }
 
@@ -280,18 +287,33 @@ async fn start(
             auditor: ctx.recording.auditor.clone(),
             actor: actor(&caller.identity),
             origin: caller.peer.ip().to_string(),
+            id: id.clone(),
+            previews: caller.analyst,
         },
     };
     let ctx2 = ctx.clone();
     let job_id = id.clone();
+    let failed_event = caller.event("evidence.export", Outcome::Failure);
+    // The export runs on a task of its own; this one marks the job done or
+    // failed whatever happens to it (a panic too), so it never stays "running".
     tokio::spawn(async move {
-        let mut progress = Shared(view.clone());
-        let result = crate::evidence::export(&request, &mut progress).await;
-        let archived = match result {
-            Ok(summary) => {
+        let out = request.out.clone();
+        let work = tokio::spawn({
+            let view = view.clone();
+            async move {
+                let mut progress = Shared(view);
+                let summary = crate::evidence::export(&request, &mut progress)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 let dir = request.out.clone();
                 let tar = dir.with_extension("tar");
-                let packed = tokio::task::spawn_blocking(move || pack(&dir, &tar)).await;
+                let packed = tokio::task::spawn_blocking(move || {
+                    let bytes = pack(&dir, &tar)?;
+                    // The archive is what is served: the folder goes.
+                    std::fs::remove_dir_all(&dir)?;
+                    Ok::<_, std::io::Error>(bytes)
+                })
+                .await;
                 match packed {
                     Ok(Ok(bytes)) => Ok((summary, bytes)),
                     Ok(Err(e)) => Err(format!(
@@ -300,8 +322,18 @@ async fn start(
                     Err(e) => Err(format!("the bundle could not be archived: {e}")),
                 }
             }
-            Err(e) => Err(e.to_string()),
+        });
+        let archived = match work.await {
+            Ok(result) => result,
+            Err(e) => Err(format!(
+                "the export stopped unexpectedly ({e}); see the gateway's log"
+            )),
         };
+        if archived.is_err()
+            && let Some(job_dir) = out.parent()
+        {
+            let _ = std::fs::remove_dir_all(job_dir);
+        }
         let mut view = view.lock().unwrap_or_else(|e| e.into_inner());
         match archived {
             Ok((summary, bytes)) => {
@@ -319,6 +351,11 @@ async fn start(
                 tracing::error!(error = %message, "evidence export failed");
                 view.state = "failed".into();
                 view.error = Some(crate::masking::for_record(&message));
+                let event = failed_event
+                    .clone()
+                    .resource(json!({ "evidence": job_id }))
+                    .with("reason", crate::masking::for_record(&message));
+                ctx2.recording.auditor.record_later(event);
             }
         }
         drop(view);
@@ -328,11 +365,10 @@ async fn start(
             job.finished = Some(Instant::now());
         }
     });
-    let view = exports.jobs()[&id]
-        .view
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let view = exports
+        .jobs()
+        .get(&id)
+        .map(|job| job.view.lock().unwrap_or_else(|e| e.into_inner()).clone());
     Ok((StatusCode::ACCEPTED, Json(json!({ "export": view }))).into_response())
 }
 
@@ -372,6 +408,7 @@ async fn status(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let (caller, exports) = auditor(&ctx, &headers, peer).await?;
+    exports.prune();
     let (view, _) = job_of(exports, &caller, &id)?;
     Ok(Json(json!({ "export": view })))
 }

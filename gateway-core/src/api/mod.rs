@@ -331,7 +331,16 @@ fn store_error(e: impl std::fmt::Display) -> ApiError {
 /// RFC 9728 protected resource metadata: which issuers sign the tokens this
 /// API takes, and (a Tollgate extension) the console's client id and the
 /// audience at each. Public: it holds no secret.
-async fn resource_metadata(State(ctx): State<Arc<ApiContext>>) -> Json<Value> {
+async fn resource_metadata(State(ctx): State<Arc<ApiContext>>, headers: HeaderMap) -> Json<Value> {
+    // RFC 9728 3.3: `resource` is this API's own URL, as the caller reached it.
+    let resource = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+        })
+        .map(|host| format!("https://{host}"));
     let consoles: Vec<Value> = ctx
         .issuers
         .iter()
@@ -344,7 +353,7 @@ async fn resource_metadata(State(ctx): State<Arc<ApiContext>>) -> Json<Value> {
         })
         .collect();
     Json(json!({
-        "resource": ctx.issuers.first().map(|i| i.audience.clone()),
+        "resource": resource,
         "authorization_servers": ctx.issuers.iter().map(|i| i.issuer.clone()).collect::<Vec<_>>(),
         "bearer_methods_supported": ["header"],
         "resource_name": "Tollgate gateway API",
@@ -671,17 +680,6 @@ impl Page {
     }
 }
 
-/// What an auditor sees of a frame: everything but the result rows
-/// (counts, columns and the digest stay).
-fn without_previews(mut frame: Frame) -> Frame {
-    if let Value::Object(body) = &mut frame.body
-        && body.remove("preview").is_some()
-    {
-        body.insert("withheld".into(), json!("result rows: analysts only"));
-    }
-    frame
-}
-
 async fn frames(
     State(ctx): State<Arc<ApiContext>>,
     ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
@@ -707,7 +705,7 @@ async fn frames(
         .await
         .map_err(store_error)?;
     if !caller.analyst {
-        frames = frames.into_iter().map(without_previews).collect();
+        frames = frames.into_iter().map(Frame::without_preview).collect();
     }
     let next = (frames.len() as u32 == limit)
         .then(|| frames.last().map(|f| f.seq))

@@ -63,6 +63,19 @@ pub struct Frame {
     pub body: Value,
 }
 
+impl Frame {
+    /// The frame as an auditor sees it: everything but the result rows
+    /// (counts, columns and the digest stay).
+    pub fn without_preview(mut self) -> Frame {
+        if let Value::Object(body) = &mut self.body
+            && body.remove("preview").is_some()
+        {
+            body.insert("withheld".into(), Value::from("result rows: analysts only"));
+        }
+        self
+    }
+}
+
 enum Write {
     Session(SessionRow, i64),
     Ended(String, String),
@@ -72,7 +85,11 @@ enum Write {
 /// A handle on the recording store (cheap to clone).
 #[derive(Clone)]
 pub struct Store {
+    /// The writer's connections (and pruning).
     pool: AnyPool,
+    /// Readers' own connections: a slow search never holds up the writer,
+    /// whose failure would refuse every statement.
+    read: AnyPool,
     tx: mpsc::UnboundedSender<Write>,
     healthy: Arc<AtomicBool>,
     /// Writes sent and not yet committed.
@@ -192,15 +209,28 @@ impl Store {
                 .is_err()
             {
                 let add = format!("ALTER TABLE {table} ADD COLUMN {column} {kind}");
-                sqlx::query(sqlx::AssertSqlSafe(add))
-                    .execute(&pool)
-                    .await
-                    .map_err(fail)?;
+                if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(add)).execute(&pool).await {
+                    // Another replica may have added it meanwhile.
+                    let probe = format!("SELECT {column} FROM {table} WHERE 1 = 0");
+                    if sqlx::query(sqlx::AssertSqlSafe(probe))
+                        .execute(&pool)
+                        .await
+                        .is_err()
+                    {
+                        return Err(fail(e));
+                    }
+                }
             }
         }
         for statement in INDEXES {
             sqlx::query(*statement).execute(&pool).await.map_err(fail)?;
         }
+        let read = AnyPoolOptions::new()
+            .max_connections(if sqlite { 2 } else { 4 })
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&url)
+            .await
+            .map_err(fail)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let healthy = Arc::new(AtomicBool::new(true));
         let queued = Arc::new(AtomicUsize::new(0));
@@ -214,6 +244,7 @@ impl Store {
         ));
         Ok(Store {
             pool,
+            read,
             tx,
             healthy,
             queued,
@@ -273,7 +304,7 @@ impl Store {
         )
         .bind(from_ms)
         .bind(to_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await
         .map_err(|e| self.error(e))?;
         rows.iter()
@@ -289,7 +320,7 @@ impl Store {
              FROM tollgate_sessions WHERE id = $1",
         )
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.read)
         .await
         .map_err(|e| self.error(e))?;
         row.as_ref()
@@ -313,7 +344,7 @@ impl Store {
         .bind(session)
         .bind(after)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await
         .map_err(|e| self.error(e))?;
         rows.iter()
@@ -353,7 +384,7 @@ impl Store {
         ));
         let rows = page_sql
             .query()
-            .fetch_all(&self.pool)
+            .fetch_all(&self.read)
             .await
             .map_err(|e| self.error(e))?;
         let mut sessions = rows
@@ -385,7 +416,7 @@ impl Store {
             count.filters(q);
             let n: i64 = count
                 .query()
-                .fetch_one(&self.pool)
+                .fetch_one(&self.read)
                 .await
                 .and_then(|r| r.try_get(0))
                 .map_err(|e| self.error(e))?;
@@ -415,7 +446,7 @@ impl Store {
         sql.text.push_str(" ORDER BY seq LIMIT 1");
         let row = sql
             .query()
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.read)
             .await
             .map_err(|e| self.error(e))?;
         row.map(|row| {
@@ -437,7 +468,7 @@ impl Store {
                 statements, refused, held, masked, errors, frames FROM tollgate_sessions WHERE id = $1",
         )
         .bind(id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.read)
         .await
         .map_err(|e| self.error(e))?;
         row.as_ref()
@@ -454,7 +485,7 @@ impl Store {
         )
         .bind(session)
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.read)
         .await
         .map_err(|e| self.error(e))?;
         rows.iter()
@@ -475,7 +506,7 @@ impl Store {
             "SELECT seq, at_us FROM tollgate_frames WHERE session_id = $1 ORDER BY seq DESC LIMIT 1",
         )
         .bind(session)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.read)
         .await
         .map_err(|e| self.error(e))?;
         row.map(|row| {
@@ -505,7 +536,7 @@ impl Store {
         sql.text.push_str(&format!(" ORDER BY seq LIMIT {limit}"));
         let rows = sql
             .query()
-            .fetch_all(&self.pool)
+            .fetch_all(&self.read)
             .await
             .map_err(|e| self.error(e))?;
         rows.iter()
@@ -721,7 +752,7 @@ impl Sql {
         if let Some(subject) = &q.subject {
             let p = self.text(&like(subject));
             self.text
-                .push_str(&format!(" AND LOWER(subject) LIKE {p} ESCAPE '\\'"));
+                .push_str(&format!(" AND LOWER(subject) LIKE {p} ESCAPE '!'"));
         }
         if let Some(connection) = &q.connection {
             let p = self.text(connection);
@@ -750,7 +781,7 @@ impl Sql {
         for word in words {
             let p = self.text(&like(word));
             self.text.push_str(&format!(
-                " AND (f.search LIKE {p} ESCAPE '\\' OR (f.search = '' AND LOWER(f.body) LIKE {p} ESCAPE '\\'))"
+                " AND (f.search LIKE {p} ESCAPE '!' OR (f.search = '' AND f.kind IN ('statement', 'error') AND LOWER(f.body) LIKE {p} ESCAPE '!'))"
             ));
         }
     }
@@ -768,12 +799,14 @@ impl Sql {
     }
 }
 
-/// A LIKE pattern for text containing `word` (any case), its wildcards escaped.
+/// A LIKE pattern for text containing `word` (any case), its wildcards
+/// escaped with `!` (a backslash means different things to PostgreSQL
+/// depending on `standard_conforming_strings`).
 fn like(word: &str) -> String {
     let mut pattern = String::from("%");
     for c in word.to_lowercase().chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            pattern.push('\\');
+        if matches!(c, '%' | '_' | '!') {
+            pattern.push('!');
         }
         pattern.push(c);
     }

@@ -478,7 +478,8 @@ connections: Array<string>, };
 export type Link = { 
 /**
  * `off` (no gateway), `connecting`, `live` (WebSocket), `polling`
- * (HTTP, while the WebSocket is unavailable) or `down`.
+ * (HTTP, while the WebSocket is unavailable), `down`, or `refused` (the
+ * signed-in identity is not an approver there).
  */
 state: string, 
 /**
@@ -1051,6 +1052,11 @@ summary: ExportSummary,
  * The console verified the bundle's audit log itself, with the pinned key.
  */
 verified_here: boolean, 
+/**
+ * No key was pinned for this gateway yet: the bundle's own key verified
+ * it and is pinned now (compare it with the one the operator handed over).
+ */
+key_pinned_now: boolean, 
 /**
  * The verification report (`verification.txt` as the console wrote it).
  */
