@@ -117,6 +117,17 @@ impl KeyringSession {
                 .take()
                 .map(|mut s| s.write_all(b"tollgate-test")),
         );
+        // Ready once it has made the login keyring: a client asking before
+        // would make a default collection of its own, locked, and fail.
+        let login = home.path().join("keyrings/login.keyring");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !login.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "gnome-keyring-daemon made no login keyring"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         KeyringSession {
             bus: bus.trim().to_string(),
             dbus,

@@ -52,6 +52,19 @@ impl Api {
         (status, response.text().await.unwrap())
     }
 
+    async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, String) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("the API answers");
+        let status = response.status();
+        (status, response.text().await.unwrap())
+    }
+
     async fn json(&self, path: &str, token: &str) -> Value {
         let (status, body) = self.get(path, Some(token)).await;
         assert_eq!(status, StatusCode::OK, "{path}: {body}");
@@ -246,4 +259,133 @@ async fn recordings_and_the_audit_log_by_role_and_every_read_on_record() {
         2,
         "{reads:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn evidence_exports_over_the_api_by_role_and_bad_requests_answered() {
+    use serde_json::json;
+    let gw = gateway().await;
+    let api = Api::new(&gw);
+    let ops = gw.token("ops", &["admins"]);
+    gw.psql(
+        &ops,
+        &["-c", "SELECT brand, pan FROM payments ORDER BY id LIMIT 2"],
+    )
+    .ok();
+    gw.settle().await;
+    let auditor = gw.token("qsa", &["auditors"]);
+    let other = gw.token("qsa2", &["auditors"]);
+    let analyst = gw.token("ana", &["analysts"]);
+
+    // Public metadata for the console's sign-in: the API's own URL.
+    let (status, body) = api.get("/.well-known/oauth-protected-resource", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let metadata: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(metadata["resource"], api.base.as_str(), "{metadata}");
+
+    // Only auditors export; bad windows are answered with what to fix.
+    let (status, body) = api.post("/api/v1/evidence", &analyst, json!({})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("auditors"), "{body}");
+    for (window, says) in [
+        (
+            json!({ "from": "2026-12-02T00:00:00Z", "to": "2026-12-01T00:00:00Z" }),
+            "empty",
+        ),
+        (json!({ "from": "yesterday" }), "RFC 3339"),
+        (json!({ "window": 1 }), "unknown field"),
+    ] {
+        let (status, body) = api.post("/api/v1/evidence", &auditor, window).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body.contains(says), "{says}: {body}");
+    }
+
+    // An auditor's export: followed to done, downloaded as one archive.
+    let (status, body) = api
+        .post("/api/v1/evidence", &auditor, json!({ "from": null }))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let started: Value = serde_json::from_str(&body).unwrap();
+    let id = started["export"]["id"].as_str().unwrap().to_string();
+    let done = loop {
+        let view = api.json(&format!("/api/v1/evidence/{id}"), &auditor).await;
+        match view["export"]["state"].as_str() {
+            Some("done") => break view,
+            Some("running") => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            _ => panic!("the export failed: {view}"),
+        }
+    };
+    assert_eq!(done["export"]["summary"]["verified"], true, "{done}");
+    // Another auditor does not see it.
+    for path in [
+        format!("/api/v1/evidence/{id}"),
+        format!("/api/v1/evidence/{id}/bundle"),
+    ] {
+        let (status, body) = api.get(&path, Some(&other)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+    }
+    let response = api
+        .http
+        .get(format!("{}/api/v1/evidence/{id}/bundle", api.base))
+        .bearer_auth(&auditor)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "application/x-tar");
+    let bytes = response.bytes().await.unwrap();
+    assert_eq!(
+        Some(bytes.len() as u64),
+        done["export"]["bundle_bytes"].as_u64()
+    );
+    let mut names = Vec::new();
+    let mut archive = tar::Archive::new(&bytes[..]);
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().display().to_string();
+        let mut text = String::new();
+        if entry.header().entry_type().is_file() {
+            std::io::Read::read_to_string(&mut entry, &mut text).unwrap();
+        }
+        assert!(name.starts_with("evidence"), "{name}");
+        assert_no_pan(&name, &text);
+        if name.starts_with("evidence/sessions/") && name.ends_with(".jsonl") {
+            assert!(
+                !text.contains("\"preview\""),
+                "an auditor's bundle holds result rows: {text}"
+            );
+        }
+        names.push(name);
+    }
+    assert!(names.iter().any(|n| n == "evidence/INDEX.md"), "{names:?}");
+
+    // The export and the download are on record as the auditor, linked by the id.
+    let all = api.json("/api/v1/audit/records?limit=1000", &auditor).await;
+    let records = all["records"].as_array().unwrap();
+    assert!(
+        records.iter().any(|r| r["event"] == "evidence.export"
+            && r["actor"]["subject"] == "qsa"
+            && r["request"] == id.as_str()),
+        "{all}"
+    );
+    assert!(
+        records.iter().any(|r| r["event"] == "evidence.download"
+            && r["actor"]["subject"] == "qsa"
+            && r["resource"]["evidence"] == id.as_str()),
+        "{all}"
+    );
+
+    // The session list answers malformed queries with what to fix.
+    for (query, says) in [
+        ("q=a+b+c+d+e+f+g+h+i", "at most 8 words"),
+        ("after=nonsense", "next"),
+        ("outcome=maybe", "refused, held"),
+        ("sort=name", "unknown field"),
+    ] {
+        let (status, body) = api
+            .get(&format!("/api/v1/sessions?{query}"), Some(&auditor))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert!(body.contains(says), "{query}: {body}");
+    }
 }
