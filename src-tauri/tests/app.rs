@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use tollgate::identity::dev_issuer::{DevIssuer, TokenRequest};
+use tollgate_e2e::oidc::{Provider, oidc_dir};
 use tollgate_e2e::webdriver::{App, Display, Notifications};
 use tollgate_e2e::{FIXTURE_PANS, free_port};
 
@@ -359,46 +360,6 @@ async fn an_approver_releases_and_refuses_held_exports_from_the_console() {
     }
 }
 
-/// A real OpenID Provider (npm oidc-provider) on a free port.
-struct Provider {
-    issuer: String,
-    child: Child,
-}
-
-impl Provider {
-    fn start(audience: &str) -> Provider {
-        use std::io::BufRead;
-        let port = free_port();
-        let mut child = Command::new("node")
-            .arg(oidc_dir().join("provider.mjs"))
-            .args([&port.to_string(), audience, "3600"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("node runs tests/oidc/provider.mjs");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.starts_with("ready "), "{line}");
-        Provider {
-            issuer: line.trim_start_matches("ready ").trim().to_string(),
-            child,
-        }
-    }
-}
-
-impl Drop for Provider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn oidc_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/oidc")
-}
-
 /// Sign in to the team gateway from the console's Team gateway page as
 /// `login` (the scripted browser signs in at the provider); no keyring on
 /// this desktop, so the console offers a session-only sign-in.
@@ -433,7 +394,7 @@ async fn an_analyst_replays_a_session_and_an_auditor_exports_its_evidence() {
     use console_core::types::{LocalOptions, Persona, TrustIssuer};
 
     const AUDIENCE: &str = "https://tollgate.test/api";
-    let provider = Provider::start(AUDIENCE);
+    let provider = Provider::start(AUDIENCE, 3600);
     // The team's gateway: the gateway core with the team's provider trusted,
     // in front of a throwaway database.
     let team_dir = tempfile::tempdir().unwrap();

@@ -19,6 +19,7 @@ use tollgate::{Gateway, RunningGateway};
 pub use tollgate;
 
 pub mod console;
+pub mod oidc;
 pub mod webdriver;
 
 /// A port on 127.0.0.1 that nothing listens on right now.

@@ -118,51 +118,5 @@ pub async fn eventually(what: &str, check: impl Fn() -> bool) {
     panic!("timed out waiting until {what}");
 }
 
-/// The test OpenID Provider's folder (`tests/oidc`).
-pub fn oidc_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/oidc")
-}
-
-/// A real OpenID Provider (npm oidc-provider) on a free port, stopped on drop.
-pub struct Provider {
-    pub issuer: String,
-    child: std::process::Child,
-}
-
-impl Provider {
-    /// Start it for `audience`, its access tokens living `ttl_secs`.
-    pub fn start(audience: &str, ttl_secs: u64) -> Provider {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut child = std::process::Command::new("node")
-            .arg(oidc_dir().join("provider.mjs"))
-            .arg(port.to_string())
-            .arg(audience)
-            .arg(ttl_secs.to_string())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("node runs tests/oidc/provider.mjs (the test command installs its packages)");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).unwrap();
-        assert!(
-            line.starts_with("ready "),
-            "the provider did not start: {line}"
-        );
-        Provider {
-            issuer: line.trim_start_matches("ready ").trim().to_string(),
-            child,
-        }
-    }
-}
-
-impl Drop for Provider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[allow(unused_imports)]
+pub use tollgate_e2e::oidc::{Provider, oidc_dir};

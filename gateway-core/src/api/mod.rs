@@ -268,6 +268,21 @@ impl ApiContext {
             .map_err(|_| ApiError::audit_unavailable())
     }
 
+    /// Refuse (on record) a caller who is neither auditor nor analyst.
+    async fn needs_reader(
+        &self,
+        caller: &Caller,
+        kind: &str,
+        resource: &Value,
+    ) -> Result<(), ApiError> {
+        if caller.auditor || caller.analyst {
+            return Ok(());
+        }
+        Err(self
+            .forbid(caller, kind, resource.clone(), "auditor or analyst")
+            .await)
+    }
+
     /// Refuse `caller` for lacking a role, on record.
     async fn forbid(&self, caller: &Caller, kind: &str, resource: Value, needs: &str) -> ApiError {
         let event = caller
@@ -494,11 +509,8 @@ async fn sessions(
         "from": list.from, "to": list.to, "subject": list.subject, "connection": list.connection,
         "kind": list.kind, "outcome": list.outcome, "search": list.q.as_deref().map(crate::masking::for_record),
     } });
-    if !(caller.auditor || caller.analyst) {
-        return Err(ctx
-            .forbid(&caller, "recording.list", resource, "auditor or analyst")
-            .await);
-    }
+    ctx.needs_reader(&caller, "recording.list", &resource)
+        .await?;
     let q = list.parse()?;
     let page = ctx.recording.store.list(&q).await.map_err(store_error)?;
     ctx.record(
@@ -519,11 +531,8 @@ async fn session(
 ) -> Result<Json<Value>, ApiError> {
     let caller = ctx.caller(&headers, peer).await?;
     let resource = json!({ "session": id });
-    if !(caller.auditor || caller.analyst) {
-        return Err(ctx
-            .forbid(&caller, "recording.read", resource, "auditor or analyst")
-            .await);
-    }
+    ctx.needs_reader(&caller, "recording.read", &resource)
+        .await?;
     find_session(&ctx, &caller, &id, &resource).await?;
     let store = &ctx.recording.store;
     let summary = store.summary_by_id(&id).await.map_err(store_error)?;
@@ -553,11 +562,8 @@ async fn markers(
 ) -> Result<Json<Value>, ApiError> {
     let caller = ctx.caller(&headers, peer).await?;
     let resource = json!({ "session": id });
-    if !(caller.auditor || caller.analyst) {
-        return Err(ctx
-            .forbid(&caller, "recording.read", resource, "auditor or analyst")
-            .await);
-    }
+    ctx.needs_reader(&caller, "recording.read", &resource)
+        .await?;
     find_session(&ctx, &caller, &id, &resource).await?;
     let mut markers = ctx
         .recording
@@ -598,11 +604,8 @@ async fn search(
     let search = query(search)?;
     let resource =
         json!({ "session": id, "search": search.q.as_deref().map(crate::masking::for_record) });
-    if !(caller.auditor || caller.analyst) {
-        return Err(ctx
-            .forbid(&caller, "recording.read", resource, "auditor or analyst")
-            .await);
-    }
+    ctx.needs_reader(&caller, "recording.read", &resource)
+        .await?;
     let words = words(search.q.as_deref())?;
     if words.is_empty() {
         return Err(bad("q: give the words to find".into()));
@@ -691,11 +694,8 @@ async fn frames(
     let page = query(page)?;
     let after = page.after.unwrap_or(-1);
     let resource = json!({ "session": id, "frames_after": after });
-    if !(caller.auditor || caller.analyst) {
-        return Err(ctx
-            .forbid(&caller, "recording.read", resource, "auditor or analyst")
-            .await);
-    }
+    ctx.needs_reader(&caller, "recording.read", &resource)
+        .await?;
     let limit = page.limit()?;
     find_session(&ctx, &caller, &id, &resource).await?;
     let mut frames = ctx
