@@ -456,6 +456,65 @@ async fn roles_decide_what_a_sign_in_sees_and_refused_tokens_say_why() {
         .unwrap_err();
     assert_eq!(refused.code(), "forbidden");
     assert!(refused.to_string().contains("analysts"), "{refused}");
+
+    // ... but olga is an approver there: the inbox works as in local mode,
+    // as the signed-in identity. An agent's held export is released from it.
+    support::eventually("the remote inbox is live as olga", || {
+        let inbox = console.inbox();
+        inbox.link.state == "live" && inbox.me.is_some_and(|me| me.subject == "olga")
+    })
+    .await;
+    let agent = Persona::agent();
+    let access = console.dev_access(agent.clone()).await.unwrap();
+    let options = sqlx::postgres::PgConnectOptions::new()
+        .host("127.0.0.1")
+        .port(addr.port())
+        .username(&agent.subject)
+        .password(&access.token)
+        .database(&local.connection)
+        .ssl_mode(sqlx::postgres::PgSslMode::VerifyCa)
+        .ssl_root_cert(&local.ca_file);
+    let mut conn = sqlx::postgres::PgConnection::connect_with(&options)
+        .await
+        .unwrap();
+    let export = tokio::spawn(async move {
+        let mut out = conn
+            .copy_out_raw("/* reason: chargeback sample */ COPY payments TO STDOUT")
+            .await?;
+        let mut rows = Vec::new();
+        while let Some(chunk) = futures_util::StreamExt::next(&mut out).await {
+            rows.extend_from_slice(&chunk?);
+        }
+        Ok::<_, sqlx::Error>(String::from_utf8_lossy(&rows).into_owned())
+    });
+    support::eventually("the held export reaches the remote inbox", || {
+        console
+            .inbox()
+            .items
+            .iter()
+            .any(|i| i.request.state == "pending")
+    })
+    .await;
+    let held = console
+        .inbox()
+        .items
+        .into_iter()
+        .find(|i| i.request.state == "pending")
+        .unwrap();
+    console
+        .decide(console_core::types::Decision {
+            id: held.request.id.clone(),
+            approve: true,
+            reason: "decided from a remote sign-in".into(),
+            window_secs: None,
+        })
+        .await
+        .expect("olga approves through the team gateway");
+    let rows = export.await.unwrap().expect("the export is released");
+    assert!(
+        rows.lines().count() >= 5 && rows.contains("******"),
+        "{rows}"
+    );
     console.sign_out().await.unwrap();
     console.stop_local().await;
 }

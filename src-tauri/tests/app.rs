@@ -511,8 +511,7 @@ async fn an_analyst_replays_a_session_and_an_auditor_exports_its_evidence() {
         "{row}"
     );
     save(&shots, "sessions.png", &app.screenshot().await);
-    app.click(&app.wait_for("[data-test=session-row] td", WAIT).await)
-        .await;
+    app.click_css("[data-test=session-row] td", WAIT).await;
 
     // The player opens at the matching statement: refused, with its policy.
     let sql = app
@@ -591,8 +590,7 @@ async fn an_analyst_replays_a_session_and_an_auditor_exports_its_evidence() {
         .await;
     app.wait_for_text("[data-test=session-row]", WAIT, |t| t.contains("agent-7"))
         .await;
-    app.click(&app.wait_for("[data-test=session-row] td", WAIT).await)
-        .await;
+    app.click_css("[data-test=session-row] td", WAIT).await;
     app.wait_for_text("[data-test=frame-sql]", WAIT, |t| t.contains("DELETE"))
         .await;
     app.click(&app.wait_for("[data-test=step-back]", WAIT).await)

@@ -335,6 +335,12 @@ impl App {
 
     /// Click (a click the driver refuses fails the test, with its reason).
     pub async fn click(&self, element: &Element) {
+        if let Err(error) = self.try_click(element).await {
+            panic!("the click was refused: {error}");
+        }
+    }
+
+    async fn try_click(&self, element: &Element) -> Result<(), String> {
         let answer = self
             .call(
                 reqwest::Method::POST,
@@ -342,8 +348,25 @@ impl App {
                 Some(json!({})),
             )
             .await;
-        if let Some(error) = answer.get("error") {
-            panic!("the click was refused: {error} {}", answer["message"]);
+        match answer.get("error") {
+            Some(error) => Err(format!("{error} {}", answer["message"])),
+            None => Ok(()),
+        }
+    }
+
+    /// Click the first element matching `css` once the page settles: found
+    /// again when a re-render replaced it between finding and clicking.
+    pub async fn click_css(&self, css: &str, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let element = self.wait_for(css, timeout).await;
+            match self.try_click(&element).await {
+                Ok(()) => return,
+                Err(e) if e.contains("stale element") && std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("the click on {css} was refused: {e}"),
+            }
         }
     }
 
