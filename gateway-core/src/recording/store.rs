@@ -242,6 +242,7 @@ impl Store {
             queued.clone(),
             target.clone(),
         ));
+        tokio::spawn(backfill(pool.clone(), target.clone()));
         Ok(Store {
             pool,
             read,
@@ -959,22 +960,127 @@ async fn write_batch(pool: &AnyPool, batch: &[Write]) -> Result<(), sqlx::Error>
         query.execute(&mut *tx).await?;
     }
     for (session, t) in tallies {
-        sqlx::query(
-            "UPDATE tollgate_sessions SET statements = statements + $1, refused = refused + $2,
-                held = held + $3, masked = masked + $4, errors = errors + $5, frames = frames + $6
-             WHERE id = $7",
-        )
-        .bind(t.statements)
-        .bind(t.refused)
-        .bind(t.held)
-        .bind(t.masked)
-        .bind(t.errors)
-        .bind(t.frames)
-        .bind(session)
-        .execute(&mut *tx)
-        .await?;
+        add_tally(&mut tx, session, &t).await?;
     }
     tx.commit().await
+}
+
+/// Frames per backfill transaction.
+const BACKFILL_BATCH: i64 = 500;
+
+/// Give frames written by an older gateway (or an older replica) their
+/// mark and searchable text, and their sessions the counts they add, in
+/// the background. A frame is counted only by the transaction that fills
+/// its text, so two gateways backfilling one store never count it twice.
+async fn backfill(pool: AnyPool, target: Arc<str>) {
+    let mut after: (String, i64) = (String::new(), -1);
+    let mut filled = 0u64;
+    loop {
+        let rows = sqlx::query(
+            "SELECT session_id, seq, at_us, kind, body FROM tollgate_frames
+             WHERE (session_id > $1 OR (session_id = $1 AND seq > $2)) AND search = ''
+             ORDER BY session_id, seq LIMIT $3",
+        )
+        .bind(&after.0)
+        .bind(after.1)
+        .bind(BACKFILL_BATCH)
+        .fetch_all(&pool)
+        .await;
+        let rows = match rows {
+            Ok(rows) if rows.is_empty() => break,
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(store = %target, error = %e, "recording store backfill stopped; it runs again at the next start");
+                return;
+            }
+        };
+        let frames: Vec<(String, Frame)> = rows
+            .iter()
+            .filter_map(|row| {
+                let body: String = row.try_get(4).ok()?;
+                Some((
+                    row.try_get(0).ok()?,
+                    Frame {
+                        seq: row.try_get::<i64, _>(1).ok()? as u64,
+                        at_us: row.try_get::<i64, _>(2).ok()? as u64,
+                        kind: row.try_get(3).ok()?,
+                        body: serde_json::from_str(&body).unwrap_or(Value::Null),
+                    },
+                ))
+            })
+            .collect();
+        let Some((last_session, last)) = frames.last() else {
+            break;
+        };
+        after = (last_session.clone(), last.seq as i64);
+        match fill(&pool, &frames).await {
+            Ok(n) => filled += n,
+            Err(e) => {
+                tracing::warn!(store = %target, error = %e, "recording store backfill stopped; it runs again at the next start");
+                return;
+            }
+        }
+        // Leave room for the writer.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if filled > 0 {
+        tracing::info!(store = %target, frames = filled, "frames of an older gateway given their marks, search text and counts");
+    }
+}
+
+/// One backfill transaction: how many frames it filled.
+async fn fill(pool: &AnyPool, frames: &[(String, Frame)]) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut tallies: Vec<(&str, Tally)> = Vec::new();
+    let mut filled = 0;
+    for (session, frame) in frames {
+        let (mark, tally) = classify(frame);
+        let done = sqlx::query(
+            "UPDATE tollgate_frames SET mark = $1, search = $2
+             WHERE session_id = $3 AND seq = $4 AND search = ''",
+        )
+        .bind(mark.map_or("", Mark::as_str))
+        .bind(searchable(frame))
+        .bind(session)
+        .bind(frame.seq as i64)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 1 {
+            filled += 1;
+            match tallies.iter_mut().find(|(s, _)| s == session) {
+                Some((_, sum)) => sum.add(&tally),
+                None => tallies.push((session.as_str(), tally)),
+            }
+        }
+    }
+    for (session, t) in tallies {
+        add_tally(&mut tx, session, &t).await?;
+    }
+    tx.commit().await?;
+    Ok(filled)
+}
+
+/// Add `t` to the counts of `session`.
+async fn add_tally(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    session: &str,
+    t: &Tally,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE tollgate_sessions SET statements = statements + $1, refused = refused + $2,
+            held = held + $3, masked = masked + $4, errors = errors + $5, frames = frames + $6
+         WHERE id = $7",
+    )
+    .bind(t.statements)
+    .bind(t.refused)
+    .bind(t.held)
+    .bind(t.masked)
+    .bind(t.errors)
+    .bind(t.frames)
+    .bind(session)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// What a frame adds to its session's counts.
@@ -1364,7 +1470,7 @@ mod tests {
                 .execute(&pool)
                 .await
                 .unwrap();
-            sqlx::query(r#"INSERT INTO tollgate_frames VALUES ('old', 0, 0, 'statement', '{"text":"TRUNCATE payments"}')"#)
+            sqlx::query(r#"INSERT INTO tollgate_frames VALUES ('old', 0, 0, 'statement', '{"text":"TRUNCATE payments","decision":"refused","approval":null}')"#)
                 .execute(&pool)
                 .await
                 .unwrap();
@@ -1383,9 +1489,26 @@ mod tests {
             ["old"],
             "frames written before the search column are searched too"
         );
+        // The background backfill gives the old frame its mark and its
+        // session the counts, once: a second gateway opening the store
+        // adds nothing.
+        let counts = |s: SessionSummary| (s.statements, s.refused, s.errors, s.frames);
+        let mut backfilled = false;
+        for _ in 0..100 {
+            if counts(store.summary_by_id("old").await.unwrap().unwrap()) == (1, 1, 0, 1) {
+                backfilled = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(backfilled, "the old session got its counts");
+        assert_eq!(store.markers("old", 10).await.unwrap()[0].mark, "refused");
+        let again = Store::open("", dir.path()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(again);
         store.frame("old", frame(1, "error", json!({ "sqlstate": "42501" })));
         store.flush().await;
         let summary = store.summary_by_id("old").await.unwrap().unwrap();
-        assert_eq!((summary.errors, summary.frames), (1, 1));
+        assert_eq!(counts(summary), (1, 1, 1, 2));
     }
 }
