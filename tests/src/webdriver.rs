@@ -79,6 +79,11 @@ impl Drop for Display {
         if let Some(mut xvfb) = self.xvfb.take() {
             let _ = xvfb.kill();
             let _ = xvfb.wait();
+            // Killed, Xvfb leaves its lock and socket behind: without this,
+            // each run would take a display number for good.
+            let n = self.name.trim_start_matches(':');
+            let _ = std::fs::remove_file(format!("/tmp/.X{n}-lock"));
+            let _ = std::fs::remove_file(format!("/tmp/.X11-unix/X{n}"));
         }
     }
 }
