@@ -371,7 +371,6 @@ impl<H: Host> Console<H> {
 
     /// A page of sessions.
     pub async fn sessions(&self, filter: SessionFilter) -> Result<SessionPage, ConsoleError> {
-        let acting = self.acting(None).await?;
         let mut query = Vec::new();
         let mut put = |name: &'static str, value: &Option<String>| {
             if let Some(v) = value.as_ref().map(|v| v.trim()).filter(|v| !v.is_empty()) {
@@ -390,15 +389,21 @@ impl<H: Host> Console<H> {
         if let Some(limit) = filter.limit {
             query.push(("limit", limit.to_string()));
         }
-        acting.api.get_json("/api/v1/sessions", &query).await
+        self.view("/api/v1/sessions", &query).await
+    }
+
+    /// `GET path` of the gateway's API as the browser's viewer.
+    async fn view<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> Result<T, ConsoleError> {
+        self.acting(None).await?.api.get_json(path, query).await
     }
 
     /// One session's header, counts and last frame.
     pub async fn session(&self, id: String) -> Result<SessionDetail, ConsoleError> {
-        let acting = self.acting(None).await?;
-        acting
-            .api
-            .get_json(&format!("/api/v1/sessions/{}", segment(&id)?), &[])
+        self.view(&format!("/api/v1/sessions/{}", segment(&id)?), &[])
             .await
     }
 
@@ -409,25 +414,19 @@ impl<H: Host> Console<H> {
         after: i64,
         limit: u32,
     ) -> Result<FramePage, ConsoleError> {
-        let acting = self.acting(None).await?;
-        acting
-            .api
-            .get_json(
-                &format!("/api/v1/sessions/{}/frames", segment(&id)?),
-                &[
-                    ("after", after.to_string()),
-                    ("limit", limit.clamp(1, 1000).to_string()),
-                ],
-            )
-            .await
+        self.view(
+            &format!("/api/v1/sessions/{}/frames", segment(&id)?),
+            &[
+                ("after", after.to_string()),
+                ("limit", limit.clamp(1, 1000).to_string()),
+            ],
+        )
+        .await
     }
 
     /// The session's markers.
     pub async fn markers(&self, id: String) -> Result<MarkerList, ConsoleError> {
-        let acting = self.acting(None).await?;
-        acting
-            .api
-            .get_json(&format!("/api/v1/sessions/{}/markers", segment(&id)?), &[])
+        self.view(&format!("/api/v1/sessions/{}/markers", segment(&id)?), &[])
             .await
     }
 
@@ -437,14 +436,11 @@ impl<H: Host> Console<H> {
         id: String,
         q: String,
     ) -> Result<SearchResult, ConsoleError> {
-        let acting = self.acting(None).await?;
-        acting
-            .api
-            .get_json(
-                &format!("/api/v1/sessions/{}/search", segment(&id)?),
-                &[("q", q)],
-            )
-            .await
+        self.view(
+            &format!("/api/v1/sessions/{}/search", segment(&id)?),
+            &[("q", q)],
+        )
+        .await
     }
 
     fn pins_path(&self) -> PathBuf {

@@ -79,29 +79,20 @@ fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
 /// A session bus of the test's own with GNOME Keyring's Secret Service on
 /// it, unlocked; stopped on drop.
 struct KeyringSession {
-    bus: String,
-    dbus: Child,
     keyring: Child,
+    /// Stopped after the keyring daemon (fields drop after `drop`).
+    bus: tollgate_e2e::webdriver::SessionBus,
     _home: tempfile::TempDir,
 }
 
 impl KeyringSession {
     fn start() -> KeyringSession {
-        use std::io::{BufRead, Write};
-        let mut dbus = Command::new("dbus-daemon")
-            .args(["--session", "--nofork", "--print-address=1"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dbus-daemon starts (apt-get install dbus-daemon)");
-        let mut bus = String::new();
-        std::io::BufReader::new(dbus.stdout.take().unwrap())
-            .read_line(&mut bus)
-            .unwrap();
+        use std::io::Write;
+        let bus = tollgate_e2e::webdriver::SessionBus::start();
         let home = tempfile::tempdir().unwrap();
         let mut keyring = Command::new("gnome-keyring-daemon")
             .args(["--foreground", "--unlock", "--components=secrets"])
-            .env("DBUS_SESSION_BUS_ADDRESS", bus.trim())
+            .env("DBUS_SESSION_BUS_ADDRESS", &bus.address)
             .env("HOME", home.path())
             .env("XDG_DATA_HOME", home.path())
             .env("XDG_RUNTIME_DIR", home.path())
@@ -129,9 +120,8 @@ impl KeyringSession {
             std::thread::sleep(Duration::from_millis(50));
         }
         KeyringSession {
-            bus: bus.trim().to_string(),
-            dbus,
             keyring,
+            bus,
             _home: home,
         }
     }
@@ -141,8 +131,6 @@ impl Drop for KeyringSession {
     fn drop(&mut self) {
         let _ = self.keyring.kill();
         let _ = self.keyring.wait();
-        let _ = self.dbus.kill();
-        let _ = self.dbus.wait();
     }
 }
 
@@ -159,7 +147,7 @@ fn sign_in_keeps_tokens_in_the_os_keyring_refreshes_and_signs_out() {
             "--include-ignored",
             "--nocapture",
         ])
-        .env("DBUS_SESSION_BUS_ADDRESS", &session.bus)
+        .env("DBUS_SESSION_BUS_ADDRESS", &session.bus.address)
         .output()
         .unwrap();
     let text = format!(

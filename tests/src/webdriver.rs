@@ -88,30 +88,56 @@ impl Drop for Display {
     }
 }
 
-/// A desktop notification service for the app: a session bus of its own
-/// and dunst (a real notification daemon) on the display.
-pub struct Notifications {
-    /// The bus address to give the app (`DBUS_SESSION_BUS_ADDRESS`).
-    pub bus: String,
-    dbus: Child,
-    dunst: Child,
+/// A D-Bus session bus of a test's own, stopped on drop.
+pub struct SessionBus {
+    /// Its address (`DBUS_SESSION_BUS_ADDRESS`).
+    pub address: String,
+    daemon: Child,
 }
 
-impl Notifications {
-    /// Start a session bus and dunst on `display`.
-    pub fn start(display: &Display) -> Notifications {
+impl SessionBus {
+    /// Start one.
+    pub fn start() -> SessionBus {
         use std::io::BufRead;
-        let mut dbus = Command::new("dbus-daemon")
+        let mut daemon = Command::new("dbus-daemon")
             .args(["--session", "--nofork", "--print-address=1"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("dbus-daemon starts (apt-get install dbus-daemon)");
         let mut line = String::new();
-        std::io::BufReader::new(dbus.stdout.take().expect("stdout"))
+        std::io::BufReader::new(daemon.stdout.take().expect("stdout"))
             .read_line(&mut line)
             .expect("the bus address");
-        let bus = line.trim().to_string();
+        SessionBus {
+            address: line.trim().to_string(),
+            daemon,
+        }
+    }
+}
+
+impl Drop for SessionBus {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+}
+
+/// A desktop notification service for the app: a session bus of its own
+/// and dunst (a real notification daemon) on the display.
+pub struct Notifications {
+    /// The bus address to give the app (`DBUS_SESSION_BUS_ADDRESS`).
+    pub bus: String,
+    dunst: Child,
+    /// Stopped after dunst (fields drop after `drop`).
+    _session: SessionBus,
+}
+
+impl Notifications {
+    /// Start a session bus and dunst on `display`.
+    pub fn start(display: &Display) -> Notifications {
+        let session = SessionBus::start();
+        let bus = session.address.clone();
         let dunst = Command::new("dunst")
             .env("DISPLAY", &display.name)
             .env("DBUS_SESSION_BUS_ADDRESS", &bus)
@@ -119,7 +145,11 @@ impl Notifications {
             .stderr(Stdio::null())
             .spawn()
             .expect("dunst starts (apt-get install dunst)");
-        let service = Notifications { bus, dbus, dunst };
+        let service = Notifications {
+            bus,
+            dunst,
+            _session: session,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while service.dunstctl(&["is-paused"]).is_none() {
             assert!(
@@ -172,8 +202,6 @@ impl Drop for Notifications {
     fn drop(&mut self) {
         let _ = self.dunst.kill();
         let _ = self.dunst.wait();
-        let _ = self.dbus.kill();
-        let _ = self.dbus.wait();
     }
 }
 

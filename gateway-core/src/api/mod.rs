@@ -533,10 +533,13 @@ async fn session(
     let resource = json!({ "session": id });
     ctx.needs_reader(&caller, "recording.read", &resource)
         .await?;
-    find_session(&ctx, &caller, &id, &resource).await?;
-    let store = &ctx.recording.store;
-    let summary = store.summary_by_id(&id).await.map_err(store_error)?;
-    let last = store.last_frame(&id).await.map_err(store_error)?;
+    let summary = find_session(&ctx, &caller, &id, &resource).await?;
+    let last = ctx
+        .recording
+        .store
+        .last_frame(&id)
+        .await
+        .map_err(store_error)?;
     ctx.record(
         caller
             .event("recording.read", Outcome::Success)
@@ -636,11 +639,11 @@ async fn find_session(
     caller: &Caller,
     id: &str,
     resource: &Value,
-) -> Result<crate::recording::store::SessionRow, ApiError> {
+) -> Result<crate::recording::store::SessionSummary, ApiError> {
     let row = ctx
         .recording
         .store
-        .session_by_id(id)
+        .summary_by_id(id)
         .await
         .map_err(store_error)?;
     match row {
@@ -735,7 +738,7 @@ async fn asciicast(
             .forbid(&caller, "recording.read", resource, "analyst")
             .await);
     }
-    let row = find_session(&ctx, &caller, &id, &resource).await?;
+    let row = find_session(&ctx, &caller, &id, &resource).await?.row;
     let mut frames = Vec::new();
     loop {
         let after = frames.last().map_or(-1, |f: &Frame| f.seq as i64);
