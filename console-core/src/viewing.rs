@@ -915,7 +915,7 @@ fn size(bytes: u64) -> String {
 
 fn rfc3339(secs: i64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64);
-    tollgate::policy::rfc3339(t)
+    tollgate::clock::rfc3339(t)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -825,15 +825,7 @@ fn file_name(name: &str) -> String {
     }
 }
 
-fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-fn secs_rfc3339(secs: i64) -> String {
-    crate::policy::rfc3339(UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64))
-}
+use crate::clock::{now_secs, secs_rfc3339};
 
 /// Keys whose values are secrets wherever they appear in the configuration.
 const SECRET_KEYS: &[&str] = &["password", "token", "token_key", "replica_key", "secret"];

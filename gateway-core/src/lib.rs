@@ -15,12 +15,14 @@
 pub mod api;
 pub mod approvals;
 pub mod audit;
+pub mod clock;
 pub mod config;
 pub mod dev;
 pub mod devdb;
 pub mod evidence;
 pub mod gateway;
 pub mod hooks;
+pub mod id;
 pub mod identity;
 pub mod listener;
 pub mod masking;

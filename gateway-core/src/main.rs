@@ -401,7 +401,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let time = |text: &Option<String>, flag: &str| -> anyhow::Result<Option<i64>> {
                 text.as_deref()
                     .map(|t| {
-                        tollgate::policy::parse_rfc3339(t).ok_or_else(|| {
+                        tollgate::clock::parse_rfc3339(t).ok_or_else(|| {
                             anyhow::anyhow!("--{flag} {t}: give an RFC 3339 time (2026-11-25T10:00:00Z) or a date (2026-11-25)")
                         })
                     })

@@ -480,7 +480,7 @@ impl Console {
             approver: identity.subject.clone(),
             issuer: identity.issuer.clone(),
             connections: approver.connections.clone(),
-            token_expires_at: crate::policy::rfc3339(expires_at),
+            token_expires_at: crate::clock::rfc3339(expires_at),
         };
         if !self.send(&hello).await || !self.snapshot(&approver, None).await {
             return;

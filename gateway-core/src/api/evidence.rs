@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
@@ -156,7 +156,7 @@ struct Window {
 
 fn secs(text: Option<&str>, name: &str) -> Result<Option<i64>, ApiError> {
     text.map(|t| {
-        crate::policy::parse_rfc3339(t).ok_or_else(|| {
+        crate::clock::parse_rfc3339(t).ok_or_else(|| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "bad_request",
@@ -251,7 +251,7 @@ async fn start(
         total: 0,
         from: window.from.clone(),
         to: window.to.clone(),
-        started_at: crate::policy::rfc3339(SystemTime::now()),
+        started_at: crate::clock::now_rfc3339(),
         summary: None,
         error: None,
         bundle_bytes: None,

@@ -411,7 +411,7 @@ struct ListQuery {
 fn millis(text: Option<&str>, name: &str, default: i64) -> Result<i64, ApiError> {
     match text {
         None => Ok(default),
-        Some(text) => crate::policy::parse_rfc3339(text)
+        Some(text) => crate::clock::parse_rfc3339(text)
             .map(|secs| secs.saturating_mul(1000))
             .ok_or_else(|| {
                 ApiError::new(
@@ -824,6 +824,6 @@ async fn audit_checkpoint(
     Ok(Json(json!({
         "checkpoint": note,
         "verifier_key": log.verifier_key(),
-        "signed_at": crate::policy::rfc3339(std::time::SystemTime::now()),
+        "signed_at": crate::clock::now_rfc3339(),
     })))
 }

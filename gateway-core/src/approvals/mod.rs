@@ -33,9 +33,10 @@ use serde_json::json;
 use tokio::sync::{broadcast, watch};
 
 use crate::audit::event::{Auditor, Event, Outcome};
+use crate::clock::rfc3339;
 use crate::identity::{Identity, PrincipalKind};
 use crate::masking::for_record;
-use crate::policy::{Principal, rfc3339};
+use crate::policy::Principal;
 pub use protocol::{ApprovalEvent, GrantView, RequestView, Vote};
 
 /// Decided requests kept for listing (the audit log keeps them all).
@@ -324,15 +325,9 @@ impl std::fmt::Debug for Approvals {
     }
 }
 
-/// A short random id (base64url: a run of decimal digits could look like a
-/// card number to the scanners that check every record).
+/// A short random id.
 fn new_id(prefix: &str) -> String {
-    use base64::Engine;
-    let bytes: [u8; 9] = rand::random();
-    format!(
-        "{prefix}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
+    crate::id::random::<9>(prefix)
 }
 
 fn at(instant: Instant) -> String {
@@ -414,7 +409,7 @@ impl Approvals {
                     && !inner.revoked.contains(&grant.id)
                 {
                     // Until the grant's own end (an absolute time: a replay cannot stretch it).
-                    let until = crate::policy::parse_rfc3339(&grant.until).unwrap_or(0);
+                    let until = crate::clock::parse_rfc3339(&grant.until).unwrap_or(0);
                     let now = replicas::now_ms() / 1000;
                     let left = Duration::from_secs(until.saturating_sub(now).max(0) as u64)
                         .min(self.settings.max_window);
@@ -615,7 +610,7 @@ impl Approvals {
             policy: ask.policy.clone(),
             policy_reason: ask.policy_reason.clone(),
             reason: ask.reason.as_deref().map(for_record),
-            requested_at: rfc3339(SystemTime::now()),
+            requested_at: crate::clock::now_rfc3339(),
             notified: self.watchers(&ask.scope.connection),
             expires_at: at(expires),
             expires_in_secs: self.settings.expire.as_secs(),
@@ -719,7 +714,7 @@ impl Approvals {
         {
             return Err(DecideError::AlreadyVoted(approver.subject.clone()));
         }
-        let now = rfc3339(SystemTime::now());
+        let now = crate::clock::now_rfc3339();
         let vote = Vote {
             approver: approver.subject.clone(),
             issuer: approver.issuer.clone(),
@@ -866,7 +861,7 @@ impl Approvals {
         };
         entry.view.state = state.as_str().into();
         entry.view.expires_in_secs = 0;
-        entry.view.decided_at = Some(rfc3339(SystemTime::now()));
+        entry.view.decided_at = Some(crate::clock::now_rfc3339());
         let view = entry.view.clone();
         remember(&mut self.lock(), view.clone());
         let (kind, event) = match &state {

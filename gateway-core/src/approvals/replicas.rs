@@ -90,12 +90,7 @@ pub(super) enum Body {
     },
 }
 
-/// The wall clock, in Unix milliseconds.
-pub(super) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+pub(super) use crate::clock::now_ms;
 
 /// The parts of an approver's identity the holder needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
@@ -597,7 +597,7 @@ impl Writer {
                     }
                     let seq = self.tree.size() + leaves.len() as u64;
                     record.insert("seq".into(), Value::from(seq));
-                    record.insert("time".into(), Value::from(rfc3339_now()));
+                    record.insert("time".into(), Value::from(crate::clock::now_rfc3339()));
                     let bytes = canonical(&Value::Object(record));
                     leaves.push(leaf_hash(&bytes));
                     buffer.extend_from_slice(&bytes);
@@ -868,11 +868,6 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) {
             let _ = serde_json::to_writer(&mut *out, scalar);
         }
     }
-}
-
-/// The current UTC time as RFC 3339.
-fn rfc3339_now() -> String {
-    crate::policy::rfc3339(SystemTime::now())
 }
 
 fn read_up_to(

@@ -5,7 +5,6 @@
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
@@ -86,10 +85,7 @@ impl DevIssuer {
 
     /// Mint a signed access token.
     pub fn mint(&self, request: &TokenRequest) -> Result<String, jsonwebtoken::errors::Error> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs() as i64;
+        let now = crate::clock::now_secs();
         let exp = (now + request.ttl_secs).max(0) as u64;
         let iat = now.min(exp as i64).max(0) as u64;
         let mut other = Map::new();
@@ -103,10 +99,7 @@ impl DevIssuer {
         );
         let kind = if request.agent { "agent" } else { "person" };
         other.insert("principal_type".into(), kind.into());
-        other.insert(
-            "jti".into(),
-            format!("{:032x}", rand::random::<u128>()).into(),
-        );
+        other.insert("jti".into(), crate::id::random::<16>("").into());
         let claims = Claims {
             iss: Some(ISSUER.into()),
             sub: Some(request.subject.clone()),

@@ -571,7 +571,7 @@ impl PolicyEngine {
         c: &RequestContext<'_>,
         approved: bool,
     ) -> Result<Context, Rule> {
-        let time = rfc3339(c.time);
+        let time = crate::clock::rfc3339(c.time);
         Context::from_pairs([
             (
                 "mfa".to_string(),
@@ -754,47 +754,6 @@ impl PolicyEngine {
         let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
         Ok((entities, principal_uid, resource_uid))
     }
-}
-
-/// RFC 3339 UTC time with millisecond precision, as Cedar's `datetime()` reads it.
-pub fn rfc3339(time: SystemTime) -> String {
-    let since = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = since.as_secs() as i64;
-    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60,
-        since.subsec_millis()
-    )
-}
-
-/// Seconds since the Unix epoch of an RFC 3339 time (`2026-11-25T10:00:00Z`)
-/// or of a date (`2026-11-25`, midnight UTC).
-pub fn parse_rfc3339(text: &str) -> Option<i64> {
-    use time::format_description::well_known::Rfc3339;
-    if let Ok(t) = time::OffsetDateTime::parse(text, &Rfc3339) {
-        return Some(t.unix_timestamp());
-    }
-    let date = time::Date::parse(
-        text,
-        time::macros::format_description!("[year]-[month]-[day]"),
-    )
-    .ok()?;
-    Some(date.midnight().assume_utc().unix_timestamp())
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ const WIDTH: usize = 120;
 
 /// Render `frames` of `session` (all of them, in order) as asciicast v2.
 pub fn render(session: &SessionRow, frames: &[Frame]) -> String {
-    let started = crate::policy::parse_rfc3339(&session.started_at).unwrap_or(0);
+    let started = crate::clock::parse_rfc3339(&session.started_at).unwrap_or(0);
     let header = json!({
         "version": 2,
         "width": WIDTH,

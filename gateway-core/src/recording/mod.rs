@@ -27,7 +27,7 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime};
 
 use hmac::Mac;
 use serde_json::{Value, json};
@@ -87,22 +87,12 @@ impl SessionTap {
     }
 }
 
-/// A new random session id: 128 bits, base64url. (Not hex: long runs of
-/// decimal digits in hex would look like card numbers to the scanners
-/// that check every record.)
-pub fn session_id() -> String {
-    use base64::Engine;
-    let bytes: [u8; 16] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
+pub use crate::id::session as session_id;
 
 /// The current time as RFC 3339 UTC, and as Unix milliseconds.
 fn now() -> (String, i64) {
     let t = SystemTime::now();
-    let ms = t
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    (crate::policy::rfc3339(t), ms)
+    (crate::clock::rfc3339(t), crate::clock::unix_ms(t))
 }
 
 /// A statement whose audit record is being made durable.

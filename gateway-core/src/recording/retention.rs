@@ -38,12 +38,9 @@ pub async fn sweep(
     let cutoff = now
         .checked_sub(Duration::from_secs(u64::from(days) * 86_400))
         .unwrap_or(SystemTime::UNIX_EPOCH);
-    let before = crate::policy::rfc3339(cutoff);
+    let before = crate::clock::rfc3339(cutoff);
     let pruned = recording.auditor.log().prune(&before, keep_from).await?;
-    let before_ms = cutoff
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as i64;
+    let before_ms = crate::clock::unix_ms(cutoff);
     let store = recording.store.prune(before_ms).await;
     let event = Event::new(
         "recordings.prune",
