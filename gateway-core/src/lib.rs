@@ -21,7 +21,6 @@ pub mod dev;
 pub mod devdb;
 pub mod evidence;
 pub mod gateway;
-pub mod hooks;
 pub mod id;
 pub mod identity;
 pub mod listener;
@@ -29,6 +28,7 @@ pub mod masking;
 pub mod pg;
 pub mod policy;
 pub mod recording;
+pub mod stage;
 pub mod upstream;
 
 pub use config::Config;

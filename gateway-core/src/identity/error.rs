@@ -3,6 +3,7 @@
 use jsonwebtoken::errors::ErrorKind;
 
 use super::Claims;
+use crate::stage::Reason;
 
 /// A refused token. The message never contains the token itself.
 #[derive(Debug, thiserror::Error)]
@@ -57,14 +58,14 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    /// SQLSTATE for the client: 28P01 (invalid_password) when the token
-    /// itself is bad, 28000 (invalid_authorization_specification) otherwise.
-    pub fn sqlstate(&self) -> &'static str {
+    /// Why, in the stages' vocabulary: the credential itself is bad
+    /// (unauthenticated), it names someone else (forbidden), or the
+    /// gateway cannot check it now (a dependency is unavailable).
+    pub fn reason(&self) -> Reason {
         match self {
-            AuthError::UserMismatch { .. }
-            | AuthError::Setup(_)
-            | AuthError::KeysUnavailable(_) => "28000",
-            _ => "28P01",
+            AuthError::UserMismatch { .. } => Reason::Forbidden,
+            AuthError::Setup(_) | AuthError::KeysUnavailable(_) => Reason::DependencyUnavailable,
+            _ => Reason::Unauthenticated,
         }
     }
 

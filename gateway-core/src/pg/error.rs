@@ -3,6 +3,33 @@
 
 use super::frame::Frame;
 use super::messages;
+use crate::stage::{Reason, Refusal};
+
+/// The SQLSTATE a refusal of a statement carries.
+pub fn sqlstate(reason: Reason) -> &'static str {
+    match reason {
+        // invalid_password: the token itself is bad.
+        Reason::Unauthenticated => "28P01",
+        // insufficient_privilege.
+        Reason::Forbidden | Reason::ApprovalDenied | Reason::ApprovalExpired => "42501",
+        // query_canceled.
+        Reason::Withdrawn => "57014",
+        // feature_not_supported.
+        Reason::Unsupported => "0A000",
+        // syntax_error.
+        Reason::Malformed => "42601",
+        // character_not_in_repertoire.
+        Reason::BadEncoding => "22021",
+        // program_limit_exceeded.
+        Reason::TooLarge => "54000",
+        // invalid_sql_statement_name: a prepared statement that does not exist.
+        Reason::NotFound => "26000",
+        // system_error.
+        Reason::DependencyUnavailable => "58000",
+        // io_error: the audit record could not be written.
+        Reason::AuditUnavailable => "58030",
+    }
+}
 
 /// ERROR keeps the session; FATAL ends it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +113,12 @@ impl PgError {
     }
 }
 
+impl From<Refusal> for PgError {
+    fn from(refusal: Refusal) -> Self {
+        PgError::error(sqlstate(refusal.reason), refusal.message)
+    }
+}
+
 impl From<crate::identity::AuthError> for PgError {
     fn from(e: crate::identity::AuthError) -> Self {
         let hint = match &e {
@@ -96,7 +129,13 @@ impl From<crate::identity::AuthError> for PgError {
             ),
             _ => None,
         };
-        let err = PgError::fatal(e.sqlstate(), format!("authentication failed: {e}"));
+        // At login: 28P01 (invalid_password) when the token itself is bad,
+        // 28000 (invalid_authorization_specification) otherwise.
+        let code = match e.reason() {
+            Reason::Unauthenticated => "28P01",
+            _ => "28000",
+        };
+        let err = PgError::fatal(code, format!("authentication failed: {e}"));
         match hint {
             Some(h) => err.with_hint(h),
             None => err,
@@ -117,9 +156,41 @@ mod tests {
             PgError::from(AuthError::UserMismatch { user: "x".into() }).code,
             "28000"
         );
+        assert_eq!(
+            PgError::from(AuthError::KeysUnavailable("down".into())).code,
+            "28000"
+        );
         let e = PgError::from(AuthError::Expired(5));
         assert_eq!(e.severity, Severity::Fatal);
         assert!(e.message.contains("expired"));
+    }
+
+    #[test]
+    fn refusals_carry_the_sqlstate_postgresql_would_send() {
+        let table = [
+            (Reason::Unauthenticated, "28P01"),
+            (Reason::Forbidden, "42501"),
+            (Reason::ApprovalDenied, "42501"),
+            (Reason::ApprovalExpired, "42501"),
+            (Reason::Withdrawn, "57014"),
+            (Reason::Unsupported, "0A000"),
+            (Reason::Malformed, "42601"),
+            (Reason::BadEncoding, "22021"),
+            (Reason::TooLarge, "54000"),
+            (Reason::NotFound, "26000"),
+            (Reason::DependencyUnavailable, "58000"),
+            (Reason::AuditUnavailable, "58030"),
+        ];
+        assert_eq!(table.len(), Reason::ALL.len());
+        for (reason, code) in table {
+            let error = PgError::from(Refusal::new(reason, "why"));
+            assert_eq!(
+                (error.code, error.severity),
+                (code, Severity::Error),
+                "{reason}"
+            );
+            assert_eq!(error.message, "why");
+        }
     }
 
     #[test]

@@ -18,9 +18,9 @@ use super::sql::{
     Access, Action, Analysis, ColumnRef, Effect, ObjectName, PathChange, ShapeCache, Target,
 };
 use crate::approvals::{Approvals, Ask, HoldSlot, Requester, Scope, State, Ticket, Withdrawal};
-use crate::hooks::{
-    Decision, InFlight, Ruling, SessionEvent, SessionHooks, Statement, StatementVia, ValueSource,
-    Verdict,
+use crate::pg::hooks::{
+    Decision, InFlight, Reason, Ruling, SessionEvent, SessionHooks, Statement, StatementVia,
+    ValueSource, Verdict,
 };
 use crate::policy::{
     Outcome, PolicyEngine, PolicyHandle, Principal, RequestContext, Resource, Rule,
@@ -159,8 +159,8 @@ struct Cached {
 }
 
 /// A refusal before anything ran.
-fn refuse(sqlstate: &'static str, message: String) -> Decision {
-    Decision::Refuse { sqlstate, message }
+fn refuse(reason: Reason, message: String) -> Decision {
+    Decision::refuse(reason, message)
 }
 
 impl Guard {
@@ -237,7 +237,7 @@ impl Guard {
         }
         let refusal = |why: &str| {
             Some(Verdict::Decided(refuse(
-                "0A000",
+                Reason::Unsupported,
                 format!(
                     "the gateway follows each session's search_path exactly, so SET search_path, RESET, \
                      RESET ALL and DISCARD ALL must {why}"
@@ -266,7 +266,7 @@ impl Guard {
                 InFlight::Answers => return Verdict::AfterAnswers,
                 InFlight::Unsynced => {
                     return Verdict::Decided(refuse(
-                        "0A000",
+                        Reason::Unsupported,
                         "a statement cannot follow a search_path change before its answer through the gateway"
                             .into(),
                     ));
@@ -278,7 +278,7 @@ impl Guard {
             Current::Wait(wait) => return Verdict::Wait(wait),
             Current::Unreadable => {
                 return Verdict::Decided(refuse(
-                    "58000",
+                    Reason::DependencyUnavailable,
                     format!(
                         "the gateway could not read the catalog of connection \"{}\", so it cannot check the statement; \
                          it was not run. Try again, or ask the gateway's operator to check the upstream",
@@ -294,7 +294,7 @@ impl Guard {
             Ok(analysis) => analysis,
             Err(error) => {
                 return Verdict::Decided(refuse(
-                    "42601",
+                    Reason::Malformed,
                     format!(
                         "the gateway refused a statement it could not analyse, before it reached the database: {error}"
                     ),
@@ -305,7 +305,7 @@ impl Guard {
             // PostgreSQL refuses it too; refused here before anything
             // (a row estimate) could send it anywhere.
             return Verdict::Decided(refuse(
-                "42601",
+                Reason::Malformed,
                 "cannot insert multiple commands into a prepared statement".into(),
             ));
         }
@@ -314,7 +314,7 @@ impl Guard {
             .iter()
             .find_map(|info| info.unsupported.as_ref())
         {
-            return Verdict::Decided(refuse("0A000", reason.clone()));
+            return Verdict::Decided(refuse(Reason::Unsupported, reason.clone()));
         }
         if let Some(verdict) = self.path_change_allowed(statement, &analysis) {
             return verdict;
@@ -436,7 +436,7 @@ impl Guard {
             // They change what names mean when they run, which over the
             // extended protocol is some Execute later: simple queries only.
             return Verdict::Decided(refuse(
-                "0A000",
+                Reason::Unsupported,
                 "PREPARE, DEALLOCATE and DISCARD go through the gateway as simple queries only \
                  (use the protocol's own Parse and Close for prepared statements)"
                     .into(),
@@ -466,7 +466,7 @@ impl Guard {
     /// among those the statements in flight were resolved to (a table the
     /// catalog does not know, such as this session's temporary table, is
     /// not checked).
-    fn check_columns(&self, columns: &[crate::hooks::ResultColumn]) -> Result<(), String> {
+    fn check_columns(&self, columns: &[crate::pg::hooks::ResultColumn]) -> Result<(), String> {
         let Some(snapshot) = self.catalog.last() else {
             return Ok(());
         };
@@ -509,7 +509,7 @@ impl Guard {
         );
         let Some(service) = self.shared.approvals.clone() else {
             return Ok(refuse(
-                "42501",
+                Reason::Forbidden,
                 format!(
                     "{} needs approval: {} (policy \"{}\", {needed} needed); this gateway holds \
                      statements for approval only when its API is on ([api] listen)",
@@ -549,7 +549,7 @@ impl Guard {
                 // Cancelled after the approval, before it went upstream.
                 self.hold_slot.clear();
                 return Ok(refuse(
-                    "57014",
+                    Reason::Withdrawn,
                     format!(
                         "canceling statement due to user request (approval request {id} was approved, but the statement had not run yet)"
                     ),
@@ -564,14 +564,14 @@ impl Guard {
             return Ok(match state {
                 State::Pending | State::Approved => Decision::Forward,
                 State::Denied { by, reason } => refuse(
-                    "42501",
+                    Reason::ApprovalDenied,
                     format!(
                         "{} refused: approval request {id} was denied by {by}: {reason} (policy \"{}\")",
                         needs.what, rule.id
                     ),
                 ),
                 State::Expired => refuse(
-                    "42501",
+                    Reason::ApprovalExpired,
                     format!(
                         "{} needs approval and approval request {id} expired at {} without a decision \
                          (policy \"{}\"); run the statement again to ask again, and tell an approver",
@@ -579,7 +579,7 @@ impl Guard {
                     ),
                 ),
                 State::Withdrawn(_) => refuse(
-                    "57014",
+                    Reason::Withdrawn,
                     format!(
                         "canceling statement due to user request (approval request {id} withdrawn)"
                     ),
@@ -714,7 +714,7 @@ impl Guard {
                         }
                         None => {
                             return Ok(Judged::Decided(refuse(
-                                "26000",
+                                Reason::NotFound,
                                 format!(
                                     "prepared statement \"{name}\" does not exist (the gateway did not see it prepared)"
                                 ),
@@ -909,7 +909,7 @@ impl Guard {
         Ok(match worst {
             None | Some((Outcome::Allow, _)) => Judged::Decided(Decision::Forward),
             Some((Outcome::Deny(rule), what)) => Judged::Decided(refuse(
-                "42501",
+                Reason::Forbidden,
                 format!("{what} refused: {} (policy \"{}\")", rule.reason, rule.id),
             )),
             Some((
@@ -1491,7 +1491,7 @@ impl SessionHooks for Guard {
         self.inner.result_value(source, value)
     }
 
-    fn result_columns(&mut self, columns: Option<&[crate::hooks::ResultColumn]>) {
+    fn result_columns(&mut self, columns: Option<&[crate::pg::hooks::ResultColumn]>) {
         self.counting = match (columns, self.catalog.last()) {
             (Some(columns), Some(snapshot)) => columns.iter().any(|c| {
                 c.source.is_some_and(|key| {
@@ -1511,14 +1511,17 @@ impl SessionHooks for Guard {
         self.reading_may_change
     }
 
-    fn columns_allowed(&mut self, columns: &[crate::hooks::ResultColumn]) -> Result<(), String> {
+    fn columns_allowed(
+        &mut self,
+        columns: &[crate::pg::hooks::ResultColumn],
+    ) -> Result<(), String> {
         self.check_columns(columns)?;
         self.inner.columns_allowed(columns)
     }
 
     fn copy_out(
         &mut self,
-        origin: Option<crate::hooks::CopyOrigin<'_>>,
+        origin: Option<crate::pg::hooks::CopyOrigin<'_>>,
         columns: usize,
         binary: bool,
     ) {

@@ -18,12 +18,12 @@ use std::time::SystemTime;
 use super::catalog::{Catalog, ColumnInfo, ColumnKind, Current, Snapshot};
 use super::sql::{CopyFormat, CopyOut, ShapeCache};
 use crate::config::{ClientMask, MaskingConfig};
-use crate::hooks::{
-    CopyOrigin, Decision, ResultColumn, SessionEvent, SessionHooks, Statement, StatementVia,
-    ValueSource, Verdict,
-};
 use crate::masking::{
     Counts, Detector, Fill, Keep, REDACTED, Strategy, TokenKey, mask_json, mask_text, mask_whole,
+};
+use crate::pg::hooks::{
+    CopyOrigin, Decision, Reason, ResultColumn, SessionEvent, SessionHooks, Statement,
+    StatementVia, ValueSource, Verdict,
 };
 use crate::policy::{PolicyHandle, Principal, RequestContext};
 
@@ -769,12 +769,11 @@ impl SessionHooks for Masker {
             Current::Ready(..) => {}
             Current::Wait(wait) => return Verdict::Wait(wait),
             Current::Unreadable => {
-                return Verdict::Decided(Decision::Refuse {
-                    sqlstate: "58000",
-                    message: "the gateway cannot read the upstream's catalog, so it cannot mask card data: \
-                              the statement was not run; check the connection's upstream and try again"
-                        .into(),
-                });
+                return Verdict::Decided(Decision::refuse(
+                    Reason::DependencyUnavailable,
+                    "the gateway cannot read the upstream's catalog, so it cannot mask card data: \
+                              the statement was not run; check the connection's upstream and try again",
+                ));
             }
         }
         let copies = match self.copy_plans(statement) {
@@ -962,13 +961,11 @@ impl Masker {
                 .iter()
                 .any(|b| b.is_ascii_digit() || *b == b'*')
             {
-                return Err(Decision::Refuse {
-                    sqlstate: "0A000",
-                    message:
-                        "COPY with a digit or '*' as delimiter, quote or escape cannot be masked: \
-                              use the default characters"
-                            .into(),
-                });
+                return Err(Decision::refuse(
+                    Reason::Unsupported,
+                    "COPY with a digit or '*' as delimiter, quote or escape cannot be masked: \
+                              use the default characters",
+                ));
             }
             let plan = self.copy_plan(copy);
             if plan.format == CopyFormat::Binary
@@ -978,13 +975,13 @@ impl Masker {
                     .flatten()
                     .find(|c| matches!(c.action, Action::Whole(_)))
             {
-                return Err(Decision::Refuse {
-                    sqlstate: "0A000",
-                    message: format!(
+                return Err(Decision::refuse(
+                    Reason::Unsupported,
+                    format!(
                         "COPY in binary format cannot mask the column {}: use FORMAT text or csv",
                         masked.place
                     ),
-                });
+                ));
             }
             plans.push(Some(plan));
         }

@@ -1,6 +1,7 @@
 //! The PostgreSQL protocol adapter: startup and TLS, token login, the
-//! upstream handshake, cancel forwarding and the relay. It calls the shared
-//! stages (identity, hooks, upstream); none of them knows about it.
+//! upstream handshake, cancel forwarding, the relay and its hook points. It
+//! calls the shared stages (identity, policy, approvals, masking, recording,
+//! upstream) through the contract in `stage`; none of them knows about it.
 //! Design notes: `README.md` beside this file.
 
 pub mod cancel;
@@ -9,6 +10,7 @@ pub mod error;
 mod executions;
 pub mod frame;
 pub mod guard;
+pub mod hooks;
 pub mod mask;
 pub mod messages;
 mod params;

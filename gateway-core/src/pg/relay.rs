@@ -29,11 +29,11 @@ use super::executions::{Executions, Next};
 use super::frame::{Body, FrameError, next_frame};
 use super::settings::{ServerSettings, Unfollowable};
 use super::shapes::{CopySource, Described, Shapes};
-use crate::hooks::{
-    CopyOrigin, Decision, InFlight, SessionEvent, SessionHooks, Statement, StatementVia,
+use crate::listener::conn::Conn;
+use crate::pg::hooks::{
+    CopyOrigin, Decision, InFlight, Reason, SessionEvent, SessionHooks, Statement, StatementVia,
     ValueSource, Verdict,
 };
-use crate::listener::conn::Conn;
 
 const READ_CHUNK: usize = 64 * 1024;
 /// Client bytes buffered while a hook waits (a held statement, a catalog read).
@@ -313,12 +313,12 @@ impl State<'_> {
                                 self.shapes.query(self.queries_forwarded);
                             }
                         }
-                        Decision::Refuse { sqlstate, message } => {
+                        Decision::Refuse(refusal) => {
                             self.hooks.event(&SessionEvent::Refused {
                                 sql: &sql,
-                                message: &message,
+                                message: &refusal.message,
                             });
-                            let error = PgError::error(sqlstate, message);
+                            let error = PgError::from(refusal);
                             if self.unsynced {
                                 // Behind unsynced extended messages a failing query
                                 // could be skipped upstream; a Sync is always answered.
@@ -360,12 +360,12 @@ impl State<'_> {
                                 self.shapes.parse(&frame[5..]);
                             }
                         }
-                        Decision::Refuse { sqlstate, message } => {
+                        Decision::Refuse(refusal) => {
                             self.hooks.event(&SessionEvent::Refused {
                                 sql: &sql,
-                                message: &message,
+                                message: &refusal.message,
                             });
-                            self.skipping = Some(PgError::error(sqlstate, message));
+                            self.skipping = Some(PgError::from(refusal));
                         }
                     }
                 }
@@ -672,7 +672,7 @@ impl State<'_> {
 
     /// Rows with these columns are about to come: may they reach the
     /// client? If not, they are withheld and the result ends in an error.
-    fn rows_allowed(&mut self, columns: &[crate::hooks::ResultColumn]) -> bool {
+    fn rows_allowed(&mut self, columns: &[crate::pg::hooks::ResultColumn]) -> bool {
         match self.hooks.columns_allowed(columns) {
             Ok(()) => true,
             Err(reason) => {
@@ -704,12 +704,12 @@ impl State<'_> {
         });
         match self.decided(verdict) {
             Ok(Decision::Forward) => Gate::Go,
-            Ok(Decision::Refuse { sqlstate, message }) => {
+            Ok(Decision::Refuse(refusal)) => {
                 self.hooks.event(&SessionEvent::Refused {
                     sql: &sql,
-                    message: &message,
+                    message: &refusal.message,
                 });
-                Gate::Refused(PgError::error(sqlstate, message))
+                Gate::Refused(PgError::from(refusal))
             }
             Err(step) => Gate::Wait(step),
         }
@@ -805,13 +805,12 @@ impl State<'_> {
             // Earlier requests (a SET in a Query) are answered first.
             InFlight::Unsynced if !self.awaiting_ready.is_empty() => Some(Verdict::AfterAnswers),
             InFlight::Unsynced if !self.batch_may_change => None,
-            InFlight::Unsynced => Some(Verdict::Decided(Decision::Refuse {
-                sqlstate: "0A000",
-                message: "a statement with a backslash or a non-ASCII character cannot follow other \
+            InFlight::Unsynced => Some(Verdict::Decided(Decision::refuse(
+                Reason::Unsupported,
+                "a statement with a backslash or a non-ASCII character cannot follow other \
                           extended-protocol messages before their Sync through the gateway (how the \
-                          server reads it depends on settings those messages may change): send a Sync first"
-                    .into(),
-            })),
+                          server reads it depends on settings those messages may change): send a Sync first",
+            ))),
         }
     }
 
@@ -823,14 +822,14 @@ impl State<'_> {
 
     /// A statement whose bytes are not text in the session's encoding.
     fn undecodable(&self) -> Decision {
-        Decision::Refuse {
-            sqlstate: "22021",
-            message: format!(
+        Decision::refuse(
+            Reason::BadEncoding,
+            format!(
                 "invalid byte sequence for encoding \"{}\": the statement is not valid text in the \
                  session's client_encoding, so the gateway did not send it",
                 self.settings.encoding.name()
             ),
-        }
+        )
     }
 
     /// Tell the client something now (a NoticeResponse, as psql prints it).
@@ -1008,10 +1007,7 @@ mod tests {
     impl SessionHooks for RefuseDrop {
         fn statement(&mut self, s: &Statement<'_>) -> Verdict {
             Verdict::Decided(if s.sql.contains("DROP") {
-                Decision::Refuse {
-                    sqlstate: "42501",
-                    message: "no".into(),
-                }
+                Decision::refuse(Reason::Forbidden, "no")
             } else {
                 Decision::Forward
             })
@@ -1144,7 +1140,7 @@ mod tests {
 
     #[test]
     fn oversized_client_message_is_a_protocol_error() {
-        let mut hooks = crate::hooks::Passthrough;
+        let mut hooks = crate::pg::hooks::Passthrough;
         let mut s = state(&mut hooks);
         let mut input = BytesMut::from(&[b'Q', 0x7f, 0xff, 0xff, 0xff][..]);
         assert!(matches!(

@@ -14,7 +14,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::frame::Body;
-use crate::hooks::ResultColumn;
+use crate::pg::hooks::ResultColumn;
 
 /// A response the relay is waiting for, in the order the upstream answers.
 #[derive(Debug)]

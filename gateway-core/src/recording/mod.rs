@@ -35,12 +35,12 @@ use sha2::Sha256;
 
 use crate::audit::event::{Auditor, Event, Outcome, actor};
 use crate::audit::log::AuditError;
-use crate::hooks::{
-    CopyOrigin, Decision, ResultColumn, SessionEvent, SessionHooks, Statement, StatementVia,
-    ValueSource, Verdict,
-};
 use crate::identity::{Identity, PrincipalKind};
 use crate::masking::for_record;
+use crate::pg::hooks::{
+    CopyOrigin, Decision, Reason, ResultColumn, SessionEvent, SessionHooks, Statement,
+    StatementVia, ValueSource, Verdict,
+};
 use store::{Frame, SessionRow, Store};
 
 /// What every recorded session shares.
@@ -252,10 +252,7 @@ impl Recorder {
             let event = self.statement_event(&text, Outcome::Refused, None, &message);
             self.shared.auditor.record_later(event);
             self.refused_here = true;
-            return Verdict::Decided(Decision::Refuse {
-                sqlstate: "58030",
-                message,
-            });
+            return Verdict::Decided(Decision::refuse(Reason::AuditUnavailable, message));
         }
         let decision = match self.inner.statement(statement) {
             Verdict::Decided(decision) => decision,
@@ -264,7 +261,7 @@ impl Recorder {
         let ruling = self.inner.ruling();
         let (outcome, message) = match &decision {
             Decision::Forward => (Outcome::Success, String::new()),
-            Decision::Refuse { message, .. } => (Outcome::Refused, message.clone()),
+            Decision::Refuse(refusal) => (Outcome::Refused, refusal.message.clone()),
         };
         let text = (self.shared.redact)(statement.sql);
         let mut frame = json!({
@@ -297,8 +294,9 @@ impl Recorder {
                 frame["approved_by"] = json!(ruling.decided_by);
             }
         }
-        if let Decision::Refuse { sqlstate, .. } = &decision {
-            frame["sqlstate"] = Value::from(*sqlstate);
+        if let Decision::Refuse(refusal) = &decision {
+            frame["reason"] = Value::from(refusal.reason.as_str());
+            frame["sqlstate"] = Value::from(crate::pg::error::sqlstate(refusal.reason));
             frame["message"] = Value::from(for_record(&message));
         }
         let event = self.statement_event(&text, outcome, ruling.as_ref(), &message);
@@ -334,24 +332,22 @@ impl Recorder {
                     "the gateway's audit log cannot be written ({error}), so statements are refused until it can \
                      (PCI DSS 10.7); ask the gateway's operator to check the audit directory"
                 );
+                let reason = Reason::AuditUnavailable;
                 frame["decision"] = Value::from("refused");
-                frame["sqlstate"] = Value::from("58030");
+                frame["reason"] = Value::from(reason.as_str());
+                frame["sqlstate"] = Value::from(crate::pg::error::sqlstate(reason));
                 frame["message"] = Value::from(for_record(&message));
-                Decision::Refuse {
-                    sqlstate: "58030",
-                    message,
-                }
+                Decision::refuse(reason, message)
             }
-            None => Decision::Refuse {
-                sqlstate: "58030",
-                message: "the gateway lost track of the statement's audit record; it was not run"
-                    .into(),
-            },
+            None => Decision::refuse(
+                Reason::AuditUnavailable,
+                "the gateway lost track of the statement's audit record; it was not run",
+            ),
         };
         self.tap.frame("statement", frame);
         match decision {
             Decision::Forward => self.running_since = Some(Instant::now()),
-            Decision::Refuse { .. } => self.refused_here = true,
+            Decision::Refuse(_) => self.refused_here = true,
         }
         Verdict::Decided(decision)
     }
@@ -361,7 +357,7 @@ impl Recorder {
         &self,
         text: &str,
         outcome: Outcome,
-        ruling: Option<&crate::hooks::Ruling>,
+        ruling: Option<&crate::pg::hooks::Ruling>,
         message: &str,
     ) -> Event {
         let mut event = self

@@ -1,9 +1,10 @@
-//! Hook points where the shared stages attach to a session.
+//! Hook points where the stages attach to a PostgreSQL session.
 //!
-//! A protocol adapter (today `pg`) owns the wire; at each point below it
-//! asks the session's [`SessionHooks`]. The default implementation lets
-//! everything through, which is the data path of the first release: the
-//! policy, approval, masking and recording stages implement this trait.
+//! The relay owns the wire; at each point below it asks the session's
+//! [`SessionHooks`]. The default implementation lets everything through.
+//! The guard (policy and approvals), the masker and the recorder implement
+//! this trait; they answer statements in the stage contract both adapters
+//! share ([`crate::stage`]).
 //!
 //! | point | called | may |
 //! |---|---|---|
@@ -13,11 +14,10 @@
 //! | [`SessionHooks::event`] | per session event (connect, statement, error, cancel, disconnect) | record |
 
 use std::borrow::Cow;
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 
 use crate::identity::Identity;
+pub use crate::stage::{Decision, Reason, Refusal, Ruling, Verdict};
 
 /// A statement about to be sent upstream.
 #[derive(Debug)]
@@ -63,54 +63,6 @@ pub enum StatementVia<'a> {
         /// Which execution since the statement was parsed (2, 3, ...).
         execution: u64,
     },
-}
-
-/// What to do with a statement.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// Send it upstream.
-    Forward,
-    /// Do not send it; the client gets an error with this SQLSTATE and message.
-    Refuse {
-        /// SQLSTATE, e.g. 42501.
-        sqlstate: &'static str,
-        /// Why, in words the caller can act on.
-        message: String,
-    },
-}
-
-/// The answer of [`SessionHooks::statement`].
-pub enum Verdict {
-    /// Decided now.
-    Decided(Decision),
-    /// Not yet: the relay waits for this future (reading nothing more from
-    /// the client, still relaying the upstream's answers to earlier
-    /// messages), then asks again about the same statement. Used for work
-    /// a decision needs first: a catalog read, a row estimate, an approval.
-    Wait(Pin<Box<dyn Future<Output = ()> + Send>>),
-    /// Not yet: ask again once the upstream has answered every earlier
-    /// message (see [`InFlight::Answers`]). The relay reads nothing more
-    /// from the client meanwhile.
-    AfterAnswers,
-    /// Held for a person's approval: the relay tells the client `notice`
-    /// (a NoticeResponse), then waits like [`Verdict::Wait`] and asks again.
-    Hold {
-        /// What the client is told: the request id, who was notified, when it expires.
-        notice: String,
-        /// Resolves once the request is decided, expires or is withdrawn.
-        until: Pin<Box<dyn Future<Output = ()> + Send>>,
-    },
-}
-
-impl std::fmt::Debug for Verdict {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Verdict::Decided(d) => f.debug_tuple("Decided").field(d).finish(),
-            Verdict::Wait(_) => f.write_str("Wait"),
-            Verdict::AfterAnswers => f.write_str("AfterAnswers"),
-            Verdict::Hold { notice, .. } => f.debug_struct("Hold").field("notice", notice).finish(),
-        }
-    }
 }
 
 /// A column of a result, as the protocol describes it.
@@ -162,31 +114,6 @@ pub enum ValueSource {
     Notification,
     /// The value of a ParameterStatus (a setting the server reports).
     Parameter,
-}
-
-/// What the policy stage made of the statement it just decided, for
-/// recording and audit.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Ruling {
-    /// Kinds of access, e.g. `read`, `write`, `ddl` (each once).
-    pub actions: Vec<String>,
-    /// What the statement touches, e.g. `SELECT on public.payments`.
-    pub resources: Vec<String>,
-    /// Those of `resources` that hold cardholder data.
-    pub cardholder_resources: Vec<String>,
-    /// It touches a table that holds cardholder data.
-    pub cardholder: bool,
-    /// The policy that refused it or holds it for approval.
-    pub policy: Option<String>,
-    /// The approval request that let it through, if one did.
-    pub approval: Option<String>,
-    /// The window grant that let it through, if one did.
-    pub grant: Option<String>,
-    /// How its approval request ended (`approved`, `denied`, `expired`,
-    /// `withdrawn`), or `granted` when a window grant let it through.
-    pub approval_state: Option<String>,
-    /// Who approved it (or denied it).
-    pub decided_by: Vec<String>,
 }
 
 /// A session-level event, for recording and audit.
