@@ -14,6 +14,7 @@ pub mod hooks;
 pub mod mask;
 pub mod messages;
 mod params;
+pub mod record;
 pub mod relay;
 mod session;
 pub mod settings;

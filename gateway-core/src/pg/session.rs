@@ -16,6 +16,7 @@ use super::error::PgError;
 use super::frame::{Body, Frame};
 use super::guard::{Guard, GuardShared};
 use super::mask::{MaskShared, Masker};
+use super::record::Recorder;
 use super::settings::ServerSettings;
 use super::startup::{Opening, StartupFailure, negotiate};
 use super::{messages, relay, upstream};
@@ -25,7 +26,7 @@ use crate::listener::conn::Conn;
 use crate::listener::tls::ServerTls;
 use crate::pg::hooks::{HookFactory, SessionEvent};
 use crate::policy::Principal;
-use crate::recording::{Recorder, Recording};
+use crate::recording::Recording;
 use crate::upstream::Upstream;
 
 /// A password message carrying a JWT: generous, but bounded.

@@ -203,6 +203,7 @@ mod tests {
             kind: "person".into(),
             connection: "payments".into(),
             client: "127.0.0.1:5000".into(),
+            protocol: "postgres".into(),
         };
         let frames = vec![
             Frame {

@@ -45,6 +45,8 @@ pub struct SessionRow {
     pub connection: String,
     /// Client address.
     pub client: String,
+    /// The protocol the session spoke: `postgres` or `mcp`.
+    pub protocol: String,
 }
 
 /// One recorded frame.
@@ -141,6 +143,12 @@ const ADDED: &[(&str, &str, &str)] = &[
     ("tollgate_sessions", "errors", "BIGINT NOT NULL DEFAULT 0"),
     ("tollgate_sessions", "frames", "BIGINT NOT NULL DEFAULT 0"),
     ("tollgate_frames", "mark", "TEXT NOT NULL DEFAULT ''"),
+    // Sessions before MCP were all PostgreSQL sessions.
+    (
+        "tollgate_sessions",
+        "protocol",
+        "TEXT NOT NULL DEFAULT 'postgres'",
+    ),
     ("tollgate_frames", "search", "TEXT NOT NULL DEFAULT ''"),
 ];
 
@@ -299,7 +307,7 @@ impl Store {
     /// Sessions that started in `[from_ms, to_ms)` (Unix milliseconds), oldest first.
     pub async fn sessions(&self, from_ms: i64, to_ms: i64) -> Result<Vec<SessionRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, started_at, ended_at, subject, kind, connection, client
+            "SELECT id, started_at, ended_at, subject, kind, connection, client, protocol
              FROM tollgate_sessions WHERE started_ms >= $1 AND started_ms < $2
              ORDER BY started_ms, id",
         )
@@ -317,7 +325,7 @@ impl Store {
     /// One session's header, if it is in the store.
     pub async fn session_by_id(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
         let row = sqlx::query(
-            "SELECT id, started_at, ended_at, subject, kind, connection, client
+            "SELECT id, started_at, ended_at, subject, kind, connection, client, protocol
              FROM tollgate_sessions WHERE id = $1",
         )
         .bind(id)
@@ -367,7 +375,7 @@ impl Store {
         let mut sql = Sql::default();
         sql.text.push_str(
             "SELECT id, started_at, ended_at, subject, kind, connection, client, started_ms,
-                statements, refused, held, masked, errors, frames FROM tollgate_sessions s WHERE ",
+                statements, refused, held, masked, errors, frames, protocol FROM tollgate_sessions s WHERE ",
         );
         sql.filters(q);
         let mut page_sql = sql;
@@ -466,7 +474,7 @@ impl Store {
     pub async fn summary_by_id(&self, id: &str) -> Result<Option<SessionSummary>, StoreError> {
         let row = sqlx::query(
             "SELECT id, started_at, ended_at, subject, kind, connection, client, started_ms,
-                statements, refused, held, masked, errors, frames FROM tollgate_sessions WHERE id = $1",
+                statements, refused, held, masked, errors, frames, protocol FROM tollgate_sessions WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.read)
@@ -840,6 +848,7 @@ fn session_row(row: &sqlx::any::AnyRow) -> Result<SessionRow, sqlx::Error> {
         kind: row.try_get(4)?,
         connection: row.try_get(5)?,
         client: row.try_get(6)?,
+        protocol: row.try_get("protocol")?,
     })
 }
 
@@ -889,8 +898,8 @@ async fn write_batch(pool: &AnyPool, batch: &[Write]) -> Result<(), sqlx::Error>
         match write {
             Write::Session(row, started_ms) => {
                 sqlx::query(
-                    "INSERT INTO tollgate_sessions (id, started_at, started_ms, subject, kind, connection, client)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    "INSERT INTO tollgate_sessions (id, started_at, started_ms, subject, kind, connection, client, protocol)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 )
                 .bind(&row.id)
                 .bind(&row.started_at)
@@ -899,6 +908,7 @@ async fn write_batch(pool: &AnyPool, batch: &[Write]) -> Result<(), sqlx::Error>
                 .bind(&row.kind)
                 .bind(&row.connection)
                 .bind(&row.client)
+                .bind(&row.protocol)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -1239,6 +1249,7 @@ mod tests {
             kind: "person".into(),
             connection: connection.into(),
             client: "127.0.0.1:5000".into(),
+            protocol: "postgres".into(),
         }
     }
 
