@@ -20,6 +20,7 @@
 //! asks for. See `docs/approvals.md`.
 
 pub mod client;
+pub mod hold;
 pub mod protocol;
 pub mod replicas;
 

@@ -17,7 +17,8 @@ use super::catalog::{Catalog, Current, Snapshot};
 use super::sql::{
     Access, Action, Analysis, ColumnRef, Effect, ObjectName, PathChange, ShapeCache, Target,
 };
-use crate::approvals::{Approvals, Ask, HoldSlot, Requester, Scope, State, Ticket, Withdrawal};
+use crate::approvals::hold::{Hold, HoldOutcome, Need};
+use crate::approvals::{Approvals, Ask, HoldSlot, Requester, Scope};
 use crate::pg::hooks::{
     Decision, InFlight, Reason, Ruling, SessionEvent, SessionHooks, Statement, StatementVia,
     ValueSource, Verdict,
@@ -83,9 +84,7 @@ pub struct Guard {
     /// How the last statement was judged, until the recorder takes it.
     ruling: Option<Ruling>,
     /// The statement held for approval and its request.
-    held: Option<Held>,
-    /// The held request, for the cancel path.
-    hold_slot: Arc<HoldSlot>,
+    hold: Hold,
     /// The recording's session id, shown to approvers.
     session: Option<String>,
     /// Tables (OIDs) that statements decided since the session was last
@@ -104,11 +103,6 @@ pub struct Guard {
     rows_in_flight: u64,
     /// `SET tollgate.reason`: the requester's reason for approval requests.
     reason: Option<String>,
-}
-
-struct Held {
-    sql: String,
-    ticket: Ticket,
 }
 
 /// What the policy made of a message.
@@ -174,6 +168,7 @@ impl Guard {
         client: IpAddr,
         startup_path: Option<Vec<String>>,
     ) -> Guard {
+        let approvals = shared.approvals.clone();
         Guard {
             shared,
             catalog,
@@ -195,8 +190,7 @@ impl Guard {
             ddl_forwarded: false,
             decided: HashMap::new(),
             ruling: None,
-            held: None,
-            hold_slot: Arc::new(HoldSlot::default()),
+            hold: Hold::new(approvals),
             session: None,
             in_flight_oids: Default::default(),
             prepared_oids: Default::default(),
@@ -215,7 +209,7 @@ impl Guard {
 
     /// The held request of this session, for the cancel path.
     pub fn hold_slot(&self) -> Arc<HoldSlot> {
-        self.hold_slot.clone()
+        self.hold.slot()
     }
 
     /// A statement that changes the search path (SET/RESET search_path,
@@ -491,10 +485,7 @@ impl Guard {
 
     /// Let go of the held request (withdrawn if still pending).
     fn release(&mut self) {
-        if let Some(held) = self.held.take() {
-            self.hold_slot.clear();
-            held.ticket.withdraw(Withdrawal::Disconnected);
-        }
+        self.hold.release();
     }
 
     /// A statement that needs approval: a grant in force lets it through,
@@ -502,109 +493,22 @@ impl Guard {
     /// waits on the verdict in `Err`).
     fn approval(&mut self, statement: &Statement<'_>, needs: &Needs) -> Result<Decision, Verdict> {
         let rule = &needs.rule;
-        let needed = format!(
-            "{} approver{}",
-            needs.approvals,
-            if needs.approvals == 1 { "" } else { "s" }
-        );
-        let Some(service) = self.shared.approvals.clone() else {
-            return Ok(refuse(
-                Reason::Forbidden,
-                format!(
-                    "{} needs approval: {} (policy \"{}\", {needed} needed); this gateway holds \
-                     statements for approval only when its API is on ([api] listen)",
-                    needs.what, rule.reason, rule.id
-                ),
-            ));
+        let need = Need {
+            key: statement.sql,
+            what: &needs.what,
+            noun: "statement",
+            policy: &rule.id,
+            policy_reason: &rule.reason,
+            scope: Scope {
+                subject: self.principal.subject.clone(),
+                issuer: self.principal.issuer.clone(),
+                connection: self.connection.clone(),
+                accesses: needs.accesses.clone(),
+                approvals: needs.approvals,
+            },
         };
-        // The held statement asked again (the relay re-asks the same frame).
-        // The same text with other accesses (a changed search_path) or a
-        // stricter rule is a new request.
-        if let Some(held) = self.held.take_if(|h| {
-            h.sql == statement.sql
-                && h.ticket.view().accesses == needs.accesses
-                && h.ticket.view().approvals_needed >= needs.approvals
-        }) {
-            let id = held.ticket.id().to_string();
-            let state = held.ticket.state();
-            if state == State::Pending {
-                let until = Box::pin(held.ticket.settled());
-                self.held = Some(held);
-                return Err(Verdict::Wait(until));
-            }
-            let view = held.ticket.view().clone();
-            if let Some(ruling) = &mut self.ruling {
-                ruling.approval = Some(id.clone());
-                ruling.approval_state = Some(state.as_str().to_string());
-                ruling.decided_by = match &state {
-                    State::Approved => service
-                        .get(&id)
-                        .map(|v| v.approvals.into_iter().map(|v| v.approver).collect())
-                        .unwrap_or_default(),
-                    State::Denied { by, .. } => vec![by.clone()],
-                    _ => Vec::new(),
-                };
-            }
-            if state == State::Approved && self.hold_slot.cancelled() {
-                // Cancelled after the approval, before it went upstream.
-                self.hold_slot.clear();
-                return Ok(refuse(
-                    Reason::Withdrawn,
-                    format!(
-                        "canceling statement due to user request (approval request {id} was approved, but the statement had not run yet)"
-                    ),
-                ));
-            }
-            if state == State::Approved {
-                // Kept until the statement is on its way (the inner hooks may wait first).
-                self.held = Some(held);
-            } else {
-                self.hold_slot.clear();
-            }
-            return Ok(match state {
-                State::Pending | State::Approved => Decision::Forward,
-                State::Denied { by, reason } => refuse(
-                    Reason::ApprovalDenied,
-                    format!(
-                        "{} refused: approval request {id} was denied by {by}: {reason} (policy \"{}\")",
-                        needs.what, rule.id
-                    ),
-                ),
-                State::Expired => refuse(
-                    Reason::ApprovalExpired,
-                    format!(
-                        "{} needs approval and approval request {id} expired at {} without a decision \
-                         (policy \"{}\"); run the statement again to ask again, and tell an approver",
-                        needs.what, view.expires_at, rule.id
-                    ),
-                ),
-                State::Withdrawn(_) => refuse(
-                    Reason::Withdrawn,
-                    format!(
-                        "canceling statement due to user request (approval request {id} withdrawn)"
-                    ),
-                ),
-            });
-        }
-        self.release();
-        let scope = Scope {
-            subject: self.principal.subject.clone(),
-            issuer: self.principal.issuer.clone(),
-            connection: self.connection.clone(),
-            accesses: needs.accesses.clone(),
-            approvals: needs.approvals,
-        };
-        if let Some(grant) = service.use_grant(&scope) {
-            if let Some(ruling) = &mut self.ruling {
-                ruling.approval = Some(grant.request.clone());
-                ruling.grant = Some(grant.id.clone());
-                ruling.approval_state = Some("granted".into());
-                ruling.decided_by = grant.approved_by.clone();
-            }
-            return Ok(Decision::Forward);
-        }
         let ruling = self.ruling.clone().unwrap_or_default();
-        let ticket = service.request(Ask {
+        let ask = |scope| Ask {
             requester: Requester::from(&self.principal),
             origin: self.client.to_string(),
             session: self.session.clone(),
@@ -619,33 +523,13 @@ impl Guard {
             policy_reason: rule.reason.clone(),
             approvals_needed: needs.approvals,
             reason: comment_reason(statement.sql).or_else(|| self.reason.clone()),
-        });
-        let view = ticket.view();
-        let watchers = service.watchers(&self.connection);
-        let notified = match (watchers.len(), service.replicated()) {
-            (0, false) => "no approver is connected to a console right now; the request waits for one".to_string(),
-            (0, true) => "no approver is connected to this gateway's console; approvers on the other replicas see it".to_string(),
-            (_, false) => format!("notified {}", watchers.join(", ")),
-            (_, true) => format!("notified {} and the approvers on the other replicas", watchers.join(", ")),
         };
-        let notice = format!(
-            "{what} needs approval: {reason} (policy \"{policy}\", {needed}). \
-             Approval request {id} is waiting; {notified}. It expires at {expires} \
-             ({minutes} min). Cancel the statement to withdraw it.",
-            what = needs.what,
-            reason = rule.reason,
-            policy = rule.id,
-            id = view.id,
-            expires = view.expires_at,
-            minutes = view.expires_in_secs.div_ceil(60),
-        );
-        self.hold_slot.set(&service, ticket.id());
-        let until = Box::pin(ticket.settled());
-        self.held = Some(Held {
-            sql: statement.sql.to_string(),
-            ticket,
-        });
-        Err(Verdict::Hold { notice, until })
+        match self.hold.ask(need, self.ruling.as_mut(), ask) {
+            HoldOutcome::Forward => Ok(Decision::Forward),
+            HoldOutcome::Refused(refusal) => Ok(Decision::Refuse(refusal)),
+            HoldOutcome::Wait(until) => Err(Verdict::Wait(until)),
+            HoldOutcome::Hold { notice, until } => Err(Verdict::Hold { notice, until }),
+        }
     }
 
     /// Decide every access of every statement; the most severe outcome wins.
@@ -1453,8 +1337,7 @@ impl SessionHooks for Guard {
                 let verdict = self.inner.statement(statement);
                 if matches!(verdict, Verdict::Decided(_)) {
                     // A one-time approval is used up once its statement is decided.
-                    self.held = None;
-                    self.hold_slot.clear();
+                    self.hold.used();
                 }
                 verdict
             }
@@ -1536,14 +1419,7 @@ impl SessionHooks for Guard {
         if let SessionEvent::Refused { .. } = event {
             // The statement asked about was refused (here or by an outer
             // hook): an approval of it is used up.
-            if self
-                .held
-                .as_ref()
-                .is_some_and(|h| h.ticket.state() != State::Pending)
-            {
-                self.held = None;
-                self.hold_slot.clear();
-            }
+            self.hold.refused();
         }
         self.inner.event(event);
     }

@@ -599,7 +599,11 @@ connection: string,
 /**
  * Client address.
  */
-client: string, };
+client: string, 
+/**
+ * The protocol the session spoke: `postgres` or `mcp`.
+ */
+protocol: string, };
 
 export type SessionSummary = { 
 /**
@@ -661,7 +665,11 @@ connection: string,
 /**
  * Client address.
  */
-client: string, };
+client: string, 
+/**
+ * The protocol the session spoke: `postgres` or `mcp`.
+ */
+protocol: string, };
 
 export type Match = { 
 /**
