@@ -563,6 +563,7 @@ async fn a_hundred_thousand_sessions_page_and_a_hundred_thousand_frames_open_wit
                 kind: "person".into(),
                 connection: "payments".into(),
                 client: "127.0.0.1:5000".into(),
+                protocol: "postgres".into(),
             },
             1_700_000_000_000 + n as i64,
         );
@@ -589,6 +590,7 @@ async fn a_hundred_thousand_sessions_page_and_a_hundred_thousand_frames_open_wit
             kind: "agent".into(),
             connection: "payments".into(),
             client: "127.0.0.1:5001".into(),
+            protocol: "postgres".into(),
         },
         1_800_000_000_000,
     );
