@@ -523,6 +523,10 @@ pub async fn export(
             "starter-pci.cedar",
             crate::policy::STARTER_POLICY.as_bytes(),
         )?;
+        put_config(
+            "starter-mcp.cedar",
+            crate::policy::MCP_STARTER_POLICY.as_bytes(),
+        )?;
     }
     for (n, file) in config.policy.files.iter().enumerate() {
         let bytes = std::fs::read(file).map_err(|e| io(file.display(), e))?;

@@ -23,11 +23,11 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::incoming::Peer;
 use super::{ApiContext, ApiError, Caller, bearer};
 use crate::approvals::protocol::{ClientMessage, SUBPROTOCOL, ServerMessage, VERSION};
 use crate::approvals::{DecideError, GrantView, RequestView, Verdict};
 use crate::audit::event::Outcome;
+use crate::listener::http::Peer;
 use crate::masking::for_record;
 use crate::policy::Principal;
 

@@ -23,11 +23,11 @@ use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::incoming::Peer;
 use super::{ApiContext, ApiError, Caller};
 use crate::audit::event::{Outcome, actor};
 use crate::config::Config;
 use crate::evidence::{EvidenceRequest, Exporter, Progress};
+use crate::listener::http::Peer;
 
 /// How long a finished bundle stays for download.
 const KEEP: Duration = Duration::from_secs(3600);

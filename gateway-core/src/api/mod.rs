@@ -19,7 +19,6 @@
 
 mod approvals;
 pub mod evidence;
-pub mod incoming;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,9 +36,9 @@ use tokio::sync::watch;
 
 use crate::audit::event::{Event, Outcome};
 use crate::identity::{AuthError, Authenticator, Identity};
+use crate::listener::http::{Incoming, Peer};
 use crate::recording::Recording;
 use crate::recording::store::Frame;
-use incoming::{Incoming, Peer};
 
 /// What the API's handlers share.
 pub struct ApiContext {

@@ -45,6 +45,83 @@ pub struct Config {
     /// Just-in-time approvals of the statements policies hold.
     #[serde(default)]
     pub approvals: ApprovalsConfig,
+    /// The MCP listener and the MCP servers behind it.
+    #[serde(default)]
+    pub mcp: McpConfig,
+}
+
+/// `[mcp]`: agents' tool calls, under the same identity, policy, approvals,
+/// masking, recording and audit as SQL.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct McpConfig {
+    /// Where the MCP listener takes Streamable HTTP (HTTPS with the
+    /// server's certificate); absent for no MCP listener. Each server is at
+    /// `/mcp/<name>`.
+    #[serde(default)]
+    pub listen: Option<Spanned<SocketAddr>>,
+    /// The audience tokens for this listener must name: its own, so a token
+    /// minted for the PostgreSQL listener is refused here, and the reverse.
+    #[serde(default = "default_mcp_audience")]
+    pub audience: String,
+    /// The resource URL clients know the listener by (RFC 9728 `resource`);
+    /// built from the listen address when absent.
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// The largest request body the listener reads, in bytes.
+    #[serde(default = "default_mcp_max_body")]
+    pub max_body_bytes: usize,
+    /// How long a tool call's answer may take upstream, in seconds.
+    #[serde(default = "default_mcp_call_timeout")]
+    pub call_timeout_secs: u64,
+    /// The MCP servers behind the listener.
+    #[serde(default, rename = "server")]
+    pub servers: Vec<Spanned<McpServerConfig>>,
+}
+
+impl Default for McpConfig {
+    fn default() -> Self {
+        McpConfig {
+            listen: None,
+            audience: default_mcp_audience(),
+            resource: None,
+            max_body_bytes: default_mcp_max_body(),
+            call_timeout_secs: default_mcp_call_timeout(),
+            servers: Vec::new(),
+        }
+    }
+}
+
+fn default_mcp_audience() -> String {
+    "tollgate-mcp".into()
+}
+
+fn default_mcp_max_body() -> usize {
+    1024 * 1024
+}
+
+fn default_mcp_call_timeout() -> u64 {
+    120
+}
+
+/// `[[mcp.server]]`: an MCP server the gateway runs as a child process and
+/// speaks to over stdio. Clients never reach it but through the gateway.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct McpServerConfig {
+    /// The server's name: its path (`/mcp/<name>`), and `Server::"<name>"`
+    /// to policies.
+    pub name: String,
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    /// Environment variables for it (nothing else of the gateway's
+    /// environment but PATH and HOME is passed on).
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// Environment variables whose values the gateway reads from a secret
+    /// store (the server's own credential; never the client's token).
+    #[serde(default)]
+    pub secrets: std::collections::BTreeMap<String, CredentialSource>,
 }
 
 /// `[approvals]`

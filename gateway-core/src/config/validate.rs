@@ -127,6 +127,7 @@ pub(super) fn validate(config: &Config, file: &str, text: &str) -> Result<(), Co
             ));
         }
     }
+    validate_mcp(config, &invalid)?;
     for connection in &config.connections {
         let c = connection.get_ref();
         if c.record_results_bytes > MAX_RECORD_RESULTS_BYTES {
@@ -395,6 +396,102 @@ pub(super) fn validate(config: &Config, file: &str, text: &str) -> Result<(), Co
                 &span,
                 key("connect_timeout_secs"),
                 "must be at least 1".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn validate_mcp(
+    config: &Config,
+    invalid: &dyn Fn(&Range<usize>, String, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    let mcp = &config.mcp;
+    if let Some(listen) = &mcp.listen {
+        let tls = &config.server.tls;
+        let no_tls = tls.cert.is_none() && !tls.self_signed;
+        if no_tls && !listen.get_ref().ip().is_loopback() {
+            return Err(invalid(
+                &listen.span(),
+                "mcp.listen".into(),
+                format!(
+                    "the MCP listener on the non-loopback address {} needs TLS (agents send their access \
+                     token): configure [server.tls] or listen on 127.0.0.1",
+                    listen.get_ref()
+                ),
+            ));
+        }
+    }
+    let audiences = config
+        .identity
+        .issuers
+        .iter()
+        .map(|i| i.get_ref().audience.as_str())
+        .chain(
+            config
+                .identity
+                .dev_issuer
+                .enabled
+                .then_some(config.identity.dev_issuer.audience.as_str()),
+        );
+    for audience in audiences {
+        if audience == mcp.audience {
+            return Err(invalid(
+                &(0..0),
+                "mcp.audience".into(),
+                format!(
+                    "'{audience}' is also the PostgreSQL listener's audience: give the MCP listener its own, \
+                     so a token minted for one listener is refused by the other"
+                ),
+            ));
+        }
+    }
+    if mcp.max_body_bytes < 1024 {
+        return Err(invalid(
+            &(0..0),
+            "mcp.max_body_bytes".into(),
+            "must be at least 1024".into(),
+        ));
+    }
+    if mcp.call_timeout_secs == 0 {
+        return Err(invalid(
+            &(0..0),
+            "mcp.call_timeout_secs".into(),
+            "must be at least 1".into(),
+        ));
+    }
+    for (n, server) in mcp.servers.iter().enumerate() {
+        let span = server.span();
+        let server = server.get_ref();
+        let key = |field: &str| format!("mcp.server[{n}].{field}");
+        let name_ok = !server.name.is_empty()
+            && server.name.len() <= 63
+            && server
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !name_ok {
+            return Err(invalid(
+                &span,
+                key("name"),
+                "must be 1 to 63 letters, digits, '-' or '_' (it is a URL path segment)".into(),
+            ));
+        }
+        if mcp.servers[..n]
+            .iter()
+            .any(|s| s.get_ref().name == server.name)
+        {
+            return Err(invalid(
+                &span,
+                key("name"),
+                format!("'{}' is used twice", server.name),
+            ));
+        }
+        if server.command.first().is_none_or(|c| c.is_empty()) {
+            return Err(invalid(
+                &span,
+                key("command"),
+                "must name the program to run, e.g. [\"npx\", \"@modelcontextprotocol/server-everything\"]".into(),
             ));
         }
     }

@@ -83,8 +83,18 @@ impl DevIssuer {
         serde_json::json!({"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "use": "sig", "kid": self.kid(), "x": x})
     }
 
-    /// Mint a signed access token.
+    /// Mint a signed access token for the issuer's audience (the
+    /// PostgreSQL listener and the API).
     pub fn mint(&self, request: &TokenRequest) -> Result<String, jsonwebtoken::errors::Error> {
+        self.mint_for(request, &self.audience)
+    }
+
+    /// Mint a signed access token for `audience` (the MCP listener's own).
+    pub fn mint_for(
+        &self,
+        request: &TokenRequest,
+        audience: &str,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let now = crate::clock::now_secs();
         let exp = (now + request.ttl_secs).max(0) as u64;
         let iat = now.min(exp as i64).max(0) as u64;
@@ -103,7 +113,7 @@ impl DevIssuer {
         let claims = Claims {
             iss: Some(ISSUER.into()),
             sub: Some(request.subject.clone()),
-            aud: Some(self.audience.clone().into()),
+            aud: Some(audience.to_string().into()),
             exp: Some(exp),
             nbf: Some(iat),
             iat: Some(iat),

@@ -110,8 +110,20 @@ impl Authenticator {
         }))
     }
 
-    /// Validate `token` and return who it names.
+    /// Validate `token` for the PostgreSQL listener and the API (each
+    /// issuer's configured audience) and return who it names.
     pub async fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
+        self.authenticate_for(token, None).await
+    }
+
+    /// Validate `token` for a listener with its own `audience` (MCP: a
+    /// token minted for the PostgreSQL listener is refused there, and the
+    /// reverse), or for each issuer's audience when `None`.
+    pub async fn authenticate_for(
+        &self,
+        token: &str,
+        audience: Option<&str>,
+    ) -> Result<Identity, AuthError> {
         let token = token.trim();
         if token.is_empty() {
             return Err(AuthError::MissingToken);
@@ -137,10 +149,11 @@ impl Authenticator {
         validation.leeway = self.config.leeway_secs;
         validation.validate_nbf = true;
         validation.set_issuer(&[&iss]);
-        validation.set_audience(&[&issuer.audience]);
+        let audience = audience.unwrap_or(&issuer.audience);
+        validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
-            .map_err(|e| AuthError::from_jwt(e, &unverified, &issuer.audience))?
+            .map_err(|e| AuthError::from_jwt(e, &unverified, audience))?
             .claims;
         Ok(claims.into_identity(&self.config))
     }

@@ -1,10 +1,12 @@
 //! Listener: accept TCP connections and hold the client-facing TLS setup.
 //!
-//! The listener knows nothing of PostgreSQL: it hands each accepted socket
-//! to the protocol adapter together with the [`tls::ServerTls`] it may use
-//! when the client asks for encryption.
+//! The listener knows nothing of PostgreSQL or MCP: it hands each accepted
+//! socket to the protocol adapter together with the [`tls::ServerTls`] it
+//! may use when the client asks for encryption; [`http`] does the same for
+//! the HTTP listeners (the API, MCP).
 
 pub mod conn;
+pub mod http;
 pub mod tls;
 
 use std::net::SocketAddr;

@@ -34,6 +34,9 @@ pub const SCHEMA: &str = include_str!("../../policy/tollgate.cedarschema");
 /// The PCI DSS starter policy (`fixtures/policies/pci.cedar`).
 pub const STARTER_POLICY: &str = include_str!("../../../fixtures/policies/pci.cedar");
 
+/// The starter policy for MCP tool calls (`fixtures/policies/mcp.cedar`).
+pub const MCP_STARTER_POLICY: &str = include_str!("../../../fixtures/policies/mcp.cedar");
+
 /// A policy file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
@@ -161,12 +164,16 @@ pub enum Resource<'a> {
     },
     /// The connection itself.
     Connection,
-    /// An MCP tool.
+    /// An MCP tool, in its server.
     Tool {
         /// The MCP server's name.
         server: &'a str,
         /// The tool's name.
         name: &'a str,
+        /// The server annotates it read-only (`readOnlyHint`).
+        read_only: bool,
+        /// The server annotates it destructive (`destructiveHint`).
+        destructive: bool,
     },
 }
 
@@ -227,6 +234,7 @@ struct Types {
     column: EntityTypeName,
     function: EntityTypeName,
     tool: EntityTypeName,
+    server: EntityTypeName,
     action: EntityTypeName,
 }
 
@@ -243,6 +251,7 @@ impl Types {
             column: t("Column"),
             function: t("Function"),
             tool: t("Tool"),
+            server: t("Server"),
             action: t("Action"),
         }
     }
@@ -276,6 +285,10 @@ impl PolicyEngine {
             sources.push((
                 PathBuf::from("fixtures/policies/pci.cedar (built in)"),
                 STARTER_POLICY.to_string(),
+            ));
+            sources.push((
+                PathBuf::from("fixtures/policies/mcp.cedar (built in)"),
+                MCP_STARTER_POLICY.to_string(),
             ));
         }
         for path in paths {
@@ -735,7 +748,21 @@ impl PolicyEngine {
                 id
             }
             Resource::Connection => connection.clone(),
-            Resource::Tool { server, name } => {
+            Resource::Tool {
+                server,
+                name,
+                read_only,
+                destructive,
+            } => {
+                let server_uid = uid(&t.server, server);
+                entities.push(
+                    Entity::new(
+                        server_uid.clone(),
+                        HashMap::from([("name".to_string(), string(server))]),
+                        HashSet::new(),
+                    )
+                    .map_err(|e| e.to_string())?,
+                );
                 let id = uid(&t.tool, &format!("{server}/{name}"));
                 entities.push(
                     Entity::new(
@@ -743,8 +770,16 @@ impl PolicyEngine {
                         HashMap::from([
                             ("name".to_string(), string(name)),
                             ("server".to_string(), string(server)),
+                            (
+                                "read_only".to_string(),
+                                RestrictedExpression::new_bool(*read_only),
+                            ),
+                            (
+                                "destructive".to_string(),
+                                RestrictedExpression::new_bool(*destructive),
+                            ),
                         ]),
-                        HashSet::new(),
+                        HashSet::from([server_uid]),
                     )
                     .map_err(|e| e.to_string())?,
                 );

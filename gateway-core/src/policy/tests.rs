@@ -199,3 +199,44 @@ fn duplicate_ids_are_refused() {
         problems(twice)
     );
 }
+
+#[test]
+fn mcp_starter_lists_read_only_tools_and_holds_exports() {
+    let engine = PolicyEngine::from_sources(vec![
+        ("pci.cedar".into(), STARTER.into()),
+        ("mcp.cedar".into(), MCP_STARTER_POLICY.into()),
+    ])
+    .unwrap_or_else(|e| panic!("{e}"));
+    let tool = |server: &'static str, name: &'static str, read_only, destructive| Resource::Tool {
+        server,
+        name,
+        read_only,
+        destructive,
+    };
+    let mut agent = person(&["agents"]);
+    agent.agent = true;
+    let nobody = person(&[]);
+    let ctx = context("tools/call");
+    let decide = |who: &Principal, r: &Resource<'_>| engine.decide(who, "call_tool", r, &ctx);
+    assert_eq!(
+        decide(&nobody, &tool("docs", "search", true, false)),
+        Outcome::Allow
+    );
+    assert!(matches!(
+        decide(&nobody, &tool("docs", "delete_page", false, false)),
+        Outcome::Deny(rule) if rule.id == "default-deny"
+    ));
+    // `in Server::"payments"`: the tool's parent is its server.
+    assert_eq!(
+        decide(&agent, &tool("payments", "find_payments", false, false)),
+        Outcome::Allow
+    );
+    assert!(matches!(
+        decide(&agent, &tool("payments", "export_cards", false, false)),
+        Outcome::NeedsApproval { ref rules, .. } if rules[0].id == "mcp-destructive-or-bulk-tools-need-approval"
+    ));
+    assert!(matches!(
+        decide(&agent, &tool("other", "find_payments", false, false)),
+        Outcome::Deny(_)
+    ));
+}

@@ -1,4 +1,4 @@
-//! Accepted API connections, TLS-terminated, for axum's server loop.
+//! Accepted HTTP connections (the API, MCP), TLS-terminated, for axum's server loop.
 //!
 //! Handshakes run in their own tasks with a time limit, so a client that
 //! opens a socket and says nothing holds up no one else.
