@@ -74,6 +74,9 @@ pub enum StartError {
     /// The recording store cannot be opened.
     #[error("{0}; the gateway does not run without its session recordings")]
     Recording(#[from] crate::recording::store::StoreError),
+    /// An MCP server cannot be set up.
+    #[error("{0}")]
+    Mcp(#[from] crate::mcp::upstream::UpstreamError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -99,6 +102,8 @@ pub struct RunningGateway {
     pub local_addr: SocketAddr,
     /// The API's bound address, when `[api] listen` is set.
     pub api_addr: Option<SocketAddr>,
+    /// The MCP listener's bound address, when `[mcp] listen` is set.
+    pub mcp_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     ending: watch::Sender<bool>,
     grace: Duration,
@@ -261,6 +266,7 @@ impl Gateway {
             approvals.link(link);
         }
         let api_policy = policy.clone();
+        let mcp_policy = policy.clone();
         let guard = policy.map(|policy| {
             policy.watch(
                 Duration::from_millis(self.config.policy.reload_check_ms.max(100)),
@@ -339,9 +345,66 @@ impl Gateway {
                 });
                 write_api_file(&server.data_dir, bound_addr, tls.is_some());
                 let stopping = shutdown.subscribe();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     if let Err(e) = crate::api::serve(bound, tls, api_ctx, stopping).await {
                         tracing::error!(error = %e, "the API stopped");
+                    }
+                });
+                Some(bound_addr)
+            }
+        };
+        let mcp_addr = match &self.config.mcp.listen {
+            None => None,
+            Some(listen) => {
+                let mcp = &self.config.mcp;
+                let addr = *listen.get_ref();
+                let mut servers = HashMap::new();
+                for server in &mcp.servers {
+                    let server = server.get_ref();
+                    servers.insert(
+                        server.name.clone(),
+                        Arc::new(crate::mcp::upstream::StdioServer::new(server).await?),
+                    );
+                }
+                let bound = listener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                let bound_addr = bound
+                    .local_addr()
+                    .map_err(|source| StartError::Bind { addr, source })?;
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                let resource = mcp
+                    .resource
+                    .clone()
+                    .unwrap_or_else(|| format!("{scheme}://{bound_addr}"));
+                let mut issuers: Vec<String> = self
+                    .config
+                    .identity
+                    .issuers
+                    .iter()
+                    .map(|i| i.get_ref().issuer.clone())
+                    .collect();
+                if self.config.identity.dev_issuer.enabled {
+                    issuers.push(crate::identity::dev_issuer::ISSUER.to_string());
+                }
+                let mcp_ctx = Arc::new(crate::mcp::McpContext::new(
+                    auth.clone(),
+                    mcp.audience.clone(),
+                    resource,
+                    issuers,
+                    servers,
+                    mcp_policy,
+                    self.config.api.listen.is_some().then(|| approvals.clone()),
+                    recording.clone(),
+                    mcp.max_body_bytes,
+                    Duration::from_secs(mcp.call_timeout_secs),
+                ));
+                let stopping = shutdown.subscribe();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = crate::mcp::serve(bound, tls, mcp_ctx, stopping).await {
+                        tracing::error!(error = %e, "the MCP listener stopped");
                     }
                 });
                 Some(bound_addr)
@@ -413,6 +476,7 @@ impl Gateway {
         Ok(RunningGateway {
             local_addr,
             api_addr,
+            mcp_addr,
             shutdown,
             ending,
             grace: Duration::from_secs(server.shutdown_grace_secs),

@@ -25,6 +25,7 @@ pub mod id;
 pub mod identity;
 pub mod listener;
 pub mod masking;
+pub mod mcp;
 pub mod pg;
 pub mod policy;
 pub mod recording;

@@ -119,6 +119,9 @@ enum Command {
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 3600, allow_negative_numbers = true)]
         ttl: i64,
+        /// For the MCP listener: its own audience (`[mcp] audience`).
+        #[arg(long)]
+        mcp: bool,
         /// Read the data directory and audience from this config.
         #[arg(long, short, conflicts_with = "data_dir")]
         config: Option<PathBuf>,
@@ -459,10 +462,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             mfa,
             agent,
             ttl,
+            mcp,
             config,
             data_dir,
         } => {
-            let (data_dir, audience) = match config {
+            let (data_dir, audience, mcp_audience) = match config {
                 Some(path) => {
                     let config = Config::load(&path)?;
                     anyhow::ensure!(
@@ -470,22 +474,32 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         "{} does not enable [identity.dev_issuer]: its gateway would refuse dev tokens",
                         path.display()
                     );
-                    (config.server.data_dir, config.identity.dev_issuer.audience)
+                    (
+                        config.server.data_dir,
+                        config.identity.dev_issuer.audience,
+                        config.mcp.audience,
+                    )
                 }
                 None => (
                     data_dir.unwrap_or_else(|| PathBuf::from(".tollgate")),
                     "tollgate".to_string(),
+                    tollgate::config::McpConfig::default().audience,
                 ),
             };
             let issuer = DevIssuer::load_or_create(Path::new(&data_dir), &audience)
                 .with_context(|| format!("dev issuer key in {}", data_dir.display()))?;
-            let token = issuer.mint(&TokenRequest {
+            let request = TokenRequest {
                 subject: sub,
                 groups,
                 mfa,
                 agent,
                 ttl_secs: ttl,
-            })?;
+            };
+            let token = if mcp {
+                issuer.mint_for(&request, &mcp_audience)?
+            } else {
+                issuer.mint(&request)?
+            };
             println!("{token}");
             Ok(())
         }

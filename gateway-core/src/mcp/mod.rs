@@ -1,0 +1,1311 @@
+//! The MCP protocol adapter: agents' tool calls under the same identity,
+//! policy, approvals, masking, recording and audit as SQL.
+//!
+//! Clients reach each configured server at `/mcp/<name>` over Streamable
+//! HTTP (protocol versions [`VERSIONS`]), with an OIDC access token minted
+//! for the MCP listener's own audience (`Authorization: Bearer`). The
+//! gateway is an OAuth 2.1 resource server: RFC 9728 metadata at
+//! `/.well-known/oauth-protected-resource/mcp/<name>`, named in the
+//! `WWW-Authenticate` of every 401. The client's token never goes upstream:
+//! the gateway runs each server itself ([`upstream`]) with its own
+//! credential.
+//!
+//! | method | what the gateway does |
+//! |---|---|
+//! | `initialize` | opens a session (`Mcp-Session-Id`), recorded with protocol `mcp` |
+//! | `tools/list` | the upstream's tools the caller's policies let it call (allowed or held for approval) |
+//! | `tools/call` | Cedar decides `call_tool` on `Tool::"<server>/<tool>"` in `Server::"<server>"`; refused with a JSON-RPC error naming the policy, or held for approval (the response streams progress while it waits), then forwarded; the result is masked |
+//! | `ping` | answered by the gateway |
+//! | anything else | refused with -32601: the gateway passes what it understands (an allow-list) |
+//!
+//! Every call is an audit record made durable before it goes upstream, and
+//! a `statement` and a `result` frame in the session's recording (the same
+//! store and format family as PostgreSQL sessions).
+
+pub mod jsonrpc;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hmac::Mac;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::approvals::hold::{Hold, HoldOutcome, Need};
+use crate::approvals::{Approvals, Ask, Requester, Scope};
+use crate::audit::event::{Event, Outcome as AuditOutcome};
+use crate::identity::{AuthError, Authenticator, Identity};
+use crate::listener::http::{Incoming, Peer};
+use crate::masking::{Counts, Detector, Fill, Keep, for_record, mask_json, mask_text};
+use crate::policy::{Outcome, PolicyHandle, Principal, RequestContext, Resource, Rule};
+use crate::recording::{self, Recording};
+use crate::stage::{Reason, Refusal, Ruling};
+use jsonrpc::Message;
+use upstream::StdioServer;
+
+/// The protocol versions clients may speak (newest last).
+pub const VERSIONS: &[&str] = &["2025-06-18", "2025-11-25"];
+
+/// How long a session nobody uses stays open.
+const IDLE: Duration = Duration::from_secs(30 * 60);
+
+/// Characters of a call's masked arguments or result kept in a frame.
+const PREVIEW_CHARS: usize = 4096;
+
+/// What every MCP request shares.
+pub struct McpContext {
+    /// Validates tokens (with [`McpContext::audience`]).
+    pub auth: Arc<Authenticator>,
+    /// The audience tokens for this listener must name.
+    pub audience: String,
+    /// The resource URL clients know the listener by (no trailing slash).
+    pub resource: String,
+    /// Issuers whose tokens are accepted (RFC 9728 `authorization_servers`).
+    pub issuers: Vec<String>,
+    /// The servers, by name.
+    pub servers: HashMap<String, Arc<StdioServer>>,
+    /// The policy in force (none: `policy.allow_all`, development only).
+    pub policy: Option<PolicyHandle>,
+    /// Where calls that need approval are held (none: they are refused).
+    pub approvals: Option<Arc<Approvals>>,
+    /// Recordings and the audit log.
+    pub recording: Arc<Recording>,
+    /// The largest request body read.
+    pub max_body: usize,
+    /// How long a call may take upstream.
+    pub call_timeout: Duration,
+    /// Open sessions, by id.
+    sessions: Mutex<HashMap<String, Arc<McpSession>>>,
+    /// Each server's tools as last listed, by name.
+    tools: Mutex<HashMap<String, HashMap<String, Value>>>,
+}
+
+impl McpContext {
+    /// A context with no sessions yet.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        auth: Arc<Authenticator>,
+        audience: String,
+        resource: String,
+        issuers: Vec<String>,
+        servers: HashMap<String, Arc<StdioServer>>,
+        policy: Option<PolicyHandle>,
+        approvals: Option<Arc<Approvals>>,
+        recording: Arc<Recording>,
+        max_body: usize,
+        call_timeout: Duration,
+    ) -> McpContext {
+        McpContext {
+            auth,
+            audience,
+            resource: resource.trim_end_matches('/').to_string(),
+            issuers,
+            servers,
+            policy,
+            approvals,
+            recording,
+            max_body,
+            call_timeout,
+            sessions: Mutex::default(),
+            tools: Mutex::default(),
+        }
+    }
+
+    fn metadata_url(&self, server: &str) -> String {
+        format!(
+            "{}/.well-known/oauth-protected-resource/mcp/{server}",
+            self.resource
+        )
+    }
+}
+
+impl std::fmt::Debug for McpContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpContext")
+            .field("resource", &self.resource)
+            .field("servers", &self.servers.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// One client session with one server.
+struct McpSession {
+    server: String,
+    subject: String,
+    issuer: String,
+    principal: Principal,
+    client: SocketAddr,
+    version: String,
+    record: recording::Session,
+    last_used: Mutex<Instant>,
+    masked: Mutex<Counts>,
+    /// Held calls by request id, for `notifications/cancelled`.
+    held: Mutex<HashMap<String, Arc<crate::approvals::HoldSlot>>>,
+}
+
+impl McpSession {
+    fn end(&self, reason: &str) {
+        let counts = self.masked.lock().unwrap_or_else(|e| e.into_inner());
+        self.record.ended(Some(reason), Some(&counts));
+    }
+}
+
+/// The listener's routes.
+pub fn router(ctx: Arc<McpContext>) -> Router {
+    Router::new()
+        .route(
+            "/mcp/{server}",
+            post(post_message).get(no_stream).delete(end_session),
+        )
+        .route(
+            "/.well-known/oauth-protected-resource/mcp/{server}",
+            get(resource_metadata),
+        )
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                axum::Json(json!({
+                    "error": "not_found",
+                    "message": "no such endpoint: MCP servers are at /mcp/<name>",
+                })),
+            )
+        })
+        .with_state(ctx)
+}
+
+/// Serve the MCP listener until `shutdown` turns true; open sessions end then.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<crate::listener::tls::ServerTls>,
+    ctx: Arc<McpContext>,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let incoming = Incoming::new(listener, tls)?;
+    let sweeping = ctx.clone();
+    let mut stop = shutdown.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(60)) => sweep_idle(&sweeping),
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+    });
+    let ending = ctx.clone();
+    let served = axum::serve(
+        incoming,
+        router(ctx).into_make_service_with_connect_info::<Peer>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    })
+    .await;
+    let open: Vec<_> = ending
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .drain()
+        .collect();
+    for (_, session) in open {
+        session.end("the gateway stopped");
+    }
+    served
+}
+
+fn sweep_idle(ctx: &McpContext) {
+    let idle: Vec<Arc<McpSession>> = {
+        let mut sessions = ctx.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let ids: Vec<String> = sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.last_used
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .elapsed()
+                    > IDLE
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.iter().filter_map(|id| sessions.remove(id)).collect()
+    };
+    for session in idle {
+        session.end("idle for 30 minutes");
+    }
+}
+
+/// RFC 9728 protected resource metadata for one server.
+async fn resource_metadata(
+    State(ctx): State<Arc<McpContext>>,
+    Path(server): Path<String>,
+) -> Response {
+    if !ctx.servers.contains_key(&server) {
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({ "error": "not_found" })),
+        )
+            .into_response();
+    }
+    axum::Json(json!({
+        "resource": format!("{}/mcp/{server}", ctx.resource),
+        "authorization_servers": ctx.issuers,
+        "bearer_methods_supported": ["header"],
+        "resource_name": format!("Tollgate MCP gateway: {server}"),
+    }))
+    .into_response()
+}
+
+/// The gateway offers no server-initiated stream (GET): Streamable HTTP lets it say 405.
+async fn no_stream() -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        [(header::ALLOW, "POST, DELETE")],
+        "this gateway sends no server-initiated messages: POST requests to this endpoint",
+    )
+        .into_response()
+}
+
+/// A JSON-RPC answer with an HTTP status.
+fn answer(status: StatusCode, body: Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+/// A request refused before it reached the stages, at the transport level.
+fn refused(refusal: &Refusal) -> Response {
+    let status =
+        StatusCode::from_u16(refusal.reason.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+    answer(status, jsonrpc::refusal(&Value::Null, refusal))
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// Who is calling, or the 401/503 that says what to do.
+async fn authenticate(
+    ctx: &McpContext,
+    server: &str,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<Identity, Response> {
+    let token = bearer(headers);
+    let error = match ctx
+        .auth
+        .authenticate_for(token.unwrap_or(""), Some(&ctx.audience))
+        .await
+    {
+        Ok(identity) => return Ok(identity),
+        Err(e) => e,
+    };
+    let message = match &error {
+        AuthError::MissingToken => {
+            "no access token: send `Authorization: Bearer <access token>` minted for this MCP listener's audience"
+                .to_string()
+        }
+        e => e.to_string(),
+    };
+    let event = Event::new("mcp.login", AuditOutcome::Failure)
+        .with("actor", json!({ "subject": null }))
+        .origin(peer.ip())
+        .resource(json!({ "server": server }))
+        .with("reason", for_record(&message));
+    ctx.recording.auditor.record_later(event);
+    let reason = error.reason();
+    let refusal = Refusal::new(reason, format!("authentication failed: {message}"));
+    let mut response = refused(&refusal);
+    if reason == Reason::Unauthenticated || reason == Reason::Forbidden {
+        *response.status_mut() = StatusCode::UNAUTHORIZED;
+        let mut challenge = format!("Bearer resource_metadata=\"{}\"", ctx.metadata_url(server));
+        if token.is_some() {
+            let description = message.replace(['"', '\\'], "'");
+            challenge.push_str(&format!(
+                ", error=\"invalid_token\", error_description=\"{description}\""
+            ));
+        }
+        if let Ok(value) = HeaderValue::from_str(&challenge) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
+        }
+    }
+    Err(response)
+}
+
+/// The name a request is about (`Mcp-Name` must match it).
+fn subject_name<'a>(method: &str, params: &'a Value) -> Option<&'a str> {
+    match method {
+        "tools/call" | "prompts/get" => params.get("name").and_then(Value::as_str),
+        "resources/read" => params.get("uri").and_then(Value::as_str),
+        _ => None,
+    }
+}
+
+/// `Mcp-Method` and `Mcp-Name`, when sent, must say what the body says: a
+/// proxy or policy that routes on headers must see the request that runs.
+fn headers_match(headers: &HeaderMap, method: &str, params: &Value) -> Result<(), Refusal> {
+    let header_text = |name: &str| -> Result<Option<String>, Refusal> {
+        match headers.get(name) {
+            None => Ok(None),
+            Some(v) => v.to_str().map(|s| Some(s.to_string())).map_err(|_| {
+                Refusal::new(Reason::Malformed, format!("the {name} header is not text"))
+            }),
+        }
+    };
+    if let Some(said) = header_text("mcp-method")?
+        && said != method
+    {
+        return Err(Refusal::new(
+            Reason::Malformed,
+            format!(
+                "the Mcp-Method header says '{said}' but the body's method is '{method}': the request was not run"
+            ),
+        ));
+    }
+    if let Some(said) = header_text("mcp-name")? {
+        let body = subject_name(method, params);
+        if body != Some(said.as_str()) {
+            return Err(Refusal::new(
+                Reason::Malformed,
+                format!(
+                    "the Mcp-Name header says '{said}' but the body names '{}': the request was not run",
+                    body.unwrap_or("nothing")
+                ),
+            ));
+        }
+    }
+    if let Some(version) = header_text("mcp-protocol-version")?
+        && !VERSIONS.contains(&version.as_str())
+    {
+        return Err(Refusal::new(
+            Reason::Unsupported,
+            format!(
+                "protocol version {version} is not supported by this gateway; it speaks {}",
+                VERSIONS.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+async fn post_message(
+    State(ctx): State<Arc<McpContext>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(server_name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let peer = peer.0;
+    let Some(server) = ctx.servers.get(&server_name).cloned() else {
+        return answer(
+            StatusCode::NOT_FOUND,
+            jsonrpc::error(
+                &Value::Null,
+                jsonrpc::INVALID_PARAMS,
+                format!("no MCP server '{server_name}' behind this gateway"),
+            ),
+        );
+    };
+    let identity = match authenticate(&ctx, &server_name, &headers, peer).await {
+        Ok(identity) => identity,
+        Err(response) => return response,
+    };
+    let json_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    if !json_type {
+        return answer(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            jsonrpc::error(
+                &Value::Null,
+                jsonrpc::INVALID_REQUEST,
+                "send the JSON-RPC message with Content-Type: application/json",
+            ),
+        );
+    }
+    let body = match axum::body::to_bytes(body, ctx.max_body).await {
+        Ok(body) => body,
+        Err(_) => {
+            return refused(&Refusal::new(
+                Reason::TooLarge,
+                format!(
+                    "the request body is over {} bytes, the most this gateway reads ([mcp] max_body_bytes)",
+                    ctx.max_body
+                ),
+            ));
+        }
+    };
+    let message = match Message::parse(&body) {
+        Ok(message) => message,
+        Err(refusal) => return refused(&refusal),
+    };
+    let (method, params) = match &message {
+        Message::Request { method, params, .. } | Message::Notification { method, params } => {
+            (method.clone(), params.clone())
+        }
+    };
+    if let Err(refusal) = headers_match(&headers, &method, &params) {
+        return refused(&refusal);
+    }
+    let session_id = headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    match message {
+        Message::Request { id, method, params } if method == "initialize" => {
+            initialize(&ctx, &server, identity, peer, id, params).await
+        }
+        Message::Request { id, method, params } => {
+            let session = match find_session(&ctx, &server_name, session_id, &identity) {
+                Ok(session) => session,
+                Err(response) => return response,
+            };
+            if let Some(version) = headers
+                .get("mcp-protocol-version")
+                .and_then(|v| v.to_str().ok())
+                && version != session.version
+            {
+                return refused(&Refusal::new(
+                    Reason::Malformed,
+                    format!(
+                        "MCP-Protocol-Version {version} differs from the version this session negotiated ({})",
+                        session.version
+                    ),
+                ));
+            }
+            let accepts_stream = headers
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("text/event-stream"));
+            request(ctx, server, session, id, method, params, accepts_stream).await
+        }
+        Message::Notification { method, params } => {
+            if let Ok(session) = find_session(&ctx, &server_name, session_id, &identity)
+                && method == "notifications/cancelled"
+                && let Some(id) = params.get("requestId")
+            {
+                let slot = session
+                    .held
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&id.to_string())
+                    .cloned();
+                if let Some(slot) = slot {
+                    slot.cancel();
+                }
+            }
+            // Notifications are answered with 202 and go no further.
+            StatusCode::ACCEPTED.into_response()
+        }
+    }
+}
+
+/// The session a request names, if it is the caller's.
+fn find_session(
+    ctx: &McpContext,
+    server: &str,
+    id: Option<String>,
+    identity: &Identity,
+) -> Result<Arc<McpSession>, Response> {
+    let Some(id) = id else {
+        return Err(answer(
+            StatusCode::BAD_REQUEST,
+            jsonrpc::error(
+                &Value::Null,
+                jsonrpc::INVALID_REQUEST,
+                "the Mcp-Session-Id header is missing: send initialize first",
+            ),
+        ));
+    };
+    let session = ctx
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&id)
+        .cloned();
+    match session {
+        // Someone else's session is not found, as a session that never was.
+        Some(s)
+            if s.server == server
+                && s.subject == identity.subject
+                && s.issuer == identity.issuer =>
+        {
+            *s.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            Ok(s)
+        }
+        _ => Err(answer(
+            StatusCode::NOT_FOUND,
+            jsonrpc::error(
+                &Value::Null,
+                jsonrpc::INVALID_REQUEST,
+                "session not found (it ended or expired): initialize a new one",
+            ),
+        )),
+    }
+}
+
+async fn end_session(
+    State(ctx): State<Arc<McpContext>>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(server): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let identity = match authenticate(&ctx, &server, &headers, peer.0).await {
+        Ok(identity) => identity,
+        Err(response) => return response,
+    };
+    let id = headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let session = match find_session(&ctx, &server, id.clone(), &identity) {
+        Ok(session) => session,
+        Err(response) => return response,
+    };
+    if let Some(id) = id {
+        ctx.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+    session.end("the client ended the session");
+    StatusCode::NO_CONTENT.into_response()
+}
+
+async fn initialize(
+    ctx: &McpContext,
+    server: &StdioServer,
+    identity: Identity,
+    peer: SocketAddr,
+    id: Value,
+    params: Value,
+) -> Response {
+    let asked = params
+        .get("protocolVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    // The client's version when the gateway speaks it, else the newest it does.
+    let version = if VERSIONS.contains(&asked) {
+        asked
+    } else {
+        VERSIONS[VERSIONS.len() - 1]
+    };
+    let upstream = match server.initialized(ctx.call_timeout).await {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            return answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                jsonrpc::refusal(
+                    &id,
+                    &Refusal::new(Reason::DependencyUnavailable, e.to_string()),
+                ),
+            );
+        }
+    };
+    // Only what the gateway passes is advertised: tools, when the server has them.
+    let mut capabilities = serde_json::Map::new();
+    if upstream["capabilities"].get("tools").is_some() {
+        capabilities.insert("tools".into(), json!({ "listChanged": false }));
+    }
+    let session_id = crate::id::session();
+    let record = recording::Session::new(
+        session_id.clone(),
+        ctx.recording.clone(),
+        &identity,
+        peer,
+        server.name(),
+        "mcp",
+    );
+    let client_info = params.get("clientInfo").cloned().unwrap_or(Value::Null);
+    let mut extra = serde_json::Map::new();
+    extra.insert("protocol_version".into(), Value::from(version));
+    extra.insert(
+        "client_info".into(),
+        Value::from(for_record(&client_info.to_string())),
+    );
+    extra.insert(
+        "server_info".into(),
+        Value::from(for_record(&upstream["serverInfo"].to_string())),
+    );
+    record.started(extra, true);
+    let session = Arc::new(McpSession {
+        server: server.name().to_string(),
+        subject: identity.subject.clone(),
+        issuer: identity.issuer.clone(),
+        principal: Principal::of(&identity),
+        client: peer,
+        version: version.to_string(),
+        record,
+        last_used: Mutex::new(Instant::now()),
+        masked: Mutex::default(),
+        held: Mutex::default(),
+    });
+    ctx.sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(session_id.clone(), session);
+    let mut result = json!({
+        "protocolVersion": version,
+        "capabilities": capabilities,
+        "serverInfo": {
+            "name": format!("tollgate/{}", server.name()),
+            "version": env!("CARGO_PKG_VERSION"),
+        },
+    });
+    if let Some(instructions) = upstream.get("instructions").and_then(Value::as_str) {
+        result["instructions"] = Value::from(for_record(instructions));
+    }
+    let mut response = answer(StatusCode::OK, jsonrpc::result(&id, result));
+    if let Ok(value) = HeaderValue::from_str(&session_id) {
+        response.headers_mut().insert("mcp-session-id", value);
+    }
+    response
+}
+
+async fn request(
+    ctx: Arc<McpContext>,
+    server: Arc<StdioServer>,
+    session: Arc<McpSession>,
+    id: Value,
+    method: String,
+    params: Value,
+    accepts_stream: bool,
+) -> Response {
+    match method.as_str() {
+        "ping" => answer(StatusCode::OK, jsonrpc::result(&id, json!({}))),
+        "tools/list" => list_tools(&ctx, &server, &session, &id).await,
+        "tools/call" => call_tool(ctx, server, session, id, params, accepts_stream).await,
+        other => answer(
+            StatusCode::OK,
+            jsonrpc::refusal(
+                &id,
+                &Refusal::new(
+                    Reason::Unsupported,
+                    format!(
+                        "method '{other}' is not passed by this gateway: it passes tools (tools/list, tools/call) \
+                         and ping; resources and prompts are not passed yet"
+                    ),
+                ),
+            ),
+        ),
+    }
+}
+
+/// Every tool the upstream lists (all pages), and the cache for calls.
+async fn upstream_tools(ctx: &McpContext, server: &StdioServer) -> Result<Vec<Value>, Refusal> {
+    let mut tools = Vec::new();
+    let mut cursor: Option<Value> = None;
+    for _ in 0..100 {
+        let params = match &cursor {
+            Some(c) => json!({ "cursor": c }),
+            None => json!({}),
+        };
+        let response = server
+            .request("tools/list", params, ctx.call_timeout)
+            .await
+            .map_err(|e| Refusal::new(Reason::DependencyUnavailable, e.to_string()))?;
+        let Some(result) = response.get("result") else {
+            return Err(Refusal::new(
+                Reason::DependencyUnavailable,
+                format!(
+                    "MCP server '{}' could not list its tools: {}",
+                    server.name(),
+                    for_record(&response["error"].to_string())
+                ),
+            ));
+        };
+        tools.extend(
+            result
+                .get("tools")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+        );
+        cursor = result.get("nextCursor").filter(|c| !c.is_null()).cloned();
+        if cursor.is_none() {
+            break;
+        }
+    }
+    let by_name = tools
+        .iter()
+        .filter_map(|t| Some((t.get("name")?.as_str()?.to_string(), t.clone())))
+        .collect();
+    ctx.tools
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(server.name().to_string(), by_name);
+    Ok(tools)
+}
+
+/// The tool's annotations as the policy sees them (MCP's defaults: not
+/// read-only, and then destructive).
+fn hints(tool: &Value) -> (bool, bool) {
+    let annotations = &tool["annotations"];
+    let read_only = annotations["readOnlyHint"].as_bool().unwrap_or(false);
+    let destructive = !read_only && annotations["destructiveHint"].as_bool().unwrap_or(true);
+    (read_only, destructive)
+}
+
+fn decide(ctx: &McpContext, session: &McpSession, server: &str, tool: &Value) -> Outcome {
+    let Some(policy) = &ctx.policy else {
+        return Outcome::Allow;
+    };
+    let name = tool["name"].as_str().unwrap_or_default();
+    let (read_only, destructive) = hints(tool);
+    let resource = Resource::Tool {
+        server,
+        name,
+        read_only,
+        destructive,
+    };
+    let context = RequestContext {
+        connection: server,
+        command: "tools/call",
+        row_estimate: 0,
+        has_where: false,
+        has_limit: false,
+        cardholder_data: false,
+        rows_returned: 0,
+        client: session.client.ip(),
+        time: std::time::SystemTime::now(),
+    };
+    policy
+        .current()
+        .decide(&session.principal, "call_tool", &resource, &context)
+}
+
+async fn list_tools(
+    ctx: &McpContext,
+    server: &StdioServer,
+    session: &McpSession,
+    id: &Value,
+) -> Response {
+    let tools = match upstream_tools(ctx, server).await {
+        Ok(tools) => tools,
+        Err(refusal) => return answer(StatusCode::OK, jsonrpc::refusal(id, &refusal)),
+    };
+    let total = tools.len();
+    let visible: Vec<Value> = tools
+        .into_iter()
+        .filter(|t| !matches!(decide(ctx, session, server.name(), t), Outcome::Deny(_)))
+        .collect();
+    let names: Vec<Vec<Value>> = visible.iter().map(|t| vec![t["name"].clone()]).collect();
+    session.record.frame(
+        "statement",
+        json!({ "text": "tools/list", "method": "tools/list", "decision": "allowed", "approval": null }),
+    );
+    session.record.frame(
+        "result",
+        json!({
+            "tag": "tools/list",
+            "columns": ["tool"],
+            "rows": visible.len(),
+            "hidden": total - visible.len(),
+            "preview": names,
+            "preview_complete": true,
+            "masked": 0,
+        }),
+    );
+    answer(
+        StatusCode::OK,
+        jsonrpc::result(id, json!({ "tools": visible })),
+    )
+}
+
+/// The masked text of a call's arguments, as records and approvers see it.
+fn masked_arguments(arguments: &Value) -> String {
+    let mut bytes = serde_json::to_vec(arguments).unwrap_or_default();
+    mask_json(&mut bytes, Keep::LastFour);
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    truncate(&for_record(&text), PREVIEW_CHARS)
+}
+
+fn truncate(text: &str, chars: usize) -> String {
+    match text.char_indices().nth(chars) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
+/// Mask a tool result for the client: text content (JSON inside text as
+/// JSON), embedded resources, structured content, then the whole message
+/// (labelled card security data in any key, PANs anywhere). Counts what it
+/// masked under `place`.
+fn mask_message(message: &mut Value, place: &str, counts: &mut Counts) {
+    let mut count = |hits: Vec<Detector>| {
+        for hit in hits {
+            counts.add(place, hit, 1);
+        }
+    };
+    let mask_text_value = |text: &mut Value, count: &mut dyn FnMut(Vec<Detector>)| {
+        let Some(s) = text.as_str() else { return };
+        let mut bytes = s.as_bytes().to_vec();
+        let hits = if serde_json::from_str::<Value>(s).is_ok_and(|v| v.is_object() || v.is_array())
+        {
+            mask_json(&mut bytes, Keep::LastFour)
+        } else {
+            mask_text(&mut bytes, Keep::LastFour, Fill::Star)
+        };
+        if !hits.is_empty() {
+            *text = Value::from(String::from_utf8_lossy(&bytes).into_owned());
+        }
+        count(hits);
+    };
+    if let Some(content) = message
+        .pointer_mut("/result/content")
+        .and_then(Value::as_array_mut)
+    {
+        for block in content {
+            if let Some(text) = block.get_mut("text") {
+                mask_text_value(text, &mut count);
+            }
+            if let Some(text) = block.pointer_mut("/resource/text") {
+                mask_text_value(text, &mut count);
+            }
+        }
+    }
+    let mut bytes = serde_json::to_vec(message).unwrap_or_default();
+    let hits = mask_json(&mut bytes, Keep::LastFour);
+    if !hits.is_empty()
+        && let Ok(masked) = serde_json::from_slice(&bytes)
+    {
+        *message = masked;
+    }
+    count(hits);
+}
+
+/// What a call's `result` frame previews: each content block's (masked) text.
+fn preview(message: &Value) -> Vec<Vec<Value>> {
+    let Some(content) = message.pointer("/result/content").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    content
+        .iter()
+        .map(|block| {
+            let text = match block["type"].as_str() {
+                Some("text") => block["text"].as_str().unwrap_or_default().to_string(),
+                Some(kind) => format!("<{kind}>"),
+                None => "<content>".into(),
+            };
+            vec![Value::from(truncate(&for_record(&text), PREVIEW_CHARS))]
+        })
+        .collect()
+}
+
+/// One tool call on its way through the stages.
+struct Call {
+    id: Value,
+    name: String,
+    params: Value,
+    arguments: Value,
+    /// `tools/call <name> <masked arguments>`: the recorded text.
+    text: String,
+    /// `call <server>/<name>`: the access, as approvals and grants see it.
+    what: String,
+    description: String,
+    progress: Option<Value>,
+}
+
+impl Call {
+    fn need<'a>(
+        &'a self,
+        session: &McpSession,
+        rule: &'a Rule,
+        approvals: u32,
+        key: &'a str,
+    ) -> Need<'a> {
+        Need {
+            key,
+            what: &self.what,
+            noun: "tool call",
+            policy: &rule.id,
+            policy_reason: &rule.reason,
+            scope: Scope {
+                subject: session.subject.clone(),
+                issuer: session.issuer.clone(),
+                connection: session.server.clone(),
+                accesses: vec![self.what.clone()],
+                approvals,
+            },
+        }
+    }
+
+    fn ask(&self, session: &McpSession, rule: &Rule, approvals: u32, scope: Scope) -> Ask {
+        Ask {
+            requester: Requester::from(&session.principal),
+            origin: session.client.ip().to_string(),
+            session: Some(session.record.id().to_string()),
+            scope,
+            statement: truncate(
+                &for_record(&format!("{}  -- {}", self.text, self.description)),
+                PREVIEW_CHARS,
+            ),
+            actions: vec!["call_tool".into()],
+            resources: vec![self.what.clone()],
+            cardholder_resources: Vec::new(),
+            cardholder: false,
+            row_estimate: None,
+            policy: rule.id.clone(),
+            policy_reason: rule.reason.clone(),
+            approvals_needed: approvals,
+            reason: self
+                .params
+                .pointer("/_meta/reason")
+                .and_then(Value::as_str)
+                .map(|r| truncate(&for_record(r), 500)),
+        }
+    }
+}
+
+async fn call_tool(
+    ctx: Arc<McpContext>,
+    server: Arc<StdioServer>,
+    session: Arc<McpSession>,
+    id: Value,
+    params: Value,
+    accepts_stream: bool,
+) -> Response {
+    let Some(name) = params
+        .get("name")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+    else {
+        return answer(
+            StatusCode::OK,
+            jsonrpc::error(&id, jsonrpc::INVALID_PARAMS, "tools/call needs params.name"),
+        );
+    };
+    let arguments = params.get("arguments").cloned().unwrap_or(json!({}));
+    let known = ctx
+        .tools
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(server.name())
+        .and_then(|t| t.get(&name).cloned());
+    let tool = match known {
+        Some(tool) => Some(tool),
+        None => match upstream_tools(&ctx, &server).await {
+            Ok(tools) => tools.into_iter().find(|t| t["name"] == name.as_str()),
+            Err(refusal) => return answer(StatusCode::OK, jsonrpc::refusal(&id, &refusal)),
+        },
+    };
+    let call = Call {
+        text: format!("tools/call {name} {}", masked_arguments(&arguments)),
+        what: format!("call {}/{name}", server.name()),
+        description: tool
+            .as_ref()
+            .and_then(|t| t["description"].as_str())
+            .unwrap_or_default()
+            .to_string(),
+        progress: params.pointer("/_meta/progressToken").cloned(),
+        id,
+        name,
+        params,
+        arguments,
+    };
+    let mut ruling = Ruling {
+        actions: vec!["call_tool".into()],
+        resources: vec![call.what.clone()],
+        ..Ruling::default()
+    };
+    let Some(tool) = tool else {
+        let refusal = Refusal::new(
+            Reason::NotFound,
+            format!(
+                "unknown tool '{}': it is not among {}'s tools",
+                call.name,
+                server.name()
+            ),
+        );
+        return answer(
+            StatusCode::OK,
+            conclude(&ctx, &server, &session, &call, &ruling, Err(refusal)).await,
+        );
+    };
+    let (rule, approvals) = match decide(&ctx, &session, server.name(), &tool) {
+        Outcome::Allow => {
+            return answer(
+                StatusCode::OK,
+                conclude(&ctx, &server, &session, &call, &ruling, Ok(())).await,
+            );
+        }
+        Outcome::Deny(rule) => {
+            ruling.policy = Some(rule.id.clone());
+            let refusal = Refusal::new(
+                Reason::Forbidden,
+                format!(
+                    "tool call {} refused: {} (policy \"{}\")",
+                    call.name, rule.reason, rule.id
+                ),
+            );
+            return answer(
+                StatusCode::OK,
+                conclude(&ctx, &server, &session, &call, &ruling, Err(refusal)).await,
+            );
+        }
+        Outcome::NeedsApproval { rules, approvals } => (rules[0].clone(), approvals),
+    };
+    ruling.policy = Some(rule.id.clone());
+    let mut hold = Hold::new(ctx.approvals.clone());
+    let key = format!("{} {}", call.name, call.arguments);
+    let first = hold.ask(
+        call.need(&session, &rule, approvals, &key),
+        Some(&mut ruling),
+        |scope| call.ask(&session, &rule, approvals, scope),
+    );
+    let (notice, until) = match first {
+        HoldOutcome::Forward => {
+            return answer(
+                StatusCode::OK,
+                conclude(&ctx, &server, &session, &call, &ruling, Ok(())).await,
+            );
+        }
+        HoldOutcome::Refused(refusal) => {
+            return answer(
+                StatusCode::OK,
+                conclude(&ctx, &server, &session, &call, &ruling, Err(refusal)).await,
+            );
+        }
+        HoldOutcome::Wait(until) => (None, until),
+        HoldOutcome::Hold { notice, until } => (Some(notice), until),
+    };
+    if !accepts_stream {
+        drop(until);
+        drop(hold);
+        let refusal = Refusal::new(
+            Reason::Withdrawn,
+            format!(
+                "{} needs approval (policy \"{}\"), but this client does not accept text/event-stream responses, \
+                 so the call cannot wait for an approver; the request was withdrawn. Send \
+                 Accept: application/json, text/event-stream",
+                call.what, rule.id
+            ),
+        );
+        return answer(
+            StatusCode::OK,
+            conclude(&ctx, &server, &session, &call, &ruling, Err(refusal)).await,
+        );
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(16);
+    session
+        .held
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(call.id.to_string(), hold.slot());
+    tokio::spawn(async move {
+        let mut progress = 0u64;
+        let progress_event = |progress: u64, message: &str| -> Option<SseEvent> {
+            let token = call.progress.as_ref()?;
+            let note = json!({
+                "jsonrpc": "2.0",
+                "method": "notifications/progress",
+                "params": { "progressToken": token, "progress": progress, "message": message },
+            });
+            Some(SseEvent::default().data(note.to_string()))
+        };
+        if let Some(notice) = notice
+            && let Some(event) = progress_event(progress, &notice)
+        {
+            let _ = tx.send(Ok(event)).await;
+        }
+        let mut until = until;
+        let answer = loop {
+            tokio::select! {
+                () = &mut until => {}
+                // The client went away: the hold is dropped, its request withdrawn.
+                () = tx.closed() => break None,
+                () = tokio::time::sleep(Duration::from_secs(10)) => {
+                    progress += 1;
+                    if let Some(event) = progress_event(progress, "waiting for an approver") {
+                        let _ = tx.send(Ok(event)).await;
+                    }
+                    continue;
+                }
+            }
+            match hold.ask(
+                call.need(&session, &rule, approvals, &key),
+                Some(&mut ruling),
+                |scope| call.ask(&session, &rule, approvals, scope),
+            ) {
+                HoldOutcome::Forward => {
+                    break Some(conclude(&ctx, &server, &session, &call, &ruling, Ok(())).await);
+                }
+                HoldOutcome::Refused(refusal) => {
+                    break Some(
+                        conclude(&ctx, &server, &session, &call, &ruling, Err(refusal)).await,
+                    );
+                }
+                HoldOutcome::Wait(next) | HoldOutcome::Hold { until: next, .. } => until = next,
+            }
+        };
+        hold.used();
+        session
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&call.id.to_string());
+        if let Some(answer) = answer {
+            let _ = tx
+                .send(Ok(SseEvent::default().data(answer.to_string())))
+                .await;
+        }
+    });
+    Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// Record the decision on a call and make its audit record durable; if
+/// it may run, forward it and record the masked result. The JSON-RPC
+/// message the client gets.
+async fn conclude(
+    ctx: &McpContext,
+    server: &StdioServer,
+    session: &McpSession,
+    call: &Call,
+    ruling: &Ruling,
+    decision: Result<(), Refusal>,
+) -> Value {
+    let decision = match decision {
+        Ok(()) => session.record.unwritable().map_or(Ok(()), Err),
+        refused => refused,
+    };
+    let mut frame = json!({
+        "text": call.text,
+        "method": "tools/call",
+        "tool": call.name,
+        "decision": if decision.is_ok() { "allowed" } else { "refused" },
+        "approval": null,
+    });
+    recording::ruling_fields(&mut frame, ruling);
+    let message = decision
+        .as_ref()
+        .err()
+        .map(|r| r.message.clone())
+        .unwrap_or_default();
+    let event = session
+        .record
+        .event(
+            "tool.call",
+            if decision.is_ok() {
+                AuditOutcome::Success
+            } else {
+                AuditOutcome::Refused
+            },
+        )
+        .resource(json!({
+            "connection": server.name(),
+            "server": server.name(),
+            "tool": call.name,
+        }))
+        .with("arguments", masked_arguments(&call.arguments));
+    let event = recording::with_ruling(event, Some(ruling), &message);
+    let (durable, wait) = session.record.submit(event);
+    wait.await;
+    let decision = match (decision, durable.outcome()) {
+        (Ok(()), Ok(seq)) => {
+            frame["audit_seq"] = Value::from(seq);
+            Ok(())
+        }
+        (Err(refusal), Ok(seq)) => {
+            frame["audit_seq"] = Value::from(seq);
+            Err(refusal)
+        }
+        (_, Err(refusal)) => Err(refusal),
+    };
+    if let Err(refusal) = &decision {
+        recording::refusal_fields(
+            &mut frame,
+            refusal,
+            "jsonrpc_code",
+            Value::from(jsonrpc::code(refusal.reason)),
+        );
+    }
+    session.record.frame("statement", frame);
+    if let Err(refusal) = decision {
+        return jsonrpc::refusal(&call.id, &refusal);
+    }
+    // The client's `_meta` (progress tokens, its own ids) stays here.
+    let mut params = call.params.clone();
+    if let Some(p) = params.as_object_mut() {
+        p.remove("_meta");
+    }
+    let started = Instant::now();
+    let response = server.request("tools/call", params, ctx.call_timeout).await;
+    let duration = started.elapsed().as_micros() as u64;
+    let mut response = match response {
+        Ok(response) => response,
+        Err(e) => {
+            let refusal = Refusal::new(Reason::DependencyUnavailable, e.to_string());
+            session.record.frame(
+                "error",
+                json!({ "message": for_record(&refusal.message), "jsonrpc_code": jsonrpc::code(refusal.reason) }),
+            );
+            return jsonrpc::refusal(&call.id, &refusal);
+        }
+    };
+    let raw = serde_json::to_vec(&response).unwrap_or_default();
+    let digest = {
+        use base64::Engine;
+        let mut mac = ctx.recording.digest_key.start();
+        mac.update(&raw);
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    };
+    let masked = {
+        let mut counts = session.masked.lock().unwrap_or_else(|e| e.into_inner());
+        let before = counts.total();
+        mask_message(
+            &mut response,
+            &format!("tools/call {}", call.name),
+            &mut counts,
+        );
+        counts.total() - before
+    };
+    if let Some(error) = response.get("error") {
+        session.record.frame(
+            "error",
+            json!({
+                "message": truncate(&for_record(&error["message"].as_str().unwrap_or_default().to_string()), PREVIEW_CHARS),
+                "jsonrpc_code": error["code"],
+            }),
+        );
+    } else {
+        let rows = preview(&response);
+        session.record.frame(
+            "result",
+            json!({
+                "tag": format!("tools/call {}", call.name),
+                "columns": ["content"],
+                "rows": rows.len(),
+                "bytes": raw.len(),
+                "duration_us": duration,
+                "hmac_sha256": digest,
+                "masked": masked,
+                "is_error": response.pointer("/result/isError").and_then(Value::as_bool).unwrap_or(false),
+                "preview_complete": true,
+                "preview": rows,
+            }),
+        );
+    }
+    // The upstream's id for the request is the gateway's; the client's goes back.
+    response["id"] = call.id.clone();
+    response
+}
