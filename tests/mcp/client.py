@@ -1,0 +1,50 @@
+"""An MCP client as agents run it: the official Python SDK over Streamable
+HTTP with a bearer token. Prints one JSON document on stdout.
+
+    client.py URL CA_FILE list
+    client.py URL CA_FILE call TOOL ARGUMENTS_JSON
+
+The access token is read from the MCP_TOKEN environment variable.
+"""
+
+import asyncio
+import json
+import os
+import ssl
+import sys
+
+import httpx2
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+
+async def main() -> None:
+    url, ca_file, action = sys.argv[1], sys.argv[2], sys.argv[3]
+    http = httpx2.AsyncClient(
+        headers={"Authorization": f"Bearer {os.environ['MCP_TOKEN']}"},
+        verify=ssl.create_default_context(cafile=ca_file),
+        timeout=httpx2.Timeout(30, read=300),
+    )
+    async with http, streamable_http_client(url, http_client=http) as (read, write, *_):
+        async with ClientSession(read, write) as session:
+            init = await session.initialize()
+            out: dict = {"server": init.server_info.name, "version": init.protocol_version}
+            if action == "list":
+                tools = await session.list_tools()
+                out["tools"] = sorted(t.name for t in tools.tools)
+            elif action == "call":
+                result = await session.call_tool(sys.argv[4], json.loads(sys.argv[5]))
+                out["is_error"] = bool(result.is_error)
+                out["text"] = [c.text for c in result.content if c.type == "text"]
+            print(json.dumps(out), flush=True)
+
+
+try:
+    asyncio.run(main())
+except Exception as e:  # the test reads what went wrong from stdout
+    def flatten(e):
+        if isinstance(e, BaseExceptionGroup):
+            return [m for x in e.exceptions for m in flatten(x)]
+        return [f"{type(e).__name__}: {e}"]
+    print(json.dumps({"error": flatten(e)}), flush=True)
+    sys.exit(1)

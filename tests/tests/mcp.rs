@@ -1,0 +1,634 @@
+//! The MCP gateway with real peers: npm `@modelcontextprotocol/server-everything`
+//! and the workspace's payments server (the official Python SDK) behind it,
+//! raw HTTP and the official Python SDK client in front of it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tollgate::config::Config;
+use tollgate::identity::dev_issuer::{DevIssuer, TokenRequest};
+use tollgate_e2e::{TestGateway, config_text, database, free_port};
+
+/// A raw PAN from the seed data and from the calls below.
+const PANS: &[&str] = &[
+    "4111111111111111",
+    "4111 1111 1111 1111",
+    "5555555555554444",
+];
+
+fn peers() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("mcp")
+}
+
+fn everything() -> PathBuf {
+    let bin = peers().join("node_modules/.bin/mcp-server-everything");
+    assert!(
+        bin.exists(),
+        "{} is missing: run scripts/test.sh (it installs the MCP test peers)",
+        bin.display()
+    );
+    bin
+}
+
+fn python() -> PathBuf {
+    let bin = peers().join(".venv/bin/python");
+    assert!(
+        bin.exists(),
+        "{} is missing: run scripts/test.sh (it installs the MCP Python SDK)",
+        bin.display()
+    );
+    bin
+}
+
+fn everything_config() -> String {
+    format!(
+        r#"
+[policy]
+starter = true
+
+[api]
+listen = "127.0.0.1:0"
+
+[mcp]
+listen = "127.0.0.1:0"
+
+[[mcp.server]]
+name = "everything"
+command = ["{}", "stdio"]
+"#,
+        everything().display()
+    )
+}
+
+/// One JSON-RPC exchange over raw HTTP.
+struct Raw<'a> {
+    gw: &'a TestGateway,
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Raw<'_> {
+    fn post(&self, token: Option<&str>, session: Option<&str>) -> reqwest::RequestBuilder {
+        let mut request = self
+            .http
+            .post(&self.url)
+            .header("Accept", "application/json, text/event-stream");
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(session) = session {
+            request = request.header("Mcp-Session-Id", session);
+        }
+        request
+    }
+
+    async fn send(
+        &self,
+        token: &str,
+        session: Option<&str>,
+        body: Value,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let response = self
+            .post(Some(token), session)
+            .json(&body)
+            .send()
+            .await
+            .expect("the gateway answers");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let text = response.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, headers, value)
+    }
+
+    async fn initialize(&self, token: &str) -> String {
+        let (status, headers, body) = self
+            .send(
+                token,
+                None,
+                json!({
+                    "jsonrpc": "2.0", "id": 1, "method": "initialize",
+                    "params": {
+                        "protocolVersion": "2025-06-18",
+                        "capabilities": {},
+                        "clientInfo": { "name": "raw-test", "version": "1" },
+                    },
+                }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["result"]["protocolVersion"], "2025-06-18", "{body}");
+        assert!(
+            body["result"]["capabilities"]["tools"].is_object(),
+            "{body}"
+        );
+        let _ = self.gw;
+        headers["mcp-session-id"].to_str().unwrap().to_string()
+    }
+}
+
+fn scan_for_pans(data_dir: &Path) {
+    let mut dirs = vec![data_dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            for pan in PANS {
+                assert!(
+                    !bytes.windows(pan.len()).any(|w| w == pan.as_bytes()),
+                    "{} holds the raw PAN {pan}",
+                    path.display()
+                );
+            }
+        }
+    }
+}
+
+fn audit_records(data_dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(data_dir.join("audit/audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every record is JSON"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_clients_get_policy_masking_and_a_clear_answer_to_each_mistake() {
+    let gw = TestGateway::start_with(&everything_config()).await;
+    let raw = Raw {
+        gw: &gw,
+        http: gw.https(),
+        url: gw.mcp_url("everything"),
+    };
+    let agent = gw.mcp_token("agent-7", &[], true);
+
+    // RFC 9728 metadata, and the 401s that point at it.
+    let metadata: Value = raw
+        .http
+        .get(
+            gw.mcp_url("everything")
+                .replace("/mcp/", "/.well-known/oauth-protected-resource/mcp/"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        metadata["resource"],
+        gw.mcp_url("everything").replace("localhost", "127.0.0.1")
+    );
+    assert!(
+        metadata["authorization_servers"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("urn:tollgate:dev-issuer")),
+        "{metadata}"
+    );
+    let response = raw
+        .post(None, None)
+        .json(&json!({ "jsonrpc": "2.0", "id": 1, "method": "ping" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let challenge = response.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        challenge.starts_with("Bearer resource_metadata=\"")
+            && challenge.contains("/.well-known/oauth-protected-resource/mcp/everything"),
+        "{challenge}"
+    );
+    // A token minted for the PostgreSQL listener is refused here.
+    let pg_token = gw.token("agent-7", &[]);
+    let response = raw
+        .post(Some(&pg_token), None)
+        .json(&json!({ "jsonrpc": "2.0", "id": 1, "method": "ping" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let challenge = response.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(challenge.contains("error=\"invalid_token\""), "{challenge}");
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("audience"),
+        "{body}"
+    );
+    // And the MCP token is refused by the PostgreSQL listener.
+    let out = gw.psql(&agent, &["-c", "SELECT 1"]);
+    assert_ne!(out.code, Some(0));
+    assert!(out.stderr.contains("audience"), "{}", out.stderr);
+
+    let session = raw.initialize(&agent).await;
+
+    // Only the tools the agent's policies let it call are listed.
+    let (status, _, listed) = raw
+        .send(
+            &agent,
+            Some(&session),
+            json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    let names: Vec<&str> = listed["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"echo") && names.contains(&"get-sum"),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains(&"toggle-simulated-logging") && !names.contains(&"gzip-file-as-resource"),
+        "tools no policy permits are hidden: {names:?}"
+    );
+
+    // A card number in a result is masked; the arguments are masked on record.
+    let (status, _, echoed) = raw
+        .send(
+            &agent,
+            Some(&session),
+            json!({
+                "jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                "params": { "name": "echo", "arguments": { "message": "card 4111 1111 1111 1111 ok" } },
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{echoed}");
+    let text = echoed["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(text.starts_with("Echo: card "), "{echoed}");
+    assert!(
+        !text.contains("4111 1111 1111 1111") && text.contains("1111"),
+        "{text}"
+    );
+    assert_eq!(echoed["id"], 3);
+
+    // A tool its policies do not permit: a JSON-RPC error naming the policy.
+    let (_, _, refused) = raw
+        .send(
+            &agent,
+            Some(&session),
+            json!({
+                "jsonrpc": "2.0", "id": 4, "method": "tools/call",
+                "params": { "name": "toggle-simulated-logging", "arguments": {} },
+            }),
+        )
+        .await;
+    assert_eq!(refused["error"]["code"], -32003, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("policy \"default-deny\""),
+        "{refused}"
+    );
+    // An unknown tool.
+    let (_, _, unknown) = raw
+        .send(
+            &agent,
+            Some(&session),
+            json!({ "jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": { "name": "nope" } }),
+        )
+        .await;
+    assert_eq!(unknown["error"]["code"], -32602, "{unknown}");
+
+    // Headers that disagree with the body.
+    let response = raw
+        .post(Some(&agent), Some(&session))
+        .header("Mcp-Method", "tools/list")
+        .json(&json!({
+            "jsonrpc": "2.0", "id": 6, "method": "tools/call",
+            "params": { "name": "echo", "arguments": { "message": "x" } },
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], -32600, "{body}");
+    let response = raw
+        .post(Some(&agent), Some(&session))
+        .header("Mcp-Name", "get-sum")
+        .json(&json!({
+            "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": { "name": "echo", "arguments": { "message": "x" } },
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+
+    // Bad JSON, a batch, an oversized body, an unknown method.
+    let response = raw
+        .post(Some(&agent), Some(&session))
+        .header("Content-Type", "application/json")
+        .body("{\"jsonrpc\": \"2.0\", ")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], -32700, "{body}");
+    let (status, _, body) = raw
+        .send(
+            &agent,
+            Some(&session),
+            json!([{ "jsonrpc": "2.0", "id": 8, "method": "ping" }]),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (StatusCode::BAD_REQUEST, json!(-32600))
+    );
+    let huge = "x".repeat(2 * 1024 * 1024);
+    let (status, _, body) = raw
+        .send(
+            &agent,
+            Some(&session),
+            json!({ "jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                    "params": { "name": "echo", "arguments": { "message": huge } } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    let (_, _, body) = raw
+        .send(
+            &agent,
+            Some(&session),
+            json!({ "jsonrpc": "2.0", "id": 10, "method": "resources/list" }),
+        )
+        .await;
+    assert_eq!(body["error"]["code"], -32601, "{body}");
+
+    // Sessions: none, unknown, someone else's, ended.
+    let (status, _, _) = raw
+        .send(
+            &agent,
+            None,
+            json!({ "jsonrpc": "2.0", "id": 11, "method": "ping" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, _) = raw
+        .send(
+            &agent,
+            Some("no-such-session"),
+            json!({ "jsonrpc": "2.0", "id": 12, "method": "ping" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let other = gw.mcp_token("mallory", &[], true);
+    let (status, _, _) = raw
+        .send(
+            &other,
+            Some(&session),
+            json!({ "jsonrpc": "2.0", "id": 13, "method": "ping" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, pong) = raw
+        .send(
+            &agent,
+            Some(&session),
+            json!({ "jsonrpc": "2.0", "id": 14, "method": "ping" }),
+        )
+        .await;
+    assert_eq!(
+        (status, pong["result"].clone()),
+        (StatusCode::OK, json!({}))
+    );
+    let ended = raw
+        .http
+        .delete(&raw.url)
+        .bearer_auth(&agent)
+        .header("Mcp-Session-Id", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ended.status(), StatusCode::NO_CONTENT);
+    let (status, _, _) = raw
+        .send(
+            &agent,
+            Some(&session),
+            json!({ "jsonrpc": "2.0", "id": 15, "method": "ping" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // On record: the session (protocol mcp), its calls, each decision.
+    let data_dir = gw.data_dir.clone();
+    let mut gw = gw;
+    gw.running.take().unwrap().stop().await;
+    let records = audit_records(&data_dir);
+    let calls: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["event"] == "tool.call")
+        .collect();
+    assert!(
+        calls.iter().any(|r| r["resource"]["tool"] == "echo"
+            && r["outcome"] == "success"
+            && r["protocol"] == "mcp"
+            && r["actor"]["subject"] == "agent-7"),
+        "{calls:?}"
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|r| r["resource"]["tool"] == "toggle-simulated-logging"
+                && r["outcome"] == "refused"
+                && r["policy"] == "default-deny"),
+        "{calls:?}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["event"] == "mcp.login" && r["outcome"] == "failure")
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["event"] == "session.end" && r["protocol"] == "mcp")
+    );
+    let key = tollgate::audit::log::signer(&data_dir.join("audit"), "tollgate.local/audit")
+        .unwrap()
+        .verifier_key();
+    let report = tollgate::audit::verify::verify_dir(&data_dir.join("audit"), &key);
+    assert!(report.ok(), "{report}");
+    scan_for_pans(&data_dir);
+}
+
+/// The seeds' scenario: an agent on the payments MCP server through the
+/// gateway, with the official Python SDK on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_gets_masked_cards_and_its_bulk_export_waits_for_an_approver() {
+    let db = database();
+    let dir = tempfile::tempdir().unwrap();
+    // The payments server's own identity on the PostgreSQL listener: its
+    // token is minted before the gateway starts (the same dev issuer key).
+    let issuer = DevIssuer::load_or_create(dir.path(), "tollgate").unwrap();
+    let server_token = issuer
+        .mint(&TokenRequest {
+            subject: "payments-mcp".into(),
+            groups: vec!["agents".into()],
+            mfa: false,
+            agent: true,
+            ttl_secs: 3600,
+        })
+        .unwrap();
+    let pg_port = free_port();
+    let cert = dir.path().join("gateway-cert.pem");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/mcp/payments_server.py");
+    let extra = format!(
+        r#"
+[policy]
+starter = true
+
+[api]
+listen = "127.0.0.1:0"
+
+[approvals]
+expire_secs = 120
+
+[mcp]
+listen = "127.0.0.1:0"
+
+[[mcp.server]]
+name = "payments"
+command = ["{python}", "{fixture}"]
+env = {{ PAYMENTS_DSN = "host=localhost port={pg_port} dbname=payments user=payments-mcp sslmode=verify-full sslrootcert={cert}" }}
+secrets = {{ PAYMENTS_TOKEN = {{ inline = "{server_token}" }} }}
+"#,
+        python = python().display(),
+        fixture = fixture.display(),
+        cert = cert.display(),
+    );
+    let text = config_text(dir.path(), &extra).replace(
+        "listen = \"127.0.0.1:0\"\ndata_dir",
+        &format!("listen = \"127.0.0.1:{pg_port}\"\ndata_dir"),
+    );
+    let _ = db;
+    let config = Config::parse(&text, "test.toml", dir.path()).expect("valid config");
+    let gw = TestGateway::start_config(config, dir).await;
+    let agent = gw.mcp_token("agent-7", &["agents"], true);
+    let client = |args: &[&str]| {
+        let mut command = Command::new(python());
+        command
+            .arg(peers().join("client.py"))
+            .arg(gw.mcp_url("payments"))
+            .arg(&cert)
+            .args(args)
+            .env("MCP_TOKEN", &agent)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    };
+    let run = |args: &[&str]| -> Value {
+        let out = client(args).output().expect("python runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
+            panic!(
+                "client said {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    };
+
+    let listed = run(&["list"]);
+    assert_eq!(listed["server"], "tollgate/payments", "{listed}");
+    assert_eq!(
+        listed["tools"],
+        json!(["count_payments", "export_cards", "find_payments"]),
+        "{listed}"
+    );
+    let found = run(&["call", "find_payments", "{\"customer_id\": 1}"]);
+    let text = found["text"][0].as_str().unwrap_or_default();
+    let rows: Vec<Value> = serde_json::from_str(text).unwrap_or_else(|_| panic!("{found}"));
+    assert!(!rows.is_empty(), "{found}");
+    for row in &rows {
+        let pan = row["pan"].as_str().unwrap();
+        assert!(
+            pan.contains('*') || pan.contains('X'),
+            "an agent got a card number unmasked: {pan}"
+        );
+    }
+
+    // The bulk export is held until an approver signs off.
+    let exporting = client(&["call", "export_cards", "{}"]).spawn().unwrap();
+    let approver = gw.token("olga", &["approvers"]);
+    let cli = |args: &[&str]| {
+        Command::new(tollgate_e2e::tollgate_binary())
+            .arg("approvals")
+            .args(args)
+            .arg("--data-dir")
+            .arg(&gw.data_dir)
+            .env("TOLLGATE_TOKEN", &approver)
+            .output()
+            .expect("run tollgate")
+    };
+    let mut listed = String::new();
+    for _ in 0..200 {
+        listed = String::from_utf8_lossy(&cli(&["list"]).stdout).into_owned();
+        if listed.contains("1 pending") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(listed.contains("call payments/export_cards"), "{listed}");
+    assert!(listed.contains("agent-7 (agent) on payments"), "{listed}");
+    let id = listed
+        .split_whitespace()
+        .find(|w| w.starts_with("ap_"))
+        .expect("a request id")
+        .to_string();
+    let out = cli(&["approve", &id, "--reason", "settlement run"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tokio::task::spawn_blocking(move || exporting.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let exported: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|_| panic!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    let text = exported["text"][0].as_str().unwrap_or_default();
+    let rows: Vec<Value> = serde_json::from_str(text).unwrap_or_else(|_| panic!("{exported}"));
+    assert!(rows.len() >= 5, "{exported}");
+
+    let data_dir = gw.data_dir.clone();
+    let mut gw = gw;
+    gw.running.take().unwrap().stop().await;
+    let records = audit_records(&data_dir);
+    assert!(
+        records.iter().any(|r| r["event"] == "tool.call"
+            && r["resource"]["tool"] == "export_cards"
+            && r["outcome"] == "success"
+            && r["approval"] == id.as_str()),
+        "the export is on record with its approval"
+    );
+    // The payments server's own queries are on record as its identity.
+    assert!(records.iter().any(|r| r["event"] == "statement"
+        && r["actor"]["subject"] == "payments-mcp"
+        && r["protocol"] == "postgres"));
+    scan_for_pans(&data_dir);
+}
