@@ -307,6 +307,21 @@ impl Gateway {
             .local_addr()
             .map_err(|source| StartError::Bind { addr, source })?;
         let (shutdown, mut stop) = watch::channel(false);
+        let pins = match self.config.mcp.listen {
+            None => None,
+            Some(_) => Some(Arc::new(
+                crate::mcp::pins::Pins::open(&server.data_dir, auditor.clone()).map_err(
+                    |source| StartError::DataDir {
+                        path: server
+                            .data_dir
+                            .join(crate::mcp::pins::FILE)
+                            .display()
+                            .to_string(),
+                        source,
+                    },
+                )?,
+            )),
+        };
         let api_addr = match &self.config.api.listen {
             None => None,
             Some(api) => {
@@ -324,12 +339,26 @@ impl Gateway {
                     analyst_groups: self.config.api.analyst_groups.clone(),
                     approvals: approvals.clone(),
                     policy: api_policy,
-                    connections: self
-                        .config
-                        .connections
-                        .iter()
-                        .map(|c| c.get_ref().name.clone())
-                        .collect(),
+                    // Approvers decide held statements and held tool calls.
+                    connections: {
+                        let mut names: Vec<String> = self
+                            .config
+                            .connections
+                            .iter()
+                            .map(|c| c.get_ref().name.clone())
+                            .chain(
+                                self.config
+                                    .mcp
+                                    .servers
+                                    .iter()
+                                    .map(|s| s.get_ref().name.clone()),
+                            )
+                            .collect();
+                        names.sort();
+                        names.dedup();
+                        names
+                    },
+                    pins: pins.clone(),
                     stopping: shutdown.subscribe(),
                     evidence: Some(Arc::new(crate::api::evidence::Exports::new(
                         self.config.clone(),
@@ -354,9 +383,9 @@ impl Gateway {
                 Some(bound_addr)
             }
         };
-        let mcp_addr = match &self.config.mcp.listen {
-            None => None,
-            Some(listen) => {
+        let mcp_addr = match (&self.config.mcp.listen, pins) {
+            (None, _) | (_, None) => None,
+            (Some(listen), Some(pins)) => {
                 let mcp = &self.config.mcp;
                 let addr = *listen.get_ref();
                 let mut servers = HashMap::new();
@@ -397,6 +426,7 @@ impl Gateway {
                     mcp_policy,
                     self.config.api.listen.is_some().then(|| approvals.clone()),
                     recording.clone(),
+                    pins,
                     mcp.max_body_bytes,
                     Duration::from_secs(mcp.call_timeout_secs),
                 ));

@@ -44,6 +44,89 @@ pub(super) fn routes() -> Router<Arc<ApiContext>> {
         .route("/api/v1/approvals/{id}/approve", post(approve))
         .route("/api/v1/approvals/{id}/deny", post(deny))
         .route("/api/v1/grants/{id}/revoke", post(revoke))
+        .route("/api/v1/mcp/pins", get(pins))
+        .route("/api/v1/mcp/pins/{server}/{tool}/accept", post(accept_pin))
+}
+
+/// The MCP tool pins, with the changed definitions waiting for an approver.
+async fn pins(
+    State(ctx): State<Arc<ApiContext>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let caller = ctx.caller(&headers, peer).await?;
+    let approver = ctx.approver(caller).await?;
+    let Some(pins) = &ctx.pins else {
+        return Ok(Json(json!({ "servers": {} })));
+    };
+    let mut all = pins.list();
+    if let Value::Object(servers) = &mut all {
+        servers.retain(|server, _| approver.may(server));
+    }
+    Ok(Json(json!({ "servers": all })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcceptBody {
+    /// The changed definition's fingerprint, as the approver saw it.
+    fingerprint: String,
+    /// Why it may be used.
+    reason: String,
+}
+
+/// An approver accepts a changed MCP tool definition: on record first.
+async fn accept_pin(
+    State(ctx): State<Arc<ApiContext>>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    headers: HeaderMap,
+    Path((server, tool)): Path<(String, String)>,
+    accepted: Result<Json<AcceptBody>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let caller = ctx.caller(&headers, peer).await?;
+    let approver = ctx.approver(caller).await?;
+    let accepted = body(accepted)?;
+    let resource = json!({ "server": server, "tool": tool });
+    let Some(pins) = ctx.pins.clone().filter(|_| approver.may(&server)) else {
+        let event = approver
+            .caller
+            .event("mcp.tool.accept", Outcome::Refused)
+            .resource(resource)
+            .with("reason", "not an approver of this MCP server");
+        ctx.record(event).await?;
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "{} may not accept tool definitions of MCP server '{server}': no policy permits the `approve` action on it",
+                approver.caller.identity.subject
+            ),
+        ));
+    };
+    if accepted.reason.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "say why the new definition may be used (reason)",
+        ));
+    }
+    let event = approver
+        .caller
+        .event("mcp.tool.accept", Outcome::Success)
+        .resource(resource)
+        .with("fingerprint", accepted.fingerprint.clone())
+        .with("reason", for_record(&accepted.reason));
+    ctx.record(event).await?;
+    pins.accept(
+        &server,
+        &tool,
+        &accepted.fingerprint,
+        &approver.caller.identity.subject,
+    )
+    .map_err(|message| ApiError::new(StatusCode::CONFLICT, "conflict", message))?;
+    Ok(Json(
+        json!({ "server": server, "tool": tool, "fingerprint": accepted.fingerprint }),
+    ))
 }
 
 /// An authenticated approver and the connections they may decide on.

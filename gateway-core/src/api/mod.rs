@@ -54,8 +54,10 @@ pub struct ApiContext {
     pub approvals: Arc<crate::approvals::Approvals>,
     /// The policy in force (who may approve where); `None` with `allow_all`.
     pub policy: Option<crate::policy::PolicyHandle>,
-    /// Names of the configured connections.
+    /// Names of the configured connections and MCP servers.
     pub connections: Vec<String>,
+    /// The MCP tool pins (none: no MCP listener).
+    pub pins: Option<Arc<crate::mcp::pins::Pins>>,
     /// Turns true when the gateway stops (consoles are told and closed).
     pub stopping: watch::Receiver<bool>,
     /// Evidence exports (none: not over the API).

@@ -23,6 +23,7 @@
 //! store and format family as PostgreSQL sessions).
 
 pub mod jsonrpc;
+pub mod pins;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -81,6 +82,8 @@ pub struct McpContext {
     pub approvals: Option<Arc<Approvals>>,
     /// Recordings and the audit log.
     pub recording: Arc<Recording>,
+    /// The pinned tool definitions.
+    pub pins: Arc<pins::Pins>,
     /// The largest request body read.
     pub max_body: usize,
     /// How long a call may take upstream.
@@ -103,6 +106,7 @@ impl McpContext {
         policy: Option<PolicyHandle>,
         approvals: Option<Arc<Approvals>>,
         recording: Arc<Recording>,
+        pins: Arc<pins::Pins>,
         max_body: usize,
         call_timeout: Duration,
     ) -> McpContext {
@@ -115,6 +119,7 @@ impl McpContext {
             policy,
             approvals,
             recording,
+            pins,
             max_body,
             call_timeout,
             sessions: Mutex::default(),
@@ -803,8 +808,10 @@ async fn list_tools(
         Err(refusal) => return answer(StatusCode::OK, jsonrpc::refusal(id, &refusal)),
     };
     let total = tools.len();
+    // A changed definition is hidden until an approver accepts it.
     let visible: Vec<Value> = tools
         .into_iter()
+        .filter(|t| ctx.pins.check(server.name(), t) == pins::Check::Pinned)
         .filter(|t| !matches!(decide(ctx, session, server.name(), t), Outcome::Deny(_)))
         .collect();
     let names: Vec<Vec<Value>> = visible.iter().map(|t| vec![t["name"].clone()]).collect();
@@ -994,12 +1001,16 @@ async fn call_tool(
         );
     };
     let arguments = params.get("arguments").cloned().unwrap_or(json!({}));
-    let known = ctx
-        .tools
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(server.name())
-        .and_then(|t| t.get(&name).cloned());
+    // A server that said its tools changed is listed again first.
+    let known = if server.take_tools_changed() {
+        None
+    } else {
+        ctx.tools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(server.name())
+            .and_then(|t| t.get(&name).cloned())
+    };
     let tool = match known {
         Some(tool) => Some(tool),
         None => match upstream_tools(&ctx, &server).await {
@@ -1040,6 +1051,21 @@ async fn call_tool(
             conclude(&ctx, &server, &session, &call, &ruling, Err(refusal)).await,
         );
     };
+    if let pins::Check::Changed { pinned, seen } = ctx.pins.check(server.name(), &tool) {
+        ruling.policy = Some("mcp-tool-pinning".into());
+        let refusal = Refusal::new(
+            Reason::Forbidden,
+            format!(
+                "tool call {} refused: the tool's definition changed since it was pinned ({pinned} is now {seen}); \
+                 its calls are refused until an approver accepts the new definition (policy \"mcp-tool-pinning\")",
+                call.name
+            ),
+        );
+        return answer(
+            StatusCode::OK,
+            conclude(&ctx, &server, &session, &call, &ruling, Err(refusal)).await,
+        );
+    }
     let (rule, approvals) = match decide(&ctx, &session, server.name(), &tool) {
         Outcome::Allow => {
             return answer(

@@ -65,6 +65,8 @@ pub struct StdioServer {
     secrets: Vec<(String, String)>,
     running: tokio::sync::Mutex<Option<Arc<Running>>>,
     next_id: AtomicU64,
+    /// The server said its tools changed (`notifications/tools/list_changed`).
+    tools_changed: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for StdioServer {
@@ -93,12 +95,18 @@ impl StdioServer {
             secrets,
             running: tokio::sync::Mutex::new(None),
             next_id: AtomicU64::new(1),
+            tools_changed: Arc::new(AtomicBool::new(false)),
         })
     }
 
     /// The server's name.
     pub fn name(&self) -> &str {
         &self.config.name
+    }
+
+    /// Whether the server said its tools changed since this was last asked.
+    pub fn take_tools_changed(&self) -> bool {
+        self.tools_changed.swap(false, Ordering::Relaxed)
     }
 
     /// The server's answer to `initialize` (starting it if needed).
@@ -231,6 +239,7 @@ impl StdioServer {
             pending.clone(),
             alive.clone(),
             server_requests,
+            self.tools_changed.clone(),
         ));
         let name = self.config.name.clone();
         tokio::spawn(async move {
@@ -299,13 +308,15 @@ async fn send(stdin: &Stdin, message: &Value) -> std::io::Result<()> {
 }
 
 /// Route the server's output: responses to their waiting requests,
-/// requests to the refuser, notifications dropped.
+/// requests to the refuser; of the notifications, only a tools change is
+/// noted (the next call lists the tools again), the rest are dropped.
 async fn read_output(
     name: String,
     stdout: tokio::process::ChildStdout,
     pending: Pending,
     alive: Arc<AtomicBool>,
     server_requests: tokio::sync::mpsc::UnboundedSender<Value>,
+    tools_changed: Arc<AtomicBool>,
 ) {
     let mut reader = BufReader::new(stdout);
     let mut line = Vec::new();
@@ -341,6 +352,8 @@ async fn read_output(
             }
         } else if message.get("id").is_some() {
             let _ = server_requests.send(message);
+        } else if message["method"] == "notifications/tools/list_changed" {
+            tools_changed.store(true, Ordering::Relaxed);
         }
     }
     alive.store(false, Ordering::Relaxed);
