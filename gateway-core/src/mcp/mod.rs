@@ -301,6 +301,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Who is calling, or the 401/503 that says what to do.
+#[allow(clippy::result_large_err)]
 async fn authenticate(
     ctx: &McpContext,
     server: &str,
@@ -524,6 +525,8 @@ async fn post_message(
 }
 
 /// The session a request names, if it is the caller's.
+// The error is the response a handler returns as it is.
+#[allow(clippy::result_large_err)]
 fn find_session(
     ctx: &McpContext,
     server: &str,
@@ -1309,7 +1312,7 @@ async fn conclude(
         session.record.frame(
             "error",
             json!({
-                "message": truncate(&for_record(&error["message"].as_str().unwrap_or_default().to_string()), PREVIEW_CHARS),
+                "message": truncate(&for_record(error["message"].as_str().unwrap_or_default()), PREVIEW_CHARS),
                 "jsonrpc_code": error["code"],
             }),
         );
