@@ -17,7 +17,7 @@ function source(total: number) {
   const detail: SessionDetail = {
     session: {
       id: "s1", started_at: "2026-12-01T10:00:00Z", ended_at: null, subject: "agent-7", kind: "agent",
-      connection: "payments", client: "127.0.0.1:1", started_ms: 0, statements: total, refused: 1, held: 1,
+      connection: "payments", client: "127.0.0.1:1", protocol: "postgres", started_ms: 0, statements: total, refused: 1, held: 1,
       masked: 0, errors: 0, frames: total,
     },
     last_frame: { seq: total - 1, at_us: (total - 1) * 1000 },

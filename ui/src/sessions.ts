@@ -58,7 +58,7 @@ function row(s: SessionSummary, open: (s: SessionSummary, frame: number) => void
       {},
       h("span", { class: "who" }, h("span", { class: `kind kind-${s.kind}` }, s.kind === "agent" ? "Agent" : "Person"), h("strong", {}, s.subject)),
     ),
-    h("td", {}, s.connection),
+    h("td", {}, s.connection, s.protocol === "mcp" ? h("span", { class: "chip protocol", title: "MCP tool calls" }, "MCP") : null),
     h("td", { class: "num" }, String(s.statements)),
     h(
       "td",
