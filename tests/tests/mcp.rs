@@ -378,6 +378,22 @@ async fn raw_clients_get_policy_masking_and_a_clear_answer_to_each_mistake() {
         .await;
     assert_eq!(body["error"]["code"], -32601, "{body}");
 
+    // Each request is decided on its own token: a session opened with a
+    // privileged one does not lend its groups to a later, weaker one.
+    let operator = gw.mcp_token("ops-bot", &["mcp-operators"], true);
+    let ops_session = raw.initialize(&operator).await;
+    let toggle = json!({
+        "jsonrpc": "2.0", "id": 20, "method": "tools/call",
+        "params": { "name": "toggle-simulated-logging", "arguments": {} },
+    });
+    let (_, _, allowed) = raw
+        .send(&operator, Some(&ops_session), toggle.clone())
+        .await;
+    assert!(allowed["result"].is_object(), "{allowed}");
+    let demoted = gw.mcp_token("ops-bot", &[], true);
+    let (_, _, refused) = raw.send(&demoted, Some(&ops_session), toggle).await;
+    assert_eq!(refused["error"]["code"], -32003, "{refused}");
+
     // Sessions: none, unknown, someone else's, ended.
     let (status, _, _) = raw
         .send(

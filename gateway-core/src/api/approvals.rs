@@ -110,6 +110,8 @@ async fn accept_pin(
             "say why the new definition may be used (reason)",
         ));
     }
+    pins.acceptable(&server, &tool, &accepted.fingerprint)
+        .map_err(|message| ApiError::new(StatusCode::CONFLICT, "conflict", message))?;
     let event = approver
         .caller
         .event("mcp.tool.accept", Outcome::Success)

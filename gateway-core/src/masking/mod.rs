@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-pub use detect::{Fill, mask_digits, mask_json, mask_text, pan_label, sad_label};
+pub use detect::{Fill, mask_digits, mask_embedded, mask_json, mask_text, pan_label, sad_label};
 
 /// How many digits of a PAN stay visible.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -48,7 +48,9 @@ use crate::approvals::{Approvals, Ask, Requester, Scope};
 use crate::audit::event::{Event, Outcome as AuditOutcome};
 use crate::identity::{AuthError, Authenticator, Identity};
 use crate::listener::http::{Incoming, Peer};
-use crate::masking::{Counts, Detector, Fill, Keep, for_record, mask_json, mask_text};
+use crate::masking::{
+    Counts, Detector, Fill, Keep, for_record, mask_embedded, mask_json, mask_text,
+};
 use crate::policy::{Outcome, PolicyHandle, Principal, RequestContext, Resource, Rule};
 use crate::recording::{self, Recording};
 use crate::stage::{Reason, Refusal, Ruling};
@@ -144,13 +146,24 @@ impl std::fmt::Debug for McpContext {
     }
 }
 
+/// Who made this request, from where: taken from each request's own token
+/// and address, never from the session's first one (a session outlives
+/// the claims it started with).
+#[derive(Debug, Clone)]
+struct Caller {
+    principal: Principal,
+    client: SocketAddr,
+}
+
+/// Held calls a session may have waiting at once.
+const MAX_HELD: usize = 4;
+
 /// One client session with one server.
 struct McpSession {
     server: String,
     subject: String,
     issuer: String,
-    principal: Principal,
-    client: SocketAddr,
+    agent: bool,
     version: String,
     record: recording::Session,
     last_used: Mutex<Instant>,
@@ -161,6 +174,17 @@ struct McpSession {
 
 impl McpSession {
     fn end(&self, reason: &str) {
+        // Held calls of an ended session are withdrawn, not run.
+        let held: Vec<_> = self
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, slot)| slot)
+            .collect();
+        for slot in held {
+            slot.cancel();
+        }
         let counts = self.masked.lock().unwrap_or_else(|e| e.into_inner());
         self.record.ended(Some(reason), Some(&counts));
     }
@@ -501,7 +525,21 @@ async fn post_message(
                 .get(header::ACCEPT)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.contains("text/event-stream"));
-            request(ctx, server, session, id, method, params, accepts_stream).await
+            let caller = Caller {
+                principal: Principal::of(&identity),
+                client: peer,
+            };
+            request(
+                ctx,
+                server,
+                session,
+                caller,
+                id,
+                method,
+                params,
+                accepts_stream,
+            )
+            .await
         }
         Message::Notification { method, params } => {
             if let Ok(session) = find_session(&ctx, &server_name, session_id, &identity)
@@ -554,7 +592,8 @@ fn find_session(
         Some(s)
             if s.server == server
                 && s.subject == identity.subject
-                && s.issuer == identity.issuer =>
+                && s.issuer == identity.issuer
+                && s.agent == Principal::of(identity).agent =>
         {
             *s.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
             Ok(s)
@@ -576,6 +615,9 @@ async fn end_session(
     Path(server): Path<String>,
     headers: HeaderMap,
 ) -> Response {
+    if !ctx.servers.contains_key(&server) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
     let identity = match authenticate(&ctx, &server, &headers, peer.0).await {
         Ok(identity) => identity,
         Err(response) => return response,
@@ -658,8 +700,7 @@ async fn initialize(
         server: server.name().to_string(),
         subject: identity.subject.clone(),
         issuer: identity.issuer.clone(),
-        principal: Principal::of(&identity),
-        client: peer,
+        agent: Principal::of(&identity).agent,
         version: version.to_string(),
         record,
         last_used: Mutex::new(Instant::now()),
@@ -688,10 +729,12 @@ async fn initialize(
     response
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn request(
     ctx: Arc<McpContext>,
     server: Arc<StdioServer>,
     session: Arc<McpSession>,
+    caller: Caller,
     id: Value,
     method: String,
     params: Value,
@@ -699,8 +742,8 @@ async fn request(
 ) -> Response {
     match method.as_str() {
         "ping" => answer(StatusCode::OK, jsonrpc::result(&id, json!({}))),
-        "tools/list" => list_tools(&ctx, &server, &session, &id).await,
-        "tools/call" => call_tool(ctx, server, session, id, params, accepts_stream).await,
+        "tools/list" => list_tools(&ctx, &server, &session, &caller, &id).await,
+        "tools/call" => call_tool(ctx, server, session, caller, id, params, accepts_stream).await,
         other => answer(
             StatusCode::OK,
             jsonrpc::refusal(
@@ -772,7 +815,7 @@ fn hints(tool: &Value) -> (bool, bool) {
     (read_only, destructive)
 }
 
-fn decide(ctx: &McpContext, session: &McpSession, server: &str, tool: &Value) -> Outcome {
+fn decide(ctx: &McpContext, caller: &Caller, server: &str, tool: &Value) -> Outcome {
     let Some(policy) = &ctx.policy else {
         return Outcome::Allow;
     };
@@ -792,18 +835,19 @@ fn decide(ctx: &McpContext, session: &McpSession, server: &str, tool: &Value) ->
         has_limit: false,
         cardholder_data: false,
         rows_returned: 0,
-        client: session.client.ip(),
+        client: caller.client.ip(),
         time: std::time::SystemTime::now(),
     };
     policy
         .current()
-        .decide(&session.principal, "call_tool", &resource, &context)
+        .decide(&caller.principal, "call_tool", &resource, &context)
 }
 
 async fn list_tools(
     ctx: &McpContext,
     server: &StdioServer,
     session: &McpSession,
+    caller: &Caller,
     id: &Value,
 ) -> Response {
     let tools = match upstream_tools(ctx, server).await {
@@ -815,7 +859,7 @@ async fn list_tools(
     let visible: Vec<Value> = tools
         .into_iter()
         .filter(|t| ctx.pins.check(server.name(), t) == pins::Check::Pinned)
-        .filter(|t| !matches!(decide(ctx, session, server.name(), t), Outcome::Deny(_)))
+        .filter(|t| !matches!(decide(ctx, caller, server.name(), t), Outcome::Deny(_)))
         .collect();
     let names: Vec<Vec<Value>> = visible.iter().map(|t| vec![t["name"].clone()]).collect();
     session.record.frame(
@@ -840,12 +884,53 @@ async fn list_tools(
     )
 }
 
-/// The masked text of a call's arguments, as records and approvers see it.
+/// Keys whose values are credentials wherever they appear in arguments.
+const SECRET_KEYS: &[&str] = &[
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "apikey",
+    "api_key",
+    "authorization",
+    "credential",
+    "credentials",
+    "private_key",
+    "privatekey",
+    "access_key",
+    "client_secret",
+    "dsn",
+];
+
+fn redact_secrets(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            for (key, value) in map.iter_mut() {
+                let key = key.to_ascii_lowercase().replace('-', "_");
+                if SECRET_KEYS
+                    .iter()
+                    .any(|k| key == *k || key.ends_with(&format!("_{k}")))
+                {
+                    *value = Value::from("[redacted]");
+                } else {
+                    redact_secrets(value);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact_secrets),
+        _ => {}
+    }
+}
+
+/// The masked text of a call's arguments, as records and approvers see
+/// it, whole: PANs cut to their last four, card security data and
+/// credentials (by key) removed.
 fn masked_arguments(arguments: &Value) -> String {
-    let mut bytes = serde_json::to_vec(arguments).unwrap_or_default();
+    let mut arguments = arguments.clone();
+    redact_secrets(&mut arguments);
+    let mut bytes = serde_json::to_vec(&arguments).unwrap_or_default();
     mask_json(&mut bytes, Keep::LastFour);
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    truncate(&for_record(&text), PREVIEW_CHARS)
+    for_record(&String::from_utf8_lossy(&bytes))
 }
 
 fn truncate(text: &str, chars: usize) -> String {
@@ -859,7 +944,7 @@ fn truncate(text: &str, chars: usize) -> String {
 /// JSON), embedded resources, structured content, then the whole message
 /// (labelled card security data in any key, PANs anywhere). Counts what it
 /// masked under `place`.
-fn mask_message(message: &mut Value, place: &str, counts: &mut Counts) {
+fn mask_message(message: &mut Value, place: &str, counts: &mut Counts) -> Result<(), Refusal> {
     let mut count = |hits: Vec<Detector>| {
         for hit in hits {
             counts.add(place, hit, 1);
@@ -867,13 +952,22 @@ fn mask_message(message: &mut Value, place: &str, counts: &mut Counts) {
     };
     let mask_text_value = |text: &mut Value, count: &mut dyn FnMut(Vec<Detector>)| {
         let Some(s) = text.as_str() else { return };
-        let mut bytes = s.as_bytes().to_vec();
-        let hits = if serde_json::from_str::<Value>(s).is_ok_and(|v| v.is_object() || v.is_array())
-        {
+        // JSON inside text is masked as the JSON it decodes to (an escape
+        // such as \u0034 cannot hide a digit); other text as text.
+        let (mut bytes, json) = match serde_json::from_str::<Value>(s) {
+            Ok(v) if v.is_object() || v.is_array() => {
+                (serde_json::to_vec(&v).unwrap_or_default(), true)
+            }
+            _ => (s.as_bytes().to_vec(), false),
+        };
+        let mut hits = if json {
             mask_json(&mut bytes, Keep::LastFour)
         } else {
             mask_text(&mut bytes, Keep::LastFour, Fill::Star)
         };
+        // Card numbers with a digit added on each side.
+        let embedded = mask_embedded(&mut bytes, Fill::Star);
+        hits.extend(std::iter::repeat_n(Detector::Pan, embedded));
         if !hits.is_empty() {
             *text = Value::from(String::from_utf8_lossy(&bytes).into_owned());
         }
@@ -892,14 +986,22 @@ fn mask_message(message: &mut Value, place: &str, counts: &mut Counts) {
             }
         }
     }
+    if let Some(text) = message.pointer_mut("/error/message") {
+        mask_text_value(text, &mut count);
+    }
     let mut bytes = serde_json::to_vec(message).unwrap_or_default();
     let hits = mask_json(&mut bytes, Keep::LastFour);
-    if !hits.is_empty()
-        && let Ok(masked) = serde_json::from_slice(&bytes)
-    {
-        *message = masked;
+    if !hits.is_empty() {
+        // Never the unmasked message if the masked one does not parse.
+        *message = serde_json::from_slice(&bytes).map_err(|_| {
+            Refusal::new(
+                Reason::Unsupported,
+                "the tool's result could not be masked, so it was not passed on",
+            )
+        })?;
     }
     count(hits);
+    Ok(())
 }
 
 /// What a call's `result` frame previews: each content block's (masked) text.
@@ -932,7 +1034,12 @@ struct Call {
     what: String,
     description: String,
     progress: Option<Value>,
+    caller: Caller,
 }
+
+/// The longest recorded call text (the masked arguments) that is held
+/// for approval: an approver sees the whole of what would run.
+const MAX_SHOWN: usize = 1500;
 
 impl Call {
     fn need<'a>(
@@ -960,13 +1067,15 @@ impl Call {
 
     fn ask(&self, session: &McpSession, rule: &Rule, approvals: u32, scope: Scope) -> Ask {
         Ask {
-            requester: Requester::from(&session.principal),
-            origin: session.client.ip().to_string(),
+            requester: Requester::from(&self.caller.principal),
+            origin: self.caller.client.ip().to_string(),
             session: Some(session.record.id().to_string()),
             scope,
-            statement: truncate(
-                &for_record(&format!("{}  -- {}", self.text, self.description)),
-                PREVIEW_CHARS,
+            // The arguments whole; the description as room allows.
+            statement: format!(
+                "{}  -- {}",
+                self.text,
+                truncate(&for_record(&self.description), 300)
             ),
             actions: vec!["call_tool".into()],
             resources: vec![self.what.clone()],
@@ -989,6 +1098,7 @@ async fn call_tool(
     ctx: Arc<McpContext>,
     server: Arc<StdioServer>,
     session: Arc<McpSession>,
+    caller: Caller,
     id: Value,
     params: Value,
     accepts_stream: bool,
@@ -1022,14 +1132,19 @@ async fn call_tool(
         },
     };
     let call = Call {
-        text: format!("tools/call {name} {}", masked_arguments(&arguments)),
-        what: format!("call {}/{name}", server.name()),
+        text: format!(
+            "tools/call {} {}",
+            for_record(&name),
+            masked_arguments(&arguments)
+        ),
+        what: format!("call {}/{}", server.name(), for_record(&name)),
         description: tool
             .as_ref()
             .and_then(|t| t["description"].as_str())
             .unwrap_or_default()
             .to_string(),
         progress: params.pointer("/_meta/progressToken").cloned(),
+        caller,
         id,
         name,
         params,
@@ -1045,7 +1160,7 @@ async fn call_tool(
             Reason::NotFound,
             format!(
                 "unknown tool '{}': it is not among {}'s tools",
-                call.name,
+                for_record(&call.name),
                 server.name()
             ),
         );
@@ -1061,7 +1176,7 @@ async fn call_tool(
             format!(
                 "tool call {} refused: the tool's definition changed since it was pinned ({pinned} is now {seen}); \
                  its calls are refused until an approver accepts the new definition (policy \"mcp-tool-pinning\")",
-                call.name
+                for_record(&call.name)
             ),
         );
         return answer(
@@ -1069,7 +1184,7 @@ async fn call_tool(
             conclude(&ctx, &server, &session, &call, &ruling, Err(refusal)).await,
         );
     }
-    let (rule, approvals) = match decide(&ctx, &session, server.name(), &tool) {
+    let (rule, approvals) = match decide(&ctx, &call.caller, server.name(), &tool) {
         Outcome::Allow => {
             return answer(
                 StatusCode::OK,
@@ -1082,7 +1197,9 @@ async fn call_tool(
                 Reason::Forbidden,
                 format!(
                     "tool call {} refused: {} (policy \"{}\")",
-                    call.name, rule.reason, rule.id
+                    for_record(&call.name),
+                    rule.reason,
+                    rule.id
                 ),
             );
             return answer(
@@ -1093,8 +1210,60 @@ async fn call_tool(
         Outcome::NeedsApproval { rules, approvals } => (rules[0].clone(), approvals),
     };
     ruling.policy = Some(rule.id.clone());
-    let mut hold = Hold::new(ctx.approvals.clone());
+    let limit = if call.text.len() > MAX_SHOWN {
+        Some(format!(
+            "{} needs approval (policy \"{}\"), but its arguments are too long to show an approver in full \
+             ({} bytes recorded, at most {MAX_SHOWN}): the call was not held; send smaller arguments",
+            call.what,
+            rule.id,
+            call.text.len()
+        ))
+    } else if session.held.lock().unwrap_or_else(|e| e.into_inner()).len() >= MAX_HELD {
+        Some(format!(
+            "{} needs approval, but this session already has {MAX_HELD} calls waiting for approvers: \
+             wait for them, or cancel one",
+            call.what
+        ))
+    } else {
+        None
+    };
+    if let Some(message) = limit {
+        let refusal = Refusal::new(Reason::TooLarge, message);
+        return answer(
+            StatusCode::OK,
+            conclude(&ctx, &server, &session, &call, &ruling, Err(refusal)).await,
+        );
+    }
     let key = format!("{} {}", call.name, call.arguments);
+    if !accepts_stream {
+        // A window grant lets it through; otherwise it cannot wait, and no
+        // request is made (approvers are not asked about a call that cannot run).
+        let scope = call.need(&session, &rule, approvals, &key).scope;
+        if let Some(grant) = ctx.approvals.as_ref().and_then(|a| a.use_grant(&scope)) {
+            ruling.approval = Some(grant.request.clone());
+            ruling.grant = Some(grant.id.clone());
+            ruling.approval_state = Some("granted".into());
+            ruling.decided_by = grant.approved_by.clone();
+            return answer(
+                StatusCode::OK,
+                conclude(&ctx, &server, &session, &call, &ruling, Ok(())).await,
+            );
+        }
+        let refusal = Refusal::new(
+            Reason::Withdrawn,
+            format!(
+                "{} needs approval (policy \"{}\"), but this client does not accept text/event-stream responses, \
+                 so the call cannot wait for an approver and was not held. Send \
+                 Accept: application/json, text/event-stream",
+                call.what, rule.id
+            ),
+        );
+        return answer(
+            StatusCode::OK,
+            conclude(&ctx, &server, &session, &call, &ruling, Err(refusal)).await,
+        );
+    }
+    let mut hold = Hold::new(ctx.approvals.clone());
     let first = hold.ask(
         call.need(&session, &rule, approvals, &key),
         Some(&mut ruling),
@@ -1116,16 +1285,23 @@ async fn call_tool(
         HoldOutcome::Wait(until) => (None, until),
         HoldOutcome::Hold { notice, until } => (Some(notice), until),
     };
-    if !accepts_stream {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(16);
+    let taken = {
+        let mut held = session.held.lock().unwrap_or_else(|e| e.into_inner());
+        let taken = held.contains_key(&call.id.to_string());
+        if !taken {
+            held.insert(call.id.to_string(), hold.slot());
+        }
+        taken
+    };
+    if taken {
         drop(until);
         drop(hold);
         let refusal = Refusal::new(
-            Reason::Withdrawn,
+            Reason::Malformed,
             format!(
-                "{} needs approval (policy \"{}\"), but this client does not accept text/event-stream responses, \
-                 so the call cannot wait for an approver; the request was withdrawn. Send \
-                 Accept: application/json, text/event-stream",
-                call.what, rule.id
+                "a call with request id {} is already waiting: use a new id",
+                call.id
             ),
         );
         return answer(
@@ -1133,12 +1309,6 @@ async fn call_tool(
             conclude(&ctx, &server, &session, &call, &ruling, Err(refusal)).await,
         );
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(16);
-    session
-        .held
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(call.id.to_string(), hold.slot());
     tokio::spawn(async move {
         let mut progress = 0u64;
         let progress_event = |progress: u64, message: &str| -> Option<SseEvent> {
@@ -1175,7 +1345,40 @@ async fn call_tool(
                 |scope| call.ask(&session, &rule, approvals, scope),
             ) {
                 HoldOutcome::Forward => {
-                    break Some(conclude(&ctx, &server, &session, &call, &ruling, Ok(())).await);
+                    // Decided again now: the session is still open, the
+                    // definition still the pinned one, the policy (which
+                    // may have been reloaded) still lets it through.
+                    let open = ctx
+                        .sessions
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains_key(session.record.id());
+                    let recheck = if !open {
+                        Err(Refusal::new(
+                            Reason::Withdrawn,
+                            "the session ended while the call waited for approval",
+                        ))
+                    } else if ctx.pins.check(server.name(), &tool) != pins::Check::Pinned {
+                        Err(Refusal::new(
+                            Reason::Forbidden,
+                            "the tool's definition changed while the call waited for approval (policy \"mcp-tool-pinning\")",
+                        ))
+                    } else if let Outcome::Deny(rule) =
+                        decide(&ctx, &call.caller, server.name(), &tool)
+                    {
+                        Err(Refusal::new(
+                            Reason::Forbidden,
+                            format!(
+                                "tool call {} refused: {} (policy \"{}\")",
+                                for_record(&call.name),
+                                rule.reason,
+                                rule.id
+                            ),
+                        ))
+                    } else {
+                        Ok(())
+                    };
+                    break Some(conclude(&ctx, &server, &session, &call, &ruling, recheck).await);
                 }
                 HoldOutcome::Refused(refusal) => {
                     break Some(
@@ -1220,7 +1423,7 @@ async fn conclude(
     let mut frame = json!({
         "text": call.text,
         "method": "tools/call",
-        "tool": call.name,
+        "tool": for_record(&call.name),
         "decision": if decision.is_ok() { "allowed" } else { "refused" },
         "approval": null,
     });
@@ -1243,7 +1446,7 @@ async fn conclude(
         .resource(json!({
             "connection": server.name(),
             "server": server.name(),
-            "tool": call.name,
+            "tool": for_record(&call.name),
         }))
         .with("arguments", masked_arguments(&call.arguments));
     let event = recording::with_ruling(event, Some(ruling), &message);
@@ -1301,11 +1504,15 @@ async fn conclude(
     let masked = {
         let mut counts = session.masked.lock().unwrap_or_else(|e| e.into_inner());
         let before = counts.total();
-        mask_message(
-            &mut response,
-            &format!("tools/call {}", call.name),
-            &mut counts,
-        );
+        let place = format!("tools/call {}", for_record(&call.name));
+        if let Err(refusal) = mask_message(&mut response, &place, &mut counts) {
+            drop(counts);
+            session.record.frame(
+                "error",
+                json!({ "message": refusal.message, "jsonrpc_code": jsonrpc::code(refusal.reason) }),
+            );
+            return jsonrpc::refusal(&call.id, &refusal);
+        }
         counts.total() - before
     };
     if let Some(error) = response.get("error") {
@@ -1321,7 +1528,7 @@ async fn conclude(
         session.record.frame(
             "result",
             json!({
-                "tag": format!("tools/call {}", call.name),
+                "tag": format!("tools/call {}", for_record(&call.name)),
                 "columns": ["content"],
                 "rows": rows.len(),
                 "bytes": raw.len(),
@@ -1337,4 +1544,42 @@ async fn conclude(
     // The upstream's id for the request is the gateway's; the client's goes back.
     response["id"] = call.id.clone();
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_arguments_keep_no_card_number_or_credential() {
+        let shown = masked_arguments(&json!({
+            "card": "4111 1111 1111 1111",
+            "cvv": "123",
+            "db": { "api_key": "sk-live-abc", "Password": "hunter2" },
+            "note": "ok",
+        }));
+        for secret in ["4111 1111 1111 1111", "\"123\"", "sk-live-abc", "hunter2"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("1111") && shown.contains("\"note\":\"ok\""),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn results_are_masked_through_json_escapes_and_never_passed_unmasked() {
+        let mut counts = Counts::default();
+        // JSON inside a text block, its digits written as escapes.
+        let mut message = json!({ "jsonrpc": "2.0", "id": 1, "result": { "content": [
+            { "type": "text", "text": "{\"pan\": \"\\u00341111111111111111\", \"cvv\": \"123\"}" },
+            { "type": "text", "text": "[{\"n\": \"\\u0034111111111111111\", \"cvv\": \"987\"}]" },
+        ] } });
+        mask_message(&mut message, "t", &mut counts).unwrap();
+        let text = message.to_string();
+        for raw in ["4111111111111111", "\\u0034111", "123", "987"] {
+            assert!(!text.contains(raw), "{raw} in {text}");
+        }
+        assert!(counts.total() >= 2);
+    }
 }

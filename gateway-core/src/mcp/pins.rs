@@ -267,6 +267,27 @@ impl Pins {
         Ok(())
     }
 
+    /// Whether `fingerprint` is the changed definition of `server`/`tool`
+    /// waiting for an approver (what [`Pins::accept`] takes).
+    pub fn acceptable(&self, server: &str, tool: &str, fingerprint: &str) -> Result<(), String> {
+        let servers = self.lock();
+        let Some(pin) = servers.get(server).and_then(|p| p.get(tool)) else {
+            return Err(format!(
+                "no tool '{tool}' of MCP server '{server}' is pinned"
+            ));
+        };
+        match &pin.changed {
+            Some(changed) if changed.fingerprint == fingerprint => Ok(()),
+            Some(changed) => Err(format!(
+                "the changed definition of {server}/{tool} is {}, not {fingerprint}: look at it again",
+                changed.fingerprint
+            )),
+            None => Err(format!(
+                "{server}/{tool} has no changed definition to accept"
+            )),
+        }
+    }
+
     /// Every pin, by server and tool.
     pub fn list(&self) -> Value {
         serde_json::to_value(&*self.lock()).unwrap_or(Value::Null)

@@ -141,8 +141,9 @@ impl StdioServer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, tx);
-        let sent = send(&running.stdin, message).await;
-        if sent.is_err() {
+        // A server that stops reading its input must not hold calls forever.
+        let sent = tokio::time::timeout(timeout, send(&running.stdin, message)).await;
+        if !matches!(sent, Ok(Ok(()))) {
             running.alive.store(false, Ordering::Relaxed);
             running
                 .pending
@@ -161,14 +162,14 @@ impl StdioServer {
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&id);
                 // Tell the server the request is abandoned.
-                let _ = send(
+                let _ = tokio::time::timeout(Duration::from_secs(1), send(
                     &running.stdin,
                     &json!({
                         "jsonrpc": "2.0",
                         "method": "notifications/cancelled",
                         "params": { "requestId": id, "reason": "the gateway's call timeout passed" },
                     }),
-                )
+                ))
                 .await;
                 Err(UpstreamError::Timeout(self.config.name.clone()))
             }
@@ -232,7 +233,9 @@ impl StdioServer {
         let pending: Pending = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
         let stdin: Stdin = Arc::new(tokio::sync::Mutex::new(stdin));
-        let (server_requests, mut asks) = tokio::sync::mpsc::unbounded_channel::<Value>();
+        // Requests from the server are refused one by one; a flood beyond
+        // this is dropped (the server waits on its own requests, not the gateway).
+        let (server_requests, mut asks) = tokio::sync::mpsc::channel::<Value>(64);
         tokio::spawn(read_output(
             self.config.name.clone(),
             stdout,
@@ -243,9 +246,17 @@ impl StdioServer {
         ));
         let name = self.config.name.clone();
         tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                tracing::debug!(server = %name, line = %crate::masking::for_record(&line), "MCP server stderr");
+            let mut reader = BufReader::new(stderr);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                // At most 8 KiB a line; the rest of a longer one is read as more lines.
+                match (&mut reader).take(8192).read_until(b'\n', &mut line).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let text = String::from_utf8_lossy(&line);
+                tracing::debug!(server = %name, line = %crate::masking::for_record(text.trim_end()), "MCP server stderr");
             }
         });
         let mut running = Running {
@@ -292,7 +303,8 @@ impl StdioServer {
                         "message": "the gateway does not pass server-to-client requests",
                     },
                 });
-                let _ = send(&answering, &reply).await;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), send(&answering, &reply)).await;
             }
         });
         Ok(running)
@@ -315,7 +327,7 @@ async fn read_output(
     stdout: tokio::process::ChildStdout,
     pending: Pending,
     alive: Arc<AtomicBool>,
-    server_requests: tokio::sync::mpsc::UnboundedSender<Value>,
+    server_requests: tokio::sync::mpsc::Sender<Value>,
     tools_changed: Arc<AtomicBool>,
 ) {
     let mut reader = BufReader::new(stdout);
@@ -351,7 +363,7 @@ async fn read_output(
                 let _ = tx.send(message);
             }
         } else if message.get("id").is_some() {
-            let _ = server_requests.send(message);
+            let _ = server_requests.try_send(message);
         } else if message["method"] == "notifications/tools/list_changed" {
             tools_changed.store(true, Ordering::Relaxed);
         }
