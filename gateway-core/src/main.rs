@@ -97,6 +97,19 @@ enum Command {
         #[command(flatten)]
         target: ApprovalsTarget,
     },
+    /// Serve one MCP server behind a remote gateway to a stdio-only MCP
+    /// client (a desktop assistant): the client starts this command as its
+    /// server. The agent's token is read from TOLLGATE_MCP_TOKEN.
+    McpStdio {
+        /// The server's URL on the gateway's MCP listener, e.g.
+        /// https://gateway.example.com:7443/mcp/payments.
+        #[arg(long)]
+        url: String,
+        /// CA certificate (PEM) the gateway's certificate is checked
+        /// against, in addition to the system's roots.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+    },
     /// Manage upstream credentials in the OS keyring.
     Keyring {
         #[command(subcommand)]
@@ -370,6 +383,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             result
         }
         Command::Approvals { action, target } => approvals(action, target).await,
+        Command::McpStdio { url, ca_file } => {
+            let token = std::env::var("TOLLGATE_MCP_TOKEN").context(
+                "set TOLLGATE_MCP_TOKEN to the agent's access token for the gateway's MCP listener \
+                 (`tollgate token --mcp ...` in development)",
+            )?;
+            tollgate::mcp::bridge::run(url, token, ca_file.as_deref()).await?;
+            Ok(())
+        }
         Command::VerifierKey { gateway } => {
             let (config, _) = gateway.load()?;
             let dir = config.server.data_dir.join("audit");

@@ -4,7 +4,10 @@ HTTP with a bearer token. Prints one JSON document on stdout.
     client.py URL CA_FILE list
     client.py URL CA_FILE call TOOL ARGUMENTS_JSON
 
-The access token is read from the MCP_TOKEN environment variable.
+The access token is read from the MCP_TOKEN environment variable. With
+URL `stdio`, the client starts the server named by BRIDGE_COMMAND (a JSON
+list: program and arguments) and speaks to it over stdio instead, as a
+desktop assistant does, with the token in its TOLLGATE_MCP_TOKEN.
 """
 
 import asyncio
@@ -15,28 +18,41 @@ import sys
 
 import httpx2
 from mcp import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 
 async def main() -> None:
     url, ca_file, action = sys.argv[1], sys.argv[2], sys.argv[3]
+    if url == "stdio":
+        command = json.loads(os.environ["BRIDGE_COMMAND"])
+        server = StdioServerParameters(
+            command=command[0], args=command[1:], env={"TOLLGATE_MCP_TOKEN": os.environ["MCP_TOKEN"]}
+        )
+        async with stdio_client(server) as (read, write, *_):
+            await session_main(read, write, action)
+        return
     http = httpx2.AsyncClient(
         headers={"Authorization": f"Bearer {os.environ['MCP_TOKEN']}"},
         verify=ssl.create_default_context(cafile=ca_file),
         timeout=httpx2.Timeout(30, read=300),
     )
     async with http, streamable_http_client(url, http_client=http) as (read, write, *_):
-        async with ClientSession(read, write) as session:
-            init = await session.initialize()
-            out: dict = {"server": init.server_info.name, "version": init.protocol_version}
-            if action == "list":
-                tools = await session.list_tools()
-                out["tools"] = sorted(t.name for t in tools.tools)
-            elif action == "call":
-                result = await session.call_tool(sys.argv[4], json.loads(sys.argv[5]))
-                out["is_error"] = bool(result.is_error)
-                out["text"] = [c.text for c in result.content if c.type == "text"]
-            print(json.dumps(out), flush=True)
+        await session_main(read, write, action)
+
+
+async def session_main(read, write, action: str) -> None:
+    async with ClientSession(read, write) as session:
+        init = await session.initialize()
+        out: dict = {"server": init.server_info.name, "version": init.protocol_version}
+        if action == "list":
+            tools = await session.list_tools()
+            out["tools"] = sorted(t.name for t in tools.tools)
+        elif action == "call":
+            result = await session.call_tool(sys.argv[4], json.loads(sys.argv[5]))
+            out["is_error"] = bool(result.is_error)
+            out["text"] = [c.text for c in result.content if c.type == "text"]
+        print(json.dumps(out), flush=True)
 
 
 try:

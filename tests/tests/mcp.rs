@@ -586,6 +586,42 @@ secrets = {{ PAYMENTS_TOKEN = {{ inline = "{server_token}" }} }}
         );
     }
 
+    // A stdio-only client (a desktop assistant) through `tollgate mcp-stdio`.
+    let bridge = json!([
+        tollgate_e2e::tollgate_binary(),
+        "mcp-stdio",
+        "--url",
+        gw.mcp_url("payments"),
+        "--ca-file",
+        cert,
+    ]);
+    let out = Command::new(python())
+        .arg(peers().join("client.py"))
+        .args([
+            "stdio",
+            "-",
+            "call",
+            "find_payments",
+            "{\"customer_id\": 1}",
+        ])
+        .env("MCP_TOKEN", &agent)
+        .env("BRIDGE_COMMAND", bridge.to_string())
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let bridged: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|_| panic!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(
+        bridged["server"],
+        "tollgate/payments",
+        "{bridged}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        bridged["text"], found["text"],
+        "the bridge passes the same masked answer"
+    );
+
     // The bulk export is held until an approver signs off.
     let exporting = client(&["call", "export_cards", "{}"]).spawn().unwrap();
     let approver = gw.token("olga", &["approvers"]);

@@ -22,6 +22,7 @@
 //! a `statement` and a `result` frame in the session's recording (the same
 //! store and format family as PostgreSQL sessions).
 
+pub mod bridge;
 pub mod jsonrpc;
 pub mod pins;
 pub mod upstream;
@@ -471,17 +472,9 @@ async fn post_message(
             ),
         );
     }
-    let body = match axum::body::to_bytes(body, ctx.max_body).await {
+    let body = match read_body(body, ctx.max_body).await {
         Ok(body) => body,
-        Err(_) => {
-            return refused(&Refusal::new(
-                Reason::TooLarge,
-                format!(
-                    "the request body is over {} bytes, the most this gateway reads ([mcp] max_body_bytes)",
-                    ctx.max_body
-                ),
-            ));
-        }
+        Err(refusal) => return refused(&refusal),
     };
     let message = match Message::parse(&body) {
         Ok(message) => message,
@@ -560,6 +553,44 @@ async fn post_message(
             StatusCode::ACCEPTED.into_response()
         }
     }
+}
+
+/// How much of an oversized body is read (and dropped) so the client gets
+/// its 413 rather than a reset connection; a larger one is cut off.
+const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+
+/// The request body, at most `max` bytes kept in memory.
+async fn read_body(body: Body, max: usize) -> Result<Vec<u8>, Refusal> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            Refusal::new(
+                Reason::Malformed,
+                format!("the request body could not be read: {e}"),
+            )
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen += data.len();
+        if seen <= max {
+            kept.extend_from_slice(&data);
+        } else if seen > DRAIN_LIMIT {
+            break;
+        }
+    }
+    if seen > max {
+        return Err(Refusal::new(
+            Reason::TooLarge,
+            format!(
+                "the request body is over {max} bytes, the most this gateway reads ([mcp] max_body_bytes)"
+            ),
+        ));
+    }
+    Ok(kept)
 }
 
 /// The session a request names, if it is the caller's.
