@@ -394,6 +394,24 @@ async fn raw_clients_get_policy_masking_and_a_clear_answer_to_each_mistake() {
     let (_, _, refused) = raw.send(&demoted, Some(&ops_session), toggle).await;
     assert_eq!(refused["error"]["code"], -32003, "{refused}");
 
+    // A browser page of another origin (DNS rebinding) is refused.
+    let response = raw
+        .post(Some(&agent), Some(&session))
+        .header("Origin", "https://attacker.example")
+        .json(&json!({ "jsonrpc": "2.0", "id": 21, "method": "ping" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let response = raw
+        .post(Some(&agent), Some(&session))
+        .header("Origin", "https://localhost:3000")
+        .json(&json!({ "jsonrpc": "2.0", "id": 22, "method": "ping" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
     // Sessions: none, unknown, someone else's, ended.
     let (status, _, _) = raw
         .send(

@@ -450,6 +450,9 @@ async fn post_message(
             ),
         );
     };
+    if let Err(refusal) = origin_allowed(&ctx, &headers) {
+        return refused(&refusal);
+    }
     let identity = match authenticate(&ctx, &server_name, &headers, peer).await {
         Ok(identity) => identity,
         Err(response) => return response,
@@ -552,6 +555,38 @@ async fn post_message(
             // Notifications are answered with 202 and go no further.
             StatusCode::ACCEPTED.into_response()
         }
+    }
+}
+
+/// A browser's request from a page of another origin is refused (MCP's
+/// transport rules: DNS rebinding must not reach a local listener). Allowed:
+/// no Origin (not a browser), the listener's own resource origin, and
+/// loopback pages.
+fn origin_allowed(ctx: &McpContext, headers: &HeaderMap) -> Result<(), Refusal> {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or_default();
+    let host = url::Url::parse(origin).ok().and_then(|u| {
+        u.host_str()
+            .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
+    });
+    let own = url::Url::parse(&ctx.resource).ok().and_then(|u| {
+        u.host_str()
+            .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
+    });
+    match host {
+        Some(h)
+            if h == "localhost" || h == "127.0.0.1" || h == "::1" || Some(&h) == own.as_ref() =>
+        {
+            Ok(())
+        }
+        _ => Err(Refusal::new(
+            Reason::Forbidden,
+            format!(
+                "requests from pages of {origin} are refused: the Origin is not this gateway's"
+            ),
+        )),
     }
 }
 
