@@ -23,11 +23,12 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiContext, ApiError, Caller, bearer};
+use super::{ApiContext, ApiError, Caller};
 use crate::approvals::protocol::{ClientMessage, SUBPROTOCOL, ServerMessage, VERSION};
 use crate::approvals::{DecideError, GrantView, RequestView, Verdict};
 use crate::audit::event::Outcome;
 use crate::listener::http::Peer;
+use crate::listener::http::bearer;
 use crate::masking::for_record;
 use crate::policy::Principal;
 

@@ -36,7 +36,7 @@ use tokio::sync::watch;
 
 use crate::audit::event::{Event, Outcome};
 use crate::identity::{AuthError, Authenticator, Identity};
-use crate::listener::http::{Incoming, Peer};
+use crate::listener::http::{Peer, bearer};
 use crate::recording::Recording;
 use crate::recording::store::Frame;
 
@@ -112,17 +112,9 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<crate::listener::tls::ServerTls>,
     ctx: Arc<ApiContext>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let incoming = Incoming::new(listener, tls)?;
-    axum::serve(
-        incoming,
-        router(ctx).into_make_service_with_connect_info::<Peer>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = shutdown.wait_for(|stop| *stop).await;
-    })
-    .await
+    crate::listener::http::serve(listener, tls, router(ctx), shutdown).await
 }
 
 /// An API failure, as the caller sees it.
@@ -311,17 +303,6 @@ impl ApiContext {
             ),
         )
     }
-}
-
-/// The bearer token of a request, if it has one.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
 }
 
 /// The query string, or a JSON 400 that says what is wrong with it.

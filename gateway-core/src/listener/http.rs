@@ -7,12 +7,42 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::connect_info::Connected;
+use axum::http::{HeaderMap, header};
 use axum::serve::{IncomingStream, Listener};
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::listener::conn::Conn;
 use crate::listener::tls::ServerTls;
+
+/// Serve `router` on `listener` (TLS with `tls`) until `shutdown` turns
+/// true; handlers see the client's address as [`Peer`].
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<ServerTls>,
+    router: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let incoming = Incoming::new(listener, tls)?;
+    axum::serve(
+        incoming,
+        router.into_make_service_with_connect_info::<Peer>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = shutdown.wait_for(|stop| *stop).await;
+    })
+    .await
+}
+
+/// The bearer token of a request, if it has one (the scheme in any case,
+/// as RFC 7235 has it).
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
 
 /// Time a client has to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

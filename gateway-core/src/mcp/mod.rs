@@ -48,7 +48,7 @@ use crate::approvals::hold::{Hold, HoldOutcome, Need};
 use crate::approvals::{Approvals, Ask, Requester, Scope};
 use crate::audit::event::{Event, Outcome as AuditOutcome};
 use crate::identity::{AuthError, Authenticator, Identity};
-use crate::listener::http::{Incoming, Peer};
+use crate::listener::http::{Peer, bearer};
 use crate::masking::{
     Counts, Detector, Fill, Keep, for_record, mask_embedded, mask_json, mask_text,
 };
@@ -219,9 +219,8 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<crate::listener::tls::ServerTls>,
     ctx: Arc<McpContext>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let incoming = Incoming::new(listener, tls)?;
     let sweeping = ctx.clone();
     let mut stop = shutdown.clone();
     tokio::spawn(async move {
@@ -233,14 +232,7 @@ pub async fn serve(
         }
     });
     let ending = ctx.clone();
-    let served = axum::serve(
-        incoming,
-        router(ctx).into_make_service_with_connect_info::<Peer>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = shutdown.wait_for(|stop| *stop).await;
-    })
-    .await;
+    let served = crate::listener::http::serve(listener, tls, router(ctx), shutdown).await;
     let open: Vec<_> = ending
         .sessions
         .lock()
@@ -315,14 +307,6 @@ fn refused(refusal: &Refusal) -> Response {
     let status =
         StatusCode::from_u16(refusal.reason.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
     answer(status, jsonrpc::refusal(&Value::Null, refusal))
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim())
 }
 
 /// Who is calling, or the 401/503 that says what to do.
@@ -922,9 +906,12 @@ async fn list_tools(
     };
     let total = tools.len();
     // A changed definition is hidden until an approver accepts it.
+    let checks = ctx.pins.check_all(server.name(), &tools);
     let visible: Vec<Value> = tools
         .into_iter()
-        .filter(|t| ctx.pins.check(server.name(), t) == pins::Check::Pinned)
+        .zip(checks)
+        .filter(|(_, check)| *check == pins::Check::Pinned)
+        .map(|(tool, _)| tool)
         .filter(|t| !matches!(decide(ctx, caller, server.name(), t), Outcome::Deny(_)))
         .collect();
     let names: Vec<Vec<Value>> = visible.iter().map(|t| vec![t["name"].clone()]).collect();
@@ -1230,10 +1217,7 @@ async fn call_tool(
                 server.name()
             ),
         );
-        return answer(
-            StatusCode::OK,
-            conclude(&ctx, &server, &session, &call, &ruling, Err(refusal)).await,
-        );
+        return respond(&ctx, &server, &session, &call, &ruling, Err(refusal)).await;
     };
     if let pins::Check::Changed { pinned, seen } = ctx.pins.check(server.name(), &tool) {
         ruling.policy = Some("mcp-tool-pinning".into());
@@ -1245,33 +1229,16 @@ async fn call_tool(
                 for_record(&call.name)
             ),
         );
-        return answer(
-            StatusCode::OK,
-            conclude(&ctx, &server, &session, &call, &ruling, Err(refusal)).await,
-        );
+        return respond(&ctx, &server, &session, &call, &ruling, Err(refusal)).await;
     }
     let (rule, approvals) = match decide(&ctx, &call.caller, server.name(), &tool) {
         Outcome::Allow => {
-            return answer(
-                StatusCode::OK,
-                conclude(&ctx, &server, &session, &call, &ruling, Ok(())).await,
-            );
+            return respond(&ctx, &server, &session, &call, &ruling, Ok(())).await;
         }
         Outcome::Deny(rule) => {
             ruling.policy = Some(rule.id.clone());
-            let refusal = Refusal::new(
-                Reason::Forbidden,
-                format!(
-                    "tool call {} refused: {} (policy \"{}\")",
-                    for_record(&call.name),
-                    rule.reason,
-                    rule.id
-                ),
-            );
-            return answer(
-                StatusCode::OK,
-                conclude(&ctx, &server, &session, &call, &ruling, Err(refusal)).await,
-            );
+            let refusal = denied(&call, &rule);
+            return respond(&ctx, &server, &session, &call, &ruling, Err(refusal)).await;
         }
         Outcome::NeedsApproval { rules, approvals } => (rules[0].clone(), approvals),
     };
@@ -1295,10 +1262,7 @@ async fn call_tool(
     };
     if let Some(message) = limit {
         let refusal = Refusal::new(Reason::TooLarge, message);
-        return answer(
-            StatusCode::OK,
-            conclude(&ctx, &server, &session, &call, &ruling, Err(refusal)).await,
-        );
+        return respond(&ctx, &server, &session, &call, &ruling, Err(refusal)).await;
     }
     let key = format!("{} {}", call.name, call.arguments);
     if !accepts_stream {
@@ -1310,10 +1274,7 @@ async fn call_tool(
             ruling.grant = Some(grant.id.clone());
             ruling.approval_state = Some("granted".into());
             ruling.decided_by = grant.approved_by.clone();
-            return answer(
-                StatusCode::OK,
-                conclude(&ctx, &server, &session, &call, &ruling, Ok(())).await,
-            );
+            return respond(&ctx, &server, &session, &call, &ruling, Ok(())).await;
         }
         let refusal = Refusal::new(
             Reason::Withdrawn,
@@ -1324,10 +1285,7 @@ async fn call_tool(
                 call.what, rule.id
             ),
         );
-        return answer(
-            StatusCode::OK,
-            conclude(&ctx, &server, &session, &call, &ruling, Err(refusal)).await,
-        );
+        return respond(&ctx, &server, &session, &call, &ruling, Err(refusal)).await;
     }
     let mut hold = Hold::new(ctx.approvals.clone());
     let first = hold.ask(
@@ -1337,16 +1295,10 @@ async fn call_tool(
     );
     let (notice, until) = match first {
         HoldOutcome::Forward => {
-            return answer(
-                StatusCode::OK,
-                conclude(&ctx, &server, &session, &call, &ruling, Ok(())).await,
-            );
+            return respond(&ctx, &server, &session, &call, &ruling, Ok(())).await;
         }
         HoldOutcome::Refused(refusal) => {
-            return answer(
-                StatusCode::OK,
-                conclude(&ctx, &server, &session, &call, &ruling, Err(refusal)).await,
-            );
+            return respond(&ctx, &server, &session, &call, &ruling, Err(refusal)).await;
         }
         HoldOutcome::Wait(until) => (None, until),
         HoldOutcome::Hold { notice, until } => (Some(notice), until),
@@ -1370,10 +1322,7 @@ async fn call_tool(
                 call.id
             ),
         );
-        return answer(
-            StatusCode::OK,
-            conclude(&ctx, &server, &session, &call, &ruling, Err(refusal)).await,
-        );
+        return respond(&ctx, &server, &session, &call, &ruling, Err(refusal)).await;
     }
     tokio::spawn(async move {
         let mut progress = 0u64;
@@ -1432,15 +1381,7 @@ async fn call_tool(
                     } else if let Outcome::Deny(rule) =
                         decide(&ctx, &call.caller, server.name(), &tool)
                     {
-                        Err(Refusal::new(
-                            Reason::Forbidden,
-                            format!(
-                                "tool call {} refused: {} (policy \"{}\")",
-                                for_record(&call.name),
-                                rule.reason,
-                                rule.id
-                            ),
-                        ))
+                        Err(denied(&call, &rule))
                     } else {
                         Ok(())
                     };
@@ -1469,6 +1410,34 @@ async fn call_tool(
     Sse::new(tokio_stream::wrappers::ReceiverStream::new(rx))
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// The refusal of a call its policies deny.
+fn denied(call: &Call, rule: &Rule) -> Refusal {
+    Refusal::new(
+        Reason::Forbidden,
+        format!(
+            "tool call {} refused: {} (policy \"{}\")",
+            for_record(&call.name),
+            rule.reason,
+            rule.id
+        ),
+    )
+}
+
+/// [`conclude`], answered as a plain JSON response.
+async fn respond(
+    ctx: &McpContext,
+    server: &StdioServer,
+    session: &McpSession,
+    call: &Call,
+    ruling: &Ruling,
+    decision: Result<(), Refusal>,
+) -> Response {
+    answer(
+        StatusCode::OK,
+        conclude(ctx, server, session, call, ruling, decision).await,
+    )
 }
 
 /// Record the decision on a call and make its audit record durable; if

@@ -78,7 +78,8 @@ impl std::fmt::Debug for Pins {
 }
 
 /// The fingerprint of a tool definition: SHA-256 of the canonical JSON
-/// (keys sorted) of the fields that say what the tool is and does.
+/// (the audit log's: compact, keys sorted) of the fields that say what the
+/// tool is and does.
 pub fn fingerprint(tool: &Value) -> String {
     let fields = json!({
         "name": tool["name"],
@@ -88,42 +89,11 @@ pub fn fingerprint(tool: &Value) -> String {
         "outputSchema": tool["outputSchema"],
         "annotations": tool["annotations"],
     });
-    let mut canonical = Vec::new();
-    write_canonical(&fields, &mut canonical);
+    let canonical = crate::audit::log::canonical(&fields);
     format!(
         "sha256-{}",
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(Sha256::digest(&canonical))
     )
-}
-
-fn write_canonical(value: &Value, out: &mut Vec<u8>) {
-    match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push(b'{');
-            for (n, key) in keys.into_iter().enumerate() {
-                if n > 0 {
-                    out.push(b',');
-                }
-                out.extend_from_slice(Value::from(key.as_str()).to_string().as_bytes());
-                out.push(b':');
-                write_canonical(&map[key], out);
-            }
-            out.push(b'}');
-        }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (n, item) in items.iter().enumerate() {
-                if n > 0 {
-                    out.push(b',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(b']');
-        }
-        scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
-    }
 }
 
 impl Pins {
@@ -168,62 +138,91 @@ impl Pins {
     /// Check a definition the server lists: pinned when first seen; a
     /// change is noted (and audited) the first time it is seen.
     pub fn check(&self, server: &str, tool: &Value) -> Check {
-        let name = tool["name"].as_str().unwrap_or_default();
-        let seen = fingerprint(tool);
+        self.check_all(server, std::slice::from_ref(tool))
+            .pop()
+            .unwrap_or(Check::Pinned)
+    }
+
+    /// [`Pins::check`] for every tool of a listing, with one write of the
+    /// pins file for all that changed.
+    pub fn check_all(&self, server: &str, tools: &[Value]) -> Vec<Check> {
+        let mut events = Vec::new();
+        let mut dirty = false;
         let mut servers = self.lock();
         let pins = servers.entry(server.to_string()).or_default();
-        let (check, event) = match pins.get_mut(name) {
-            None => {
-                pins.insert(
-                    name.to_string(),
-                    Pin {
-                        fingerprint: seen.clone(),
-                        at: crate::clock::now_rfc3339(),
-                        accepted_by: None,
-                        changed: None,
-                    },
-                );
-                let event = Event::new("mcp.tool.pinned", Outcome::Success)
-                    .resource(json!({ "server": server, "tool": name }))
-                    .with("fingerprint", seen);
-                (Check::Pinned, event)
-            }
-            Some(pin) if pin.fingerprint == seen => {
-                // The server lists the pinned definition (again).
-                if pin.changed.take().is_some() {
-                    self.save(&servers);
+        let checks = tools
+            .iter()
+            .map(|tool| {
+                let name = tool["name"].as_str().unwrap_or_default();
+                let seen = fingerprint(tool);
+                match pins.get_mut(name) {
+                    None => {
+                        pins.insert(
+                            name.to_string(),
+                            Pin {
+                                fingerprint: seen.clone(),
+                                at: crate::clock::now_rfc3339(),
+                                accepted_by: None,
+                                changed: None,
+                            },
+                        );
+                        dirty = true;
+                        events.push(
+                            Event::new("mcp.tool.pinned", Outcome::Success)
+                                .resource(json!({ "server": server, "tool": name }))
+                                .with("fingerprint", seen),
+                        );
+                        Check::Pinned
+                    }
+                    Some(pin) if pin.fingerprint == seen => {
+                        // The server lists the pinned definition (again).
+                        dirty |= pin.changed.take().is_some();
+                        Check::Pinned
+                    }
+                    Some(pin) => {
+                        let check = Check::Changed {
+                            pinned: pin.fingerprint.clone(),
+                            seen: seen.clone(),
+                        };
+                        if pin.changed.as_ref().is_some_and(|c| c.fingerprint == seen) {
+                            return check;
+                        }
+                        pin.changed = Some(Changed {
+                            fingerprint: seen.clone(),
+                            seen_at: crate::clock::now_rfc3339(),
+                            description: for_record(tool["description"].as_str().unwrap_or_default()),
+                        });
+                        dirty = true;
+                        events.push(
+                            Event::new("mcp.tool.changed", Outcome::Refused)
+                                .resource(json!({ "server": server, "tool": name }))
+                                .with("pinned", pin.fingerprint.clone())
+                                .with("fingerprint", seen)
+                                .with(
+                                    "reason",
+                                    "the tool's definition changed since it was pinned: hidden and refused until an approver accepts it",
+                                ),
+                        );
+                        check
+                    }
                 }
-                return Check::Pinned;
-            }
-            Some(pin) => {
-                let pinned = pin.fingerprint.clone();
-                let check = Check::Changed {
-                    pinned: pinned.clone(),
-                    seen: seen.clone(),
-                };
-                if pin.changed.as_ref().is_some_and(|c| c.fingerprint == seen) {
-                    return check;
-                }
-                pin.changed = Some(Changed {
-                    fingerprint: seen.clone(),
-                    seen_at: crate::clock::now_rfc3339(),
-                    description: for_record(tool["description"].as_str().unwrap_or_default()),
-                });
-                let event = Event::new("mcp.tool.changed", Outcome::Refused)
-                    .resource(json!({ "server": server, "tool": name }))
-                    .with("pinned", pinned)
-                    .with("fingerprint", seen)
-                    .with(
-                        "reason",
-                        "the tool's definition changed since it was pinned: hidden and refused until an approver accepts it",
-                    );
-                (check, event)
-            }
-        };
-        self.save(&servers);
+            })
+            .collect();
+        if dirty {
+            self.save(&servers);
+        }
         drop(servers);
-        self.auditor.record_later(event);
-        check
+        for event in events {
+            self.auditor.record_later(event);
+        }
+        checks
+    }
+
+    /// Whether `fingerprint` is the changed definition of `server`/`tool`
+    /// waiting for an approver (what [`Pins::accept`] takes).
+    pub fn acceptable(&self, server: &str, tool: &str, fingerprint: &str) -> Result<(), String> {
+        let mut servers = self.lock();
+        waiting_change(&mut servers, server, tool, fingerprint).map(|_| ())
     }
 
     /// An approver accepts the changed definition with `fingerprint`: it
@@ -237,60 +236,44 @@ impl Pins {
         approver: &str,
     ) -> Result<(), String> {
         let mut servers = self.lock();
-        let Some(pin) = servers.get_mut(server).and_then(|p| p.get_mut(tool)) else {
-            return Err(format!(
-                "no tool '{tool}' of MCP server '{server}' is pinned"
-            ));
+        let pin = waiting_change(&mut servers, server, tool, fingerprint)?;
+        *pin = Pin {
+            fingerprint: fingerprint.to_string(),
+            at: crate::clock::now_rfc3339(),
+            accepted_by: Some(approver.to_string()),
+            changed: None,
         };
-        match &pin.changed {
-            Some(changed) if changed.fingerprint == fingerprint => {
-                *pin = Pin {
-                    fingerprint: fingerprint.to_string(),
-                    at: crate::clock::now_rfc3339(),
-                    accepted_by: Some(approver.to_string()),
-                    changed: None,
-                };
-            }
-            Some(changed) => {
-                return Err(format!(
-                    "the changed definition of {server}/{tool} is {}, not {fingerprint}: look at it again",
-                    changed.fingerprint
-                ));
-            }
-            None => {
-                return Err(format!(
-                    "{server}/{tool} has no changed definition to accept"
-                ));
-            }
-        }
         self.save(&servers);
         Ok(())
-    }
-
-    /// Whether `fingerprint` is the changed definition of `server`/`tool`
-    /// waiting for an approver (what [`Pins::accept`] takes).
-    pub fn acceptable(&self, server: &str, tool: &str, fingerprint: &str) -> Result<(), String> {
-        let servers = self.lock();
-        let Some(pin) = servers.get(server).and_then(|p| p.get(tool)) else {
-            return Err(format!(
-                "no tool '{tool}' of MCP server '{server}' is pinned"
-            ));
-        };
-        match &pin.changed {
-            Some(changed) if changed.fingerprint == fingerprint => Ok(()),
-            Some(changed) => Err(format!(
-                "the changed definition of {server}/{tool} is {}, not {fingerprint}: look at it again",
-                changed.fingerprint
-            )),
-            None => Err(format!(
-                "{server}/{tool} has no changed definition to accept"
-            )),
-        }
     }
 
     /// Every pin, by server and tool.
     pub fn list(&self) -> Value {
         serde_json::to_value(&*self.lock()).unwrap_or(Value::Null)
+    }
+}
+
+/// The pin of `server`/`tool` whose waiting changed definition is `fingerprint`.
+fn waiting_change<'a>(
+    servers: &'a mut Servers,
+    server: &str,
+    tool: &str,
+    fingerprint: &str,
+) -> Result<&'a mut Pin, String> {
+    let Some(pin) = servers.get_mut(server).and_then(|p| p.get_mut(tool)) else {
+        return Err(format!(
+            "no tool '{tool}' of MCP server '{server}' is pinned"
+        ));
+    };
+    match &pin.changed {
+        Some(changed) if changed.fingerprint == fingerprint => Ok(pin),
+        Some(changed) => Err(format!(
+            "the changed definition of {server}/{tool} is {}, not {fingerprint}: look at it again",
+            changed.fingerprint
+        )),
+        None => Err(format!(
+            "{server}/{tool} has no changed definition to accept"
+        )),
     }
 }
 
