@@ -446,3 +446,34 @@ macro_rules! assert_eventually {
         assert!($crate::eventually(std::time::Duration::from_secs(5), || $cond).await, $($msg)+)
     };
 }
+
+/// The records of a gateway's audit log, in order.
+pub fn audit_records(data_dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(data_dir.join("audit/audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every record is JSON"))
+        .collect()
+}
+
+/// Assert that no file under `root` holds any of `pans`; how many files were read.
+pub fn assert_no_pan_in_tree(root: &Path, pans: &[&str]) -> usize {
+    let mut files = vec![root.to_path_buf()];
+    let mut scanned = 0;
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        for pan in pans {
+            assert!(
+                !bytes.windows(pan.len()).any(|w| w == pan.as_bytes()),
+                "{} holds the raw PAN {pan}",
+                path.display()
+            );
+        }
+        scanned += 1;
+    }
+    scanned
+}

@@ -18,7 +18,10 @@ use tollgate::audit::verify::verify_dir;
 use tollgate::config::Config;
 use tollgate::evidence::{EvidenceRequest, Quiet, export};
 use tollgate::recording::store::Frame;
-use tollgate_e2e::{TestGateway, config_text, database, expect_sqlstate, tls_trusting};
+use tollgate_e2e::{
+    TestGateway, assert_no_pan_in_tree, audit_records, config_text, database, expect_sqlstate,
+    tls_trusting,
+};
 
 const STARTER: &str = "[policy]\nstarter = true";
 
@@ -30,35 +33,6 @@ const PANS: &[&str] = &[
     "378282246310005",
     "6011111111111117",
 ];
-
-fn audit_records(data_dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(data_dir.join("audit/audit.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("every record is JSON"))
-        .collect()
-}
-
-fn assert_no_pan_in_tree(root: &Path) -> usize {
-    let mut files = vec![root.to_path_buf()];
-    let mut scanned = 0;
-    while let Some(path) = files.pop() {
-        if path.is_dir() {
-            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
-            continue;
-        }
-        let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
-        for pan in PANS {
-            assert!(
-                !text.contains(pan),
-                "{} holds the raw PAN {pan}",
-                path.display()
-            );
-        }
-        scanned += 1;
-    }
-    scanned
-}
 
 /// A direct connection to the upstream (the gateway's own role), to compute
 /// what the gateway should have seen.
@@ -373,7 +347,7 @@ async fn evidence_bundle_verifies_offline_and_tampering_is_caught() {
         "the transcript shows masked results"
     );
     assert!(
-        assert_no_pan_in_tree(&bundle) > 10,
+        assert_no_pan_in_tree(&bundle, PANS) > 10,
         "no raw PAN in any file of the bundle"
     );
 

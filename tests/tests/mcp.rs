@@ -10,7 +10,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tollgate::config::Config;
 use tollgate::identity::dev_issuer::{DevIssuer, TokenRequest};
-use tollgate_e2e::{TestGateway, config_text, database, free_port};
+use tollgate_e2e::{
+    TestGateway, assert_no_pan_in_tree, audit_records, config_text, database, free_port,
+};
 
 /// A raw PAN from the seed data and from the calls below.
 const PANS: &[&str] = &[
@@ -91,8 +93,22 @@ impl Raw<'_> {
         session: Option<&str>,
         body: Value,
     ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
-        let response = self
-            .post(Some(token), session)
+        self.send_with(token, session, &[], body).await
+    }
+
+    /// [`Raw::send`] with extra request headers.
+    async fn send_with(
+        &self,
+        token: &str,
+        session: Option<&str>,
+        extra: &[(&str, &str)],
+        body: Value,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        let mut request = self.post(Some(token), session);
+        for (name, value) in extra {
+            request = request.header(*name, *value);
+        }
+        let response = request
             .json(&body)
             .send()
             .await
@@ -128,35 +144,6 @@ impl Raw<'_> {
         let _ = self.gw;
         headers["mcp-session-id"].to_str().unwrap().to_string()
     }
-}
-
-fn scan_for_pans(data_dir: &Path) {
-    let mut dirs = vec![data_dir.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-                continue;
-            }
-            let bytes = std::fs::read(&path).unwrap_or_default();
-            for pan in PANS {
-                assert!(
-                    !bytes.windows(pan.len()).any(|w| w == pan.as_bytes()),
-                    "{} holds the raw PAN {pan}",
-                    path.display()
-                );
-            }
-        }
-    }
-}
-
-fn audit_records(data_dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(data_dir.join("audit/audit.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("every record is JSON"))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,30 +299,26 @@ async fn raw_clients_get_policy_masking_and_a_clear_answer_to_each_mistake() {
     assert_eq!(unknown["error"]["code"], -32602, "{unknown}");
 
     // Headers that disagree with the body.
-    let response = raw
-        .post(Some(&agent), Some(&session))
-        .header("Mcp-Method", "tools/list")
-        .json(&json!({
-            "jsonrpc": "2.0", "id": 6, "method": "tools/call",
+    let echo = |id: u64| {
+        json!({
+            "jsonrpc": "2.0", "id": id, "method": "tools/call",
             "params": { "name": "echo", "arguments": { "message": "x" } },
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let body: Value = response.json().await.unwrap();
+        })
+    };
+    let (status, _, body) = raw
+        .send_with(
+            &agent,
+            Some(&session),
+            &[("Mcp-Method", "tools/list")],
+            echo(6),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["code"], -32600, "{body}");
-    let response = raw
-        .post(Some(&agent), Some(&session))
-        .header("Mcp-Name", "get-sum")
-        .json(&json!({
-            "jsonrpc": "2.0", "id": 7, "method": "tools/call",
-            "params": { "name": "echo", "arguments": { "message": "x" } },
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let (status, _, _) = raw
+        .send_with(&agent, Some(&session), &[("Mcp-Name", "get-sum")], echo(7))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 
     // Bad JSON, a batch, an oversized body, an unknown method.
     let response = raw
@@ -395,22 +378,16 @@ async fn raw_clients_get_policy_masking_and_a_clear_answer_to_each_mistake() {
     assert_eq!(refused["error"]["code"], -32003, "{refused}");
 
     // A browser page of another origin (DNS rebinding) is refused.
-    let response = raw
-        .post(Some(&agent), Some(&session))
-        .header("Origin", "https://attacker.example")
-        .json(&json!({ "jsonrpc": "2.0", "id": 21, "method": "ping" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::FORBIDDEN);
-    let response = raw
-        .post(Some(&agent), Some(&session))
-        .header("Origin", "https://localhost:3000")
-        .json(&json!({ "jsonrpc": "2.0", "id": 22, "method": "ping" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    for (origin, expected, id) in [
+        ("https://attacker.example", StatusCode::FORBIDDEN, 21),
+        ("https://localhost:3000", StatusCode::OK, 22),
+    ] {
+        let ping = json!({ "jsonrpc": "2.0", "id": id, "method": "ping" });
+        let (status, _, body) = raw
+            .send_with(&agent, Some(&session), &[("Origin", origin)], ping)
+            .await;
+        assert_eq!(status, expected, "{origin}: {body}");
+    }
 
     // Sessions: none, unknown, someone else's, ended.
     let (status, _, _) = raw
@@ -506,7 +483,7 @@ async fn raw_clients_get_policy_masking_and_a_clear_answer_to_each_mistake() {
         .verifier_key();
     let report = tollgate::audit::verify::verify_dir(&data_dir.join("audit"), &key);
     assert!(report.ok(), "{report}");
-    scan_for_pans(&data_dir);
+    assert_no_pan_in_tree(&data_dir, PANS);
 }
 
 /// The seeds' scenario: an agent on the payments MCP server through the
@@ -700,7 +677,7 @@ secrets = {{ PAYMENTS_TOKEN = {{ inline = "{server_token}" }} }}
     assert!(records.iter().any(|r| r["event"] == "statement"
         && r["actor"]["subject"] == "payments-mcp"
         && r["protocol"] == "postgres"));
-    scan_for_pans(&data_dir);
+    assert_no_pan_in_tree(&data_dir, PANS);
 }
 
 /// A server that changes a tool's definition after the gateway pinned it:
