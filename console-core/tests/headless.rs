@@ -131,6 +131,11 @@ async fn a_held_export_reaches_the_inbox_masked_and_an_approval_releases_it() {
             "a PAN in the preview"
         );
     }
+    // Notifications are shown by their own thread, after the inbox changed.
+    eventually("the request is notified", || {
+        !console.host().notices.lock().unwrap().is_empty()
+    })
+    .await;
     let notices = console.host().notices.lock().unwrap().clone();
     assert_eq!(notices.len(), 1, "{notices:?}");
     assert_eq!(notices[0].request, request.id);
