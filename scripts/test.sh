@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 # desktop console (Tauri 2) builds against WebKitGTK, and its end-to-end
 # test drives the real app under Xvfb through tauri-driver and WebKitWebDriver.
 CONSOLE_PACKAGES="$(sed -n 's/^CONSOLE_PACKAGES="\(.*\)"$/\1/p' scripts/prerequisites.sh)"
-EXTRA_PACKAGES="python3-venv dbus-daemon dbus-bin gnome-keyring rsyslog rsyslog-openssl xvfb xauth webkit2gtk-driver dunst $CONSOLE_PACKAGES"
+EXTRA_PACKAGES="dbus-daemon dbus-bin gnome-keyring rsyslog rsyslog-openssl xvfb xauth webkit2gtk-driver dunst $CONSOLE_PACKAGES"
 source scripts/prerequisites.sh
 installed="$(rustup component list --installed 2>/dev/null || true)"
 grep -q '^rustfmt' <<<"$installed" && grep -q '^clippy' <<<"$installed" || rustup component add rustfmt clippy
@@ -24,7 +24,7 @@ build_ui
 # The MCP gateway's tests run real peers: npm server-everything, and the
 # official Python SDK (client, and the payments fixture server) in a venv.
 (cd tests/mcp && { [ -d node_modules ] && [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --no-audit --no-fund; })
-(cd tests/mcp && { [ -x .venv/bin/python ] && [ .venv/installed -nt requirements.txt ] || { python3 -m venv .venv && .venv/bin/pip install -q -r requirements.txt && touch .venv/installed; }; })
+payments_mcp_venv
 
 echo "==> formatting"
 cargo fmt --all -- --check

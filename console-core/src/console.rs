@@ -356,6 +356,10 @@ impl<H: Host> Console<H> {
             ca_file: running.ca_file(),
             database: info.connection.clone(),
             user: agent.subject.clone(),
+            mcp: info.mcp.clone().map(|url| traffic::McpTarget {
+                url,
+                tokens: running.mcp_tokens(agent.clone()),
+            }),
         };
         let host = Arc::downgrade(&self.inner);
         let started = Traffic::start(

@@ -20,6 +20,8 @@ use crate::types::{DevAccess, LocalInfo, LocalOptions, Persona};
 pub const LISTEN: &str = "127.0.0.1:6432";
 /// Default API listener.
 pub const API_LISTEN: &str = "127.0.0.1:6433";
+/// Default MCP listener, as `tollgate demo`.
+pub const MCP_LISTEN: &str = tollgate::dev::MCP_LISTEN;
 
 /// A running local gateway and what it stands in front of.
 pub struct LocalGateway {
@@ -27,6 +29,8 @@ pub struct LocalGateway {
     /// Stopped when dropped, after the gateway.
     demo: Option<ThrowawayPostgres>,
     issuer: Arc<DevIssuer>,
+    /// The MCP listener's audience.
+    mcp_audience: String,
     info: LocalInfo,
     /// What the health probe found wrong, if anything.
     health: Arc<std::sync::Mutex<Option<String>>>,
@@ -99,6 +103,11 @@ impl LocalGateway {
             API_LISTEN,
             "the API listener",
         )?;
+        let mcp_listen = address(
+            options.mcp_listen.as_deref(),
+            MCP_LISTEN,
+            "the MCP listener",
+        )?;
         free(listen)?;
         free(api_listen)?;
         let data_dir = data_dir.join("local-gateway");
@@ -112,6 +121,7 @@ impl LocalGateway {
                 .trust
                 .as_ref()
                 .and_then(|t| t.console_client_id.clone()),
+            mcp_listen: None,
         })
         .map_err(|e| ConsoleError::Gateway(e.to_string()))?;
         let (connection, demo, upstream) = match options.upstream.as_deref().map(str::trim) {
@@ -147,6 +157,24 @@ impl LocalGateway {
         config
             .connections
             .push(toml::Spanned::new(0..0, connection));
+        // The payments MCP server goes with the demo's database, when this
+        // machine can run it; the demo goes on without it otherwise.
+        let mcp_note = if demo.is_some() {
+            free(mcp_listen)?;
+            progress("Looking for the payments MCP server's Python");
+            config.mcp.listen = Some(toml::Spanned::new(0..0, mcp_listen));
+            let python = tokio::task::spawn_blocking(dev::demo_python)
+                .await
+                .map_err(|e| ConsoleError::Gateway(e.to_string()))?;
+            let added =
+                python.and_then(|p| dev::add_payments_mcp_server(&mut config, listen, &p));
+            if added.is_err() {
+                config.mcp.listen = None;
+            }
+            added.err()
+        } else {
+            None
+        };
         progress("Starting the gateway");
         let gateway = Gateway::new(config.clone())
             .start()
@@ -165,6 +193,10 @@ impl LocalGateway {
             connection: name,
             upstream,
             cardholder_tables,
+            mcp: gateway
+                .mcp_addr
+                .map(|a| format!("https://{a}/mcp/payments")),
+            mcp_note: mcp_note.map(|why| format!("The payments MCP server is not running: {why}")),
             ca_file: data_dir
                 .join(tollgate::listener::tls::SELF_SIGNED_CERT)
                 .display()
@@ -181,6 +213,7 @@ impl LocalGateway {
             gateway,
             demo,
             issuer: Arc::new(issuer),
+            mcp_audience: config.mcp.audience.clone(),
             info,
             health,
             probe,
@@ -208,6 +241,20 @@ impl LocalGateway {
     /// A one-hour token for `persona`.
     pub fn token(&self, persona: &Persona) -> Result<String, ConsoleError> {
         mint(&self.issuer, persona).map_err(ConsoleError::Token)
+    }
+
+    /// Fresh tokens for `persona` at the MCP listener (its own audience), one per call.
+    pub fn mcp_tokens(
+        &self,
+        persona: Persona,
+    ) -> Arc<dyn Fn() -> Result<String, String> + Send + Sync> {
+        let issuer = self.issuer.clone();
+        let audience = self.mcp_audience.clone();
+        Arc::new(move || {
+            issuer
+                .mint_for(&request(&persona), &audience)
+                .map_err(|e| e.to_string())
+        })
     }
 
     /// Fresh tokens for `persona`, one per call.
@@ -293,16 +340,19 @@ fn conninfo_value(text: &str) -> String {
     format!("'{}'", text.replace('\\', r"\\").replace('\'', r"\'"))
 }
 
+/// A one-hour token's claims for `persona`.
+fn request(persona: &Persona) -> TokenRequest {
+    TokenRequest {
+        subject: persona.subject.clone(),
+        groups: persona.groups.clone(),
+        mfa: persona.mfa,
+        agent: persona.agent,
+        ttl_secs: 3600,
+    }
+}
+
 fn mint(issuer: &DevIssuer, persona: &Persona) -> Result<String, String> {
-    issuer
-        .mint(&TokenRequest {
-            subject: persona.subject.clone(),
-            groups: persona.groups.clone(),
-            mfa: persona.mfa,
-            agent: persona.agent,
-            ttl_secs: 3600,
-        })
-        .map_err(|e| e.to_string())
+    issuer.mint(&request(persona)).map_err(|e| e.to_string())
 }
 
 /// The tables outside the system schemas that hold card data, and a probe

@@ -1,7 +1,9 @@
 //! Demo traffic: an AI agent's identity issuing ordinary queries through the
 //! local gateway every few seconds and, every minute or so, a bulk export
 //! of card data that the starter policy holds for approval, so a newcomer
-//! sees a pending request within a minute of opening the console.
+//! sees a pending request within a minute of opening the console. With the
+//! payments MCP server running, the agent also calls its tools through the
+//! MCP listener, and every other export is its `export_cards` tool call.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,6 +26,23 @@ pub struct Target {
     pub database: String,
     /// The agent's subject (the user name).
     pub user: String,
+    /// The payments MCP server at the MCP listener, when it runs.
+    pub mcp: Option<McpTarget>,
+}
+
+/// How the generator reaches an MCP server through the gateway.
+#[derive(Clone)]
+pub struct McpTarget {
+    /// Its Streamable HTTP URL (`https://.../mcp/payments`).
+    pub url: String,
+    /// The agent's tokens for the MCP listener's audience.
+    pub tokens: TokenSource,
+}
+
+impl std::fmt::Debug for McpTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("McpTarget").field("url", &self.url).finish()
+    }
 }
 
 /// Timing; the defaults are what the demo uses.
@@ -59,6 +78,9 @@ const QUERIES: &[&str] = &[
 /// The export the starter policy holds (`cardholder-bulk-export-needs-approval`).
 pub const EXPORT: &str = "/* reason: nightly settlement reconciliation */ \
                           COPY (SELECT id, brand, pan, amount FROM payments) TO STDOUT";
+
+/// Why the agent's `export_cards` calls are made (the approver sees it).
+pub const TOOL_EXPORT_REASON: &str = "settlement file for the acquirer";
 
 /// A running generator.
 pub struct Traffic {
@@ -101,11 +123,21 @@ impl Traffic {
             let mut export: Option<AbortOnDrop> = None;
             let mut conn: Option<PgConnection> = None;
             let mut turn = 0usize;
+            let mut exported = 0usize;
             loop {
                 tokio::select! {
                     _ = queries.tick() => {
                         let sql = QUERIES[turn % QUERIES.len()];
                         turn += 1;
+                        // Every sixth turn the agent asks the payments tool instead.
+                        if turn % 6 == 0 && let Some(mcp) = &target.mcp {
+                            let result = call_tool(&target, mcp, "find_payments", serde_json::json!({ "customer_id": 2 }), None).await;
+                            match result {
+                                Ok(()) => update(&|s| { s.queries += 1; s.last_error = None; }),
+                                Err(e) => update(&|s| s.last_error = Some(e.clone())),
+                            }
+                            continue;
+                        }
                         let result = async {
                             if conn.is_none() {
                                 conn = Some(connect(&target, &tokens).await?);
@@ -131,8 +163,16 @@ impl Traffic {
                             continue;
                         }
                         update(&|s| { s.exports += 1; s.waiting = true; });
+                        exported += 1;
                         let (target, tokens) = (target.clone(), tokens.clone());
-                        export = Some(AbortOnDrop(tokio::spawn(async move { run_export(&target, &tokens).await })));
+                        // Every other export is the MCP tool's, when the server runs.
+                        let tool = target.mcp.clone().filter(|_| exported % 2 == 0);
+                        export = Some(AbortOnDrop(tokio::spawn(async move {
+                            match tool {
+                                Some(mcp) => call_tool(&target, &mcp, "export_cards", serde_json::json!({}), Some(TOOL_EXPORT_REASON)).await,
+                                None => run_export(&target, &tokens).await,
+                            }
+                        })));
                     }
                     finished = async { (&mut export.as_mut().expect("guarded").0).await }, if export.is_some() => {
                         export = None;
@@ -206,3 +246,113 @@ async fn run_export(target: &Target, tokens: &TokenSource) -> Result<(), String>
     let _ = conn.close().await;
     Ok(())
 }
+
+/// One tool call through the gateway's MCP listener, as an MCP client makes
+/// it over Streamable HTTP: a session opened, the call (its answer a JSON
+/// body, or an SSE stream while the gateway holds it for approval), the
+/// session ended. A refusal is the error the gateway gave.
+async fn call_tool(
+    target: &Target,
+    mcp: &McpTarget,
+    tool: &str,
+    arguments: serde_json::Value,
+    reason: Option<&str>,
+) -> Result<(), String> {
+    use serde_json::{Value, json};
+    // A held call waits for an approver up to the approval's expiry.
+    let http = crate::api::http_client(Some(&target.ca_file), Duration::from_secs(30 * 60))
+        .map_err(|e| e.to_string())?;
+    let token = (mcp.tokens)()?;
+    let post = |body: Value, session: Option<&str>| {
+        let mut request = http
+            .post(&mcp.url)
+            .bearer_auth(&token)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body);
+        if let Some(session) = session {
+            request = request
+                .header("mcp-session-id", session)
+                .header("mcp-protocol-version", MCP_VERSION);
+        }
+        request.send()
+    };
+    let opened = post(
+        json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": MCP_VERSION,
+            "capabilities": {},
+            "clientInfo": { "name": "tollgate-demo-agent", "version": env!("CARGO_PKG_VERSION") },
+        } }),
+        None,
+    )
+    .await
+    .map_err(|e| format!("MCP initialize: {e}"))?;
+    let session = opened
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .ok_or_else(|| format!("MCP initialize: {} without a session", opened.status()))?;
+    drop(opened);
+    post(
+        json!({ "jsonrpc": "2.0", "method": "notifications/initialized" }),
+        Some(&session),
+    )
+    .await
+    .map_err(|e| format!("MCP initialized: {e}"))?;
+    let mut params = json!({ "name": tool, "arguments": arguments, "_meta": { "progressToken": 1 } });
+    if let Some(reason) = reason {
+        params["_meta"]["reason"] = Value::from(reason);
+    }
+    let called = post(
+        json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params }),
+        Some(&session),
+    )
+    .await;
+    let answer = async {
+        let response = called.map_err(|e| format!("MCP tools/call {tool}: {e}"))?;
+        let stream = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        let text = if stream {
+            // Progress notifications while it is held, then the answer.
+            let mut response = response;
+            let mut buffer = String::new();
+            let mut answer = None;
+            while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+                buffer.push_str(&String::from_utf8_lossy(&chunk));
+                answer = buffer
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim)
+                    .find(|d| d.contains("\"id\":2"))
+                    .map(str::to_string);
+                if answer.is_some() {
+                    break;
+                }
+            }
+            answer.ok_or_else(|| format!("MCP tools/call {tool}: the stream ended without an answer"))?
+        } else {
+            response.text().await.map_err(|e| e.to_string())?
+        };
+        let message: Value = serde_json::from_str(&text)
+            .map_err(|e| format!("MCP tools/call {tool}: not JSON-RPC ({e})"))?;
+        match message.get("error") {
+            Some(error) => Err(error["message"].as_str().unwrap_or("refused").to_string()),
+            None => Ok(()),
+        }
+    }
+    .await;
+    let _ = http
+        .delete(&mcp.url)
+        .bearer_auth(&token)
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", MCP_VERSION)
+        .send()
+        .await;
+    answer
+}
+
+/// The MCP protocol version the demo agent speaks.
+const MCP_VERSION: &str = "2025-11-25";

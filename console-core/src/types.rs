@@ -94,6 +94,11 @@ pub struct LocalInfo {
     pub upstream: String,
     /// Tables the gateway treats as holding cardholder data.
     pub cardholder_tables: Vec<String>,
+    /// The demo's payments MCP server behind the MCP listener (its
+    /// Streamable HTTP URL), when it runs.
+    pub mcp: Option<String>,
+    /// Why the payments MCP server does not run, and what to do.
+    pub mcp_note: Option<String>,
     /// The gateway's data directory (audit log, recordings, dev issuer).
     pub data_dir: String,
     /// The certificate clients can verify the gateway with.
@@ -173,6 +178,11 @@ pub struct LocalOptions {
     #[serde(default)]
     #[ts(optional)]
     pub api_listen: Option<String>,
+    /// The MCP listener (default `127.0.0.1:6434`), in front of the demo's
+    /// payments MCP server.
+    #[serde(default)]
+    #[ts(optional)]
+    pub mcp_listen: Option<String>,
     /// Also trust a team's OpenID Provider (set from Rust, not the window).
     #[serde(skip)]
     #[ts(skip)]

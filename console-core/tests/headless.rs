@@ -271,7 +271,7 @@ async fn demo_traffic_asks_for_an_export_an_approver_can_release() {
     console.set_pace(Pace {
         query_every: Duration::from_millis(300),
         first_export_after: Duration::from_millis(500),
-        export_every: Duration::from_secs(3600),
+        export_every: Duration::from_secs(2),
     });
     console.start_traffic().await.expect("traffic starts");
     eventually("the agent's export is held", || {
@@ -295,6 +295,52 @@ async fn demo_traffic_asks_for_an_export_an_approver_can_release() {
         .unwrap();
     eventually("the export is released", || console.traffic().released == 1).await;
     eventually("ordinary queries run", || console.traffic().queries >= 2).await;
+    assert_eq!(console.traffic().last_error, None);
+
+    // The next export is the payments MCP server's export_cards tool,
+    // called through the MCP listener and held in the same inbox.
+    let LocalStatus::Running { info } = console.local_status() else {
+        panic!("not running");
+    };
+    assert_eq!(info.mcp_note, None);
+    assert!(
+        info.mcp.as_deref().is_some_and(|u| u.ends_with("/mcp/payments")),
+        "{:?}",
+        info.mcp
+    );
+    let tool_call = || {
+        pending(&console)
+            .into_iter()
+            .find(|i| i.request.resources == ["call payments/export_cards"])
+    };
+    eventually("the agent's tool call is held", || tool_call().is_some()).await;
+    let request = tool_call().expect("held").request;
+    assert_eq!(request.requester.subject, "agent-7");
+    assert_eq!(request.resources, ["call payments/export_cards"]);
+    assert_eq!(
+        request.reason.as_deref(),
+        Some(console_core::traffic::TOOL_EXPORT_REASON)
+    );
+    assert!(
+        request.statement.starts_with("tools/call export_cards {}")
+            && request.statement.contains("Export every card on file"),
+        "the approver sees the tool and its description: {}",
+        request.statement
+    );
+    assert_eq!(request.policy, "mcp-destructive-or-bulk-tools-need-approval");
+    console
+        .decide(Decision {
+            id: request.id,
+            approve: true,
+            reason: "settlement run".into(),
+            window_secs: None,
+        })
+        .await
+        .unwrap();
+    eventually("the tool's export is released", || {
+        console.traffic().released == 2
+    })
+    .await;
     assert_eq!(console.traffic().last_error, None);
     console.shutdown().await;
     assert!(!console.traffic().running);

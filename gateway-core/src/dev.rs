@@ -8,13 +8,24 @@ use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 use crate::config::{
-    Config, ConnectionConfig, CredentialSource, DEV_CONFIG, IssuerConfig, UpstreamTlsMode,
+    Config, ConnectionConfig, CredentialSource, DEV_CONFIG, IssuerConfig, McpServerConfig,
+    UpstreamTlsMode,
 };
 use crate::devdb::ThrowawayPostgres;
 use crate::identity::dev_issuer::{DevIssuer, TokenRequest};
 
 /// The seed data of `tollgate demo`.
 pub const SEED_SQL: &str = include_str!("../../fixtures/seed.sql");
+
+/// The demo's payments MCP server (`fixtures/mcp/payments_server.py`),
+/// written into the data directory so the binary needs no checkout.
+pub const PAYMENTS_MCP_SERVER: &str = include_str!("../../fixtures/mcp/payments_server.py");
+
+/// Where `tollgate demo` and the console's local mode take MCP tool calls.
+pub const MCP_LISTEN: &str = "127.0.0.1:6434";
+
+/// The packages of the payments MCP server, as `pip install` takes them.
+pub const PAYMENTS_MCP_PACKAGES: &str = include_str!("../../fixtures/mcp/requirements.txt");
 
 /// Why a dev setup could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +56,8 @@ pub struct DevOptions {
     pub audience: Option<String>,
     /// The console's OAuth client id at `issuer`.
     pub console_client_id: Option<String>,
+    /// The MCP listener's address (the demo's default is [`MCP_LISTEN`]).
+    pub mcp_listen: Option<SocketAddr>,
 }
 
 /// The embedded dev configuration with the options applied.
@@ -58,6 +71,9 @@ pub fn dev_config(options: &DevOptions) -> Result<Config, DevError> {
     }
     if let Some(dir) = &options.data_dir {
         config.server.data_dir = dir.clone();
+    }
+    if let Some(listen) = options.mcp_listen {
+        config.mcp.listen = Some(Spanned::new(0..0, listen));
     }
     if let Some(issuer) = &options.issuer {
         config.identity.issuers.push(Spanned::new(
@@ -176,11 +192,105 @@ pub fn demo_database() -> Result<DemoDatabase, DevError> {
     })
 }
 
+/// A Python that can run the payments MCP server: `TOLLGATE_DEMO_PYTHON`,
+/// else the venv `scripts/demo.sh` makes (`fixtures/mcp/.venv`), else
+/// `python3`; each must import the server's packages.
+pub fn demo_python() -> Result<PathBuf, String> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/mcp/.venv/bin/python");
+    let candidates: Vec<PathBuf> = match std::env::var_os("TOLLGATE_DEMO_PYTHON") {
+        Some(chosen) => vec![PathBuf::from(chosen)],
+        None => vec![venv, PathBuf::from("python3")],
+    };
+    for python in &candidates {
+        let imports = std::process::Command::new(python)
+            .args(["-c", "import mcp.server.mcpserver, psycopg"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        if imports.is_ok_and(|s| s.success()) {
+            return Ok(python.clone());
+        }
+    }
+    let packages: Vec<&str> = PAYMENTS_MCP_PACKAGES
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    Err(format!(
+        "no Python with the payments MCP server's packages (tried {}): run scripts/demo.sh, \
+         or `python3 -m venv fixtures/mcp/.venv && fixtures/mcp/.venv/bin/pip install {}`, \
+         or point TOLLGATE_DEMO_PYTHON at a Python that has them",
+        candidates
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        packages.join(" ")
+    ))
+}
+
+/// Put the demo's payments MCP server behind the MCP listener: the gateway
+/// runs it as a child process; it queries the demo database through the
+/// PostgreSQL listener `pg` as its own agent identity, `payments-mcp`
+/// (group `agents`), whose token the dev issuer mints for 24 hours. An
+/// error says why it cannot run here (the demo goes on without it).
+pub fn add_payments_mcp_server(
+    config: &mut Config,
+    pg: SocketAddr,
+    python: &Path,
+) -> Result<(), String> {
+    if config.mcp.listen.is_none() {
+        return Err("no MCP listener is configured".into());
+    }
+    let data_dir = config.server.data_dir.clone();
+    let dir = data_dir.join("mcp");
+    let script = dir.join("payments_server.py");
+    std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&script, PAYMENTS_MCP_SERVER))
+        .map_err(|e| format!("cannot write {}: {e}", script.display()))?;
+    let issuer = DevIssuer::load_or_create(&data_dir, &config.identity.dev_issuer.audience)
+        .map_err(|e| format!("cannot load the dev token issuer: {e}"))?;
+    let token = issuer
+        .mint(&TokenRequest {
+            subject: "payments-mcp".into(),
+            groups: vec!["agents".into()],
+            mfa: false,
+            agent: true,
+            ttl_secs: 24 * 3600,
+        })
+        .map_err(|e| format!("cannot mint the payments MCP server's token: {e}"))?;
+    let cert = data_dir.join(crate::listener::tls::SELF_SIGNED_CERT);
+    let dsn = format!(
+        "host=localhost port={} dbname=payments user=payments-mcp sslmode=verify-full sslrootcert='{}'",
+        pg.port(),
+        cert.display().to_string().replace('\\', "\\\\").replace('\'', "\\'")
+    );
+    config.mcp.servers.push(Spanned::new(
+        0..0,
+        McpServerConfig {
+            name: "payments".into(),
+            command: vec![
+                python.display().to_string(),
+                script.display().to_string(),
+            ],
+            env: [("PAYMENTS_DSN".to_string(), dsn)].into(),
+            secrets: [(
+                "PAYMENTS_TOKEN".to_string(),
+                CredentialSource::Inline(token),
+            )]
+            .into(),
+        },
+    ));
+    Ok(())
+}
+
 /// The lines printed once a dev gateway listens: how to connect.
 pub fn connect_instructions(
     config: &Config,
     listen: SocketAddr,
     api: Option<SocketAddr>,
+    mcp: Option<SocketAddr>,
     connection: &str,
 ) -> String {
     let exe = std::env::current_exe()
@@ -210,7 +320,7 @@ pub fn connect_instructions(
          PGPASSWORD='{token}' psql \"host={host} port={port} dbname={connection} user=alice sslmode=require\"\n\n\
          Mint other tokens with:\n\n  \
          {exe} token --data-dir {data_dir} --sub bob --groups agents --agent\n\n\
-         {approvals}\
+         {approvals}{mcp}\
          Press Ctrl-C to stop.\n",
         host = listen.ip(),
         port = listen.port(),
@@ -223,6 +333,28 @@ pub fn connect_instructions(
                  {exe} approvals list --data-dir {data_dir}\n  \
                  {exe} approvals approve ap_... --reason \"why\" --data-dir {data_dir}\n\n"
             ),
+        },
+        mcp = match mcp {
+            None => String::new(),
+            Some(mcp) => {
+                let servers: Vec<String> = config
+                    .mcp
+                    .servers
+                    .iter()
+                    .map(|s| format!("https://{mcp}/mcp/{}", s.get_ref().name))
+                    .collect();
+                format!(
+                    "MCP servers for agents are at {servers} (Streamable HTTP, TLS; trust {data_dir}/{cert}). \
+                     An agent's token for them (the MCP listener has its own audience):\n\n  \
+                     {exe} token --mcp --data-dir {data_dir} --sub agent-7 --groups agents --agent\n\n\
+                     A stdio-only client (a desktop assistant) runs the bridge as its MCP server:\n\n  \
+                     TOLLGATE_MCP_TOKEN=... {exe} mcp-stdio --url {first} --ca-file {data_dir}/{cert}\n\n\
+                     Its export_cards tool waits for an approver, like a bulk export in SQL.\n\n",
+                    servers = servers.join(", "),
+                    first = servers.first().map(String::as_str).unwrap_or_default(),
+                    cert = crate::listener::tls::SELF_SIGNED_CERT,
+                )
+            }
         },
     )
 }

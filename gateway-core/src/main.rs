@@ -261,6 +261,10 @@ struct DevArgs {
     /// The desktop console's OAuth client id at --issuer (published for sign-in).
     #[arg(long, requires = "issuer")]
     console_client_id: Option<String>,
+    /// `demo` only: the MCP listener's address (default 127.0.0.1:6434), in
+    /// front of the payments MCP server.
+    #[arg(long)]
+    mcp_listen: Option<SocketAddr>,
 }
 
 impl From<DevArgs> for DevOptions {
@@ -272,6 +276,7 @@ impl From<DevArgs> for DevOptions {
             issuer: a.issuer,
             audience: a.audience,
             console_client_id: a.console_client_id,
+            mcp_listen: a.mcp_listen,
         }
     }
 }
@@ -362,6 +367,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dev { upstream, options } => {
+            anyhow::ensure!(
+                options.mcp_listen.is_none(),
+                "--mcp-listen is for `tollgate demo`: with `dev`, configure MCP servers in a config file ([mcp] in docs/configuration.md)"
+            );
             let mut config = dev::dev_config(&options.into())?;
             let connection = dev::connection_from_url(&upstream)?;
             let name = connection.name.clone();
@@ -371,13 +380,26 @@ async fn run(command: Command) -> anyhow::Result<()> {
             serve(config, None, Some(name)).await
         }
         Command::Demo { options } => {
-            let mut config = dev::dev_config(&options.into())?;
+            let mut options: dev::DevOptions = options.into();
+            options.mcp_listen = Some(match options.mcp_listen {
+                Some(listen) => listen,
+                None => dev::MCP_LISTEN.parse()?,
+            });
+            let mut config = dev::dev_config(&options)?;
             eprintln!("Starting a throwaway PostgreSQL seeded with fake cardholder data...");
             let dev::DemoDatabase { pg, connection, .. } =
                 tokio::task::spawn_blocking(dev::demo_database).await??;
             config
                 .connections
                 .push(toml::Spanned::new(0..0, connection));
+            let pg_listen = *config.server.listen.get_ref();
+            let mcp = tokio::task::spawn_blocking(dev::demo_python)
+                .await?
+                .and_then(|python| dev::add_payments_mcp_server(&mut config, pg_listen, &python));
+            if let Err(why) = mcp {
+                config.mcp.listen = None;
+                eprintln!("The payments MCP server is not started: {why}.");
+            }
             let result = serve(config, None, Some("payments".into())).await;
             drop(pg);
             result
@@ -644,7 +666,13 @@ async fn serve(
     match &dev_connection {
         Some(name) => eprintln!(
             "{}",
-            dev::connect_instructions(&config, gateway.local_addr, gateway.api_addr, name)
+            dev::connect_instructions(
+                &config,
+                gateway.local_addr,
+                gateway.api_addr,
+                gateway.mcp_addr,
+                name
+            )
         ),
         None => eprintln!("Tollgate is listening on {}", gateway.local_addr),
     }

@@ -35,8 +35,10 @@ fn everything() -> PathBuf {
     bin
 }
 
+/// The venv `scripts/test.sh` makes for the payments MCP server, which the
+/// Python SDK's test client shares.
 fn python() -> PathBuf {
-    let bin = peers().join(".venv/bin/python");
+    let bin = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/mcp/.venv/bin/python");
     assert!(
         bin.exists(),
         "{} is missing: run scripts/test.sh (it installs the MCP Python SDK)",

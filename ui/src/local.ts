@@ -188,6 +188,9 @@ export class LocalPanel {
         { class: "fields" },
         row("PostgreSQL", h("code", {}, info.listen), "listen"),
         row("API", h("code", {}, info.api), "api"),
+        info.mcp
+          ? row("MCP", h("code", {}, info.mcp), "mcp")
+          : row("MCP", h("span", { class: "muted" }, info.mcp_note ?? "no MCP servers (the demo's payments server runs with the throwaway database)"), "mcp"),
         row("Connection", h("code", {}, info.connection), "connection"),
         row("In front of", info.upstream),
         row("Card data in", info.cardholder_tables.length ? info.cardholder_tables.join(", ") : "none found"),
@@ -213,7 +216,7 @@ export class LocalPanel {
     const stat = (n: number, label: string) => h("div", { class: "stat" }, h("div", { class: "stat-n" }, String(n)), h("div", { class: "muted" }, label));
     const children: (HTMLElement | null)[] = [
       h("header", { class: "card-head" }, h("h2", {}, "Demo traffic"), h("span", { class: `pill pill-${t?.running ? "running" : "stopped"}` }, t?.running ? "Running" : "Off")),
-      h("p", { class: "muted" }, "An AI agent (agent-7) runs ordinary queries every few seconds and, about once a minute, a bulk export of card data that the starter policy holds for your approval."),
+      h("p", { class: "muted" }, "An AI agent (agent-7) runs ordinary queries and payments tool calls every few seconds and, about once a minute, a bulk export of card data (in SQL, then through the payments MCP tool export_cards) that the starter policies hold for your approval."),
       h("div", { class: "stats" }, stat(t?.queries ?? 0, "queries"), stat(t?.exports ?? 0, "exports asked"), stat(t?.released ?? 0, "released"), stat(t?.refused ?? 0, "refused")),
       t?.waiting ? h("p", { class: "waiting" }, "An export is waiting for approval: see the inbox.") : null,
       t?.last_error ? h("p", { class: "muted" }, `Last error: ${t.last_error}`) : null,

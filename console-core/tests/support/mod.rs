@@ -104,6 +104,7 @@ pub fn any_port() -> LocalOptions {
     LocalOptions {
         listen: Some("127.0.0.1:0".into()),
         api_listen: Some("127.0.0.1:0".into()),
+        mcp_listen: Some("127.0.0.1:0".into()),
         ..LocalOptions::default()
     }
 }

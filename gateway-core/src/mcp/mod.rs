@@ -64,6 +64,11 @@ pub const VERSIONS: &[&str] = &["2025-06-18", "2025-11-25"];
 /// How long a session nobody uses stays open.
 const IDLE: Duration = Duration::from_secs(30 * 60);
 
+/// How long a listing of a server's tools decides its calls: a server
+/// that changes a definition without saying so (no `list_changed`) has it
+/// checked against its pin within this time.
+const TOOLS_FRESH: Duration = Duration::from_secs(10);
+
 /// Characters of a call's masked arguments or result kept in a frame.
 const PREVIEW_CHARS: usize = 4096;
 
@@ -93,8 +98,8 @@ pub struct McpContext {
     pub call_timeout: Duration,
     /// Open sessions, by id.
     sessions: Mutex<HashMap<String, Arc<McpSession>>>,
-    /// Each server's tools as last listed, by name.
-    tools: Mutex<HashMap<String, HashMap<String, Value>>>,
+    /// Each server's tools as last listed (when, and by name).
+    tools: Mutex<HashMap<String, (Instant, HashMap<String, Value>)>>,
 }
 
 impl McpContext {
@@ -852,7 +857,7 @@ async fn upstream_tools(ctx: &McpContext, server: &StdioServer) -> Result<Vec<Va
     ctx.tools
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(server.name().to_string(), by_name);
+        .insert(server.name().to_string(), (Instant::now(), by_name));
     Ok(tools)
 }
 
@@ -1167,7 +1172,9 @@ async fn call_tool(
         );
     };
     let arguments = params.get("arguments").cloned().unwrap_or(json!({}));
-    // A server that said its tools changed is listed again first.
+    // A server that said its tools changed, or whose listing is older than
+    // TOOLS_FRESH, is listed again first: the call is decided on the
+    // definition the server gives now, checked against its pin.
     let known = if server.take_tools_changed() {
         None
     } else {
@@ -1175,7 +1182,8 @@ async fn call_tool(
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(server.name())
-            .and_then(|t| t.get(&name).cloned())
+            .filter(|(listed, _)| listed.elapsed() < TOOLS_FRESH)
+            .and_then(|(_, tools)| tools.get(&name).cloned())
     };
     let tool = match known {
         Some(tool) => Some(tool),

@@ -175,6 +175,20 @@ pub enum Resource<'a> {
         /// The server annotates it destructive (`destructiveHint`).
         destructive: bool,
     },
+    /// A resource of an MCP server, by URI (or URI template).
+    McpResource {
+        /// The MCP server's name.
+        server: &'a str,
+        /// The resource's URI.
+        uri: &'a str,
+    },
+    /// A prompt of an MCP server.
+    Prompt {
+        /// The MCP server's name.
+        server: &'a str,
+        /// The prompt's name.
+        name: &'a str,
+    },
 }
 
 /// The request's context.
@@ -234,6 +248,8 @@ struct Types {
     column: EntityTypeName,
     function: EntityTypeName,
     tool: EntityTypeName,
+    mcp_resource: EntityTypeName,
+    prompt: EntityTypeName,
     server: EntityTypeName,
     action: EntityTypeName,
 }
@@ -251,6 +267,8 @@ impl Types {
             column: t("Column"),
             function: t("Function"),
             tool: t("Tool"),
+            mcp_resource: t("McpResource"),
+            prompt: t("Prompt"),
             server: t("Server"),
             action: t("Action"),
         }
@@ -673,6 +691,19 @@ impl PolicyEngine {
                 );
                 Ok(id)
             };
+        let server_entity =
+            |server: &str, entities: &mut Vec<Entity>| -> Result<EntityUid, String> {
+                let id = uid(&t.server, server);
+                entities.push(
+                    Entity::new(
+                        id.clone(),
+                        HashMap::from([("name".to_string(), string(server))]),
+                        HashSet::new(),
+                    )
+                    .map_err(|e| e.to_string())?,
+                );
+                Ok(id)
+            };
         let table_entity = |schema_uid: EntityUid, schema: &str, name: &str, cardholder: bool| {
             let id = uid(&t.table, &format!("{schema}.{name}"));
             let entity = Entity::new(
@@ -754,15 +785,7 @@ impl PolicyEngine {
                 read_only,
                 destructive,
             } => {
-                let server_uid = uid(&t.server, server);
-                entities.push(
-                    Entity::new(
-                        server_uid.clone(),
-                        HashMap::from([("name".to_string(), string(server))]),
-                        HashSet::new(),
-                    )
-                    .map_err(|e| e.to_string())?,
-                );
+                let server_uid = server_entity(server, &mut entities)?;
                 let id = uid(&t.tool, &format!("{server}/{name}"));
                 entities.push(
                     Entity::new(
@@ -778,6 +801,38 @@ impl PolicyEngine {
                                 "destructive".to_string(),
                                 RestrictedExpression::new_bool(*destructive),
                             ),
+                        ]),
+                        HashSet::from([server_uid]),
+                    )
+                    .map_err(|e| e.to_string())?,
+                );
+                id
+            }
+            Resource::McpResource { server, uri } => {
+                let server_uid = server_entity(server, &mut entities)?;
+                let id = uid(&t.mcp_resource, &format!("{server}/{uri}"));
+                entities.push(
+                    Entity::new(
+                        id.clone(),
+                        HashMap::from([
+                            ("uri".to_string(), string(uri)),
+                            ("server".to_string(), string(server)),
+                        ]),
+                        HashSet::from([server_uid]),
+                    )
+                    .map_err(|e| e.to_string())?,
+                );
+                id
+            }
+            Resource::Prompt { server, name } => {
+                let server_uid = server_entity(server, &mut entities)?;
+                let id = uid(&t.prompt, &format!("{server}/{name}"));
+                entities.push(
+                    Entity::new(
+                        id.clone(),
+                        HashMap::from([
+                            ("name".to_string(), string(name)),
+                            ("server".to_string(), string(server)),
                         ]),
                         HashSet::from([server_uid]),
                     )

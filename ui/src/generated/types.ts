@@ -394,6 +394,15 @@ upstream: string,
  */
 cardholder_tables: Array<string>, 
 /**
+ * The demo's payments MCP server behind the MCP listener (its
+ * Streamable HTTP URL), when it runs.
+ */
+mcp: string | null, 
+/**
+ * Why the payments MCP server does not run, and what to do.
+ */
+mcp_note: string | null, 
+/**
  * The gateway's data directory (audit log, recordings, dev issuer).
  */
 data_dir: string, 
@@ -445,7 +454,12 @@ listen?: string,
 /**
  * The API listener (default `127.0.0.1:6433`).
  */
-api_listen?: string, };
+api_listen?: string, 
+/**
+ * The MCP listener (default `127.0.0.1:6434`), in front of the demo's
+ * payments MCP server.
+ */
+mcp_listen?: string, };
 
 export type DevAccess = { 
 /**
