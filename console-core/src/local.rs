@@ -166,8 +166,7 @@ impl LocalGateway {
             let python = tokio::task::spawn_blocking(dev::demo_python)
                 .await
                 .map_err(|e| ConsoleError::Gateway(e.to_string()))?;
-            let added =
-                python.and_then(|p| dev::add_payments_mcp_server(&mut config, listen, &p));
+            let added = python.and_then(|p| dev::add_payments_mcp_server(&mut config, listen, &p));
             if added.is_err() {
                 config.mcp.listen = None;
             }

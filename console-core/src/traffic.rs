@@ -299,7 +299,8 @@ async fn call_tool(
     )
     .await
     .map_err(|e| format!("MCP initialized: {e}"))?;
-    let mut params = json!({ "name": tool, "arguments": arguments, "_meta": { "progressToken": 1 } });
+    let mut params =
+        json!({ "name": tool, "arguments": arguments, "_meta": { "progressToken": 1 } });
     if let Some(reason) = reason {
         params["_meta"]["reason"] = Value::from(reason);
     }
@@ -332,7 +333,9 @@ async fn call_tool(
                     break;
                 }
             }
-            answer.ok_or_else(|| format!("MCP tools/call {tool}: the stream ended without an answer"))?
+            answer.ok_or_else(|| {
+                format!("MCP tools/call {tool}: the stream ended without an answer")
+            })?
         } else {
             response.text().await.map_err(|e| e.to_string())?
         };

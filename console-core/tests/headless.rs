@@ -304,7 +304,9 @@ async fn demo_traffic_asks_for_an_export_an_approver_can_release() {
     };
     assert_eq!(info.mcp_note, None);
     assert!(
-        info.mcp.as_deref().is_some_and(|u| u.ends_with("/mcp/payments")),
+        info.mcp
+            .as_deref()
+            .is_some_and(|u| u.ends_with("/mcp/payments")),
         "{:?}",
         info.mcp
     );
@@ -327,7 +329,10 @@ async fn demo_traffic_asks_for_an_export_an_approver_can_release() {
         "the approver sees the tool and its description: {}",
         request.statement
     );
-    assert_eq!(request.policy, "mcp-destructive-or-bulk-tools-need-approval");
+    assert_eq!(
+        request.policy,
+        "mcp-destructive-or-bulk-tools-need-approval"
+    );
     console
         .decide(Decision {
             id: request.id,

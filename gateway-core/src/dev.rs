@@ -264,16 +264,16 @@ pub fn add_payments_mcp_server(
     let dsn = format!(
         "host=localhost port={} dbname=payments user=payments-mcp sslmode=verify-full sslrootcert='{}'",
         pg.port(),
-        cert.display().to_string().replace('\\', "\\\\").replace('\'', "\\'")
+        cert.display()
+            .to_string()
+            .replace('\\', "\\\\")
+            .replace('\'', "\\'")
     );
     config.mcp.servers.push(Spanned::new(
         0..0,
         McpServerConfig {
             name: "payments".into(),
-            command: vec![
-                python.display().to_string(),
-                script.display().to_string(),
-            ],
+            command: vec![python.display().to_string(), script.display().to_string()],
             env: [("PAYMENTS_DSN".to_string(), dsn)].into(),
             secrets: [(
                 "PAYMENTS_TOKEN".to_string(),

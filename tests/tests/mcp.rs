@@ -358,10 +358,19 @@ async fn raw_clients_get_policy_masking_and_a_clear_answer_to_each_mistake() {
         .send(
             &agent,
             Some(&session),
-            json!({ "jsonrpc": "2.0", "id": 10, "method": "resources/list" }),
+            json!({ "jsonrpc": "2.0", "id": 10, "method": "resources/subscribe",
+                    "params": { "uri": "demo://resource/dynamic/text/1" } }),
         )
         .await;
+    // An allow-list: what the gateway does not pass is refused, saying what it does.
     assert_eq!(body["error"]["code"], -32601, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("resources/read"),
+        "{body}"
+    );
 
     // Each request is decided on its own token: a session opened with a
     // privileged one does not lend its groups to a later, weaker one.
@@ -479,6 +488,208 @@ async fn raw_clients_get_policy_masking_and_a_clear_answer_to_each_mistake() {
         records
             .iter()
             .any(|r| r["event"] == "session.end" && r["protocol"] == "mcp")
+    );
+    let key = tollgate::audit::log::signer(&data_dir.join("audit"), "tollgate.local/audit")
+        .unwrap()
+        .verifier_key();
+    let report = tollgate::audit::verify::verify_dir(&data_dir.join("audit"), &key);
+    assert!(report.ok(), "{report}");
+    assert_no_pan_in_tree(&data_dir, PANS);
+}
+
+/// Resources and prompts: listed by policy, each read and prompt decided
+/// by Cedar, masked, recorded and audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_and_prompts_are_decided_masked_and_audited() {
+    let gw = TestGateway::start_with(&everything_config()).await;
+    let raw = Raw {
+        gw: &gw,
+        http: gw.https(),
+        url: gw.mcp_url("everything"),
+    };
+    let operator = gw.mcp_token("opal", &["mcp-operators"], false);
+    let agent = gw.mcp_token("agent-7", &[], true);
+    let (status, headers, init) = raw
+        .send(
+            &operator,
+            None,
+            json!({
+                "jsonrpc": "2.0", "id": 1, "method": "initialize",
+                "params": { "protocolVersion": "2025-11-25", "capabilities": {},
+                            "clientInfo": { "name": "raw-test", "version": "1" } },
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{init}");
+    let capabilities = &init["result"]["capabilities"];
+    assert!(
+        capabilities["resources"].is_object() && capabilities["prompts"].is_object(),
+        "{init}"
+    );
+    let session = headers["mcp-session-id"].to_str().unwrap().to_string();
+    let send = |token: &str, session: &str, id: i64, method: &str, params: Value| {
+        let body = json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params });
+        let (token, session) = (token.to_string(), session.to_string());
+        let raw = &raw;
+        async move {
+            let (status, _, body) = raw.send(&token, Some(&session), body).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body
+        }
+    };
+
+    // An operator's policies permit every resource and prompt.
+    let listed = send(&operator, &session, 2, "resources/list", json!({})).await;
+    let resources = listed["result"]["resources"].as_array().expect("resources");
+    assert!(
+        resources
+            .iter()
+            .any(|r| r["uri"].as_str().unwrap().starts_with("demo://resource/")),
+        "{listed}"
+    );
+    let templates = send(
+        &operator,
+        &session,
+        3,
+        "resources/templates/list",
+        json!({}),
+    )
+    .await;
+    assert!(
+        templates["result"]["resourceTemplates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["uriTemplate"] == "demo://resource/dynamic/text/{resourceId}"),
+        "{templates}"
+    );
+    let text = send(
+        &operator,
+        &session,
+        4,
+        "resources/read",
+        json!({ "uri": "demo://resource/dynamic/text/1" }),
+    )
+    .await;
+    assert!(
+        !text["result"]["contents"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty(),
+        "{text}"
+    );
+    let blob = send(
+        &operator,
+        &session,
+        5,
+        "resources/read",
+        json!({ "uri": "demo://resource/dynamic/blob/1" }),
+    )
+    .await;
+    let encoded = blob["result"]["contents"][0]["blob"]
+        .as_str()
+        .expect("a blob");
+    assert!(
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded).is_ok(),
+        "{blob}"
+    );
+    let prompts = send(&operator, &session, 6, "prompts/list", json!({})).await;
+    assert!(
+        prompts["result"]["prompts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "args-prompt"),
+        "{prompts}"
+    );
+    // A card number the prompt echoes back is masked; its arguments too, on record.
+    let prompt = send(
+        &operator,
+        &session,
+        7,
+        "prompts/get",
+        json!({ "name": "args-prompt", "arguments": { "city": "4111 1111 1111 1111" } }),
+    )
+    .await;
+    let asked = prompt["result"]["messages"][0]["content"]["text"]
+        .as_str()
+        .expect("a prompt message");
+    assert!(
+        asked.starts_with("What's weather in ") && asked.ends_with("1111?"),
+        "{prompt}"
+    );
+    assert!(!asked.contains("4111 1111 1111 1111"), "{asked}");
+
+    // An agent on this server is permitted none: nothing is listed, and a
+    // read or prompt is refused naming the policy.
+    let (_, headers, _) = raw
+        .send(
+            &agent,
+            None,
+            json!({
+                "jsonrpc": "2.0", "id": 1, "method": "initialize",
+                "params": { "protocolVersion": "2025-06-18", "capabilities": {},
+                            "clientInfo": { "name": "raw-test", "version": "1" } },
+            }),
+        )
+        .await;
+    let agent_session = headers["mcp-session-id"].to_str().unwrap().to_string();
+    let listed = send(&agent, &agent_session, 2, "resources/list", json!({})).await;
+    assert_eq!(listed["result"]["resources"], json!([]), "{listed}");
+    let listed = send(&agent, &agent_session, 3, "prompts/list", json!({})).await;
+    assert_eq!(listed["result"]["prompts"], json!([]), "{listed}");
+    let refused = send(
+        &agent,
+        &agent_session,
+        4,
+        "resources/read",
+        json!({ "uri": "demo://resource/dynamic/text/1" }),
+    )
+    .await;
+    assert_eq!(refused["error"]["code"], -32003, "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("resource read demo://resource/dynamic/text/1 refused")
+            && message.contains("policy \"default-deny\""),
+        "{message}"
+    );
+    let refused = send(
+        &agent,
+        &agent_session,
+        5,
+        "prompts/get",
+        json!({ "name": "simple-prompt" }),
+    )
+    .await;
+    assert_eq!(refused["error"]["code"], -32003, "{refused}");
+    let missing = send(&agent, &agent_session, 6, "resources/read", json!({})).await;
+    assert_eq!(missing["error"]["code"], -32602, "{missing}");
+
+    let data_dir = gw.data_dir.clone();
+    let mut gw = gw;
+    gw.running.take().unwrap().stop().await;
+    let records = audit_records(&data_dir);
+    assert!(
+        records.iter().any(|r| r["event"] == "resource.read"
+            && r["resource"]["uri"] == "demo://resource/dynamic/blob/1"
+            && r["outcome"] == "success"
+            && r["protocol"] == "mcp"
+            && r["actor"]["subject"] == "opal"),
+        "{records:?}"
+    );
+    assert!(
+        records.iter().any(|r| r["event"] == "resource.read"
+            && r["outcome"] == "refused"
+            && r["policy"] == "default-deny"
+            && r["actor"]["subject"] == "agent-7"),
+        "{records:?}"
+    );
+    assert!(
+        records.iter().any(|r| r["event"] == "prompt.get"
+            && r["resource"]["prompt"] == "args-prompt"
+            && r["outcome"] == "success"
+            && r["arguments"].as_str().unwrap().contains("1111")),
+        "{records:?}"
     );
     let key = tollgate::audit::log::signer(&data_dir.join("audit"), "tollgate.local/audit")
         .unwrap()

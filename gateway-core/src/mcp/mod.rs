@@ -15,11 +15,17 @@
 //! | `initialize` | opens a session (`Mcp-Session-Id`), recorded with protocol `mcp` |
 //! | `tools/list` | the upstream's tools the caller's policies let it call (allowed or held for approval) |
 //! | `tools/call` | Cedar decides `call_tool` on `Tool::"<server>/<tool>"` in `Server::"<server>"`; refused with a JSON-RPC error naming the policy, or held for approval (the response streams progress while it waits), then forwarded; the result is masked |
+//! | `resources/list`, `resources/templates/list`, `prompts/list` | the upstream's resources, templates and prompts the caller's policies do not deny (all pages in one) |
+//! | `resources/read` | Cedar decides `read_resource` on `McpResource::"<server>/<uri>"`; the contents (text and base64 blobs) are masked |
+//! | `prompts/get` | Cedar decides `get_prompt` on `Prompt::"<server>/<name>"` with the arguments in the context; the messages are masked |
 //! | `ping` | answered by the gateway |
 //! | anything else | refused with -32601: the gateway passes what it understands (an allow-list) |
 //!
-//! Every call is an audit record made durable before it goes upstream, and
-//! a `statement` and a `result` frame in the session's recording (the same
+//! A read or a prompt that needs approval is refused (naming the policy):
+//! only tool calls are held.
+//!
+//! Every call, read and prompt is an audit record made durable before it
+//! goes upstream, and a `statement` and a `result` frame in the session's recording (the same
 //! store and format family as PostgreSQL sessions).
 
 pub mod bridge;
@@ -725,10 +731,13 @@ async fn initialize(
             );
         }
     };
-    // Only what the gateway passes is advertised: tools, when the server has them.
+    // Only what the gateway passes is advertised, when the server has it
+    // (no subscriptions, no change notifications).
     let mut capabilities = serde_json::Map::new();
-    if upstream["capabilities"].get("tools").is_some() {
-        capabilities.insert("tools".into(), json!({ "listChanged": false }));
+    for kind in ["tools", "resources", "prompts"] {
+        if upstream["capabilities"].get(kind).is_some() {
+            capabilities.insert(kind.into(), json!({ "listChanged": false }));
+        }
     }
     let session_id = crate::id::session();
     let record = recording::Session::new(
@@ -797,8 +806,48 @@ async fn request(
 ) -> Response {
     match method.as_str() {
         "ping" => answer(StatusCode::OK, jsonrpc::result(&id, json!({}))),
-        "tools/list" => list_tools(&ctx, &server, &session, &caller, &id).await,
-        "tools/call" => call_tool(ctx, server, session, caller, id, params, accepts_stream).await,
+        "tools/list" | "resources/list" | "resources/templates/list" | "prompts/list" => {
+            list(&ctx, &server, &session, &caller, &id, &method).await
+        }
+        "tools/call" => {
+            call(
+                ctx,
+                server,
+                session,
+                caller,
+                id,
+                params,
+                accepts_stream,
+                &TOOL_CALL,
+            )
+            .await
+        }
+        "resources/read" => {
+            call(
+                ctx,
+                server,
+                session,
+                caller,
+                id,
+                params,
+                accepts_stream,
+                &RESOURCE_READ,
+            )
+            .await
+        }
+        "prompts/get" => {
+            call(
+                ctx,
+                server,
+                session,
+                caller,
+                id,
+                params,
+                accepts_stream,
+                &PROMPT_GET,
+            )
+            .await
+        }
         other => answer(
             StatusCode::OK,
             jsonrpc::refusal(
@@ -806,8 +855,9 @@ async fn request(
                 &Refusal::new(
                     Reason::Unsupported,
                     format!(
-                        "method '{other}' is not passed by this gateway: it passes tools (tools/list, tools/call) \
-                         and ping; resources and prompts are not passed yet"
+                        "method '{other}' is not passed by this gateway: it passes tools (tools/list, tools/call), \
+                         resources (resources/list, resources/templates/list, resources/read), prompts \
+                         (prompts/list, prompts/get) and ping"
                     ),
                 ),
             ),
@@ -815,9 +865,15 @@ async fn request(
     }
 }
 
-/// Every tool the upstream lists (all pages), and the cache for calls.
-async fn upstream_tools(ctx: &McpContext, server: &StdioServer) -> Result<Vec<Value>, Refusal> {
-    let mut tools = Vec::new();
+/// Every item a listing `method` of the upstream returns under `key`
+/// (all its pages, at most 100).
+async fn upstream_list(
+    ctx: &McpContext,
+    server: &StdioServer,
+    method: &str,
+    key: &str,
+) -> Result<Vec<Value>, Refusal> {
+    let mut items = Vec::new();
     let mut cursor: Option<Value> = None;
     for _ in 0..100 {
         let params = match &cursor {
@@ -825,22 +881,22 @@ async fn upstream_tools(ctx: &McpContext, server: &StdioServer) -> Result<Vec<Va
             None => json!({}),
         };
         let response = server
-            .request("tools/list", params, ctx.call_timeout)
+            .request(method, params, ctx.call_timeout)
             .await
             .map_err(|e| Refusal::new(Reason::DependencyUnavailable, e.to_string()))?;
         let Some(result) = response.get("result") else {
             return Err(Refusal::new(
                 Reason::DependencyUnavailable,
                 format!(
-                    "MCP server '{}' could not list its tools: {}",
+                    "MCP server '{}' could not answer {method}: {}",
                     server.name(),
                     for_record(&response["error"].to_string())
                 ),
             ));
         };
-        tools.extend(
+        items.extend(
             result
-                .get("tools")
+                .get(key)
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default(),
@@ -850,6 +906,12 @@ async fn upstream_tools(ctx: &McpContext, server: &StdioServer) -> Result<Vec<Va
             break;
         }
     }
+    Ok(items)
+}
+
+/// Every tool the upstream lists, and the cache for calls.
+async fn upstream_tools(ctx: &McpContext, server: &StdioServer) -> Result<Vec<Value>, Refusal> {
+    let tools = upstream_list(ctx, server, "tools/list", "tools").await?;
     let by_name = tools
         .iter()
         .filter_map(|t| Some((t.get("name")?.as_str()?.to_string(), t.clone())))
@@ -870,76 +932,148 @@ fn hints(tool: &Value) -> (bool, bool) {
     (read_only, destructive)
 }
 
-fn decide(ctx: &McpContext, caller: &Caller, server: &str, tool: &Value) -> Outcome {
+/// What Cedar decides on `kind`'s action on the item a listing names
+/// (`item`: a tool, resource, template or prompt), with `arguments` (the
+/// recorded, masked text; "" for listings) in the context.
+fn decide(
+    ctx: &McpContext,
+    caller: &Caller,
+    server: &str,
+    kind: &Kind,
+    item: &Value,
+    arguments: &str,
+) -> Outcome {
     let Some(policy) = &ctx.policy else {
         return Outcome::Allow;
     };
-    let name = tool["name"].as_str().unwrap_or_default();
-    let (read_only, destructive) = hints(tool);
-    let resource = Resource::Tool {
-        server,
-        name,
-        read_only,
-        destructive,
+    let name = |key: &str| item[key].as_str().unwrap_or_default();
+    let resource = match kind.action {
+        "call_tool" => {
+            let (read_only, destructive) = hints(item);
+            Resource::Tool {
+                server,
+                name: name("name"),
+                read_only,
+                destructive,
+            }
+        }
+        "read_resource" => Resource::McpResource {
+            server,
+            uri: item["uri"]
+                .as_str()
+                .or_else(|| item["uriTemplate"].as_str())
+                .unwrap_or_default(),
+        },
+        _ => Resource::Prompt {
+            server,
+            name: name("name"),
+        },
     };
     let context = RequestContext {
         connection: server,
-        command: "tools/call",
+        command: kind.method,
         row_estimate: 0,
         has_where: false,
         has_limit: false,
         cardholder_data: false,
         rows_returned: 0,
+        arguments,
         client: caller.client.ip(),
         time: std::time::SystemTime::now(),
     };
     policy
         .current()
-        .decide(&caller.principal, "call_tool", &resource, &context)
+        .decide(&caller.principal, kind.action, &resource, &context)
 }
 
-async fn list_tools(
+/// A listing (`tools/list`, `resources/list`, `resources/templates/list`,
+/// `prompts/list`): every page of the upstream's, without what the
+/// caller's policies deny (and tools whose definition changed since it was
+/// pinned), masked, in one page.
+async fn list(
     ctx: &McpContext,
     server: &StdioServer,
     session: &McpSession,
     caller: &Caller,
     id: &Value,
+    method: &str,
 ) -> Response {
-    let tools = match upstream_tools(ctx, server).await {
-        Ok(tools) => tools,
+    let (key, name, kind) = match method {
+        "tools/list" => ("tools", "name", &TOOL_CALL),
+        "resources/list" => ("resources", "uri", &RESOURCE_READ),
+        "resources/templates/list" => ("resourceTemplates", "uriTemplate", &RESOURCE_READ),
+        _ => ("prompts", "name", &PROMPT_GET),
+    };
+    let items = if kind.action == "call_tool" {
+        upstream_tools(ctx, server).await.map(|tools| {
+            // A changed definition is hidden until an approver accepts it.
+            let checks = ctx.pins.check_all(server.name(), &tools);
+            tools
+                .into_iter()
+                .zip(checks)
+                .filter(|(_, check)| *check == pins::Check::Pinned)
+                .map(|(tool, _)| tool)
+                .collect::<Vec<_>>()
+        })
+    } else {
+        upstream_list(ctx, server, method, key).await
+    };
+    let (items, total) = match items {
+        Ok(items) => {
+            let total = items.len();
+            (items, total)
+        }
         Err(refusal) => return answer(StatusCode::OK, jsonrpc::refusal(id, &refusal)),
     };
-    let total = tools.len();
-    // A changed definition is hidden until an approver accepts it.
-    let checks = ctx.pins.check_all(server.name(), &tools);
-    let visible: Vec<Value> = tools
+    let visible: Vec<Value> = items
         .into_iter()
-        .zip(checks)
-        .filter(|(_, check)| *check == pins::Check::Pinned)
-        .map(|(tool, _)| tool)
-        .filter(|t| !matches!(decide(ctx, caller, server.name(), t), Outcome::Deny(_)))
+        .filter(|item| {
+            !matches!(
+                decide(ctx, caller, server.name(), kind, item, ""),
+                Outcome::Deny(_)
+            )
+        })
         .collect();
-    let names: Vec<Vec<Value>> = visible.iter().map(|t| vec![t["name"].clone()]).collect();
+    let mut message = jsonrpc::result(id, json!({ key: visible }));
+    // Descriptions and names are the server's text: masked like results.
+    let masked = {
+        let mut counts = session.masked.lock().unwrap_or_else(|e| e.into_inner());
+        let before = counts.total();
+        if let Err(refusal) = mask_message(&mut message, method, &mut counts) {
+            return answer(StatusCode::OK, jsonrpc::refusal(id, &refusal));
+        }
+        counts.total() - before
+    };
+    let shown = message["result"][key]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let names: Vec<Vec<Value>> = shown
+        .iter()
+        .map(|item| {
+            vec![Value::from(truncate(
+                item[name].as_str().unwrap_or_default(),
+                300,
+            ))]
+        })
+        .collect();
     session.record.frame(
         "statement",
-        json!({ "text": "tools/list", "method": "tools/list", "decision": "allowed", "approval": null }),
+        json!({ "text": method, "method": method, "decision": "allowed", "approval": null }),
     );
     session.record.frame(
         "result",
         json!({
-            "tag": "tools/list",
-            "columns": ["tool"],
-            "rows": visible.len(),
-            "hidden": total - visible.len(),
+            "tag": method,
+            "columns": [if key == "resourceTemplates" { "uri_template" } else { kind.field }],
+            "rows": shown.len(),
+            "hidden": total - shown.len(),
             "preview": names,
             "preview_complete": true,
-            "masked": 0,
+            "masked": masked,
         }),
     );
-    answer(
-        StatusCode::OK,
-        jsonrpc::result(id, json!({ "tools": visible })),
-    )
+    answer(StatusCode::OK, message)
 }
 
 /// Keys whose values are credentials wherever they appear in arguments.
@@ -986,7 +1120,7 @@ fn redact_secrets(value: &mut Value) {
 fn masked_arguments(arguments: &Value) -> String {
     let mut arguments = arguments.clone();
     redact_secrets(&mut arguments);
-    let mut bytes = serde_json::to_vec(&arguments).unwrap_or_default();
+    let mut bytes = crate::audit::log::canonical(&arguments);
     mask_json(&mut bytes, Keep::LastFour);
     for_record(&String::from_utf8_lossy(&bytes))
 }
@@ -1031,16 +1165,39 @@ fn mask_message(message: &mut Value, place: &str, counts: &mut Counts) -> Result
         }
         count(hits);
     };
-    if let Some(content) = message
-        .pointer_mut("/result/content")
-        .and_then(Value::as_array_mut)
-    {
-        for block in content {
-            if let Some(text) = block.get_mut("text") {
+    // A blob's bytes are masked as text (a compressed or encrypted blob is
+    // beyond what the gateway can read; see docs/mcp.md).
+    let mask_blob = |blob: &mut Value, count: &mut dyn FnMut(Vec<Detector>)| {
+        use base64::Engine;
+        let Some(s) = blob.as_str() else {
+            return Ok(());
+        };
+        let compact: String = s.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        let engine = base64::engine::general_purpose::STANDARD;
+        let mut bytes = engine.decode(&compact).map_err(|_| {
+            Refusal::new(
+                Reason::Unsupported,
+                "a blob in the result is not base64, so it could not be checked for card data and was not passed on",
+            )
+        })?;
+        let mut hits = mask_text(&mut bytes, Keep::LastFour, Fill::Star);
+        let embedded = mask_embedded(&mut bytes, Fill::Star);
+        hits.extend(std::iter::repeat_n(Detector::Pan, embedded));
+        if !hits.is_empty() {
+            *blob = Value::from(engine.encode(&bytes));
+        }
+        count(hits);
+        Ok(())
+    };
+    for block in content_blocks(message) {
+        for at in ["/text", "/resource/text"] {
+            if let Some(text) = block.pointer_mut(at) {
                 mask_text_value(text, &mut count);
             }
-            if let Some(text) = block.pointer_mut("/resource/text") {
-                mask_text_value(text, &mut count);
+        }
+        for at in ["/blob", "/resource/blob"] {
+            if let Some(blob) = block.pointer_mut(at) {
+                mask_blob(blob, &mut count)?;
             }
         }
     }
@@ -1062,33 +1219,117 @@ fn mask_message(message: &mut Value, place: &str, counts: &mut Counts) -> Result
     Ok(())
 }
 
-/// What a call's `result` frame previews: each content block's (masked) text.
-fn preview(message: &Value) -> Vec<Vec<Value>> {
-    let Some(content) = message.pointer("/result/content").and_then(Value::as_array) else {
+/// The content blocks of a result: a tool's `content`, a resource read's
+/// `contents`, each of a prompt's `messages`.
+fn content_blocks(message: &mut Value) -> Vec<&mut Value> {
+    let Some(result) = message.get_mut("result").and_then(Value::as_object_mut) else {
         return Vec::new();
     };
-    content
-        .iter()
+    let mut blocks = Vec::new();
+    for (key, value) in result.iter_mut() {
+        match (key.as_str(), value) {
+            ("content" | "contents", Value::Array(items)) => blocks.extend(items.iter_mut()),
+            ("messages", Value::Array(messages)) => blocks.extend(
+                messages
+                    .iter_mut()
+                    .filter_map(|m| m.get_mut("content"))
+                    .flat_map(|c| match c {
+                        // One block (2025-06-18), or several.
+                        Value::Array(items) => items.iter_mut().collect::<Vec<_>>(),
+                        block => vec![block],
+                    }),
+            ),
+            _ => {}
+        }
+    }
+    blocks
+}
+
+/// What a call's `result` frame previews: each content block's (masked)
+/// text, or its kind.
+fn preview(message: &Value) -> Vec<Vec<Value>> {
+    let mut message = message.clone();
+    content_blocks(&mut message)
+        .into_iter()
         .map(|block| {
-            let text = match block["type"].as_str() {
-                Some("text") => block["text"].as_str().unwrap_or_default().to_string(),
-                Some(kind) => format!("<{kind}>"),
-                None => "<content>".into(),
+            let text = match (block["text"].as_str(), block["type"].as_str()) {
+                (Some(text), _) => text.to_string(),
+                (None, Some(kind)) => format!("<{kind}>"),
+                (None, None) if block.get("blob").is_some() => format!(
+                    "<blob {}>",
+                    block["mimeType"]
+                        .as_str()
+                        .unwrap_or("application/octet-stream")
+                ),
+                (None, None) => "<content>".into(),
             };
             vec![Value::from(truncate(&for_record(&text), PREVIEW_CHARS))]
         })
         .collect()
 }
 
-/// One tool call on its way through the stages.
+/// What a request that names one thing of a server does, as the stages
+/// see it.
+#[derive(Debug, PartialEq, Eq)]
+struct Kind {
+    /// The JSON-RPC method.
+    method: &'static str,
+    /// The Cedar action.
+    action: &'static str,
+    /// The audit event.
+    event: &'static str,
+    /// The field that names the thing, in records and audit resources.
+    field: &'static str,
+    /// `params` field that names the thing.
+    param: &'static str,
+    /// The access's verb (`call server/tool`).
+    verb: &'static str,
+    /// What a refusal calls it.
+    noun: &'static str,
+}
+
+const TOOL_CALL: Kind = Kind {
+    method: "tools/call",
+    action: "call_tool",
+    event: "tool.call",
+    field: "tool",
+    param: "name",
+    verb: "call",
+    noun: "tool call",
+};
+
+const RESOURCE_READ: Kind = Kind {
+    method: "resources/read",
+    action: "read_resource",
+    event: "resource.read",
+    field: "uri",
+    param: "uri",
+    verb: "read",
+    noun: "resource read",
+};
+
+const PROMPT_GET: Kind = Kind {
+    method: "prompts/get",
+    action: "get_prompt",
+    event: "prompt.get",
+    field: "prompt",
+    param: "name",
+    verb: "get",
+    noun: "prompt",
+};
+
+/// One tool call, resource read or prompt on its way through the stages.
 struct Call {
+    kind: &'static Kind,
     id: Value,
     name: String,
     params: Value,
     arguments: Value,
     /// `tools/call <name> <masked arguments>`: the recorded text.
     text: String,
-    /// `call <server>/<name>`: the access, as approvals and grants see it.
+    /// The masked arguments (as canonical JSON text), as records and policies see them.
+    recorded: String,
+    /// `call <server>/<name>` (`read`, `get`): the access, as approvals and grants see it.
     what: String,
     description: String,
     progress: Option<Value>,
@@ -1110,7 +1351,7 @@ impl Call {
         Need {
             key,
             what: &self.what,
-            noun: "tool call",
+            noun: self.kind.noun,
             policy: &rule.id,
             policy_reason: &rule.reason,
             scope: Scope {
@@ -1135,7 +1376,7 @@ impl Call {
                 self.text,
                 truncate(&for_record(&self.description), 300)
             ),
-            actions: vec!["call_tool".into()],
+            actions: vec![self.kind.action.into()],
             resources: vec![self.what.clone()],
             cardholder_resources: Vec::new(),
             cardholder: false,
@@ -1152,7 +1393,10 @@ impl Call {
     }
 }
 
-async fn call_tool(
+/// A tool call, resource read or prompt (`kind`): decided by Cedar,
+/// refused, held for approval or forwarded; its result masked.
+#[allow(clippy::too_many_arguments)]
+async fn call(
     ctx: Arc<McpContext>,
     server: Arc<StdioServer>,
     session: Arc<McpSession>,
@@ -1160,51 +1404,64 @@ async fn call_tool(
     id: Value,
     params: Value,
     accepts_stream: bool,
+    kind: &'static Kind,
 ) -> Response {
     let Some(name) = params
-        .get("name")
+        .get(kind.param)
         .and_then(Value::as_str)
         .map(str::to_string)
     else {
         return answer(
             StatusCode::OK,
-            jsonrpc::error(&id, jsonrpc::INVALID_PARAMS, "tools/call needs params.name"),
+            jsonrpc::error(
+                &id,
+                jsonrpc::INVALID_PARAMS,
+                format!("{} needs params.{}", kind.method, kind.param),
+            ),
         );
     };
     let arguments = params.get("arguments").cloned().unwrap_or(json!({}));
-    // A server that said its tools changed, or whose listing is older than
-    // TOOLS_FRESH, is listed again first: the call is decided on the
-    // definition the server gives now, checked against its pin.
-    let known = if server.take_tools_changed() {
-        None
+    let tool = if kind == &TOOL_CALL {
+        // A server that said its tools changed, or whose listing is older
+        // than TOOLS_FRESH, is listed again first: the call is decided on
+        // the definition the server gives now, checked against its pin.
+        let known = if server.take_tools_changed() {
+            None
+        } else {
+            ctx.tools
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(server.name())
+                .filter(|(listed, _)| listed.elapsed() < TOOLS_FRESH)
+                .and_then(|(_, tools)| tools.get(&name).cloned())
+        };
+        match known {
+            Some(tool) => Some(tool),
+            None => match upstream_tools(&ctx, &server).await {
+                Ok(tools) => tools.into_iter().find(|t| t["name"] == name.as_str()),
+                Err(refusal) => return answer(StatusCode::OK, jsonrpc::refusal(&id, &refusal)),
+            },
+        }
     } else {
-        ctx.tools
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(server.name())
-            .filter(|(listed, _)| listed.elapsed() < TOOLS_FRESH)
-            .and_then(|(_, tools)| tools.get(&name).cloned())
+        // A resource or prompt is decided on the name the client asks for.
+        Some(json!({ kind.param: name }))
     };
-    let tool = match known {
-        Some(tool) => Some(tool),
-        None => match upstream_tools(&ctx, &server).await {
-            Ok(tools) => tools.into_iter().find(|t| t["name"] == name.as_str()),
-            Err(refusal) => return answer(StatusCode::OK, jsonrpc::refusal(&id, &refusal)),
-        },
-    };
+    let recorded = masked_arguments(&arguments);
     let call = Call {
-        text: format!(
-            "tools/call {} {}",
-            for_record(&name),
-            masked_arguments(&arguments)
-        ),
-        what: format!("call {}/{}", server.name(), for_record(&name)),
+        kind,
+        text: if kind == &RESOURCE_READ {
+            format!("{} {}", kind.method, for_record(&name))
+        } else {
+            format!("{} {} {recorded}", kind.method, for_record(&name))
+        },
+        what: format!("{} {}/{}", kind.verb, server.name(), for_record(&name)),
         description: tool
             .as_ref()
             .and_then(|t| t["description"].as_str())
             .unwrap_or_default()
             .to_string(),
         progress: params.pointer("/_meta/progressToken").cloned(),
+        recorded,
         caller,
         id,
         name,
@@ -1212,7 +1469,7 @@ async fn call_tool(
         arguments,
     };
     let mut ruling = Ruling {
-        actions: vec!["call_tool".into()],
+        actions: vec![kind.action.into()],
         resources: vec![call.what.clone()],
         ..Ruling::default()
     };
@@ -1227,7 +1484,9 @@ async fn call_tool(
         );
         return respond(&ctx, &server, &session, &call, &ruling, Err(refusal)).await;
     };
-    if let pins::Check::Changed { pinned, seen } = ctx.pins.check(server.name(), &tool) {
+    if kind == &TOOL_CALL
+        && let pins::Check::Changed { pinned, seen } = ctx.pins.check(server.name(), &tool)
+    {
         ruling.policy = Some("mcp-tool-pinning".into());
         let refusal = Refusal::new(
             Reason::Forbidden,
@@ -1239,7 +1498,14 @@ async fn call_tool(
         );
         return respond(&ctx, &server, &session, &call, &ruling, Err(refusal)).await;
     }
-    let (rule, approvals) = match decide(&ctx, &call.caller, server.name(), &tool) {
+    let (rule, approvals) = match decide(
+        &ctx,
+        &call.caller,
+        server.name(),
+        kind,
+        &tool,
+        &call.recorded,
+    ) {
         Outcome::Allow => {
             return respond(&ctx, &server, &session, &call, &ruling, Ok(())).await;
         }
@@ -1272,7 +1538,7 @@ async fn call_tool(
         let refusal = Refusal::new(Reason::TooLarge, message);
         return respond(&ctx, &server, &session, &call, &ruling, Err(refusal)).await;
     }
-    let key = format!("{} {}", call.name, call.arguments);
+    let key = format!("{} {} {}", kind.method, call.name, call.arguments);
     if !accepts_stream {
         // A window grant lets it through; otherwise it cannot wait, and no
         // request is made (approvers are not asked about a call that cannot run).
@@ -1381,14 +1647,21 @@ async fn call_tool(
                             Reason::Withdrawn,
                             "the session ended while the call waited for approval",
                         ))
-                    } else if ctx.pins.check(server.name(), &tool) != pins::Check::Pinned {
+                    } else if kind == &TOOL_CALL
+                        && ctx.pins.check(server.name(), &tool) != pins::Check::Pinned
+                    {
                         Err(Refusal::new(
                             Reason::Forbidden,
                             "the tool's definition changed while the call waited for approval (policy \"mcp-tool-pinning\")",
                         ))
-                    } else if let Outcome::Deny(rule) =
-                        decide(&ctx, &call.caller, server.name(), &tool)
-                    {
+                    } else if let Outcome::Deny(rule) = decide(
+                        &ctx,
+                        &call.caller,
+                        server.name(),
+                        kind,
+                        &tool,
+                        &call.recorded,
+                    ) {
                         Err(denied(&call, &rule))
                     } else {
                         Ok(())
@@ -1425,7 +1698,8 @@ fn denied(call: &Call, rule: &Rule) -> Refusal {
     Refusal::new(
         Reason::Forbidden,
         format!(
-            "tool call {} refused: {} (policy \"{}\")",
+            "{} {} refused: {} (policy \"{}\")",
+            call.kind.noun,
             for_record(&call.name),
             rule.reason,
             rule.id
@@ -1465,8 +1739,8 @@ async fn conclude(
     };
     let mut frame = json!({
         "text": call.text,
-        "method": "tools/call",
-        "tool": for_record(&call.name),
+        "method": call.kind.method,
+        call.kind.field: for_record(&call.name),
         "decision": if decision.is_ok() { "allowed" } else { "refused" },
         "approval": null,
     });
@@ -1479,7 +1753,7 @@ async fn conclude(
     let event = session
         .record
         .event(
-            "tool.call",
+            call.kind.event,
             if decision.is_ok() {
                 AuditOutcome::Success
             } else {
@@ -1489,9 +1763,9 @@ async fn conclude(
         .resource(json!({
             "connection": server.name(),
             "server": server.name(),
-            "tool": for_record(&call.name),
+            call.kind.field: for_record(&call.name),
         }))
-        .with("arguments", masked_arguments(&call.arguments));
+        .with("arguments", call.recorded.clone());
     let event = recording::with_ruling(event, Some(ruling), &message);
     let (durable, wait) = session.record.submit(event);
     wait.await;
@@ -1524,7 +1798,9 @@ async fn conclude(
         p.remove("_meta");
     }
     let started = Instant::now();
-    let response = server.request("tools/call", params, ctx.call_timeout).await;
+    let response = server
+        .request(call.kind.method, params, ctx.call_timeout)
+        .await;
     let duration = started.elapsed().as_micros() as u64;
     let mut response = match response {
         Ok(response) => response,
@@ -1547,7 +1823,7 @@ async fn conclude(
     let masked = {
         let mut counts = session.masked.lock().unwrap_or_else(|e| e.into_inner());
         let before = counts.total();
-        let place = format!("tools/call {}", for_record(&call.name));
+        let place = format!("{} {}", call.kind.method, for_record(&call.name));
         if let Err(refusal) = mask_message(&mut response, &place, &mut counts) {
             drop(counts);
             session.record.frame(
@@ -1571,7 +1847,7 @@ async fn conclude(
         session.record.frame(
             "result",
             json!({
-                "tag": format!("tools/call {}", for_record(&call.name)),
+                "tag": format!("{} {}", call.kind.method, for_record(&call.name)),
                 "columns": ["content"],
                 "rows": rows.len(),
                 "bytes": raw.len(),
@@ -1624,5 +1900,55 @@ mod tests {
             assert!(!text.contains(raw), "{raw} in {text}");
         }
         assert!(counts.total() >= 2);
+    }
+
+    #[test]
+    fn resource_contents_prompt_messages_and_blobs_are_masked() {
+        use base64::Engine;
+        let engine = base64::engine::general_purpose::STANDARD;
+        let blob = engine.encode(b"id,pan\n1,5555555555554444\n");
+        let mut message = json!({ "jsonrpc": "2.0", "id": 1, "result": {
+            "contents": [
+                { "uri": "t://a", "text": "card 4111 1111 1111 1111" },
+                { "uri": "t://b", "blob": blob, "mimeType": "text/csv" },
+            ],
+            "messages": [
+                { "role": "user", "content": { "type": "text", "text": "pay 378282246310005" } },
+                { "role": "user", "content": { "type": "resource", "resource": { "uri": "t://c", "blob": blob } } },
+            ],
+        } });
+        let mut counts = Counts::default();
+        mask_message(&mut message, "t", &mut counts).unwrap();
+        let text = message.to_string();
+        for raw in ["4111 1111 1111 1111", "378282246310005", blob.as_str()] {
+            assert!(!text.contains(raw), "{raw} in {text}");
+        }
+        let masked = engine
+            .decode(message["result"]["contents"][1]["blob"].as_str().unwrap())
+            .unwrap();
+        let masked = String::from_utf8(masked).unwrap();
+        assert!(
+            masked.starts_with("id,pan\n1,") && masked.ends_with("4444\n"),
+            "{masked}"
+        );
+        assert_eq!(counts.total(), 4);
+        assert_eq!(
+            preview(&message),
+            vec![
+                vec![json!("card **** **** **** 1111")],
+                vec![json!("<blob text/csv>")],
+                vec![json!("pay ***********0005")],
+                vec![json!("<resource>")],
+            ]
+        );
+
+        // A blob the gateway cannot decode is not passed on.
+        let mut message = json!({ "result": { "contents": [{ "uri": "t://d", "blob": "%%%" }] } });
+        let refused = mask_message(&mut message, "t", &mut Counts::default()).unwrap_err();
+        assert!(
+            refused.message.contains("not base64"),
+            "{}",
+            refused.message
+        );
     }
 }

@@ -628,6 +628,7 @@ impl Guard {
                     cardholder_data: snapshot.cardholder_data,
                     rows_returned: i64::try_from(rows_returned + rows_on_the_way)
                         .unwrap_or(i64::MAX),
+                    arguments: "",
                     client: self.client,
                     time: now,
                 };

@@ -273,6 +273,7 @@ impl Masker {
                 has_limit: false,
                 cardholder_data: false,
                 rows_returned: 0,
+                arguments: "",
                 client: self.client,
                 time: SystemTime::now(),
             },

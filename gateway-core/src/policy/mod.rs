@@ -209,6 +209,9 @@ pub struct RequestContext<'a> {
     /// Rows of cardholder data returned to this identity on this
     /// connection within the last 15 minutes (see [`volume`]).
     pub rows_returned: i64,
+    /// An MCP request's arguments as canonical JSON text (keys sorted),
+    /// masked as records show them; empty for SQL.
+    pub arguments: &'a str,
     /// The client's address.
     pub client: IpAddr,
     /// When.
@@ -513,6 +516,7 @@ impl PolicyEngine {
             has_limit: false,
             cardholder_data: false,
             rows_returned: 0,
+            arguments: "",
             client,
             time: SystemTime::now(),
         };
@@ -633,6 +637,7 @@ impl PolicyEngine {
                 RestrictedExpression::new_long(c.rows_returned),
             ),
             ("command".to_string(), string(c.command)),
+            ("arguments".to_string(), string(c.arguments)),
             ("connection".to_string(), string(c.connection)),
             (
                 "client".to_string(),

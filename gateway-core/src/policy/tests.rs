@@ -26,6 +26,7 @@ fn context(command: &str) -> RequestContext<'static> {
         has_limit: false,
         cardholder_data: true,
         rows_returned: 0,
+        arguments: "",
         client: "127.0.0.1".parse().unwrap(),
         time: SystemTime::now(),
     }
@@ -237,6 +238,68 @@ fn mcp_starter_lists_read_only_tools_and_holds_exports() {
     ));
     assert!(matches!(
         decide(&agent, &tool("other", "find_payments", false, false)),
+        Outcome::Deny(_)
+    ));
+}
+
+#[test]
+fn mcp_policies_see_resources_prompts_and_a_calls_arguments() {
+    let policy = r#"
+@id("docs-reads")
+@reason("anyone reads the docs server's resources and prompts")
+permit (principal, action in [Action::"read_resource", Action::"get_prompt"], resource in Server::"docs");
+
+@id("small-searches")
+@reason("searches of at most ten results")
+permit (principal, action == Action::"call_tool", resource)
+when { resource.name == "search" && context.arguments like "*\"limit\":10*" && context.command == "tools/call" };
+"#;
+    let engine = PolicyEngine::from_sources(vec![("mcp.cedar".into(), policy.into())])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let who = person(&[]);
+    let ctx = context("resources/read");
+    let read = |server| Resource::McpResource {
+        server,
+        uri: "docs://handbook",
+    };
+    assert_eq!(
+        engine.decide(&who, "read_resource", &read("docs"), &ctx),
+        Outcome::Allow
+    );
+    assert!(matches!(
+        engine.decide(&who, "read_resource", &read("payments"), &ctx),
+        Outcome::Deny(rule) if rule.id == "default-deny"
+    ));
+    let prompt = Resource::Prompt {
+        server: "docs",
+        name: "summarize",
+    };
+    assert_eq!(
+        engine.decide(&who, "get_prompt", &prompt, &context("prompts/get")),
+        Outcome::Allow
+    );
+    // The arguments are in the context (as the records show them).
+    let search = Resource::Tool {
+        server: "docs",
+        name: "search",
+        read_only: false,
+        destructive: false,
+    };
+    let with = |arguments: &'static str| RequestContext {
+        arguments,
+        ..context("tools/call")
+    };
+    assert_eq!(
+        engine.decide(&who, "call_tool", &search, &with(r#"{"limit":10,"q":"x"}"#)),
+        Outcome::Allow
+    );
+    assert!(matches!(
+        engine.decide(
+            &who,
+            "call_tool",
+            &search,
+            &with(r#"{"limit":5000,"q":"x"}"#)
+        ),
         Outcome::Deny(_)
     ));
 }
