@@ -593,6 +593,17 @@ async fn resources_and_prompts_are_decided_masked_and_audited() {
         base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded).is_ok(),
         "{blob}"
     );
+    // A URI not in its normal form would name another resource than the
+    // policy decided on: refused.
+    let odd = send(
+        &operator,
+        &session,
+        8,
+        "resources/read",
+        json!({ "uri": "demo://resource/dynamic/text/../blob/1" }),
+    )
+    .await;
+    assert_eq!(odd["error"]["code"], -32602, "{odd}");
     let prompts = send(&operator, &session, 6, "prompts/list", json!({})).await;
     assert!(
         prompts["result"]["prompts"]

@@ -21,9 +21,6 @@
 //! | `ping` | answered by the gateway |
 //! | anything else | refused with -32601: the gateway passes what it understands (an allow-list) |
 //!
-//! A read or a prompt that needs approval is refused (naming the policy):
-//! only tool calls are held.
-//!
 //! Every call, read and prompt is an audit record made durable before it
 //! goes upstream, and a `statement` and a `result` frame in the session's recording (the same
 //! store and format family as PostgreSQL sessions).
@@ -78,6 +75,9 @@ const TOOLS_FRESH: Duration = Duration::from_secs(10);
 /// Characters of a call's masked arguments or result kept in a frame.
 const PREVIEW_CHARS: usize = 4096;
 
+/// A server's tools as last listed: when, and by name.
+type Listing = (Instant, HashMap<String, Value>);
+
 /// What every MCP request shares.
 pub struct McpContext {
     /// Validates tokens (with [`McpContext::audience`]).
@@ -104,8 +104,8 @@ pub struct McpContext {
     pub call_timeout: Duration,
     /// Open sessions, by id.
     sessions: Mutex<HashMap<String, Arc<McpSession>>>,
-    /// Each server's tools as last listed (when, and by name).
-    tools: Mutex<HashMap<String, (Instant, HashMap<String, Value>)>>,
+    /// Each server's tools as last listed.
+    tools: Mutex<HashMap<String, Listing>>,
 }
 
 impl McpContext {
@@ -1142,47 +1142,41 @@ fn mask_message(message: &mut Value, place: &str, counts: &mut Counts) -> Result
             counts.add(place, hit, 1);
         }
     };
+    let not_a_string = |field: &str| {
+        Refusal::new(
+            Reason::Unsupported,
+            format!(
+                "a content block's {field} is not a string, so it could not be checked for card data and was not passed on"
+            ),
+        )
+    };
     let mask_text_value = |text: &mut Value, count: &mut dyn FnMut(Vec<Detector>)| {
-        let Some(s) = text.as_str() else { return };
-        // JSON inside text is masked as the JSON it decodes to (an escape
-        // such as \u0034 cannot hide a digit); other text as text.
-        let (mut bytes, json) = match serde_json::from_str::<Value>(s) {
-            Ok(v) if v.is_object() || v.is_array() => {
-                (serde_json::to_vec(&v).unwrap_or_default(), true)
-            }
-            _ => (s.as_bytes().to_vec(), false),
+        let Some(s) = text.as_str() else {
+            return Err(not_a_string("text"));
         };
-        let mut hits = if json {
-            mask_json(&mut bytes, Keep::LastFour)
-        } else {
-            mask_text(&mut bytes, Keep::LastFour, Fill::Star)
-        };
-        // Card numbers with a digit added on each side.
-        let embedded = mask_embedded(&mut bytes, Fill::Star);
-        hits.extend(std::iter::repeat_n(Detector::Pan, embedded));
+        let (bytes, hits) = mask_bytes(s.as_bytes());
         if !hits.is_empty() {
             *text = Value::from(String::from_utf8_lossy(&bytes).into_owned());
         }
         count(hits);
+        Ok(())
     };
-    // A blob's bytes are masked as text (a compressed or encrypted blob is
-    // beyond what the gateway can read; see docs/mcp.md).
+    // A blob's bytes are masked like text (JSON as JSON); a compressed or
+    // encrypted blob is beyond what the gateway can read (docs/mcp.md).
     let mask_blob = |blob: &mut Value, count: &mut dyn FnMut(Vec<Detector>)| {
         use base64::Engine;
         let Some(s) = blob.as_str() else {
-            return Ok(());
+            return Err(not_a_string("blob"));
         };
         let compact: String = s.chars().filter(|c| !c.is_ascii_whitespace()).collect();
         let engine = base64::engine::general_purpose::STANDARD;
-        let mut bytes = engine.decode(&compact).map_err(|_| {
+        let raw = engine.decode(&compact).map_err(|_| {
             Refusal::new(
                 Reason::Unsupported,
                 "a blob in the result is not base64, so it could not be checked for card data and was not passed on",
             )
         })?;
-        let mut hits = mask_text(&mut bytes, Keep::LastFour, Fill::Star);
-        let embedded = mask_embedded(&mut bytes, Fill::Star);
-        hits.extend(std::iter::repeat_n(Detector::Pan, embedded));
+        let (bytes, hits) = mask_bytes(&raw);
         if !hits.is_empty() {
             *blob = Value::from(engine.encode(&bytes));
         }
@@ -1192,7 +1186,7 @@ fn mask_message(message: &mut Value, place: &str, counts: &mut Counts) -> Result
     for block in content_blocks(message) {
         for at in ["/text", "/resource/text"] {
             if let Some(text) = block.pointer_mut(at) {
-                mask_text_value(text, &mut count);
+                mask_text_value(text, &mut count)?;
             }
         }
         for at in ["/blob", "/resource/blob"] {
@@ -1202,7 +1196,7 @@ fn mask_message(message: &mut Value, place: &str, counts: &mut Counts) -> Result
         }
     }
     if let Some(text) = message.pointer_mut("/error/message") {
-        mask_text_value(text, &mut count);
+        mask_text_value(text, &mut count)?;
     }
     let mut bytes = serde_json::to_vec(message).unwrap_or_default();
     let hits = mask_json(&mut bytes, Keep::LastFour);
@@ -1217,6 +1211,65 @@ fn mask_message(message: &mut Value, place: &str, counts: &mut Counts) -> Result
     }
     count(hits);
     Ok(())
+}
+
+/// Whether a resource URI is in the form a URL parser leaves it in, so
+/// the URI a policy decides on is the one the server reads (both official
+/// SDKs parse it: an upper-case scheme or host, or a `..` segment, would
+/// otherwise name another resource than the policy saw).
+fn normal_uri(uri: &str) -> Result<(), &'static str> {
+    let Some((scheme, rest)) = uri.split_once(':') else {
+        return Err("it has no scheme");
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_lowercase())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+    if !scheme_ok {
+        return Err("its scheme is not lower-case");
+    }
+    if uri
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '\\')
+    {
+        return Err("it has whitespace, a control character or a backslash");
+    }
+    let path = rest.split(['?', '#']).next().unwrap_or_default();
+    if let Some(after) = path.strip_prefix("//") {
+        let host = after.split('/').next().unwrap_or_default();
+        if host.chars().any(|c| c.is_ascii_uppercase()) || host.contains('%') {
+            return Err("its host is not lower-case");
+        }
+    }
+    let dotted = path.split('/').any(|segment| {
+        let segment = segment.to_ascii_lowercase().replace("%2e", ".");
+        segment == "." || segment == ".."
+    });
+    if dotted {
+        return Err("it has a . or .. path segment");
+    }
+    Ok(())
+}
+
+/// Bytes masked for a client: JSON (an object or array) as the JSON it
+/// decodes to (an escape such as \u0034 cannot hide a digit, labelled card
+/// security data goes by key), other bytes as text; then card numbers with
+/// a digit added on each side.
+fn mask_bytes(raw: &[u8]) -> (Vec<u8>, Vec<Detector>) {
+    let (mut bytes, json) = match serde_json::from_slice::<Value>(raw) {
+        Ok(v) if v.is_object() || v.is_array() => {
+            (serde_json::to_vec(&v).unwrap_or_default(), true)
+        }
+        _ => (raw.to_vec(), false),
+    };
+    let mut hits = if json {
+        mask_json(&mut bytes, Keep::LastFour)
+    } else {
+        mask_text(&mut bytes, Keep::LastFour, Fill::Star)
+    };
+    let embedded = mask_embedded(&mut bytes, Fill::Star);
+    hits.extend(std::iter::repeat_n(Detector::Pan, embedded));
+    (bytes, hits)
 }
 
 /// The content blocks of a result: a tool's `content`, a resource read's
@@ -1420,6 +1473,21 @@ async fn call(
             ),
         );
     };
+    if kind == &RESOURCE_READ
+        && let Err(why) = normal_uri(&name)
+    {
+        return answer(
+            StatusCode::OK,
+            jsonrpc::error(
+                &id,
+                jsonrpc::INVALID_PARAMS,
+                format!(
+                    "resources/read refused: the uri is not in its normal form ({why}), which policies decide on; \
+                     send it as the server lists it"
+                ),
+            ),
+        );
+    }
     let arguments = params.get("arguments").cloned().unwrap_or(json!({}));
     let tool = if kind == &TOOL_CALL {
         // A server that said its tools changed, or whose listing is older
@@ -1792,10 +1860,12 @@ async fn conclude(
     if let Err(refusal) = decision {
         return jsonrpc::refusal(&call.id, &refusal);
     }
-    // The client's `_meta` (progress tokens, its own ids) stays here.
-    let mut params = call.params.clone();
-    if let Some(p) = params.as_object_mut() {
-        p.remove("_meta");
+    // Only what was decided and recorded goes upstream (an allow-list):
+    // the client's `_meta` (progress tokens, its own ids) and any other
+    // field stay here.
+    let mut params = json!({ call.kind.param: call.name });
+    if call.kind != &RESOURCE_READ {
+        params["arguments"] = call.arguments.clone();
     }
     let started = Instant::now();
     let response = server
@@ -1950,5 +2020,52 @@ mod tests {
             "{}",
             refused.message
         );
+    }
+
+    #[test]
+    fn only_normal_resource_uris_are_decided() {
+        for good in [
+            "demo://resource/dynamic/text/1",
+            "file:///srv/docs/a.md",
+            "https://example.com/a?b=c#d",
+            "postgres://payments/public/cards",
+        ] {
+            assert_eq!(normal_uri(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "DEMO://resource/dynamic/blob/1",
+            "demo://resource/dynamic/text/../blob/1",
+            "demo://resource/dynamic/text/%2E%2e/blob/1",
+            "demo://resource/./x",
+            "demo://Resource/x",
+            "demo://resource\\x",
+            "demo://resource/x y",
+            "no-scheme",
+        ] {
+            assert!(normal_uri(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn blobs_holding_json_are_masked_as_json_and_odd_blocks_refused() {
+        use base64::Engine;
+        let engine = base64::engine::general_purpose::STANDARD;
+        let blob = engine.encode(br#"{"cvv":"123","pan":"\u00341111111111111111"}"#);
+        let mut message = json!({ "result": { "contents": [{ "uri": "t://a", "blob": blob }] } });
+        mask_message(&mut message, "t", &mut Counts::default()).unwrap();
+        let inside = engine
+            .decode(message["result"]["contents"][0]["blob"].as_str().unwrap())
+            .unwrap();
+        let inside = String::from_utf8(inside).unwrap();
+        assert!(
+            !inside.contains("123") && !inside.contains("41111111"),
+            "{inside}"
+        );
+        let mut message =
+            json!({ "result": { "contents": [{ "uri": "t://a", "blob": [52, 49] }] } });
+        assert!(mask_message(&mut message, "t", &mut Counts::default()).is_err());
+        let mut message =
+            json!({ "result": { "content": [{ "type": "text", "text": { "pan": 1 } }] } });
+        assert!(mask_message(&mut message, "t", &mut Counts::default()).is_err());
     }
 }
