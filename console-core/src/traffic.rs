@@ -130,7 +130,7 @@ impl Traffic {
                         let sql = QUERIES[turn % QUERIES.len()];
                         turn += 1;
                         // Every sixth turn the agent asks the payments tool instead.
-                        if turn % 6 == 0 && let Some(mcp) = &target.mcp {
+                        if turn.is_multiple_of(6) && let Some(mcp) = &target.mcp {
                             let result = call_tool(&target, mcp, "find_payments", serde_json::json!({ "customer_id": 2 }), None).await;
                             match result {
                                 Ok(()) => update(&|s| { s.queries += 1; s.last_error = None; }),
@@ -166,7 +166,7 @@ impl Traffic {
                         exported += 1;
                         let (target, tokens) = (target.clone(), tokens.clone());
                         // Every other export is the MCP tool's, when the server runs.
-                        let tool = target.mcp.clone().filter(|_| exported % 2 == 0);
+                        let tool = target.mcp.clone().filter(|_| exported.is_multiple_of(2));
                         export = Some(AbortOnDrop(tokio::spawn(async move {
                             match tool {
                                 Some(mcp) => call_tool(&target, &mcp, "export_cards", serde_json::json!({}), Some(TOOL_EXPORT_REASON)).await,
