@@ -160,13 +160,16 @@ impl LocalGateway {
         // The payments MCP server goes with the demo's database, when this
         // machine can run it; the demo goes on without it otherwise.
         let mcp_note = if demo.is_some() {
-            free(mcp_listen)?;
             progress("Looking for the payments MCP server's Python");
             config.mcp.listen = Some(toml::Spanned::new(0..0, mcp_listen));
             let python = tokio::task::spawn_blocking(dev::demo_python)
                 .await
                 .map_err(|e| ConsoleError::Gateway(e.to_string()))?;
-            let added = python.and_then(|p| dev::add_payments_mcp_server(&mut config, listen, &p));
+            // A taken MCP port leaves the PostgreSQL gateway running, and says so.
+            let added = free(mcp_listen)
+                .map_err(|e| format!("{e}"))
+                .and_then(|()| python)
+                .and_then(|p| dev::add_payments_mcp_server(&mut config, listen, &p));
             if added.is_err() {
                 config.mcp.listen = None;
             }

@@ -38,6 +38,10 @@ pub struct Args {
     /// The local gateway's API listener.
     #[arg(long, value_name = "ADDR")]
     pub api_listen: Option<String>,
+    /// The local gateway's MCP listener, in front of the payments MCP
+    /// server (with the demo database; default 127.0.0.1:6434).
+    #[arg(long, value_name = "ADDR")]
+    pub mcp_listen: Option<String>,
     /// Where the console keeps its files (default: the OS's app data directory).
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -549,6 +553,7 @@ pub fn run(args: Args) {
                 let options = console_core::types::LocalOptions {
                     listen: args.listen.clone(),
                     api_listen: args.api_listen.clone(),
+                    mcp_listen: args.mcp_listen.clone(),
                     ..console_core::types::LocalOptions::default()
                 };
                 let demo = args.demo;

@@ -141,6 +141,8 @@ async fn an_approver_releases_and_refuses_held_exports_from_the_console() {
             format!("127.0.0.1:{port}"),
             "--api-listen".into(),
             format!("127.0.0.1:{api}"),
+            "--mcp-listen".into(),
+            "127.0.0.1:0".into(),
         ],
         &[
             ("RUST_LOG", "warn"),
@@ -404,6 +406,7 @@ async fn an_analyst_replays_a_session_and_an_auditor_exports_its_evidence() {
         &LocalOptions {
             listen: Some(format!("127.0.0.1:{port}")),
             api_listen: Some(format!("127.0.0.1:{api}")),
+            mcp_listen: Some("127.0.0.1:0".into()),
             trust: Some(TrustIssuer {
                 issuer: provider.issuer.clone(),
                 audience: AUDIENCE.into(),
