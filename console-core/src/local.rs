@@ -168,7 +168,7 @@ impl LocalGateway {
             // A taken MCP port leaves the PostgreSQL gateway running, and says so.
             let added = free(mcp_listen)
                 .map_err(|e| format!("{e}"))
-                .and_then(|()| python)
+                .and(python)
                 .and_then(|p| dev::add_payments_mcp_server(&mut config, listen, &p));
             if added.is_err() {
                 config.mcp.listen = None;
