@@ -809,7 +809,12 @@ async fn request(
         "tools/list" | "resources/list" | "resources/templates/list" | "prompts/list" => {
             list(&ctx, &server, &session, &caller, &id, &method).await
         }
-        "tools/call" => {
+        "tools/call" | "resources/read" | "prompts/get" => {
+            let kind = match method.as_str() {
+                "tools/call" => &TOOL_CALL,
+                "resources/read" => &RESOURCE_READ,
+                _ => &PROMPT_GET,
+            };
             call(
                 ctx,
                 server,
@@ -818,33 +823,7 @@ async fn request(
                 id,
                 params,
                 accepts_stream,
-                &TOOL_CALL,
-            )
-            .await
-        }
-        "resources/read" => {
-            call(
-                ctx,
-                server,
-                session,
-                caller,
-                id,
-                params,
-                accepts_stream,
-                &RESOURCE_READ,
-            )
-            .await
-        }
-        "prompts/get" => {
-            call(
-                ctx,
-                server,
-                session,
-                caller,
-                id,
-                params,
-                accepts_stream,
-                &PROMPT_GET,
+                kind,
             )
             .await
         }
