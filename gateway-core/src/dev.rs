@@ -280,6 +280,9 @@ pub fn add_payments_mcp_server(
                 CredentialSource::Inline(token),
             )]
             .into(),
+            url: None,
+            bearer_token: None,
+            ca_file: None,
         },
     ));
     Ok(())

@@ -393,7 +393,7 @@ impl Gateway {
                     let server = server.get_ref();
                     servers.insert(
                         server.name.clone(),
-                        Arc::new(crate::mcp::upstream::StdioServer::new(server).await?),
+                        Arc::new(crate::mcp::upstream::Server::new(server).await?),
                     );
                 }
                 let bound = listener::bind(addr)

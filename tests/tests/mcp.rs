@@ -1054,3 +1054,202 @@ env = {{ SHIFT_FILE = "{shift}" }}
         && r["outcome"] == "refused"
         && r["policy"] == "mcp-tool-pinning"));
 }
+
+/// A child process killed when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start `command` and wait until it accepts connections on `port`.
+async fn serve_on(mut command: Command, port: u16) -> Child {
+    let child = Child(
+        command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the MCP server starts"),
+    );
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return child;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the MCP server did not listen on port {port}");
+}
+
+fn everything_http(port: u16) -> Command {
+    let mut command = Command::new(everything());
+    command.arg("streamableHttp").env("PORT", port.to_string());
+    command
+}
+
+/// Upstream servers over Streamable HTTP: a hosted one (the official Python
+/// SDK) that admits only the gateway's own credential, and server-everything,
+/// which answers in event streams and forgets its sessions when restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_upstreams_get_the_gateways_own_credential_and_new_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream_token = "hosted-cards-credential-7f3a";
+    let good = dir.path().join("hosted.token");
+    std::fs::write(&good, format!("{upstream_token}\n")).unwrap();
+    let bad = dir.path().join("stale.token");
+    std::fs::write(&bad, "a-revoked-credential\n").unwrap();
+    let (hosted_port, everything_port) = (free_port(), free_port());
+    let mut hosted = Command::new(python());
+    hosted
+        .arg(peers().join("http_server.py"))
+        .env("PORT", hosted_port.to_string())
+        .env("UPSTREAM_TOKEN", upstream_token);
+    let _hosted = serve_on(hosted, hosted_port).await;
+    let mut everything = Some(serve_on(everything_http(everything_port), everything_port).await);
+
+    let gw = TestGateway::start_with(&format!(
+        r#"
+[policy]
+starter = true
+
+[api]
+listen = "127.0.0.1:0"
+
+[mcp]
+listen = "127.0.0.1:0"
+
+[[mcp.server]]
+name = "hosted"
+url = "http://127.0.0.1:{hosted_port}/mcp"
+bearer_token = {{ file = "{good}" }}
+
+[[mcp.server]]
+name = "stale"
+url = "http://127.0.0.1:{hosted_port}/mcp"
+bearer_token = {{ file = "{bad}" }}
+
+[[mcp.server]]
+name = "everything"
+url = "http://localhost:{everything_port}/mcp"
+"#,
+        good = good.display(),
+        bad = bad.display(),
+    ))
+    .await;
+    let agent = gw.mcp_token("agent-7", &[], true);
+    let http = gw.https();
+    let raw = |server: &str| Raw {
+        gw: &gw,
+        http: http.clone(),
+        url: gw.mcp_url(server),
+    };
+
+    // The hosted server sees the gateway's credential, not the agent's token
+    // (it would refuse that), and its card number comes back masked.
+    let hosted = raw("hosted");
+    let session = hosted.initialize(&agent).await;
+    let (_, _, listed) = hosted
+        .send(
+            &agent,
+            Some(&session),
+            json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list" }),
+        )
+        .await;
+    assert_eq!(
+        listed["result"]["tools"][0]["name"], "card_on_file",
+        "{listed}"
+    );
+    let (status, _, called) = hosted
+        .send(
+            &agent,
+            Some(&session),
+            json!({
+                "jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                "params": { "name": "card_on_file", "arguments": { "customer_id": 42 } },
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{called}");
+    let text = called["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(text.contains("asked by tollgate-gateway"), "{called}");
+    assert!(
+        text.contains("4444") && !text.contains("5555555555554444"),
+        "{text}"
+    );
+
+    // A credential the server refuses: a clear answer that names the fix
+    // and shows neither token.
+    let (status, _, refused) = raw("stale")
+        .send(
+            &agent,
+            None,
+            json!({
+                "jsonrpc": "2.0", "id": 1, "method": "initialize",
+                "params": { "protocolVersion": "2025-06-18", "capabilities": {},
+                            "clientInfo": { "name": "raw-test", "version": "1" } },
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("refused the gateway's credential") && message.contains("bearer_token"),
+        "{refused}"
+    );
+    assert!(
+        !message.contains("revoked") && !message.contains(upstream_token),
+        "{message}"
+    );
+
+    // server-everything answers in event streams; restarted, it forgets
+    // the gateway's session, and the gateway starts another.
+    let everything_raw = raw("everything");
+    let session = everything_raw.initialize(&agent).await;
+    let echo = |id: u64| {
+        json!({
+            "jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": { "name": "echo", "arguments": { "message": "card 4111111111111111" } },
+        })
+    };
+    let (_, _, echoed) = everything_raw.send(&agent, Some(&session), echo(2)).await;
+    let text = echoed["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("Echo: card ") && text.ends_with("1111"),
+        "{echoed}"
+    );
+    assert!(!text.contains("4111111111111111"), "{text}");
+    drop(everything.take());
+    everything = Some(serve_on(everything_http(everything_port), everything_port).await);
+    let (_, _, echoed) = everything_raw.send(&agent, Some(&session), echo(3)).await;
+    assert!(
+        echoed["result"]["content"][0]["text"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("Echo: card ")),
+        "after the server's restart: {echoed}"
+    );
+    drop(everything);
+
+    let mut gw = gw;
+    let data_dir = gw.data_dir.clone();
+    gw.running.take().unwrap().stop().await;
+    let records = audit_records(&data_dir);
+    assert!(
+        records.iter().any(|r| r["event"] == "tool.call"
+            && r["resource"]["server"] == "hosted"
+            && r["resource"]["tool"] == "card_on_file"
+            && r["outcome"] == "success"),
+        "{records:?}"
+    );
+    assert_no_pan_in_tree(&data_dir, PANS);
+    let tree = String::from_utf8_lossy(&std::fs::read(data_dir.join("audit/audit.jsonl")).unwrap())
+        .to_string();
+    assert!(
+        !tree.contains(upstream_token),
+        "the gateway's credential is in the audit log"
+    );
+}

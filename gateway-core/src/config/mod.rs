@@ -105,15 +105,29 @@ fn default_mcp_call_timeout() -> u64 {
 }
 
 /// `[[mcp.server]]`: an MCP server the gateway runs as a child process and
-/// speaks to over stdio. Clients never reach it but through the gateway.
+/// speaks to over stdio (`command`), or reaches over Streamable HTTP
+/// (`url`). Clients never reach it but through the gateway.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct McpServerConfig {
     /// The server's name: its path (`/mcp/<name>`), and `Server::"<name>"`
     /// to policies.
     pub name: String,
-    /// The program and its arguments.
+    /// The program and its arguments (a stdio server).
+    #[serde(default)]
     pub command: Vec<String>,
+    /// The server's Streamable HTTP endpoint (`https://`, or `http://` on
+    /// a loopback address), instead of `command`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The gateway's own access token for a `url` server, sent as
+    /// `Authorization: Bearer` (read when a session starts).
+    #[serde(default)]
+    pub bearer_token: Option<CredentialSource>,
+    /// CA certificates (PEM) a `url` server's certificate must chain to,
+    /// instead of the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Environment variables for it (nothing else of the gateway's
     /// environment but PATH and HOME is passed on).
     #[serde(default)]

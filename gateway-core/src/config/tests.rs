@@ -178,3 +178,45 @@ fn credential_sources_parse() {
         .to_string();
     assert!(err.contains("vault"), "{err}");
 }
+
+#[test]
+fn an_mcp_server_at_a_url_must_be_reached_safely() {
+    let server = |fields: &str| {
+        parse(&format!(
+            "{MINIMAL}[mcp]\nlisten = \"127.0.0.1:6434\"\n[[mcp.server]]\nname = \"hosted\"\n{fields}\n"
+        ))
+    };
+    assert!(
+        server("url = \"https://mcp.example.com/mcp\"\nbearer_token = { env = \"T\" }").is_ok()
+    );
+    assert!(server("url = \"http://127.0.0.1:9000/mcp\"").is_ok());
+    assert!(server("url = \"http://localhost:9000/mcp\"").is_ok());
+    for (fields, says) in [
+        (
+            "url = \"http://mcp.example.com/mcp\"",
+            "plain HTTP to another host",
+        ),
+        (
+            "url = \"https://user:pw@mcp.example.com/mcp\"",
+            "user name or password",
+        ),
+        (
+            "url = \"https://mcp.example.com/mcp?key=abc\"",
+            "query or fragment",
+        ),
+        ("url = \"ftp://mcp.example.com/mcp\"", "https://"),
+        ("url = \"not a url\"", "is not a URL"),
+        (
+            "url = \"https://mcp.example.com/mcp\"\ncommand = [\"x\"]",
+            "either a url or a command",
+        ),
+        (
+            "command = [\"x\"]\nbearer_token = { env = \"T\" }",
+            "for a server at a url",
+        ),
+        ("", "must name the program to run"),
+    ] {
+        let err = server(fields).unwrap_err().to_string();
+        assert!(err.contains(says), "{fields}: {err}");
+    }
+}

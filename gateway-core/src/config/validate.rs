@@ -402,6 +402,36 @@ pub(super) fn validate(config: &Config, file: &str, text: &str) -> Result<(), Co
     Ok(())
 }
 
+/// A Streamable HTTP endpoint the gateway may send its credential to.
+fn check_mcp_url(url: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("'{url}' is not a URL: {e}"))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(
+            "must not carry a user name or password: put the credential in bearer_token".into(),
+        );
+    }
+    if parsed.query().is_some() || parsed.fragment().is_some() {
+        return Err("must not have a query or fragment: a secret there would reach logs".into());
+    }
+    let loopback = match parsed.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    };
+    match parsed.scheme() {
+        "https" if parsed.host().is_some() => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err(format!(
+            "'{url}' is plain HTTP to another host: the gateway's credential and the calls' data would \
+             travel unencrypted; use https://"
+        )),
+        _ => Err(format!(
+            "'{url}' must be an https:// (or loopback http://) URL"
+        )),
+    }
+}
+
 fn validate_mcp(
     config: &Config,
     invalid: &dyn Fn(&Range<usize>, String, String) -> ConfigError,
@@ -487,12 +517,43 @@ fn validate_mcp(
                 format!("'{}' is used twice", server.name),
             ));
         }
-        if server.command.first().is_none_or(|c| c.is_empty()) {
-            return Err(invalid(
-                &span,
-                key("command"),
-                "must name the program to run, e.g. [\"npx\", \"@modelcontextprotocol/server-everything\"]".into(),
-            ));
+        match &server.url {
+            None => {
+                if server.command.first().is_none_or(|c| c.is_empty()) {
+                    return Err(invalid(
+                        &span,
+                        key("command"),
+                        "must name the program to run, e.g. [\"npx\", \"@modelcontextprotocol/server-everything\"] \
+                         (or give the server's url)"
+                            .into(),
+                    ));
+                }
+                if server.bearer_token.is_some() || server.ca_file.is_some() {
+                    return Err(invalid(
+                        &span,
+                        key("bearer_token"),
+                        "bearer_token and ca_file are for a server at a url; a stdio server gets its \
+                         credential in `secrets`"
+                            .into(),
+                    ));
+                }
+            }
+            Some(url) => {
+                if !server.command.is_empty()
+                    || !server.env.is_empty()
+                    || !server.secrets.is_empty()
+                {
+                    return Err(invalid(
+                        &span,
+                        key("url"),
+                        "a server has either a url or a command (with env and secrets), not both"
+                            .into(),
+                    ));
+                }
+                if let Err(why) = check_mcp_url(url) {
+                    return Err(invalid(&span, key("url"), why));
+                }
+            }
         }
     }
     Ok(())

@@ -26,6 +26,7 @@
 //! store and format family as PostgreSQL sessions).
 
 pub mod bridge;
+mod http_upstream;
 pub mod jsonrpc;
 pub mod pins;
 pub mod upstream;
@@ -59,7 +60,7 @@ use crate::policy::{Outcome, PolicyHandle, Principal, RequestContext, Resource, 
 use crate::recording::{self, Recording};
 use crate::stage::{Reason, Refusal, Ruling};
 use jsonrpc::Message;
-use upstream::StdioServer;
+use upstream::Server;
 
 /// The protocol versions clients may speak (newest last).
 pub const VERSIONS: &[&str] = &["2025-06-18", "2025-11-25"];
@@ -89,7 +90,7 @@ pub struct McpContext {
     /// Issuers whose tokens are accepted (RFC 9728 `authorization_servers`).
     pub issuers: Vec<String>,
     /// The servers, by name.
-    pub servers: HashMap<String, Arc<StdioServer>>,
+    pub servers: HashMap<String, Arc<Server>>,
     /// The policy in force (none: `policy.allow_all`, development only).
     pub policy: Option<PolicyHandle>,
     /// Where calls that need approval are held (none: they are refused).
@@ -116,7 +117,7 @@ impl McpContext {
         audience: String,
         resource: String,
         issuers: Vec<String>,
-        servers: HashMap<String, Arc<StdioServer>>,
+        servers: HashMap<String, Arc<Server>>,
         policy: Option<PolicyHandle>,
         approvals: Option<Arc<Approvals>>,
         recording: Arc<Recording>,
@@ -703,7 +704,7 @@ async fn end_session(
 
 async fn initialize(
     ctx: &McpContext,
-    server: &StdioServer,
+    server: &Server,
     identity: Identity,
     peer: SocketAddr,
     id: Value,
@@ -796,7 +797,7 @@ async fn initialize(
 #[allow(clippy::too_many_arguments)]
 async fn request(
     ctx: Arc<McpContext>,
-    server: Arc<StdioServer>,
+    server: Arc<Server>,
     session: Arc<McpSession>,
     caller: Caller,
     id: Value,
@@ -848,7 +849,7 @@ async fn request(
 /// (all its pages, at most 100).
 async fn upstream_list(
     ctx: &McpContext,
-    server: &StdioServer,
+    server: &Server,
     method: &str,
     key: &str,
 ) -> Result<Vec<Value>, Refusal> {
@@ -889,7 +890,7 @@ async fn upstream_list(
 }
 
 /// Every tool the upstream lists, and the cache for calls.
-async fn upstream_tools(ctx: &McpContext, server: &StdioServer) -> Result<Vec<Value>, Refusal> {
+async fn upstream_tools(ctx: &McpContext, server: &Server) -> Result<Vec<Value>, Refusal> {
     let tools = upstream_list(ctx, server, "tools/list", "tools").await?;
     let by_name = tools
         .iter()
@@ -971,7 +972,7 @@ fn decide(
 /// pinned), masked, in one page.
 async fn list(
     ctx: &McpContext,
-    server: &StdioServer,
+    server: &Server,
     session: &McpSession,
     caller: &Caller,
     id: &Value,
@@ -1230,6 +1231,91 @@ fn normal_uri(uri: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// A resource URI as records, approvals and audit show it: a user name
+/// or password in it removed, every query value and the fragment replaced
+/// (the gateway cannot tell a signature or token there from a harmless
+/// value), percent-escapes decoded so that an escaped card number is seen,
+/// and card numbers masked. The URI itself is identified by a keyed
+/// digest ([`Call::exact`]) where it must be told apart.
+fn uri_for_record(uri: &str) -> String {
+    let (rest, fragment) = match uri.split_once('#') {
+        Some((rest, _)) => (rest, "#***"),
+        None => (uri, ""),
+    };
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, query)) => {
+            let keys: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, value)) if !value.is_empty() => format!("{}=***", decoded(key)),
+                    _ => decoded(pair),
+                })
+                .collect();
+            (rest, format!("?{}", keys.join("&")))
+        }
+        None => (rest, String::new()),
+    };
+    let rest = match rest.split_once("://") {
+        Some((scheme, after)) => {
+            let authority_end = after.find('/').unwrap_or(after.len());
+            match after[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}://***@{}", &after[at + 1..]),
+                None => rest.to_string(),
+            }
+        }
+        None => rest.to_string(),
+    };
+    for_record(&format!("{}{query}{fragment}", decoded(&rest)))
+}
+
+/// `read <server>/#<keyed digest of the exact name>`: an access that tells
+/// apart two names that record the same, and shows neither.
+fn exact_access(
+    key: &crate::recording::digest::DigestKey,
+    kind: &Kind,
+    server: &str,
+    name: &str,
+) -> String {
+    use base64::Engine;
+    use hmac::Mac;
+    let mut mac = key.start();
+    for part in [kind.verb, server, name] {
+        mac.update(part.as_bytes());
+        mac.update(&[0]);
+    }
+    let digest = mac.finalize().into_bytes();
+    format!(
+        "{} {server}/#{}",
+        kind.verb,
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..18])
+    )
+}
+
+/// Percent-escapes decoded (lossily, to UTF-8).
+fn decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Bytes masked for a client: JSON (an object or array) as the JSON it
 /// decodes to (an escape such as \u0034 cannot hide a digit, labelled card
 /// security data goes by key), other bytes as text; then card numbers with
@@ -1363,6 +1449,12 @@ struct Call {
     recorded: String,
     /// `call <server>/<name>` (`read`, `get`): the access, as approvals and grants see it.
     what: String,
+    /// Where the recorded name is not the name itself (masked, redacted):
+    /// the access with a keyed digest of the exact name, so a grant for one
+    /// never covers another that records the same.
+    exact: Option<String>,
+    /// The name as records show it.
+    shown: String,
     description: String,
     progress: Option<Value>,
     caller: Caller,
@@ -1390,7 +1482,13 @@ impl Call {
                 subject: session.subject.clone(),
                 issuer: session.issuer.clone(),
                 connection: session.server.clone(),
-                accesses: vec![self.what.clone()],
+                accesses: {
+                    let mut accesses: Vec<String> = std::iter::once(self.what.clone())
+                        .chain(self.exact.clone())
+                        .collect();
+                    accesses.sort();
+                    accesses
+                },
                 approvals,
             },
         }
@@ -1430,7 +1528,7 @@ impl Call {
 #[allow(clippy::too_many_arguments)]
 async fn call(
     ctx: Arc<McpContext>,
-    server: Arc<StdioServer>,
+    server: Arc<Server>,
     session: Arc<McpSession>,
     caller: Caller,
     id: Value,
@@ -1494,14 +1592,23 @@ async fn call(
         Some(json!({ kind.param: name }))
     };
     let recorded = masked_arguments(&arguments);
+    let shown = if kind == &RESOURCE_READ {
+        uri_for_record(&name)
+    } else {
+        for_record(&name)
+    };
+    let exact = (shown != name)
+        .then(|| exact_access(&ctx.recording.digest_key, kind, server.name(), &name));
     let call = Call {
         kind,
         text: if kind == &RESOURCE_READ {
-            format!("{} {}", kind.method, for_record(&name))
+            format!("{} {shown}", kind.method)
         } else {
-            format!("{} {} {recorded}", kind.method, for_record(&name))
+            format!("{} {shown} {recorded}", kind.method)
         },
-        what: format!("{} {}/{}", kind.verb, server.name(), for_record(&name)),
+        what: format!("{} {}/{shown}", kind.verb, server.name()),
+        exact,
+        shown,
         description: tool
             .as_ref()
             .and_then(|t| t["description"].as_str())
@@ -1525,7 +1632,7 @@ async fn call(
             Reason::NotFound,
             format!(
                 "unknown tool '{}': it is not among {}'s tools",
-                for_record(&call.name),
+                call.shown,
                 server.name()
             ),
         );
@@ -1540,7 +1647,7 @@ async fn call(
             format!(
                 "tool call {} refused: the tool's definition changed since it was pinned ({pinned} is now {seen}); \
                  its calls are refused until an approver accepts the new definition (policy \"mcp-tool-pinning\")",
-                for_record(&call.name)
+                call.shown
             ),
         );
         return respond(&ctx, &server, &session, &call, &ruling, Err(refusal)).await;
@@ -1746,10 +1853,7 @@ fn denied(call: &Call, rule: &Rule) -> Refusal {
         Reason::Forbidden,
         format!(
             "{} {} refused: {} (policy \"{}\")",
-            call.kind.noun,
-            for_record(&call.name),
-            rule.reason,
-            rule.id
+            call.kind.noun, call.shown, rule.reason, rule.id
         ),
     )
 }
@@ -1757,7 +1861,7 @@ fn denied(call: &Call, rule: &Rule) -> Refusal {
 /// [`conclude`], answered as a plain JSON response.
 async fn respond(
     ctx: &McpContext,
-    server: &StdioServer,
+    server: &Server,
     session: &McpSession,
     call: &Call,
     ruling: &Ruling,
@@ -1774,7 +1878,7 @@ async fn respond(
 /// message the client gets.
 async fn conclude(
     ctx: &McpContext,
-    server: &StdioServer,
+    server: &Server,
     session: &McpSession,
     call: &Call,
     ruling: &Ruling,
@@ -1787,7 +1891,7 @@ async fn conclude(
     let mut frame = json!({
         "text": call.text,
         "method": call.kind.method,
-        call.kind.field: for_record(&call.name),
+        call.kind.field: call.shown.clone(),
         "decision": if decision.is_ok() { "allowed" } else { "refused" },
         "approval": null,
     });
@@ -1810,7 +1914,7 @@ async fn conclude(
         .resource(json!({
             "connection": server.name(),
             "server": server.name(),
-            call.kind.field: for_record(&call.name),
+            call.kind.field: call.shown.clone(),
         }))
         .with("arguments", call.recorded.clone());
     let event = recording::with_ruling(event, Some(ruling), &message);
@@ -1872,7 +1976,7 @@ async fn conclude(
     let masked = {
         let mut counts = session.masked.lock().unwrap_or_else(|e| e.into_inner());
         let before = counts.total();
-        let place = format!("{} {}", call.kind.method, for_record(&call.name));
+        let place = format!("{} {}", call.kind.method, call.shown);
         if let Err(refusal) = mask_message(&mut response, &place, &mut counts) {
             drop(counts);
             session.record.frame(
@@ -1896,7 +2000,7 @@ async fn conclude(
         session.record.frame(
             "result",
             json!({
-                "tag": format!("{} {}", call.kind.method, for_record(&call.name)),
+                "tag": format!("{} {}", call.kind.method, call.shown),
                 "columns": ["content"],
                 "rows": rows.len(),
                 "bytes": raw.len(),
@@ -1999,6 +2103,33 @@ mod tests {
             "{}",
             refused.message
         );
+    }
+
+    #[test]
+    fn resource_uris_are_recorded_without_secrets_and_told_apart_by_a_keyed_digest() {
+        assert_eq!(
+            uri_for_record("https://svc:hunter2@files.example/a%20b?token=abc&page=2&flag#part"),
+            "https://***@files.example/a b?token=***&page=***&flag#***"
+        );
+        // A card number hidden in escapes is decoded and masked.
+        let escaped = uri_for_record("cards://vault/%34%31%31%311111%311111111");
+        assert!(
+            escaped.ends_with("1111") && !escaped.contains("4111111111111111"),
+            "{escaped}"
+        );
+        assert_eq!(
+            uri_for_record("payments://customer/42"),
+            "payments://customer/42"
+        );
+        // Two URIs that differ inside a masked card number record the same,
+        // but a grant for one is not a grant for the other.
+        let (one, two) = ("cards://4111111111111111", "cards://4000000000061111");
+        assert_eq!(uri_for_record(one), uri_for_record(two));
+        let key = crate::recording::digest::DigestKey::from_bytes([7; 32]);
+        let exact = |uri| exact_access(&key, &RESOURCE_READ, "files", uri);
+        assert_ne!(exact(one), exact(two));
+        assert_eq!(exact(one), exact(one));
+        assert!(exact(one).starts_with("read files/#") && !exact(one).contains("4111"));
     }
 
     #[test]

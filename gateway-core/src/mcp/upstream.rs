@@ -1,7 +1,8 @@
-//! An MCP server the gateway runs as a child process and speaks to over
-//! stdio (newline-delimited JSON-RPC): spawned on first use, initialized
-//! as a client, supervised (a server that exits is started again on the
-//! next request), killed with the gateway.
+//! The MCP servers behind the gateway: a [`Server`] is reached over stdio
+//! ([`StdioServer`]: a child process the gateway runs, newline-delimited
+//! JSON-RPC; spawned on first use, initialized as a client, supervised (a
+//! server that exits is started again on the next request), killed with
+//! the gateway) or over Streamable HTTP ([`HttpServer`]).
 //!
 //! The gateway forwards the JSON it checked rather than a typed model of
 //! it: masking, the tool pinning and the records need the exact document,
@@ -43,6 +44,74 @@ pub enum UpstreamError {
     /// It took too long.
     #[error("MCP server '{0}' did not answer in time")]
     Timeout(String),
+    /// Its HTTP endpoint failed or answered something else than MCP.
+    #[error("MCP server '{server}': {message}")]
+    Http {
+        /// The server.
+        server: String,
+        /// What happened.
+        message: String,
+    },
+}
+
+pub use super::http_upstream::HttpServer;
+
+/// One configured MCP server, whichever way the gateway reaches it.
+#[derive(Debug)]
+pub enum Server {
+    /// A child process over stdio.
+    Stdio(StdioServer),
+    /// A URL, over Streamable HTTP.
+    Http(HttpServer),
+}
+
+impl Server {
+    /// A server from its configuration (`url` or `command`); its secrets
+    /// (a stdio server's) are read now.
+    pub async fn new(config: &McpServerConfig) -> Result<Server, UpstreamError> {
+        Ok(match config.url {
+            Some(_) => Server::Http(HttpServer::new(config)?),
+            None => Server::Stdio(StdioServer::new(config).await?),
+        })
+    }
+
+    /// The server's name.
+    pub fn name(&self) -> &str {
+        match self {
+            Server::Stdio(s) => s.name(),
+            Server::Http(s) => s.name(),
+        }
+    }
+
+    /// Whether the server said its tools changed since this was last asked.
+    pub fn take_tools_changed(&self) -> bool {
+        match self {
+            Server::Stdio(s) => s.take_tools_changed(),
+            Server::Http(s) => s.take_tools_changed(),
+        }
+    }
+
+    /// The server's answer to `initialize` (starting it if needed).
+    pub async fn initialized(&self, timeout: Duration) -> Result<Value, UpstreamError> {
+        match self {
+            Server::Stdio(s) => s.initialized(timeout).await,
+            Server::Http(s) => s.initialized(timeout).await,
+        }
+    }
+
+    /// Send a request and wait for its response (the whole JSON-RPC
+    /// message: `result` or `error`).
+    pub async fn request(
+        &self,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+    ) -> Result<Value, UpstreamError> {
+        match self {
+            Server::Stdio(s) => s.request(method, params, timeout).await,
+            Server::Http(s) => s.request(method, params, timeout).await,
+        }
+    }
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Value>>>>;
@@ -58,7 +127,7 @@ struct Running {
     _child: Child,
 }
 
-/// One configured MCP server.
+/// One configured MCP server run as a child process.
 pub struct StdioServer {
     config: McpServerConfig,
     /// Its secrets, read once at start (the server's own credential).

@@ -28,6 +28,26 @@ use sha2::{Digest, Sha256};
 
 pub use reload::PolicyHandle;
 
+/// The top-level arguments of a request (`arguments`, a JSON object) as
+/// `name=<value as canonical JSON>`: what `context.args` holds, so a policy
+/// matches one argument's whole value (`context.args.contains("format=\"csv\"")`)
+/// and a key nested deeper cannot pass for it. A name holding `=` is left
+/// out (it would make the pairs ambiguous).
+fn argument_pairs(arguments: &str) -> Vec<String> {
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_str(arguments) else {
+        return Vec::new();
+    };
+    map.iter()
+        .filter(|(name, _)| !name.contains('='))
+        .map(|(name, value)| {
+            format!(
+                "{name}={}",
+                String::from_utf8_lossy(&crate::audit::log::canonical(value))
+            )
+        })
+        .collect()
+}
+
 /// The Cedar schema policies are validated against.
 pub const SCHEMA: &str = include_str!("../../policy/tollgate.cedarschema");
 
@@ -638,6 +658,12 @@ impl PolicyEngine {
             ),
             ("command".to_string(), string(c.command)),
             ("arguments".to_string(), string(c.arguments)),
+            (
+                "args".to_string(),
+                RestrictedExpression::new_set(
+                    argument_pairs(c.arguments).iter().map(|p| string(p)),
+                ),
+            ),
             ("connection".to_string(), string(c.connection)),
             (
                 "client".to_string(),

@@ -252,7 +252,12 @@ permit (principal, action in [Action::"read_resource", Action::"get_prompt"], re
 @id("small-searches")
 @reason("searches of at most ten results")
 permit (principal, action == Action::"call_tool", resource)
-when { resource.name == "search" && context.arguments like "*\"limit\":10*" && context.command == "tools/call" };
+when { resource.name == "search" && context.args.contains("limit=10") && context.command == "tools/call" };
+
+@id("textual")
+@reason("a textual match on the arguments")
+permit (principal, action == Action::"call_tool", resource)
+when { resource.name == "fetch" && context.arguments like "*\"format\":\"csv\"*" };
 "#;
     let engine = PolicyEngine::from_sources(vec![("mcp.cedar".into(), policy.into())])
         .unwrap_or_else(|e| panic!("{e}"));
@@ -302,4 +307,31 @@ when { resource.name == "search" && context.arguments like "*\"limit\":10*" && c
         ),
         Outcome::Deny(_)
     ));
+    // `args` holds the top-level arguments only: a nested key of the same
+    // name does not pass for one, as it does in a textual match.
+    assert!(matches!(
+        engine.decide(
+            &who,
+            "call_tool",
+            &search,
+            &with(r#"{"limit":5000,"q":{"limit":10}}"#)
+        ),
+        Outcome::Deny(_)
+    ));
+    let fetch = Resource::Tool {
+        server: "docs",
+        name: "fetch",
+        read_only: false,
+        destructive: false,
+    };
+    assert_eq!(
+        engine.decide(
+            &who,
+            "call_tool",
+            &fetch,
+            &with(r#"{"format":"json","x":{"format":"csv"}}"#)
+        ),
+        Outcome::Allow,
+        "the textual match is spoofable, which is why docs/mcp.md points to args"
+    );
 }
