@@ -283,6 +283,7 @@ pub fn add_payments_mcp_server(
             url: None,
             bearer_token: None,
             ca_file: None,
+            scopes: Vec::new(),
         },
     ));
     Ok(())

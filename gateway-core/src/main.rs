@@ -135,6 +135,10 @@ enum Command {
         /// For the MCP listener: its own audience (`[mcp] audience`).
         #[arg(long)]
         mcp: bool,
+        /// OAuth scopes the token carries (the `scope` claim), for an MCP
+        /// server that requires them (`[[mcp.server]] scopes`).
+        #[arg(long, value_delimiter = ',')]
+        scope: Vec<String>,
         /// Read the data directory and audience from this config.
         #[arg(long, short, conflicts_with = "data_dir")]
         config: Option<PathBuf>,
@@ -506,6 +510,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             agent,
             ttl,
             mcp,
+            scope,
             config,
             data_dir,
         } => {
@@ -538,11 +543,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 agent,
                 ttl_secs: ttl,
             };
-            let token = if mcp {
-                issuer.mint_for(&request, &mcp_audience)?
-            } else {
-                issuer.mint(&request)?
-            };
+            let audience = if mcp { &mcp_audience } else { &audience };
+            let token = issuer.mint_scoped(&request, audience, &scope)?;
             println!("{token}");
             Ok(())
         }

@@ -252,6 +252,21 @@ impl TestGateway {
             .expect("mint")
     }
 
+    /// An agent's MCP token carrying OAuth `scopes`.
+    pub fn mcp_token_scoped(&self, sub: &str, scopes: &[&str]) -> String {
+        let request = TokenRequest {
+            subject: sub.into(),
+            groups: Vec::new(),
+            mfa: false,
+            agent: true,
+            ttl_secs: 600,
+        };
+        let scopes: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
+        self.issuer
+            .mint_scoped(&request, "tollgate-mcp", &scopes)
+            .expect("mint")
+    }
+
     /// The MCP listener's base URL (`[mcp] listen` must be set).
     pub fn mcp_url(&self, server: &str) -> String {
         let addr = self

@@ -1127,6 +1127,7 @@ listen = "127.0.0.1:0"
 name = "hosted"
 url = "http://127.0.0.1:{hosted_port}/mcp"
 bearer_token = {{ file = "{good}" }}
+scopes = ["cards:read"]
 
 [[mcp.server]]
 name = "stale"
@@ -1149,13 +1150,58 @@ url = "http://localhost:{everything_port}/mcp"
         url: gw.mcp_url(server),
     };
 
-    // The hosted server sees the gateway's credential, not the agent's token
-    // (it would refuse that), and its card number comes back masked.
+    // The hosted server requires a scope the agent's token lacks: 403
+    // insufficient_scope names it (step-up), and the metadata lists it.
     let hosted = raw("hosted");
-    let session = hosted.initialize(&agent).await;
+    let response = hosted
+        .post(Some(&agent), None)
+        .json(&json!({ "jsonrpc": "2.0", "id": 1, "method": "ping" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    let challenge = response.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        challenge.starts_with("Bearer error=\"insufficient_scope\", scope=\"cards:read\"")
+            && challenge.contains("resource_metadata=\""),
+        "{challenge}"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cards:read"),
+        "{body}"
+    );
+    let metadata: Value = http
+        .get(
+            gw.mcp_url("hosted")
+                .replace("/mcp/", "/.well-known/oauth-protected-resource/mcp/"),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        metadata["scopes_supported"],
+        json!(["cards:read"]),
+        "{metadata}"
+    );
+
+    // With the scope, the hosted server sees the gateway's credential, not
+    // the agent's token (it would refuse that), and its card number comes
+    // back masked.
+    let agent_scoped = gw.mcp_token_scoped("agent-7", &["cards:read", "other"]);
+    let session = hosted.initialize(&agent_scoped).await;
     let (_, _, listed) = hosted
         .send(
-            &agent,
+            &agent_scoped,
             Some(&session),
             json!({ "jsonrpc": "2.0", "id": 2, "method": "tools/list" }),
         )
@@ -1166,7 +1212,7 @@ url = "http://localhost:{everything_port}/mcp"
     );
     let (status, _, called) = hosted
         .send(
-            &agent,
+            &agent_scoped,
             Some(&session),
             json!({
                 "jsonrpc": "2.0", "id": 3, "method": "tools/call",

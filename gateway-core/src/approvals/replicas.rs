@@ -122,6 +122,7 @@ impl Approver {
             // Agents never get this far: the deciding replica refuses them.
             kind: PrincipalKind::Person,
             expires_at: 0,
+            scopes: Vec::new(),
         }
     }
 }

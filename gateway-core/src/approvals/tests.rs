@@ -32,6 +32,7 @@ fn person(subject: &str, mfa: bool) -> Identity {
         mfa,
         kind: PrincipalKind::Person,
         expires_at: u64::MAX / 2,
+        scopes: Vec::new(),
     }
 }
 

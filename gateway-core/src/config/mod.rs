@@ -128,6 +128,10 @@ pub struct McpServerConfig {
     /// instead of the system's.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// OAuth scopes a client's token must carry to use this server; a
+    /// token without them gets 403 `insufficient_scope` (step-up).
+    #[serde(default)]
+    pub scopes: Vec<String>,
     /// Environment variables for it (nothing else of the gateway's
     /// environment but PATH and HOME is passed on).
     #[serde(default)]

@@ -517,6 +517,18 @@ fn validate_mcp(
                 format!("'{}' is used twice", server.name),
             ));
         }
+        let scope_ok = |s: &String| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        };
+        if !server.scopes.iter().all(scope_ok) {
+            return Err(invalid(
+                &span,
+                key("scopes"),
+                "each scope must be printable ASCII without spaces, quotes or backslashes (RFC 6749)".into(),
+            ));
+        }
         match &server.url {
             None => {
                 if server.command.first().is_none_or(|c| c.is_empty()) {

@@ -65,7 +65,21 @@ impl Claims {
             Some(Value::Bool(true)) => PrincipalKind::Agent,
             _ => PrincipalKind::Person,
         };
+        let scopes = match self.other.get("scope").or_else(|| self.other.get("scp")) {
+            Some(Value::String(s)) => s
+                .split(' ')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect(),
+            _ => Vec::new(),
+        };
         Identity {
+            scopes,
             subject: self.sub.unwrap_or_default(),
             issuer: self.iss.unwrap_or_default(),
             groups,

@@ -95,6 +95,17 @@ impl DevIssuer {
         request: &TokenRequest,
         audience: &str,
     ) -> Result<String, jsonwebtoken::errors::Error> {
+        self.mint_scoped(request, audience, &[])
+    }
+
+    /// Mint a signed access token for `audience` with OAuth `scopes` (the
+    /// `scope` claim).
+    pub fn mint_scoped(
+        &self,
+        request: &TokenRequest,
+        audience: &str,
+        scopes: &[String],
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let now = crate::clock::now_secs();
         let exp = (now + request.ttl_secs).max(0) as u64;
         let iat = now.min(exp as i64).max(0) as u64;
@@ -109,6 +120,9 @@ impl DevIssuer {
         );
         let kind = if request.agent { "agent" } else { "person" };
         other.insert("principal_type".into(), kind.into());
+        if !scopes.is_empty() {
+            other.insert("scope".into(), scopes.join(" ").into());
+        }
         other.insert("jti".into(), crate::id::random::<16>("").into());
         let claims = Claims {
             iss: Some(ISSUER.into()),

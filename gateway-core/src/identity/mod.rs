@@ -49,6 +49,8 @@ pub struct Identity {
     pub kind: PrincipalKind,
     /// Token expiry, seconds since the Unix epoch.
     pub expires_at: u64,
+    /// The token's OAuth scopes (`scope`, space-separated, or `scp`).
+    pub scopes: Vec<String>,
 }
 
 /// One trusted issuer: how its tokens are checked.

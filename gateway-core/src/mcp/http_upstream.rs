@@ -117,6 +117,11 @@ impl HttpServer {
         &self.config.name
     }
 
+    /// The OAuth scopes a client's token must carry to use it.
+    pub fn scopes(&self) -> &[String] {
+        &self.config.scopes
+    }
+
     /// Whether the server said its tools changed since this was last asked.
     pub fn take_tools_changed(&self) -> bool {
         self.tools_changed.swap(false, Ordering::Relaxed)

@@ -283,20 +283,23 @@ async fn resource_metadata(
     State(ctx): State<Arc<McpContext>>,
     Path(server): Path<String>,
 ) -> Response {
-    if !ctx.servers.contains_key(&server) {
+    let Some(upstream) = ctx.servers.get(&server) else {
         return (
             StatusCode::NOT_FOUND,
             axum::Json(json!({ "error": "not_found" })),
         )
             .into_response();
-    }
-    axum::Json(json!({
+    };
+    let mut metadata = json!({
         "resource": format!("{}/mcp/{server}", ctx.resource),
         "authorization_servers": ctx.issuers,
         "bearer_methods_supported": ["header"],
         "resource_name": format!("Tollgate MCP gateway: {server}"),
-    }))
-    .into_response()
+    });
+    if !upstream.scopes().is_empty() {
+        metadata["scopes_supported"] = json!(upstream.scopes());
+    }
+    axum::Json(metadata).into_response()
 }
 
 /// The gateway offers no server-initiated stream (GET): Streamable HTTP lets it say 405.
@@ -368,6 +371,57 @@ async fn authenticate(
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, value);
         }
+    }
+    Err(response)
+}
+
+/// The token carries every scope the server requires, or the 403
+/// `insufficient_scope` challenge that tells the client which to ask its
+/// authorization server for (MCP's step-up authorization).
+#[allow(clippy::result_large_err)]
+fn scoped(
+    ctx: &McpContext,
+    server: &Server,
+    identity: &Identity,
+    peer: SocketAddr,
+) -> Result<(), Response> {
+    let missing: Vec<&str> = server
+        .scopes()
+        .iter()
+        .filter(|s| !identity.scopes.contains(s))
+        .map(String::as_str)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let message = format!(
+        "the token lacks the scope{} {} that MCP server '{}' requires: ask the authorization server for a \
+         token with scope \"{}\"",
+        if missing.len() == 1 { "" } else { "s" },
+        missing.join(", "),
+        server.name(),
+        server.scopes().join(" "),
+    );
+    let event = Event::new("mcp.login", AuditOutcome::Failure)
+        .actor(identity)
+        .origin(peer.ip())
+        .resource(json!({ "server": server.name() }))
+        .with("reason", for_record(&message));
+    ctx.recording.auditor.record_later(event);
+    let refusal = Refusal::new(Reason::Forbidden, message);
+    let mut response = refused(&refusal);
+    *response.status_mut() = StatusCode::FORBIDDEN;
+    // Scopes are checked printable ASCII without quotes (config validation).
+    let challenge = format!(
+        "Bearer error=\"insufficient_scope\", scope=\"{}\", resource_metadata=\"{}\", \
+         error_description=\"the token lacks a required scope\"",
+        server.scopes().join(" "),
+        ctx.metadata_url(server.name())
+    );
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
     }
     Err(response)
 }
@@ -453,6 +507,9 @@ async fn post_message(
         Ok(identity) => identity,
         Err(response) => return response,
     };
+    if let Err(response) = scoped(&ctx, &server, &identity, peer) {
+        return response;
+    }
     let json_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

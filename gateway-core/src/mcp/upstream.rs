@@ -83,6 +83,14 @@ impl Server {
         }
     }
 
+    /// The OAuth scopes a client's token must carry to use it.
+    pub fn scopes(&self) -> &[String] {
+        match self {
+            Server::Stdio(s) => &s.config.scopes,
+            Server::Http(s) => s.scopes(),
+        }
+    }
+
     /// Whether the server said its tools changed since this was last asked.
     pub fn take_tools_changed(&self) -> bool {
         match self {
