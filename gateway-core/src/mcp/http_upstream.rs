@@ -347,7 +347,7 @@ impl HttpServer {
             .unwrap_or_default()
             .to_ascii_lowercase();
         let answer = if content_type.starts_with("text/event-stream") {
-            self.from_stream(session, &mut response, request_id).await?
+            self.read_stream(session, &mut response, request_id).await?
         } else if content_type.starts_with("application/json") {
             let body = self.read_all(&mut response).await?;
             serde_json::from_slice::<Value>(&body)
@@ -391,7 +391,7 @@ impl HttpServer {
     /// Read the request's event stream until its response: notifications
     /// on the way are noted (a tools change) or dropped, requests from the
     /// server refused (the gateway does not pass them to clients).
-    async fn from_stream(
+    async fn read_stream(
         &self,
         session: &Session,
         response: &mut reqwest::Response,
