@@ -322,6 +322,119 @@ async fn raw_clients_get_policy_masking_and_a_clear_answer_to_each_mistake() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 
+    // Protocol 2026-07-28: no session; each request carries its envelope
+    // and the headers that must agree with it.
+    let envelope = |version: &str| {
+        json!({
+            "io.modelcontextprotocol/protocolVersion": version,
+            "io.modelcontextprotocol/clientCapabilities": {},
+            "io.modelcontextprotocol/clientInfo": { "name": "raw-test", "version": "1" },
+        })
+    };
+    let (status, _, discovered) = raw
+        .send_with(
+            &agent,
+            None,
+            &[
+                ("MCP-Protocol-Version", "2026-07-28"),
+                ("Mcp-Method", "server/discover"),
+            ],
+            json!({ "jsonrpc": "2.0", "id": 20, "method": "server/discover",
+                    "params": { "_meta": envelope("2026-07-28") } }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{discovered}");
+    assert!(
+        discovered["result"]["supportedVersions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("2026-07-28")),
+        "{discovered}"
+    );
+    assert!(
+        discovered["result"]["capabilities"]["tools"].is_object(),
+        "{discovered}"
+    );
+    let stateless_echo = |id: u64| {
+        json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call",
+                "params": { "name": "echo", "arguments": { "message": "card 4111111111111111" },
+                            "_meta": envelope("2026-07-28") } })
+    };
+    let modern_headers = [
+        ("MCP-Protocol-Version", "2026-07-28"),
+        ("Mcp-Method", "tools/call"),
+        ("Mcp-Name", "echo"),
+    ];
+    let (status, _, echoed) = raw
+        .send_with(&agent, None, &modern_headers, stateless_echo(21))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{echoed}");
+    let text = echoed["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("Echo: card ") && !text.contains("4111111111111111"),
+        "{text}"
+    );
+    // Without Mcp-Name, or with a header that disagrees: -32020, not run.
+    let (status, _, body) = raw
+        .send_with(&agent, None, &modern_headers[..2], stateless_echo(22))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], -32020, "{body}");
+    let (status, _, body) = raw
+        .send_with(
+            &agent,
+            None,
+            &[
+                ("MCP-Protocol-Version", "2025-11-25"),
+                ("Mcp-Method", "tools/call"),
+                ("Mcp-Name", "echo"),
+            ],
+            stateless_echo(23),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], -32020, "{body}");
+    // A version the gateway does not speak: -32022 with what it does.
+    let mut future = stateless_echo(24);
+    future["params"]["_meta"] = envelope("2027-01-01");
+    let (status, _, body) = raw
+        .send_with(
+            &agent,
+            None,
+            &[
+                ("MCP-Protocol-Version", "2027-01-01"),
+                ("Mcp-Method", "tools/call"),
+                ("Mcp-Name", "echo"),
+            ],
+            future,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], -32022, "{body}");
+    assert!(
+        body["error"]["data"]["supported"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("2026-07-28")),
+        "{body}"
+    );
+    // A denied tool is denied without a session too.
+    let mut denied = stateless_echo(25);
+    denied["params"]["name"] = json!("toggle-simulated-logging");
+    let (_, _, body) = raw
+        .send_with(
+            &agent,
+            None,
+            &[
+                ("MCP-Protocol-Version", "2026-07-28"),
+                ("Mcp-Method", "tools/call"),
+                ("Mcp-Name", "toggle-simulated-logging"),
+            ],
+            denied,
+        )
+        .await;
+    assert_eq!(body["error"]["code"], -32003, "{body}");
+
     // Bad JSON, a batch, an oversized body, an unknown method.
     let response = raw
         .post(Some(&agent), Some(&session))
@@ -775,8 +888,8 @@ secrets = {{ PAYMENTS_TOKEN = {{ inline = "{server_token}" }} }}
             .stderr(Stdio::piped());
         command
     };
-    let run = |args: &[&str]| -> Value {
-        let out = client(args).output().expect("python runs");
+    let output_of = |mut command: Command| -> Value {
+        let out = command.output().expect("python runs");
         let stdout = String::from_utf8_lossy(&out.stdout);
         serde_json::from_str(stdout.trim()).unwrap_or_else(|_| {
             panic!(
@@ -785,6 +898,8 @@ secrets = {{ PAYMENTS_TOKEN = {{ inline = "{server_token}" }} }}
             )
         })
     };
+
+    let run = |args: &[&str]| output_of(client(args));
 
     let listed = run(&["list"]);
     assert_eq!(listed["server"], "tollgate/payments", "{listed}");
@@ -804,6 +919,20 @@ secrets = {{ PAYMENTS_TOKEN = {{ inline = "{server_token}" }} }}
             "an agent got a card number unmasked: {pan}"
         );
     }
+
+    // The SDK's default client probes server/discover and speaks
+    // 2026-07-28: no session, each request with its own envelope; the same
+    // tools, policy and masking.
+    let modern = |args: &[&str]| {
+        let mut command = client(args);
+        command.env("MCP_MODE", "auto");
+        output_of(command)
+    };
+    let listed_modern = modern(&["list"]);
+    assert_eq!(listed_modern["version"], "2026-07-28", "{listed_modern}");
+    assert_eq!(listed_modern["tools"], listed["tools"], "{listed_modern}");
+    let found_modern = modern(&["call", "find_payments", "{\"customer_id\": 1}"]);
+    assert_eq!(found_modern["text"], found["text"], "{found_modern}");
 
     // A stdio-only client (a desktop assistant) through `tollgate mcp-stdio`.
     let bridge = json!([
@@ -841,8 +970,13 @@ secrets = {{ PAYMENTS_TOKEN = {{ inline = "{server_token}" }} }}
         "the bridge passes the same masked answer"
     );
 
-    // The bulk export is held until an approver signs off.
-    let exporting = client(&["call", "export_cards", "{}"]).spawn().unwrap();
+    // The bulk export is held until an approver signs off (asked without
+    // a session: the held call's progress goes in the request's stream).
+    let exporting = {
+        let mut command = client(&["call", "export_cards", "{}"]);
+        command.env("MCP_MODE", "auto");
+        command.spawn().unwrap()
+    };
     let approver = gw.token("olga", &["approvers"]);
     let cli = |args: &[&str]| {
         Command::new(tollgate_e2e::tollgate_binary())

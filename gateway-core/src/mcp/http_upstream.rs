@@ -87,17 +87,19 @@ impl HttpServer {
         let url = reqwest::Url::parse(url).map_err(|e| failed(format!("url: {e}")))?;
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            // A redirect would carry the gateway's credential elsewhere.
+            // A redirect would carry the gateway's credential elsewhere,
+            // and so would a proxy from the environment (in plain text, for
+            // a loopback http:// server).
             .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
             .https_only(url.scheme() == "https");
         if let Some(ca) = &config.ca_file {
             let pem =
                 std::fs::read(ca).map_err(|e| failed(format!("ca_file {}: {e}", ca.display())))?;
-            for cert in reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| failed(format!("ca_file {}: {e}", ca.display())))?
-            {
-                builder = builder.add_root_certificate(cert);
-            }
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| failed(format!("ca_file {}: {e}", ca.display())))?;
+            // Only these: a publicly trusted certificate for the host is not enough.
+            builder = builder.tls_certs_only(certs);
         }
         let client = builder
             .build()
@@ -143,7 +145,9 @@ impl HttpServer {
         let deadline = tokio::time::Instant::now() + timeout;
         // Once more with a new session when the server forgot the old one.
         for _ in 0..2 {
-            let session = self.session(timeout).await?;
+            let session = tokio::time::timeout_at(deadline, self.session(timeout))
+                .await
+                .map_err(|_| UpstreamError::Timeout(self.config.name.clone()))??;
             let id = self.next_id.fetch_add(1, Ordering::Relaxed);
             let message = json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params });
             match tokio::time::timeout_at(deadline, self.exchange(&session, &message)).await {
@@ -234,7 +238,7 @@ impl HttpServer {
         let Some(result) = answer.get("result").cloned() else {
             return Err(failed(format!(
                 "initialize failed: {}",
-                crate::masking::for_record(&answer["error"].to_string())
+                shorten(&crate::masking::for_record(&answer["error"].to_string()))
             )));
         };
         session.id = id;
@@ -300,14 +304,29 @@ impl HttpServer {
             .map_err(|e| self.error(format!("could not reach the server: {}", e.without_url())))?;
         let status = response.status();
         // The specification says 404 for a session the server no longer
-        // knows; some servers (the reference server-everything) say 400.
-        // Either way the request was not handled: it is sent once more, in
-        // a new session.
-        if (status == StatusCode::NOT_FOUND || status == StatusCode::BAD_REQUEST)
-            && session.id.is_some()
-            && !initializing
-        {
+        // knows: the request was not handled, and is sent once more in a
+        // new session. Some servers (the reference server-everything) say
+        // 400 with an error about the session instead; any other 400 is
+        // the request's own failure, and nothing is sent again.
+        if status == StatusCode::NOT_FOUND && session.id.is_some() && !initializing {
             return Err(Failure::SessionGone);
+        }
+        if status == StatusCode::BAD_REQUEST && session.id.is_some() && !initializing {
+            let body = self.read_all(&mut response).await.unwrap_or_default();
+            let about_session = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| {
+                    v.pointer("/error/message")?
+                        .as_str()
+                        .map(str::to_ascii_lowercase)
+                })
+                .is_some_and(|m| m.contains("session"));
+            if about_session {
+                return Err(Failure::SessionGone);
+            }
+            return Err(self
+                .error("the server answered HTTP 400 Bad Request".into())
+                .into());
         }
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(self
@@ -355,7 +374,8 @@ impl HttpServer {
         } else {
             return Err(self
                 .error(format!(
-                    "the server answered with content type '{content_type}'"
+                    "the server answered with content type '{}'",
+                    shorten(&content_type)
                 ))
                 .into());
         };
@@ -413,15 +433,19 @@ impl HttpServer {
                             self.tools_changed.store(true, Ordering::Relaxed);
                         }
                     }
-                    (Some(_), Some(id)) => {
-                        let reply = json!({
-                            "jsonrpc": "2.0",
-                            "id": id,
-                            "error": {
-                                "code": super::jsonrpc::METHOD_NOT_FOUND,
-                                "message": "the gateway does not pass server-to-client requests",
-                            },
-                        });
+                    (Some(method), Some(id)) => {
+                        let reply = if method == "ping" {
+                            json!({ "jsonrpc": "2.0", "id": id, "result": {} })
+                        } else {
+                            json!({
+                                "jsonrpc": "2.0",
+                                "id": id,
+                                "error": {
+                                    "code": super::jsonrpc::METHOD_NOT_FOUND,
+                                    "message": "the gateway does not pass server-to-client requests",
+                                },
+                            })
+                        };
                         // Boxed: the reply is posted from within a post.
                         let _ = Box::pin(self.post(session, &reply, false)).await;
                     }
@@ -439,34 +463,59 @@ impl HttpServer {
     }
 }
 
-/// A `text/event-stream` parser: bytes in, each event's data out.
+/// A `text/event-stream` parser: bytes in, each event's data out. Lines
+/// end in LF or CRLF; a leading byte order mark is skipped. Each byte is
+/// looked at once (a flood of empty lines costs no more than its length).
 #[derive(Default)]
 struct EventStream {
     buffer: Vec<u8>,
+    /// Where the next line starts.
+    start: usize,
+    /// Up to where the buffer holds no line end.
+    scanned: usize,
     data: Option<String>,
+    started: bool,
 }
 
 impl EventStream {
     fn push(&mut self, bytes: &[u8]) {
+        // Drop the lines already read once they are most of the buffer.
+        if self.start > 0 && self.start * 2 >= self.buffer.len() {
+            self.buffer.drain(..self.start);
+            self.scanned -= self.start;
+            self.start = 0;
+        }
         self.buffer.extend_from_slice(bytes);
+        if !self.started && self.buffer.len() >= 3 {
+            self.started = true;
+            if self.buffer.starts_with(b"\xEF\xBB\xBF") {
+                self.start = 3;
+                self.scanned = 3;
+            }
+        }
     }
 
     /// The data of the next complete event, if one has arrived.
     fn next_event(&mut self) -> Option<String> {
         loop {
-            let end = self.buffer.iter().position(|&b| b == b'\n')?;
-            let mut line: Vec<u8> = self.buffer.drain(..=end).collect();
-            line.pop();
+            let Some(at) = self.buffer[self.scanned..].iter().position(|&b| b == b'\n') else {
+                self.scanned = self.buffer.len();
+                return None;
+            };
+            let end = self.scanned + at;
+            let mut line = &self.buffer[self.start..end];
+            self.start = end + 1;
+            self.scanned = self.start;
             if line.last() == Some(&b'\r') {
-                line.pop();
+                line = &line[..line.len() - 1];
             }
-            let line = String::from_utf8_lossy(&line);
             if line.is_empty() {
                 if let Some(data) = self.data.take() {
                     return Some(data);
                 }
                 continue;
             }
+            let line = String::from_utf8_lossy(line);
             let (field, value) = match line.split_once(':') {
                 Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
                 None => (&*line, ""),
@@ -485,6 +534,14 @@ impl EventStream {
     }
 }
 
+/// Text from a server, cut to a length fit for an error message.
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(200) {
+        Some((at, _)) => format!("{}...", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::EventStream;
@@ -498,5 +555,17 @@ mod tests {
         assert_eq!(events.next_event().as_deref(), Some("{\"a\":1}"));
         assert_eq!(events.next_event().as_deref(), Some("one\ntwo"));
         assert_eq!(events.next_event(), None);
+    }
+
+    #[test]
+    fn a_flood_of_empty_lines_is_read_in_one_pass_and_a_bom_skipped() {
+        let mut events = EventStream::default();
+        events.push(b"\xEF\xBB\xBFdata: first\n\n");
+        assert_eq!(events.next_event().as_deref(), Some("first"));
+        // Four million empty lines: quadratic work here would take minutes.
+        events.push(&vec![b'\n'; 4 << 20]);
+        events.push(b"data: after\n\n");
+        assert_eq!(events.next_event().as_deref(), Some("after"));
+        assert!(events.buffer.len() < 5 << 20);
     }
 }

@@ -16,6 +16,11 @@ pub const METHOD_NOT_FOUND: i64 = -32601;
 pub const INVALID_PARAMS: i64 = -32602;
 /// The gateway failed.
 pub const INTERNAL_ERROR: i64 = -32603;
+/// A header disagrees with the body (protocol 2026-07-28).
+pub const HEADER_MISMATCH: i64 = -32020;
+/// A protocol version the gateway does not speak (protocol 2026-07-28;
+/// `data.supported` lists those it does).
+pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
 
 /// The JSON-RPC error code a refusal carries. The server-defined codes are
 /// in JSON-RPC's reserved range (-32000 to -32099); a cancelled hold uses

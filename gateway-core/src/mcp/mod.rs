@@ -62,8 +62,19 @@ use crate::stage::{Reason, Refusal, Ruling};
 use jsonrpc::Message;
 use upstream::Server;
 
-/// The protocol versions clients may speak (newest last).
+/// The protocol versions clients may speak with a session (`initialize`;
+/// newest last).
 pub const VERSIONS: &[&str] = &["2025-06-18", "2025-11-25"];
+
+/// The protocol versions without a session: each request carries its
+/// version, client info and capabilities in `params._meta`, and
+/// `server/discover` replaces `initialize`.
+pub const STATELESS_VERSIONS: &[&str] = &["2026-07-28"];
+
+/// `params._meta` keys of a stateless request's envelope.
+const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
+const META_CLIENT_INFO: &str = "io.modelcontextprotocol/clientInfo";
 
 /// How long a session nobody uses stays open.
 const IDLE: Duration = Duration::from_secs(30 * 60);
@@ -173,6 +184,9 @@ const MAX_HELD: usize = 4;
 
 /// One client session with one server.
 struct McpSession {
+    /// Its key among the gateway's sessions: the `Mcp-Session-Id`, or for
+    /// stateless requests one made of the server and the identity.
+    key: String,
     server: String,
     subject: String,
     issuer: String,
@@ -468,14 +482,20 @@ fn headers_match(headers: &HeaderMap, method: &str, params: &Value) -> Result<()
             ));
         }
     }
+    // A request with a stateless envelope is told its version is not
+    // spoken with -32022 and the versions that are (see `stateless`).
+    let envelope = params.pointer("/_meta").and_then(|m| m.get(META_VERSION));
     if let Some(version) = header_text("mcp-protocol-version")?
+        && envelope.is_none()
         && !VERSIONS.contains(&version.as_str())
+        && !STATELESS_VERSIONS.contains(&version.as_str())
     {
         return Err(Refusal::new(
             Reason::Unsupported,
             format!(
-                "protocol version {version} is not supported by this gateway; it speaks {}",
-                VERSIONS.join(", ")
+                "protocol version {version} is not supported by this gateway; it speaks {}, {}",
+                VERSIONS.join(", "),
+                STATELESS_VERSIONS.join(", ")
             ),
         ));
     }
@@ -548,6 +568,9 @@ async fn post_message(
         .get("mcp-session-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    if session_id.is_none() && is_stateless(&headers, &params) {
+        return stateless(ctx, server, identity, peer, &headers, message).await;
+    }
     match message {
         Message::Request { id, method, params } if method == "initialize" => {
             initialize(&ctx, &server, identity, peer, id, params).await
@@ -789,46 +812,19 @@ async fn initialize(
             );
         }
     };
-    // Only what the gateway passes is advertised, when the server has it
-    // (no subscriptions, no change notifications).
-    let mut capabilities = serde_json::Map::new();
-    for kind in ["tools", "resources", "prompts"] {
-        if upstream["capabilities"].get(kind).is_some() {
-            capabilities.insert(kind.into(), json!({ "listChanged": false }));
-        }
-    }
+    let capabilities = advertised(&upstream);
     let session_id = crate::id::session();
-    let record = recording::Session::new(
-        session_id.clone(),
-        ctx.recording.clone(),
+    let client_info = params.get("clientInfo").cloned().unwrap_or(Value::Null);
+    let session = open_session(
+        ctx,
+        server,
         &identity,
         peer,
-        server.name(),
-        "mcp",
+        (&session_id, &session_id),
+        version,
+        &client_info,
+        &upstream,
     );
-    let client_info = params.get("clientInfo").cloned().unwrap_or(Value::Null);
-    let mut extra = serde_json::Map::new();
-    extra.insert("protocol_version".into(), Value::from(version));
-    extra.insert(
-        "client_info".into(),
-        Value::from(for_record(&client_info.to_string())),
-    );
-    extra.insert(
-        "server_info".into(),
-        Value::from(for_record(&upstream["serverInfo"].to_string())),
-    );
-    record.started(extra, true);
-    let session = Arc::new(McpSession {
-        server: server.name().to_string(),
-        subject: identity.subject.clone(),
-        issuer: identity.issuer.clone(),
-        agent: Principal::of(&identity).agent,
-        version: version.to_string(),
-        record,
-        last_used: Mutex::new(Instant::now()),
-        masked: Mutex::default(),
-        held: Mutex::default(),
-    });
     ctx.sessions
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -849,6 +845,239 @@ async fn initialize(
         response.headers_mut().insert("mcp-session-id", value);
     }
     response
+}
+
+/// Whether a request without a session speaks a stateless version: its
+/// `MCP-Protocol-Version` header or its envelope says one.
+fn is_stateless(headers: &HeaderMap, params: &Value) -> bool {
+    let header = headers
+        .get("mcp-protocol-version")
+        .and_then(|v| v.to_str().ok());
+    let envelope = params.pointer("/_meta").and_then(|m| m.get(META_VERSION));
+    header.is_some_and(|v| STATELESS_VERSIONS.contains(&v)) || envelope.is_some()
+}
+
+/// A request of a stateless version (2026-07-28): checked against its
+/// envelope and headers, `server/discover` answered, everything else
+/// decided, held, forwarded, masked and recorded as in a session: the
+/// gateway keeps one per identity and server (its recording, its held
+/// calls), ended when idle like any other.
+async fn stateless(
+    ctx: Arc<McpContext>,
+    server: Arc<Server>,
+    identity: Identity,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    message: Message,
+) -> Response {
+    let (id, method, params) = match message {
+        // No notification is defined from client to server on this wire.
+        Message::Notification { .. } => return StatusCode::ACCEPTED.into_response(),
+        Message::Request { id, method, params } => (id, method, params),
+    };
+    let fail = |status: StatusCode, code: i64, message: String, data: Option<Value>| {
+        let mut body = jsonrpc::error(&id, code, message);
+        if let Some(data) = data {
+            body["error"]["data"] = data;
+        }
+        answer(status, body)
+    };
+    let meta = params.get("_meta").filter(|m| m.is_object());
+    let (Some(version), Some(capabilities)) = (
+        meta.and_then(|m| m.get(META_VERSION)),
+        meta.and_then(|m| m.get(META_CAPABILITIES)),
+    ) else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            jsonrpc::INVALID_PARAMS,
+            format!(
+                "a request without a session carries params._meta with \"{META_VERSION}\" and \"{META_CAPABILITIES}\" \
+                 (protocol 2026-07-28), or starts a session with initialize"
+            ),
+            None,
+        );
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if header("mcp-protocol-version") != version.as_str() {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            jsonrpc::HEADER_MISMATCH,
+            "the MCP-Protocol-Version header does not match params._meta's protocol version: the request was not run".into(),
+            None,
+        );
+    }
+    // Stateless requests must carry the routing headers (headers_match has
+    // checked that those present agree with the body).
+    let name_missing = subject_name(&method, &params).is_some() && header("mcp-name").is_none();
+    if header("mcp-method").is_none() || name_missing {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            jsonrpc::HEADER_MISMATCH,
+            "a request without a session sends the Mcp-Method header (and Mcp-Name for a named call): the request was not run"
+                .into(),
+            None,
+        );
+    }
+    let version = version.as_str().unwrap_or_default();
+    if !STATELESS_VERSIONS.contains(&version) {
+        let supported: Vec<&str> = VERSIONS.iter().chain(STATELESS_VERSIONS).copied().collect();
+        return fail(
+            StatusCode::BAD_REQUEST,
+            jsonrpc::UNSUPPORTED_PROTOCOL_VERSION,
+            format!("protocol version {version} is not spoken without a session by this gateway"),
+            Some(json!({ "supported": supported, "requested": version })),
+        );
+    }
+    let _ = capabilities;
+    let upstream = match server.initialized(ctx.call_timeout).await {
+        Ok(upstream) => upstream,
+        Err(e) => {
+            return answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                jsonrpc::refusal(
+                    &id,
+                    &Refusal::new(Reason::DependencyUnavailable, e.to_string()),
+                ),
+            );
+        }
+    };
+    if method == "server/discover" {
+        let supported: Vec<&str> = VERSIONS.iter().chain(STATELESS_VERSIONS).copied().collect();
+        let mut result = json!({
+            "supportedVersions": supported,
+            "capabilities": advertised(&upstream),
+            "resultType": "complete",
+            "ttlMs": 0,
+            "cacheScope": "private",
+            "_meta": { "io.modelcontextprotocol/serverInfo": {
+                "name": format!("tollgate/{}", server.name()),
+                "version": env!("CARGO_PKG_VERSION"),
+            } },
+        });
+        if let Some(instructions) = upstream.get("instructions").and_then(Value::as_str) {
+            result["instructions"] = Value::from(for_record(instructions));
+        }
+        return answer(StatusCode::OK, jsonrpc::result(&id, result));
+    }
+    if method == "initialize" || method == "ping" {
+        return fail(
+            StatusCode::NOT_FOUND,
+            jsonrpc::METHOD_NOT_FOUND,
+            format!("{method} is not part of protocol {version}"),
+            None,
+        );
+    }
+    // One session per identity and server; its key cannot be sent as an
+    // Mcp-Session-Id (those are the gateway's random ids), and a session
+    // is only ever found for its own identity.
+    let key = format!(
+        "stateless {} {} {} {}",
+        server.name(),
+        Principal::of(&identity).agent,
+        identity.issuer,
+        identity.subject
+    );
+    // Found or opened under one lock: two first requests open one session.
+    let session = {
+        let mut sessions = ctx.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        match sessions.get(&key) {
+            Some(session) => {
+                *session.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                session.clone()
+            }
+            None => {
+                let client_info = meta
+                    .and_then(|m| m.get(META_CLIENT_INFO))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let session = open_session(
+                    &ctx,
+                    &server,
+                    &identity,
+                    peer,
+                    (&key, &crate::id::session()),
+                    version,
+                    &client_info,
+                    &upstream,
+                );
+                sessions.insert(key, session.clone());
+                session
+            }
+        }
+    };
+    let accepts_stream = header("accept").is_some_and(|v| v.contains("text/event-stream"));
+    let caller = Caller {
+        principal: Principal::of(&identity),
+        client: peer,
+    };
+    request(
+        ctx,
+        server,
+        session,
+        caller,
+        id,
+        method,
+        params,
+        accepts_stream,
+    )
+    .await
+}
+
+/// What the gateway advertises of a server: only what it passes, when the
+/// server has it (no subscriptions, no change notifications).
+fn advertised(upstream: &Value) -> Value {
+    let mut capabilities = serde_json::Map::new();
+    for kind in ["tools", "resources", "prompts"] {
+        if upstream["capabilities"].get(kind).is_some() {
+            capabilities.insert(kind.into(), json!({ "listChanged": false }));
+        }
+    }
+    Value::Object(capabilities)
+}
+
+/// A session's state and its recording, started.
+#[allow(clippy::too_many_arguments)]
+fn open_session(
+    ctx: &McpContext,
+    server: &Server,
+    identity: &Identity,
+    peer: SocketAddr,
+    (key, session_id): (&str, &str),
+    version: &str,
+    client_info: &Value,
+    upstream: &Value,
+) -> Arc<McpSession> {
+    let record = recording::Session::new(
+        session_id.to_string(),
+        ctx.recording.clone(),
+        identity,
+        peer,
+        server.name(),
+        "mcp",
+    );
+    let mut extra = serde_json::Map::new();
+    extra.insert("protocol_version".into(), Value::from(version));
+    extra.insert(
+        "client_info".into(),
+        Value::from(for_record(&client_info.to_string())),
+    );
+    extra.insert(
+        "server_info".into(),
+        Value::from(for_record(&upstream["serverInfo"].to_string())),
+    );
+    record.started(extra, true);
+    Arc::new(McpSession {
+        key: key.to_string(),
+        server: server.name().to_string(),
+        subject: identity.subject.clone(),
+        issuer: identity.issuer.clone(),
+        agent: Principal::of(identity).agent,
+        version: version.to_string(),
+        record,
+        last_used: Mutex::new(Instant::now()),
+        masked: Mutex::default(),
+        held: Mutex::default(),
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -979,6 +1208,7 @@ fn decide(
     kind: &Kind,
     item: &Value,
     arguments: &str,
+    args: &[String],
 ) -> Outcome {
     let Some(policy) = &ctx.policy else {
         return Outcome::Allow;
@@ -1015,6 +1245,7 @@ fn decide(
         cardholder_data: false,
         rows_returned: 0,
         arguments,
+        args,
         client: caller.client.ip(),
         time: std::time::SystemTime::now(),
     };
@@ -1066,7 +1297,7 @@ async fn list(
         .into_iter()
         .filter(|item| {
             !matches!(
-                decide(ctx, caller, server.name(), kind, item, ""),
+                decide(ctx, caller, server.name(), kind, item, "", &[]),
                 Outcome::Deny(_)
             )
         })
@@ -1110,7 +1341,34 @@ async fn list(
             "masked": masked,
         }),
     );
+    shape(session, method, &mut message);
     answer(StatusCode::OK, message)
+}
+
+/// A result as a stateless version's schema has it: `resultType`, and for
+/// the results a client may cache (listings, reads, discovery) `ttlMs` 0
+/// and `cacheScope` "private": what the gateway answers is decided per
+/// identity and at the time of the request, never for a shared cache.
+fn shape(session: &McpSession, method: &str, message: &mut Value) {
+    if !STATELESS_VERSIONS.contains(&session.version.as_str()) {
+        return;
+    }
+    let Some(result) = message.get_mut("result").and_then(Value::as_object_mut) else {
+        return;
+    };
+    result.insert("resultType".into(), Value::from("complete"));
+    let cacheable = matches!(
+        method,
+        "tools/list"
+            | "resources/list"
+            | "resources/templates/list"
+            | "prompts/list"
+            | "resources/read"
+    );
+    if cacheable {
+        result.insert("ttlMs".into(), Value::from(0));
+        result.insert("cacheScope".into(), Value::from("private"));
+    }
 }
 
 /// Keys whose values are credentials wherever they appear in arguments.
@@ -1149,6 +1407,33 @@ fn redact_secrets(value: &mut Value) {
         Value::Array(items) => items.iter_mut().for_each(redact_secrets),
         _ => {}
     }
+}
+
+/// The top-level arguments as `name=<value as canonical JSON>`, what
+/// `context.args` holds: a policy matches one argument's whole value
+/// (`context.args.contains("format=\"csv\"")`), and a key nested deeper
+/// cannot pass for it. Built from the arguments as sent; an argument
+/// whose value masking would change (a card number, card security data, a
+/// credential) is left out, so that no secret reaches the policy and no
+/// masked value passes for another; so is a name holding `=` (it would make
+/// the pairs ambiguous).
+fn argument_pairs(arguments: &Value) -> Vec<String> {
+    let Value::Object(map) = arguments else {
+        return Vec::new();
+    };
+    map.iter()
+        .filter(|(name, _)| !name.contains('='))
+        .filter_map(|(name, value)| {
+            let one = json!({ name: value });
+            let raw = String::from_utf8_lossy(&crate::audit::log::canonical(&one)).into_owned();
+            (masked_arguments(&one) == raw).then(|| {
+                format!(
+                    "{name}={}",
+                    String::from_utf8_lossy(&crate::audit::log::canonical(value))
+                )
+            })
+        })
+        .collect()
 }
 
 /// The masked text of a call's arguments, as records and approvers see
@@ -1305,7 +1590,10 @@ fn uri_for_record(uri: &str) -> String {
                 .split('&')
                 .map(|pair| match pair.split_once('=') {
                     Some((key, value)) if !value.is_empty() => format!("{}=***", decoded(key)),
-                    _ => decoded(pair),
+                    Some((key, _)) => format!("{}=", decoded(key)),
+                    // A bare part may be a token itself (`?<JWT>`).
+                    None if pair.is_empty() => String::new(),
+                    None => "***".into(),
                 })
                 .collect();
             (rest, format!("?{}", keys.join("&")))
@@ -1348,8 +1636,29 @@ fn exact_access(
     )
 }
 
-/// Percent-escapes decoded (lossily, to UTF-8).
+/// Percent-escapes decoded (lossily, to UTF-8), but for characters that
+/// would change how the text looks where it is shown (control and format
+/// characters: line breaks, terminal escapes, bidirectional overrides),
+/// which stay escaped.
 fn decoded(text: &str) -> String {
+    let plain = decoded_all(text);
+    let mut out = String::with_capacity(plain.len());
+    for c in plain.chars() {
+        let invisible = c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}');
+        if invisible {
+            let mut bytes = [0; 4];
+            for b in c.encode_utf8(&mut bytes).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn decoded_all(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -1504,6 +1813,8 @@ struct Call {
     text: String,
     /// The masked arguments (as canonical JSON text), as records and policies see them.
     recorded: String,
+    /// The top-level arguments policies match exactly (`context.args`).
+    args: Vec<String>,
     /// `call <server>/<name>` (`read`, `get`): the access, as approvals and grants see it.
     what: String,
     /// Where the recorded name is not the name itself (masked, redacted):
@@ -1623,6 +1934,19 @@ async fn call(
         );
     }
     let arguments = params.get("arguments").cloned().unwrap_or(json!({}));
+    if !arguments.is_object() {
+        return answer(
+            StatusCode::OK,
+            jsonrpc::error(
+                &id,
+                jsonrpc::INVALID_PARAMS,
+                format!(
+                    "{} refused: params.arguments must be an object",
+                    kind.method
+                ),
+            ),
+        );
+    }
     let tool = if kind == &TOOL_CALL {
         // A server that said its tools changed, or whose listing is older
         // than TOOLS_FRESH, is listed again first: the call is decided on
@@ -1654,8 +1978,14 @@ async fn call(
     } else {
         for_record(&name)
     };
-    let exact = (shown != name)
-        .then(|| exact_access(&ctx.recording.digest_key, kind, server.name(), &name));
+    // Always: a name that records as itself must not match a grant made
+    // for another name that records the same (`files://a?x=***`).
+    let exact = Some(exact_access(
+        &ctx.recording.digest_key,
+        kind,
+        server.name(),
+        &name,
+    ));
     let call = Call {
         kind,
         text: if kind == &RESOURCE_READ {
@@ -1666,6 +1996,7 @@ async fn call(
         what: format!("{} {}/{shown}", kind.verb, server.name()),
         exact,
         shown,
+        args: argument_pairs(&arguments),
         description: tool
             .as_ref()
             .and_then(|t| t["description"].as_str())
@@ -1716,6 +2047,7 @@ async fn call(
         kind,
         &tool,
         &call.recorded,
+        &call.args,
     ) {
         Outcome::Allow => {
             return respond(&ctx, &server, &session, &call, &ruling, Ok(())).await;
@@ -1852,7 +2184,7 @@ async fn call(
                         .sessions
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .contains_key(session.record.id());
+                        .contains_key(&session.key);
                     let recheck = if !open {
                         Err(Refusal::new(
                             Reason::Withdrawn,
@@ -1872,6 +2204,7 @@ async fn call(
                         kind,
                         &tool,
                         &call.recorded,
+                        &call.args,
                     ) {
                         Err(denied(&call, &rule))
                     } else {
@@ -1932,8 +2265,22 @@ async fn respond(
 
 /// Record the decision on a call and make its audit record durable; if
 /// it may run, forward it and record the masked result. The JSON-RPC
-/// message the client gets.
+/// message the client gets, in the shape of the session's version.
 async fn conclude(
+    ctx: &McpContext,
+    server: &Server,
+    session: &McpSession,
+    call: &Call,
+    ruling: &Ruling,
+    decision: Result<(), Refusal>,
+) -> Value {
+    let mut message = forward(ctx, server, session, call, ruling, decision).await;
+    shape(session, call.kind.method, &mut message);
+    message
+}
+
+/// What [`conclude`] does before the message takes its version's shape.
+async fn forward(
     ctx: &McpContext,
     server: &Server,
     session: &McpSession,
@@ -2165,8 +2512,15 @@ mod tests {
     #[test]
     fn resource_uris_are_recorded_without_secrets_and_told_apart_by_a_keyed_digest() {
         assert_eq!(
-            uri_for_record("https://svc:hunter2@files.example/a%20b?token=abc&page=2&flag#part"),
-            "https://***@files.example/a b?token=***&page=***&flag#***"
+            uri_for_record(
+                "https://svc:hunter2@files.example/a%20b?token=abc&page=2&eyJhbGciOi#part"
+            ),
+            "https://***@files.example/a b?token=***&page=***&***#***"
+        );
+        // Escaped line breaks, terminal escapes and bidi overrides stay escaped.
+        assert_eq!(
+            uri_for_record("docs://a%0Aneeds%20approval:%1B[2J%E2%80%AEx"),
+            "docs://a%0Aneeds approval:%1B[2J%E2%80%AEx"
         );
         // A card number hidden in escapes is decoded and masked.
         let escaped = uri_for_record("cards://vault/%34%31%31%311111%311111111");
@@ -2187,6 +2541,30 @@ mod tests {
         assert_ne!(exact(one), exact(two));
         assert_eq!(exact(one), exact(one));
         assert!(exact(one).starts_with("read files/#") && !exact(one).contains("4111"));
+    }
+
+    #[test]
+    fn policies_match_top_level_arguments_that_masking_leaves_alone() {
+        let pairs = argument_pairs(&json!({
+            "format": "csv",
+            "limit": 10,
+            "q": { "format": "json" },
+            "amount": 4000000000061111u64,
+            "card": "4111 1111 1111 1111",
+            "cvv": "123",
+            "password": "hunter2",
+            "a=b": 1,
+        }));
+        assert_eq!(
+            pairs,
+            vec![
+                "format=\"csv\"".to_string(),
+                "limit=10".to_string(),
+                "q={\"format\":\"json\"}".to_string(),
+            ],
+            "a card number, card security data and a credential are left out, not masked into a match"
+        );
+        assert!(argument_pairs(&json!([1, 2])).is_empty());
     }
 
     #[test]

@@ -629,6 +629,7 @@ impl Guard {
                     rows_returned: i64::try_from(rows_returned + rows_on_the_way)
                         .unwrap_or(i64::MAX),
                     arguments: "",
+                    args: &[],
                     client: self.client,
                     time: now,
                 };

@@ -274,6 +274,7 @@ impl Masker {
                 cardholder_data: false,
                 rows_returned: 0,
                 arguments: "",
+                args: &[],
                 client: self.client,
                 time: SystemTime::now(),
             },

@@ -28,26 +28,6 @@ use sha2::{Digest, Sha256};
 
 pub use reload::PolicyHandle;
 
-/// The top-level arguments of a request (`arguments`, a JSON object) as
-/// `name=<value as canonical JSON>`: what `context.args` holds, so a policy
-/// matches one argument's whole value (`context.args.contains("format=\"csv\"")`)
-/// and a key nested deeper cannot pass for it. A name holding `=` is left
-/// out (it would make the pairs ambiguous).
-fn argument_pairs(arguments: &str) -> Vec<String> {
-    let Ok(serde_json::Value::Object(map)) = serde_json::from_str(arguments) else {
-        return Vec::new();
-    };
-    map.iter()
-        .filter(|(name, _)| !name.contains('='))
-        .map(|(name, value)| {
-            format!(
-                "{name}={}",
-                String::from_utf8_lossy(&crate::audit::log::canonical(value))
-            )
-        })
-        .collect()
-}
-
 /// The Cedar schema policies are validated against.
 pub const SCHEMA: &str = include_str!("../../policy/tollgate.cedarschema");
 
@@ -232,6 +212,10 @@ pub struct RequestContext<'a> {
     /// An MCP request's arguments as canonical JSON text (keys sorted),
     /// masked as records show them; empty for SQL.
     pub arguments: &'a str,
+    /// The same request's top-level arguments that policies may match
+    /// exactly, each `name=<value as canonical JSON>` (`context.args`);
+    /// empty for SQL.
+    pub args: &'a [String],
     /// The client's address.
     pub client: IpAddr,
     /// When.
@@ -537,6 +521,7 @@ impl PolicyEngine {
             cardholder_data: false,
             rows_returned: 0,
             arguments: "",
+            args: &[],
             client,
             time: SystemTime::now(),
         };
@@ -660,9 +645,7 @@ impl PolicyEngine {
             ("arguments".to_string(), string(c.arguments)),
             (
                 "args".to_string(),
-                RestrictedExpression::new_set(
-                    argument_pairs(c.arguments).iter().map(|p| string(p)),
-                ),
+                RestrictedExpression::new_set(c.args.iter().map(|p| string(p))),
             ),
             ("connection".to_string(), string(c.connection)),
             (

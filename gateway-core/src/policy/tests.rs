@@ -27,6 +27,7 @@ fn context(command: &str) -> RequestContext<'static> {
         cardholder_data: true,
         rows_returned: 0,
         arguments: "",
+        args: &[],
         client: "127.0.0.1".parse().unwrap(),
         time: SystemTime::now(),
     }
@@ -290,9 +291,19 @@ when { resource.name == "fetch" && context.arguments like "*\"format\":\"csv\"*"
         read_only: false,
         destructive: false,
     };
-    let with = |arguments: &'static str| RequestContext {
-        arguments,
-        ..context("tools/call")
+    // As the MCP adapter gives them: the text, and the top-level pairs.
+    let with = |arguments: &'static str| {
+        let pairs: Vec<String> = match serde_json::from_str(arguments) {
+            Ok(serde_json::Value::Object(map)) => {
+                map.iter().map(|(k, v)| format!("{k}={v}")).collect()
+            }
+            _ => Vec::new(),
+        };
+        RequestContext {
+            arguments,
+            args: Box::leak(pairs.into_boxed_slice()),
+            ..context("tools/call")
+        }
     };
     assert_eq!(
         engine.decide(&who, "call_tool", &search, &with(r#"{"limit":10,"q":"x"}"#)),
