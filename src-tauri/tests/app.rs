@@ -63,6 +63,35 @@ impl Local {
 }
 
 impl Local {
+    /// An agent's tool call on the local payments MCP server, by the
+    /// official Python SDK client (the MCP tests' client in the fixture's venv).
+    fn mcp_call(&self, subject: &str, groups: &[&str], mcp_port: u16, tool: &str) -> Child {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let token = DevIssuer::load_or_create(&self.gateway_dir, "tollgate")
+            .expect("the console's dev issuer")
+            .mint_for(
+                &TokenRequest {
+                    subject: subject.into(),
+                    groups: groups.iter().map(|g| g.to_string()).collect(),
+                    mfa: false,
+                    agent: true,
+                    ttl_secs: 600,
+                },
+                "tollgate-mcp",
+            )
+            .unwrap();
+        Command::new(root.join("fixtures/mcp/.venv/bin/python"))
+            .arg(root.join("tests/mcp/client.py"))
+            .arg(format!("https://localhost:{mcp_port}/mcp/payments"))
+            .arg(self.gateway_dir.join("gateway-cert.pem"))
+            .args(["call", tool, "{}"])
+            .env("MCP_TOKEN", token)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the MCP client runs")
+    }
+
     /// psql running `steps` one after another in one session, going on after errors.
     fn psql_steps(&self, subject: &str, groups: &[&str], agent: bool, steps: &[&str]) -> Child {
         let mut args = vec![
@@ -127,7 +156,7 @@ async fn pending_from(app: &App, subject: &str) -> tollgate_e2e::webdriver::Elem
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_approver_releases_and_refuses_held_exports_from_the_console() {
     let dir = tempfile::tempdir().unwrap();
-    let (port, api) = (free_port(), free_port());
+    let (port, api, mcp) = (free_port(), free_port(), free_port());
     let shots = std::env::var_os("TOLLGATE_SCREENSHOTS").map(PathBuf::from);
     let display = Display::get();
     let notifications = Notifications::start(&display);
@@ -142,7 +171,7 @@ async fn an_approver_releases_and_refuses_held_exports_from_the_console() {
             "--api-listen".into(),
             format!("127.0.0.1:{api}"),
             "--mcp-listen".into(),
-            "127.0.0.1:0".into(),
+            format!("127.0.0.1:{mcp}"),
         ],
         &[
             ("RUST_LOG", "warn"),
@@ -303,6 +332,51 @@ async fn an_approver_releases_and_refuses_held_exports_from_the_console() {
         stderr.contains("no change ticket for a second export"),
         "{stderr}"
     );
+
+    // An agent's bulk-export tool call on the payments MCP server waits in
+    // the same inbox: the approver sees the server, the tool, its
+    // description and the policy, and releases it; the agent gets masked cards.
+    let tool_call = local.mcp_call("agent-7", &["agents"], mcp, "export_cards");
+    let row = pending_from(&app, "agent-7").await;
+    app.click(&row).await;
+    let statement = app
+        .wait_for_text("[data-test=detail] [data-test=statement]", WAIT, |t| {
+            t.contains("export_cards")
+        })
+        .await;
+    assert!(
+        statement.starts_with("tools/call export_cards") && statement.contains("Export every card"),
+        "{statement}"
+    );
+    let detail = app
+        .text(&app.wait_for("[data-test=detail]", WAIT).await)
+        .await;
+    for needle in [
+        "agent-7",
+        "call payments/export_cards",
+        "mcp-destructive-or-bulk-tools-need-approval",
+    ] {
+        assert!(
+            detail.contains(needle),
+            "the detail pane lacks {needle}: {detail}"
+        );
+    }
+    save(&shots, "inbox-mcp.png", &app.screenshot().await);
+    let reason = app.wait_for("[data-test=reason]", WAIT).await;
+    app.type_text(&reason, "settlement run, ticket FIN-2211")
+        .await;
+    app.click(&app.wait_for("[data-test=approve-once]", WAIT).await)
+        .await;
+    let output = finished(tool_call).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("\"is_error\": false"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for pan in FIXTURE_PANS {
+        assert!(!stdout.contains(pan), "an agent got a full PAN: {stdout}");
+    }
 
     // A request of one's own says why it cannot be approved.
     // olga, the console's identity, is also an analyst who may export.

@@ -1578,7 +1578,7 @@ fn normal_uri(uri: &str) -> Result<(), &'static str> {
 /// (the gateway cannot tell a signature or token there from a harmless
 /// value), percent-escapes decoded so that an escaped card number is seen,
 /// and card numbers masked. The URI itself is identified by a keyed
-/// digest ([`Call::exact`]) where it must be told apart.
+/// digest where it must be told apart (`Call::what`).
 fn uri_for_record(uri: &str) -> String {
     let (rest, fragment) = match uri.split_once('#') {
         Some((rest, _)) => (rest, "#***"),
@@ -1613,9 +1613,9 @@ fn uri_for_record(uri: &str) -> String {
     for_record(&format!("{}{query}{fragment}", decoded(&rest)))
 }
 
-/// `read <server>/#<keyed digest of the exact name>`: an access that tells
-/// apart two names that record the same, and shows neither.
-fn exact_access(
+/// A keyed digest of the exact name: it tells apart two names that record
+/// the same, and shows neither.
+fn name_digest(
     key: &crate::recording::digest::DigestKey,
     kind: &Kind,
     server: &str,
@@ -1629,11 +1629,7 @@ fn exact_access(
         mac.update(&[0]);
     }
     let digest = mac.finalize().into_bytes();
-    format!(
-        "{} {server}/#{}",
-        kind.verb,
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..18])
-    )
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..18])
 }
 
 /// Percent-escapes decoded (lossily, to UTF-8), but for characters that
@@ -1815,12 +1811,12 @@ struct Call {
     recorded: String,
     /// The top-level arguments policies match exactly (`context.args`).
     args: Vec<String>,
-    /// `call <server>/<name>` (`read`, `get`): the access, as approvals and grants see it.
+    /// `call <server>/<name>` (`read`, `get`): the access, as approvals,
+    /// grants and audit records see it. Where the recorded name is not the
+    /// name itself (masked, redacted) it ends in ` #<keyed digest of the
+    /// name>`, so a grant for one never covers another that records the
+    /// same, nor a name that is literally the recorded text.
     what: String,
-    /// Where the recorded name is not the name itself (masked, redacted):
-    /// the access with a keyed digest of the exact name, so a grant for one
-    /// never covers another that records the same.
-    exact: Option<String>,
     /// The name as records show it.
     shown: String,
     description: String,
@@ -1850,13 +1846,7 @@ impl Call {
                 subject: session.subject.clone(),
                 issuer: session.issuer.clone(),
                 connection: session.server.clone(),
-                accesses: {
-                    let mut accesses: Vec<String> = std::iter::once(self.what.clone())
-                        .chain(self.exact.clone())
-                        .collect();
-                    accesses.sort();
-                    accesses
-                },
+                accesses: vec![self.what.clone()],
                 approvals,
             },
         }
@@ -1978,14 +1968,12 @@ async fn call(
     } else {
         for_record(&name)
     };
-    // Always: a name that records as itself must not match a grant made
-    // for another name that records the same (`files://a?x=***`).
-    let exact = Some(exact_access(
-        &ctx.recording.digest_key,
-        kind,
-        server.name(),
-        &name,
-    ));
+    let what = if shown == name {
+        format!("{} {}/{shown}", kind.verb, server.name())
+    } else {
+        let digest = name_digest(&ctx.recording.digest_key, kind, server.name(), &name);
+        format!("{} {}/{shown} #{digest}", kind.verb, server.name())
+    };
     let call = Call {
         kind,
         text: if kind == &RESOURCE_READ {
@@ -1993,8 +1981,7 @@ async fn call(
         } else {
             format!("{} {shown} {recorded}", kind.method)
         },
-        what: format!("{} {}/{shown}", kind.verb, server.name()),
-        exact,
+        what,
         shown,
         args: argument_pairs(&arguments),
         description: tool
@@ -2537,10 +2524,10 @@ mod tests {
         let (one, two) = ("cards://4111111111111111", "cards://4000000000061111");
         assert_eq!(uri_for_record(one), uri_for_record(two));
         let key = crate::recording::digest::DigestKey::from_bytes([7; 32]);
-        let exact = |uri| exact_access(&key, &RESOURCE_READ, "files", uri);
-        assert_ne!(exact(one), exact(two));
-        assert_eq!(exact(one), exact(one));
-        assert!(exact(one).starts_with("read files/#") && !exact(one).contains("4111"));
+        let digest = |uri| name_digest(&key, &RESOURCE_READ, "files", uri);
+        assert_ne!(digest(one), digest(two));
+        assert_eq!(digest(one), digest(one));
+        assert!(!digest(one).contains("4111"));
     }
 
     #[test]
