@@ -1433,3 +1433,151 @@ url = "http://localhost:{everything_port}/mcp"
         "the gateway's credential is in the audit log"
     );
 }
+
+/// Read an event stream until `until` holds of what has arrived, or it ends.
+async fn read_stream_until(
+    response: &mut reqwest::Response,
+    text: &mut String,
+    until: impl Fn(&str) -> bool,
+) {
+    while !until(text) {
+        match tokio::time::timeout(Duration::from_secs(20), response.chunk()).await {
+            Ok(Ok(Some(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            Ok(Ok(None)) => return,
+            other => panic!("the stream stalled: {other:?}; so far: {text}"),
+        }
+    }
+}
+
+/// A held call's life: withdrawn when its client ends the session while it
+/// waits, and decided again when it is approved after the policy changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_call_is_withdrawn_with_its_session_and_decided_again_after_a_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("mcp.cedar");
+    let holding = r#"
+@id("approvers-decide")
+@reason("approvers decide approval requests, with MFA")
+permit (principal in Group::"approvers", action == Action::"approve", resource)
+when { context.mfa };
+
+@id("operators-echo")
+@reason("operators may echo")
+permit (principal in Group::"mcp-operators", action == Action::"call_tool", resource)
+when { resource.name == "echo" };
+
+@id("echo-needs-approval")
+@reason("an echo needs a person's approval")
+forbid (principal, action == Action::"call_tool", resource)
+when { resource.name == "echo" }
+unless { context.approved };
+"#;
+    std::fs::write(&policy, holding).unwrap();
+    let gw = TestGateway::start_with(&format!(
+        r#"
+[policy]
+files = ["{policy}"]
+reload_check_ms = 100
+
+[api]
+listen = "127.0.0.1:0"
+
+[approvals]
+expire_secs = 120
+
+[mcp]
+listen = "127.0.0.1:0"
+
+[[mcp.server]]
+name = "everything"
+command = ["{everything}", "stdio"]
+"#,
+        policy = policy.display(),
+        everything = everything().display(),
+    ))
+    .await;
+    let raw = Raw {
+        gw: &gw,
+        http: gw.https(),
+        url: gw.mcp_url("everything"),
+    };
+    let operator = gw.mcp_token("mo", &["mcp-operators"], false);
+    let echo = |id: u64| {
+        json!({
+            "jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": { "name": "echo", "arguments": { "message": "held" },
+                        "_meta": { "progressToken": format!("p{id}") } },
+        })
+    };
+    let held = |text: &str| text.contains("notifications/progress");
+
+    // Ending the session withdraws the held call: its stream ends with -32800.
+    let session = raw.initialize(&operator).await;
+    let mut response = raw
+        .post(Some(&operator), Some(&session))
+        .json(&echo(7))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut text = String::new();
+    read_stream_until(&mut response, &mut text, held).await;
+    assert!(held(&text), "{text}");
+    let ended = raw
+        .http
+        .delete(&raw.url)
+        .bearer_auth(&operator)
+        .header("Mcp-Session-Id", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ended.status(), StatusCode::NO_CONTENT);
+    read_stream_until(&mut response, &mut text, |t| t.contains("\"id\":7")).await;
+    assert!(text.contains("-32800"), "{text}");
+
+    // Held, then the policy changes to refuse it, then it is approved: it
+    // is decided again on the policy in force, and refused.
+    let session = raw.initialize(&operator).await;
+    let mut response = raw
+        .post(Some(&operator), Some(&session))
+        .json(&echo(8))
+        .send()
+        .await
+        .unwrap();
+    let mut text = String::new();
+    read_stream_until(&mut response, &mut text, held).await;
+    let refusing = holding.replace(
+        "@id(\"operators-echo\")",
+        "@id(\"no-more-echo\")\n@reason(\"echo is withdrawn\")\nforbid (principal, action == Action::\"call_tool\", resource) when { resource.name == \"echo\" };\n\n@id(\"operators-echo\")",
+    );
+    std::fs::write(&policy, refusing).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let approver = gw.token("olga", &["approvers"]);
+    let cli = |args: &[&str]| {
+        Command::new(tollgate_e2e::tollgate_binary())
+            .arg("approvals")
+            .args(args)
+            .arg("--data-dir")
+            .arg(&gw.data_dir)
+            .env("TOLLGATE_TOKEN", &approver)
+            .output()
+            .expect("run tollgate")
+    };
+    let listed = String::from_utf8_lossy(&cli(&["list"]).stdout).into_owned();
+    let id = listed
+        .split_whitespace()
+        .find(|w| w.starts_with("ap_"))
+        .unwrap_or_else(|| panic!("a pending request: {listed}"))
+        .to_string();
+    let out = cli(&["approve", &id, "--reason", "before the change"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    read_stream_until(&mut response, &mut text, |t| t.contains("\"id\":8")).await;
+    assert!(
+        text.contains("-32003") && text.contains("no-more-echo") && !text.contains("Echo: held"),
+        "{text}"
+    );
+}
