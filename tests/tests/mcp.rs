@@ -271,6 +271,25 @@ async fn raw_clients_get_policy_masking_and_a_clear_answer_to_each_mistake() {
     );
     assert_eq!(echoed["id"], 3);
 
+    // A fraud investigator (with MFA) sees the card number whole
+    // (reveal_results); the records keep it masked (checked at the end).
+    let fraud = gw.mcp_token("frida", &["fraud"], false);
+    let fraud_session = raw.initialize(&fraud).await;
+    let (_, _, revealed) = raw
+        .send(
+            &fraud,
+            Some(&fraud_session),
+            json!({
+                "jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                "params": { "name": "echo", "arguments": { "message": "card 4111 1111 1111 1111 ok" } },
+            }),
+        )
+        .await;
+    assert_eq!(
+        revealed["result"]["content"][0]["text"], "Echo: card 4111 1111 1111 1111 ok",
+        "{revealed}"
+    );
+
     // A tool its policies do not permit: a JSON-RPC error naming the policy.
     let (_, _, refused) = raw
         .send(

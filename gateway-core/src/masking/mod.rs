@@ -32,6 +32,9 @@ pub enum Keep {
     Display,
     /// The last four.
     LastFour,
+    /// Every digit: for a caller a policy lets see card numbers (PCI DSS
+    /// 3.4.1). Card security data and track data are removed all the same.
+    Full,
 }
 
 impl Keep {
@@ -39,6 +42,7 @@ impl Keep {
     pub fn counts(self, digits: usize) -> (usize, usize) {
         let last = if digits >= 8 { 4 } else { 0 };
         match self {
+            Keep::Full => (digits, 0),
             Keep::Display if digits >= 15 => (6, last),
             _ => (0, last),
         }

@@ -1213,6 +1213,48 @@ fn decide(
     let Some(policy) = &ctx.policy else {
         return Outcome::Allow;
     };
+    decide_as(
+        policy,
+        caller,
+        server,
+        kind,
+        kind.action,
+        item,
+        arguments,
+        args,
+    )
+}
+
+/// Whether the caller's policies let it see the card numbers in the
+/// results of `item` unmasked (`reveal_results`; never without policies).
+fn reveals(ctx: &McpContext, caller: &Caller, server: &str, kind: &Kind, item: &Value) -> bool {
+    let Some(policy) = &ctx.policy else {
+        return false;
+    };
+    decide_as(
+        policy,
+        caller,
+        server,
+        kind,
+        "reveal_results",
+        item,
+        "",
+        &[],
+    ) == Outcome::Allow
+}
+
+/// [`decide`] on `action`.
+#[allow(clippy::too_many_arguments)]
+fn decide_as(
+    policy: &PolicyHandle,
+    caller: &Caller,
+    server: &str,
+    kind: &Kind,
+    action: &str,
+    item: &Value,
+    arguments: &str,
+    args: &[String],
+) -> Outcome {
     let name = |key: &str| item[key].as_str().unwrap_or_default();
     let resource = match kind.action {
         "call_tool" => {
@@ -1251,7 +1293,7 @@ fn decide(
     };
     policy
         .current()
-        .decide(&caller.principal, kind.action, &resource, &context)
+        .decide(&caller.principal, action, &resource, &context)
 }
 
 /// A listing (`tools/list`, `resources/list`, `resources/templates/list`,
@@ -1307,7 +1349,7 @@ async fn list(
     let masked = {
         let mut counts = session.masked.lock().unwrap_or_else(|e| e.into_inner());
         let before = counts.total();
-        if let Err(refusal) = mask_message(&mut message, method, &mut counts) {
+        if let Err(refusal) = mask_message(&mut message, method, &mut counts, Keep::LastFour) {
             return answer(StatusCode::OK, jsonrpc::refusal(id, &refusal));
         }
         counts.total() - before
@@ -1458,7 +1500,12 @@ fn truncate(text: &str, chars: usize) -> String {
 /// JSON), embedded resources, structured content, then the whole message
 /// (labelled card security data in any key, PANs anywhere). Counts what it
 /// masked under `place`.
-fn mask_message(message: &mut Value, place: &str, counts: &mut Counts) -> Result<(), Refusal> {
+fn mask_message(
+    message: &mut Value,
+    place: &str,
+    counts: &mut Counts,
+    keep: Keep,
+) -> Result<(), Refusal> {
     let mut count = |hits: Vec<Detector>| {
         for hit in hits {
             counts.add(place, hit, 1);
@@ -1476,7 +1523,7 @@ fn mask_message(message: &mut Value, place: &str, counts: &mut Counts) -> Result
         let Some(s) = text.as_str() else {
             return Err(not_a_string("text"));
         };
-        let (bytes, hits) = mask_bytes(s.as_bytes());
+        let (bytes, hits) = mask_bytes(s.as_bytes(), keep);
         if !hits.is_empty() {
             *text = Value::from(String::from_utf8_lossy(&bytes).into_owned());
         }
@@ -1498,7 +1545,7 @@ fn mask_message(message: &mut Value, place: &str, counts: &mut Counts) -> Result
                 "a blob in the result is not base64, so it could not be checked for card data and was not passed on",
             )
         })?;
-        let (bytes, hits) = mask_bytes(&raw);
+        let (bytes, hits) = mask_bytes(&raw, keep);
         if !hits.is_empty() {
             *blob = Value::from(engine.encode(&bytes));
         }
@@ -1521,7 +1568,7 @@ fn mask_message(message: &mut Value, place: &str, counts: &mut Counts) -> Result
         mask_text_value(text, &mut count)?;
     }
     let mut bytes = serde_json::to_vec(message).unwrap_or_default();
-    let hits = mask_json(&mut bytes, Keep::LastFour);
+    let hits = mask_json(&mut bytes, keep);
     if !hits.is_empty() {
         // Never the unmasked message if the masked one does not parse.
         *message = serde_json::from_slice(&bytes).map_err(|_| {
@@ -1682,7 +1729,7 @@ fn decoded_all(text: &str) -> String {
 /// decodes to (an escape such as \u0034 cannot hide a digit, labelled card
 /// security data goes by key), other bytes as text; then card numbers with
 /// a digit added on each side.
-fn mask_bytes(raw: &[u8]) -> (Vec<u8>, Vec<Detector>) {
+fn mask_bytes(raw: &[u8], keep: Keep) -> (Vec<u8>, Vec<Detector>) {
     let (mut bytes, json) = match serde_json::from_slice::<Value>(raw) {
         Ok(v) if v.is_object() || v.is_array() => {
             (serde_json::to_vec(&v).unwrap_or_default(), true)
@@ -1690,12 +1737,14 @@ fn mask_bytes(raw: &[u8]) -> (Vec<u8>, Vec<Detector>) {
         _ => (raw.to_vec(), false),
     };
     let mut hits = if json {
-        mask_json(&mut bytes, Keep::LastFour)
+        mask_json(&mut bytes, keep)
     } else {
-        mask_text(&mut bytes, Keep::LastFour, Fill::Star)
+        mask_text(&mut bytes, keep, Fill::Star)
     };
-    let embedded = mask_embedded(&mut bytes, Fill::Star);
-    hits.extend(std::iter::repeat_n(Detector::Pan, embedded));
+    if keep != Keep::Full {
+        let embedded = mask_embedded(&mut bytes, Fill::Star);
+        hits.extend(std::iter::repeat_n(Detector::Pan, embedded));
+    }
     (bytes, hits)
 }
 
@@ -1819,6 +1868,9 @@ struct Call {
     what: String,
     /// The name as records show it.
     shown: String,
+    /// The caller's policies let it see the result's card numbers
+    /// (`reveal_results`): the client gets them; records never do.
+    reveal: bool,
     description: String,
     progress: Option<Value>,
     caller: Caller,
@@ -1974,7 +2026,7 @@ async fn call(
         let digest = name_digest(&ctx.recording.digest_key, kind, server.name(), &name);
         format!("{} {}/{shown} #{digest}", kind.verb, server.name())
     };
-    let call = Call {
+    let mut call = Call {
         kind,
         text: if kind == &RESOURCE_READ {
             format!("{} {shown}", kind.method)
@@ -1983,6 +2035,7 @@ async fn call(
         },
         what,
         shown,
+        reveal: false,
         args: argument_pairs(&arguments),
         description: tool
             .as_ref()
@@ -2013,6 +2066,7 @@ async fn call(
         );
         return respond(&ctx, &server, &session, &call, &ruling, Err(refusal)).await;
     };
+    call.reveal = reveals(&ctx, &call.caller, server.name(), kind, &tool);
     if kind == &TOOL_CALL
         && let pins::Check::Changed { pinned, seen } = ctx.pins.check(server.name(), &tool)
     {
@@ -2364,11 +2418,20 @@ async fn forward(
         mac.update(&raw);
         base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
     };
+    // What the client gets when its policies reveal card numbers: the
+    // result without card security or track data, PANs whole. The record
+    // keeps the masked one below.
+    let mut revealed = call.reveal.then(|| response.clone());
+    if let Some(full) = &mut revealed
+        && let Err(refusal) = mask_message(full, "", &mut Counts::default(), Keep::Full)
+    {
+        return jsonrpc::refusal(&call.id, &refusal);
+    }
     let masked = {
         let mut counts = session.masked.lock().unwrap_or_else(|e| e.into_inner());
         let before = counts.total();
         let place = format!("{} {}", call.kind.method, call.shown);
-        if let Err(refusal) = mask_message(&mut response, &place, &mut counts) {
+        if let Err(refusal) = mask_message(&mut response, &place, &mut counts, Keep::LastFour) {
             drop(counts);
             session.record.frame(
                 "error",
@@ -2398,11 +2461,16 @@ async fn forward(
                 "duration_us": duration,
                 "hmac_sha256": digest,
                 "masked": masked,
+                // The client saw the card numbers whole (reveal_results); the record never does.
+                "revealed": call.reveal,
                 "is_error": response.pointer("/result/isError").and_then(Value::as_bool).unwrap_or(false),
                 "preview_complete": true,
                 "preview": rows,
             }),
         );
+    }
+    if let Some(full) = revealed {
+        response = full;
     }
     // The upstream's id for the request is the gateway's; the client's goes back.
     response["id"] = call.id.clone();
@@ -2438,12 +2506,29 @@ mod tests {
             { "type": "text", "text": "{\"pan\": \"\\u00341111111111111111\", \"cvv\": \"123\"}" },
             { "type": "text", "text": "[{\"n\": \"\\u0034111111111111111\", \"cvv\": \"987\"}]" },
         ] } });
-        mask_message(&mut message, "t", &mut counts).unwrap();
+        mask_message(&mut message, "t", &mut counts, Keep::LastFour).unwrap();
         let text = message.to_string();
         for raw in ["4111111111111111", "\\u0034111", "123", "987"] {
             assert!(!text.contains(raw), "{raw} in {text}");
         }
         assert!(counts.total() >= 2);
+    }
+
+    #[test]
+    fn a_revealed_result_keeps_card_numbers_but_never_security_codes_or_tracks() {
+        let mut message = json!({ "jsonrpc": "2.0", "id": 1, "result": { "content": [
+            { "type": "text", "text": "{\"pan\": \"4111111111111111\", \"cvv\": \"123\"}" },
+            { "type": "text", "text": "swipe %B4111111111111111^DOE/JANE^2812101000000000000000?" },
+        ], "structuredContent": { "card": "5555555555554444", "security_code": 987 } } });
+        mask_message(&mut message, "t", &mut Counts::default(), Keep::Full).unwrap();
+        let text = message.to_string();
+        assert!(
+            text.contains("4111111111111111") && text.contains("5555555555554444"),
+            "{text}"
+        );
+        for gone in ["\\\"123\\\"", "987", "DOE/JANE", "^2812"] {
+            assert!(!text.contains(gone), "{gone} in {text}");
+        }
     }
 
     #[test]
@@ -2462,7 +2547,7 @@ mod tests {
             ],
         } });
         let mut counts = Counts::default();
-        mask_message(&mut message, "t", &mut counts).unwrap();
+        mask_message(&mut message, "t", &mut counts, Keep::LastFour).unwrap();
         let text = message.to_string();
         for raw in ["4111 1111 1111 1111", "378282246310005", blob.as_str()] {
             assert!(!text.contains(raw), "{raw} in {text}");
@@ -2488,7 +2573,8 @@ mod tests {
 
         // A blob the gateway cannot decode is not passed on.
         let mut message = json!({ "result": { "contents": [{ "uri": "t://d", "blob": "%%%" }] } });
-        let refused = mask_message(&mut message, "t", &mut Counts::default()).unwrap_err();
+        let refused =
+            mask_message(&mut message, "t", &mut Counts::default(), Keep::LastFour).unwrap_err();
         assert!(
             refused.message.contains("not base64"),
             "{}",
@@ -2584,7 +2670,7 @@ mod tests {
         let engine = base64::engine::general_purpose::STANDARD;
         let blob = engine.encode(br#"{"cvv":"123","pan":"\u00341111111111111111"}"#);
         let mut message = json!({ "result": { "contents": [{ "uri": "t://a", "blob": blob }] } });
-        mask_message(&mut message, "t", &mut Counts::default()).unwrap();
+        mask_message(&mut message, "t", &mut Counts::default(), Keep::LastFour).unwrap();
         let inside = engine
             .decode(message["result"]["contents"][0]["blob"].as_str().unwrap())
             .unwrap();
@@ -2595,9 +2681,9 @@ mod tests {
         );
         let mut message =
             json!({ "result": { "contents": [{ "uri": "t://a", "blob": [52, 49] }] } });
-        assert!(mask_message(&mut message, "t", &mut Counts::default()).is_err());
+        assert!(mask_message(&mut message, "t", &mut Counts::default(), Keep::LastFour).is_err());
         let mut message =
             json!({ "result": { "content": [{ "type": "text", "text": { "pan": 1 } }] } });
-        assert!(mask_message(&mut message, "t", &mut Counts::default()).is_err());
+        assert!(mask_message(&mut message, "t", &mut Counts::default(), Keep::LastFour).is_err());
     }
 }

@@ -291,7 +291,9 @@ impl Masker {
         let rule = self.shared.rule(&self.connection, &info.qualified);
         let client_keep = match self.shared.keep {
             Keep::Display => Strategy::PciDisplay,
-            Keep::LastFour => Strategy::LastFour,
+            // The configuration never makes `Full` the client's mask (only a
+            // policy's reveal does); were it to, the stricter one applies.
+            Keep::LastFour | Keep::Full => Strategy::LastFour,
         };
         match info.kind {
             ColumnKind::Plain => rule.map_or(Action::Detect, Action::Whole),
