@@ -31,7 +31,7 @@ fn check_accepts_the_example_config() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("ok (2 connection(s), 2 issuer(s), 21 policies)"),
+        stdout.contains("ok (2 connection(s), 2 issuer(s), 23 policies)"),
         "{stdout}"
     );
 }

@@ -453,6 +453,24 @@ async fn raw_clients_get_policy_masking_and_a_clear_answer_to_each_mistake() {
         )
         .await;
     assert_eq!(body["error"]["code"], -32003, "{body}");
+    // The session the gateway keeps for stateless requests is not one a
+    // client can name, nor end.
+    let kept = json!([
+        "stateless",
+        "everything",
+        true,
+        "urn:tollgate:dev-issuer",
+        "agent-7"
+    ])
+    .to_string();
+    let (status, _, body) = raw
+        .send(
+            &agent,
+            Some(&kept),
+            json!({ "jsonrpc": "2.0", "id": 26, "method": "tools/list" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 
     // Bad JSON, a batch, an oversized body, an unknown method.
     let response = raw

@@ -187,6 +187,9 @@ struct McpSession {
     /// Its key among the gateway's sessions: the `Mcp-Session-Id`, or for
     /// stateless requests one made of the server and the identity.
     key: String,
+    /// It serves stateless requests (2026-07-28): never found by an
+    /// `Mcp-Session-Id`, never ended by `DELETE`.
+    stateless: bool,
     server: String,
     subject: String,
     issuer: String,
@@ -730,9 +733,11 @@ fn find_session(
         .get(&id)
         .cloned();
     match session {
-        // Someone else's session is not found, as a session that never was.
+        // Someone else's session is not found, as a session that never was;
+        // nor is the one kept for stateless requests.
         Some(s)
-            if s.server == server
+            if !s.stateless
+                && s.server == server
                 && s.subject == identity.subject
                 && s.issuer == identity.issuer
                 && s.agent == Principal::of(identity).agent =>
@@ -845,6 +850,10 @@ async fn initialize(
         response.headers_mut().insert("mcp-session-id", value);
     }
     response
+}
+
+fn version_is_stateless(version: &str) -> bool {
+    STATELESS_VERSIONS.contains(&version)
 }
 
 /// Whether a request without a session speaks a stateless version: its
@@ -970,17 +979,26 @@ async fn stateless(
     // One session per identity and server; its key cannot be sent as an
     // Mcp-Session-Id (those are the gateway's random ids), and a session
     // is only ever found for its own identity.
-    let key = format!(
-        "stateless {} {} {} {}",
+    let agent = Principal::of(&identity).agent;
+    // JSON: no two identities make the same key, whatever their names hold.
+    let key = json!([
+        "stateless",
         server.name(),
-        Principal::of(&identity).agent,
+        agent,
         identity.issuer,
         identity.subject
-    );
+    ])
+    .to_string();
     // Found or opened under one lock: two first requests open one session.
     let session = {
         let mut sessions = ctx.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        match sessions.get(&key) {
+        match sessions.get(&key).filter(|s| {
+            s.stateless
+                && s.server == server.name()
+                && s.subject == identity.subject
+                && s.issuer == identity.issuer
+                && s.agent == agent
+        }) {
             Some(session) => {
                 *session.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
                 session.clone()
@@ -1068,6 +1086,7 @@ fn open_session(
     record.started(extra, true);
     Arc::new(McpSession {
         key: key.to_string(),
+        stateless: version_is_stateless(version),
         server: server.name().to_string(),
         subject: identity.subject.clone(),
         issuer: identity.issuer.clone(),
@@ -2162,11 +2181,19 @@ async fn call(
         HoldOutcome::Hold { notice, until } => (Some(notice), until),
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<SseEvent, Infallible>>(16);
+    // A session's held calls by request id (`notifications/cancelled` names
+    // it); the stateless one serves many clients, whose ids may be the same
+    // and who withdraw a call by going away: each gets its own key.
+    let held_key = if session.stateless {
+        crate::id::random::<12>("request-")
+    } else {
+        call.id.to_string()
+    };
     let taken = {
         let mut held = session.held.lock().unwrap_or_else(|e| e.into_inner());
-        let taken = held.contains_key(&call.id.to_string());
+        let taken = held.contains_key(&held_key);
         if !taken {
-            held.insert(call.id.to_string(), hold.slot());
+            held.insert(held_key.clone(), hold.slot());
         }
         taken
     };
@@ -2225,7 +2252,8 @@ async fn call(
                         .sessions
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
-                        .contains_key(&session.key);
+                        .get(&session.key)
+                        .is_some_and(|s| Arc::ptr_eq(s, &session));
                     let recheck = if !open {
                         Err(Refusal::new(
                             Reason::Withdrawn,
@@ -2251,6 +2279,9 @@ async fn call(
                     } else {
                         Ok(())
                     };
+                    // Whether the result's card numbers are shown is decided
+                    // again too, on the policy in force now.
+                    call.reveal = reveals(&ctx, &call.caller, server.name(), kind, &tool);
                     break Some(conclude(&ctx, &server, &session, &call, &ruling, recheck).await);
                 }
                 HoldOutcome::Refused(refusal) => {
@@ -2266,7 +2297,7 @@ async fn call(
             .held
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&call.id.to_string());
+            .remove(&held_key);
         if let Some(answer) = answer {
             let _ = tx
                 .send(Ok(SseEvent::default().data(answer.to_string())))
@@ -2361,7 +2392,20 @@ async fn forward(
             "server": server.name(),
             call.kind.field: call.shown.clone(),
         }))
-        .with("arguments", call.recorded.clone());
+        .with("arguments", call.recorded.clone())
+        // This request's own claims and address (a session, and above all
+        // a stateless one, serves requests from more than one of them).
+        .with(
+            "actor",
+            json!({
+                "subject": call.caller.principal.subject,
+                "issuer": call.caller.principal.issuer,
+                "groups": call.caller.principal.groups,
+                "mfa": call.caller.principal.mfa,
+                "kind": if call.caller.principal.agent { "agent" } else { "person" },
+            }),
+        )
+        .origin(call.caller.client.ip());
     let event = recording::with_ruling(event, Some(ruling), &message);
     let (durable, wait) = session.record.submit(event);
     wait.await;
@@ -2422,11 +2466,10 @@ async fn forward(
     // result without card security or track data, PANs whole. The record
     // keeps the masked one below.
     let mut revealed = call.reveal.then(|| response.clone());
-    if let Some(full) = &mut revealed
-        && let Err(refusal) = mask_message(full, "", &mut Counts::default(), Keep::Full)
-    {
-        return jsonrpc::refusal(&call.id, &refusal);
-    }
+    let reveal_failed = match &mut revealed {
+        Some(full) => mask_message(full, "", &mut Counts::default(), Keep::Full).err(),
+        None => None,
+    };
     let masked = {
         let mut counts = session.masked.lock().unwrap_or_else(|e| e.into_inner());
         let before = counts.total();
@@ -2468,6 +2511,13 @@ async fn forward(
                 "preview": rows,
             }),
         );
+    }
+    if let Some(refusal) = reveal_failed {
+        session.record.frame(
+            "error",
+            json!({ "message": refusal.message, "jsonrpc_code": jsonrpc::code(refusal.reason) }),
+        );
+        return jsonrpc::refusal(&call.id, &refusal);
     }
     if let Some(full) = revealed {
         response = full;
