@@ -1,6 +1,6 @@
 import { beforeEach, describe, expect, it, vi } from "vitest";
 import type { Decision, InboxItem, InboxView, RequestView } from "./generated/types";
-import { ACTIONS, InboxPanel, decision, secondsUntil, step } from "./inbox";
+import { ACTIONS, InboxPanel, decision, details, secondsUntil, step } from "./inbox";
 
 const EXPIRES = new Date(Date.now() + 300_000).toISOString();
 
@@ -46,6 +46,32 @@ function view(items: InboxItem[]): InboxView {
     grants: [],
   };
 }
+
+describe("an MCP request in the detail pane", () => {
+  it("is shown as a tool call, not as SQL with a row estimate", () => {
+    const call = request("m", {
+      connection: "payments",
+      statement: "tools/call export_cards {}  -- Export every card on file",
+      actions: ["call_tool"],
+      accesses: ["call payments/export_cards"],
+      resources: ["call payments/export_cards"],
+      cardholder_resources: [],
+      cardholder: false,
+      row_estimate: null,
+    });
+    const pane = details(item(call));
+    const statement = pane.querySelector("[data-test=statement]") as HTMLElement;
+    expect(statement.textContent).toBe("tools/call export_cards {}  -- Export every card on file");
+    expect(statement.querySelector("span")).toBeNull();
+    const text = pane.textContent ?? "";
+    expect(text).toContain("MCP server");
+    expect(text).toContain("Tool call");
+    expect(text).not.toContain("Estimated rows");
+    const sql = details(item(request("s")));
+    expect(sql.textContent).toContain("Estimated rows");
+    expect(sql.querySelector("[data-test=statement] span")).not.toBeNull();
+  });
+});
 
 describe("inbox logic", () => {
   it("moves the selection with j and k within bounds", () => {

@@ -50,6 +50,14 @@ export function decision(request: RequestView, action: Action, reason: string): 
 }
 
 /** What is asked, in a few words: the held accesses, else the statement. */
+/** What an MCP request is (a tool call, resource read or prompt), or null for SQL. */
+export function mcpKind(request: RequestView): string | null {
+  if (request.actions.includes("call_tool")) return "Tool call";
+  if (request.actions.includes("read_resource")) return "Resource read";
+  if (request.actions.includes("get_prompt")) return "Prompt";
+  return null;
+}
+
 export function headline(request: RequestView): string {
   if (request.accesses.length > 0) return request.accesses.join(", ");
   return request.statement.length > 80 ? `${request.statement.slice(0, 77)}...` : request.statement;
@@ -101,7 +109,7 @@ export function listRow(item: InboxItem): HTMLElement {
       "div",
       { class: "row-meta" },
       r.cardholder ? h("span", { class: "chip chip-card" }, "Card data") : null,
-      h("span", { class: "chip" }, `${rows(r.row_estimate)} rows`),
+      h("span", { class: "chip" }, mcpKind(r) ?? `${rows(r.row_estimate)} rows`),
       h("span", { class: "chip", title: "approvals so far, of those needed" }, `${r.approvals.length}/${r.approvals_needed} approved`),
       pending ? null : h("span", { class: "muted" }, clock(r.decided_at)),
     ),
@@ -112,8 +120,11 @@ export function listRow(item: InboxItem): HTMLElement {
 /** The detail pane's body for one request (the decision form is separate). */
 export function details(item: InboxItem): HTMLElement {
   const r = item.request;
-  const statement = h("pre", { class: "sql", "data-test": "statement" });
-  highlight(r.statement, statement);
+  const mcp = mcpKind(r);
+  // A tool call is not SQL: shown as it was recorded, not highlighted.
+  const statement = h("pre", { class: mcp ? "sql mcp" : "sql", "data-test": "statement" });
+  if (mcp) statement.textContent = r.statement;
+  else highlight(r.statement, statement);
   const card = new Set(r.cardholder_resources);
   const pending = r.state === "pending";
   const field = (label: string, ...value: (Node | string | null)[]) =>
@@ -141,7 +152,11 @@ export function details(item: InboxItem): HTMLElement {
         " ",
         h("span", { class: r.requester.mfa ? "chip chip-ok" : "chip chip-warn" }, r.requester.mfa ? "MFA" : "no MFA"),
       ),
-      field("Connection", `${r.connection} from ${r.origin}`, r.session ? h("span", { class: "muted" }, ` · session ${r.session}`) : null),
+      field(
+        mcp ? "MCP server" : "Connection",
+        `${r.connection} from ${r.origin}`,
+        r.session ? h("span", { class: "muted" }, ` · session ${r.session}`) : null,
+      ),
       field(
         "Touches",
         h(
@@ -152,7 +167,7 @@ export function details(item: InboxItem): HTMLElement {
           ),
         ),
       ),
-      field("Estimated rows", rows(r.row_estimate)),
+      mcp ? field("Kind", mcp) : field("Estimated rows", rows(r.row_estimate)),
       field("Policy", h("code", {}, r.policy), h("div", { class: "muted" }, r.policy_reason)),
       field("Their reason", r.reason ? h("q", {}, r.reason) : h("span", { class: "muted" }, "none given")),
       field("Notified", r.notified.length ? r.notified.join(", ") : h("span", { class: "muted" }, "no approver was connected")),
