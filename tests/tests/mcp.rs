@@ -67,6 +67,18 @@ command = ["{}", "stdio"]
     )
 }
 
+/// `tollgate approvals ARGS` against the gateway, as the approver holding `token`.
+fn approvals(gw: &TestGateway, token: &str, args: &[&str]) -> std::process::Output {
+    Command::new(tollgate_e2e::tollgate_binary())
+        .arg("approvals")
+        .args(args)
+        .arg("--data-dir")
+        .arg(&gw.data_dir)
+        .env("TOLLGATE_TOKEN", token)
+        .output()
+        .expect("run tollgate")
+}
+
 /// One JSON-RPC exchange over raw HTTP.
 struct Raw<'a> {
     gw: &'a TestGateway,
@@ -1015,16 +1027,7 @@ secrets = {{ PAYMENTS_TOKEN = {{ inline = "{server_token}" }} }}
         command.spawn().unwrap()
     };
     let approver = gw.token("olga", &["approvers"]);
-    let cli = |args: &[&str]| {
-        Command::new(tollgate_e2e::tollgate_binary())
-            .arg("approvals")
-            .args(args)
-            .arg("--data-dir")
-            .arg(&gw.data_dir)
-            .env("TOLLGATE_TOKEN", &approver)
-            .output()
-            .expect("run tollgate")
-    };
+    let cli = |args: &[&str]| approvals(&gw, &approver, args);
     let mut listed = String::new();
     for _ in 0..200 {
         listed = String::from_utf8_lossy(&cli(&["list"]).stdout).into_owned();
@@ -1590,16 +1593,7 @@ command = ["{everything}", "stdio"]
     std::fs::write(&policy, refusing).unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let approver = gw.token("olga", &["approvers"]);
-    let cli = |args: &[&str]| {
-        Command::new(tollgate_e2e::tollgate_binary())
-            .arg("approvals")
-            .args(args)
-            .arg("--data-dir")
-            .arg(&gw.data_dir)
-            .env("TOLLGATE_TOKEN", &approver)
-            .output()
-            .expect("run tollgate")
-    };
+    let cli = |args: &[&str]| approvals(&gw, &approver, args);
     let listed = String::from_utf8_lossy(&cli(&["list"]).stdout).into_owned();
     let id = listed
         .split_whitespace()

@@ -47,7 +47,7 @@ pub struct HttpServer {
     client: reqwest::Client,
     session: tokio::sync::Mutex<Option<Arc<Session>>>,
     next_id: AtomicU64,
-    tools_changed: AtomicBool,
+    tools_changed: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for HttpServer {
@@ -74,8 +74,12 @@ impl From<UpstreamError> for Failure {
 }
 
 impl HttpServer {
-    /// A server from its configuration (checked: `url` is set).
-    pub fn new(config: &McpServerConfig) -> Result<HttpServer, UpstreamError> {
+    /// A server from its configuration (checked: `url` is set). A tools
+    /// change it announces is noted in `tools_changed`.
+    pub fn new(
+        config: &McpServerConfig,
+        tools_changed: Arc<AtomicBool>,
+    ) -> Result<HttpServer, UpstreamError> {
         let failed = |message: String| UpstreamError::Start {
             server: config.name.clone(),
             message,
@@ -110,23 +114,8 @@ impl HttpServer {
             client,
             session: tokio::sync::Mutex::new(None),
             next_id: AtomicU64::new(1),
-            tools_changed: AtomicBool::new(false),
+            tools_changed,
         })
-    }
-
-    /// The server's name.
-    pub fn name(&self) -> &str {
-        &self.config.name
-    }
-
-    /// The OAuth scopes a client's token must carry to use it.
-    pub fn scopes(&self) -> &[String] {
-        &self.config.scopes
-    }
-
-    /// Whether the server said its tools changed since this was last asked.
-    pub fn take_tools_changed(&self) -> bool {
-        self.tools_changed.swap(false, Ordering::Relaxed)
     }
 
     /// The server's answer to `initialize` (starting a session if needed).

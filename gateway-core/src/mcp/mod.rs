@@ -596,23 +596,8 @@ async fn post_message(
                     ),
                 ));
             }
-            let accepts_stream = headers
-                .get(header::ACCEPT)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.contains("text/event-stream"));
-            let caller = Caller {
-                principal: Principal::of(&identity),
-                client: peer,
-            };
             request(
-                ctx,
-                server,
-                session,
-                caller,
-                id,
-                method,
-                params,
-                accepts_stream,
+                ctx, server, session, &identity, peer, &headers, id, method, params,
             )
             .await
         }
@@ -852,8 +837,9 @@ async fn initialize(
     response
 }
 
-fn version_is_stateless(version: &str) -> bool {
-    STATELESS_VERSIONS.contains(&version)
+/// Every version the gateway speaks, with sessions and without.
+fn supported_versions() -> Vec<&'static str> {
+    VERSIONS.iter().chain(STATELESS_VERSIONS).copied().collect()
 }
 
 /// Whether a request without a session speaks a stateless version: its
@@ -892,10 +878,9 @@ async fn stateless(
         answer(status, body)
     };
     let meta = params.get("_meta").filter(|m| m.is_object());
-    let (Some(version), Some(capabilities)) = (
-        meta.and_then(|m| m.get(META_VERSION)),
-        meta.and_then(|m| m.get(META_CAPABILITIES)),
-    ) else {
+    let version = meta.and_then(|m| m.get(META_VERSION));
+    let capabilities = meta.and_then(|m| m.get(META_CAPABILITIES));
+    let (Some(version), Some(_)) = (version, capabilities) else {
         return fail(
             StatusCode::BAD_REQUEST,
             jsonrpc::INVALID_PARAMS,
@@ -929,15 +914,13 @@ async fn stateless(
     }
     let version = version.as_str().unwrap_or_default();
     if !STATELESS_VERSIONS.contains(&version) {
-        let supported: Vec<&str> = VERSIONS.iter().chain(STATELESS_VERSIONS).copied().collect();
         return fail(
             StatusCode::BAD_REQUEST,
             jsonrpc::UNSUPPORTED_PROTOCOL_VERSION,
             format!("protocol version {version} is not spoken without a session by this gateway"),
-            Some(json!({ "supported": supported, "requested": version })),
+            Some(json!({ "supported": supported_versions(), "requested": version })),
         );
     }
-    let _ = capabilities;
     let upstream = match server.initialized(ctx.call_timeout).await {
         Ok(upstream) => upstream,
         Err(e) => {
@@ -951,9 +934,8 @@ async fn stateless(
         }
     };
     if method == "server/discover" {
-        let supported: Vec<&str> = VERSIONS.iter().chain(STATELESS_VERSIONS).copied().collect();
         let mut result = json!({
-            "supportedVersions": supported,
+            "supportedVersions": supported_versions(),
             "capabilities": advertised(&upstream),
             "resultType": "complete",
             "ttlMs": 0,
@@ -1023,20 +1005,8 @@ async fn stateless(
             }
         }
     };
-    let accepts_stream = header("accept").is_some_and(|v| v.contains("text/event-stream"));
-    let caller = Caller {
-        principal: Principal::of(&identity),
-        client: peer,
-    };
     request(
-        ctx,
-        server,
-        session,
-        caller,
-        id,
-        method,
-        params,
-        accepts_stream,
+        ctx, server, session, &identity, peer, headers, id, method, params,
     )
     .await
 }
@@ -1086,7 +1056,7 @@ fn open_session(
     record.started(extra, true);
     Arc::new(McpSession {
         key: key.to_string(),
-        stateless: version_is_stateless(version),
+        stateless: STATELESS_VERSIONS.contains(&version),
         server: server.name().to_string(),
         subject: identity.subject.clone(),
         issuer: identity.issuer.clone(),
@@ -1099,17 +1069,29 @@ fn open_session(
     })
 }
 
+/// A request in a session (or the stateless one), by `identity` from
+/// `peer`: dispatched on its method.
 #[allow(clippy::too_many_arguments)]
 async fn request(
     ctx: Arc<McpContext>,
     server: Arc<Server>,
     session: Arc<McpSession>,
-    caller: Caller,
+    identity: &Identity,
+    peer: SocketAddr,
+    headers: &HeaderMap,
     id: Value,
     method: String,
     params: Value,
-    accepts_stream: bool,
 ) -> Response {
+    // A held call can only wait in an event stream.
+    let accepts_stream = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    let caller = Caller {
+        principal: Principal::of(identity),
+        client: peer,
+    };
     match method.as_str() {
         "ping" => answer(StatusCode::OK, jsonrpc::result(&id, json!({}))),
         "tools/list" | "resources/list" | "resources/templates/list" | "prompts/list" => {
@@ -1411,7 +1393,7 @@ async fn list(
 /// and `cacheScope` "private": what the gateway answers is decided per
 /// identity and at the time of the request, never for a shared cache.
 fn shape(session: &McpSession, method: &str, message: &mut Value) {
-    if !STATELESS_VERSIONS.contains(&session.version.as_str()) {
+    if !session.stateless {
         return;
     }
     let Some(result) = message.get_mut("result").and_then(Value::as_object_mut) else {

@@ -58,7 +58,15 @@ pub use super::http_upstream::HttpServer;
 
 /// One configured MCP server, whichever way the gateway reaches it.
 #[derive(Debug)]
-pub enum Server {
+pub struct Server {
+    config: McpServerConfig,
+    /// The server said its tools changed (`notifications/tools/list_changed`).
+    tools_changed: Arc<AtomicBool>,
+    transport: Transport,
+}
+
+#[derive(Debug)]
+enum Transport {
     /// A child process over stdio.
     Stdio(StdioServer),
     /// A URL, over Streamable HTTP.
@@ -69,41 +77,38 @@ impl Server {
     /// A server from its configuration (`url` or `command`); its secrets
     /// (a stdio server's) are read now.
     pub async fn new(config: &McpServerConfig) -> Result<Server, UpstreamError> {
-        Ok(match config.url {
-            Some(_) => Server::Http(HttpServer::new(config)?),
-            None => Server::Stdio(StdioServer::new(config).await?),
+        let tools_changed = Arc::new(AtomicBool::new(false));
+        let transport = match config.url {
+            Some(_) => Transport::Http(HttpServer::new(config, tools_changed.clone())?),
+            None => Transport::Stdio(StdioServer::new(config, tools_changed.clone()).await?),
+        };
+        Ok(Server {
+            config: config.clone(),
+            tools_changed,
+            transport,
         })
     }
 
     /// The server's name.
     pub fn name(&self) -> &str {
-        match self {
-            Server::Stdio(s) => s.name(),
-            Server::Http(s) => s.name(),
-        }
+        &self.config.name
     }
 
     /// The OAuth scopes a client's token must carry to use it.
     pub fn scopes(&self) -> &[String] {
-        match self {
-            Server::Stdio(s) => &s.config.scopes,
-            Server::Http(s) => s.scopes(),
-        }
+        &self.config.scopes
     }
 
     /// Whether the server said its tools changed since this was last asked.
     pub fn take_tools_changed(&self) -> bool {
-        match self {
-            Server::Stdio(s) => s.take_tools_changed(),
-            Server::Http(s) => s.take_tools_changed(),
-        }
+        self.tools_changed.swap(false, Ordering::Relaxed)
     }
 
     /// The server's answer to `initialize` (starting it if needed).
     pub async fn initialized(&self, timeout: Duration) -> Result<Value, UpstreamError> {
-        match self {
-            Server::Stdio(s) => s.initialized(timeout).await,
-            Server::Http(s) => s.initialized(timeout).await,
+        match &self.transport {
+            Transport::Stdio(s) => s.initialized(timeout).await,
+            Transport::Http(s) => s.initialized(timeout).await,
         }
     }
 
@@ -115,9 +120,9 @@ impl Server {
         params: Value,
         timeout: Duration,
     ) -> Result<Value, UpstreamError> {
-        match self {
-            Server::Stdio(s) => s.request(method, params, timeout).await,
-            Server::Http(s) => s.request(method, params, timeout).await,
+        match &self.transport {
+            Transport::Stdio(s) => s.request(method, params, timeout).await,
+            Transport::Http(s) => s.request(method, params, timeout).await,
         }
     }
 }
@@ -155,8 +160,12 @@ impl std::fmt::Debug for StdioServer {
 }
 
 impl StdioServer {
-    /// A server from its configuration; its secrets are read now.
-    pub async fn new(config: &McpServerConfig) -> Result<StdioServer, UpstreamError> {
+    /// A server from its configuration; its secrets are read now. A tools
+    /// change it announces is noted in `tools_changed`.
+    pub async fn new(
+        config: &McpServerConfig,
+        tools_changed: Arc<AtomicBool>,
+    ) -> Result<StdioServer, UpstreamError> {
         let mut secrets = Vec::new();
         for (name, source) in &config.secrets {
             let secret = crate::upstream::credential::read(source)
@@ -172,18 +181,8 @@ impl StdioServer {
             secrets,
             running: tokio::sync::Mutex::new(None),
             next_id: AtomicU64::new(1),
-            tools_changed: Arc::new(AtomicBool::new(false)),
+            tools_changed,
         })
-    }
-
-    /// The server's name.
-    pub fn name(&self) -> &str {
-        &self.config.name
-    }
-
-    /// Whether the server said its tools changed since this was last asked.
-    pub fn take_tools_changed(&self) -> bool {
-        self.tools_changed.swap(false, Ordering::Relaxed)
     }
 
     /// The server's answer to `initialize` (starting it if needed).

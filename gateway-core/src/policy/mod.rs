@@ -718,6 +718,27 @@ impl PolicyEngine {
                 );
                 Ok(id)
             };
+        // A tool, resource or prompt: `<server>/<name>` in its `Server::`,
+        // with its name (`name` or `uri`), `server` and `extra` attributes.
+        let server_item = |kind: &EntityTypeName,
+                           server: &str,
+                           (key, name): (&str, &str),
+                           extra: Vec<(&str, RestrictedExpression)>,
+                           entities: &mut Vec<Entity>|
+         -> Result<EntityUid, String> {
+            let server_uid = server_entity(server, entities)?;
+            let id = uid(kind, &format!("{server}/{name}"));
+            let mut attrs = HashMap::from([
+                (key.to_string(), string(name)),
+                ("server".to_string(), string(server)),
+            ]);
+            attrs.extend(extra.into_iter().map(|(k, v)| (k.to_string(), v)));
+            entities.push(
+                Entity::new(id.clone(), attrs, HashSet::from([server_uid]))
+                    .map_err(|e| e.to_string())?,
+            );
+            Ok(id)
+        };
         let table_entity = |schema_uid: EntityUid, schema: &str, name: &str, cardholder: bool| {
             let id = uid(&t.table, &format!("{schema}.{name}"));
             let entity = Entity::new(
@@ -798,61 +819,25 @@ impl PolicyEngine {
                 name,
                 read_only,
                 destructive,
-            } => {
-                let server_uid = server_entity(server, &mut entities)?;
-                let id = uid(&t.tool, &format!("{server}/{name}"));
-                entities.push(
-                    Entity::new(
-                        id.clone(),
-                        HashMap::from([
-                            ("name".to_string(), string(name)),
-                            ("server".to_string(), string(server)),
-                            (
-                                "read_only".to_string(),
-                                RestrictedExpression::new_bool(*read_only),
-                            ),
-                            (
-                                "destructive".to_string(),
-                                RestrictedExpression::new_bool(*destructive),
-                            ),
-                        ]),
-                        HashSet::from([server_uid]),
-                    )
-                    .map_err(|e| e.to_string())?,
-                );
-                id
-            }
-            Resource::McpResource { server, uri } => {
-                let server_uid = server_entity(server, &mut entities)?;
-                let id = uid(&t.mcp_resource, &format!("{server}/{uri}"));
-                entities.push(
-                    Entity::new(
-                        id.clone(),
-                        HashMap::from([
-                            ("uri".to_string(), string(uri)),
-                            ("server".to_string(), string(server)),
-                        ]),
-                        HashSet::from([server_uid]),
-                    )
-                    .map_err(|e| e.to_string())?,
-                );
-                id
-            }
+            } => server_item(
+                &t.tool,
+                server,
+                ("name", name),
+                vec![
+                    ("read_only", RestrictedExpression::new_bool(*read_only)),
+                    ("destructive", RestrictedExpression::new_bool(*destructive)),
+                ],
+                &mut entities,
+            )?,
+            Resource::McpResource { server, uri } => server_item(
+                &t.mcp_resource,
+                server,
+                ("uri", uri),
+                Vec::new(),
+                &mut entities,
+            )?,
             Resource::Prompt { server, name } => {
-                let server_uid = server_entity(server, &mut entities)?;
-                let id = uid(&t.prompt, &format!("{server}/{name}"));
-                entities.push(
-                    Entity::new(
-                        id.clone(),
-                        HashMap::from([
-                            ("name".to_string(), string(name)),
-                            ("server".to_string(), string(server)),
-                        ]),
-                        HashSet::from([server_uid]),
-                    )
-                    .map_err(|e| e.to_string())?,
-                );
-                id
+                server_item(&t.prompt, server, ("name", name), Vec::new(), &mut entities)?
             }
         };
         let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
