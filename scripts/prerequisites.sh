@@ -2,8 +2,8 @@
 # Installs, when missing, what building and running the gateway needs on
 # Debian 12: the PostgreSQL server binaries and psql (the demo's throwaway
 # database), libclang (pg_query compiles PostgreSQL's parser and generates
-# its bindings with it), pkg-config and python3-venv (the demo's payments
-# MCP server). Idempotent; sourced by demo.sh and
+# its bindings with it), pkg-config, python3-venv (the demo's payments
+# MCP server) and pgbouncer (the benchmarks' baseline). Idempotent; sourced by demo.sh and
 # test.sh, which may add packages of their own in EXTRA_PACKAGES
 # (CONSOLE_PACKAGES: what the desktop console builds against).
 set -euo pipefail
@@ -14,7 +14,7 @@ packages=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || packages+=(postgresql)
 command -v psql >/dev/null || packages+=(postgresql-client)
 command -v runuser >/dev/null || packages+=(util-linux)
-for pkg in libclang-dev pkg-config python3-venv ${EXTRA_PACKAGES:-}; do
+for pkg in libclang-dev pkg-config python3-venv pgbouncer ${EXTRA_PACKAGES:-}; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || packages+=("$pkg")
 done
 if [ "${#packages[@]}" -gt 0 ]; then

@@ -94,6 +94,8 @@ pub struct Gateway {
     config_file: Option<std::path::PathBuf>,
     hooks: Arc<dyn HookFactory>,
     masking: bool,
+    /// Sessions are recorded and audited (off only in the relay baseline).
+    recording: bool,
 }
 
 /// A listening gateway.
@@ -120,6 +122,7 @@ impl Gateway {
             config_file: None,
             hooks: Arc::new(LoggingHooks),
             masking: true,
+            recording: true,
         }
     }
 
@@ -135,6 +138,16 @@ impl Gateway {
     /// configuration file; no deployment should run without masking.
     pub fn without_masking_for_benchmarks(mut self) -> Self {
         self.masking = false;
+        self
+    }
+
+    /// A relay with no stage but identity: no masking, and PostgreSQL
+    /// sessions neither recorded nor audited per statement. The benchmarks'
+    /// baseline for what the stages cost; like the one above, not reachable
+    /// from the configuration file.
+    pub fn bare_relay_for_benchmarks(mut self) -> Self {
+        self.masking = false;
+        self.recording = false;
         self
     }
 
@@ -296,7 +309,7 @@ impl Gateway {
             guard,
             mask,
             catalogs,
-            recording: Some(recording.clone()),
+            recording: self.recording.then(|| recording.clone()),
             ending: ending_rx,
         });
         let addr = *server.listen.get_ref();

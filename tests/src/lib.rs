@@ -20,6 +20,7 @@ pub use tollgate;
 
 pub mod console;
 pub mod oidc;
+pub mod pgbouncer;
 pub mod webdriver;
 
 /// A port on 127.0.0.1 that nothing listens on right now.
@@ -199,6 +200,16 @@ impl TestGateway {
         let text = config_text(dir.path(), "");
         let config = Config::parse(&text, "test.toml", dir.path()).expect("test config is valid");
         Self::start_prepared(config, dir, Gateway::without_masking_for_benchmarks).await
+    }
+
+    /// The standard test gateway as a bare relay: identity only, no
+    /// masking, no recording or per-statement audit. The baseline that
+    /// shows what the stages cost.
+    pub async fn start_bare_relay() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let text = config_text(dir.path(), "");
+        let config = Config::parse(&text, "test.toml", dir.path()).expect("test config is valid");
+        Self::start_prepared(config, dir, Gateway::bare_relay_for_benchmarks).await
     }
 
     async fn start_prepared(
