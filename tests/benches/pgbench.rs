@@ -610,7 +610,7 @@ async fn main() {
             std::fs::write(
                 &*script,
                 format!(
-                    "SELECT id, pan, expiry, amount, memo FROM bench_cards WHERE id <= {rows};\n"
+                    "SELECT id, pan, expiry, amount, memo FROM bench_cards WHERE id <= {rows} LIMIT {rows};\n"
                 ),
             )
             .unwrap();
