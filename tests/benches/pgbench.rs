@@ -403,36 +403,12 @@ fn svg(measured: &[Measured]) -> String {
     out
 }
 
-/// Run a COPY through psql into /dev/null; seconds taken.
-fn copy_out(conninfo: &str, password: &str, sql: &str) -> f64 {
-    let start = Instant::now();
+/// Run `sql` through psql (with `options` before it); its output.
+fn psql(conninfo: &str, password: &str, options: &[&str], sql: &str) -> String {
     let out = Command::new("psql")
-        .args([
-            "-X",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-o",
-            "/dev/null",
-            "-c",
-            sql,
-        ])
-        .arg(conninfo)
-        .env("PGPASSWORD", password)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "COPY failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    start.elapsed().as_secs_f64()
-}
-
-/// The first lines of a query's output through psql.
-fn psql_output(conninfo: &str, password: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+        .args(options)
+        .args(["-c", sql])
         .arg(conninfo)
         .env("PGPASSWORD", password)
         .output()
@@ -443,6 +419,18 @@ fn psql_output(conninfo: &str, password: &str, sql: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Run a COPY through psql into /dev/null; seconds taken.
+fn copy_out(conninfo: &str, password: &str, sql: &str) -> f64 {
+    let start = Instant::now();
+    psql(conninfo, password, &["-o", "/dev/null"], sql);
+    start.elapsed().as_secs_f64()
+}
+
+/// A query's rows through psql, unaligned.
+fn psql_output(conninfo: &str, password: &str, sql: &str) -> String {
+    psql(conninfo, password, &["-A", "-t"], sql)
 }
 
 #[tokio::main(flavor = "multi_thread")]
