@@ -20,8 +20,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use tollgate_e2e::console::Auth;
 use tollgate_e2e::pgbouncer::PgBouncer;
 use tollgate_e2e::{TestGateway, database};
 
@@ -403,6 +404,17 @@ fn svg(measured: &[Measured]) -> String {
     out
 }
 
+/// A pgbench script reading `rows` rows of the cards table.
+fn cards_script(rows: u32) -> &'static Path {
+    let path = std::env::temp_dir().join(format!("tollgate-bench-cards{rows}.sql"));
+    std::fs::write(
+        &path,
+        format!("SELECT id, pan, expiry, amount, memo FROM bench_cards WHERE id <= {rows} LIMIT {rows};\n"),
+    )
+    .unwrap();
+    Box::leak(path.into_boxed_path())
+}
+
 /// Run `sql` through psql (with `options` before it); its output.
 fn psql(conninfo: &str, password: &str, options: &[&str], sql: &str) -> String {
     let out = Command::new("psql")
@@ -472,13 +484,21 @@ async fn main() {
             &format!(
                 "CREATE TABLE bench_cards AS {cards} FROM generate_series(1, 1000) g; \
                  CREATE TABLE bench_export AS {cards} FROM generate_series(1, 1000000) g; \
-                 GRANT SELECT ON ALL TABLES IN SCHEMA public TO tollgate_gateway"
+                 GRANT SELECT ON ALL TABLES IN SCHEMA public TO tollgate_gateway; \
+                 ANALYZE bench_cards; ANALYZE bench_export"
             ),
         )
         .unwrap();
 
-    let gateway =
-        TestGateway::start_edited(|t| t.replace("allow_all = true", "starter = true")).await;
+    // The starter policy, and the approvals API so that the benchmark can
+    // sign off its own bulk reads (below).
+    let gateway = TestGateway::start_edited(|t| {
+        t.replace(
+            "allow_all = true",
+            "starter = true\n\n[api]\nlisten = \"127.0.0.1:0\"",
+        )
+    })
+    .await;
     let relay = TestGateway::start_bare_relay().await;
     let bouncer = PgBouncer::start(db);
     let request = || tollgate::identity::dev_issuer::TokenRequest {
@@ -545,6 +565,47 @@ async fn main() {
         "the gateway masks card numbers: {masked}"
     );
 
+    // The starter policy holds a bulk read or any COPY of cardholder data
+    // for an approver's sign-off: the benchmark's identity gets a window
+    // grant for the cards and export workloads, as an approver would give
+    // it from the console.
+    if part("cards") || part("copy") {
+        let approver = gateway.token("bench-approver", &["approvers"]);
+        let mut console = gateway
+            .console(&approver, Auth::Header)
+            .await
+            .expect("the approvals console connects");
+        console.expect("snapshot").await;
+        // The cards workload is, to the policy, an export in pieces: reads
+        // are held once an identity has had 1000 rows of cardholder data in
+        // 15 minutes, so the second read of 1000 rows is.
+        let cards =
+            "SELECT id, pan, expiry, amount, memo FROM bench_cards WHERE id <= 1000 LIMIT 1000";
+        for sql in [cards, cards, "COPY bench_export TO STDOUT"] {
+            let mut psql = Command::new("psql")
+                .args(["-X", "-q", "-o", "/dev/null", "-c", sql])
+                .arg(&users.conninfo)
+                .env("PGPASSWORD", &users.password)
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let held = tokio::time::timeout(Duration::from_secs(5), console.requested_id()).await;
+            if let Ok(id) = held {
+                let ack = console.approve(&id, "benchmark run", Some(8 * 3600)).await;
+                assert_eq!(ack["request"]["state"], "approved", "{ack}");
+                println!(
+                    "granted for 8 hours: {}",
+                    ack["request"]["grant"]["accesses"]
+                );
+            }
+            let status = tokio::task::spawn_blocking(move || psql.wait())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(status.success(), "{sql} runs once approved");
+        }
+    }
+
     // PROFILE=<arm> [MODES=<mode>] [CLIENTS=<n>]: run just that arm once,
     // for a profiler attached to this process.
     if let Ok(name) = std::env::var("PROFILE") {
@@ -555,9 +616,14 @@ async fn main() {
         let mode: &'static str = Box::leak(modes[0].clone().into_boxed_str());
         let c: u32 = clients[0].parse().expect("CLIENTS: numbers");
         println!("profiling {name}: pid {}", std::process::id());
-        let (run, cpu) = arm.run(Script::SelectOnly, mode, c, seconds, None).await;
+        let script = if only == "cards" {
+            Script::File(cards_script(100))
+        } else {
+            Script::SelectOnly
+        };
+        let (run, cpu) = arm.run(script, mode, c, seconds, None).await;
         println!(
-            "{name} -S {mode} -c {c}: {:.0} tps, {:.0} µs CPU per transaction",
+            "{name} {only} {mode} -c {c}: {:.0} tps, {:.0} µs CPU per transaction",
             run.tps,
             cpu.unwrap_or(0.0)
         );
@@ -594,15 +660,7 @@ async fn main() {
     if part("cards") {
         println!("\ncards: rows with card numbers, masked by the gateway; -c 8 simple");
         for rows in [100u32, 1000] {
-            let script = Box::leak(Box::new(logs.path().join(format!("cards{rows}.sql"))));
-            std::fs::write(
-                &*script,
-                format!(
-                    "SELECT id, pan, expiry, amount, memo FROM bench_cards WHERE id <= {rows} LIMIT {rows};\n"
-                ),
-            )
-            .unwrap();
-            let script: &'static Path = script;
+            let script = cards_script(rows);
             let w = Workload {
                 label: format!("cards {rows} rows -c 8"),
                 script: Script::File(script),

@@ -45,6 +45,8 @@ pub struct GuardShared {
 /// How old a snapshot must be before a table it does not know makes the
 /// guard read the catalog again.
 const UNKNOWN_TABLE_RECHECK: Duration = Duration::from_secs(1);
+/// How long a table's estimate for approvers is reused (see `Guard::previews`).
+const PREVIEW_ESTIMATE_FOR: Duration = Duration::from_secs(60);
 
 /// A policy-checked session; other hooks run inside it.
 pub struct Guard {
@@ -77,6 +79,12 @@ pub struct Guard {
     pending_prepares: std::collections::VecDeque<(String, Vec<Access>)>,
     /// Row estimates fetched for statements waiting on them.
     estimates: Arc<Mutex<HashMap<String, Result<i64, String>>>>,
+    /// Estimates of whole tables shown to approvers with a held request,
+    /// kept for [`PREVIEW_ESTIMATE_FOR`]: a figure for a person to read,
+    /// not an input of the decision, so a minute-old one serves (a session
+    /// whose reads a window grant lets through would otherwise plan a scan
+    /// of the table before each of them).
+    previews: Mutex<HashMap<String, (std::time::Instant, i64)>>,
     /// A catalog refresh was waited for and still gave nothing fresh.
     refreshed: bool,
     ddl_forwarded: bool,
@@ -186,6 +194,7 @@ impl Guard {
             prepared: HashMap::new(),
             pending_prepares: Default::default(),
             estimates: Arc::new(Mutex::new(HashMap::new())),
+            previews: Mutex::new(HashMap::new()),
             refreshed: false,
             ddl_forwarded: false,
             decided: HashMap::new(),
@@ -742,7 +751,10 @@ impl Guard {
                         );
                         let key = self.estimate_key(&paths, any_schema, &text);
                         let known = self.known_estimate(&key);
-                        match known {
+                        if let Some(Ok(rows)) = known {
+                            self.keep_preview(&key, rows);
+                        }
+                        match known.or_else(|| self.kept_preview(&key)) {
                             Some(Ok(rows)) => row_estimate = Some(rows),
                             // A preview without the figure rather than no request.
                             Some(Err(_)) => preview_estimated = true,
@@ -834,6 +846,21 @@ impl Guard {
             .unwrap_or_else(|e| e.into_inner())
             .get(key)
             .cloned()
+    }
+
+    /// A table's estimate for approvers, fetched less than a minute ago.
+    fn kept_preview(&self, key: &str) -> Option<Result<i64, String>> {
+        let previews = self.previews.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, rows) = previews.get(key)?;
+        (at.elapsed() < PREVIEW_ESTIMATE_FOR).then_some(Ok(*rows))
+    }
+
+    fn keep_preview(&self, key: &str, rows: i64) {
+        let mut previews = self.previews.lock().unwrap_or_else(|e| e.into_inner());
+        if previews.len() >= 256 {
+            previews.retain(|_, (at, _)| at.elapsed() < PREVIEW_ESTIMATE_FOR);
+        }
+        previews.insert(key.to_string(), (std::time::Instant::now(), rows));
     }
 
     fn fetch_estimate(

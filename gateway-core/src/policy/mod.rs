@@ -18,11 +18,13 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use cedar_policy::{
-    Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy,
-    PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode, Validator,
+    ActionConstraint, Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName,
+    EntityUid, Policy, PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode,
+    Validator,
 };
 use sha2::{Digest, Sha256};
 
@@ -234,6 +236,63 @@ pub struct PolicyEngine {
     sources: Vec<(PathBuf, String)>,
     authorizer: Authorizer,
     types: Types,
+    /// What deciding rebuilds otherwise on every call (see [`Memo`]).
+    memo: Memo,
+}
+
+/// What [`PolicyEngine::decide`] would otherwise rebuild on every call,
+/// none of it depending on anything but its key: measured on the cards
+/// workload, building entities and parsing the `ip` and `datetime`
+/// extension names (Cedar parses them on every use) took half of the time
+/// of a decision, and evaluating policies that cannot apply to the action
+/// most of the rest.
+#[derive(Default)]
+struct Memo {
+    /// The policies whose action scope can match each action.
+    by_action: Mutex<HashMap<String, Arc<ForAction>>>,
+    /// Entities, principal and resource ids by everything they are built
+    /// from (principal, connection, resource).
+    entities: Mutex<HashMap<String, Arc<Built>>>,
+    /// `ip(...)` of each client address.
+    ips: Mutex<HashMap<IpAddr, RestrictedExpression>>,
+    /// Combinations of principal type, action and resource type whose
+    /// requests validated against the schema.
+    validated: Mutex<HashSet<String>>,
+    /// `datetime(...)` of the current second.
+    time: Mutex<Option<(String, RestrictedExpression)>>,
+}
+
+/// The policies that can apply to one action, and which context attributes
+/// that cost an extension value (`ip`, `datetime`) they may read.
+struct ForAction {
+    policies: PolicySet,
+    /// Some policy may read `context.client` (its text mentions `client`).
+    client: bool,
+    /// Some policy may read `context.time` (its text mentions `time`).
+    time: bool,
+}
+
+/// Entries each cache keeps before it starts afresh.
+const MEMO_ENTRIES: usize = 4096;
+
+type Built = (Entities, EntityUid, EntityUid);
+
+/// Look `key` up in `cache`, or build and keep it.
+fn memo<K: std::hash::Hash + Eq, V: Clone, E>(
+    cache: &Mutex<HashMap<K, V>>,
+    key: K,
+    build: impl FnOnce() -> Result<V, E>,
+) -> Result<V, E> {
+    if let Some(v) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return Ok(v.clone());
+    }
+    let v = build()?;
+    let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
+    if cache.len() >= MEMO_ENTRIES {
+        cache.clear();
+    }
+    cache.insert(key, v.clone());
+    Ok(v)
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -445,6 +504,7 @@ impl PolicyEngine {
             sources,
             authorizer: Authorizer::new(),
             types: Types::new(),
+            memo: Memo::default(),
         })
     }
 
@@ -536,25 +596,71 @@ impl PolicyEngine {
         resource: &Resource<'_>,
         context: &RequestContext<'_>,
     ) -> Outcome {
-        let (entities, principal_uid, resource_uid) =
-            match self.entities(principal, resource, context) {
-                Ok(built) => built,
-                Err(reason) => return Outcome::Deny(Self::broken(reason)),
-            };
+        let key = format!(
+            "{}\0{}\0{}\0{:?}\0{}\0{:?}",
+            principal.subject,
+            principal.issuer,
+            principal.agent,
+            principal.groups,
+            context.connection,
+            resource
+        );
+        let built = memo(&self.memo.entities, key, || {
+            self.entities(principal, resource, context).map(Arc::new)
+        });
+        let (entities, principal_uid, resource_uid) = match built.as_deref() {
+            Ok(built) => built,
+            Err(reason) => return Outcome::Deny(Self::broken(reason.clone())),
+        };
         let action_uid = uid(&self.types.action, action);
+        let policies = self.policies_for(action, &action_uid);
+        // The context always has the same attributes of the same types
+        // (built by `context`), so a request validates against the schema
+        // exactly when its combination of principal type, action and
+        // resource type does: each combination is validated once, with
+        // every attribute. Later requests leave out the attributes that no
+        // policy for the action can read and that cost most to build.
+        let shape = format!(
+            "{}\0{action}\0{}",
+            principal_uid.type_name(),
+            resource_uid.type_name()
+        );
+        let validated = self
+            .memo
+            .validated
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&shape);
         let ask = |approved: bool| -> Result<cedar_policy::Response, Rule> {
-            let ctx = self.context(principal, context, approved)?;
+            let full = !validated;
+            let ctx = self.context(
+                principal,
+                context,
+                approved,
+                (full || policies.client, full || policies.time),
+            )?;
             let request = Request::new(
                 principal_uid.clone(),
                 action_uid.clone(),
                 resource_uid.clone(),
                 ctx,
-                Some(&self.schema),
+                full.then_some(&self.schema),
             )
             .map_err(|e| Self::broken(e.to_string()))?;
+            if full {
+                let mut shapes = self
+                    .memo
+                    .validated
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if shapes.len() >= MEMO_ENTRIES {
+                    shapes.clear();
+                }
+                shapes.insert(shape.clone());
+            }
             let response = self
                 .authorizer
-                .is_authorized(&request, &self.policies, &entities);
+                .is_authorized(&request, &policies.policies, entities);
             // A policy that fails to evaluate is skipped by Cedar; that could
             // skip a forbid, so an evaluation error denies (fail closed).
             if let Some(error) = response.diagnostics().errors().next() {
@@ -595,6 +701,49 @@ impl PolicyEngine {
         Outcome::Deny(deciding)
     }
 
+    /// The policies that can apply to `action`: those whose action scope
+    /// is open or names it. Leaving out a policy whose scope cannot match
+    /// changes no decision (its scope is false before its conditions are
+    /// looked at). With action groups in the schema, an action could match
+    /// through a group it is a member of: then every policy is evaluated.
+    fn policies_for(&self, action: &str, action_uid: &EntityUid) -> Arc<ForAction> {
+        let all = || {
+            let text = self.policies.to_string();
+            ForAction {
+                policies: self.policies.clone(),
+                client: text.contains("client"),
+                time: text.contains("time"),
+            }
+        };
+        let built = memo(&self.memo.by_action, action.to_string(), || {
+            if SCHEMA.contains("memberOf") {
+                return Ok::<_, ()>(Arc::new(all()));
+            }
+            let applies: Vec<Policy> = self
+                .policies
+                .policies()
+                .filter(|p| match p.action_constraint() {
+                    ActionConstraint::Any => true,
+                    ActionConstraint::Eq(uid) => &uid == action_uid,
+                    ActionConstraint::In(uids) => uids.contains(action_uid),
+                })
+                .cloned()
+                .collect();
+            let mentions = |word: &str| applies.iter().any(|p| p.to_string().contains(word));
+            let (client, time) = (mentions("client"), mentions("time"));
+            match PolicySet::from_policies(applies) {
+                Ok(policies) => Ok(Arc::new(ForAction {
+                    policies,
+                    client,
+                    time,
+                })),
+                // Cannot happen (the ids are already unique): all of them.
+                Err(_) => Ok(Arc::new(all())),
+            }
+        });
+        built.unwrap_or_else(|()| Arc::new(all()))
+    }
+
     fn broken(reason: String) -> Rule {
         Rule {
             id: "policy-error".into(),
@@ -605,14 +754,23 @@ impl PolicyEngine {
         }
     }
 
+    /// The request's context; `client` and `time` only when `(client, time)`
+    /// say a policy may read them (see [`ForAction`]).
     fn context(
         &self,
         principal: &Principal,
         c: &RequestContext<'_>,
         approved: bool,
+        (client, time): (bool, bool),
     ) -> Result<Context, Rule> {
-        let time = crate::clock::rfc3339(c.time);
-        Context::from_pairs([
+        let costly = [
+            client.then(|| ("client".to_string(), self.ip(c.client))),
+            time.then(|| {
+                let text = crate::clock::rfc3339(c.time);
+                ("time".to_string(), self.datetime(text))
+            }),
+        ];
+        let pairs = [
             (
                 "mfa".to_string(),
                 RestrictedExpression::new_bool(principal.mfa),
@@ -648,13 +806,29 @@ impl PolicyEngine {
                 RestrictedExpression::new_set(c.args.iter().map(|p| string(p))),
             ),
             ("connection".to_string(), string(c.connection)),
-            (
-                "client".to_string(),
-                RestrictedExpression::new_ip(c.client.to_string()),
-            ),
-            ("time".to_string(), RestrictedExpression::new_datetime(time)),
-        ])
-        .map_err(|e| Self::broken(e.to_string()))
+        ];
+        Context::from_pairs(pairs.into_iter().chain(costly.into_iter().flatten()))
+            .map_err(|e| Self::broken(e.to_string()))
+    }
+
+    fn ip(&self, client: IpAddr) -> RestrictedExpression {
+        let built = memo(&self.memo.ips, client, || {
+            Ok::<_, ()>(RestrictedExpression::new_ip(client.to_string()))
+        });
+        built.unwrap_or_else(|()| RestrictedExpression::new_ip(client.to_string()))
+    }
+
+    /// `time` is RFC 3339 to the second: one expression serves a second.
+    fn datetime(&self, time: String) -> RestrictedExpression {
+        let mut last = self.memo.time.lock().unwrap_or_else(|e| e.into_inner());
+        match &*last {
+            Some((text, expr)) if *text == time => expr.clone(),
+            _ => {
+                let expr = RestrictedExpression::new_datetime(&time);
+                *last = Some((time, expr.clone()));
+                expr
+            }
+        }
     }
 
     fn entities(

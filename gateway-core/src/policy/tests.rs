@@ -346,3 +346,46 @@ when { resource.name == "fetch" && context.arguments like "*\"format\":\"csv\"*"
         "the textual match is spoofable, which is why docs/mcp.md points to args"
     );
 }
+
+#[test]
+fn decisions_repeated_on_the_same_shape_still_see_client_and_time() {
+    // After the first request of a shape is validated, later ones leave
+    // out the attributes no policy for the action reads: a policy that
+    // does read them must still see them, call after call.
+    let engine = PolicyEngine::from_sources(vec![(
+        "t.cedar".into(),
+        r#"
+@id("reads") @reason("r")
+permit (principal, action == Action::"read", resource);
+@id("no-reads-from-10") @reason("not from 10/8")
+forbid (principal, action == Action::"read", resource)
+when { context.client.isInRange(ip("10.0.0.0/8")) };
+@id("no-writes-after-2000") @reason("too late")
+forbid (principal, action == Action::"write", resource)
+when { context.time > datetime("2000-01-01") };
+@id("writes") @reason("w")
+permit (principal, action == Action::"write", resource);
+"#
+        .into(),
+    )])
+    .unwrap_or_else(|e| panic!("{e}"));
+    let alice = person(&["analysts"]);
+    let from = |ip: &str| RequestContext {
+        client: ip.parse().unwrap(),
+        ..context("SELECT")
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            engine.decide(&alice, "read", &LEDGER, &from("127.0.0.1")),
+            Outcome::Allow
+        );
+        assert_eq!(
+            denied_by(engine.decide(&alice, "read", &LEDGER, &from("10.1.2.3"))),
+            "no-reads-from-10"
+        );
+        assert_eq!(
+            denied_by(engine.decide(&alice, "write", &LEDGER, &context("UPDATE"))),
+            "no-writes-after-2000"
+        );
+    }
+}
