@@ -23,8 +23,8 @@ use std::time::SystemTime;
 
 use cedar_policy::{
     ActionConstraint, Authorizer, Context, Decision, Entities, Entity, EntityId, EntityTypeName,
-    EntityUid, Policy, PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode,
-    Validator,
+    EntityUid, Policy, PolicyId, PolicySet, Request, ResourceConstraint, RestrictedExpression,
+    Schema, ValidationMode, Validator,
 };
 use sha2::{Digest, Sha256};
 
@@ -253,6 +253,9 @@ struct Memo {
     /// Entities, principal and resource ids by everything they are built
     /// from (principal, connection, resource).
     entities: Mutex<HashMap<String, Arc<Built>>>,
+    /// Outcomes by entities, action and the context attributes the
+    /// action's policies may read.
+    outcomes: Mutex<HashMap<String, Outcome>>,
     /// `ip(...)` of each client address.
     ips: Mutex<HashMap<IpAddr, RestrictedExpression>>,
     /// Combinations of principal type, action and resource type whose
@@ -270,6 +273,67 @@ struct ForAction {
     client: bool,
     /// Some policy may read `context.time` (its text mentions `time`).
     time: bool,
+    /// The context attributes some policy may read (its text mentions the
+    /// name): a decision depends on those alone, so it is kept under them.
+    reads: Vec<&'static str>,
+}
+
+/// The attributes of a request's context (but `approved`, which
+/// [`PolicyEngine::decide`] sets itself).
+const CONTEXT_ATTRIBUTES: &[&str] = &[
+    "mfa",
+    "row_estimate",
+    "has_where",
+    "has_limit",
+    "cardholder_data",
+    "rows_returned",
+    "command",
+    "arguments",
+    "args",
+    "connection",
+    "client",
+    "time",
+];
+
+impl ForAction {
+    fn new(policies: PolicySet) -> ForAction {
+        let texts: Vec<String> = policies.policies().map(|p| p.to_string()).collect();
+        let mentions = |word: &str| texts.iter().any(|t| t.contains(word));
+        ForAction {
+            client: mentions("client"),
+            time: mentions("time"),
+            reads: CONTEXT_ATTRIBUTES
+                .iter()
+                .copied()
+                .filter(|a| mentions(a))
+                .collect(),
+            policies,
+        }
+    }
+
+    /// What a decision under these policies depends on in `c`.
+    fn context_key(&self, principal: &Principal, c: &RequestContext<'_>) -> String {
+        use std::fmt::Write;
+        let mut key = String::new();
+        for attribute in &self.reads {
+            let _ = match *attribute {
+                "mfa" => write!(key, "{}", principal.mfa),
+                "row_estimate" => write!(key, "{}", c.row_estimate),
+                "has_where" => write!(key, "{}", c.has_where),
+                "has_limit" => write!(key, "{}", c.has_limit),
+                "cardholder_data" => write!(key, "{}", c.cardholder_data),
+                "rows_returned" => write!(key, "{}", c.rows_returned),
+                "command" => write!(key, "{:?}", c.command),
+                "arguments" => write!(key, "{:?}", c.arguments),
+                "args" => write!(key, "{:?}", c.args),
+                "connection" => write!(key, "{:?}", c.connection),
+                "client" => write!(key, "{}", c.client),
+                _ => write!(key, "{}", crate::clock::rfc3339(c.time)),
+            };
+            key.push('\0');
+        }
+        key
+    }
 }
 
 /// Entries each cache keeps before it starts afresh.
@@ -605,7 +669,7 @@ impl PolicyEngine {
             context.connection,
             resource
         );
-        let built = memo(&self.memo.entities, key, || {
+        let built = memo(&self.memo.entities, key.clone(), || {
             self.entities(principal, resource, context).map(Arc::new)
         });
         let (entities, principal_uid, resource_uid) = match built.as_deref() {
@@ -613,7 +677,45 @@ impl PolicyEngine {
             Err(reason) => return Outcome::Deny(Self::broken(reason.clone())),
         };
         let action_uid = uid(&self.types.action, action);
-        let policies = self.policies_for(action, &action_uid);
+        let policies = self.policies_for(action, &action_uid, resource_uid.type_name());
+        // A decision is a function of the policies, the entities, the
+        // action and the context attributes the policies can read: kept
+        // under those, it is evaluated once.
+        let outcome_key = format!(
+            "{key}\0{action}\0{}",
+            policies.context_key(principal, context)
+        );
+        if let Some(outcome) = self
+            .memo
+            .outcomes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&outcome_key)
+        {
+            return outcome.clone();
+        }
+        let outcome = self.evaluate(
+            (principal, &action_uid, action),
+            context,
+            &policies,
+            (entities, principal_uid, resource_uid),
+        );
+        let mut outcomes = self.memo.outcomes.lock().unwrap_or_else(|e| e.into_inner());
+        if outcomes.len() >= MEMO_ENTRIES {
+            outcomes.clear();
+        }
+        outcomes.insert(outcome_key, outcome.clone());
+        outcome
+    }
+
+    /// Evaluate one access (what [`PolicyEngine::decide`] keeps).
+    fn evaluate(
+        &self,
+        (principal, action_uid, action): (&Principal, &EntityUid, &str),
+        context: &RequestContext<'_>,
+        policies: &ForAction,
+        (entities, principal_uid, resource_uid): (&Entities, &EntityUid, &EntityUid),
+    ) -> Outcome {
         // The context always has the same attributes of the same types
         // (built by `context`), so a request validates against the schema
         // exactly when its combination of principal type, action and
@@ -706,41 +808,43 @@ impl PolicyEngine {
     /// changes no decision (its scope is false before its conditions are
     /// looked at). With action groups in the schema, an action could match
     /// through a group it is a member of: then every policy is evaluated.
-    fn policies_for(&self, action: &str, action_uid: &EntityUid) -> Arc<ForAction> {
-        let all = || {
-            let text = self.policies.to_string();
-            ForAction {
-                policies: self.policies.clone(),
-                client: text.contains("client"),
-                time: text.contains("time"),
-            }
-        };
-        let built = memo(&self.memo.by_action, action.to_string(), || {
-            if SCHEMA.contains("memberOf") {
-                return Ok::<_, ()>(Arc::new(all()));
-            }
-            let applies: Vec<Policy> = self
-                .policies
-                .policies()
-                .filter(|p| match p.action_constraint() {
-                    ActionConstraint::Any => true,
-                    ActionConstraint::Eq(uid) => &uid == action_uid,
-                    ActionConstraint::In(uids) => uids.contains(action_uid),
-                })
-                .cloned()
-                .collect();
-            let mentions = |word: &str| applies.iter().any(|p| p.to_string().contains(word));
-            let (client, time) = (mentions("client"), mentions("time"));
-            match PolicySet::from_policies(applies) {
-                Ok(policies) => Ok(Arc::new(ForAction {
-                    policies,
-                    client,
-                    time,
-                })),
-                // Cannot happen (the ids are already unique): all of them.
-                Err(_) => Ok(Arc::new(all())),
-            }
-        });
+    fn policies_for(
+        &self,
+        action: &str,
+        action_uid: &EntityUid,
+        resource_type: &EntityTypeName,
+    ) -> Arc<ForAction> {
+        let all = || ForAction::new(self.policies.clone());
+        let built = memo(
+            &self.memo.by_action,
+            format!("{action}\0{resource_type}"),
+            || {
+                if SCHEMA.contains("memberOf") {
+                    return Ok::<_, ()>(Arc::new(all()));
+                }
+                let applies = self.policies.policies().filter(|p| {
+                    let action_may = match p.action_constraint() {
+                        ActionConstraint::Any => true,
+                        ActionConstraint::Eq(uid) => &uid == action_uid,
+                        ActionConstraint::In(uids) => uids.contains(action_uid),
+                    };
+                    // `resource in E` may hold for a resource of any type.
+                    let resource_may = match p.resource_constraint() {
+                        ResourceConstraint::Any | ResourceConstraint::In(_) => true,
+                        ResourceConstraint::Eq(uid) => uid.type_name() == resource_type,
+                        ResourceConstraint::Is(t) | ResourceConstraint::IsIn(t, _) => {
+                            &t == resource_type
+                        }
+                    };
+                    action_may && resource_may
+                });
+                match PolicySet::from_policies(applies.cloned()) {
+                    Ok(policies) => Ok(Arc::new(ForAction::new(policies))),
+                    // Cannot happen (the ids are already unique): all of them.
+                    Err(_) => Ok(Arc::new(all())),
+                }
+            },
+        );
         built.unwrap_or_else(|()| Arc::new(all()))
     }
 

@@ -389,3 +389,33 @@ permit (principal, action == Action::"write", resource);
         );
     }
 }
+
+#[test]
+fn kept_decisions_follow_every_context_attribute_a_policy_reads() {
+    // Decisions are kept under the attributes the action's policies read:
+    // the bulk-read rule reads rows_returned, so each value is decided on
+    // its own, however often and in whichever order it is asked.
+    let engine = starter();
+    let analyst = person(&["analysts"]);
+    let after = |rows: i64| RequestContext {
+        rows_returned: rows,
+        has_limit: true,
+        ..context("SELECT")
+    };
+    for _ in 0..3 {
+        for (rows, held) in [(0, false), (5000, true), (999, false), (1001, true)] {
+            let outcome = engine.decide(&analyst, "read", &PAYMENTS, &after(rows));
+            assert_eq!(
+                matches!(outcome, Outcome::NeedsApproval { .. }),
+                held,
+                "{rows} rows returned: {outcome:?}"
+            );
+        }
+        let mut stranger = person(&["nobody"]);
+        stranger.subject = "mallory@example.com".into();
+        assert!(matches!(
+            engine.decide(&stranger, "read", &PAYMENTS, &after(0)),
+            Outcome::Deny(_)
+        ));
+    }
+}
