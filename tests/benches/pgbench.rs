@@ -103,7 +103,10 @@ fn pgbench(
 ) -> Run {
     let bin = tollgate::devdb::find_bin_dir().unwrap().join("pgbench");
     let threads = clients.min(2);
-    let mut command = Command::new(bin);
+    // A run that has not ended well past its time is reported as stalled
+    // (NaN in the table) rather than left to hang the benchmark.
+    let mut command = Command::new("timeout");
+    command.arg((seconds + 60).to_string()).arg(bin);
     command.args([
         "-n",
         "-M",
@@ -133,6 +136,14 @@ fn pgbench(
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
+    if out.status.code() == Some(124) {
+        println!("  pgbench stalled past its {seconds} s ({conninfo}): reported as NaN");
+        return Run {
+            tps: f64::NAN,
+            transactions: 0,
+            latencies_us: vec![],
+        };
+    }
     assert!(
         out.status.success(),
         "pgbench failed: {}{}",
@@ -171,7 +182,7 @@ fn pgbench(
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
 
@@ -617,7 +628,7 @@ async fn main() {
         let c: u32 = clients[0].parse().expect("CLIENTS: numbers");
         println!("profiling {name}: pid {}", std::process::id());
         let script = if only == "cards" {
-            Script::File(cards_script(100))
+            Script::File(cards_script(env_or("ROWS", 100)))
         } else {
             Script::SelectOnly
         };

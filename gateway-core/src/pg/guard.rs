@@ -859,6 +859,9 @@ impl Guard {
         let mut previews = self.previews.lock().unwrap_or_else(|e| e.into_inner());
         if previews.len() >= 256 {
             previews.retain(|_, (at, _)| at.elapsed() < PREVIEW_ESTIMATE_FOR);
+            if previews.len() >= 256 {
+                previews.clear();
+            }
         }
         previews.insert(key.to_string(), (std::time::Instant::now(), rows));
     }

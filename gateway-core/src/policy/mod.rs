@@ -252,10 +252,10 @@ struct Memo {
     by_action: Mutex<HashMap<String, Arc<ForAction>>>,
     /// Entities, principal and resource ids by everything they are built
     /// from (principal, connection, resource).
-    entities: Mutex<HashMap<String, Arc<Built>>>,
+    entities: Mutex<HashMap<[u8; 32], Arc<Built>>>,
     /// Outcomes by entities, action and the context attributes the
     /// action's policies may read.
-    outcomes: Mutex<HashMap<String, Outcome>>,
+    outcomes: Mutex<HashMap<[u8; 32], Outcome>>,
     /// `ip(...)` of each client address.
     ips: Mutex<HashMap<IpAddr, RestrictedExpression>>,
     /// Combinations of principal type, action and resource type whose
@@ -295,9 +295,26 @@ const CONTEXT_ATTRIBUTES: &[&str] = &[
     "time",
 ];
 
+/// A policy as Cedar's JSON form, where every attribute it reads is spelt
+/// out (in its source text a string may escape letters: `context["m\u{66}a"]`
+/// reads `mfa`). Should the form not be had, text that names every context
+/// attribute: the policy counts as reading them all.
+fn policy_text(policy: &Policy) -> String {
+    match policy.to_json() {
+        Ok(json) => json.to_string(),
+        Err(_) => CONTEXT_ATTRIBUTES.join(" "),
+    }
+}
+
+/// A fixed-size key for a cache, from text that may be long (MCP
+/// arguments are part of some).
+fn digest_key(text: &str) -> [u8; 32] {
+    Sha256::digest(text.as_bytes()).into()
+}
+
 impl ForAction {
     fn new(policies: PolicySet) -> ForAction {
-        let texts: Vec<String> = policies.policies().map(|p| p.to_string()).collect();
+        let texts: Vec<String> = policies.policies().map(policy_text).collect();
         let mentions = |word: &str| texts.iter().any(|t| t.contains(word));
         ForAction {
             client: mentions("client"),
@@ -552,11 +569,11 @@ impl PolicyEngine {
         }
         let uses_row_estimate = policies
             .policies()
-            .any(|p| p.to_string().contains("row_estimate"));
+            .any(|p| policy_text(p).contains("row_estimate"));
         let uses_rows_returned = policies
             .policies()
-            .any(|p| p.to_string().contains("rows_returned"));
-        let uses_time = policies.policies().any(|p| p.to_string().contains("time"));
+            .any(|p| policy_text(p).contains("rows_returned"));
+        let uses_time = policies.policies().any(|p| policy_text(p).contains("time"));
         Ok(PolicyEngine {
             policies,
             schema,
@@ -669,7 +686,7 @@ impl PolicyEngine {
             context.connection,
             resource
         );
-        let built = memo(&self.memo.entities, key.clone(), || {
+        let built = memo(&self.memo.entities, digest_key(&key), || {
             self.entities(principal, resource, context).map(Arc::new)
         });
         let (entities, principal_uid, resource_uid) = match built.as_deref() {
@@ -681,10 +698,10 @@ impl PolicyEngine {
         // A decision is a function of the policies, the entities, the
         // action and the context attributes the policies can read: kept
         // under those, it is evaluated once.
-        let outcome_key = format!(
+        let outcome_key = digest_key(&format!(
             "{key}\0{action}\0{}",
             policies.context_key(principal, context)
-        );
+        ));
         if let Some(outcome) = self
             .memo
             .outcomes
@@ -819,7 +836,7 @@ impl PolicyEngine {
             &self.memo.by_action,
             format!("{action}\0{resource_type}"),
             || {
-                if SCHEMA.contains("memberOf") {
+                if self.schema.action_groups().next().is_some() {
                     return Ok::<_, ()>(Arc::new(all()));
                 }
                 let applies = self.policies.policies().filter(|p| {

@@ -419,3 +419,45 @@ fn kept_decisions_follow_every_context_attribute_a_policy_reads() {
         ));
     }
 }
+
+#[test]
+fn an_attribute_read_through_an_escaped_name_is_still_part_of_the_kept_decision() {
+    // `context["m\u{66}a"]` reads `mfa` without its name in the source
+    // text: the kept decision must still tell MFA from no MFA.
+    let engine = PolicyEngine::from_sources(vec![(
+        "t.cedar".into(),
+        r#"
+@id("reads") @reason("r")
+permit (principal, action == Action::"read", resource);
+@id("mfa-only") @reason("needs MFA")
+forbid (principal, action == Action::"read", resource)
+unless { context["m\u{66}a"] };
+@id("bulk") @reason("b")
+forbid (principal, action == Action::"read", resource)
+when { context has "rows_r\u{65}turned" && context.rows_returned > 10 };
+"#
+        .into(),
+    )])
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut alice = person(&["analysts"]);
+    let after = |rows: i64| RequestContext {
+        rows_returned: rows,
+        ..context("SELECT")
+    };
+    for _ in 0..2 {
+        alice.mfa = true;
+        assert_eq!(
+            engine.decide(&alice, "read", &LEDGER, &after(0)),
+            Outcome::Allow
+        );
+        assert_eq!(
+            denied_by(engine.decide(&alice, "read", &LEDGER, &after(50))),
+            "bulk"
+        );
+        alice.mfa = false;
+        assert_eq!(
+            denied_by(engine.decide(&alice, "read", &LEDGER, &after(0))),
+            "mfa-only"
+        );
+    }
+}
