@@ -352,3 +352,112 @@ async fn sessions_end_on_terminate_and_on_disconnect() {
         "the upstream backend is gone too"
     );
 }
+
+/// Counts the TLS records a peer sends, by their headers, as the bytes
+/// pass; the single-byte answer to PostgreSQL's SSLRequest comes first.
+struct RecordTap {
+    inner: tokio::net::TcpStream,
+    /// Bytes still to skip before the next record header.
+    skip: usize,
+    header: Vec<u8>,
+    lengths: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+impl tokio::io::AsyncRead for RecordTap {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let this = &mut *self;
+        for &byte in &buf.filled()[before..] {
+            if this.skip > 0 {
+                this.skip -= 1;
+                continue;
+            }
+            this.header.push(byte);
+            if this.header.len() == 5 {
+                let length = usize::from(u16::from_be_bytes([this.header[3], this.header[4]]));
+                this.lengths.lock().unwrap().push(length);
+                this.skip = length;
+                this.header.clear();
+            }
+        }
+        poll
+    }
+}
+
+impl tokio::io::AsyncWrite for RecordTap {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// libpq's asynchronous reader (`PQconsumeInput`: pgbench and every event
+/// loop built on libpq) takes at most 8 kB of plaintext per socket wake-up;
+/// the rest of a larger TLS record waits in OpenSSL's buffer while the
+/// socket stays quiet, and the client hangs with its result half read
+/// (pgbench did, with two clients reading 1000 card rows). The gateway's
+/// records carry at most 8 kB, like PostgreSQL's own.
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_records_to_the_client_fit_libpq_async_reads() {
+    use tokio_postgres::tls::MakeTlsConnect;
+
+    let gw = TestGateway::start().await;
+    let token = gw.token("alice", &["analysts"]);
+    let lengths = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let tap = RecordTap {
+        inner: tokio::net::TcpStream::connect(gw.addr).await.unwrap(),
+        skip: 1,
+        header: Vec::new(),
+        lengths: lengths.clone(),
+    };
+    let mut config: tokio_postgres::Config = "dbname=payments user=alice".parse().unwrap();
+    config
+        .password(&token)
+        .ssl_mode(tokio_postgres::config::SslMode::Require);
+    let mut make = gw.tokio_postgres_tls();
+    let tls = <_ as MakeTlsConnect<RecordTap>>::make_tls_connect(&mut make, "localhost").unwrap();
+    let (client, connection) = config.connect_raw(tap, tls).await.unwrap();
+    tokio::spawn(connection);
+    // Large rows (one message spans many records) and many small ones.
+    let messages = client
+        .simple_query(
+            "SELECT repeat('r', 100000) FROM generate_series(1, 4); \
+             SELECT i, repeat('s', 100) FROM generate_series(1, 2000) AS i",
+        )
+        .await
+        .unwrap();
+    let rows = messages
+        .iter()
+        .filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_)))
+        .count();
+    assert_eq!(rows, 2004);
+    let lengths = lengths.lock().unwrap().clone();
+    let total: usize = lengths.iter().sum();
+    assert!(total > 600_000, "only {total} bytes of records seen");
+    // TLS 1.3 adds the inner content type and a 16-byte tag to the plaintext.
+    let largest = lengths.iter().max().unwrap() - 17;
+    assert!(
+        largest <= 8192,
+        "a TLS record carried {largest} bytes of plaintext (libpq's async reader takes 8192)"
+    );
+}

@@ -42,6 +42,17 @@ pub struct ServerTls {
     pub acceptor: TlsAcceptor,
 }
 
+/// The largest TLS record the gateway sends, header included.
+///
+/// libpq's asynchronous path (`PQconsumeInput`, used by pgbench and by
+/// event loops built on libpq; PostgreSQL 15 here) can take 8 kB of
+/// plaintext per socket wake-up: the rest of a 16 kB record then waits in
+/// OpenSSL's buffer, the socket never becomes readable again and the client
+/// hangs with its result half read. PostgreSQL's server writes through an
+/// 8 kB send buffer, so libpq rarely meets such records there; the gateway
+/// keeps to the same size.
+pub const MAX_RECORD: usize = 8192;
+
 /// The process-wide rustls crypto provider (aws-lc-rs).
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
@@ -58,10 +69,11 @@ impl ServerTls {
             _ if config.self_signed => self_signed(data_dir)?,
             _ => return Ok(None),
         };
-        let server = ServerConfig::builder_with_provider(provider())
+        let mut server = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(certs, key)?;
+        server.max_fragment_size = Some(MAX_RECORD);
         Ok(Some(Self {
             acceptor: TlsAcceptor::from(Arc::new(server)),
         }))
