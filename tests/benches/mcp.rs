@@ -16,7 +16,7 @@
 //! when it is sent, not from when it was due). Every answer is checked.
 //!
 //! Run: `cargo bench -p tollgate-e2e --bench mcp` (ROUNDS=3, SECONDS=4,
-//! RATE=500 by default). Target: the gateway adds at most 1 ms at p99.
+//! RATE=500, CLIENTS=1,8,32 by default). Target: the gateway adds at most 1 ms at p99.
 
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use serde_json::{Value, json};
-use tollgate_e2e::{TestGateway, free_port};
+use tollgate_e2e::TestGateway;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -217,21 +217,39 @@ async fn echo_server(headers: HeaderMap, body: axum::body::Bytes) -> Response {
     axum::Json(json!({ "jsonrpc": "2.0", "id": id, "result": result })).into_response()
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() {
+fn main() {
+    // The gateway runs on a runtime of its own, sized as the `tollgate`
+    // binary sizes it (a worker per core), as it would in its own process;
+    // the clients and the upstream share the other one. On one runtime the
+    // load generator's tasks queue in front of the gateway's.
+    let upstream = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    upstream.set_nonblocking(true).unwrap();
+    let port = upstream.local_addr().unwrap().port();
+    let gateway_runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("gateway")
+        .enable_all()
+        .build()
+        .unwrap();
+    let gw = gateway_runtime.block_on(TestGateway::start_with(&format!(
+        "[policy]\nstarter = true\n\n[mcp]\nlisten = \"127.0.0.1:0\"\n\n[[mcp.server]]\nname = \"everything\"\nurl = \"http://127.0.0.1:{port}/mcp\"\n"
+    )));
+    let clients_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    clients_runtime.block_on(measure(&gw, upstream, port));
+    drop(gw);
+    gateway_runtime.shutdown_timeout(Duration::from_secs(5));
+}
+
+async fn measure(gw: &TestGateway, upstream: std::net::TcpListener, port: u16) {
     let rounds: usize = env_or("ROUNDS", 3);
     let seconds: f64 = env_or("SECONDS", 4.0);
     let rate: f64 = env_or("RATE", 500.0);
-    let port = free_port();
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
+    let listener = tokio::net::TcpListener::from_std(upstream).unwrap();
     let app = axum::Router::new().route("/mcp", axum::routing::post(echo_server));
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let gw = TestGateway::start_with(&format!(
-        "[policy]\nstarter = true\n\n[mcp]\nlisten = \"127.0.0.1:0\"\n\n[[mcp.server]]\nname = \"everything\"\nurl = \"http://127.0.0.1:{port}/mcp\"\n"
-    ))
-    .await;
     let direct = Target {
         url: format!("http://127.0.0.1:{port}/mcp"),
         token: None,
@@ -258,7 +276,16 @@ async fn main() {
         "clients", "direct p50", "p99", "gw p50", "p99", "added at p99 (min..max)"
     );
     let mut worst = 0.0f64;
-    for clients in [1usize, 8, 32] {
+    let counts: Vec<usize> = std::env::var("CLIENTS")
+        .unwrap_or_else(|_| "1,8,32".into())
+        .split(',')
+        .map(|n| {
+            n.trim()
+                .parse()
+                .expect("CLIENTS: numbers separated by commas")
+        })
+        .collect();
+    for clients in counts {
         let (mut d50, mut d99, mut g50, mut g99, mut added) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..rounds {

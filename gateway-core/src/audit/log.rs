@@ -594,7 +594,8 @@ fn lock_writer(shared: &Shared) -> std::sync::MutexGuard<'_, Option<Writer>> {
 }
 
 /// Whether this task may block its thread for a write: on a multi-thread
-/// runtime, through `block_in_place`.
+/// runtime, where the other workers go on with the queued tasks meanwhile
+/// (on a current-thread runtime the writer thread writes instead).
 fn may_block_here() -> bool {
     tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
