@@ -42,7 +42,8 @@ pub struct ServerTls {
     pub acceptor: TlsAcceptor,
 }
 
-/// The largest TLS record the gateway sends, header included.
+/// The largest TLS record the gateway sends, its 5-byte header included
+/// (rustls's `max_fragment_size`): at most 8187 bytes of plaintext each.
 ///
 /// libpq's asynchronous path (`PQconsumeInput`, used by pgbench and by
 /// event loops built on libpq; PostgreSQL 15 here) can take 8 kB of
