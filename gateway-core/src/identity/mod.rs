@@ -12,8 +12,8 @@ mod jwks;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Serialize;
@@ -60,10 +60,24 @@ struct Issuer {
     keys: KeySource,
 }
 
+/// How long a token, once verified, is taken without checking its
+/// signature again (its expiry is checked every time). Bounds how long a
+/// token signed with a key its issuer has since withdrawn from its JWKS is
+/// still taken.
+const VERIFIED_FOR: Duration = Duration::from_secs(30);
+
+/// Most verified tokens kept at once.
+const VERIFIED_MAX: usize = 4096;
+
 /// Validates access tokens against every trusted issuer.
 pub struct Authenticator {
     issuers: HashMap<String, Issuer>,
     config: IdentityConfig,
+    /// Tokens verified lately, under a digest of the audience and the
+    /// token (never the token itself): an MCP client sends its token with
+    /// every request, and the signature check was the largest single cost
+    /// of a small tool call after the audit flush.
+    verified: Mutex<HashMap<[u8; 32], (Instant, Identity)>>,
 }
 
 impl Authenticator {
@@ -109,6 +123,7 @@ impl Authenticator {
         Ok(Arc::new(Self {
             issuers,
             config: config.clone(),
+            verified: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -130,6 +145,47 @@ impl Authenticator {
         if token.is_empty() {
             return Err(AuthError::MissingToken);
         }
+        let key = verified_key(audience, token);
+        if let Some(identity) = self.recently_verified(&key)? {
+            return Ok(identity);
+        }
+        let identity = self.verify(token, audience).await?;
+        self.keep_verified(key, &identity);
+        Ok(identity)
+    }
+
+    /// A token verified less than [`VERIFIED_FOR`] ago for the same
+    /// audience, unless it has expired since (with the configured leeway,
+    /// as the signature check allows).
+    fn recently_verified(&self, key: &[u8; 32]) -> Result<Option<Identity>, AuthError> {
+        let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((at, identity)) = verified.get(key) else {
+            return Ok(None);
+        };
+        if at.elapsed() >= VERIFIED_FOR {
+            return Ok(None);
+        }
+        let now = crate::clock::now_secs().max(0) as u64;
+        let until = identity.expires_at.saturating_add(self.config.leeway_secs);
+        if now > until {
+            return Err(AuthError::Expired(now - identity.expires_at));
+        }
+        Ok(Some(identity.clone()))
+    }
+
+    fn keep_verified(&self, key: [u8; 32], identity: &Identity) {
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= VERIFIED_MAX {
+            verified.retain(|_, (at, _)| at.elapsed() < VERIFIED_FOR);
+            if verified.len() >= VERIFIED_MAX {
+                verified.clear();
+            }
+        }
+        verified.insert(key, (Instant::now(), identity.clone()));
+    }
+
+    /// Check the token's signature and claims.
+    async fn verify(&self, token: &str, audience: Option<&str>) -> Result<Identity, AuthError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
         let unverified: Claims = jsonwebtoken::dangerous::insecure_decode_claims(token)
             .map_err(|_| AuthError::Malformed)?;
@@ -159,6 +215,23 @@ impl Authenticator {
             .claims;
         Ok(claims.into_identity(&self.config))
     }
+}
+
+/// The key a verified token is kept under: a digest of the audience it was
+/// verified for and the token.
+fn verified_key(audience: Option<&str>, token: &str) -> [u8; 32] {
+    use sha2::Digest;
+    let mut digest = sha2::Sha256::new();
+    match audience {
+        Some(audience) => {
+            digest.update([1]);
+            digest.update((audience.len() as u64).to_be_bytes());
+            digest.update(audience.as_bytes());
+        }
+        None => digest.update([0]),
+    }
+    digest.update(token.as_bytes());
+    digest.finalize().into()
 }
 
 #[cfg(test)]

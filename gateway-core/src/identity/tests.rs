@@ -182,3 +182,61 @@ fn groups_claim_may_be_a_string_and_agent_claim_is_configurable() {
     assert_eq!(identity.kind, PrincipalKind::Agent);
     assert!(identity.mfa, "acr loa3 counts as MFA here");
 }
+
+#[tokio::test]
+async fn a_token_verified_once_still_expires() {
+    let (_dir, auth, issuer) = setup();
+    let mut req = request(&["analysts"]);
+    // Expired 28 s ago: within the 30 s leeway for one or two more seconds.
+    req.ttl_secs = -28;
+    let token = issuer.mint(&req).unwrap();
+    let first = auth.authenticate(&token).await.unwrap();
+    assert_eq!(auth.authenticate(&token).await.unwrap(), first);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        matches!(auth.authenticate(&token).await, Err(AuthError::Expired(s)) if s >= 30),
+        "a kept token is refused once its expiry and the leeway have passed"
+    );
+}
+
+#[tokio::test]
+async fn a_token_verified_for_one_audience_is_refused_for_another() {
+    let (_dir, auth, issuer) = setup();
+    let token = issuer.mint_for(&request(&[]), "tollgate-mcp").unwrap();
+    auth.authenticate_for(&token, Some("tollgate-mcp"))
+        .await
+        .unwrap();
+    // Kept for the MCP audience, still refused for the PostgreSQL one and
+    // for any other.
+    assert!(auth.authenticate(&token).await.is_err());
+    assert!(
+        auth.authenticate_for(&token, Some("tollgate-mcpx"))
+            .await
+            .is_err()
+    );
+    // And a token verified for the PostgreSQL listener is refused at MCP.
+    let pg = issuer.mint(&request(&[])).unwrap();
+    auth.authenticate(&pg).await.unwrap();
+    assert!(
+        auth.authenticate_for(&pg, Some("tollgate-mcp"))
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_changed_token_is_verified_again() {
+    let (_dir, auth, issuer) = setup();
+    let token = issuer.mint(&request(&["analysts"])).unwrap();
+    auth.authenticate(&token).await.unwrap();
+    // The same token with a character in the middle of its signature
+    // changed (not the last, whose low bits base64 does not use).
+    let mut forged = token.into_bytes();
+    let at = forged.len() - 20;
+    forged[at] = if forged[at] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    assert!(matches!(
+        auth.authenticate(&forged).await,
+        Err(AuthError::BadSignature)
+    ));
+}
