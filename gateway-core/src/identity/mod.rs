@@ -61,9 +61,9 @@ struct Issuer {
 }
 
 /// How long a token, once verified, is taken without checking its
-/// signature again (its expiry is checked every time). Bounds how long a
-/// token signed with a key its issuer has since withdrawn from its JWKS is
-/// still taken.
+/// signature again (its expiry is checked every time). A key its issuer
+/// withdraws from the JWKS is noticed at the next key refresh; a token that
+/// key signed is taken at most this much longer.
 const VERIFIED_FOR: Duration = Duration::from_secs(30);
 
 /// Most verified tokens kept at once.
