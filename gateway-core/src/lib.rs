@@ -28,6 +28,7 @@ pub mod masking;
 pub mod mcp;
 pub mod pg;
 pub mod policy;
+pub mod recent;
 pub mod recording;
 pub mod stage;
 pub mod upstream;

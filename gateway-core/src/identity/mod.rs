@@ -12,8 +12,8 @@ mod jwks;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Serialize;
@@ -77,7 +77,7 @@ pub struct Authenticator {
     /// token (never the token itself): an MCP client sends its token with
     /// every request, and the signature check was the largest single cost
     /// of a small tool call after the audit flush.
-    verified: Mutex<HashMap<[u8; 32], (Instant, Identity)>>,
+    verified: crate::recent::Recent<[u8; 32], Identity>,
 }
 
 impl Authenticator {
@@ -123,7 +123,7 @@ impl Authenticator {
         Ok(Arc::new(Self {
             issuers,
             config: config.clone(),
-            verified: Mutex::new(HashMap::new()),
+            verified: crate::recent::Recent::new(VERIFIED_FOR, VERIFIED_MAX),
         }))
     }
 
@@ -150,7 +150,7 @@ impl Authenticator {
             return Ok(identity);
         }
         let identity = self.verify(token, audience).await?;
-        self.keep_verified(key, &identity);
+        self.verified.keep(key, identity.clone());
         Ok(identity)
     }
 
@@ -158,30 +158,15 @@ impl Authenticator {
     /// audience, unless it has expired since (with the configured leeway,
     /// as the signature check allows).
     fn recently_verified(&self, key: &[u8; 32]) -> Result<Option<Identity>, AuthError> {
-        let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((at, identity)) = verified.get(key) else {
+        let Some(identity) = self.verified.get(key) else {
             return Ok(None);
         };
-        if at.elapsed() >= VERIFIED_FOR {
-            return Ok(None);
-        }
         let now = crate::clock::now_secs().max(0) as u64;
         let until = identity.expires_at.saturating_add(self.config.leeway_secs);
         if now > until {
             return Err(AuthError::Expired(now - identity.expires_at));
         }
-        Ok(Some(identity.clone()))
-    }
-
-    fn keep_verified(&self, key: [u8; 32], identity: &Identity) {
-        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        if verified.len() >= VERIFIED_MAX {
-            verified.retain(|_, (at, _)| at.elapsed() < VERIFIED_FOR);
-            if verified.len() >= VERIFIED_MAX {
-                verified.clear();
-            }
-        }
-        verified.insert(key, (Instant::now(), identity.clone()));
+        Ok(Some(identity))
     }
 
     /// Check the token's signature and claims.

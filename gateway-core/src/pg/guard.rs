@@ -84,7 +84,7 @@ pub struct Guard {
     /// not an input of the decision, so a minute-old one serves (a session
     /// whose reads a window grant lets through would otherwise plan a scan
     /// of the table before each of them).
-    previews: Mutex<HashMap<String, (std::time::Instant, i64)>>,
+    previews: crate::recent::Recent<String, i64>,
     /// A catalog refresh was waited for and still gave nothing fresh.
     refreshed: bool,
     ddl_forwarded: bool,
@@ -194,7 +194,7 @@ impl Guard {
             prepared: HashMap::new(),
             pending_prepares: Default::default(),
             estimates: Arc::new(Mutex::new(HashMap::new())),
-            previews: Mutex::new(HashMap::new()),
+            previews: crate::recent::Recent::new(PREVIEW_ESTIMATE_FOR, 256),
             refreshed: false,
             ddl_forwarded: false,
             decided: HashMap::new(),
@@ -752,9 +752,9 @@ impl Guard {
                         let key = self.estimate_key(&paths, any_schema, &text);
                         let known = self.known_estimate(&key);
                         if let Some(Ok(rows)) = known {
-                            self.keep_preview(&key, rows);
+                            self.previews.keep(key.clone(), rows);
                         }
-                        match known.or_else(|| self.kept_preview(&key)) {
+                        match known.or_else(|| self.previews.get(&key).map(Ok)) {
                             Some(Ok(rows)) => row_estimate = Some(rows),
                             // A preview without the figure rather than no request.
                             Some(Err(_)) => preview_estimated = true,
@@ -846,24 +846,6 @@ impl Guard {
             .unwrap_or_else(|e| e.into_inner())
             .get(key)
             .cloned()
-    }
-
-    /// A table's estimate for approvers, fetched less than a minute ago.
-    fn kept_preview(&self, key: &str) -> Option<Result<i64, String>> {
-        let previews = self.previews.lock().unwrap_or_else(|e| e.into_inner());
-        let (at, rows) = previews.get(key)?;
-        (at.elapsed() < PREVIEW_ESTIMATE_FOR).then_some(Ok(*rows))
-    }
-
-    fn keep_preview(&self, key: &str, rows: i64) {
-        let mut previews = self.previews.lock().unwrap_or_else(|e| e.into_inner());
-        if previews.len() >= 256 {
-            previews.retain(|_, (at, _)| at.elapsed() < PREVIEW_ESTIMATE_FOR);
-            if previews.len() >= 256 {
-                previews.clear();
-            }
-        }
-        previews.insert(key.to_string(), (std::time::Instant::now(), rows));
     }
 
     fn fetch_estimate(
