@@ -1,9 +1,11 @@
 //! The durable audit log: one canonical JSON record per line in
 //! `audit.jsonl`, each a leaf of the Merkle tree; signed checkpoints in
-//! `checkpoints.jsonl`. Appends are group-committed by one writer thread:
-//! a batch is written and fsynced before any of its callers hears back, so
-//! a record whose append returned survives `kill -9`. On open, a torn last
-//! line (a crash mid-write) is cut off and the same tree continues.
+//! `checkpoints.jsonl`. Appends are group-committed: a batch is written
+//! and made durable (through the journal, [`super::wal`]) before any of
+//! its callers hears back, so a record whose append returned survives
+//! `kill -9` and a machine crash. On open, a torn last line (a crash
+//! mid-write) is cut off, the records only the journal kept are appended,
+//! and the same tree continues.
 //!
 //! Retention prunes the oldest signed records: their leaf hashes move to
 //! `pruned-leaves.bin` (32 bytes each, in order) so that every checkpoint
@@ -22,6 +24,7 @@ use serde_json::{Map, Value};
 
 use super::note::{Checkpoint, Signer};
 use super::tree::{Hash, Tree, leaf_hash};
+use super::wal::{self, Wal};
 
 /// Why the audit log cannot do its job.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -39,7 +42,7 @@ pub enum AuditError {
     Corrupt {
         /// The file.
         path: String,
-        /// The line.
+        /// The line (0 when the fault is not in one line).
         line: u64,
         /// What is wrong.
         message: String,
@@ -55,7 +58,7 @@ pub enum AuditError {
     },
 }
 
-fn io(path: &Path, e: impl std::fmt::Display) -> AuditError {
+pub(super) fn io(path: &Path, e: impl std::fmt::Display) -> AuditError {
     AuditError::Io {
         path: path.display().to_string(),
         message: e.to_string(),
@@ -243,7 +246,7 @@ fn recover(dir: &Path) -> Result<(Tree, u64), AuditError> {
     let path = path.as_path();
     let file = match File::open(path) {
         Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((tree, 0)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return replay(dir, tree, 0),
         Err(e) => return Err(io(path, e)),
     };
     let mut reader = BufReader::new(file);
@@ -316,7 +319,49 @@ fn recover(dir: &Path) -> Result<(Tree, u64), AuditError> {
         drop_prefix(dir, leftover)?;
         good_bytes -= leftover;
     }
-    Ok((tree, good_bytes))
+    replay(dir, tree, good_bytes)
+}
+
+/// Append to the records file in `dir` (`good_bytes` long, ending before
+/// record `tree.size()`) the acknowledged records that only the journal
+/// holds (a machine crash took them from the page cache), and make them
+/// durable.
+fn replay(dir: &Path, mut tree: Tree, good_bytes: u64) -> Result<(Tree, u64), AuditError> {
+    let lines = wal::pending(dir, tree.size())?;
+    if lines.is_empty() {
+        return Ok((tree, good_bytes));
+    }
+    let path = records_path(dir);
+    let mut bytes = Vec::new();
+    for line in &lines {
+        let record = line.strip_suffix(b"\n").unwrap_or(line);
+        let seq = serde_json::from_slice::<Value>(record)
+            .ok()
+            .and_then(|v| v.get("seq").and_then(Value::as_u64));
+        if seq != Some(tree.size()) || record.len() == line.len() {
+            return Err(AuditError::Corrupt {
+                path: wal::wal_path(dir).display().to_string(),
+                line: 0,
+                message: format!(
+                    "expected record {} in the journal; run `tollgate verify` on the directory",
+                    tree.size()
+                ),
+            });
+        }
+        tree.push(leaf_hash(record));
+        bytes.extend_from_slice(line);
+    }
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| io(&path, e))?;
+    file.write_all(&bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io(&path, e))?;
+    sync_dir(dir)?;
+    tracing::warn!(target: "tollgate::audit", records = lines.len(), "audit records acknowledged before a machine crash were restored from the journal");
+    Ok((tree, good_bytes + bytes.len() as u64))
 }
 
 /// Remove the first `bytes` of the records file in `dir` (whole records),
@@ -351,6 +396,16 @@ fn sync_dir(dir: &Path) -> Result<(), AuditError> {
 impl AuditLog {
     /// Open (or create) the log in `dir`, named `origin` in its checkpoints.
     pub fn open(dir: &Path, origin: &str, every: CheckpointEvery) -> Result<AuditLog, AuditError> {
+        Self::open_with(dir, origin, every, wal::SIZE)
+    }
+
+    /// [`AuditLog::open`] with a journal of `wal_size` bytes.
+    fn open_with(
+        dir: &Path,
+        origin: &str,
+        every: CheckpointEvery,
+        wal_size: u64,
+    ) -> Result<AuditLog, AuditError> {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         // One writer per log: a second would fork the tree.
         let lock_path = dir.join("lock");
@@ -388,6 +443,12 @@ impl AuditLog {
             .open(&records)
             .map_err(|e| io(&records, e))?;
         file.seek(SeekFrom::End(0)).map_err(|e| io(&records, e))?;
+        // The journal is written from its start again: whatever it held
+        // must be durable in the records file first (after a `kill -9`, the
+        // last records may be in the page cache only).
+        file.sync_all().map_err(|e| io(&records, e))?;
+        sync_dir(dir)?;
+        let wal = Wal::open(dir, wal_size)?;
         let checkpoints = checkpoints_path(dir);
         let checkpoint_file = OpenOptions::new()
             .create(true)
@@ -402,6 +463,8 @@ impl AuditLog {
             _lock: lock,
             records,
             file,
+            wal,
+            unsynced: false,
             checkpoints,
             checkpoint_file,
             tree,
@@ -549,6 +612,11 @@ struct Writer {
     _lock: File,
     records: PathBuf,
     file: File,
+    /// Each batch is made durable here (see [`wal`]).
+    wal: Wal,
+    /// `file` holds records that were not fsynced there (they are in the
+    /// journal).
+    unsynced: bool,
     checkpoints: PathBuf,
     checkpoint_file: File,
     tree: Tree,
@@ -743,16 +811,13 @@ impl Writer {
             }
         }
         if !buffer.is_empty() {
-            let written = self
-                .file
-                .write_all(&buffer)
-                .and_then(|()| self.file.sync_data());
-            if let Err(e) = written {
+            let first = self.tree.size();
+            let written = self.write_durably(first, leaves.len() as u32, &buffer);
+            if let Err(error) = written {
                 // Nothing is acknowledged that is not durable. Cut the file
                 // back to its last acknowledged record so that the next batch
                 // (once the disk has room again) continues the same tree; if
                 // even that fails, fail closed until a restart recovers it.
-                let error = io(&self.records, e);
                 let cut = self
                     .file
                     .set_len(self.good_bytes)
@@ -793,6 +858,38 @@ impl Writer {
         for (before, keep_from, reply) in prunes {
             let _ = reply.send(self.prune(&before, keep_from));
         }
+    }
+
+    /// Append a batch (the records from `first` on, `count` of them) to
+    /// the records file and make it durable: through the journal when it
+    /// fits there, by an fsync of the records file when it does not.
+    fn write_durably(&mut self, first: u64, count: u32, batch: &[u8]) -> Result<(), AuditError> {
+        if !self.wal.fits(batch.len()) {
+            self.file.write_all(batch).map_err(|e| io(&self.records, e))?;
+            self.file.sync_data().map_err(|e| io(&self.records, e))?;
+            self.unsynced = false;
+            return Ok(());
+        }
+        if !self.wal.has_room(batch.len()) {
+            // The frames about to be overwritten must be durable elsewhere.
+            self.sync_records().map_err(|e| io(&self.records, e))?;
+            self.wal.rewind();
+        }
+        self.file.write_all(batch).map_err(|e| io(&self.records, e))?;
+        self.unsynced = true;
+        self.wal
+            .append(first, count, batch)
+            .map_err(|e| io(self.wal.path(), e))
+    }
+
+    /// Make the records file durable (the journal's frames are then no
+    /// longer needed).
+    fn sync_records(&mut self) -> std::io::Result<()> {
+        if self.unsynced {
+            self.file.sync_data()?;
+            self.unsynced = false;
+        }
+        Ok(())
     }
 
     /// Retention (see [`AuditLog::prune`]). Each step leaves a log that
@@ -888,6 +985,8 @@ impl Writer {
             Ok((len, file)) if len + cut == self.good_bytes => {
                 self.file = file;
                 self.good_bytes = len;
+                // Copied and fsynced by `drop_prefix`.
+                self.unsynced = false;
             }
             Ok((len, file)) if len == self.good_bytes => self.file = file,
             Ok(_) | Err(_) => {
@@ -940,6 +1039,9 @@ impl Writer {
 
     /// Sign and store a checkpoint of the current tree.
     fn sign(&mut self) -> Result<String, AuditError> {
+        // What a checkpoint vouches for is in the records file, whatever
+        // happens to the machine: `tollgate verify` reads only that file.
+        self.sync_records().map_err(|e| io(&self.records, e))?;
         let checkpoint = Checkpoint {
             origin: self.origin.clone(),
             size: self.tree.size(),
@@ -1120,6 +1222,60 @@ mod tests {
             first_key,
             "the same key after restart"
         );
+    }
+
+    /// The byte offset of record `seq`'s line in the records file.
+    fn offset_of(dir: &Path, seq: u64) -> u64 {
+        let text = std::fs::read(records_path(dir)).unwrap();
+        text.split_inclusive(|&b| b == b'\n')
+            .take(seq as usize)
+            .map(|l| l.len() as u64)
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn a_machine_crash_loses_no_acknowledged_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let every = CheckpointEvery::default();
+        // A small journal, so that it wraps several times.
+        let log = AuditLog::open_with(dir.path(), "t", every, 8192).unwrap();
+        for i in 0..200 {
+            assert_eq!(log.append(record(&format!("e{i}"))).await.unwrap(), i);
+        }
+        let acknowledged = root_on_disk(dir.path()).unwrap();
+        let key = log.verifier_key().to_string();
+        log.close().await;
+        let oldest = wal::oldest(dir.path()).unwrap();
+        assert!(
+            (1..199).contains(&oldest),
+            "the journal wrapped and holds the last records: {oldest}"
+        );
+        // The machine stops: the page cache held what came after the
+        // records file's last fsync (the journal's last rewind), and the
+        // file ends in the middle of a line.
+        let cut = offset_of(dir.path(), oldest + 1) + 9;
+        let file = OpenOptions::new().write(true).open(records_path(dir.path())).unwrap();
+        file.set_len(cut).unwrap();
+        drop(file);
+        let report = super::super::verify::verify_dir(dir.path(), &key);
+        let journal = report.checks.iter().find(|c| c.name == "journal");
+        assert!(
+            journal.is_some_and(|c| !c.ok && c.detail.contains("start the gateway once")),
+            "{report}"
+        );
+        let log = AuditLog::open(dir.path(), "t", every).unwrap();
+        assert_eq!(root_on_disk(dir.path()).unwrap(), acknowledged, "every record is back");
+        assert_eq!(log.append(record("after")).await.unwrap(), 200);
+        log.close().await;
+        let report = super::super::verify::verify_dir(dir.path(), &key);
+        assert!(report.ok(), "{report}");
+        // Losing records from before the journal's oldest (which the
+        // journal no longer holds) is not a crash: the log is refused.
+        let file = OpenOptions::new().write(true).open(records_path(dir.path())).unwrap();
+        file.set_len(offset_of(dir.path(), 1)).unwrap();
+        drop(file);
+        let error = AuditLog::open(dir.path(), "t", every).unwrap_err();
+        assert!(error.to_string().contains("the journal holds records from"), "{error}");
     }
 
     #[tokio::test]

@@ -14,3 +14,4 @@ pub mod note;
 pub mod siem;
 pub mod tree;
 pub mod verify;
+pub mod wal;

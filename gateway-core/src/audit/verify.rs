@@ -104,6 +104,9 @@ pub fn verify_dir(dir: &Path, key: &str) -> Report {
             return report;
         }
     };
+    // The journal first: what it holds then, a running gateway has
+    // written to the records file already.
+    let journal = super::wal::read(dir);
     let records = match std::fs::read(records_path(dir)) {
         Ok(bytes) => bytes,
         Err(e) => {
@@ -223,6 +226,20 @@ pub fn verify_dir(dir: &Path, key: &str) -> Report {
             )
         },
     );
+    let complete = index - u64::from(torn);
+    match journal.and_then(|bytes| super::wal::pending_in(dir, &bytes, complete)) {
+        Ok(pending) if pending.is_empty() => {}
+        Ok(pending) => report.check(
+            "journal",
+            false,
+            format!(
+                "{} acknowledged record(s) from {complete} on are only in audit.wal (the machine stopped \
+                 before they reached audit.jsonl): start the gateway once to restore them, then verify again",
+                pending.len()
+            ),
+        ),
+        Err(e) => report.check("journal", false, e.to_string()),
+    }
     report.check(
         "sequence",
         out_of_sequence.is_empty(),
