@@ -865,7 +865,9 @@ impl Writer {
     /// fits there, by an fsync of the records file when it does not.
     fn write_durably(&mut self, first: u64, count: u32, batch: &[u8]) -> Result<(), AuditError> {
         if !self.wal.fits(batch.len()) {
-            self.file.write_all(batch).map_err(|e| io(&self.records, e))?;
+            self.file
+                .write_all(batch)
+                .map_err(|e| io(&self.records, e))?;
             self.file.sync_data().map_err(|e| io(&self.records, e))?;
             self.unsynced = false;
             return Ok(());
@@ -875,7 +877,9 @@ impl Writer {
             self.sync_records().map_err(|e| io(&self.records, e))?;
             self.wal.rewind();
         }
-        self.file.write_all(batch).map_err(|e| io(&self.records, e))?;
+        self.file
+            .write_all(batch)
+            .map_err(|e| io(&self.records, e))?;
         self.unsynced = true;
         self.wal
             .append(first, count, batch)
@@ -1254,7 +1258,10 @@ mod tests {
         // records file's last fsync (the journal's last rewind), and the
         // file ends in the middle of a line.
         let cut = offset_of(dir.path(), oldest + 1) + 9;
-        let file = OpenOptions::new().write(true).open(records_path(dir.path())).unwrap();
+        let file = OpenOptions::new()
+            .write(true)
+            .open(records_path(dir.path()))
+            .unwrap();
         file.set_len(cut).unwrap();
         drop(file);
         let report = super::super::verify::verify_dir(dir.path(), &key);
@@ -1264,18 +1271,28 @@ mod tests {
             "{report}"
         );
         let log = AuditLog::open(dir.path(), "t", every).unwrap();
-        assert_eq!(root_on_disk(dir.path()).unwrap(), acknowledged, "every record is back");
+        assert_eq!(
+            root_on_disk(dir.path()).unwrap(),
+            acknowledged,
+            "every record is back"
+        );
         assert_eq!(log.append(record("after")).await.unwrap(), 200);
         log.close().await;
         let report = super::super::verify::verify_dir(dir.path(), &key);
         assert!(report.ok(), "{report}");
         // Losing records from before the journal's oldest (which the
         // journal no longer holds) is not a crash: the log is refused.
-        let file = OpenOptions::new().write(true).open(records_path(dir.path())).unwrap();
+        let file = OpenOptions::new()
+            .write(true)
+            .open(records_path(dir.path()))
+            .unwrap();
         file.set_len(offset_of(dir.path(), 1)).unwrap();
         drop(file);
         let error = AuditLog::open(dir.path(), "t", every).unwrap_err();
-        assert!(error.to_string().contains("the journal holds records from"), "{error}");
+        assert!(
+            error.to_string().contains("the journal holds records from"),
+            "{error}"
+        );
     }
 
     #[tokio::test]

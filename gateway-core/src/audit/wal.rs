@@ -162,12 +162,17 @@ fn frames(bytes: &[u8]) -> Vec<Frame<'_>> {
         let first = u64::from_le_bytes(field(4, 8).try_into().unwrap_or_default());
         let count = u32::from_le_bytes(field(12, 4).try_into().unwrap_or_default());
         let len = u32::from_le_bytes(field(16, 4).try_into().unwrap_or_default()) as usize;
-        let Some(end) = (at + HEADER).checked_add(len).filter(|&end| end <= bytes.len()) else {
+        let Some(end) = (at + HEADER)
+            .checked_add(len)
+            .filter(|&end| end <= bytes.len())
+        else {
             break;
         };
         let payload = &bytes[at + HEADER..end];
         if frame_hash(field(4, 16), payload) != field(20, 32)
-            || frames.last().is_some_and(|last| last.first + last.count != first)
+            || frames
+                .last()
+                .is_some_and(|last| last.first + last.count != first)
         {
             break;
         }
@@ -285,7 +290,10 @@ mod tests {
         wal.append(5, 2, b"{\"seq\":5}\n{\"seq\":6}\n").unwrap();
         wal.append(7, 1, b"{\"seq\":7}\n").unwrap();
         let lines = pending(dir.path(), 6).unwrap();
-        assert_eq!(lines, [b"{\"seq\":6}\n".to_vec(), b"{\"seq\":7}\n".to_vec()]);
+        assert_eq!(
+            lines,
+            [b"{\"seq\":6}\n".to_vec(), b"{\"seq\":7}\n".to_vec()]
+        );
         // Records before the journal's first are missing from both files.
         let e = pending(dir.path(), 3).unwrap_err();
         assert!(e.to_string().contains("records from 5 on"), "{e}");
@@ -298,7 +306,8 @@ mod tests {
         wal.append(0, 1, b"{\"seq\":0}\n").unwrap();
         // Written whole, but (say) its fsync failed: records 1 to 3 were
         // never acknowledged, and the next batch takes their numbers.
-        wal.append(1, 3, b"{\"seq\":1}\n{\"seq\":2}\n{\"seq\":3}\n").unwrap();
+        wal.append(1, 3, b"{\"seq\":1}\n{\"seq\":2}\n{\"seq\":3}\n")
+            .unwrap();
         wal.rewind();
         wal.append(1, 1, b"{\"seq\":1}\n").unwrap();
         let bytes = std::fs::read(wal_path(dir.path())).unwrap();
