@@ -382,7 +382,9 @@ async fn a_full_audit_store_refuses_statements_until_it_has_room_again() {
     let audit = dir.path().join("audit");
     std::fs::create_dir_all(&audit).unwrap();
     let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        // Room for the log's 4 MiB journal (written in full when the log
+        // opens) and a little more.
+        .args(["-t", "tmpfs", "-o", "size=5m", "tmpfs"])
         .arg(&audit)
         .status()
         .expect("run mount");
