@@ -167,7 +167,7 @@ const BATCH: usize = 1000;
 const FRAMES_PER_INSERT: &[usize] = &[64, 16, 4, 1];
 
 /// How long the writer lets writes gather before a transaction.
-const LINGER: Duration = Duration::from_millis(10);
+const LINGER: Duration = Duration::from_millis(50);
 
 impl Store {
     /// Open the store: `url` empty for SQLite at `data_dir/recordings.sqlite3`,
@@ -201,12 +201,18 @@ impl Store {
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if sqlite {
-                        // In WAL mode, NORMAL syncs at checkpoints rather
-                        // than at every commit: a crash of the gateway loses
-                        // nothing, a crash of the machine at most the last
-                        // commits (the audit log, fsynced per batch, holds
-                        // every statement all the same).
-                        sqlx::query("PRAGMA synchronous = NORMAL")
+                        // The writer commits at most every LINGER, off the
+                        // statements' path. FULL syncs the WAL at each of
+                        // those commits, so the recordings reach the disk
+                        // a little at a time; NORMAL would leave them all
+                        // to the checkpoint, whose one large fsync makes
+                        // every other fsync on the device wait (the audit
+                        // log's, which each statement waits for). Small
+                        // checkpoints keep that step small too.
+                        sqlx::query("PRAGMA synchronous = FULL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA wal_autocheckpoint = 128")
                             .execute(conn)
                             .await?;
                     }
