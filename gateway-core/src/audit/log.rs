@@ -997,7 +997,7 @@ impl Writer {
             Ok((len, file)) if len + cut == self.good_bytes => {
                 self.file = file;
                 self.good_bytes = len;
-                self.written_back = 0;
+                self.written_back = len & !(PAGE - 1);
                 // Copied and fsynced by `drop_prefix`.
                 self.unsynced = false;
             }
